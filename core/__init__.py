@@ -1,0 +1,1 @@
+"""From-scratch image-captioning decoders (RNN, LSTM, Transformer) and their training code."""

@@ -1,0 +1,34 @@
+"""CaptioningSolver: trains the numpy CaptioningRNN with the update rules of core/optim.py."""
+from core import optim
+from core.solver_base import SolverBase
+
+
+class CaptioningSolver(SolverBase):
+    """update_rule: a name in core.optim.UPDATE_RULES; optim_config: its hyperparameters
+    (e.g. {"learning_rate": 5e-3}), copied once per parameter. Other keyword arguments
+    go to SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end).
+    """
+
+    def __init__(self, model, data, update_rule="adam", optim_config=None, **kwargs):
+        super().__init__(model, data, **kwargs)
+        if update_rule not in optim.UPDATE_RULES:
+            raise ValueError(f'unknown update rule "{update_rule}"; choose from {sorted(optim.UPDATE_RULES)}')
+        self.update_rule = optim.UPDATE_RULES[update_rule]
+        self.optim_configs = {name: dict(optim_config or {}) for name in model.params}
+
+    def _train_step(self, features, captions):
+        loss, grads = self.model.loss(features, captions)
+        for name, w in self.model.params.items():
+            self.model.params[name], self.optim_configs[name] = self.update_rule(w, grads[name], self.optim_configs[name])
+        return loss
+
+    def _eval_loss(self, features, captions):
+        return self.model.loss(features, captions)[0]
+
+    def _decay_lr(self, factor):
+        for config in self.optim_configs.values():
+            config["learning_rate"] = config.get("learning_rate", 1e-2) * factor
+
+    @property
+    def learning_rate(self):
+        return next(iter(self.optim_configs.values())).get("learning_rate", float("nan"))

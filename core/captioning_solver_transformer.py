@@ -1,0 +1,47 @@
+"""CaptioningSolverTransformer: trains the torch CaptioningTransformer with torch.optim.Adam."""
+import torch
+
+from core.solver_base import SolverBase
+
+
+class CaptioningSolverTransformer(SolverBase):
+    """learning_rate: Adam's step size; device: where the model and batches live;
+    amp: mixed precision (bfloat16 autocast) on CUDA. Other keyword arguments go to
+    SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end).
+    """
+
+    def __init__(self, model, data, learning_rate=1e-3, device="cpu", amp=False, **kwargs):
+        super().__init__(model, data, **kwargs)
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+
+    def _tensors(self, features, captions):
+        return (torch.as_tensor(features, dtype=torch.float32).to(self.device, non_blocking=True),
+                torch.as_tensor(captions, dtype=torch.long).to(self.device, non_blocking=True))
+
+    def _loss(self, features, captions):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.model.loss(*self._tensors(features, captions))
+
+    def _train_step(self, features, captions):
+        self.model.train()
+        loss = self._loss(features, captions)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def _eval_loss(self, features, captions):
+        self.model.eval()
+        return self._loss(features, captions).item()
+
+    def _decay_lr(self, factor):
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
+    @property
+    def learning_rate(self):
+        return self.optimizer.param_groups[0]["lr"]

@@ -1,0 +1,132 @@
+"""Reading captioning data in the CS231n COCO layout.
+
+A data directory holds:
+  coco2014_captions.h5         train_captions (Nc, L) int32, train_image_idxs (Nc,) int32, val_* alike
+  train2014_vgg16_fc7[_pca].h5 features (Ni, 4096) or (Ni, 512) float32, one row per image
+  val2014_vgg16_fc7[_pca].h5
+  coco2014_vocab.json          {"idx_to_word": [...], "word_to_idx": {...}}
+  train2014_urls.txt           one image URL (or path) per line, in feature row order
+  val2014_urls.txt
+Captions start with <START>, end with <END> and are padded with <NULL>.
+"""
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from core.errors import UserError
+
+DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
+COCO_DIR = DATASETS_DIR / "coco_captioning"
+FETCH_HINT = "cd core/datasets && bash get_datasets.sh"
+SPLITS = ("train", "val")
+
+
+def _require(path, hint):
+    if not path.is_file():
+        raise UserError(f"missing data file {path}: {hint}")
+    return path
+
+
+def _read_h5(path, names):
+    """Read datasets `names` from one h5 file -> dict name -> array; UserError when unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [n for n in names if n not in f]
+            if missing:
+                raise UserError(f"{path} has no dataset(s) {', '.join(missing)}")
+            return {n: f[n][()] for n in names}
+    except OSError as e:
+        raise UserError(f"cannot read {path} as HDF5 ({e})") from None
+
+
+def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0):
+    """Load a captioning dataset into memory.
+
+    base_dir: data directory; max_train: keep a random subset of that many training
+    captions, drawn without replacement with `seed`; pca_features: 512-d PCA features
+    instead of the 4096-d fc7.
+    -> dict with train_captions (Nc, L) int32, train_image_idxs (Nc,) int32,
+       train_features (Ni, D) float32, train_urls (Ni,) str, the same for val,
+       idx_to_word (list), word_to_idx (dict), base_dir (str).
+    """
+    base_dir = Path(base_dir)
+    hint = f"fetch it with `{FETCH_HINT}`" if base_dir.resolve() == COCO_DIR else "check --data_dir"
+    if not base_dir.is_dir():
+        raise UserError(f"data directory {base_dir} not found: {hint}")
+    suffix = "_pca" if pca_features else ""
+    data = {"base_dir": str(base_dir)}
+    captions = _read_h5(_require(base_dir / "coco2014_captions.h5", hint),
+                        [f"{s}_{k}" for s in SPLITS for k in ("captions", "image_idxs")])
+    data.update(captions)
+    for split in SPLITS:
+        path = _require(base_dir / f"{split}2014_vgg16_fc7{suffix}.h5", hint)
+        data[f"{split}_features"] = _read_h5(path, ["features"])["features"]
+        urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
+        data[f"{split}_urls"] = np.array(urls_path.read_text().splitlines())
+
+    vocab_path = _require(base_dir / "coco2014_vocab.json", hint)
+    try:
+        vocab = json.loads(vocab_path.read_text())
+        data["idx_to_word"] = list(vocab["idx_to_word"])
+        data["word_to_idx"] = dict(vocab["word_to_idx"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{vocab_path} is not a vocabulary file ({type(e).__name__}: {e})") from None
+    _check_consistent(data, base_dir)
+
+    if max_train is not None:
+        num_train = data["train_captions"].shape[0]
+        if not 0 < max_train <= num_train:
+            raise UserError(f"--num_samples {max_train} is out of range: {base_dir} has {num_train} training captions")
+        rows = np.sort(np.random.default_rng(seed).choice(num_train, size=max_train, replace=False))
+        data["train_captions"] = data["train_captions"][rows]
+        data["train_image_idxs"] = data["train_image_idxs"][rows]
+    return data
+
+
+def _check_consistent(data, base_dir):
+    V = len(data["idx_to_word"])
+    for split in SPLITS:
+        caps, idxs, feats = data[f"{split}_captions"], data[f"{split}_image_idxs"], data[f"{split}_features"]
+        if caps.ndim != 2 or idxs.shape != (caps.shape[0],):
+            raise UserError(f"{base_dir}: {split} captions {caps.shape} and image indices {idxs.shape} do not match")
+        if idxs.size and (idxs.min() < 0 or idxs.max() >= feats.shape[0]):
+            raise UserError(f"{base_dir}: {split} image indices go past the {feats.shape[0]} feature rows")
+        if caps.size and (caps.min() < 0 or caps.max() >= V):
+            raise UserError(f"{base_dir}: {split} captions hold word indices outside the {V}-word vocabulary")
+        if len(data[f"{split}_urls"]) != feats.shape[0]:
+            raise UserError(f"{base_dir}: {split}2014_urls.txt has {len(data[f'{split}_urls'])} lines "
+                            f"for {feats.shape[0]} feature rows")
+
+
+def decode_captions(captions, idx_to_word):
+    """Turn word indices into strings, dropping <START>/<NULL> and stopping at <END>.
+
+    captions (N, T) or (T,) int -> list of N strings, or one string.
+    """
+    single = np.ndim(captions) == 1
+    rows = [captions] if single else captions
+    decoded = []
+    for row in rows:
+        words = []
+        for i in row:
+            word = idx_to_word[int(i)]
+            if word == "<END>":
+                break
+            if word not in ("<NULL>", "<START>"):
+                words.append(word)
+        decoded.append(" ".join(words))
+    return decoded[0] if single else decoded
+
+
+def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
+    """Random caption rows, drawn without replacement within the batch.
+
+    -> captions (B, L) int32, image_features (B, D) float32, urls (B,) str.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    num = data[f"{split}_captions"].shape[0]
+    rows = rng.choice(num, size=min(batch_size, num), replace=False)
+    image_idxs = data[f"{split}_image_idxs"][rows]
+    return data[f"{split}_captions"][rows], data[f"{split}_features"][image_idxs], data[f"{split}_urls"][image_idxs]

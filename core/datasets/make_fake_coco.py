@@ -1,0 +1,110 @@
+"""Write a dataset in the exact CS231n COCO captioning layout, with generated content.
+
+For tests and benchmarks: the captions follow a per-class word template (so a decoder
+can learn them from the features) and the features are class centroids plus noise.
+
+Usage:
+    python -m core.datasets.make_fake_coco OUT_DIR                 # a few hundred captions
+    python -m core.datasets.make_fake_coco OUT_DIR --full_size     # COCO's sizes (400,135 train captions)
+"""
+import argparse
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+SPECIAL = ["<NULL>", "<START>", "<END>", "<UNK>"]
+FULL_SIZE = {"train_images": 82783, "train_captions": 400135, "val_images": 40504, "val_captions": 195954}
+
+
+def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=5, vocab_size=40,
+                    num_classes=6, pca_dim=512, fc7_dim=None, max_length=17, image_dir=None,
+                    train_captions=None, val_captions=None, seed=0):
+    """Write coco2014_captions.h5, {train,val}2014_vgg16_fc7_pca.h5 (and _fc7.h5 with fc7_dim),
+    coco2014_vocab.json and {train,val}2014_urls.txt into out_dir.
+
+    vocab_size counts the 4 special tokens. train_captions/val_captions override
+    images * captions_per_image. With image_dir, a small PNG per image is written
+    there and the URL files hold their paths; otherwise they hold paths that do not exist.
+    Returns out_dir as a Path.
+    """
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    words = SPECIAL + [f"w{i}" for i in range(vocab_size - len(SPECIAL))]
+    (out_dir / "coco2014_vocab.json").write_text(
+        json.dumps({"idx_to_word": words, "word_to_idx": {w: i for i, w in enumerate(words)}}))
+
+    body = max_length - 2
+    templates = rng.integers(len(SPECIAL), vocab_size, size=(num_classes, body))
+    lengths = rng.integers(max(2, body // 3), body + 1, size=num_classes)
+    centroids = rng.standard_normal((num_classes, pca_dim)).astype(np.float32)
+    fc7_map = rng.standard_normal((pca_dim, fc7_dim)).astype(np.float32) if fc7_dim else None
+    counts = {"train": (train_images, train_captions), "val": (val_images, val_captions)}
+
+    with h5py.File(out_dir / "coco2014_captions.h5", "w") as caps_file:
+        for split, (num_images, num_captions) in counts.items():
+            num_captions = num_images * captions_per_image if num_captions is None else num_captions
+            classes = rng.integers(0, num_classes, size=num_images)
+            image_idxs = (np.arange(num_captions) % num_images).astype(np.int32)
+            captions = np.zeros((num_captions, max_length), dtype=np.int32)
+            cls = classes[image_idxs]
+            captions[:, 0] = SPECIAL.index("<START>")
+            captions[:, 1:1 + body] = templates[cls]
+            swap = rng.integers(1, 1 + body, size=num_captions)  # one word per caption varies
+            captions[np.arange(num_captions), swap] = rng.integers(len(SPECIAL), vocab_size, size=num_captions)
+            ends = 1 + lengths[cls]
+            captions[np.arange(max_length)[None, :] > ends[:, None]] = SPECIAL.index("<NULL>")
+            captions[np.arange(num_captions), ends] = SPECIAL.index("<END>")
+            caps_file.create_dataset(f"{split}_captions", data=captions)
+            caps_file.create_dataset(f"{split}_image_idxs", data=image_idxs)
+
+            fc7_path = out_dir / f"{split}2014_vgg16_fc7.h5"
+            with h5py.File(out_dir / f"{split}2014_vgg16_fc7_pca.h5", "w") as f, \
+                    (h5py.File(fc7_path, "w") if fc7_map is not None else nullcontext()) as g:
+                feats = f.create_dataset("features", shape=(num_images, pca_dim), dtype=np.float32)
+                fc7 = g.create_dataset("features", shape=(num_images, fc7_dim), dtype=np.float32) if g else None
+                for start in range(0, num_images, 8192):
+                    block = classes[start:start + 8192]
+                    pca = centroids[block] + 0.1 * rng.standard_normal((len(block), pca_dim), dtype=np.float32)
+                    feats[start:start + len(block)] = pca
+                    if fc7 is not None:
+                        fc7[start:start + len(block)] = np.maximum(pca @ fc7_map, 0)
+
+            if image_dir is not None:
+                split_dir = Path(image_dir) / split
+                split_dir.mkdir(parents=True, exist_ok=True)
+                urls = []
+                for i, c in enumerate(classes):
+                    pixels = np.full((32, 32, 3), (40 * c) % 256, dtype=np.uint8)
+                    path = split_dir / f"{i:06d}.png"
+                    Image.fromarray(pixels).save(path)
+                    urls.append(str(path.resolve()))
+            else:
+                urls = [f"missing-images/{split}/{i:06d}.jpg" for i in range(num_images)]
+            (out_dir / f"{split}2014_urls.txt").write_text("\n".join(urls) + "\n")
+    return out_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", help="directory to write the dataset into")
+    parser.add_argument("--full_size", action="store_true",
+                        help="COCO 2014's sizes: 82,783/40,504 images, 400,135/195,954 captions, 1004 words")
+    parser.add_argument("--fc7", action="store_true", help="also write 4096-d non-PCA fc7 feature files")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    args = parser.parse_args(argv)
+    if args.full_size:
+        write_fake_coco(args.out_dir, train_images=FULL_SIZE["train_images"], val_images=FULL_SIZE["val_images"],
+                        train_captions=FULL_SIZE["train_captions"], val_captions=FULL_SIZE["val_captions"],
+                        vocab_size=1004, num_classes=500, fc7_dim=4096 if args.fc7 else None, seed=args.seed)
+    else:
+        write_fake_coco(args.out_dir, fc7_dim=4096 if args.fc7 else None, seed=args.seed)
+    print(f"wrote {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

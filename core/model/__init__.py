@@ -1,0 +1,1 @@
+"""Captioning models: the numpy recurrent decoders and the torch Transformer decoder."""

@@ -1,0 +1,161 @@
+"""CaptioningRNN: a vanilla-RNN or LSTM caption decoder in numpy, hand-written backward pass.
+
+Shape letters: N batch, T time (caption length - 1), D image feature, W word vector,
+H hidden, V vocabulary.
+
+The image feature sets the initial hidden state, h0 = features W_proj + b_proj; the
+decoder reads the caption shifted right (<START> w1 w2 ...) and is trained to predict
+it shifted left (w1 w2 ... <END>), with <NULL> padding masked out of the loss.
+"""
+import numpy as np
+
+from core.rnn_layers import (
+    affine_backward,
+    affine_forward,
+    temporal_affine_backward,
+    temporal_affine_forward,
+    temporal_softmax_loss,
+)
+from lstm_utils import lstm_backward, lstm_forward, lstm_step_forward
+from rnn_utils import (
+    rnn_backward,
+    rnn_forward,
+    rnn_step_forward,
+    word_embedding_backward,
+    word_embedding_forward,
+)
+
+CELL_TYPES = ("rnn", "lstm")
+
+
+class CaptioningRNN:
+    """Recurrent caption decoder with parameters in `self.params` (name -> array).
+
+    word_to_idx: dict word -> index, V entries, with <NULL>, <START> and <END>.
+    input_dim D, wordvec_dim W, hidden_dim H; cell_type "rnn" or "lstm".
+    """
+
+    def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
+                 cell_type="rnn", dtype=np.float32, seed=None):
+        if cell_type not in CELL_TYPES:
+            raise ValueError(f'cell_type must be one of {CELL_TYPES}, got "{cell_type}"')
+        for token in ("<NULL>", "<START>", "<END>"):
+            if token not in word_to_idx:
+                raise ValueError(f"the vocabulary has no {token} token")
+        self.cell_type = cell_type
+        self.dtype = np.dtype(dtype)
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = [None] * len(word_to_idx)
+        for word, i in word_to_idx.items():
+            self.idx_to_word[i] = word
+        self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
+        self._null = word_to_idx["<NULL>"]
+        self._start = word_to_idx["<START>"]
+        self._end = word_to_idx["<END>"]
+
+        rng = np.random.default_rng(seed)
+        V, D, W, H = len(word_to_idx), input_dim, wordvec_dim, hidden_dim
+        G = 4 * H if cell_type == "lstm" else H
+        self.params = {
+            "W_embed": rng.standard_normal((V, W)) / 100,
+            "W_proj": rng.standard_normal((D, H)) / np.sqrt(D),
+            "b_proj": np.zeros(H),
+            "Wx": rng.standard_normal((W, G)) / np.sqrt(W),
+            "Wh": rng.standard_normal((H, G)) / np.sqrt(H),
+            "b": np.zeros(G),
+            "W_vocab": rng.standard_normal((H, V)) / np.sqrt(H),
+            "b_vocab": np.zeros(V),
+        }
+        self.params = {k: v.astype(self.dtype) for k, v in self.params.items()}
+
+    @property
+    def model_type(self):
+        """"rnn" or "lstm": the name used by the scripts' --model flag."""
+        return self.cell_type
+
+    def config(self):
+        """Plain dict that rebuilds this model with `from_config` (weights not included)."""
+        return {
+            "model": self.cell_type,
+            "input_dim": self.input_dim,
+            "wordvec_dim": self.wordvec_dim,
+            "hidden_dim": self.hidden_dim,
+            "idx_to_word": list(self.idx_to_word),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """Build an untrained model from a `config()` dict."""
+        word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"])}
+        return cls(word_to_idx, input_dim=config["input_dim"], wordvec_dim=config["wordvec_dim"],
+                   hidden_dim=config["hidden_dim"], cell_type=config["model"])
+
+    def loss(self, features, captions):
+        """Teacher-forced loss and gradients.
+
+        features (N, D), captions (N, T + 1) int -> loss (float), grads (name -> array like params).
+        """
+        p = self.params
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        mask = captions_out != self._null
+
+        h0, proj_cache = affine_forward(features.astype(self.dtype, copy=False), p["W_proj"], p["b_proj"])
+        x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
+        forward, backward = (rnn_forward, rnn_backward) if self.cell_type == "rnn" else (lstm_forward, lstm_backward)
+        h, rnn_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
+        scores, vocab_cache = temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])  # (N, T, V)
+        loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+
+        grads = {}
+        dh, grads["W_vocab"], grads["b_vocab"] = temporal_affine_backward(dscores, vocab_cache)
+        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rnn_cache)
+        grads["W_embed"] = word_embedding_backward(dx, embed_cache)
+        _, grads["W_proj"], grads["b_proj"] = affine_backward(dh0, proj_cache)
+        return loss, grads
+
+    def init_state(self, features):
+        """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H))."""
+        h0 = features.astype(self.dtype, copy=False) @ self.params["W_proj"] + self.params["b_proj"]
+        return h0, np.zeros_like(h0)
+
+    def step(self, words, state):
+        """Advance the decoder by one word.
+
+        words (N,) int, state from `init_state`/`step` -> log-probabilities (N, V), new state.
+        """
+        p = self.params
+        h, c = state
+        x = p["W_embed"][words]  # (N, W)
+        if self.cell_type == "rnn":
+            h, _ = rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])
+        else:
+            h, c, _ = lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+        scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
+        scores -= scores.max(axis=1, keepdims=True)
+        scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))
+        return scores, (h, c)
+
+    def select_state(self, state, rows):
+        """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M rows."""
+        h, c = state
+        return h[rows], c[rows]
+
+    def sample(self, features, max_length=30):
+        """Greedy decoding.
+
+        features (N, D) -> captions (N, max_length) int: each row is the words after
+        <START>, ending with <END> where the model produced it and <NULL> after that.
+        """
+        N = features.shape[0]
+        captions = np.full((N, max_length), self._null, dtype=np.int64)
+        words = np.full(N, self._start, dtype=np.int64)
+        done = np.zeros(N, dtype=bool)
+        state = self.init_state(features)
+        for t in range(max_length):
+            logprobs, state = self.step(words, state)
+            words = logprobs.argmax(axis=1)
+            captions[~done, t] = words[~done]
+            done |= words == self._end
+            if done.all():
+                break
+        return captions

@@ -1,0 +1,132 @@
+"""CaptioningTransformer: a Transformer caption decoder built from the hand-written layers.
+
+Shape letters: N batch, T caption length, D image feature, E word vector (model width),
+V vocabulary.
+
+The image feature is projected to one memory token that every decoder layer
+cross-attends to; the caption attends to itself through a causal mask.
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.transformer_layers import PositionalEncoding, TransformerDecoderLayer
+
+
+class CaptioningTransformer(nn.Module):
+    """word_to_idx: dict word -> index (V entries); input_dim D; wordvec_dim E (even,
+    divisible by num_heads); max_length: the longest sequence the position code covers.
+    """
+
+    def __init__(self, word_to_idx, input_dim, wordvec_dim, num_heads=4, num_layers=2,
+                 max_length=50, dim_feedforward=2048, dropout=0.1):
+        super().__init__()
+        for token in ("<NULL>", "<START>", "<END>"):
+            if token not in word_to_idx:
+                raise ValueError(f"the vocabulary has no {token} token")
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = [None] * len(word_to_idx)
+        for word, i in word_to_idx.items():
+            self.idx_to_word[i] = word
+        self.input_dim, self.wordvec_dim = input_dim, wordvec_dim
+        self.num_heads, self.num_layers, self.max_length = num_heads, num_layers, max_length
+        self.dim_feedforward, self.dropout = dim_feedforward, dropout
+        self._null = word_to_idx["<NULL>"]
+        self._start = word_to_idx["<START>"]
+        self._end = word_to_idx["<END>"]
+        V = len(word_to_idx)
+
+        self.visual_projection = nn.Linear(input_dim, wordvec_dim)
+        self.embedding = nn.Embedding(V, wordvec_dim, padding_idx=self._null)
+        self.positional_encoding = PositionalEncoding(wordvec_dim, dropout=dropout, max_len=max_length)
+        self.layers = nn.ModuleList(
+            TransformerDecoderLayer(wordvec_dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers)
+        )
+        self.output = nn.Linear(wordvec_dim, V)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    model_type = "transformer"
+
+    def config(self):
+        """Plain dict that rebuilds this model with `from_config` (weights not included)."""
+        return {
+            "model": "transformer",
+            "input_dim": self.input_dim,
+            "wordvec_dim": self.wordvec_dim,
+            "num_heads": self.num_heads,
+            "num_layers": self.num_layers,
+            "max_length": self.max_length,
+            "dim_feedforward": self.dim_feedforward,
+            "dropout": self.dropout,
+            "idx_to_word": list(self.idx_to_word),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """Build an untrained model from a `config()` dict."""
+        word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"])}
+        keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length", "dim_feedforward", "dropout")
+        return cls(word_to_idx, **{k: config[k] for k in keys})
+
+    @property
+    def device(self):
+        return self.output.weight.device
+
+    def forward(self, features, captions):
+        """features (N, D) float, captions (N, T) long -> scores (N, T, V)."""
+        T = captions.shape[1]
+        memory = self.visual_projection(features)[:, None, :]  # (N, 1, E)
+        x = self.positional_encoding(self.embedding(captions))  # (N, T, E)
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # (T, T)
+        for layer in self.layers:
+            x = layer(x, memory, tgt_mask=mask)
+        return self.output(x)  # (N, T, V)
+
+    def loss(self, features, captions):
+        """Teacher-forced loss, as the numpy models define it: cross-entropy summed over
+        the non-<NULL> target words, averaged over the batch.
+
+        features (N, D), captions (N, T + 1) -> scalar tensor.
+        """
+        scores = self(features, captions[:, :-1])  # (N, T, V)
+        targets = captions[:, 1:]
+        total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1),
+                                ignore_index=self._null, reduction="sum")
+        return total / captions.shape[0]
+
+    @torch.no_grad()
+    def sample(self, features, max_length=30):
+        """Greedy decoding, re-running the decoder on the prefix at every step.
+
+        features (N, D) array or tensor -> captions (N, max_length) int64 numpy array:
+        the words after <START>, with <END> where produced and <NULL> after it.
+        """
+        if max_length + 1 > self.max_length:
+            raise ValueError(f"max_length={max_length} needs a model built with max_length >= {max_length + 1}")
+        was_training = self.training
+        self.eval()
+        features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
+        N = features.shape[0]
+        tokens = torch.full((N, 1), self._start, dtype=torch.long, device=self.device)
+        done = torch.zeros(N, dtype=torch.bool, device=self.device)
+        captions = torch.full((N, max_length), self._null, dtype=torch.long, device=self.device)
+        for t in range(max_length):
+            words = self(features, tokens)[:, -1].argmax(dim=-1)  # (N,)
+            captions[:, t] = torch.where(done, captions[:, t], words)
+            done |= words == self._end
+            if bool(done.all()):
+                break
+            tokens = torch.cat([tokens, words[:, None]], dim=1)
+        self.train(was_training)
+        return captions.cpu().numpy()

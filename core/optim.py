@@ -1,0 +1,78 @@
+"""First-order update rules for the numpy models (the CS231n interface).
+
+Each rule is `update(w, dw, config) -> (next_w, config)`: w and dw are arrays of
+the same shape; config holds hyperparameters and per-parameter state (momentum,
+moment estimates, step count) and is returned so the solver can keep it for the
+next step. Updates are done in place on w and keep its dtype.
+"""
+import numpy as np
+
+
+def sgd(w, dw, config=None):
+    """Vanilla SGD: w -= learning_rate * dw."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    w -= config["learning_rate"] * dw
+    return w, config
+
+
+def sgd_momentum(w, dw, config=None):
+    """SGD with momentum: v = momentum * v - learning_rate * dw; w += v."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("momentum", 0.9)
+    v = config.get("velocity")
+    if v is None:
+        v = np.zeros_like(w)
+    v *= config["momentum"]
+    v -= config["learning_rate"] * dw
+    w += v
+    config["velocity"] = v
+    return w, config
+
+
+def rmsprop(w, dw, config=None):
+    """RMSProp: a running average of squared gradients scales each step."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("decay_rate", 0.99)
+    config.setdefault("epsilon", 1e-8)
+    cache = config.get("cache")
+    if cache is None:
+        cache = np.zeros_like(w)
+    cache *= config["decay_rate"]
+    cache += (1 - config["decay_rate"]) * dw * dw
+    w -= config["learning_rate"] * dw / (np.sqrt(cache) + config["epsilon"])
+    config["cache"] = cache
+    return w, config
+
+
+def adam(w, dw, config=None):
+    """Adam with bias-corrected first and second moment estimates."""
+    config = {} if config is None else config
+    config.setdefault("learning_rate", 1e-3)
+    config.setdefault("beta1", 0.9)
+    config.setdefault("beta2", 0.999)
+    config.setdefault("epsilon", 1e-8)
+    config.setdefault("t", 0)
+    m = config.get("m")
+    v = config.get("v")
+    if m is None:
+        m, v = np.zeros_like(w), np.zeros_like(w)
+    b1, b2 = config["beta1"], config["beta2"]
+    config["t"] += 1
+    t = config["t"]
+    m *= b1
+    m += (1 - b1) * dw
+    v *= b2
+    v += (1 - b2) * dw * dw
+    step_size = config["learning_rate"] / (1 - b1 ** t)
+    denom = np.sqrt(v)
+    denom /= np.sqrt(1 - b2 ** t)
+    denom += config["epsilon"]
+    w -= (step_size * m / denom).astype(w.dtype, copy=False)
+    config["m"], config["v"] = m, v
+    return w, config
+
+
+UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}

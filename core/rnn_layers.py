@@ -1,0 +1,80 @@
+"""Numpy layers shared by the recurrent captioning decoders.
+
+Shape letters: N batch, T time, D input feature, M output feature, V vocabulary.
+Every `*_forward` returns `(out, cache)`; the matching `*_backward(dout, cache)` sits
+right below it and returns one gradient per forward input, in the same order.
+"""
+import numpy as np
+
+
+def sigmoid(x):
+    """Numerically stable logistic function, keeping the input's dtype.
+
+    Uses sigmoid(x) = 0.5 * (1 + tanh(x / 2)), which never overflows and is one
+    vectorised transcendental call.
+
+    x (any shape) -> same shape.
+    """
+    out = np.multiply(x, 0.5, dtype=np.result_type(x, np.float32))
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5
+    return out
+
+
+def affine_forward(x, w, b):
+    """Fully connected layer.
+
+    x (N, D), w (D, M), b (M,) -> out (N, M), cache.
+    """
+    out = x @ w + b
+    return out, (x, w)
+
+
+def affine_backward(dout, cache):
+    """dout (N, M) -> dx (N, D), dw (D, M), db (M,)."""
+    x, w = cache
+    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+
+def temporal_affine_forward(x, w, b):
+    """The same affine layer applied at every time step.
+
+    x (N, T, D), w (D, M), b (M,) -> out (N, T, M), cache.
+    """
+    N, T, D = x.shape
+    out = (x.reshape(N * T, D) @ w + b).reshape(N, T, -1)
+    return out, (x, w)
+
+
+def temporal_affine_backward(dout, cache):
+    """dout (N, T, M) -> dx (N, T, D), dw (D, M), db (M,)."""
+    x, w = cache
+    N, T, D = x.shape
+    dout2 = dout.reshape(N * T, -1)
+    dx = (dout2 @ w.T).reshape(N, T, D)
+    dw = x.reshape(N * T, D).T @ dout2
+    return dx, dw, dout2.sum(axis=0)
+
+
+def temporal_softmax_loss(x, y, mask):
+    """Softmax cross-entropy summed over the unmasked time steps, averaged over N.
+
+    x (N, T, V) scores, y (N, T) int targets in [0, V), mask (N, T) bool
+    -> loss (float), dx (N, T, V).
+    """
+    N, T, V = x.shape
+    x2 = x.reshape(N * T, V)
+    y2 = y.reshape(N * T)
+    m2 = mask.reshape(N * T)
+    shifted = x2 - x2.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    probs = shifted
+    probs /= probs.sum(axis=1, keepdims=True)
+    rows = np.arange(N * T)
+    picked = probs[rows, y2]
+    loss = -np.sum(np.log(np.maximum(picked[m2], np.finfo(probs.dtype).tiny))) / N
+    dx = probs
+    dx[rows, y2] -= 1
+    dx *= (m2 / N).astype(dx.dtype)[:, None]
+    return float(loss), dx.reshape(N, T, V)

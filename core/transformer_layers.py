@@ -1,0 +1,110 @@
+"""Transformer building blocks written by hand in PyTorch (autograd does the backward pass).
+
+Shape letters: N batch, S source length, T target length, E embedding dim,
+nh number of heads, F feed-forward width.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class PositionalEncoding(nn.Module):
+    """Adds the sinusoidal position code of "Attention Is All You Need" and applies dropout.
+
+    pe[t, 2j] = sin(t / 10000^(2j/E)),  pe[t, 2j+1] = cos(t / 10000^(2j/E)).
+    """
+
+    def __init__(self, embed_dim, dropout=0.1, max_len=5000):
+        super().__init__()
+        if embed_dim % 2 != 0:
+            raise ValueError(f"embed_dim must be even for the sin/cos code, got {embed_dim}")
+        self.dropout = nn.Dropout(p=dropout)
+        position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
+        inv_freq = torch.exp(torch.arange(0, embed_dim, 2, dtype=torch.float32) * (-math.log(10000.0) / embed_dim))
+        pe = torch.zeros(1, max_len, embed_dim)
+        pe[0, :, 0::2] = torch.sin(position * inv_freq)
+        pe[0, :, 1::2] = torch.cos(position * inv_freq)
+        self.register_buffer("pe", pe)
+
+    def forward(self, x, offset=0):
+        """x (N, T, E) -> (N, T, E); offset shifts the positions (for incremental decoding)."""
+        T = x.shape[1]
+        if offset + T > self.pe.shape[1]:
+            raise ValueError(f"sequence of {offset + T} positions exceeds max_len={self.pe.shape[1]}")
+        return self.dropout(x + self.pe[:, offset:offset + T])
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention.
+
+    Scores are q k^T / sqrt(E / nh); dropout is applied to the attention weights.
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.1):
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        self.key = nn.Linear(embed_dim, embed_dim)
+        self.query = nn.Linear(embed_dim, embed_dim)
+        self.value = nn.Linear(embed_dim, embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.attn_drop = nn.Dropout(dropout)
+        self.n_head = num_heads
+        self.emd_dim = embed_dim
+        self.head_dim = embed_dim // num_heads
+
+    def _heads(self, x):
+        """x (N, L, E) -> (N, nh, L, E/nh)."""
+        N, L, _ = x.shape
+        return x.view(N, L, self.n_head, self.head_dim).transpose(1, 2)
+
+    def forward(self, query, key, value, attn_mask=None):
+        """query (N, T, E), key (N, S, E), value (N, S, E),
+        attn_mask (T, S) where attn_mask[i, j] == 0 forbids target i to attend to source j
+        -> output (N, T, E).
+        """
+        N, T, E = query.shape
+        q = self._heads(self.query(query))  # (N, nh, T, E/nh)
+        k = self._heads(self.key(key))  # (N, nh, S, E/nh)
+        v = self._heads(self.value(value))  # (N, nh, S, E/nh)
+        return self._attend(q, k, v, attn_mask)
+
+    def _attend(self, q, k, v, attn_mask):
+        """q (N, nh, T, E/nh), k and v (N, nh, S, E/nh), attn_mask (T, S) or None -> (N, T, E)."""
+        N, _, T, _ = q.shape
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, nh, T, S)
+        if attn_mask is not None:
+            scores = scores.masked_fill(attn_mask == 0, float("-inf"))
+        weights = self.attn_drop(F.softmax(scores, dim=-1))
+        out = (weights @ v).transpose(1, 2).reshape(N, T, self.emd_dim)  # (N, T, E)
+        return self.proj(out)
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Post-norm decoder layer: masked self-attention, cross-attention, feed-forward.
+
+    Each sub-block is x = LayerNorm(x + Dropout(sublayer(x))).
+    """
+
+    def __init__(self, input_dim, num_heads, dim_feedforward=2048, dropout=0.1):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(input_dim, num_heads, dropout)
+        self.multihead_attn = MultiHeadAttention(input_dim, num_heads, dropout)
+        self.linear1 = nn.Linear(input_dim, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, input_dim)
+        self.norm1 = nn.LayerNorm(input_dim)
+        self.norm2 = nn.LayerNorm(input_dim)
+        self.norm3 = nn.LayerNorm(input_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(self, tgt, memory, tgt_mask=None):
+        """tgt (N, T, E), memory (N, S, E), tgt_mask (T, T) -> (N, T, E)."""
+        x = self.norm1(tgt + self.dropout1(self.self_attn(tgt, tgt, tgt, attn_mask=tgt_mask)))
+        x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, memory)))
+        ff = self.linear2(self.dropout(F.relu(self.linear1(x))))  # (N, T, E)
+        return self.norm3(x + self.dropout3(ff))

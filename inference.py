@@ -1,0 +1,113 @@
+"""Caption images with a trained decoder and compare with the ground truth.
+
+Usage:
+    python inference.py --model rnn
+    python inference.py --model transformer --split train --num_images 9
+
+The model is rebuilt from the checkpoint alone. Prints the ground-truth and the
+predicted caption of each sampled image and saves a grid of images with both
+captions to <out_dir>/<model>_<split>_captions.png (panels whose image cannot be
+fetched show the captions only).
+"""
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from core.checkpoint import check_checkpoint, load_checkpoint  # noqa: E402
+from core.cli import DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, resolve_device, user_errors  # noqa: E402
+from core.coco_utils import COCO_DIR, decode_captions, load_coco_data  # noqa: E402
+from core.errors import UserError  # noqa: E402
+from core.image_utils import try_load_image  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description="Caption images with a trained decoder.")
+    p.add_argument("--model", required=True, choices=MODELS, help="decoder type the checkpoint must hold")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint to load (default: rnn_checkpoint.npz, lstm_checkpoint.npz, transformer_model.pt)")
+    p.add_argument("--data_dir", default=str(COCO_DIR), help="dataset directory in the CS231n COCO layout")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="which split to sample images from")
+    p.add_argument("--num_images", type=int, default=6, help="how many distinct images to caption")
+    p.add_argument("--max_length", type=int, default=30, help="longest caption to generate, in words")
+    p.add_argument("--seed", type=int, default=231, help="seed for choosing the images")
+    p.add_argument("--out_dir", default="outputs", help="directory for the caption figure")
+    p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
+    args = p.parse_args(argv)
+    if args.num_images <= 0 or args.max_length <= 0:
+        p.error("--num_images and --max_length must be positive")
+    if args.checkpoint is None:
+        args.checkpoint = DEFAULT_CHECKPOINTS[args.model]
+    return args
+
+
+def resolve_location(url, data_dir):
+    """An entry of a *_urls.txt file -> URL or path; relative paths are relative to the data directory."""
+    if "://" in url or Path(url).is_absolute():
+        return url
+    return str(Path(data_dir) / url)
+
+
+def save_caption_grid(images, titles, path, cols=3):
+    """images: list of uint8 (H, W, 3) arrays or None; titles: list of str -> PNG at path."""
+    rows = -(-len(titles) // cols)
+    cols = min(cols, len(titles))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        if image is not None:
+            ax.imshow(image)
+            ax.set_title(title, fontsize=8, loc="left")
+        else:
+            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center", wrap=True)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with user_errors("inference.py"):
+        device = resolve_device(args.device) if args.model == "transformer" else "cpu"
+        model, config = load_checkpoint(args.checkpoint, device=device)
+        if config["model"] != args.model:
+            check_checkpoint(config, args.checkpoint, args.model, config["idx_to_word"])
+        data = load_coco_data(args.data_dir)
+        check_checkpoint(config, args.checkpoint, args.model, data["idx_to_word"])
+        features_all = data[f"{args.split}_features"]
+        if features_all.shape[1] != config["input_dim"]:
+            raise UserError(f"checkpoint {args.checkpoint} expects {config['input_dim']}-d features, "
+                            f"{args.data_dir} has {features_all.shape[1]}-d")
+
+        rng = np.random.default_rng(args.seed)
+        image_idxs = data[f"{args.split}_image_idxs"]
+        candidates, first_rows = np.unique(image_idxs, return_index=True)  # each image and its first caption
+        picks = rng.choice(len(candidates), size=min(args.num_images, len(candidates)), replace=False)
+        chosen = candidates[picks]
+        truth = decode_captions(data[f"{args.split}_captions"][first_rows[picks]], data["idx_to_word"])
+        torch.manual_seed(args.seed)
+        predicted = decode_captions(model.sample(features_all[chosen], max_length=args.max_length),
+                                    data["idx_to_word"])
+
+        images, titles = [], []
+        for k, (i, gt, pred) in enumerate(zip(chosen, truth, predicted)):
+            location = resolve_location(data[f"{args.split}_urls"][i], args.data_dir)
+            print(f"[{k + 1}] {location}\n    truth:     {gt}\n    predicted: {pred}")
+            images.append(try_load_image(location))
+            titles.append("\n".join(textwrap.wrap(f"GT: {gt}", 48) + textwrap.wrap(f"{args.model}: {pred}", 48)))
+        path = Path(args.out_dir) / f"{args.model}_{args.split}_captions.png"
+        save_caption_grid(images, titles, path)
+        missing = sum(image is None for image in images)
+        print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Train a captioning decoder (vanilla RNN, LSTM or Transformer) on precomputed image features.
+
+Usage:
+    python training.py --model rnn
+    python training.py --model lstm --num_samples 300 --epochs 100 --batch_size 50
+    python training.py --model transformer --device cuda
+
+Writes the checkpoint (--checkpoint, final weights), the best-by-validation-loss
+checkpoint next to it (*_best.*), and in --out_dir the loss plot <model>_loss.png and
+the loss history <model>_history.json.
+"""
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from core.captioning_solver import CaptioningSolver  # noqa: E402
+from core.captioning_solver_transformer import CaptioningSolverTransformer  # noqa: E402
+from core.checkpoint import save_checkpoint  # noqa: E402
+from core.cli import (  # noqa: E402
+    DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, best_checkpoint_path, resolve_device, user_errors)
+from core.coco_utils import COCO_DIR, load_coco_data  # noqa: E402
+from core.errors import UserError  # noqa: E402
+from core.model.rnn_model import CaptioningRNN  # noqa: E402
+from core.model.transformer import CaptioningTransformer  # noqa: E402
+
+DEFAULT_LR = {"rnn": 5e-3, "lstm": 5e-3, "transformer": 5e-4}
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description="Train a captioning decoder on precomputed image features.")
+    p.add_argument("--model", required=True, choices=MODELS, help="decoder to train")
+    p.add_argument("--data_dir", default=str(COCO_DIR), help="dataset directory in the CS231n COCO layout")
+    p.add_argument("--num_samples", type=int, default=None,
+                   help="train on a random subset of this many captions, drawn without replacement (default: all)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training captions")
+    p.add_argument("--batch_size", type=int, default=100, help="captions per minibatch")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 5e-3 for rnn/lstm, 5e-4 for transformer)")
+    p.add_argument("--lr_decay", type=float, default=0.95, help="learning rate multiplier after each epoch")
+    p.add_argument("--update_rule", default="adam", choices=("sgd", "sgd_momentum", "rmsprop", "adam"),
+                   help="update rule for the numpy models (the transformer always uses torch Adam)")
+    p.add_argument("--hidden_dim", type=int, default=512, help="hidden state size H of rnn/lstm")
+    p.add_argument("--wordvec_dim", type=int, default=256, help="word vector size W (the transformer's width)")
+    p.add_argument("--num_heads", type=int, default=4, help="attention heads of the transformer")
+    p.add_argument("--num_layers", type=int, default=2, help="decoder layers of the transformer")
+    p.add_argument("--val_samples", type=int, default=1000,
+                   help="size of the fixed validation subset whose loss is reported each epoch")
+    p.add_argument("--seed", type=int, default=231, help="seed for data subset, initialisation and shuffling")
+    p.add_argument("--checkpoint", default=None,
+                   help="where to save the model (default: rnn_checkpoint.npz, lstm_checkpoint.npz, "
+                        "transformer_model.pt)")
+    p.add_argument("--out_dir", default="outputs", help="directory for the loss plot and history")
+    p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision for the transformer on CUDA")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "val_samples"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name} must be positive")
+    if args.num_samples is not None and args.num_samples <= 0:
+        p.error("--num_samples must be positive")
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.model]
+    if args.checkpoint is None:
+        args.checkpoint = DEFAULT_CHECKPOINTS[args.model]
+    return args
+
+
+def build_model(args, data):
+    """Model of args.model sized for the data's features and vocabulary."""
+    input_dim = data["train_features"].shape[1]
+    if args.model == "transformer":
+        if args.wordvec_dim % (2 * args.num_heads) != 0:
+            raise UserError(f"--wordvec_dim {args.wordvec_dim} must be divisible by 2 * --num_heads {args.num_heads}")
+        max_length = max(50, data["train_captions"].shape[1])
+        return CaptioningTransformer(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
+                                     num_heads=args.num_heads, num_layers=args.num_layers, max_length=max_length)
+    return CaptioningRNN(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
+                         hidden_dim=args.hidden_dim, cell_type=args.model, dtype=np.float32, seed=args.seed)
+
+
+def save_loss_plot(history, title, path):
+    """Per-iteration training loss with per-epoch train and validation loss, saved as PNG."""
+    iters_per_epoch = len(history["loss"]) / max(len(history["train_loss"]), 1)
+    epochs_x = iters_per_epoch * np.arange(1, len(history["train_loss"]) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(np.arange(1, len(history["loss"]) + 1), history["loss"], color="tab:blue", alpha=0.3,
+            label="train (per iteration)")
+    ax.plot(epochs_x, history["train_loss"], "o-", color="tab:blue", label="train (epoch mean)")
+    ax.plot(epochs_x, history["val_loss"], "s-", color="tab:orange", label="validation")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (summed over words, per caption)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with user_errors("training.py"):
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        device = resolve_device(args.device) if args.model == "transformer" else "cpu"
+
+        start = time.perf_counter()
+        data = load_coco_data(args.data_dir, max_train=args.num_samples, seed=args.seed)
+        print(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions, "
+              f"{data['train_features'].shape[0]} images, {data['train_features'].shape[1]}-d features, "
+              f"{len(data['idx_to_word'])} words ({time.perf_counter() - start:.1f}s)", flush=True)
+
+        model = build_model(args, data)
+        checkpoint = Path(args.checkpoint)
+        best_path = best_checkpoint_path(checkpoint)
+        extra = {"data_dir": str(Path(args.data_dir).name), "args": vars(args)}
+
+        def on_epoch_end(solver, epoch, is_best):
+            if is_best:
+                save_checkpoint(solver.model, best_path, dict(extra, epoch=epoch, val_loss=solver.best_val_loss))
+
+        common = dict(num_epochs=args.epochs, batch_size=args.batch_size, lr_decay=args.lr_decay,
+                      val_samples=args.val_samples, seed=args.seed, verbose=not args.quiet,
+                      on_epoch_end=on_epoch_end)
+        if args.model == "transformer":
+            solver = CaptioningSolverTransformer(model, data, learning_rate=args.lr, device=device, amp=args.amp,
+                                                 **common)
+        else:
+            solver = CaptioningSolver(model, data, update_rule=args.update_rule,
+                                      optim_config={"learning_rate": args.lr}, **common)
+        print(f"training {args.model} for {args.epochs} epochs on {device}", flush=True)
+        start = time.perf_counter()
+        try:
+            history = solver.train()
+        except FloatingPointError as e:
+            raise UserError(str(e)) from None
+        seconds = time.perf_counter() - start
+
+        save_checkpoint(model, checkpoint, dict(extra, epoch=args.epochs, val_loss=history["val_loss"][-1]))
+        out_dir = Path(args.out_dir)
+        plot_path = out_dir / f"{args.model}_loss.png"
+        save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
+        (out_dir / f"{args.model}_history.json").write_text(json.dumps(dict(history, seconds=seconds), indent=1))
+        print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
+              f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
+        print(f"saved checkpoint {checkpoint} and best (epoch {solver.best_epoch}, val loss "
+              f"{solver.best_val_loss:.4f}) {best_path}")
+        print(f"saved loss plot {plot_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
