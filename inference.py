@@ -3,11 +3,13 @@
 Usage:
     python inference.py --model rnn
     python inference.py --model transformer --split train --num_images 9
+    python inference.py --model lstm --image photo.jpg more.jpg      # your own images
 
 The model is rebuilt from the checkpoint alone. Prints the ground-truth and the
 predicted caption of each sampled image and saves a grid of images with both
 captions to <out_dir>/<model>_<split>_captions.png (panels whose image cannot be
-fetched show the captions only).
+fetched show the captions only). With --image, the files go through the dataset's own
+VGG16 weights and fc7 -> PCA transform, and the figure is <out_dir>/<model>_images_captions.png.
 """
 import textwrap
 from pathlib import Path
@@ -21,8 +23,9 @@ import torch  # noqa: E402
 
 from core.checkpoint import check_checkpoint, load_checkpoint  # noqa: E402
 from core.cli import DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, resolve_device, user_errors  # noqa: E402
-from core.coco_utils import COCO_DIR, decode_captions, load_coco_data  # noqa: E402
+from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.features import dataset_id, ensure_transform, extract_fc7, project  # noqa: E402
 from core.image_utils import try_load_image  # noqa: E402
 
 
@@ -31,7 +34,11 @@ def parse_args(argv=None):
     p.add_argument("--model", required=True, choices=MODELS, help="decoder type the checkpoint must hold")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint to load (default: rnn_checkpoint.npz, lstm_checkpoint.npz, transformer_model.pt)")
-    p.add_argument("--data_dir", default=str(COCO_DIR), help="dataset directory in the CS231n COCO layout")
+    p.add_argument("--data_dir", default=None,
+                   help="dataset directory in the CS231n COCO layout (default: core/datasets/coco_captioning "
+                        "when downloaded, else the bundled core/datasets/sample_captioning)")
+    p.add_argument("--image", nargs="+", default=None, metavar="PATH",
+                   help="caption these image files instead of dataset images")
     p.add_argument("--split", default="val", choices=("train", "val"), help="which split to sample images from")
     p.add_argument("--num_images", type=int, default=6, help="how many distinct images to caption")
     p.add_argument("--max_length", type=int, default=30, help="longest caption to generate, in words")
@@ -72,37 +79,76 @@ def save_caption_grid(images, titles, path, cols=3):
     plt.close(fig)
 
 
+def check_dataset(config, checkpoint, ident, data_dir):
+    """UserError when the checkpoint was trained on another dataset than data_dir's."""
+    trained_on = config.get("extra", {}).get("dataset_id")
+    if trained_on and ident and trained_on != ident:
+        raise UserError(f"checkpoint {checkpoint} was trained on another dataset (id {trained_on}) than "
+                        f"{data_dir} (id {ident}): pass the --data_dir it was trained on")
+
+
+def caption_dataset_images(args, model, config):
+    """Caption --num_images distinct images of a split and compare with their first reference."""
+    data = load_coco_data(args.data_dir)
+    check_checkpoint(config, args.checkpoint, args.model, data["idx_to_word"])
+    check_dataset(config, args.checkpoint, dataset_id(data["train_features"], data["idx_to_word"]), args.data_dir)
+    features_all = data[f"{args.split}_features"]
+    if features_all.shape[1] != config["input_dim"]:
+        raise UserError(f"checkpoint {args.checkpoint} expects {config['input_dim']}-d features, "
+                        f"{args.data_dir} has {features_all.shape[1]}-d")
+    rng = np.random.default_rng(args.seed)
+    candidates, first_rows = np.unique(data[f"{args.split}_image_idxs"], return_index=True)  # image, first caption
+    picks = rng.choice(len(candidates), size=min(args.num_images, len(candidates)), replace=False)
+    chosen = candidates[picks]
+    truth = decode_captions(data[f"{args.split}_captions"][first_rows[picks]], data["idx_to_word"])
+    predicted = decode_captions(model.sample(features_all[chosen], max_length=args.max_length), data["idx_to_word"])
+    locations = [resolve_location(data[f"{args.split}_urls"][i], args.data_dir) for i in chosen]
+    return locations, truth, predicted, f"{args.model}_{args.split}_captions.png"
+
+
+def caption_files(args, model, config):
+    """Caption the --image files through the dataset's VGG16 weights and fc7 -> PCA transform."""
+    missing = [p for p in args.image if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"image file {missing[0]} not found")
+    idx_to_word, _ = load_vocab(args.data_dir)
+    check_checkpoint(config, args.checkpoint, args.model, idx_to_word)
+    transform, info = ensure_transform(args.data_dir)
+    check_dataset(config, args.checkpoint, info.get("dataset_id"), args.data_dir)
+    if transform["components"].shape[0] != config["input_dim"]:
+        raise UserError(f"checkpoint {args.checkpoint} expects {config['input_dim']}-d features, the transform of "
+                        f"{args.data_dir} makes {transform['components'].shape[0]}-d")
+    if info.get("note"):
+        print(f"note: {info['note']}")
+    fc7, bad = extract_fc7(args.image, info["vgg16"], batch_size=16, device=args.device or "cpu", progress=False)
+    if bad:
+        first = min(bad)
+        raise UserError(f"cannot read image {args.image[first]} ({bad[first]})")
+    predicted = decode_captions(model.sample(project(fc7, transform), max_length=args.max_length), idx_to_word)
+    return list(args.image), [None] * len(predicted), predicted, f"{args.model}_images_captions.png"
+
+
 def main(argv=None):
     args = parse_args(argv)
     with user_errors("inference.py"):
-        device = resolve_device(args.device) if args.model == "transformer" else "cpu"
-        model, config = load_checkpoint(args.checkpoint, device=device)
+        args.device = resolve_device(args.device) if args.model == "transformer" else "cpu"
+        model, config = load_checkpoint(args.checkpoint, device=args.device)
         if config["model"] != args.model:
             check_checkpoint(config, args.checkpoint, args.model, config["idx_to_word"])
-        data = load_coco_data(args.data_dir)
-        check_checkpoint(config, args.checkpoint, args.model, data["idx_to_word"])
-        features_all = data[f"{args.split}_features"]
-        if features_all.shape[1] != config["input_dim"]:
-            raise UserError(f"checkpoint {args.checkpoint} expects {config['input_dim']}-d features, "
-                            f"{args.data_dir} has {features_all.shape[1]}-d")
-
-        rng = np.random.default_rng(args.seed)
-        image_idxs = data[f"{args.split}_image_idxs"]
-        candidates, first_rows = np.unique(image_idxs, return_index=True)  # each image and its first caption
-        picks = rng.choice(len(candidates), size=min(args.num_images, len(candidates)), replace=False)
-        chosen = candidates[picks]
-        truth = decode_captions(data[f"{args.split}_captions"][first_rows[picks]], data["idx_to_word"])
+        if args.data_dir is None:
+            args.data_dir = str(default_data_dir())
         torch.manual_seed(args.seed)
-        predicted = decode_captions(model.sample(features_all[chosen], max_length=args.max_length),
-                                    data["idx_to_word"])
+        caption = caption_files if args.image else caption_dataset_images
+        locations, truth, predicted, figure_name = caption(args, model, config)
 
         images, titles = [], []
-        for k, (i, gt, pred) in enumerate(zip(chosen, truth, predicted)):
-            location = resolve_location(data[f"{args.split}_urls"][i], args.data_dir)
-            print(f"[{k + 1}] {location}\n    truth:     {gt}\n    predicted: {pred}")
+        for k, (location, gt, pred) in enumerate(zip(locations, truth, predicted)):
+            print(f"[{k + 1}] {location}" + (f"\n    truth:     {gt}" if gt is not None else "")
+                  + f"\n    predicted: {pred}")
             images.append(try_load_image(location))
-            titles.append("\n".join(textwrap.wrap(f"GT: {gt}", 48) + textwrap.wrap(f"{args.model}: {pred}", 48)))
-        path = Path(args.out_dir) / f"{args.model}_{args.split}_captions.png"
+            lines = (textwrap.wrap(f"GT: {gt}", 48) if gt is not None else []) + textwrap.wrap(f"{args.model}: {pred}", 48)
+            titles.append("\n".join(lines))
+        path = Path(args.out_dir) / figure_name
         save_caption_grid(images, titles, path)
         missing = sum(image is None for image in images)
         print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))

@@ -25,8 +25,9 @@ from core.captioning_solver_transformer import CaptioningSolverTransformer  # no
 from core.checkpoint import save_checkpoint  # noqa: E402
 from core.cli import (  # noqa: E402
     DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, best_checkpoint_path, resolve_device, user_errors)
-from core.coco_utils import COCO_DIR, load_coco_data  # noqa: E402
+from core.coco_utils import default_data_dir, load_coco_data  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.features import dataset_id  # noqa: E402
 from core.model.rnn_model import CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
 
@@ -36,7 +37,9 @@ DEFAULT_LR = {"rnn": 5e-3, "lstm": 5e-3, "transformer": 5e-4}
 def parse_args(argv=None):
     p = ArgumentParser(description="Train a captioning decoder on precomputed image features.")
     p.add_argument("--model", required=True, choices=MODELS, help="decoder to train")
-    p.add_argument("--data_dir", default=str(COCO_DIR), help="dataset directory in the CS231n COCO layout")
+    p.add_argument("--data_dir", default=None,
+                   help="dataset directory in the CS231n COCO layout (default: core/datasets/coco_captioning "
+                        "when downloaded, else the bundled core/datasets/sample_captioning)")
     p.add_argument("--num_samples", type=int, default=None,
                    help="train on a random subset of this many captions, drawn without replacement (default: all)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training captions")
@@ -112,6 +115,8 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         device = resolve_device(args.device) if args.model == "transformer" else "cpu"
 
+        if args.data_dir is None:
+            args.data_dir = str(default_data_dir())
         start = time.perf_counter()
         data = load_coco_data(args.data_dir, max_train=args.num_samples, seed=args.seed)
         print(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions, "
@@ -121,7 +126,8 @@ def main(argv=None):
         model = build_model(args, data)
         checkpoint = Path(args.checkpoint)
         best_path = best_checkpoint_path(checkpoint)
-        extra = {"data_dir": str(Path(args.data_dir).name), "args": vars(args)}
+        extra = {"data_dir": str(Path(args.data_dir).name), "args": vars(args),
+                 "dataset_id": dataset_id(data["train_features"], data["idx_to_word"])}
 
         def on_epoch_end(solver, epoch, is_best):
             if is_best:

@@ -10,6 +10,8 @@ A data directory holds:
 Captions start with <START>, end with <END> and are padded with <NULL>.
 """
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -19,8 +21,28 @@ from core.errors import UserError
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 COCO_DIR = DATASETS_DIR / "coco_captioning"
+SAMPLE_DIR = DATASETS_DIR / "sample_captioning"
 FETCH_HINT = "cd core/datasets && bash get_datasets.sh"
 SPLITS = ("train", "val")
+
+
+def default_data_dir(log=print):
+    """The downloaded COCO data when present, otherwise the bundled sample dataset (said in one line)."""
+    if (COCO_DIR / "coco2014_captions.h5").is_file():
+        return COCO_DIR
+    log(f"no COCO data in {COCO_DIR.relative_to(DATASETS_DIR.parent.parent)} (fetch it with `{FETCH_HINT}`): "
+        f"using the bundled sample dataset {SAMPLE_DIR.relative_to(DATASETS_DIR.parent.parent)}")
+    return SAMPLE_DIR
+
+
+def load_vocab(base_dir):
+    """-> idx_to_word (list), word_to_idx (dict) of a data directory."""
+    path = _require(Path(base_dir) / "coco2014_vocab.json", "check --data_dir")
+    try:
+        vocab = json.loads(path.read_text())
+        return list(vocab["idx_to_word"]), dict(vocab["word_to_idx"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a vocabulary file ({type(e).__name__}: {e})") from None
 
 
 def _require(path, hint):
@@ -49,7 +71,8 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
     instead of the 4096-d fc7.
     -> dict with train_captions (Nc, L) int32, train_image_idxs (Nc,) int32,
        train_features (Ni, D) float32, train_urls (Ni,) str, the same for val,
-       idx_to_word (list), word_to_idx (dict), base_dir (str).
+       idx_to_word (list), word_to_idx (dict), base_dir (str), and with max_train
+       train_rows (max_train,) the kept rows of the full caption table, in order.
     """
     base_dir = Path(base_dir)
     hint = f"fetch it with `{FETCH_HINT}`" if base_dir.resolve() == COCO_DIR else "check --data_dir"
@@ -66,13 +89,8 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
         urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
         data[f"{split}_urls"] = np.array(urls_path.read_text().splitlines())
 
-    vocab_path = _require(base_dir / "coco2014_vocab.json", hint)
-    try:
-        vocab = json.loads(vocab_path.read_text())
-        data["idx_to_word"] = list(vocab["idx_to_word"])
-        data["word_to_idx"] = dict(vocab["word_to_idx"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{vocab_path} is not a vocabulary file ({type(e).__name__}: {e})") from None
+    _require(base_dir / "coco2014_vocab.json", hint)
+    data["idx_to_word"], data["word_to_idx"] = load_vocab(base_dir)
     _check_consistent(data, base_dir)
 
     if max_train is not None:
@@ -82,6 +100,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
         rows = np.sort(np.random.default_rng(seed).choice(num_train, size=max_train, replace=False))
         data["train_captions"] = data["train_captions"][rows]
         data["train_image_idxs"] = data["train_image_idxs"][rows]
+        data["train_rows"] = rows
     return data
 
 
@@ -130,3 +149,32 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     rows = rng.choice(num, size=min(batch_size, num), replace=False)
     image_idxs = data[f"{split}_image_idxs"][rows]
     return data[f"{split}_captions"][rows], data[f"{split}_features"][image_idxs], data[f"{split}_urls"][image_idxs]
+
+
+SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")
+
+
+def tokenize(caption):
+    """Lower-case a caption and split it into words (letters, digits and inner apostrophes)."""
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", caption.lower())
+
+
+def build_vocab(tokenized, min_word_count=1):
+    """tokenized: iterable of word lists -> idx_to_word: the special tokens, then every word
+    seen at least min_word_count times, most frequent first (ties alphabetical)."""
+    counts = Counter(w for words in tokenized for w in words)
+    kept = sorted((w for w, c in counts.items() if c >= min_word_count and w not in SPECIAL_TOKENS),
+                  key=lambda w: (-counts[w], w))
+    return list(SPECIAL_TOKENS) + kept
+
+
+def encode_captions(tokenized, word_to_idx, max_length=17):
+    """Word lists -> int32 (N, max_length): <START> words <END> <NULL>...; long captions are
+    cut to max_length - 2 words, unknown words become <UNK>."""
+    out = np.full((len(tokenized), max_length), word_to_idx["<NULL>"], dtype=np.int32)
+    unk = word_to_idx["<UNK>"]
+    for row, words in enumerate(tokenized):
+        ids = [word_to_idx["<START>"]] + [word_to_idx.get(w, unk) for w in words[:max_length - 2]]
+        ids.append(word_to_idx["<END>"])
+        out[row, :len(ids)] = ids
+    return out

@@ -67,13 +67,13 @@ def temporal_softmax_loss(x, y, mask):
     x2 = x.reshape(N * T, V)
     y2 = y.reshape(N * T)
     m2 = mask.reshape(N * T)
-    shifted = x2 - x2.max(axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    probs = shifted
-    probs /= probs.sum(axis=1, keepdims=True)
+    shifted = x2 - x2.max(axis=1, keepdims=True)  # (N*T, V), max 0 per row
     rows = np.arange(N * T)
-    picked = probs[rows, y2]
-    loss = -np.sum(np.log(np.maximum(picked[m2], np.finfo(probs.dtype).tiny))) / N
+    picked = shifted[rows, y2]  # (N*T,) shifted score of the target word
+    probs = np.exp(shifted, out=shifted)
+    sums = probs.sum(axis=1)
+    loss = -np.sum((picked - np.log(sums))[m2]) / N
+    probs /= sums[:, None]
     dx = probs
     dx[rows, y2] -= 1
     dx *= (m2 / N).astype(dx.dtype)[:, None]

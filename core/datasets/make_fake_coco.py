@@ -1,7 +1,8 @@
 """Write a dataset in the exact CS231n COCO captioning layout, with generated content.
 
 For tests and benchmarks: the captions follow a per-class word template (so a decoder
-can learn them from the features) and the features are class centroids plus noise.
+can learn them from the features); the fc7 features are non-negative class centroids plus
+noise and the "PCA" features a fixed linear projection of them, as in the real data.
 
 Usage:
     python -m core.datasets.make_fake_coco OUT_DIR                 # a few hundred captions
@@ -41,8 +42,10 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
     body = max_length - 2
     templates = rng.integers(len(SPECIAL), vocab_size, size=(num_classes, body))
     lengths = rng.integers(max(2, body // 3), body + 1, size=num_classes)
-    centroids = rng.standard_normal((num_classes, pca_dim)).astype(np.float32)
-    fc7_map = rng.standard_normal((pca_dim, fc7_dim)).astype(np.float32) if fc7_dim else None
+    F = fc7_dim or pca_dim  # fc7 features are written only with fc7_dim
+    centroids = np.abs(rng.standard_normal((num_classes, F))).astype(np.float32)
+    fc7_mean = centroids.mean(axis=0)
+    pca_map = (rng.standard_normal((pca_dim, F)) / np.sqrt(F)).astype(np.float32)  # linear, like a PCA
     counts = {"train": (train_images, train_captions), "val": (val_images, val_captions)}
 
     with h5py.File(out_dir / "coco2014_captions.h5", "w") as caps_file:
@@ -64,15 +67,16 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
 
             fc7_path = out_dir / f"{split}2014_vgg16_fc7.h5"
             with h5py.File(out_dir / f"{split}2014_vgg16_fc7_pca.h5", "w") as f, \
-                    (h5py.File(fc7_path, "w") if fc7_map is not None else nullcontext()) as g:
+                    (h5py.File(fc7_path, "w") if fc7_dim else nullcontext()) as g:
                 feats = f.create_dataset("features", shape=(num_images, pca_dim), dtype=np.float32)
                 fc7 = g.create_dataset("features", shape=(num_images, fc7_dim), dtype=np.float32) if g else None
                 for start in range(0, num_images, 8192):
                     block = classes[start:start + 8192]
-                    pca = centroids[block] + 0.1 * rng.standard_normal((len(block), pca_dim), dtype=np.float32)
-                    feats[start:start + len(block)] = pca
+                    noise = rng.standard_normal((len(block), F), dtype=np.float32)
+                    raw = np.maximum(centroids[block] + 0.1 * noise, 0)  # (B, F) non-negative, as after ReLU
+                    feats[start:start + len(block)] = (raw - fc7_mean) @ pca_map.T
                     if fc7 is not None:
-                        fc7[start:start + len(block)] = np.maximum(pca @ fc7_map, 0)
+                        fc7[start:start + len(block)] = raw
 
             if image_dir is not None:
                 split_dir = Path(image_dir) / split

@@ -1,0 +1,131 @@
+"""Build a captioning dataset in the CS231n COCO layout from images and COCO-format captions.
+
+Input per split: an annotation file {"images": [{"id", "file_name", ...}],
+"annotations": [{"image_id", "caption"}, ...]} and the folder holding the images.
+Output (see core/coco_utils.py for the layout): coco2014_captions.h5, coco2014_vocab.json,
+<split>2014_vgg16_fc7.h5, <split>2014_vgg16_fc7_pca.h5, <split>2014_urls.txt, and the
+fc7 -> PCA transform (core/features.py). Everything is written to a temporary folder
+and moved into place at the end, so a failure leaves nothing half-written.
+"""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from core.coco_utils import SPLITS, build_vocab, encode_captions, tokenize
+from core.errors import UserError
+from core.features import TRANSFORM_FILE, dataset_id, describe_weights, extract_fc7, fit_pca, project, save_transform
+
+PCA_CHUNK_BYTES = 2 << 30  # fit IncrementalPCA in chunks when train fc7 is larger than this
+
+
+def read_annotations(path, image_dir, skip_bad=False, log=print):
+    """-> image paths (Ni,), captions (Nc,) str, caption image indices (Nc,) int; images sorted by id,
+    only images with at least one caption. Unknown image ids and missing files are errors
+    (or, with skip_bad, dropped and reported)."""
+    path, image_dir = Path(path), Path(image_dir)
+    try:
+        ann = json.loads(path.read_text())
+        images = {int(im["id"]): im["file_name"] for im in ann["images"]}
+        pairs = [(int(a["image_id"]), str(a["caption"])) for a in ann["annotations"]]
+    except OSError as e:
+        raise UserError(f"cannot read annotation file {path} ({e})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a COCO-format captions file ({type(e).__name__}: {e})") from None
+    unknown = sorted({i for i, _ in pairs if i not in images})
+    if unknown:
+        if not skip_bad:
+            raise UserError(f"{path}: caption for unknown image id {unknown[0]}"
+                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        log(f"skipping {sum(i in set(unknown) for i, _ in pairs)} captions of {len(unknown)} unknown image ids")
+        pairs = [(i, c) for i, c in pairs if i in images]
+    missing = sorted(i for i in images if not (image_dir / images[i]).is_file())
+    if missing:
+        if not skip_bad:
+            raise UserError(f"missing image {image_dir / images[missing[0]]} (id {missing[0]})"
+                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        log(f"skipping {len(missing)} missing images, e.g. {image_dir / images[missing[0]]}")
+        for i in missing:
+            del images[i]
+        pairs = [(i, c) for i, c in pairs if i in images]
+    with_captions = sorted({i for i, _ in pairs})
+    row = {image_id: r for r, image_id in enumerate(with_captions)}
+    paths = np.array([str(image_dir / images[i]) for i in with_captions])
+    return paths, [c for _, c in pairs], np.array([row[i] for i, _ in pairs], dtype=np.int32)
+
+
+def _url(path, out_dir):
+    """Image path as written to *_urls.txt: relative to the dataset folder when inside it, else absolute."""
+    path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
+    try:
+        return path.relative_to(out_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_workers=0, min_word_count=5,
+                  max_length=17, pca_dim=512, skip_bad_images=False, progress=True, log=print):
+    """splits: {"train": (annotation_file, image_dir), "val": (...)} -> dict of counts.
+
+    spec: VGG16 weights spec from core.features.parse_weights.
+    """
+    if set(splits) != set(SPLITS):
+        raise ValueError(f"splits must be {SPLITS}")
+    out_dir = Path(out_dir)
+    log(f"image features: {describe_weights(spec)}")
+    paths, raw_captions, image_idxs, fc7 = {}, {}, {}, {}
+    for split in SPLITS:
+        paths[split], raw_captions[split], image_idxs[split] = read_annotations(*splits[split], skip_bad_images, log)
+        if len(paths[split]) == 0:
+            raise UserError(f"the {split} split has no images with captions")
+        fc7[split], bad = extract_fc7(paths[split], spec, batch_size=batch_size, device=device,
+                                      num_workers=num_workers, progress=progress, desc=f"{split} fc7")
+        if bad:
+            first = min(bad)
+            if not skip_bad_images:
+                raise UserError(f"cannot read image {paths[split][first]} ({bad[first]})"
+                                + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+            log(f"skipping {len(bad)} unreadable {split} images, e.g. {paths[split][first]} ({bad[first]})")
+            keep = np.setdiff1d(np.arange(len(paths[split])), sorted(bad))
+            new_index = np.full(len(paths[split]), -1)
+            new_index[keep] = np.arange(len(keep))
+            rows = new_index[image_idxs[split]] >= 0
+            paths[split], fc7[split] = paths[split][keep], fc7[split][keep]
+            raw_captions[split] = [c for c, r in zip(raw_captions[split], rows) if r]
+            image_idxs[split] = new_index[image_idxs[split][rows]].astype(np.int32)
+
+    tokens = {split: [tokenize(c) for c in raw_captions[split]] for split in SPLITS}
+    idx_to_word = build_vocab(tokens["train"], min_word_count)
+    word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
+    chunk = 20000 if fc7["train"].nbytes > PCA_CHUNK_BYTES else None
+    transform = fit_pca(fc7["train"], pca_dim, chunk_rows=chunk, progress=progress)
+    pca = {split: project(fc7[split], transform) for split in SPLITS}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build_", dir=out_dir))
+    try:
+        with h5py.File(tmp / "coco2014_captions.h5", "w") as f:
+            for split in SPLITS:
+                f.create_dataset(f"{split}_captions", data=encode_captions(tokens[split], word_to_idx, max_length))
+                f.create_dataset(f"{split}_image_idxs", data=image_idxs[split])
+        for split in SPLITS:
+            for name, array in ((f"{split}2014_vgg16_fc7.h5", fc7[split]), (f"{split}2014_vgg16_fc7_pca.h5", pca[split])):
+                with h5py.File(tmp / name, "w") as f:
+                    f.create_dataset("features", data=array)
+            (tmp / f"{split}2014_urls.txt").write_text("".join(_url(p, out_dir) + "\n" for p in paths[split]))
+        (tmp / "coco2014_vocab.json").write_text(json.dumps({"idx_to_word": idx_to_word, "word_to_idx": word_to_idx}))
+        info = {"vgg16": spec, "pca_dim": pca_dim, "fitted_on": "train", "dataset_id": dataset_id(pca["train"], idx_to_word),
+                "preprocessing": "resize 256, center crop 224, ImageNet mean/std", "layer": "fc7 after ReLU"}
+        save_transform(tmp / TRANSFORM_FILE, transform, info)
+        for f in tmp.iterdir():
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    counts = {f"{s}_{k}": len(v[s]) for s in SPLITS for k, v in (("images", paths), ("captions", raw_captions))}
+    log(f"wrote {out_dir}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+        + f", {len(idx_to_word)} words")
+    return counts

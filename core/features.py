@@ -1,0 +1,259 @@
+"""Image features as the decoders see them: VGG16 fc7 (4096-d) reduced to 512-d by PCA.
+
+Shape letters: N images, F = 4096 fc7 features, P PCA dimensions (512 in the CS231n layout).
+
+The reduction is saved as a *transform* file next to the dataset
+(`vgg16_fc7_pca_transform.npz`: mean (F,), components (P, F), bias (P,), and a JSON `info`
+with the VGG16 weights spec and a dataset id), so new images can be projected exactly as
+the training images were.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from core.errors import UserError
+
+FC7_DIM = 4096
+TRANSFORM_FILE = "vgg16_fc7_pca_transform.npz"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def parse_weights(value, seed=0):
+    """--weights value -> spec dict: {"weights": "imagenet"}, {"weights": "random", "seed": S}
+    or {"weights": "file", "path": ..., "sha256": ...}."""
+    if value == "imagenet":
+        return {"weights": "imagenet"}
+    if value == "random":
+        return {"weights": "random", "seed": int(seed)}
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(f'--weights "{value}" is neither imagenet, random, nor an existing state_dict file')
+    return {"weights": "file", "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def describe_weights(spec):
+    """One line for logs and READMEs."""
+    if spec["weights"] == "random":
+        return f"VGG16 with RANDOM weights (seed {spec['seed']}), not ImageNet-trained"
+    if spec["weights"] == "file":
+        return f"VGG16 weights from {spec['path']}"
+    return "VGG16 with torchvision's ImageNet weights"
+
+
+class VGG16FC7(torch.nn.Module):
+    """VGG16 up to fc7: conv features, fc6 + ReLU, fc7 + ReLU (dropout is inactive in eval mode).
+
+    forward: images (N, 3, 224, 224) normalised -> (N, 4096).
+    """
+
+    def __init__(self, spec):
+        super().__init__()
+        from torchvision.models import VGG16_Weights, vgg16
+
+        if spec["weights"] == "random":
+            torch.manual_seed(spec["seed"])
+            vgg = vgg16(weights=None)
+        elif spec["weights"] == "imagenet":
+            try:
+                vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
+            except Exception as e:  # offline or blocked: say how to get around it
+                raise UserError(f"cannot load torchvision's ImageNet VGG16 weights ({type(e).__name__}: {e}); "
+                                "download them once online, or pass --weights PATH or --weights random") from None
+        else:
+            vgg = vgg16(weights=None)
+            try:
+                vgg.load_state_dict(torch.load(spec["path"], map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise UserError(f"cannot load VGG16 weights from {spec['path']} ({type(e).__name__}: {e})") from None
+        self.features, self.avgpool = vgg.features, vgg.avgpool
+        self.fc = vgg.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU
+        self.eval()
+
+    def forward(self, images):
+        x = self.avgpool(self.features(images))  # (N, 512, 7, 7)
+        return self.fc(torch.flatten(x, 1))  # (N, 4096)
+
+
+def preprocess():
+    """The standard ImageNet evaluation preprocessing: resize 256, center crop 224, normalise."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class _ImageFiles(Dataset):
+    """Image paths -> (tensor (3, 224, 224), index, error message or "")."""
+
+    def __init__(self, paths):
+        self.paths = [str(p) for p in paths]
+        self.transform = preprocess()
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.paths[i]) as image:
+                return self.transform(image.convert("RGB")), i, ""
+        except (OSError, ValueError) as e:
+            return torch.zeros(3, 224, 224), i, f"{type(e).__name__}: {e}"
+
+
+def extract_fc7(paths, spec, batch_size=32, device="cpu", num_workers=0, progress=True, desc="fc7"):
+    """fc7 features of image files.
+
+    paths: N image paths -> features (N, 4096) float32, bad {index: error} for images that
+    could not be read (their rows are zero).
+    """
+    model = VGG16FC7(spec).to(device)
+    loader = DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    out = np.zeros((len(paths), FC7_DIM), dtype=np.float32)
+    bad = {}
+    with torch.inference_mode():
+        for images, idx, errors in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+            out[idx.numpy()] = model(images.to(device)).float().cpu().numpy()
+            bad.update({int(i): e for i, e in zip(idx, errors) if e})
+    return out, bad
+
+
+def fit_pca(train_fc7, dim, chunk_rows=None, progress=True):
+    """PCA on training features only.
+
+    train_fc7: (N, F) array or h5py dataset -> transform dict: mean (F,), components (dim, F),
+    bias (dim,) zeros, all float32.
+    With chunk_rows, IncrementalPCA runs over row chunks (for features that do not fit in memory).
+    """
+    from sklearn.decomposition import PCA, IncrementalPCA
+
+    N = train_fc7.shape[0]
+    if dim > min(N, train_fc7.shape[1]):
+        raise UserError(f"cannot fit {dim} PCA components to {N} training images of {train_fc7.shape[1]} features: "
+                        "use more training images or a smaller --pca_dim")
+    if chunk_rows is None:
+        pca = PCA(n_components=dim, svd_solver="full").fit(np.asarray(train_fc7, dtype=np.float32))
+    else:
+        chunk_rows = max(chunk_rows, dim)
+        pca = IncrementalPCA(n_components=dim)
+        starts = range(0, N, chunk_rows)
+        for s in tqdm(starts, desc="PCA", unit="chunk", disable=not progress):
+            block = np.asarray(train_fc7[s:min(s + chunk_rows, N)], dtype=np.float32)
+            if block.shape[0] < dim:  # IncrementalPCA needs >= dim rows per call: merge a short tail
+                continue
+            pca.partial_fit(block)
+        tail = N % chunk_rows
+        if 0 < tail < dim and N >= dim:
+            pca.partial_fit(np.asarray(train_fc7[N - dim:N], dtype=np.float32))
+    return {"mean": pca.mean_.astype(np.float32), "components": pca.components_.astype(np.float32),
+            "bias": np.zeros(dim, dtype=np.float32)}
+
+
+def project(fc7, transform):
+    """fc7 (N, F), transform dict with mean (F,), components (P, F), bias (P,) -> (N, P) float32:
+    (fc7 - mean) components^T + bias."""
+    out = (np.asarray(fc7, dtype=np.float32) - transform["mean"]) @ transform["components"].T
+    out += transform["bias"]
+    return out
+
+
+def recover_projection(fc7, pca, chunk_rows=8192, progress=True):
+    """Least-squares linear map from fc7 to given PCA features, for data that ships both but no
+    transform (the CS231n files): pca ~ (fc7 - mean) A^T + bias, fitted on all rows but the last
+    10%, which measure the fit.
+
+    fc7 (N, F), pca (N, P) arrays or h5py datasets -> transform dict, R^2 on the held-out rows.
+    """
+    N, F = fc7.shape
+    P = pca.shape[1]
+    fit_rows = N - max(N // 10, 1) if N > 1 else N
+    sums_x, sums_y = np.zeros(F), np.zeros(P)
+    xtx, xty = np.zeros((F, F)), np.zeros((F, P))
+    for s in tqdm(range(0, fit_rows, chunk_rows), desc="fitting fc7 -> PCA map", unit="chunk", disable=not progress):
+        x = np.asarray(fc7[s:min(s + chunk_rows, fit_rows)], dtype=np.float32)
+        y = np.asarray(pca[s:min(s + chunk_rows, fit_rows)], dtype=np.float32)
+        sums_x += x.sum(axis=0)
+        sums_y += y.sum(axis=0)
+        xtx += x.T @ x
+        xty += x.T @ y
+    mean_x, mean_y = sums_x / fit_rows, sums_y / fit_rows
+    cov = xtx - fit_rows * np.outer(mean_x, mean_x)
+    cross = xty - fit_rows * np.outer(mean_x, mean_y)
+    ridge = 1e-8 * max(np.trace(cov) / F, 1e-12)
+    A = np.linalg.solve(cov + ridge * np.eye(F), cross)  # (F, P)
+    transform = {"mean": mean_x.astype(np.float32), "components": A.T.astype(np.float32),
+                 "bias": mean_y.astype(np.float32)}
+    held_x = np.asarray(fc7[fit_rows:], dtype=np.float32)
+    held_y = np.asarray(pca[fit_rows:], dtype=np.float32)
+    residual = ((project(held_x, transform) - held_y) ** 2).sum()
+    total = ((held_y - held_y.mean(axis=0)) ** 2).sum()
+    return transform, float(1 - residual / max(total, 1e-30))
+
+
+def dataset_id(train_pca_features, idx_to_word):
+    """Short fingerprint of a dataset: its vocabulary and the first rows of its training features."""
+    h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())
+    h.update(np.ascontiguousarray(np.asarray(train_pca_features[:256], dtype=np.float32)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_transform(path, transform, info):
+    """Write an fc7 -> PCA transform (dict with mean (F,), components (P, F), bias (P,)) and its
+    info (JSON-able dict: VGG16 weights spec, dataset_id, ...)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(transform[k], dtype=np.float32) for k in ("mean", "components", "bias")},
+                 info=np.array(json.dumps(info)))
+    tmp.replace(path)
+
+
+def load_transform(path):
+    """-> transform dict (mean, components, bias), info dict."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in ("mean", "components", "bias")}, json.loads(str(f["info"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"cannot read the feature transform {path} ({type(e).__name__}: {e})") from None
+
+
+def ensure_transform(data_dir, progress=True, log=print):
+    """The fc7 -> PCA transform of a data directory -> (transform dict, info dict).
+
+    Datasets built by features_extraction.py ship one. For the CS231n download, which ships
+    fc7 and PCA features but no transform, it is recovered once by least squares from the
+    train features and saved next to them.
+    """
+    import h5py
+
+    from core.coco_utils import load_vocab
+
+    data_dir = Path(data_dir)
+    path = data_dir / TRANSFORM_FILE
+    if path.is_file():
+        return load_transform(path)
+    fc7_path, pca_path = data_dir / "train2014_vgg16_fc7.h5", data_dir / "train2014_vgg16_fc7_pca.h5"
+    if not (fc7_path.is_file() and pca_path.is_file()):
+        raise UserError(f"{data_dir} has no {TRANSFORM_FILE} and no {fc7_path.name} to fit one from: "
+                        "build the dataset with features_extraction.py")
+    log(f"{data_dir} ships no fc7 -> PCA transform: fitting it once from {fc7_path.name} and {pca_path.name}")
+    try:
+        with h5py.File(fc7_path, "r") as f, h5py.File(pca_path, "r") as g:
+            transform, r2 = recover_projection(f["features"], g["features"], progress=progress)
+            ident = dataset_id(g["features"], load_vocab(data_dir)[0])
+    except OSError as e:
+        raise UserError(f"cannot read {fc7_path} / {pca_path} ({e})") from None
+    info = {"vgg16": {"weights": "imagenet"}, "pca_dim": int(transform["components"].shape[0]),
+            "fitted_on": "least squares from train fc7 to the shipped PCA features", "held_out_r2": r2,
+            "dataset_id": ident,
+            "note": "the CS231n features were extracted with a different VGG16 port than torchvision's, so "
+                    "features of new images only approximate the training features"}
+    save_transform(path, transform, info)
+    log(f"saved {path} (held-out R^2 of the fit: {r2:.4f})")
+    return transform, info

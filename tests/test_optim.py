@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+
+from core import optim
+
+
+def _run_ours(rule, config, w0, grads):
+    w = w0.copy()
+    for g in grads:
+        w, config = rule(w, g, config)
+    return w
+
+
+def _run_torch(make_opt, w0, grads):
+    w = torch.tensor(w0.copy(), requires_grad=True)
+    opt = make_opt([w])
+    for g in grads:
+        opt.zero_grad()
+        w.grad = torch.tensor(g)
+        opt.step()
+    return w.detach().numpy()
+
+
+@pytest.mark.parametrize(
+    "rule, config, make_opt",
+    [
+        (optim.sgd, {"learning_rate": 0.1}, lambda p: torch.optim.SGD(p, lr=0.1)),
+        (optim.sgd_momentum, {"learning_rate": 0.1, "momentum": 0.9},
+         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+        (optim.rmsprop, {"learning_rate": 0.01, "decay_rate": 0.9, "epsilon": 1e-8},
+         lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-8)),
+        (optim.adam, {"learning_rate": 0.01, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8},
+         lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.999), eps=1e-8)),
+    ],
+)
+def test_update_rules_match_torch_optimizers(rule, config, make_opt):
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((4, 5))
+    grads = [rng.standard_normal((4, 5)) for _ in range(6)]
+    np.testing.assert_allclose(_run_ours(rule, dict(config), w0, grads), _run_torch(make_opt, w0, grads),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(optim.UPDATE_RULES))
+def test_update_rules_keep_float32(name):
+    w = np.ones((3, 3), dtype=np.float32)
+    w, config = optim.UPDATE_RULES[name](w, np.full((3, 3), 0.5, dtype=np.float32), None)
+    w, config = optim.UPDATE_RULES[name](w, np.full((3, 3), 0.5, dtype=np.float32), config)
+    assert w.dtype == np.float32
+    assert np.all(w < 1)

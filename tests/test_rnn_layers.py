@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.rnn_layers import (
+    affine_backward,
+    affine_forward,
+    sigmoid,
+    temporal_affine_backward,
+    temporal_affine_forward,
+    temporal_softmax_loss,
+)
+from tests.helpers import numeric_gradient, rel_error
+
+TOL = 1e-7
+
+
+def test_sigmoid_is_stable_and_exact():
+    x = np.array([-1000.0, -30.0, -1.0, 0.0, 2.5, 30.0, 1000.0])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        out = sigmoid(x)
+    # the tanh form is exact to float64 rounding in absolute terms (1 + tanh cancels for x << 0)
+    np.testing.assert_allclose(out, torch.sigmoid(torch.from_numpy(x)).numpy(), rtol=1e-12, atol=1e-16)
+    assert sigmoid(np.ones(3, dtype=np.float32)).dtype == np.float32
+
+
+def test_affine_gradients():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((4, 5)), rng.standard_normal((5, 3)), rng.standard_normal(3)
+    dout = rng.standard_normal((4, 3))
+    _, cache = affine_forward(x, w, b)
+    dx, dw, db = affine_backward(dout, cache)
+    assert rel_error(dx, numeric_gradient(lambda: affine_forward(x, w, b)[0], x, dout)) < TOL
+    assert rel_error(dw, numeric_gradient(lambda: affine_forward(x, w, b)[0], w, dout)) < TOL
+    assert rel_error(db, numeric_gradient(lambda: affine_forward(x, w, b)[0], b, dout)) < TOL
+
+
+def test_temporal_affine_gradients():
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    dout = rng.standard_normal((2, 3, 5))
+    out, cache = temporal_affine_forward(x, w, b)
+    np.testing.assert_allclose(out, np.einsum("ntd,dm->ntm", x, w) + b)
+    dx, dw, db = temporal_affine_backward(dout, cache)
+    assert rel_error(dx, numeric_gradient(lambda: temporal_affine_forward(x, w, b)[0], x, dout)) < TOL
+    assert rel_error(dw, numeric_gradient(lambda: temporal_affine_forward(x, w, b)[0], w, dout)) < TOL
+    assert rel_error(db, numeric_gradient(lambda: temporal_affine_forward(x, w, b)[0], b, dout)) < TOL
+
+
+def test_temporal_softmax_loss_matches_torch_and_its_gradient():
+    rng = np.random.default_rng(2)
+    N, T, V = 3, 4, 6
+    x = rng.standard_normal((N, T, V))
+    y = rng.integers(0, V, size=(N, T))
+    mask = rng.random((N, T)) > 0.3
+    loss, dx = temporal_softmax_loss(x, y, mask)
+
+    xt = torch.tensor(x, requires_grad=True)
+    per_word = F.cross_entropy(xt.reshape(-1, V), torch.tensor(y).reshape(-1), reduction="none")
+    expected = (per_word * torch.tensor(mask).reshape(-1)).sum() / N
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    assert rel_error(dx, numeric_gradient(lambda: temporal_softmax_loss(x, y, mask)[0], x, None)) < 1e-6
+
+
+def test_temporal_softmax_loss_handles_huge_scores_in_float32():
+    x = np.array([[[1e4, 0.0, -1e4]]], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        loss, dx = temporal_softmax_loss(x, np.array([[2]]), np.array([[True]]))
+    assert np.isfinite(loss) and loss > 1e3
+    assert dx.dtype == np.float32

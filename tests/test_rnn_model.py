@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.model.rnn_model import CaptioningRNN
+from tests.helpers import numeric_gradient, rel_error
+
+VOCAB = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "cat", "dog", "sits", "runs"])}
+
+
+def _captions(rng, N, T):
+    caps = rng.integers(4, len(VOCAB), size=(N, T))
+    caps[:, 0] = VOCAB["<START>"]
+    caps[0, -2], caps[0, -1] = VOCAB["<END>"], VOCAB["<NULL>"]
+    return caps
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_loss_gradients(cell_type):
+    rng = np.random.default_rng(0)
+    model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, cell_type=cell_type,
+                          dtype=np.float64, seed=0)
+    features = rng.standard_normal((3, 6))
+    captions = _captions(rng, 3, 6)
+    loss, grads = model.loss(features, captions)
+    assert set(grads) == set(model.params) == {"W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab"}
+    for name, param in model.params.items():
+        num = numeric_gradient(lambda: model.loss(features, captions)[0], param, None)
+        assert grads[name].shape == param.shape
+        assert rel_error(grads[name], num) < 1e-7, name
+
+
+def test_loss_ignores_null_targets():
+    rng = np.random.default_rng(1)
+    model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, seed=0)
+    features = rng.standard_normal((2, 6)).astype(np.float32)
+    short = np.array([[1, 4, 2, 0, 0], [1, 5, 6, 2, 0]])
+    loss_short, _ = model.loss(features, short)
+    padded = np.concatenate([short, np.zeros((2, 3), dtype=short.dtype)], axis=1)
+    loss_padded, _ = model.loss(features, padded)
+    assert loss_short == pytest.approx(loss_padded, rel=1e-6)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_overfits_tiny_data_and_samples_it_back(cell_type):
+    from core.optim import adam
+
+    rng = np.random.default_rng(2)
+    model = CaptioningRNN(VOCAB, input_dim=8, wordvec_dim=16, hidden_dim=32, cell_type=cell_type, seed=0)
+    features = rng.standard_normal((4, 8)).astype(np.float32)
+    captions = np.array([[1, 4, 6, 2, 0], [1, 5, 7, 2, 0], [1, 4, 7, 6, 2], [1, 5, 6, 2, 0]])
+    configs = {k: {"learning_rate": 2e-2} for k in model.params}
+    first = None
+    for _ in range(300):
+        loss, grads = model.loss(features, captions)
+        first = loss if first is None else first
+        for k in model.params:
+            model.params[k], configs[k] = adam(model.params[k], grads[k], configs[k])
+    assert loss < 0.02 * first
+    sampled = model.sample(features, max_length=6)
+    assert sampled.shape == (4, 6) and sampled.dtype == np.int64
+    expected = np.zeros((4, 6), dtype=np.int64)
+    expected[:, :4] = captions[:, 1:]
+    np.testing.assert_array_equal(sampled, expected)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_checkpoint_round_trip_without_pickle(tmp_path, cell_type):
+    model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, cell_type=cell_type, seed=3)
+    path = tmp_path / "m.npz"
+    save_checkpoint(model, path, extra={"note": "x"})
+    with np.load(path, allow_pickle=False) as f:
+        assert set(f.files) == set(model.params) | {"config"}
+    loaded, config = load_checkpoint(path)
+    assert config["model"] == cell_type and config["extra"] == {"note": "x"}
+    assert loaded.idx_to_word == model.idx_to_word
+    for k in model.params:
+        np.testing.assert_array_equal(loaded.params[k], model.params[k])
+    features = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.sample(features), model.sample(features))
+
+
+def test_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="cell_type"):
+        CaptioningRNN(VOCAB, cell_type="gru")
+    with pytest.raises(ValueError, match="<START>"):
+        CaptioningRNN({"<NULL>": 0, "<END>": 1})

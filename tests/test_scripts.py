@@ -1,0 +1,142 @@
+"""training.py and inference.py end to end, as a user runs them, in a temporary directory."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--hidden_dim", "32", "--wordvec_dim", "16", "--num_heads", "2", "--batch_size", "50", "--quiet"]
+
+
+def run(script, *args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(fake_coco, tmp_path_factory):
+    """Train each model for two epochs; returns the working directory holding checkpoints and outputs."""
+    work = tmp_path_factory.mktemp("work")
+    for model in ("rnn", "lstm", "transformer"):
+        result = run("training.py", "--model", model, "--data_dir", fake_coco, "--epochs", 2, "--num_samples", 200,
+                     *SMALL, "--device", "cpu", cwd=work)
+        assert result.returncode == 0, result.stderr
+        assert "final train loss" in result.stdout
+    return work
+
+
+@pytest.mark.parametrize("model, checkpoint", [("rnn", "rnn_checkpoint.npz"), ("lstm", "lstm_checkpoint.npz"),
+                                               ("transformer", "transformer_model.pt")])
+def test_train_then_infer(trained, fake_coco, model, checkpoint):
+    best = checkpoint.replace(".", "_best.")
+    assert (trained / checkpoint).is_file() and (trained / best).is_file()
+    assert (trained / "outputs" / f"{model}_loss.png").stat().st_size > 1000
+    history = json.loads((trained / "outputs" / f"{model}_history.json").read_text())
+    assert len(history["train_loss"]) == len(history["val_loss"]) == 2
+    assert len(history["loss"]) == 2 * 4  # 200 captions in batches of 50
+
+    result = run("inference.py", "--model", model, "--data_dir", fake_coco, "--num_images", 4, "--device", "cpu",
+                 cwd=trained)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("truth:") == 4 and result.stdout.count("predicted:") == 4
+    figure = trained / "outputs" / f"{model}_val_captions.png"
+    assert figure.stat().st_size > 1000
+    assert "could not be fetched" not in result.stdout  # the fixture's URLs are real PNG files
+
+    result = run("inference.py", "--model", model, "--checkpoint", best, "--data_dir", fake_coco, "--split", "train",
+                 "--num_images", 2, "--device", "cpu", cwd=trained)
+    assert result.returncode == 0, result.stderr
+
+
+def test_inference_survives_images_that_cannot_be_fetched(trained, fake_coco, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(fake_coco, data)
+    (data / "val2014_urls.txt").write_text("http://127.0.0.1:9/dead.jpg\n" + "no/such/file.jpg\n" * 19)
+    result = run("inference.py", "--model", "lstm", "--checkpoint", trained / "lstm_checkpoint.npz",
+                 "--data_dir", data, "--num_images", 3, "--out_dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3 image(s) could not be fetched" in result.stdout
+    assert (tmp_path / "out" / "lstm_val_captions.png").is_file()
+
+
+def test_seeded_training_is_reproducible(fake_coco, tmp_path):
+    for name in ("a", "b"):
+        result = run("training.py", "--model", "rnn", "--data_dir", fake_coco, "--epochs", 1, "--num_samples", 100,
+                     *SMALL, "--checkpoint", f"{name}.npz", "--out_dir", name, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert len(a.files) == 9
+        for key in a.files:
+            if key != "config":  # the config records each run's own --checkpoint
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_user_errors_are_one_line_and_overwrite_nothing(trained, fake_coco, tmp_path):
+    checkpoint = trained / "rnn_checkpoint.npz"
+    before = checkpoint.read_bytes()
+    common = ["--checkpoint", checkpoint, "--out_dir", tmp_path / "out"]
+
+    assert_user_error(run("training.py", "--model", "gru", cwd=tmp_path), "invalid choice", "gru")
+    assert_user_error(run("training.py", "--model", "rnn", "--data_dir", tmp_path / "nowhere", *common, cwd=tmp_path),
+                      "nowhere", "not found")
+    assert_user_error(run("training.py", "--model", "rnn", "--data_dir", fake_coco, "--num_samples", 5000, *common,
+                          cwd=tmp_path), "--num_samples 5000", "300 training captions")
+    broken = tmp_path / "broken"
+    shutil.copytree(fake_coco, broken)
+    (broken / "coco2014_captions.h5").write_bytes(b"garbage")
+    assert_user_error(run("training.py", "--model", "rnn", "--data_dir", broken, *common, cwd=tmp_path),
+                      "coco2014_captions.h5")
+    (broken / "coco2014_captions.h5").unlink()
+    assert_user_error(run("training.py", "--model", "rnn", "--data_dir", broken, *common, cwd=tmp_path),
+                      "missing data file", "coco2014_captions.h5")
+    assert checkpoint.read_bytes() == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_inference_rejects_mismatched_checkpoints(trained, fake_coco, tmp_path):
+    assert_user_error(run("inference.py", "--model", "rnn", "--checkpoint", trained / "lstm_checkpoint.npz",
+                          "--data_dir", fake_coco, cwd=tmp_path), '"lstm" model, not "rnn"')
+    assert_user_error(run("inference.py", "--model", "rnn", "--checkpoint", trained / "transformer_model.pt",
+                          "--data_dir", fake_coco, cwd=tmp_path), '"transformer" model, not "rnn"')
+    other_vocab = tmp_path / "other"
+    shutil.copytree(fake_coco, other_vocab)
+    vocab = json.loads((other_vocab / "coco2014_vocab.json").read_text())
+    vocab["idx_to_word"][5], vocab["idx_to_word"][6] = vocab["idx_to_word"][6], vocab["idx_to_word"][5]
+    vocab["word_to_idx"] = {w: i for i, w in enumerate(vocab["idx_to_word"])}
+    (other_vocab / "coco2014_vocab.json").write_text(json.dumps(vocab))
+    assert_user_error(run("inference.py", "--model", "rnn", "--checkpoint", trained / "rnn_checkpoint.npz",
+                          "--data_dir", other_vocab, cwd=tmp_path), "different vocabulary")
+    assert_user_error(run("inference.py", "--model", "lstm", "--checkpoint", tmp_path / "none.npz",
+                          "--data_dir", fake_coco, cwd=tmp_path), "none.npz not found")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    assert_user_error(run("inference.py", "--model", "lstm", "--checkpoint", tmp_path / "junk.npz",
+                          "--data_dir", fake_coco, cwd=tmp_path), "junk.npz is not a checkpoint")
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(fake_coco, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_user_error(run("training.py", "--model", "transformer", "--data_dir", fake_coco, "--device", "cuda",
+                          cwd=tmp_path), "no CUDA device")
+
+
+def test_importing_the_scripts_does_nothing(tmp_path):
+    code = "import training, inference, features_extraction" if (ROOT / "features_extraction.py").exists() \
+        else "import training, inference"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == "", result.stderr
