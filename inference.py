@@ -4,14 +4,20 @@ Usage:
     python inference.py --model rnn
     python inference.py --model transformer --split train --num_images 9
     python inference.py --model lstm --image photo.jpg more.jpg      # your own images
+    python inference.py --model lstm --eval --beam_size 3            # COCO metrics on the whole split
 
 The model is rebuilt from the checkpoint alone. Prints the ground-truth and the
 predicted caption of each sampled image and saves a grid of images with both
 captions to <out_dir>/<model>_<split>_captions.png (panels whose image cannot be
 fetched show the captions only). With --image, the files go through the dataset's own
 VGG16 weights and fc7 -> PCA transform, and the figure is <out_dir>/<model>_images_captions.png.
+With --eval, every image of the split is captioned once and scored against all of its
+references (BLEU-1..4, METEOR when Java is present, ROUGE-L, CIDEr-D); the scores and every
+predicted caption go to <out_dir>/<model>_<split>_eval.json.
 """
+import json
 import textwrap
+import time
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +31,7 @@ from core.checkpoint import check_checkpoint, load_checkpoint  # noqa: E402
 from core.cli import DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, resolve_device, user_errors  # noqa: E402
 from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.evaluation import caption_split, format_scores, references_by_image, score_captions  # noqa: E402
 from core.features import dataset_id, ensure_transform, extract_fc7, project  # noqa: E402
 from core.image_utils import try_load_image  # noqa: E402
 
@@ -42,12 +49,19 @@ def parse_args(argv=None):
     p.add_argument("--split", default="val", choices=("train", "val"), help="which split to sample images from")
     p.add_argument("--num_images", type=int, default=6, help="how many distinct images to caption")
     p.add_argument("--max_length", type=int, default=30, help="longest caption to generate, in words")
+    p.add_argument("--beam_size", type=int, default=1, help="beam width; 1 is greedy decoding")
+    p.add_argument("--length_penalty", type=float, default=0.0,
+                   help="beam search ranks captions by log-probability / length ** this (0: no normalisation)")
+    p.add_argument("--eval", action="store_true",
+                   help="caption every image of --split and report COCO caption metrics")
     p.add_argument("--seed", type=int, default=231, help="seed for choosing the images")
     p.add_argument("--out_dir", default="outputs", help="directory for the caption figure")
     p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
     args = p.parse_args(argv)
-    if args.num_images <= 0 or args.max_length <= 0:
-        p.error("--num_images and --max_length must be positive")
+    if args.num_images <= 0 or args.max_length <= 0 or args.beam_size <= 0:
+        p.error("--num_images, --max_length and --beam_size must be positive")
+    if args.eval and args.image:
+        p.error("--eval scores a dataset split; it cannot be combined with --image")
     if args.checkpoint is None:
         args.checkpoint = DEFAULT_CHECKPOINTS[args.model]
     return args
@@ -87,21 +101,58 @@ def check_dataset(config, checkpoint, ident, data_dir):
                         f"{data_dir} (id {ident}): pass the --data_dir it was trained on")
 
 
-def caption_dataset_images(args, model, config):
-    """Caption --num_images distinct images of a split and compare with their first reference."""
+def sample(model, features, args):
+    """features (N, D) -> word indices (N, max_length) with the decoding flags."""
+    return model.sample(features, max_length=args.max_length, beam_size=args.beam_size,
+                        length_penalty=args.length_penalty)
+
+
+def load_checked_data(args, config):
+    """The dataset of --data_dir, checked against the checkpoint (vocabulary, dataset, feature size)."""
     data = load_coco_data(args.data_dir)
     check_checkpoint(config, args.checkpoint, args.model, data["idx_to_word"])
     check_dataset(config, args.checkpoint, dataset_id(data["train_features"], data["idx_to_word"]), args.data_dir)
-    features_all = data[f"{args.split}_features"]
-    if features_all.shape[1] != config["input_dim"]:
+    if data["train_features"].shape[1] != config["input_dim"]:
         raise UserError(f"checkpoint {args.checkpoint} expects {config['input_dim']}-d features, "
-                        f"{args.data_dir} has {features_all.shape[1]}-d")
+                        f"{args.data_dir} has {data['train_features'].shape[1]}-d")
+    return data
+
+
+def evaluate(args, model, config):
+    """Caption every image of the split once, score it, print the table and write the JSON."""
+    data = load_checked_data(args, config)
+    refs = references_by_image(data[f"{args.split}_captions"], data[f"{args.split}_image_idxs"],
+                               data["idx_to_word"])
+    start = time.perf_counter()
+    predictions = caption_split(model, data, args.split, max_length=args.max_length, beam_size=args.beam_size,
+                                length_penalty=args.length_penalty)
+    seconds = time.perf_counter() - start
+    scores = score_captions(predictions, refs)
+    decoding = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
+    print(f"{args.model} on {args.split} ({len(predictions)} images, {decoding}, {seconds:.1f}s to decode):")
+    print(format_scores(scores))
+    path = Path(args.out_dir) / f"{args.model}_{args.split}_eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    urls = data[f"{args.split}_urls"]
+    path.write_text(json.dumps({
+        "model": args.model, "checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "split": args.split,
+        "beam_size": args.beam_size, "length_penalty": args.length_penalty, "scores": scores,
+        "decode_seconds": seconds,
+        "predictions": [{"image": i, "url": str(urls[i]), "caption": c, "references": refs[i]}
+                        for i, c in sorted(predictions.items())]}, indent=1))
+    print(f"saved scores and captions {path}")
+
+
+def caption_dataset_images(args, model, config):
+    """Caption --num_images distinct images of a split and compare with their first reference."""
+    data = load_checked_data(args, config)
+    features_all = data[f"{args.split}_features"]
     rng = np.random.default_rng(args.seed)
     candidates, first_rows = np.unique(data[f"{args.split}_image_idxs"], return_index=True)  # image, first caption
     picks = rng.choice(len(candidates), size=min(args.num_images, len(candidates)), replace=False)
     chosen = candidates[picks]
     truth = decode_captions(data[f"{args.split}_captions"][first_rows[picks]], data["idx_to_word"])
-    predicted = decode_captions(model.sample(features_all[chosen], max_length=args.max_length), data["idx_to_word"])
+    predicted = decode_captions(sample(model, features_all[chosen], args), data["idx_to_word"])
     locations = [resolve_location(data[f"{args.split}_urls"][i], args.data_dir) for i in chosen]
     return locations, truth, predicted, f"{args.model}_{args.split}_captions.png"
 
@@ -124,7 +175,7 @@ def caption_files(args, model, config):
     if bad:
         first = min(bad)
         raise UserError(f"cannot read image {args.image[first]} ({bad[first]})")
-    predicted = decode_captions(model.sample(project(fc7, transform), max_length=args.max_length), idx_to_word)
+    predicted = decode_captions(sample(model, project(fc7, transform), args), idx_to_word)
     return list(args.image), [None] * len(predicted), predicted, f"{args.model}_images_captions.png"
 
 
@@ -138,6 +189,9 @@ def main(argv=None):
         if args.data_dir is None:
             args.data_dir = str(default_data_dir())
         torch.manual_seed(args.seed)
+        if args.eval:
+            evaluate(args, model, config)
+            return 0
         caption = caption_files if args.image else caption_dataset_images
         locations, truth, predicted, figure_name = caption(args, model, config)
 

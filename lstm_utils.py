@@ -19,9 +19,29 @@ from core.rnn_layers import sigmoid
 
 def _gates(a, H):
     """a (N, 4H) pre-activations -> the same array holding i, f, o, g (in place)."""
-    a[:, : 3 * H] = sigmoid(a[:, : 3 * H])
+    sigmoid(a[:, :3 * H], out=a[:, :3 * H])
     np.tanh(a[:, 3 * H:], out=a[:, 3 * H:])
     return a
+
+
+def _gates_backward(dh, dc_in, gates, tanh_c, prev_c, H):
+    """Gradient of the gate pre-activations for one step.
+
+    dh (N, H), dc_in (N, H) gradient reaching c_t from the future, gates (N, 4H),
+    tanh_c (N, H), prev_c (N, H) -> da (N, 4H), dc (N, H) the total gradient of c_t.
+    """
+    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    dc = dh * o * (1 - tanh_c * tanh_c) + dc_in
+    da = np.empty_like(gates)
+    np.multiply(dc, g, out=da[:, :H])
+    da[:, :H] *= i * (1 - i)
+    np.multiply(dc, prev_c, out=da[:, H:2 * H])
+    da[:, H:2 * H] *= f * (1 - f)
+    np.multiply(dh, tanh_c, out=da[:, 2 * H:3 * H])
+    da[:, 2 * H:3 * H] *= o * (1 - o)
+    np.multiply(dc, i, out=da[:, 3 * H:])
+    da[:, 3 * H:] *= 1 - g * g
+    return da, dc
 
 
 def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
@@ -48,26 +68,6 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     da, dc = _gates_backward(dnext_h, dnext_c, gates, tanh_c, prev_c, H)
     dprev_c = dc * gates[:, H:2 * H]
     return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
-
-
-def _gates_backward(dh, dc_in, gates, tanh_c, prev_c, H):
-    """Gradient of the gate pre-activations for one step.
-
-    dh (N, H), dc_in (N, H) gradient reaching c_t from the future, gates (N, 4H),
-    tanh_c (N, H), prev_c (N, H) -> da (N, 4H), dc (N, H) the total gradient of c_t.
-    """
-    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
-    dc = dh * o * (1 - tanh_c * tanh_c) + dc_in
-    da = np.empty_like(gates)
-    np.multiply(dc, g, out=da[:, :H])
-    da[:, :H] *= i * (1 - i)
-    np.multiply(dc, prev_c, out=da[:, H:2 * H])
-    da[:, H:2 * H] *= f * (1 - f)
-    np.multiply(dh, tanh_c, out=da[:, 2 * H:3 * H])
-    da[:, 2 * H:3 * H] *= o * (1 - o)
-    np.multiply(dc, i, out=da[:, 3 * H:])
-    da[:, 3 * H:] *= 1 - g * g
-    return da, dc
 
 
 def lstm_forward(x, h0, Wx, Wh, b):

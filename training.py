@@ -27,6 +27,7 @@ from core.cli import (  # noqa: E402
     DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, best_checkpoint_path, resolve_device, user_errors)
 from core.coco_utils import default_data_dir, load_coco_data  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.evaluation import caption_split, references_by_image, score_captions  # noqa: E402
 from core.features import dataset_id  # noqa: E402
 from core.model.rnn_model import CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
@@ -55,6 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--num_layers", type=int, default=2, help="decoder layers of the transformer")
     p.add_argument("--val_samples", type=int, default=1000,
                    help="size of the fixed validation subset whose loss is reported each epoch")
+    p.add_argument("--eval_every", type=int, default=0,
+                   help="every this many epochs, score BLEU-4/CIDEr on --eval_images validation images and keep "
+                        "the best checkpoint by CIDEr (0: off; the best checkpoint is then by validation loss)")
+    p.add_argument("--eval_images", type=int, default=500, help="validation images scored by --eval_every")
     p.add_argument("--seed", type=int, default=231, help="seed for data subset, initialisation and shuffling")
     p.add_argument("--checkpoint", default=None,
                    help="where to save the model (default: rnn_checkpoint.npz, lstm_checkpoint.npz, "
@@ -64,7 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision for the transformer on CUDA")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "val_samples"):
+    if args.eval_every < 0:
+        p.error("--eval_every must be 0 (off) or positive")
+    for name in ("epochs", "batch_size", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "val_samples",
+                 "eval_images"):
         if getattr(args, name) <= 0:
             p.error(f"--{name} must be positive")
     if args.num_samples is not None and args.num_samples <= 0:
@@ -87,6 +95,50 @@ def build_model(args, data):
                                      num_heads=args.num_heads, num_layers=args.num_layers, max_length=max_length)
     return CaptioningRNN(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
                          hidden_dim=args.hidden_dim, cell_type=args.model, dtype=np.float32, seed=args.seed)
+
+
+class BestTracker:
+    """Keeps the best checkpoint: by validation loss, or by CIDEr on a fixed set of validation
+    images every --eval_every epochs when that flag is set."""
+
+    def __init__(self, args, data, path, extra):
+        self.args, self.data, self.path, self.extra = args, data, path, extra
+        self.metrics = {"eval_epoch": [], "val_bleu4": [], "val_cider": []}
+        self.best = None
+        if args.eval_every:
+            images = np.unique(data["val_image_idxs"])
+            rng = np.random.default_rng(args.seed)
+            self.images = np.sort(rng.choice(images, size=min(args.eval_images, len(images)), replace=False))
+            self.refs = references_by_image(data["val_captions"], data["val_image_idxs"], data["idx_to_word"])
+
+    def on_epoch_end(self, solver, epoch, is_best_loss):
+        info = dict(self.extra, epoch=epoch, val_loss=solver.history["val_loss"][-1])
+        if not self.args.eval_every:
+            if is_best_loss:
+                self.best = info
+                save_checkpoint(solver.model, self.path, info)
+            return
+        if epoch % self.args.eval_every and epoch != self.args.epochs:
+            return
+        predictions = caption_split(solver.model, self.data, "val", images=self.images, progress=False)
+        scores = score_captions(predictions, {i: self.refs[int(i)] for i in self.images}, meteor=False)
+        for key, name in (("val_bleu4", "BLEU-4"), ("val_cider", "CIDEr")):
+            self.metrics[key].append(scores[name])
+        self.metrics["eval_epoch"].append(epoch)
+        better = self.best is None or scores["CIDEr"] > self.best["val_cider"]
+        if not self.args.quiet:
+            print(f"epoch {epoch}: on {len(self.images)} val images BLEU-4 {scores['BLEU-4']:.4f} "
+                  f"CIDEr {scores['CIDEr']:.4f}" + ("  (best)" if better else ""), flush=True)
+        if better:
+            self.best = dict(info, val_bleu4=scores["BLEU-4"], val_cider=scores["CIDEr"])
+            save_checkpoint(solver.model, self.path, self.best)
+
+    def describe(self):
+        if self.best is None:
+            return "none"
+        if "val_cider" in self.best:
+            return f"epoch {self.best['epoch']}, CIDEr {self.best['val_cider']:.4f}"
+        return f"epoch {self.best['epoch']}, val loss {self.best['val_loss']:.4f}"
 
 
 def save_loss_plot(history, title, path):
@@ -129,13 +181,11 @@ def main(argv=None):
         extra = {"data_dir": str(Path(args.data_dir).name), "args": vars(args),
                  "dataset_id": dataset_id(data["train_features"], data["idx_to_word"])}
 
-        def on_epoch_end(solver, epoch, is_best):
-            if is_best:
-                save_checkpoint(solver.model, best_path, dict(extra, epoch=epoch, val_loss=solver.best_val_loss))
+        tracker = BestTracker(args, data, best_path, extra)
 
         common = dict(num_epochs=args.epochs, batch_size=args.batch_size, lr_decay=args.lr_decay,
                       val_samples=args.val_samples, seed=args.seed, verbose=not args.quiet,
-                      on_epoch_end=on_epoch_end)
+                      on_epoch_end=tracker.on_epoch_end)
         if args.model == "transformer":
             solver = CaptioningSolverTransformer(model, data, learning_rate=args.lr, device=device, amp=args.amp,
                                                  **common)
@@ -151,14 +201,14 @@ def main(argv=None):
         seconds = time.perf_counter() - start
 
         save_checkpoint(model, checkpoint, dict(extra, epoch=args.epochs, val_loss=history["val_loss"][-1]))
+        history.update(tracker.metrics)
         out_dir = Path(args.out_dir)
         plot_path = out_dir / f"{args.model}_loss.png"
         save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
         (out_dir / f"{args.model}_history.json").write_text(json.dumps(dict(history, seconds=seconds), indent=1))
         print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
               f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
-        print(f"saved checkpoint {checkpoint} and best (epoch {solver.best_epoch}, val loss "
-              f"{solver.best_val_loss:.4f}) {best_path}")
+        print(f"saved checkpoint {checkpoint} and the best ({tracker.describe()}) {best_path}")
         print(f"saved loss plot {plot_path}")
     return 0
 

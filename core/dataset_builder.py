@@ -110,8 +110,9 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     try:
         with h5py.File(tmp / "coco2014_captions.h5", "w") as f:
             for split in SPLITS:
-                f.create_dataset(f"{split}_captions", data=encode_captions(tokens[split], word_to_idx, max_length))
-                f.create_dataset(f"{split}_image_idxs", data=image_idxs[split])
+                f.create_dataset(f"{split}_captions", data=encode_captions(tokens[split], word_to_idx, max_length),
+                                 compression="gzip")
+                f.create_dataset(f"{split}_image_idxs", data=image_idxs[split], compression="gzip")
         for split in SPLITS:
             for name, array in ((f"{split}2014_vgg16_fc7.h5", fc7[split]), (f"{split}2014_vgg16_fc7_pca.h5", pca[split])):
                 with h5py.File(tmp / name, "w") as f:

@@ -141,16 +141,13 @@ def fit_pca(train_fc7, dim, chunk_rows=None, progress=True):
         pca = PCA(n_components=dim, svd_solver="full").fit(np.asarray(train_fc7, dtype=np.float32))
     else:
         chunk_rows = max(chunk_rows, dim)
+        starts = list(range(0, N, chunk_rows))
+        if len(starts) > 1 and N - starts[-1] < dim:  # IncrementalPCA needs >= dim rows a call: merge the tail
+            starts.pop()
+        ends = starts[1:] + [N]
         pca = IncrementalPCA(n_components=dim)
-        starts = range(0, N, chunk_rows)
-        for s in tqdm(starts, desc="PCA", unit="chunk", disable=not progress):
-            block = np.asarray(train_fc7[s:min(s + chunk_rows, N)], dtype=np.float32)
-            if block.shape[0] < dim:  # IncrementalPCA needs >= dim rows per call: merge a short tail
-                continue
-            pca.partial_fit(block)
-        tail = N % chunk_rows
-        if 0 < tail < dim and N >= dim:
-            pca.partial_fit(np.asarray(train_fc7[N - dim:N], dtype=np.float32))
+        for s, e in tqdm(list(zip(starts, ends)), desc="PCA", unit="chunk", disable=not progress):
+            pca.partial_fit(np.asarray(train_fc7[s:e], dtype=np.float32))
     return {"mean": pca.mean_.astype(np.float32), "components": pca.components_.astype(np.float32),
             "bias": np.zeros(dim, dtype=np.float32)}
 
@@ -172,7 +169,9 @@ def recover_projection(fc7, pca, chunk_rows=8192, progress=True):
     """
     N, F = fc7.shape
     P = pca.shape[1]
-    fit_rows = N - max(N // 10, 1) if N > 1 else N
+    fit_rows = N - max(N // 10, 1)
+    if fit_rows <= F:
+        raise UserError(f"{N} training images are too few to recover a linear map from {F} fc7 features")
     sums_x, sums_y = np.zeros(F), np.zeros(P)
     xtx, xty = np.zeros((F, F)), np.zeros((F, P))
     for s in tqdm(range(0, fit_rows, chunk_rows), desc="fitting fc7 -> PCA map", unit="chunk", disable=not progress):
@@ -209,8 +208,8 @@ def save_transform(path, transform, info):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **{k: np.asarray(transform[k], dtype=np.float32) for k in ("mean", "components", "bias")},
-                 info=np.array(json.dumps(info)))
+        np.savez_compressed(f, **{k: np.asarray(transform[k], dtype=np.float32)
+                                  for k in ("mean", "components", "bias")}, info=np.array(json.dumps(info)))
     tmp.replace(path)
 
 

@@ -7,15 +7,15 @@ right below it and returns one gradient per forward input, in the same order.
 import numpy as np
 
 
-def sigmoid(x):
-    """Numerically stable logistic function, keeping the input's dtype.
+def sigmoid(x, out=None):
+    """Numerically stable logistic function, keeping the input's (floating) dtype.
 
     Uses sigmoid(x) = 0.5 * (1 + tanh(x / 2)), which never overflows and is one
-    vectorised transcendental call.
+    vectorised transcendental call. out: optional array to write into (may be x itself).
 
     x (any shape) -> same shape.
     """
-    out = np.multiply(x, 0.5, dtype=np.result_type(x, np.float32))
+    out = np.multiply(x, 0.5, out=out, dtype=None if out is not None else np.result_type(x, np.float32))
     np.tanh(out, out=out)
     out += 1.0
     out *= 0.5

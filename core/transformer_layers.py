@@ -65,15 +65,16 @@ class MultiHeadAttention(nn.Module):
         attn_mask (T, S) where attn_mask[i, j] == 0 forbids target i to attend to source j
         -> output (N, T, E).
         """
-        N, T, E = query.shape
-        q = self._heads(self.query(query))  # (N, nh, T, E/nh)
-        k = self._heads(self.key(key))  # (N, nh, S, E/nh)
-        v = self._heads(self.value(value))  # (N, nh, S, E/nh)
-        return self._attend(q, k, v, attn_mask)
+        return self.attend(query, *self.project_kv(key, value), attn_mask=attn_mask)
 
-    def _attend(self, q, k, v, attn_mask):
-        """q (N, nh, T, E/nh), k and v (N, nh, S, E/nh), attn_mask (T, S) or None -> (N, T, E)."""
-        N, _, T, _ = q.shape
+    def project_kv(self, key, value):
+        """key, value (N, S, E) -> per-head keys and values (N, nh, S, E/nh), e.g. for a cache."""
+        return self._heads(self.key(key)), self._heads(self.value(value))
+
+    def attend(self, query, k, v, attn_mask=None):
+        """query (N, T, E) against projected k, v (N, nh, S, E/nh) -> (N, T, E)."""
+        N, T, _ = query.shape
+        q = self._heads(self.query(query))  # (N, nh, T, E/nh)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, nh, T, S)
         if attn_mask is not None:
             scores = scores.masked_fill(attn_mask == 0, float("-inf"))
@@ -108,3 +109,23 @@ class TransformerDecoderLayer(nn.Module):
         x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, memory)))
         ff = self.linear2(self.dropout(F.relu(self.linear1(x))))  # (N, T, E)
         return self.norm3(x + self.dropout3(ff))
+
+    def init_cache(self, memory, max_len):
+        """Cache for incremental decoding: the projected memory and room for max_len
+        self-attention keys/values. memory (N, S, E) -> dict of tensors."""
+        N = memory.shape[0]
+        mem_k, mem_v = self.multihead_attn.project_kv(memory, memory)  # (N, nh, S, E/nh)
+        shape = (N, self.self_attn.n_head, max_len, self.self_attn.head_dim)
+        return {"mem_k": mem_k, "mem_v": mem_v, "k": memory.new_zeros(shape), "v": memory.new_zeros(shape)}
+
+    def step(self, x, cache, t):
+        """One new position t, attending to the cached positions 0..t (eval mode).
+
+        x (N, 1, E), cache from init_cache (updated in place) -> (N, 1, E).
+        """
+        k, v = self.self_attn.project_kv(x, x)  # (N, nh, 1, E/nh)
+        cache["k"][:, :, t:t + 1] = k
+        cache["v"][:, :, t:t + 1] = v
+        x = self.norm1(x + self.self_attn.attend(x, cache["k"][:, :, :t + 1], cache["v"][:, :, :t + 1]))
+        x = self.norm2(x + self.multihead_attn.attend(x, cache["mem_k"], cache["mem_v"]))
+        return self.norm3(x + self.linear2(F.relu(self.linear1(x))))

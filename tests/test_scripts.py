@@ -140,3 +140,26 @@ def test_importing_the_scripts_does_nothing(tmp_path):
         else "import training, inference"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout == "", result.stderr
+
+
+def test_eval_scores_every_image_once_and_writes_json(trained, fake_coco, tmp_path):
+    result = run("inference.py", "--model", "lstm", "--checkpoint", trained / "lstm_checkpoint.npz",
+                 "--data_dir", fake_coco, "--eval", "--beam_size", 2, "--out_dir", tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "20 images, beam 2" in result.stdout and "BLEU-4" in result.stdout and "CIDEr" in result.stdout
+    report = json.loads((tmp_path / "lstm_val_eval.json").read_text())
+    assert len(report["predictions"]) == 20 and report["beam_size"] == 2
+    assert sorted(p["image"] for p in report["predictions"]) == list(range(20))
+    assert all(len(p["references"]) == 5 for p in report["predictions"])
+    assert 0 <= report["scores"]["BLEU-4"] <= 1
+
+
+def test_eval_every_keeps_the_best_checkpoint_by_cider(fake_coco, tmp_path):
+    result = run("training.py", "--model", "rnn", "--data_dir", fake_coco, "--epochs", 2, *SMALL,
+                 "--eval_every", 1, "--eval_images", 10, "--checkpoint", "r.npz", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    history = json.loads((tmp_path / "outputs" / "rnn_history.json").read_text())
+    assert history["eval_epoch"] == [1, 2] and len(history["val_cider"]) == 2
+    with np.load(tmp_path / "r_best.npz") as f:
+        extra = json.loads(str(f["config"]))["extra"]
+    assert extra["val_cider"] == max(history["val_cider"])

@@ -129,11 +129,10 @@ def write_split(out_dir, split, num_images, seed=0, start=0):
         name = f"{i:06d}.png"
         render(scene).save(image_dir / name, optimize=True)
         images.append({"id": i, "file_name": name, "width": SIZE, "height": SIZE})
-        annotations += [{"id": len(annotations) + 1 + 10 * start, "image_id": i, "caption": c}
-                        for c in captions(scene)]
+        annotations += [{"id": 5 * i + j + 1, "image_id": i, "caption": c} for j, c in enumerate(captions(scene))]
     path = out_dir / "annotations" / f"captions_{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"images": images, "annotations": annotations}, indent=0))
+    path.write_text(json.dumps({"images": images, "annotations": annotations}, separators=(",", ":")))
     return path
 
 

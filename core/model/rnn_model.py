@@ -9,6 +9,7 @@ it shifted left (w1 w2 ... <END>), with <NULL> padding masked out of the loss.
 """
 import numpy as np
 
+from core.decoding import decode
 from core.rnn_layers import (
     affine_backward,
     affine_forward,
@@ -140,22 +141,10 @@ class CaptioningRNN:
         h, c = state
         return h[rows], c[rows]
 
-    def sample(self, features, max_length=30):
-        """Greedy decoding.
+    def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
+        """Decode captions (greedy with beam_size 1, else beam search; see core/decoding.py).
 
-        features (N, D) -> captions (N, max_length) int: each row is the words after
+        features (N, D) -> captions (N, max_length) int64: each row is the words after
         <START>, ending with <END> where the model produced it and <NULL> after that.
         """
-        N = features.shape[0]
-        captions = np.full((N, max_length), self._null, dtype=np.int64)
-        words = np.full(N, self._start, dtype=np.int64)
-        done = np.zeros(N, dtype=bool)
-        state = self.init_state(features)
-        for t in range(max_length):
-            logprobs, state = self.step(words, state)
-            words = logprobs.argmax(axis=1)
-            captions[~done, t] = words[~done]
-            done |= words == self._end
-            if done.all():
-                break
-        return captions
+        return decode(self, features, max_length, beam_size, length_penalty)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.decoding import decode
 from core.transformer_layers import PositionalEncoding, TransformerDecoderLayer
 
 
@@ -105,15 +106,52 @@ class CaptioningTransformer(nn.Module):
                                 ignore_index=self._null, reduction="sum")
         return total / captions.shape[0]
 
-    @torch.no_grad()
-    def sample(self, features, max_length=30):
-        """Greedy decoding, re-running the decoder on the prefix at every step.
+    def init_state(self, features):
+        """Decoding state before the first word: features (N, D) -> key/value caches and position 0."""
+        features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
+        memory = self.visual_projection(features)[:, None, :]  # (N, 1, E)
+        return {"t": 0, "layers": [layer.init_cache(memory, self.max_length) for layer in self.layers]}
+
+    def step(self, words, state):
+        """One decoding step with the key/value cache (eval mode, no grad).
+
+        words (N,) int -> log-probabilities (N, V) float32 numpy, new state.
+        """
+        t = state["t"]
+        if t >= self.max_length:
+            raise ValueError(f"cannot decode past max_length={self.max_length} positions")
+        words = torch.as_tensor(np.asarray(words), dtype=torch.long, device=self.device)
+        x = self.positional_encoding(self.embedding(words)[:, None, :], offset=t)  # (N, 1, E)
+        for layer, cache in zip(self.layers, state["layers"]):
+            x = layer.step(x, cache, t)
+        logprobs = F.log_softmax(self.output(x[:, 0]).float(), dim=-1)  # (N, V)
+        state["t"] = t + 1
+        return logprobs.cpu().numpy(), state
+
+    def select_state(self, state, rows):
+        """Keep/replicate batch rows of a decoding state: rows (M,) int -> state for M rows."""
+        index = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.device)
+        layers = [{k: v.index_select(0, index) for k, v in cache.items()} for cache in state["layers"]]
+        return {"t": state["t"], "layers": layers}
+
+    def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
+        """Decode captions with the key/value cache (greedy with beam_size 1, else beam search).
 
         features (N, D) array or tensor -> captions (N, max_length) int64 numpy array:
         the words after <START>, with <END> where produced and <NULL> after it.
         """
+        self._check_length(max_length)
+        return decode(self, features, max_length, beam_size, length_penalty)
+
+    def _check_length(self, max_length):
         if max_length + 1 > self.max_length:
             raise ValueError(f"max_length={max_length} needs a model built with max_length >= {max_length + 1}")
+
+    @torch.no_grad()
+    def sample_uncached(self, features, max_length=30):
+        """Greedy decoding that re-runs the decoder on the whole prefix at every step: the
+        reference the cached path is tested against. Same inputs and outputs as `sample`."""
+        self._check_length(max_length)
         was_training = self.training
         self.eval()
         features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)

@@ -1,0 +1,159 @@
+"""Speed of the from-scratch decoders next to PyTorch's built-in layers, printed as one JSON object.
+
+Usage:
+    python benchmarks/bench_decoders.py            # the shapes of the performance issue
+    python benchmarks/bench_decoders.py --quick    # fewer repetitions
+
+Shapes: N=100 captions of 17 tokens (T=16 steps), D=512 features, W=256 word vectors,
+H=512 hidden, V=1004 words, float32, 2 threads. Each figure is the median of several
+repetitions after a warm-up. Ratios are ours / built-in (lower is better).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.model.rnn_model import CaptioningRNN  # noqa: E402
+from core.model.transformer import CaptioningTransformer  # noqa: E402
+
+N, T, D, W, H, V = 100, 16, 512, 256, 512, 1004
+
+
+def median_seconds(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def vocab():
+    words = ["<NULL>", "<START>", "<END>", "<UNK>"] + [f"w{i}" for i in range(V - 4)]
+    return {w: i for i, w in enumerate(words)}
+
+
+def step_flops(cell_type):
+    """Matrix-product FLOPs of one numpy training step (forward + backward)."""
+    G = 4 * H if cell_type == "lstm" else H
+    proj, inproj, rec, voc = 2 * N * D * H, 2 * N * T * W * G, 2 * N * T * H * G, 2 * N * T * H * V
+    forward = proj + inproj + rec + voc
+    backward = 2 * voc + 2 * inproj + 2 * rec + proj
+    return forward + backward
+
+
+class TorchRecurrent(nn.Module):
+    """The same captioning computation from PyTorch built-ins."""
+
+    def __init__(self, cell_type):
+        super().__init__()
+        self.embed = nn.Embedding(V, W)
+        self.proj = nn.Linear(D, H)
+        self.rnn = (nn.LSTM if cell_type == "lstm" else nn.RNN)(W, H, batch_first=True)
+        self.out = nn.Linear(H, V)
+        self.cell_type = cell_type
+
+    def loss(self, features, captions):
+        h0 = self.proj(features)[None]
+        state = (h0, torch.zeros_like(h0)) if self.cell_type == "lstm" else h0
+        h, _ = self.rnn(self.embed(captions[:, :-1]), state)
+        scores = self.out(h)
+        return F.cross_entropy(scores.reshape(-1, V), captions[:, 1:].reshape(-1), ignore_index=0,
+                               reduction="sum") / captions.shape[0]
+
+
+class TorchTransformer(nn.Module):
+    """nn.TransformerDecoder with the sizes of our CaptioningTransformer."""
+
+    def __init__(self, E, heads, layers):
+        super().__init__()
+        self.embed = nn.Embedding(V, E)
+        self.proj = nn.Linear(D, E)
+        layer = nn.TransformerDecoderLayer(E, heads, dim_feedforward=2048, dropout=0.1, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.out = nn.Linear(E, V)
+        self.register_buffer("pe", torch.randn(1, 50, E))
+
+    def loss(self, features, captions):
+        x = self.embed(captions[:, :-1]) + self.pe[:, :T]
+        mask = nn.Transformer.generate_square_subsequent_mask(T)
+        h = self.decoder(x, self.proj(features)[:, None], tgt_mask=mask, tgt_is_causal=True)
+        scores = self.out(h)
+        return F.cross_entropy(scores.reshape(-1, V), captions[:, 1:].reshape(-1), ignore_index=0,
+                               reduction="sum") / captions.shape[0]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 10")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 10
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((N, D)).astype(np.float32)
+    captions = rng.integers(4, V, size=(N, T + 1))
+    captions[:, 0] = 1
+    captions[:, -3] = 2
+    captions[:, -2:] = 0
+    feats_t, caps_t = torch.from_numpy(features), torch.from_numpy(captions)
+    result = {"shapes": dict(N=N, T=T, D=D, W=W, H=H, V=V), "threads": args.threads,
+              "torch": torch.__version__, "numpy": np.__version__}
+
+    a = rng.standard_normal((N * T, H), dtype=np.float32)
+    b = rng.standard_normal((H, 4 * H), dtype=np.float32)
+    result["numpy_matmul_gflops"] = round(2 * N * T * H * 4 * H / median_seconds(lambda: a @ b, repeats * 5) / 1e9, 1)
+
+    for cell in ("rnn", "lstm"):
+        ours = CaptioningRNN(vocab(), input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, seed=0)
+        t_ours = median_seconds(lambda: ours.loss(features, captions), repeats)
+        theirs = TorchRecurrent(cell)
+
+        def torch_step():
+            theirs.zero_grad(set_to_none=True)
+            theirs.loss(feats_t, caps_t).backward()
+
+        t_torch = median_seconds(torch_step, repeats)
+        result[f"{cell}_train_step"] = {"ours_s": round(t_ours, 4), "torch_s": round(t_torch, 4),
+                                        "ratio": round(t_ours / t_torch, 2),
+                                        "ours_gflops": round(step_flops(cell) / t_ours / 1e9, 1)}
+        t_sample = median_seconds(lambda: ours.sample(features, max_length=30), repeats)
+        result[f"{cell}_greedy_100x30_s"] = round(t_sample, 4)
+
+    torch.manual_seed(0)
+    ours_t = CaptioningTransformer(vocab(), input_dim=D, wordvec_dim=256, num_heads=2, num_layers=2)
+    theirs_t = TorchTransformer(256, 2, 2)
+    timings = {}
+    for name, model in (("ours_s", ours_t), ("torch_s", theirs_t)):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        model.train()
+
+        def step(model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            model.loss(feats_t, caps_t).backward()
+            opt.step()
+
+        timings[name] = median_seconds(step, repeats)
+    result["transformer_train_step"] = {k: round(v, 4) for k, v in timings.items()}
+    result["transformer_train_step"]["ratio"] = round(timings["ours_s"] / timings["torch_s"], 2)
+    features_30 = features[:100]
+    t_cached = median_seconds(lambda: ours_t.sample(features_30, max_length=30), repeats)
+    t_uncached = median_seconds(lambda: ours_t.sample_uncached(features_30, max_length=30), max(repeats // 2, 2), 1)
+    result["transformer_greedy_100x30"] = {"cached_s": round(t_cached, 4), "uncached_s": round(t_uncached, 4),
+                                           "speedup": round(t_uncached / t_cached, 2)}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Greedy and beam-search decoding, shared by all three decoders.
+
+Shape letters: N images, K beam size, V vocabulary, L max_length.
+
+A decoder exposes a step interface:
+    state = model.init_state(features)          # features (N, D)
+    logprobs, state = model.step(words, state)  # words (B,) int -> log-probabilities (B, V) numpy
+    state = model.select_state(state, rows)     # keep/replicate batch rows (B',) of the state
+and the token indices model._start, model._end, model._null. The numpy models carry
+(h, c); the transformer carries a key/value cache, so each step costs one position.
+"""
+import contextlib
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def _inference(model):
+    """Eval mode and no autograd for torch models; nothing for numpy ones."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        yield
+        return
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def decode(model, features, max_length=30, beam_size=1, length_penalty=0.0):
+    """features (N, D) -> captions (N, L) int64: the words after <START>, with <END> where
+    produced and <NULL> after it. beam_size 1 is greedy decoding."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    if beam_size == 1:
+        return greedy_search(model, features, max_length)
+    return beam_search(model, features, max_length, beam_size, length_penalty)[0]
+
+
+def greedy_search(model, features, max_length=30):
+    """Pick the most likely word at every step. features (N, D) -> (N, L) int64."""
+    N = len(features)
+    captions = np.full((N, max_length), model._null, dtype=np.int64)
+    words = np.full(N, model._start, dtype=np.int64)
+    done = np.zeros(N, dtype=bool)
+    with _inference(model):
+        state = model.init_state(features)
+        for t in range(max_length):
+            logprobs, state = model.step(words, state)
+            words = logprobs.argmax(axis=1)
+            captions[~done, t] = words[~done]
+            done |= words == model._end
+            if done.all():
+                break
+    return captions
+
+
+def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0):
+    """Batched beam search over all images at once.
+
+    Keeps the beam_size best partial captions per image by summed log-probability; a beam
+    that emits <END> is finished and carried along unchanged. Beams are ranked by
+    score / length ** length_penalty (0: plain sum of log-probabilities).
+    features (N, D) -> captions (N, L) int64, scores (N,) the summed log-probability of
+    each returned caption.
+    """
+    N, K = len(features), beam_size
+    seqs = np.full((N, K, max_length), model._null, dtype=np.int64)
+    scores = np.zeros((N, K))
+    scores[:, 1:] = -np.inf  # all beams start identical: expand only the first
+    lengths = np.zeros((N, K), dtype=np.int64)
+    done = np.zeros((N, K), dtype=bool)
+    words = np.full(N * K, model._start, dtype=np.int64)
+    with _inference(model):
+        state = model.select_state(model.init_state(features), np.repeat(np.arange(N), K))
+        for t in range(max_length):
+            logprobs, state = model.step(words, state)
+            logprobs = logprobs.reshape(N, K, -1).astype(np.float64)
+            V = logprobs.shape[2]
+            logprobs[done] = -np.inf  # a finished beam extends only with <NULL>, at no cost
+            logprobs[done, model._null] = 0.0
+            total = scores[:, :, None] + logprobs  # (N, K, V)
+            new_len = (lengths + ~done)[:, :, None]  # (N, K, 1)
+            rank = total / new_len ** length_penalty if length_penalty else total
+            flat = rank.reshape(N, K * V)
+            top = np.argsort(-flat, axis=1, kind="stable")[:, :K]  # (N, K) best candidates
+            beam, word = top // V, top % V
+            rows = np.arange(N)[:, None]
+            seqs = seqs[rows, beam]
+            seqs[:, :, t] = word
+            scores = total[rows, beam, word]
+            lengths = new_len[rows, beam, 0]
+            done = done[rows, beam] | (word == model._end)
+            state = model.select_state(state, (rows * K + beam).reshape(-1))
+            words = word.reshape(-1)
+            if done.all():
+                break
+    final = scores / np.maximum(lengths, 1) ** length_penalty if length_penalty else scores
+    best = np.argmax(final, axis=1)
+    picked = seqs[np.arange(N), best]
+    return _pad_after_end(picked, model._end, model._null), scores[np.arange(N), best]
+
+
+def _pad_after_end(captions, end, null):
+    """Replace everything after the first <END> with <NULL>. captions (N, L) -> (N, L)."""
+    ended = np.cumsum(captions == end, axis=1) > 0
+    after = np.zeros_like(ended)
+    after[:, 1:] = ended[:, :-1]
+    return np.where(after, null, captions)
+
+
+def sequence_logprob(model, features, captions):
+    """Summed log-probability of given captions (up to and including <END>).
+
+    features (N, D), captions (N, L) as returned by decode -> (N,) float64.
+    """
+    N, L = captions.shape
+    total = np.zeros(N)
+    done = np.zeros(N, dtype=bool)
+    words = np.full(N, model._start, dtype=np.int64)
+    with _inference(model):
+        state = model.init_state(features)
+        for t in range(L):
+            logprobs, state = model.step(words, state)
+            words = captions[:, t]
+            total[~done] += logprobs[np.arange(N), words][~done]
+            done |= words == model._end
+    return total

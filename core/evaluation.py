@@ -1,0 +1,85 @@
+"""COCO caption metrics (pycocoevalcap): BLEU-1..4, METEOR (when Java is present), ROUGE-L, CIDEr-D.
+
+Captions are compared as the decoders see them: lower-case words separated by single
+spaces, without <START>, <END> and <NULL>. Every image is scored against all of its
+reference captions.
+"""
+import shutil
+
+import numpy as np
+
+from core.coco_utils import decode_captions
+
+METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def references_by_image(captions, image_idxs, idx_to_word):
+    """captions (Nc, L), image_idxs (Nc,) -> {image index: [reference strings]}."""
+    refs = {}
+    for text, i in zip(decode_captions(captions, idx_to_word), image_idxs):
+        refs.setdefault(int(i), []).append(text)
+    return refs
+
+
+def score_captions(predictions, references, meteor=True):
+    """predictions {image: str}, references {image: [str, ...]} over the same images
+    -> {metric: float}; METEOR is None when skipped (no Java runtime, or meteor=False)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if set(predictions) != set(references):
+        raise ValueError("predictions and references must cover the same images")
+    if not predictions:
+        raise ValueError("nothing to score")
+    keys = sorted(predictions)
+    res = {k: [predictions[k] if predictions[k].strip() else "<empty>"] for k in keys}
+    gts = {k: list(references[k]) for k in keys}
+    scores = {}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    for n, value in enumerate(bleu, 1):
+        scores[f"BLEU-{n}"] = float(value)
+    scores["METEOR"] = None
+    if meteor and shutil.which("java"):
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorer = Meteor()  # a Java subprocess, ended when the scorer is garbage-collected
+        try:
+            scores["METEOR"] = float(scorer.compute_score(gts, res)[0])
+        except (OSError, ValueError) as e:  # Java present but unable to run the jar
+            print(f"METEOR skipped: {type(e).__name__}: {e}")
+        del scorer
+    scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+    scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return scores
+
+
+def format_scores(scores):
+    """One table row per metric, METEOR marked when skipped."""
+    lines = []
+    for name in METRICS:
+        value = scores.get(name)
+        lines.append(f"{name:8s} {'skipped (no Java runtime)' if value is None else f'{value:.4f}'}")
+    return "\n".join(lines)
+
+
+def caption_split(model, data, split, max_length=30, batch_size=500, beam_size=1, length_penalty=0.0,
+                  progress=True, images=None):
+    """Caption every image of a split that has references (or the given `images`), once.
+
+    -> {image index: predicted caption string}.
+    """
+    from tqdm import tqdm
+
+    from core.decoding import decode
+
+    images = np.unique(data[f"{split}_image_idxs"]) if images is None else np.asarray(images)
+    predictions = {}
+    for s in tqdm(range(0, len(images), batch_size), desc=f"captioning {split}", unit="batch",
+                  disable=not progress):
+        batch = images[s:s + batch_size]
+        words = decode(model, data[f"{split}_features"][batch], max_length=max_length, beam_size=beam_size,
+                       length_penalty=length_penalty)
+        for i, text in zip(batch, decode_captions(words, data["idx_to_word"])):
+            predictions[int(i)] = text
+    return predictions

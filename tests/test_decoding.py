@@ -1,0 +1,92 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from core.decoding import beam_search, decode, greedy_search, sequence_logprob
+from core.model.rnn_model import CaptioningRNN
+from core.model.transformer import CaptioningTransformer
+
+WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "runs", "on", "mat"]
+VOCAB = {w: i for i, w in enumerate(WORDS)}
+
+
+def _rnn(cell_type, vocab=VOCAB, seed=0):
+    model = CaptioningRNN(vocab, input_dim=6, wordvec_dim=8, hidden_dim=10, cell_type=cell_type, seed=seed)
+    for k in model.params:  # sharpen the untrained distributions so that decoding choices matter
+        model.params[k] *= 3
+    return model
+
+
+def _transformer(vocab=VOCAB, seed=0):
+    torch.manual_seed(seed)
+    model = CaptioningTransformer(vocab, input_dim=6, wordvec_dim=16, num_heads=2, num_layers=2,
+                                  dim_feedforward=32, max_length=40)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(20)
+    return model
+
+
+MODELS = {"rnn": lambda **kw: _rnn("rnn", **kw), "lstm": lambda **kw: _rnn("lstm", **kw),
+          "transformer": _transformer}
+FEATURES = np.random.default_rng(0).standard_normal((7, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_beam_of_one_is_greedy(name):
+    model = MODELS[name]()
+    greedy = greedy_search(model, FEATURES, max_length=12)
+    np.testing.assert_array_equal(beam_search(model, FEATURES, max_length=12, beam_size=1)[0], greedy)
+    np.testing.assert_array_equal(model.sample(FEATURES, max_length=12), greedy)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_beam_scores_at_least_greedy_and_reports_true_scores(name):
+    model = MODELS[name]()
+    greedy = greedy_search(model, FEATURES, max_length=12)
+    beams, scores = beam_search(model, FEATURES, max_length=12, beam_size=4)
+    np.testing.assert_allclose(scores, sequence_logprob(model, FEATURES, beams), rtol=1e-5, atol=1e-5)
+    assert (scores >= sequence_logprob(model, FEATURES, greedy) - 1e-6).all()
+    for row in beams:  # <NULL> only after <END>
+        ends = np.flatnonzero(row == VOCAB["<END>"])
+        if len(ends):
+            assert (row[ends[0] + 1:] == VOCAB["<NULL>"]).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_wide_beam_finds_the_exhaustive_optimum(name):
+    vocab = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "cat", "dog"])}
+    model = MODELS[name](vocab=vocab, seed=3)
+    V, L = len(vocab), 4
+    features = FEATURES[:3]
+    candidates = np.array(list(itertools.product(range(V), repeat=L)))  # every sequence of L tokens
+    for n in range(len(features)):
+        feats = np.repeat(features[n:n + 1], len(candidates), axis=0)
+        best = sequence_logprob(model, feats, candidates).max()
+        _, score = beam_search(model, features[n:n + 1], max_length=L, beam_size=V ** (L - 1))
+        assert score[0] == pytest.approx(best, abs=1e-5)
+
+
+def test_length_penalty_prefers_longer_captions():
+    model = _rnn("lstm")
+    plain = decode(model, FEATURES, max_length=12, beam_size=5)
+    normed = decode(model, FEATURES, max_length=12, beam_size=5, length_penalty=1.0)
+
+    def length(c):
+        return (np.cumsum(c == VOCAB["<END>"], axis=1) == 0).sum(axis=1)
+
+    assert length(normed).mean() >= length(plain).mean()
+    with pytest.raises(ValueError, match="beam_size"):
+        decode(model, FEATURES, beam_size=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_transformer_cache_gives_exactly_the_uncached_tokens(seed):
+    model = _transformer(seed=seed)
+    features = np.random.default_rng(seed).standard_normal((16, 6)).astype(np.float32)
+    cached = model.sample(features, max_length=30)
+    np.testing.assert_array_equal(cached, model.sample_uncached(features, max_length=30))
+    assert (cached != VOCAB["<NULL>"]).sum() > 16  # non-trivial captions were compared

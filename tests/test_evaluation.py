@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from core.evaluation import format_scores, references_by_image, score_captions
+
+IDX_TO_WORD = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "red", "circle", "blue", "square", "left", "of"]
+W = {w: i for i, w in enumerate(IDX_TO_WORD)}
+
+
+def encode(text, length=10):
+    ids = [W["<START>"]] + [W[w] for w in text.split()] + [W["<END>"]]
+    return ids + [W["<NULL>"]] * (length - len(ids))
+
+
+def test_references_are_grouped_by_image_without_special_tokens():
+    captions = np.array([encode("a red circle"), encode("a blue square"), encode("red circle"),
+                         encode("a blue square left of a red circle")])
+    refs = references_by_image(captions, np.array([3, 7, 3, 7]), IDX_TO_WORD)
+    assert refs == {3: ["a red circle", "red circle"], 7: ["a blue square", "a blue square left of a red circle"]}
+
+
+def test_perfect_predictions_score_one_and_wrong_ones_less():
+    refs = {0: ["a red circle left of a blue square", "a red circle"],
+            1: ["a blue square", "a blue square left of a red circle"],
+            2: ["a red circle left of a blue square"]}
+    perfect = {0: "a red circle left of a blue square", 1: "a blue square left of a red circle",
+               2: "a red circle left of a blue square"}
+    scores = score_captions(perfect, refs, meteor=False)
+    assert scores["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["BLEU-1"] == pytest.approx(1.0, abs=1e-6) and scores["ROUGE-L"] == pytest.approx(1.0)
+    assert scores["METEOR"] is None and "skipped" in format_scores(scores)
+    swapped = {0: perfect[1], 1: "a blue square", 2: perfect[2]}  # image 0 gets the caption of another image
+    worse = score_captions(swapped, refs, meteor=False)
+    assert worse["BLEU-4"] < 1.0 and worse["CIDEr"] < scores["CIDEr"]
+    with pytest.raises(ValueError, match="same images"):
+        score_captions({0: "a"}, refs)
+
+
+def test_meteor_runs_when_java_is_present():
+    import shutil
+
+    if shutil.which("java") is None:
+        pytest.skip("no Java runtime: METEOR is reported as skipped (tested above)")
+    scores = score_captions({0: "a red circle"}, {0: ["a red circle", "a circle"]})
+    assert scores["METEOR"] == pytest.approx(1.0, abs=1e-3)

@@ -1,0 +1,234 @@
+"""features_extraction.py on a handful of rendered images (random VGG16 weights), and the sample dataset."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import features_extraction
+from core.coco_utils import SAMPLE_DIR, decode_captions, load_coco_data, tokenize
+from core.datasets import make_sample_dataset as sample
+from core.features import TRANSFORM_FILE, ensure_transform, extract_fc7, load_transform, project
+
+ROOT = Path(__file__).resolve().parents[1]
+PCA_DIM = 8
+
+
+def build(src, out, *extra):
+    return features_extraction.main([
+        "--train_annotations", str(src / "annotations" / "captions_train.json"),
+        "--train_images", str(src / "images" / "train"),
+        "--val_annotations", str(src / "annotations" / "captions_val.json"),
+        "--val_images", str(src / "images" / "val"),
+        "--out_dir", str(out), "--weights", "random", "--seed", "0", "--pca_dim", str(PCA_DIM),
+        "--min_word_count", "1", "--batch_size", "8", "--device", "cpu", "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    src = tmp_path_factory.mktemp("rendered")
+    sample.write_split(src, "train", 12)
+    sample.write_split(src, "val", 5)
+    return src
+
+
+@pytest.fixture(scope="module")
+def built(rendered):
+    out = rendered / "dataset"  # inside the source folder, so URLs are written relative to it
+    build(rendered, out)
+    return out
+
+
+def test_layout_shapes_and_dtypes(built):
+    with h5py.File(built / "coco2014_captions.h5") as f:
+        assert f["train_captions"].shape == (60, 17) and f["train_captions"].dtype == np.int32
+        assert f["train_image_idxs"].dtype == np.int32 and f["val_captions"].shape == (25, 17)
+    for split, n in (("train", 12), ("val", 5)):
+        with h5py.File(built / f"{split}2014_vgg16_fc7.h5") as f:
+            assert f["features"].shape == (n, 4096) and f["features"].dtype == np.float32
+            assert (f["features"][()] >= 0).all()  # after ReLU
+        with h5py.File(built / f"{split}2014_vgg16_fc7_pca.h5") as f:
+            assert f["features"].shape == (n, PCA_DIM) and f["features"].dtype == np.float32
+    data = load_coco_data(built)
+    assert data["train_features"].shape == (12, PCA_DIM)
+    assert load_coco_data(built, pca_features=False)["val_features"].shape == (5, 4096)
+    assert all(Path(built / u).is_file() for u in data["val_urls"])  # relative to the dataset folder
+    assert not any(p.name.startswith(".") for p in built.iterdir())  # no temporary leftovers
+
+
+def test_pca_is_fitted_on_train_only_and_applied_to_val(built):
+    transform, info = load_transform(built / TRANSFORM_FILE)
+    assert info["vgg16"] == {"weights": "random", "seed": 0} and info["fitted_on"] == "train"
+    fc7 = {s: h5py.File(built / f"{s}2014_vgg16_fc7.h5")["features"][()] for s in ("train", "val")}
+    pca = {s: h5py.File(built / f"{s}2014_vgg16_fc7_pca.h5")["features"][()] for s in ("train", "val")}
+    np.testing.assert_allclose(transform["mean"], fc7["train"].mean(axis=0), rtol=1e-4, atol=1e-6)
+    components = transform["components"].astype(np.float64)
+    np.testing.assert_allclose(components @ components.T, np.eye(PCA_DIM), atol=1e-4)
+    for split in ("train", "val"):
+        np.testing.assert_allclose(project(fc7[split], transform), pca[split], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pca["train"].mean(axis=0), 0, atol=1e-3 * np.abs(pca["train"]).max())
+
+
+def test_captions_round_trip_through_the_vocabulary(rendered, built):
+    data = load_coco_data(built)
+    vocab = json.loads((built / "coco2014_vocab.json").read_text())
+    assert vocab["idx_to_word"][:4] == ["<NULL>", "<START>", "<END>", "<UNK>"]
+    assert all(vocab["word_to_idx"][w] == i for i, w in enumerate(vocab["idx_to_word"]))
+    ann = json.loads((rendered / "annotations" / "captions_train.json").read_text())
+    order = {im["id"]: r for r, im in enumerate(sorted(ann["images"], key=lambda im: im["id"]))}
+    decoded = decode_captions(data["train_captions"], data["idx_to_word"])
+    assert decoded == [" ".join(tokenize(a["caption"])) for a in ann["annotations"]]
+    assert data["train_image_idxs"].tolist() == [order[a["image_id"]] for a in ann["annotations"]]
+
+
+def test_long_captions_are_cut_and_rare_words_become_unk(rendered, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(rendered, src, ignore=shutil.ignore_patterns("dataset"))
+    ann_path = src / "annotations" / "captions_train.json"
+    ann = json.loads(ann_path.read_text())
+    ann["annotations"][0]["caption"] = "A Very, very LONG caption " + "word " * 30
+    ann_path.write_text(json.dumps(ann))
+    build(src, tmp_path / "out", "--max_length", "8", "--min_word_count", "2")
+    data = load_coco_data(tmp_path / "out")
+    assert data["train_captions"].shape[1] == 8
+    assert decode_captions(data["train_captions"][0], data["idx_to_word"]) == "a very very <UNK> <UNK> word"  # "long", "caption": seen once
+    assert data["train_captions"][0, -1] == data["word_to_idx"]["<END>"]
+
+
+def _expect_user_error(capsys, *fragments):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(f in err[0] for f in fragments), err
+
+
+def test_bad_inputs_are_named_and_leave_nothing(rendered, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(rendered, src, ignore=shutil.ignore_patterns("dataset"))
+    out = tmp_path / "out"
+
+    (src / "images" / "val" / "000002.png").unlink()
+    with pytest.raises(SystemExit) as e:
+        build(src, out)
+    assert e.value.code == 2
+    _expect_user_error(capsys, "missing image", "000002.png")
+    assert not out.exists() or not any(out.iterdir())
+
+    (src / "images" / "val" / "000002.png").write_bytes(b"this is not a png")
+    with pytest.raises(SystemExit):
+        build(src, out)
+    _expect_user_error(capsys, "cannot read image", "000002.png")
+    assert not out.exists() or not any(out.iterdir())
+
+    ann_path = src / "annotations" / "captions_train.json"
+    ann = json.loads(ann_path.read_text())
+    ann["annotations"].append({"id": 999, "image_id": 4242, "caption": "a ghost"})
+    ann_path.write_text(json.dumps(ann))
+    with pytest.raises(SystemExit):
+        build(src, out)
+    _expect_user_error(capsys, "unknown image id 4242")
+
+    build(src, out, "--skip_bad_images")
+    report = capsys.readouterr().out
+    assert "skipping 1 captions of 1 unknown image ids" in report and "skipping 1 unreadable val images" in report
+    data = load_coco_data(out)
+    assert data["val_features"].shape[0] == 4 and data["val_captions"].shape[0] == 20
+    assert data["train_captions"].shape[0] == 60
+    assert "000002.png" not in " ".join(data["val_urls"])
+
+
+def test_caption_own_images_end_to_end(built, rendered, tmp_path):
+    def run(script, *args):
+        return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    result = run("training.py", "--model", "lstm", "--data_dir", built, "--epochs", 2, "--hidden_dim", 16,
+                 "--wordvec_dim", 16, "--batch_size", 20, "--quiet")
+    assert result.returncode == 0, result.stderr
+    images = [rendered / "images" / "val" / "000000.png", rendered / "images" / "val" / "000003.png"]
+    result = run("inference.py", "--model", "lstm", "--data_dir", built, "--image", *images)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("predicted:") == 2 and "truth:" not in result.stdout
+    assert (tmp_path / "outputs" / "lstm_images_captions.png").stat().st_size > 1000
+    assert "could not be fetched" not in result.stdout
+
+    result = run("inference.py", "--model", "lstm", "--data_dir", built, "--image", tmp_path / "nope.jpg")
+    assert result.returncode == 2 and "nope.jpg not found" in result.stderr
+
+    other = tmp_path / "other"  # same vocabulary, but a transform that belongs to another dataset
+    shutil.copytree(built, other)
+    transform, info = load_transform(other / TRANSFORM_FILE)
+    info["dataset_id"] = "0123456789abcdef"
+    from core.features import save_transform
+
+    save_transform(other / TRANSFORM_FILE, transform, info)
+    result = run("inference.py", "--model", "lstm", "--data_dir", other, "--image", images[0])
+    assert result.returncode == 2 and "trained on another dataset" in result.stderr, result.stderr
+
+
+def test_cs231n_data_gets_its_transform_recovered_once(tmp_path, capsys):
+    from core.datasets.make_fake_coco import write_fake_coco
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match="too few"):
+        ensure_transform(write_fake_coco(tmp_path / "small", train_images=40, fc7_dim=64), progress=False)
+    capsys.readouterr()
+    data_dir = write_fake_coco(tmp_path / "cs231n", train_images=200, fc7_dim=64)
+    transform, info = ensure_transform(data_dir, progress=False)
+    assert "fitting it once" in capsys.readouterr().out
+    assert info["vgg16"] == {"weights": "imagenet"} and "different VGG16 port" in info["note"]
+    assert info["held_out_r2"] > 0.999
+    fc7 = h5py.File(data_dir / "val2014_vgg16_fc7.h5")["features"][()]
+    pca = h5py.File(data_dir / "val2014_vgg16_fc7_pca.h5")["features"][()]
+    np.testing.assert_allclose(project(fc7, transform), pca, rtol=1e-3, atol=1e-3)
+    ensure_transform(data_dir, progress=False)
+    assert "fitting" not in capsys.readouterr().out  # saved: fitted only once
+
+
+def test_rebuilding_a_slice_of_the_sample_dataset_reproduces_it(tmp_path):
+    for split in ("train", "val"):
+        path = sample.write_split(tmp_path, split, 3)
+        committed = json.loads((SAMPLE_DIR / "annotations" / f"captions_{split}.json").read_text())
+        rebuilt = json.loads(path.read_text())
+        assert rebuilt["annotations"] == committed["annotations"][:15]
+        for i in range(3):
+            mine = np.asarray(sample.render(sample.make_scene(split, i)))
+            with_committed = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
+                SAMPLE_DIR / "images" / split / f"{i:06d}.png").convert("RGB"))
+            np.testing.assert_array_equal(mine, with_committed)
+    transform, info = load_transform(SAMPLE_DIR / TRANSFORM_FILE)
+    assert info["vgg16"] == {"weights": "random", "seed": 0}
+    paths = [tmp_path / "images" / s / f"{i:06d}.png" for s in ("train", "val") for i in range(3)]
+    fc7, bad = extract_fc7(paths, info["vgg16"], progress=False)
+    assert not bad
+    committed = np.concatenate([h5py.File(SAMPLE_DIR / f"{s}2014_vgg16_fc7_pca.h5")["features"][:3]
+                                for s in ("train", "val")])
+    np.testing.assert_allclose(project(fc7, transform), committed, rtol=1e-3, atol=1e-3 * np.abs(committed).max())
+
+
+def test_sample_dataset_content():
+    data = load_coco_data(SAMPLE_DIR)
+    assert data["train_features"].shape == (2000, 512) and data["val_features"].shape == (500, 512)
+    assert data["train_captions"].shape[0] == 5 * 2000 and data["val_captions"].shape[0] == 5 * 500
+    words = set(data["idx_to_word"])
+    assert set(sample.COLORS) <= words and set(sample.SHAPES) <= words
+    assert {"left", "right", "above", "below", "small", "large"} <= words
+    texts = decode_captions(data["train_captions"][:5], data["idx_to_word"])
+    assert len(set(texts)) == 5  # five different phrasings of one image
+    size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file() and not p.name.endswith("_fc7.h5"))
+    assert size <= 15 * 2 ** 20
+
+
+def test_incremental_pca_spans_the_same_subspace_as_full_pca():
+    from core.features import fit_pca
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((530, 6)) * [9, 7, 5, 3, 2, 1]) @ rng.standard_normal((6, 40))
+    X = (X + 0.01 * rng.standard_normal((530, 40)) + 3).astype(np.float32)
+    full = fit_pca(X, 4, progress=False)
+    chunked = fit_pca(X, 4, chunk_rows=100, progress=False)  # the 30-row tail is merged into the last chunk
+    np.testing.assert_allclose(chunked["mean"], full["mean"], rtol=1e-4, atol=1e-4)
+    overlap = np.abs(chunked["components"] @ full["components"].T)  # same directions up to sign
+    np.testing.assert_allclose(np.diag(overlap), 1.0, atol=1e-3)
