@@ -78,6 +78,10 @@ def word_embedding_forward(x, W):
 def word_embedding_backward(dout, cache):
     """dout (N, T, W) -> dW (V, W); rows of repeated words accumulate."""
     x, shape, dtype = cache
+    words = x.reshape(-1)
+    order = np.argsort(words, kind="stable")  # group the rows of each word together
+    sorted_words = words[order]
+    starts = np.flatnonzero(np.r_[True, sorted_words[1:] != sorted_words[:-1]])  # first row of each word
     dW = np.zeros(shape, dtype=dtype)
-    np.add.at(dW, x.reshape(-1), dout.reshape(-1, shape[1]))
+    dW[sorted_words[starts]] = np.add.reduceat(dout.reshape(-1, shape[1])[order], starts, axis=0)
     return dW

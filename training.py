@@ -67,8 +67,12 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", default="outputs", help="directory for the loss plot and history")
     p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision for the transformer on CUDA")
+    p.add_argument("--max_iters", type=int, default=None,
+                   help="stop each epoch after this many minibatches (dry runs and timing; default: whole epochs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     args = p.parse_args(argv)
+    if args.max_iters is not None and args.max_iters <= 0:
+        p.error("--max_iters must be positive")
     if args.eval_every < 0:
         p.error("--eval_every must be 0 (off) or positive")
     for name in ("epochs", "batch_size", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "val_samples",
@@ -185,7 +189,7 @@ def main(argv=None):
 
         common = dict(num_epochs=args.epochs, batch_size=args.batch_size, lr_decay=args.lr_decay,
                       val_samples=args.val_samples, seed=args.seed, verbose=not args.quiet,
-                      on_epoch_end=tracker.on_epoch_end)
+                      on_epoch_end=tracker.on_epoch_end, max_iters=args.max_iters)
         if args.model == "transformer":
             solver = CaptioningSolverTransformer(model, data, learning_rate=args.lr, device=device, amp=args.amp,
                                                  **common)
@@ -206,6 +210,8 @@ def main(argv=None):
         plot_path = out_dir / f"{args.model}_loss.png"
         save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
         (out_dir / f"{args.model}_history.json").write_text(json.dumps(dict(history, seconds=seconds), indent=1))
+        its = len(history["loss"]) / sum(history["train_seconds"])
+        print(f"{its:.1f} training iterations per second (batch {args.batch_size})")
         print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
               f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
         print(f"saved checkpoint {checkpoint} and the best ({tracker.describe()}) {best_path}")

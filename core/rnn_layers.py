@@ -57,24 +57,33 @@ def temporal_affine_backward(dout, cache):
     return dx, dw, dout2.sum(axis=0)
 
 
+def softmax_loss(x, y, norm=1.0):
+    """Softmax cross-entropy summed over rows and divided by norm.
+
+    x (M, V) scores, y (M,) int targets in [0, V) -> loss (float), dx (M, V).
+    """
+    M = x.shape[0]
+    shifted = x - x.max(axis=1, keepdims=True)  # (M, V), max 0 per row
+    rows = np.arange(M)
+    picked = shifted[rows, y]  # (M,) shifted score of the target word
+    probs = np.exp(shifted, out=shifted)
+    sums = probs.sum(axis=1)
+    loss = -np.sum(picked - np.log(sums)) / norm
+    probs /= (sums * norm)[:, None]
+    dx = probs
+    dx[rows, y] -= 1 / norm
+    return float(loss), dx
+
+
 def temporal_softmax_loss(x, y, mask):
     """Softmax cross-entropy summed over the unmasked time steps, averaged over N.
 
     x (N, T, V) scores, y (N, T) int targets in [0, V), mask (N, T) bool
-    -> loss (float), dx (N, T, V).
+    -> loss (float), dx (N, T, V) (zero where mask is false).
     """
     N, T, V = x.shape
-    x2 = x.reshape(N * T, V)
-    y2 = y.reshape(N * T)
-    m2 = mask.reshape(N * T)
-    shifted = x2 - x2.max(axis=1, keepdims=True)  # (N*T, V), max 0 per row
-    rows = np.arange(N * T)
-    picked = shifted[rows, y2]  # (N*T,) shifted score of the target word
-    probs = np.exp(shifted, out=shifted)
-    sums = probs.sum(axis=1)
-    loss = -np.sum((picked - np.log(sums))[m2]) / N
-    probs /= sums[:, None]
-    dx = probs
-    dx[rows, y2] -= 1
-    dx *= (m2 / N).astype(dx.dtype)[:, None]
-    return float(loss), dx.reshape(N, T, V)
+    rows = mask.reshape(N * T)
+    loss, dx_rows = softmax_loss(x.reshape(N * T, V)[rows], y.reshape(N * T)[rows], N)
+    dx = np.zeros((N * T, V), dtype=dx_rows.dtype)
+    dx[rows] = dx_rows
+    return loss, dx.reshape(N, T, V)

@@ -7,6 +7,7 @@ minibatches, validation on a fixed subset, history, logging, best-model callback
 lives here.
 """
 import math
+import time
 
 import numpy as np
 from tqdm import tqdm
@@ -19,11 +20,12 @@ class SolverBase:
     random order. lr_decay: learning rate multiplier after each epoch. val_samples:
     size of the fixed, seeded subset of validation captions scored after each epoch.
     on_epoch_end: optional callable(solver, epoch, is_best) called after each epoch,
-    with is_best true when the validation loss is the lowest so far.
+    with is_best true when the validation loss is the lowest so far. max_iters: stop each
+    epoch after this many minibatches (dry runs and timing; None: the whole epoch).
     """
 
     def __init__(self, model, data, *, num_epochs=10, batch_size=100, lr_decay=1.0, val_samples=1000,
-                 seed=0, verbose=True, on_epoch_end=None):
+                 seed=0, verbose=True, on_epoch_end=None, max_iters=None):
         self.model = model
         self.data = data
         self.num_epochs = num_epochs
@@ -31,10 +33,11 @@ class SolverBase:
         self.lr_decay = lr_decay
         self.verbose = verbose
         self.on_epoch_end = on_epoch_end
+        self.max_iters = max_iters
         self.rng = np.random.default_rng(seed)
         num_val = data["val_captions"].shape[0]
         self.val_rows = np.sort(self.rng.choice(num_val, size=min(val_samples, num_val), replace=False))
-        self.history = {"loss": [], "train_loss": [], "val_loss": [], "learning_rate": []}
+        self.history = {"loss": [], "train_loss": [], "val_loss": [], "learning_rate": [], "train_seconds": []}
         self.best_val_loss = math.inf
         self.best_epoch = None
 
@@ -70,12 +73,15 @@ class SolverBase:
 
     def train(self):
         """Run all epochs; returns the history dict (per-iteration `loss`, per-epoch
-        `train_loss`, `val_loss`, `learning_rate`)."""
+        `train_loss`, `val_loss`, `learning_rate`, `train_seconds` spent in training steps)."""
         num_train = self.data["train_captions"].shape[0]
         iters = math.ceil(num_train / self.batch_size)
+        if self.max_iters is not None:
+            iters = min(iters, self.max_iters)
         for epoch in range(1, self.num_epochs + 1):
             order = self.rng.permutation(num_train)
             losses = []
+            start = time.perf_counter()
             bar = tqdm(range(iters), desc=f"epoch {epoch}/{self.num_epochs}", leave=False,
                        disable=not self.verbose, mininterval=1.0)
             for it in bar:
@@ -86,6 +92,7 @@ class SolverBase:
                                              "lower the learning rate")
                 losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            self.history["train_seconds"].append(time.perf_counter() - start)
             self.history["loss"].extend(losses)
             self.history["train_loss"].append(float(np.mean(losses)))
             self.history["learning_rate"].append(self.learning_rate)

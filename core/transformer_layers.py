@@ -65,6 +65,13 @@ class MultiHeadAttention(nn.Module):
         attn_mask (T, S) where attn_mask[i, j] == 0 forbids target i to attend to source j
         -> output (N, T, E).
         """
+        if query is key and key is value:  # self-attention: q, k and v from one matrix product
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3E, E)
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3E,)
+            q, k, v = F.linear(query, weight, bias).split(self.emd_dim, dim=-1)  # each (N, T, E)
+            return self._attend(self._heads(q), self._heads(k), self._heads(v), attn_mask)
+        if key.shape[1] == 1 and attn_mask is None:  # one key: no scores needed (see attend)
+            return self.attend(query, None, self._heads(self.value(value)))
         return self.attend(query, *self.project_kv(key, value), attn_mask=attn_mask)
 
     def project_kv(self, key, value):
@@ -72,13 +79,27 @@ class MultiHeadAttention(nn.Module):
         return self._heads(self.key(key)), self._heads(self.value(value))
 
     def attend(self, query, k, v, attn_mask=None):
-        """query (N, T, E) against projected k, v (N, nh, S, E/nh) -> (N, T, E)."""
+        """query (N, T, E) against projected k, v (N, nh, S, E/nh) -> (N, T, E).
+
+        With a single key and no mask (the one image token of the captioning model) the
+        softmax weights are exactly 1 whatever the query, so q and the scores are skipped:
+        the weights are dropout(1), as the general path would give. k may then be None.
+        """
         N, T, _ = query.shape
-        q = self._heads(self.query(query))  # (N, nh, T, E/nh)
+        if v.shape[2] == 1 and attn_mask is None:
+            return self._combine(self.attn_drop(query.new_ones(N, self.n_head, T, 1)), v)
+        return self._attend(self._heads(self.query(query)), k, v, attn_mask)
+
+    def _attend(self, q, k, v, attn_mask):
+        """q (N, nh, T, E/nh), k and v (N, nh, S, E/nh), attn_mask (T, S) or None -> (N, T, E)."""
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, nh, T, S)
         if attn_mask is not None:
             scores = scores.masked_fill(attn_mask == 0, float("-inf"))
-        weights = self.attn_drop(F.softmax(scores, dim=-1))
+        return self._combine(self.attn_drop(F.softmax(scores, dim=-1)), v)
+
+    def _combine(self, weights, v):
+        """weights (N, nh, T, S), v (N, nh, S, E/nh) -> output projection of the heads (N, T, E)."""
+        N, _, T, _ = weights.shape
         out = (weights @ v).transpose(1, 2).reshape(N, T, self.emd_dim)  # (N, T, E)
         return self.proj(out)
 

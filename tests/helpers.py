@@ -32,3 +32,13 @@ def rel_error(x, y):
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     return float(np.max(np.abs(x - y)) / max(1e-12, np.max(np.abs(x)) + np.max(np.abs(y))))
+
+
+def assert_gradients(f, args, grads, dout, tol=1e-7):
+    """Check each analytic gradient in grads against centered differences of f with respect
+    to the matching array in args (same order); dout is the upstream gradient of f()."""
+    assert len(args) == len(grads)
+    for k, (arg, grad) in enumerate(zip(args, grads)):
+        assert grad.shape == arg.shape, f"gradient {k}: shape {grad.shape} != {arg.shape}"
+        error = rel_error(grad, numeric_gradient(f, arg, dout))
+        assert error < tol, f"gradient {k}: relative error {error:.2e}"

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from lstm_utils import lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
-from tests.helpers import numeric_gradient, rel_error
+from tests.helpers import assert_gradients
 
 TOL = 1e-7
 
@@ -25,10 +25,7 @@ def test_lstm_step_gradients():
         next_h, next_c, _ = lstm_step_forward(x, h, c, Wx, Wh, b)
         return np.concatenate([next_h, next_c])
 
-    upstream = np.concatenate([dh, dc])
-    for arg, grad in zip((x, h, c, Wx, Wh, b), grads):
-        assert grad.shape == arg.shape
-        assert rel_error(grad, numeric_gradient(both, arg, upstream)) < TOL
+    assert_gradients(both, (x, h, c, Wx, Wh, b), grads, np.concatenate([dh, dc]), TOL)
 
 
 def test_lstm_sequence_gradients():
@@ -36,10 +33,8 @@ def test_lstm_sequence_gradients():
     x, h0, Wx, Wh, b = _params(rng)
     dh = rng.standard_normal((3, 4, 6))
     _, cache = lstm_forward(x, h0, Wx, Wh, b)
-    grads = lstm_backward(dh, cache)
-    for arg, grad in zip((x, h0, Wx, Wh, b), grads):
-        assert grad.shape == arg.shape
-        assert rel_error(grad, numeric_gradient(lambda: lstm_forward(x, h0, Wx, Wh, b)[0], arg, dh)) < TOL
+    assert_gradients(lambda: lstm_forward(x, h0, Wx, Wh, b)[0], (x, h0, Wx, Wh, b), lstm_backward(dh, cache), dh,
+                     TOL)
 
 
 def test_lstm_forward_equals_repeated_steps():

@@ -11,7 +11,7 @@ from core.rnn_layers import (
     temporal_affine_forward,
     temporal_softmax_loss,
 )
-from tests.helpers import numeric_gradient, rel_error
+from tests.helpers import assert_gradients, numeric_gradient, rel_error
 
 TOL = 1e-7
 
@@ -30,10 +30,7 @@ def test_affine_gradients():
     x, w, b = rng.standard_normal((4, 5)), rng.standard_normal((5, 3)), rng.standard_normal(3)
     dout = rng.standard_normal((4, 3))
     _, cache = affine_forward(x, w, b)
-    dx, dw, db = affine_backward(dout, cache)
-    assert rel_error(dx, numeric_gradient(lambda: affine_forward(x, w, b)[0], x, dout)) < TOL
-    assert rel_error(dw, numeric_gradient(lambda: affine_forward(x, w, b)[0], w, dout)) < TOL
-    assert rel_error(db, numeric_gradient(lambda: affine_forward(x, w, b)[0], b, dout)) < TOL
+    assert_gradients(lambda: affine_forward(x, w, b)[0], (x, w, b), affine_backward(dout, cache), dout, TOL)
 
 
 def test_temporal_affine_gradients():
@@ -42,10 +39,8 @@ def test_temporal_affine_gradients():
     dout = rng.standard_normal((2, 3, 5))
     out, cache = temporal_affine_forward(x, w, b)
     np.testing.assert_allclose(out, np.einsum("ntd,dm->ntm", x, w) + b)
-    dx, dw, db = temporal_affine_backward(dout, cache)
-    assert rel_error(dx, numeric_gradient(lambda: temporal_affine_forward(x, w, b)[0], x, dout)) < TOL
-    assert rel_error(dw, numeric_gradient(lambda: temporal_affine_forward(x, w, b)[0], w, dout)) < TOL
-    assert rel_error(db, numeric_gradient(lambda: temporal_affine_forward(x, w, b)[0], b, dout)) < TOL
+    assert_gradients(lambda: temporal_affine_forward(x, w, b)[0], (x, w, b), temporal_affine_backward(dout, cache),
+                     dout, TOL)
 
 
 def test_temporal_softmax_loss_matches_torch_and_its_gradient():

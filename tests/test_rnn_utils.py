@@ -9,7 +9,7 @@ from rnn_utils import (
     word_embedding_backward,
     word_embedding_forward,
 )
-from tests.helpers import numeric_gradient, rel_error
+from tests.helpers import assert_gradients, numeric_gradient, rel_error
 
 TOL = 1e-7
 
@@ -25,11 +25,8 @@ def test_rnn_step_gradients():
     x = x[:, 0]
     dnext = rng.standard_normal(h.shape)
     _, cache = rnn_step_forward(x, h, Wx, Wh, b)
-    grads = rnn_step_backward(dnext, cache)
-    for arg, grad in zip((x, h, Wx, Wh, b), grads):
-        num = numeric_gradient(lambda: rnn_step_forward(x, h, Wx, Wh, b)[0], arg, dnext)
-        assert grad.shape == arg.shape
-        assert rel_error(grad, num) < TOL
+    assert_gradients(lambda: rnn_step_forward(x, h, Wx, Wh, b)[0], (x, h, Wx, Wh, b),
+                     rnn_step_backward(dnext, cache), dnext, TOL)
 
 
 def test_rnn_sequence_gradients():
@@ -37,11 +34,7 @@ def test_rnn_sequence_gradients():
     x, h0, Wx, Wh, b = _params(rng)
     dh = rng.standard_normal((3, 4, 6))
     _, cache = rnn_forward(x, h0, Wx, Wh, b)
-    grads = rnn_backward(dh, cache)
-    for arg, grad in zip((x, h0, Wx, Wh, b), grads):
-        num = numeric_gradient(lambda: rnn_forward(x, h0, Wx, Wh, b)[0], arg, dh)
-        assert grad.shape == arg.shape
-        assert rel_error(grad, num) < TOL
+    assert_gradients(lambda: rnn_forward(x, h0, Wx, Wh, b)[0], (x, h0, Wx, Wh, b), rnn_backward(dh, cache), dh, TOL)
 
 
 def test_rnn_forward_equals_repeated_steps():

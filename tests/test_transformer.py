@@ -25,14 +25,18 @@ def test_positional_encoding_values():
         pe(torch.zeros(1, 11, 6))
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_multihead_attention_matches_sdpa(causal):
+@pytest.mark.parametrize("mode", ["cross", "self", "self_causal", "single_key"])
+def test_multihead_attention_matches_sdpa(mode):
+    """Every path of our attention (separate q/k/v, fused self-attention projection, the
+    single-key shortcut) against F.scaled_dot_product_attention with the same weights."""
     torch.manual_seed(0)
-    N, T, S, E, nh = 2, 5, 5 if causal else 3, 8, 2
+    N, T, E, nh = 2, 5, 8, 2
+    S = {"cross": 3, "single_key": 1}.get(mode, T)
     attn = MultiHeadAttention(E, nh, dropout=0.5).eval()
     assert [name for name, _ in attn.named_children()][:4] == ["key", "query", "value", "proj"]
-    q, k, v = torch.randn(N, T, E), torch.randn(N, S, E), torch.randn(N, S, E)
-    mask = torch.tril(torch.ones(T, S)) if causal else None
+    q = torch.randn(N, T, E)
+    k, v = (q, q) if mode.startswith("self") else (torch.randn(N, S, E), torch.randn(N, S, E))
+    mask = torch.tril(torch.ones(T, S)) if mode == "self_causal" else None
     out = attn(q, k, v, attn_mask=mask)
 
     def heads(x):

@@ -10,13 +10,7 @@ it shifted left (w1 w2 ... <END>), with <NULL> padding masked out of the loss.
 import numpy as np
 
 from core.decoding import decode
-from core.rnn_layers import (
-    affine_backward,
-    affine_forward,
-    temporal_affine_backward,
-    temporal_affine_forward,
-    temporal_softmax_loss,
-)
+from core.rnn_layers import affine_backward, affine_forward, softmax_loss
 from lstm_utils import lstm_backward, lstm_forward, lstm_step_forward
 from rnn_utils import (
     rnn_backward,
@@ -104,11 +98,18 @@ class CaptioningRNN:
         x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
         forward, backward = (rnn_forward, rnn_backward) if self.cell_type == "rnn" else (lstm_forward, lstm_backward)
         h, rnn_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
-        scores, vocab_cache = temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])  # (N, T, V)
-        loss, dscores = temporal_softmax_loss(scores, captions_out, mask)
+        # Scores are needed only where there is a target word: project just those rows,
+        # which is the temporal affine + masked softmax loss without the masked-out work.
+        N, T, H = h.shape
+        rows = np.flatnonzero(mask.reshape(N * T))  # (M,)
+        scores, vocab_cache = affine_forward(h.reshape(N * T, H)[rows], p["W_vocab"], p["b_vocab"])  # (M, V)
+        loss, dscores = softmax_loss(scores, captions_out.reshape(N * T)[rows], N)
 
         grads = {}
-        dh, grads["W_vocab"], grads["b_vocab"] = temporal_affine_backward(dscores, vocab_cache)
+        dh_rows, grads["W_vocab"], grads["b_vocab"] = affine_backward(dscores, vocab_cache)
+        dh = np.zeros((N * T, H), dtype=dh_rows.dtype)
+        dh[rows] = dh_rows
+        dh = dh.reshape(N, T, H)
         dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rnn_cache)
         grads["W_embed"] = word_embedding_backward(dx, embed_cache)
         _, grads["W_proj"], grads["b_proj"] = affine_backward(dh0, proj_cache)
