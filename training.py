@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--wordvec_dim", type=int, default=256, help="word vector size W (the transformer's width)")
     p.add_argument("--num_heads", type=int, default=4, help="attention heads of the transformer")
     p.add_argument("--num_layers", type=int, default=2, help="decoder layers of the transformer")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the transformer")
     p.add_argument("--val_samples", type=int, default=1000,
                    help="size of the fixed validation subset whose loss is reported each epoch")
     p.add_argument("--eval_every", type=int, default=0,
@@ -71,6 +72,8 @@ def parse_args(argv=None):
                    help="stop each epoch after this many minibatches (dry runs and timing; default: whole epochs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     args = p.parse_args(argv)
+    if not 0 <= args.dropout < 1:
+        p.error("--dropout must be in [0, 1)")
     if args.max_iters is not None and args.max_iters <= 0:
         p.error("--max_iters must be positive")
     if args.eval_every < 0:
@@ -96,7 +99,8 @@ def build_model(args, data):
             raise UserError(f"--wordvec_dim {args.wordvec_dim} must be divisible by 2 * --num_heads {args.num_heads}")
         max_length = max(50, data["train_captions"].shape[1])
         return CaptioningTransformer(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
-                                     num_heads=args.num_heads, num_layers=args.num_layers, max_length=max_length)
+                                     num_heads=args.num_heads, num_layers=args.num_layers, max_length=max_length,
+                                     dropout=args.dropout)
     return CaptioningRNN(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
                          hidden_dim=args.hidden_dim, cell_type=args.model, dtype=np.float32, seed=args.seed)
 

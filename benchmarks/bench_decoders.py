@@ -61,7 +61,8 @@ def vocab():
 
 
 def step_flops(cell_type):
-    """Matrix-product FLOPs of one numpy training step (forward + backward)."""
+    """Matrix-product FLOPs of one training step (forward + backward), counting the vocabulary
+    projection at every time step as the built-in computes it (ours skips masked steps)."""
     G = 4 * H if cell_type == "lstm" else H
     proj, inproj, rec, voc = 2 * N * D * H, 2 * N * T * W * G, 2 * N * T * H * G, 2 * N * T * H * V
     forward = proj + inproj + rec + voc

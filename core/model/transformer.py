@@ -131,8 +131,16 @@ class CaptioningTransformer(nn.Module):
     def select_state(self, state, rows):
         """Keep/replicate batch rows of a decoding state: rows (M,) int -> state for M rows."""
         index = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.device)
-        layers = [{k: v.index_select(0, index) for k, v in cache.items()} for cache in state["layers"]]
-        return {"t": state["t"], "layers": layers}
+        t = state["t"]
+        layers = []
+        for cache in state["layers"]:
+            new = {k: cache[k].index_select(0, index) for k in ("mem_k", "mem_v")}
+            for k in ("k", "v"):  # only the t filled positions of the self-attention cache are copied
+                buffer = cache[k].new_empty((len(index),) + cache[k].shape[1:])
+                buffer[:, :, :t] = cache[k][index, :, :t]
+                new[k] = buffer
+            layers.append(new)
+        return {"t": t, "layers": layers}
 
     def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
         """Decode captions with the key/value cache (greedy with beam_size 1, else beam search).
