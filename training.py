@@ -5,9 +5,9 @@ Usage:
     python training.py --model lstm --num_samples 300 --epochs 100 --batch_size 50
     python training.py --model transformer --device cuda
 
-Writes the checkpoint (--checkpoint, final weights), the best-by-validation-loss
-checkpoint next to it (*_best.*), and in --out_dir the loss plot <model>_loss.png and
-the loss history <model>_history.json.
+Writes the checkpoint (--checkpoint, final weights), the best checkpoint next to it
+(*_best.*: by validation loss, or by validation CIDEr with --eval_every), and in --out_dir
+the loss plot <model>_loss.png and the history <model>_history.json.
 """
 import json
 import time

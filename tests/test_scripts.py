@@ -172,3 +172,14 @@ def test_max_iters_cuts_epochs_short_and_reports_speed(fake_coco, tmp_path):
     assert "training iterations per second (batch 50)" in result.stdout
     history = json.loads((tmp_path / "outputs" / "lstm_history.json").read_text())
     assert len(history["loss"]) == 4 and len(history["train_seconds"]) == 2
+
+
+def test_plot_loss_curves_compares_the_trained_models(trained, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_loss_curves.py"), "--history_dir",
+                             str(trained / "outputs"), "--out", str(tmp_path / "curves.png")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "rnn, lstm, transformer" in result.stdout and (tmp_path / "curves.png").stat().st_size > 1000
+    empty = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_loss_curves.py"), "--history_dir",
+                            str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and "run training.py first" in empty.stderr
