@@ -32,7 +32,7 @@ from core.cli import DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, resolve_device
 from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, format_scores, references_by_image, score_captions  # noqa: E402
-from core.features import dataset_id, ensure_transform, extract_fc7, project  # noqa: E402
+from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project  # noqa: E402
 from core.image_utils import try_load_image  # noqa: E402
 
 
@@ -169,6 +169,7 @@ def caption_files(args, model, config):
     if transform["components"].shape[0] != config["input_dim"]:
         raise UserError(f"checkpoint {args.checkpoint} expects {config['input_dim']}-d features, the transform of "
                         f"{args.data_dir} makes {transform['components'].shape[0]}-d")
+    print(f"image features: {describe_weights(info['vgg16'])}")
     if info.get("note"):
         print(f"note: {info['note']}")
     fc7, bad = extract_fc7(args.image, info["vgg16"], batch_size=16, device=args.device or "cpu", progress=False)

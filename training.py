@@ -32,7 +32,7 @@ from core.features import dataset_id  # noqa: E402
 from core.model.rnn_model import CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
 
-DEFAULT_LR = {"rnn": 5e-3, "lstm": 5e-3, "transformer": 5e-4}
+DEFAULT_LR = {"rnn": 5e-3, "lstm": 5e-3, "transformer": 1e-3}
 
 
 def parse_args(argv=None):
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=10, help="passes over the training captions")
     p.add_argument("--batch_size", type=int, default=100, help="captions per minibatch")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 5e-3 for rnn/lstm, 5e-4 for transformer)")
+                   help="learning rate (default: 5e-3 for rnn/lstm, 1e-3 for transformer)")
     p.add_argument("--lr_decay", type=float, default=0.95, help="learning rate multiplier after each epoch")
     p.add_argument("--update_rule", default="adam", choices=("sgd", "sgd_momentum", "rmsprop", "adam"),
                    help="update rule for the numpy models (the transformer always uses torch Adam)")
