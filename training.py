@@ -29,6 +29,7 @@ from core.coco_utils import default_data_dir, load_coco_data  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, references_by_image, score_captions  # noqa: E402
 from core.features import dataset_id  # noqa: E402
+from core.memory import keep_freed_memory  # noqa: E402
 from core.model.rnn_model import CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
 
@@ -171,6 +172,7 @@ def save_loss_plot(history, title, path):
 def main(argv=None):
     args = parse_args(argv)
     with user_errors("training.py"):
+        keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
         device = resolve_device(args.device) if args.model == "transformer" else "cpu"

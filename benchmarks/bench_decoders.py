@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.memory import keep_freed_memory  # noqa: E402
 from core.model.rnn_model import CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
 
@@ -117,6 +118,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    result_memory = keep_freed_memory()  # as training.py does; it applies to both sides
     repeats = 3 if args.quick else 15
     rng = np.random.default_rng(0)
     features = rng.standard_normal((N, D)).astype(np.float32)
@@ -126,6 +128,7 @@ def main(argv=None):
     captions[:, -2:] = 0
     feats_t, caps_t = torch.from_numpy(features), torch.from_numpy(captions)
     result = {"shapes": dict(N=N, T=T, D=D, W=W, H=H, V=V), "threads": args.threads,
+              "keep_freed_memory": result_memory,
               "torch": torch.__version__, "numpy": np.__version__}
 
     a = rng.standard_normal((N * T, H), dtype=np.float32)
