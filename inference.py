@@ -187,6 +187,9 @@ def main(argv=None):
         model, config = load_checkpoint(args.checkpoint, device=args.device)
         if config["model"] != args.model:
             check_checkpoint(config, args.checkpoint, args.model, config["idx_to_word"])
+        if config["model"] == "transformer" and args.max_length + 1 > config["max_length"]:
+            raise UserError(f"--max_length {args.max_length} is longer than checkpoint {args.checkpoint} allows "
+                            f"({config['max_length'] - 1} words)")
         if args.data_dir is None:
             args.data_dir = str(default_data_dir())
         torch.manual_seed(args.seed)

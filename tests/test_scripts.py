@@ -121,6 +121,8 @@ def test_inference_rejects_mismatched_checkpoints(trained, fake_coco, tmp_path):
                           "--data_dir", other_vocab, cwd=tmp_path), "different vocabulary")
     assert_user_error(run("inference.py", "--model", "lstm", "--checkpoint", tmp_path / "none.npz",
                           "--data_dir", fake_coco, cwd=tmp_path), "none.npz not found")
+    assert_user_error(run("inference.py", "--model", "transformer", "--checkpoint", trained / "transformer_model.pt",
+                          "--data_dir", fake_coco, "--max_length", 80, cwd=tmp_path), "--max_length 80")
     (tmp_path / "junk.npz").write_bytes(b"junk")
     assert_user_error(run("inference.py", "--model", "lstm", "--checkpoint", tmp_path / "junk.npz",
                           "--data_dir", fake_coco, cwd=tmp_path), "junk.npz is not a checkpoint")
