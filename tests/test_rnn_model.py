@@ -30,6 +30,16 @@ def test_loss_gradients(cell_type):
         assert rel_error(grads[name], num) < 1e-7, name
 
 
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_float32_model_stays_float32(cell_type):
+    """No silent float64 temporaries: every gradient of a float32 model is float32."""
+    rng = np.random.default_rng(5)
+    model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, cell_type=cell_type, seed=0)
+    _, grads = model.loss(rng.standard_normal((3, 6)).astype(np.float32), _captions(rng, 3, 6))
+    assert {g.dtype for g in grads.values()} == {np.dtype(np.float32)}
+    assert model.init_state(np.zeros((2, 6), dtype=np.float32))[0].dtype == np.float32
+
+
 def test_loss_ignores_null_targets():
     rng = np.random.default_rng(1)
     model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, seed=0)
