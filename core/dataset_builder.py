@@ -41,7 +41,8 @@ def read_annotations(path, image_dir, skip_bad=False, log=print):
         if not skip_bad:
             raise UserError(f"{path}: caption for unknown image id {unknown[0]}"
                             + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-        log(f"skipping {sum(i in set(unknown) for i, _ in pairs)} captions of {len(unknown)} unknown image ids")
+        unknown_set = set(unknown)
+        log(f"skipping {sum(i in unknown_set for i, _ in pairs)} captions of {len(unknown)} unknown image ids")
         pairs = [(i, c) for i, c in pairs if i in images]
     missing = sorted(i for i in images if not (image_dir / images[i]).is_file())
     if missing:
