@@ -185,3 +185,17 @@ def test_plot_loss_curves_compares_the_trained_models(trained, tmp_path):
     empty = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_loss_curves.py"), "--history_dir",
                             str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "run training.py first" in empty.stderr
+
+
+def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path):
+    """The default data directory (the sample dataset when COCO is absent) through training and --eval."""
+    from core.coco_utils import SAMPLE_DIR
+
+    result = run("training.py", "--model", "rnn", "--data_dir", SAMPLE_DIR, "--epochs", 1, "--max_iters", 5, *SMALL,
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = run("inference.py", "--model", "rnn", "--data_dir", SAMPLE_DIR, "--eval", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "500 images, greedy" in result.stdout
+    report = json.loads((tmp_path / "outputs" / "rnn_val_eval.json").read_text())
+    assert len(report["predictions"]) == 500 and all(len(p["references"]) == 5 for p in report["predictions"])
