@@ -199,3 +199,14 @@ def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path):
     assert "500 images, greedy" in result.stdout
     report = json.loads((tmp_path / "outputs" / "rnn_val_eval.json").read_text())
     assert len(report["predictions"]) == 500 and all(len(p["references"]) == 5 for p in report["predictions"])
+
+
+def test_gpu_benchmark_script_dry_run_on_cpu(tmp_path):
+    """The prepared GPU measurement runs end to end (on the CPU, tiny data) and prints its JSON."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_transformer.py"), "--device", "cpu",
+                             "--small", "--max_iters", "1", "--batch_sizes", "20"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(r["batch_size"], r["amp"]) for r in report["runs"]] == [(20, False), (20, True)]
+    assert all(r["iterations_per_s"] > 0 for r in report["runs"])
