@@ -18,10 +18,12 @@ class CaptioningSolverTransformer(SolverBase):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
 
     def _tensors(self, features, captions):
+        """features (B, D) float32, captions (B, L) int arrays -> tensors on the solver's device."""
         return (torch.as_tensor(features, dtype=torch.float32).to(self.device, non_blocking=True),
                 torch.as_tensor(captions, dtype=torch.long).to(self.device, non_blocking=True))
 
     def _loss(self, features, captions):
+        """Model loss of a minibatch (scalar tensor), under bfloat16 autocast when amp is on."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.model.loss(*self._tensors(features, captions))
 

@@ -46,6 +46,7 @@ def load_vocab(base_dir):
 
 
 def _require(path, hint):
+    """path if it is a file, else UserError naming it with the hint."""
     if not path.is_file():
         raise UserError(f"missing data file {path}: {hint}")
     return path
@@ -105,6 +106,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
 
 
 def _check_consistent(data, base_dir):
+    """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts)."""
     V = len(data["idx_to_word"])
     for split in SPLITS:
         caps, idxs, feats = data[f"{split}_captions"], data[f"{split}_image_idxs"], data[f"{split}_features"]

@@ -61,6 +61,7 @@ class SolverBase:
 
     @property
     def learning_rate(self):
+        """The current learning rate (float)."""
         raise NotImplementedError
 
     def val_loss(self):

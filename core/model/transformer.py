@@ -82,6 +82,7 @@ class CaptioningTransformer(nn.Module):
 
     @property
     def device(self):
+        """The device the parameters live on."""
         return self.output.weight.device
 
     def forward(self, features, captions):
