@@ -210,3 +210,12 @@ def test_gpu_benchmark_script_dry_run_on_cpu(tmp_path):
     report = json.loads(result.stdout)
     assert [(r["batch_size"], r["amp"]) for r in report["runs"]] == [(20, False), (20, True)]
     assert all(r["iterations_per_s"] > 0 for r in report["runs"])
+
+
+def test_probe_script_reports_above_chance_single_object_colour():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_sample_features.py")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["one object"]["val_scenes"] + report["two objects"]["val_scenes"] == 500
+    assert report["one object"]["color"] > 0.5  # chance is 1/6
