@@ -7,8 +7,10 @@ reference captions.
 import shutil
 
 import numpy as np
+from tqdm import tqdm
 
 from core.coco_utils import decode_captions
+from core.decoding import decode
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -69,10 +71,6 @@ def caption_split(model, data, split, max_length=30, batch_size=500, beam_size=1
 
     -> {image index: predicted caption string}.
     """
-    from tqdm import tqdm
-
-    from core.decoding import decode
-
     images = np.unique(data[f"{split}_image_idxs"]) if images is None else np.asarray(images)
     predictions = {}
     for s in tqdm(range(0, len(images), batch_size), desc=f"captioning {split}", unit="batch",

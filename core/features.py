@@ -11,12 +11,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from core.coco_utils import load_vocab
 from core.errors import UserError
 
 FC7_DIM = 4096
@@ -229,10 +231,6 @@ def ensure_transform(data_dir, progress=True, log=print):
     fc7 and PCA features but no transform, it is recovered once by least squares from the
     train features and saved next to them.
     """
-    import h5py
-
-    from core.coco_utils import load_vocab
-
     data_dir = Path(data_dir)
     path = data_dir / TRANSFORM_FILE
     if path.is_file():
