@@ -3,13 +3,15 @@
 Usage:
     python benchmarks/probe_sample_features.py
 
-Fits a logistic regression per attribute (colour, shape and size of the first-described
-object, and the relation) on the train features and prints val accuracy as JSON, separately
-for one-object and two-object scenes. Chance is 1/6 for colour, 1/4 for shape and
-relation, 1/2 for size.
+Fits a logistic regression per attribute (colour, shape and size of each object, and for two
+objects whether they stand side by side or one above the other) on the train features and
+prints val accuracy as JSON, separately for one-object and two-object scenes. Chance is 1/6
+for colour, 1/4 for shape, 1/2 for size and relation. Also scores a blind baseline: the most
+common training caption given for every val image (BLEU-4 and CIDEr-D).
 """
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -19,7 +21,18 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.coco_utils import decode_captions, load_coco_data  # noqa: E402
 from core.datasets.make_sample_dataset import SAMPLE_DIR, make_scene  # noqa: E402
+from core.evaluation import references_by_image, score_captions  # noqa: E402
+
+
+def blind_baseline():
+    """The most common training caption, said for every val image -> dict of its scores."""
+    data = load_coco_data(SAMPLE_DIR)
+    caption, _ = Counter(decode_captions(data["train_captions"], data["idx_to_word"])).most_common(1)[0]
+    refs = references_by_image(data["val_captions"], data["val_image_idxs"], data["idx_to_word"])
+    scores = score_captions({i: caption for i in refs}, refs, meteor=False)
+    return {"caption": caption, "BLEU-4": round(scores["BLEU-4"], 3), "CIDEr": round(scores["CIDEr"], 3)}
 
 
 def main():
@@ -30,7 +43,8 @@ def main():
     result = {}
     for kind, objects in (("one object", 1), ("two objects", 2)):
         rows = {s: np.array([len(sc["objects"]) == objects for sc in scenes[s]]) for s in feats}
-        targets = {k: (lambda sc, k=k: sc["objects"][0][k]) for k in ("color", "shape", "size")}
+        targets = {f"{which}{k}": (lambda sc, k=k, j=j: sc["objects"][j][k])
+                   for j, which in enumerate(("",) if objects == 1 else ("first ", "second ")) for k in ("color", "shape", "size")}
         if objects == 2:
             targets["relation"] = lambda sc: sc["relation"]
         scores = {}
@@ -39,6 +53,7 @@ def main():
             probe = LogisticRegression(max_iter=3000, C=0.1).fit(X["train"][rows["train"]], y["train"])
             scores[name] = round(float(probe.score(X["val"][rows["val"]], y["val"])), 3)
         result[kind] = dict(scores, train_scenes=int(rows["train"].sum()), val_scenes=int(rows["val"].sum()))
+    result["blind baseline"] = blind_baseline()
     print(json.dumps(result, indent=1))
 
 
