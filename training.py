@@ -55,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--wordvec_dim", type=int, default=256, help="word vector size W (the transformer's width)")
     p.add_argument("--num_heads", type=int, default=4, help="attention heads of the transformer")
     p.add_argument("--num_layers", type=int, default=2, help="decoder layers of the transformer")
+    p.add_argument("--dim_feedforward", type=int, default=2048, help="feed-forward width of the transformer's layers")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the transformer")
     p.add_argument("--val_samples", type=int, default=1000,
                    help="size of the fixed validation subset whose loss is reported each epoch")
@@ -79,8 +80,8 @@ def parse_args(argv=None):
         p.error("--max_iters must be positive")
     if args.eval_every < 0:
         p.error("--eval_every must be 0 (off) or positive")
-    for name in ("epochs", "batch_size", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "val_samples",
-                 "eval_images"):
+    for name in ("epochs", "batch_size", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "dim_feedforward",
+                 "val_samples", "eval_images"):
         if getattr(args, name) <= 0:
             p.error(f"--{name} must be positive")
     if args.num_samples is not None and args.num_samples <= 0:
@@ -101,7 +102,7 @@ def build_model(args, data):
         max_length = max(50, data["train_captions"].shape[1])
         return CaptioningTransformer(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
                                      num_heads=args.num_heads, num_layers=args.num_layers, max_length=max_length,
-                                     dropout=args.dropout)
+                                     dim_feedforward=args.dim_feedforward, dropout=args.dropout)
     return CaptioningRNN(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
                          hidden_dim=args.hidden_dim, cell_type=args.model, dtype=np.float32, seed=args.seed)
 

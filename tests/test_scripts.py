@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--hidden_dim", "32", "--wordvec_dim", "16", "--num_heads", "2", "--batch_size", "50", "--quiet"]
+SMALL = ["--hidden_dim", "32", "--wordvec_dim", "16", "--num_heads", "2", "--dim_feedforward", "24", "--batch_size", "50",
+         "--quiet"]
 
 
 def run(script, *args, cwd):
@@ -47,6 +50,9 @@ def test_train_then_infer(trained, fake_coco, model, checkpoint):
     history = json.loads((trained / "outputs" / f"{model}_history.json").read_text())
     assert len(history["train_loss"]) == len(history["val_loss"]) == 2
     assert len(history["loss"]) == 2 * 4  # 200 captions in batches of 50
+    if model == "transformer":
+        transformer, config = load_checkpoint(trained / checkpoint)
+        assert config["dim_feedforward"] == 24 and transformer.layers[0].linear1.out_features == 24
 
     result = run("inference.py", "--model", model, "--data_dir", fake_coco, "--num_images", 4, "--device", "cpu",
                  cwd=trained)
