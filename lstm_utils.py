@@ -50,13 +50,22 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     x (N, D), prev_h (N, H), prev_c (N, H), Wx (D, 4H), Wh (H, 4H), b (4H,)
     -> next_h (N, H), next_c (N, H), cache.
     """
+    next_h, next_c, gates, tanh_c = lstm_step_from_projection(x @ Wx + b, prev_h, prev_c, Wh)
+    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, gates, tanh_c)
+
+
+def lstm_step_from_projection(xa, prev_h, prev_c, Wh):
+    """The LSTM step after its input projection xa = x Wx + b (decoding looks it up per word).
+
+    xa (N, 4H), prev_h (N, H), prev_c (N, H), Wh (H, 4H)
+    -> next_h (N, H), next_c (N, H), gates (N, 4H) holding i, f, o, g, tanh_c (N, H).
+    """
     H = prev_h.shape[1]
-    gates = _gates(x @ Wx + prev_h @ Wh + b, H)  # (N, 4H): i, f, o, g
+    gates = _gates(xa + prev_h @ Wh, H)
     i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
     next_c = f * prev_c + i * g
     tanh_c = np.tanh(next_c)
-    next_h = o * tanh_c
-    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, gates, tanh_c)
+    return o * tanh_c, next_c, gates, tanh_c
 
 
 def lstm_step_backward(dnext_h, dnext_c, cache):

@@ -44,6 +44,25 @@ def test_beam_of_one_is_greedy(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_step_by_step_log_probabilities_match_the_teacher_forced_loss(name):
+    """The decoding path (init_state/step, e.g. the RNNs' per-word input table) computes the
+    same distributions as the training path."""
+    model = MODELS[name]()
+    if name != "transformer":
+        for k in ("b", "b_proj", "b_vocab"):  # zero at initialisation: make them count
+            model.params[k] += np.random.default_rng(1).standard_normal(model.params[k].shape).astype(np.float32)
+    captions = np.array([[1, 4, 5, 7, 2, 0, 0], [1, 6, 8, 9, 4, 10, 2]])  # <START> ... <END> <NULL>...
+    logprob = sequence_logprob(model, FEATURES[:2], captions[:, 1:])
+    if name == "transformer":
+        model.eval()
+        with torch.no_grad():
+            loss = float(model.loss(torch.from_numpy(FEATURES[:2]), torch.from_numpy(captions)))
+    else:
+        loss, _ = model.loss(FEATURES[:2], captions)
+    np.testing.assert_allclose(-logprob.sum() / 2, loss, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_beam_scores_at_least_greedy_and_reports_true_scores(name):
     model = MODELS[name]()
     greedy = greedy_search(model, FEATURES, max_length=12)

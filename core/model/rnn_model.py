@@ -11,11 +11,11 @@ import numpy as np
 
 from core.decoding import decode
 from core.rnn_layers import affine_backward, affine_forward, softmax_loss
-from lstm_utils import lstm_backward, lstm_forward, lstm_step_forward
+from lstm_utils import lstm_backward, lstm_forward, lstm_step_from_projection
 from rnn_utils import (
     rnn_backward,
     rnn_forward,
-    rnn_step_forward,
+    rnn_step_from_projection,
     word_embedding_backward,
     word_embedding_forward,
 )
@@ -116,9 +116,15 @@ class CaptioningRNN:
         return loss, grads
 
     def init_state(self, features):
-        """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H))."""
-        h0 = features.astype(self.dtype, copy=False) @ self.params["W_proj"] + self.params["b_proj"]
-        return h0, np.zeros_like(h0)
+        """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H), word_inputs).
+
+        word_inputs (V, G) = W_embed Wx + b is every word's input projection (G = H for the
+        RNN, 4H for the LSTM), computed once per decoding: a step then looks its words' rows
+        up, since W_embed[w] Wx + b == word_inputs[w], instead of a matrix product per step.
+        """
+        p = self.params
+        h0 = features.astype(self.dtype, copy=False) @ p["W_proj"] + p["b_proj"]
+        return h0, np.zeros_like(h0), p["W_embed"] @ p["Wx"] + p["b"]
 
     def step(self, words, state):
         """Advance the decoder by one word.
@@ -126,21 +132,21 @@ class CaptioningRNN:
         words (N,) int, state from `init_state`/`step` -> log-probabilities (N, V), new state.
         """
         p = self.params
-        h, c = state
-        x = p["W_embed"][words]  # (N, W)
+        h, c, word_inputs = state
+        xa = word_inputs[words]  # (N, G): the input projection of each row's word
         if self.cell_type == "rnn":
-            h, _ = rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])
+            h = rnn_step_from_projection(xa, h, p["Wh"])
         else:
-            h, c, _ = lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+            h, c, _, _ = lstm_step_from_projection(xa, h, c, p["Wh"])
         scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
         scores -= scores.max(axis=1, keepdims=True)
         scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))
-        return scores, (h, c)
+        return scores, (h, c, word_inputs)
 
     def select_state(self, state, rows):
         """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M rows."""
-        h, c = state
-        return h[rows], c[rows]
+        h, c, word_inputs = state
+        return h[rows], c[rows], word_inputs
 
     def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
         """Decode captions (greedy with beam_size 1, else beam search; see core/decoding.py).
