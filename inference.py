@@ -144,15 +144,19 @@ def evaluate(args, model, config):
 
 
 def caption_dataset_images(args, model, config):
-    """Caption --num_images distinct images of a split and compare with their first reference."""
+    """Caption --num_images distinct images of a split and compare with their references: the
+    one the prediction equals when there is one, else the first."""
     data = load_checked_data(args, config)
     features_all = data[f"{args.split}_features"]
     rng = np.random.default_rng(args.seed)
-    candidates, first_rows = np.unique(data[f"{args.split}_image_idxs"], return_index=True)  # image, first caption
+    candidates = np.unique(data[f"{args.split}_image_idxs"])
     picks = rng.choice(len(candidates), size=min(args.num_images, len(candidates)), replace=False)
     chosen = candidates[picks]
-    truth = decode_captions(data[f"{args.split}_captions"][first_rows[picks]], data["idx_to_word"])
+    rows = np.flatnonzero(np.isin(data[f"{args.split}_image_idxs"], chosen))
+    refs = references_by_image(data[f"{args.split}_captions"][rows], data[f"{args.split}_image_idxs"][rows],
+                               data["idx_to_word"])
     predicted = decode_captions(sample(model, features_all[chosen], args), data["idx_to_word"])
+    truth = [pred if pred in refs[int(i)] else refs[int(i)][0] for i, pred in zip(chosen, predicted)]
     locations = [resolve_location(data[f"{args.split}_urls"][i], args.data_dir) for i in chosen]
     return locations, truth, predicted, f"{args.model}_{args.split}_captions.png"
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import inference
 from core.checkpoint import load_checkpoint
+from core.coco_utils import decode_captions, load_coco_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--hidden_dim", "32", "--wordvec_dim", "16", "--num_heads", "2", "--dim_feedforward", "24", "--batch_size", "50",
@@ -228,3 +230,23 @@ def test_probe_script_finds_every_scene_attribute_in_the_sample_features():
     assert min(v for k, v in report["one object"].items() if not k.endswith("scenes")) > 0.95
     assert min(v for k, v in report["two objects"].items() if not k.endswith("scenes")) > 0.9
     assert report["blind baseline"]["BLEU-4"] < 0.2
+
+
+def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypatch):
+    data = load_coco_data(fake_coco)
+    image_idxs, captions, features = data["val_image_idxs"], data["val_captions"], data["val_features"]
+    chosen = []
+
+    def second_reference_but_empty_last(model, feats, args):  # word indices after <START>
+        chosen.extend(int(np.flatnonzero((features == f).all(axis=1))[0]) for f in feats)
+        out = np.stack([captions[np.flatnonzero(image_idxs == i)[1], 1:] for i in chosen])
+        out[-1] = data["word_to_idx"]["<NULL>"]
+        out[-1, 0] = data["word_to_idx"]["<END>"]
+        return out
+
+    monkeypatch.setattr(inference, "load_checked_data", lambda args, config: data)
+    monkeypatch.setattr(inference, "sample", second_reference_but_empty_last)
+    args = inference.parse_args(["--model", "lstm", "--data_dir", str(fake_coco), "--num_images", "3"])
+    _, truth, predicted, _ = inference.caption_dataset_images(args, None, {})
+    assert truth[:2] == predicted[:2] and predicted[2] == ""
+    assert truth[2] == decode_captions(captions[np.flatnonzero(image_idxs == chosen[2])[0]], data["idx_to_word"])
