@@ -44,16 +44,6 @@ def _gates_backward(dh, dc_in, gates, tanh_c, prev_c, H):
     return da, dc
 
 
-def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
-    """One LSTM step.
-
-    x (N, D), prev_h (N, H), prev_c (N, H), Wx (D, 4H), Wh (H, 4H), b (4H,)
-    -> next_h (N, H), next_c (N, H), cache.
-    """
-    next_h, next_c, gates, tanh_c = lstm_step_from_projection(x @ Wx + b, prev_h, prev_c, Wh)
-    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, gates, tanh_c)
-
-
 def lstm_step_from_projection(xa, prev_h, prev_c, Wh):
     """The LSTM step after its input projection xa = x Wx + b (decoding looks it up per word).
 
@@ -66,6 +56,16 @@ def lstm_step_from_projection(xa, prev_h, prev_c, Wh):
     next_c = f * prev_c + i * g
     tanh_c = np.tanh(next_c)
     return o * tanh_c, next_c, gates, tanh_c
+
+
+def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
+    """One LSTM step.
+
+    x (N, D), prev_h (N, H), prev_c (N, H), Wx (D, 4H), Wh (H, 4H), b (4H,)
+    -> next_h (N, H), next_c (N, H), cache.
+    """
+    next_h, next_c, gates, tanh_c = lstm_step_from_projection(x @ Wx + b, prev_h, prev_c, Wh)
+    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, gates, tanh_c)
 
 
 def lstm_step_backward(dnext_h, dnext_c, cache):

@@ -10,6 +10,14 @@ product before the loop and the weight gradients are single matrix products afte
 import numpy as np
 
 
+def rnn_step_from_projection(xa, prev_h, Wh):
+    """The RNN step after its input projection xa = x Wx + b (decoding looks it up per word).
+
+    xa (N, H), prev_h (N, H), Wh (H, H) -> next_h (N, H).
+    """
+    return np.tanh(xa + prev_h @ Wh)
+
+
 def rnn_step_forward(x, prev_h, Wx, Wh, b):
     """One RNN step.
 
@@ -17,14 +25,6 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b):
     """
     next_h = rnn_step_from_projection(x @ Wx + b, prev_h, Wh)
     return next_h, (x, prev_h, Wx, Wh, next_h)
-
-
-def rnn_step_from_projection(xa, prev_h, Wh):
-    """The RNN step after its input projection xa = x Wx + b (decoding looks it up per word).
-
-    xa (N, H), prev_h (N, H), Wh (H, H) -> next_h (N, H).
-    """
-    return np.tanh(xa + prev_h @ Wh)
 
 
 def rnn_step_backward(dnext_h, cache):
