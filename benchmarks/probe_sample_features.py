@@ -43,8 +43,11 @@ def main():
     result = {}
     for kind, objects in (("one object", 1), ("two objects", 2)):
         rows = {s: np.array([len(sc["objects"]) == objects for sc in scenes[s]]) for s in feats}
-        targets = {f"{which}{k}": (lambda sc, k=k, j=j: sc["objects"][j][k])
-                   for j, which in enumerate(("",) if objects == 1 else ("first ", "second ")) for k in ("color", "shape", "size")}
+        names = ("",) if objects == 1 else ("first ", "second ")
+        targets = {}
+        for j, name in enumerate(names):
+            for k in ("color", "shape", "size"):
+                targets[name + k] = lambda sc, j=j, k=k: sc["objects"][j][k]
         if objects == 2:
             targets["relation"] = lambda sc: sc["relation"]
         scores = {}
