@@ -32,6 +32,7 @@ from core.cli import DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, resolve_device
 from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, format_scores, references_by_image, score_captions  # noqa: E402
+from core.fileio import atomic_write, atomic_write_text  # noqa: E402
 from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project  # noqa: E402
 from core.image_utils import try_load_image  # noqa: E402
 
@@ -88,9 +89,10 @@ def save_caption_grid(images, titles, path, cols=3):
         else:
             ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center", wrap=True)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def check_dataset(config, checkpoint, ident, data_dir):
@@ -132,9 +134,8 @@ def evaluate(args, model, config):
     print(f"{args.model} on {args.split} ({len(predictions)} images, {decoding}, {seconds:.1f}s to decode):")
     print(format_scores(scores))
     path = Path(args.out_dir) / f"{args.model}_{args.split}_eval.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     urls = data[f"{args.split}_urls"]
-    path.write_text(json.dumps({
+    atomic_write_text(path, json.dumps({
         "model": args.model, "checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "split": args.split,
         "beam_size": args.beam_size, "length_penalty": args.length_penalty, "scores": scores,
         "decode_seconds": seconds,
@@ -163,9 +164,11 @@ def caption_dataset_images(args, model, config):
 
 def caption_files(args, model, config):
     """Caption the --image files through the dataset's VGG16 weights and fc7 -> PCA transform."""
-    missing = [p for p in args.image if not Path(p).is_file()]
-    if missing:
-        raise UserError(f"image file {missing[0]} not found")
+    for path in args.image:
+        if Path(path).is_dir():
+            raise UserError(f"--image {path} is a directory: pass image files (e.g. {Path(path) / '*.jpg'})")
+        if not Path(path).is_file():
+            raise UserError(f"image file {path} not found")
     idx_to_word, _ = load_vocab(args.data_dir)
     check_checkpoint(config, args.checkpoint, args.model, idx_to_word)
     transform, info = ensure_transform(args.data_dir)

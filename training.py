@@ -4,12 +4,18 @@ Usage:
     python training.py --model rnn
     python training.py --model lstm --num_samples 300 --epochs 100 --batch_size 50
     python training.py --model transformer --device cuda
+    python training.py --resume lstm_checkpoint_last.npz [--epochs 20]
 
 Writes the checkpoint (--checkpoint, final weights), the best checkpoint next to it
-(*_best.*: by validation loss, or by validation CIDEr with --eval_every), and in --out_dir
-the loss plot <model>_loss.png and the history <model>_history.json.
+(*_best.*: by validation loss, or by validation CIDEr with --eval_every), the resumable
+state *_last.* next to it after every epoch and on Ctrl-C/SIGTERM, and in --out_dir the loss
+plot <model>_loss.png and the history <model>_history.json. All writes are atomic; a second
+run writing the same checkpoint is refused.
 """
+import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -22,23 +28,35 @@ import torch  # noqa: E402
 
 from core.captioning_solver import CaptioningSolver  # noqa: E402
 from core.captioning_solver_transformer import CaptioningSolverTransformer  # noqa: E402
-from core.checkpoint import save_checkpoint  # noqa: E402
+from core.checkpoint import (  # noqa: E402
+    check_checkpoint, load_training_state, save_checkpoint, save_training_state)
 from core.cli import (  # noqa: E402
     DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, best_checkpoint_path, resolve_device, user_errors)
 from core.coco_utils import default_data_dir, load_coco_data  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, references_by_image, score_captions  # noqa: E402
 from core.features import dataset_id  # noqa: E402
+from core.fileio import RunLock, atomic_write, atomic_write_text  # noqa: E402
 from core.memory import keep_freed_memory  # noqa: E402
 from core.model.rnn_model import CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
+from core.solver_base import TrainingDiverged  # noqa: E402
 
 DEFAULT_LR = {"rnn": 5e-3, "lstm": 5e-3, "transformer": 1e-3}
 
 
-def parse_args(argv=None):
+FIXED_ON_RESUME = ("model", "num_samples", "batch_size", "lr", "lr_decay", "update_rule", "hidden_dim", "wordvec_dim",
+                   "num_heads", "num_layers", "dim_feedforward", "dropout", "val_samples", "eval_every", "eval_images",
+                   "seed", "max_iters", "divergence_factor")
+
+
+def build_parser():
     p = ArgumentParser(description="Train a captioning decoder on precomputed image features.")
-    p.add_argument("--model", required=True, choices=MODELS, help="decoder to train")
+    p.add_argument("--model", choices=MODELS, help="decoder to train (required unless --resume)")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue the run saved in PATH (the *_last checkpoint written after every epoch and on "
+                        "Ctrl-C); the run's flags are read from it, --epochs may be raised, flags that contradict "
+                        "it are an error")
     p.add_argument("--data_dir", default=None,
                    help="dataset directory in the CS231n COCO layout (default: core/datasets/coco_captioning "
                         "when downloaded, else the bundled core/datasets/sample_captioning)")
@@ -63,17 +81,41 @@ def parse_args(argv=None):
                    help="every this many epochs, score BLEU-4/CIDEr on --eval_images validation images and keep "
                         "the best checkpoint by CIDEr (0: off; the best checkpoint is then by validation loss)")
     p.add_argument("--eval_images", type=int, default=500, help="validation images scored by --eval_every")
+    p.add_argument("--divergence_factor", type=float, default=10.0,
+                   help="stop with an error when a batch loss is NaN/inf or more than this many times the run's "
+                        "first batch loss, or the validation loss is NaN/inf (the last good checkpoints are kept)")
     p.add_argument("--seed", type=int, default=231, help="seed for data subset, initialisation and shuffling")
     p.add_argument("--checkpoint", default=None,
                    help="where to save the model (default: rnn_checkpoint.npz, lstm_checkpoint.npz, "
-                        "transformer_model.pt)")
+                        "transformer_model.pt); *_best and the resumable *_last go next to it")
     p.add_argument("--out_dir", default="outputs", help="directory for the loss plot and history")
     p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision for the transformer on CUDA")
     p.add_argument("--max_iters", type=int, default=None,
                    help="stop each epoch after this many minibatches (dry runs and timing; default: whole epochs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    return p
+
+
+def explicit_flags(parser, argv):
+    """The destinations of the flags given on the command line (not left at their defaults)."""
+    actions = [a for a in parser._actions if a.dest != "help"]
+    defaults = [a.default for a in actions]
+    for a in actions:
+        a.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for a, default in zip(actions, defaults):
+            a.default = default
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
+    args.explicit = sorted(explicit_flags(p, argv))
+    if args.model is None and args.resume is None:
+        p.error("--model is required (or --resume PATH)")
     if not 0 <= args.dropout < 1:
         p.error("--dropout must be in [0, 1)")
     if args.max_iters is not None and args.max_iters <= 0:
@@ -84,13 +126,37 @@ def parse_args(argv=None):
                  "val_samples", "eval_images"):
         if getattr(args, name) <= 0:
             p.error(f"--{name} must be positive")
+    for name in ("lr", "lr_decay", "divergence_factor"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            p.error(f"--{name} must be positive and finite, got {value}")
     if args.num_samples is not None and args.num_samples <= 0:
         p.error("--num_samples must be positive")
-    if args.lr is None:
-        args.lr = DEFAULT_LR[args.model]
-    if args.checkpoint is None:
-        args.checkpoint = DEFAULT_CHECKPOINTS[args.model]
+    if args.resume is None:
+        if args.lr is None:
+            args.lr = DEFAULT_LR[args.model]
+        if args.checkpoint is None:
+            args.checkpoint = DEFAULT_CHECKPOINTS[args.model]
     return args
+
+
+def resumed_args(args, config, path):
+    """The flags of the run saved in a resumable checkpoint, with the ones given now that may
+    change (epochs, paths, device, output); UserError for a given flag that contradicts it."""
+    saved = dict(config["extra"]["args"])
+    for name in args.explicit:
+        if name in FIXED_ON_RESUME and getattr(args, name) != saved.get(name):
+            raise UserError(f"--{name} {getattr(args, name)} contradicts {path}, which was trained with "
+                            f"--{name} {saved.get(name)}: leave it out to resume, or start a new run")
+    merged = argparse.Namespace(**saved)
+    for name in args.explicit:
+        setattr(merged, name, getattr(args, name))
+    merged.resume, merged.explicit = str(path), args.explicit
+    if "checkpoint" not in args.explicit:
+        merged.checkpoint = str(Path(path).with_name(Path(saved["checkpoint"]).name))
+    if "data_dir" not in args.explicit:
+        merged.data_dir = config["extra"]["data_path"]
+    return merged
 
 
 def build_model(args, data):
@@ -120,6 +186,14 @@ class BestTracker:
             rng = np.random.default_rng(args.seed)
             self.images = np.sort(rng.choice(images, size=min(args.eval_images, len(images)), replace=False))
             self.refs = references_by_image(data["val_captions"], data["val_image_idxs"], data["idx_to_word"])
+
+    def state(self):
+        """JSON-able state for a resumable checkpoint."""
+        return {"metrics": self.metrics, "best": self.best}
+
+    def load_state(self, state):
+        self.metrics = {k: list(v) for k, v in state["metrics"].items()}
+        self.best = state["best"]
 
     def on_epoch_end(self, solver, epoch, is_best_loss):
         info = dict(self.extra, epoch=epoch, val_loss=solver.history["val_loss"][-1])
@@ -165,50 +239,95 @@ def save_loss_plot(history, title, path):
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    with user_errors("training.py"):
-        keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
-        np.random.seed(args.seed)
-        torch.manual_seed(args.seed)
-        device = resolve_device(args.device) if args.model == "transformer" else "cpu"
+def last_checkpoint_path(path):
+    """rnn_checkpoint.npz -> rnn_checkpoint_last.npz (the resumable state)"""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_last{path.suffix}")
 
-        if args.data_dir is None:
-            args.data_dir = str(default_data_dir())
+
+def make_solver(args, model, data, device, **common):
+    """The solver of args.model around the model."""
+    if args.model == "transformer":
+        return CaptioningSolverTransformer(model, data, learning_rate=args.lr, device=device, amp=args.amp, **common)
+    return CaptioningSolver(model, data, update_rule=args.update_rule, optim_config={"learning_rate": args.lr},
+                            **common)
+
+
+def load_resume(args):
+    """--resume: the saved run's flags merged with the given ones, its model and training state."""
+    model, config, state = load_training_state(args.resume)
+    if config.get("extra", {}).get("args") is None:
+        raise UserError(f"{args.resume} was not written by training.py: cannot resume from it")
+    args = resumed_args(args, config, args.resume)
+    done = state["loop"]["epoch"]
+    if args.epochs <= done and not state["loop"]["iteration"]:
+        raise UserError(f"{args.resume} has already trained {done} of its {args.epochs} epochs: "
+                        f"pass --epochs larger than {done} to train more")
+    return args, model, config, state
+
+
+def run(args):
+    """Train as the flags say; returns the process exit code (0, or 130 after a clean stop)."""
+    resume_model = config = state = None
+    if args.resume:
+        args, resume_model, config, state = load_resume(args)
+    keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device) if args.model == "transformer" else "cpu"
+    if args.data_dir is None:
+        args.data_dir = str(default_data_dir())
+    checkpoint = Path(args.checkpoint)
+    best_path, last_path = best_checkpoint_path(checkpoint), last_checkpoint_path(checkpoint)
+    with RunLock(checkpoint, (checkpoint, best_path, last_path)):
         start = time.perf_counter()
         data = load_coco_data(args.data_dir, max_train=args.num_samples, seed=args.seed)
         print(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions, "
               f"{data['train_features'].shape[0]} images, {data['train_features'].shape[1]}-d features, "
               f"{len(data['idx_to_word'])} words ({time.perf_counter() - start:.1f}s)", flush=True)
-
-        model = build_model(args, data)
-        checkpoint = Path(args.checkpoint)
-        best_path = best_checkpoint_path(checkpoint)
-        extra = {"data_dir": str(Path(args.data_dir).name), "args": vars(args),
-                 "dataset_id": dataset_id(data["train_features"], data["idx_to_word"])}
+        ident = dataset_id(data["train_features"], data["idx_to_word"])
+        extra = {"data_dir": str(Path(args.data_dir).name), "data_path": str(Path(args.data_dir).resolve()),
+                 "args": {k: v for k, v in vars(args).items() if k != "explicit"}, "dataset_id": ident}
+        if resume_model is None:
+            model = build_model(args, data)
+        else:
+            model = resume_model
+            check_checkpoint(config, args.resume, args.model, data["idx_to_word"])
+            if config["extra"].get("dataset_id") != ident:
+                raise UserError(f"{args.resume} was trained on another dataset than {args.data_dir}: "
+                                "pass the --data_dir it was trained on")
 
         tracker = BestTracker(args, data, best_path, extra)
 
-        common = dict(num_epochs=args.epochs, batch_size=args.batch_size, lr_decay=args.lr_decay,
-                      val_samples=args.val_samples, seed=args.seed, verbose=not args.quiet,
-                      on_epoch_end=tracker.on_epoch_end, max_iters=args.max_iters)
-        if args.model == "transformer":
-            solver = CaptioningSolverTransformer(model, data, learning_rate=args.lr, device=device, amp=args.amp,
-                                                 **common)
-        else:
-            solver = CaptioningSolver(model, data, update_rule=args.update_rule,
-                                      optim_config={"learning_rate": args.lr}, **common)
+        def save_state(solver):
+            info = dict(extra, epoch=solver.epoch, iteration=solver.iteration, tracker=tracker.state())
+            save_training_state(solver, last_path, info)
+
+        solver = make_solver(args, model, data, device, num_epochs=args.epochs, batch_size=args.batch_size,
+                             lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed,
+                             verbose=not args.quiet, on_epoch_end=tracker.on_epoch_end, save_state=save_state,
+                             max_iters=args.max_iters, divergence_factor=args.divergence_factor)
+        if state is not None:
+            solver.load_training_state(state)
+            tracker.load_state(config["extra"]["tracker"])
+            print(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}", flush=True)
         print(f"training {args.model} for {args.epochs} epochs on {device}", flush=True)
         start = time.perf_counter()
         try:
             history = solver.train()
-        except FloatingPointError as e:
-            raise UserError(str(e)) from None
+        except TrainingDiverged as e:
+            kept = (f"the last good state {last_path} (epoch {solver.epoch}) is kept" if solver.epoch
+                    else "no checkpoint was written")
+            raise UserError(f"{e}: lower --lr (see --divergence_factor in --help); {kept}") from None
+        if solver.stop_requested:
+            print(f"interrupted at epoch {solver.epoch + 1}, iteration {solver.iteration}; continue with: "
+                  f"python training.py --resume {last_path}", flush=True)
+            return 130
         seconds = time.perf_counter() - start
 
         save_checkpoint(model, checkpoint, dict(extra, epoch=args.epochs, val_loss=history["val_loss"][-1]))
@@ -216,13 +335,37 @@ def main(argv=None):
         out_dir = Path(args.out_dir)
         plot_path = out_dir / f"{args.model}_loss.png"
         save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
-        (out_dir / f"{args.model}_history.json").write_text(json.dumps(dict(history, seconds=seconds), indent=1))
-        its = len(history["loss"]) / sum(history["train_seconds"])
+        atomic_write_text(out_dir / f"{args.model}_history.json", json.dumps(dict(history, seconds=seconds), indent=1))
+        its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
         print(f"{its:.1f} training iterations per second (batch {args.batch_size})")
         print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
               f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
-        print(f"saved checkpoint {checkpoint} and the best ({tracker.describe()}) {best_path}")
+        print(f"saved checkpoint {checkpoint}, the best ({tracker.describe()}) {best_path} and the resumable "
+              f"state {last_path}")
         print(f"saved loss plot {plot_path}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        with user_errors("training.py"):
+            try:
+                code = run(args)
+            except MemoryError as e:
+                raise UserError(f"out of memory ({e}): use a smaller model (--hidden_dim, --wordvec_dim, "
+                                "--dim_feedforward), --batch_size or --num_samples") from None
+            except RuntimeError as e:
+                if "allocate" not in str(e) and not isinstance(e, torch.OutOfMemoryError):
+                    raise
+                raise UserError(f"out of memory ({str(e).splitlines()[0][:200]}): use a smaller model "
+                                "(--wordvec_dim, --dim_feedforward, --num_layers) or --batch_size") from None
+    except KeyboardInterrupt:
+        sys.stderr.write("training.py: stopped at once; the files written before (checkpoints of finished "
+                         "epochs) are kept\n")
+        sys.exit(130)
+    if code:
+        sys.exit(code)
     return 0
 
 

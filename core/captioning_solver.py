@@ -6,7 +6,7 @@ from core.solver_base import SolverBase
 class CaptioningSolver(SolverBase):
     """update_rule: a name in core.optim.UPDATE_RULES; optim_config: its hyperparameters
     (e.g. {"learning_rate": 5e-3}), copied once per parameter. Other keyword arguments
-    go to SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end).
+    go to SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end, ...).
     """
 
     def __init__(self, model, data, update_rule="adam", optim_config=None, **kwargs):
@@ -28,6 +28,15 @@ class CaptioningSolver(SolverBase):
     def _decay_lr(self, factor):
         for config in self.optim_configs.values():
             config["learning_rate"] = config.get("learning_rate", 1e-2) * factor
+
+    def _optimizer_state(self):
+        return {name: dict(config) for name, config in self.optim_configs.items()}
+
+    def _load_optimizer_state(self, state):
+        if set(state) != set(self.optim_configs):
+            raise ValueError(f"optimizer state for parameters {sorted(state)}, expected {sorted(self.optim_configs)}")
+        self.optim_configs = {name: {k: v.copy() if hasattr(v, "copy") else v for k, v in config.items()}
+                              for name, config in state.items()}
 
     @property
     def learning_rate(self):

@@ -7,7 +7,7 @@ from core.solver_base import SolverBase
 class CaptioningSolverTransformer(SolverBase):
     """learning_rate: Adam's step size; device: where the model and batches live;
     amp: mixed precision (bfloat16 autocast) on CUDA. Other keyword arguments go to
-    SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end).
+    SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end, ...).
     """
 
     def __init__(self, model, data, learning_rate=1e-3, device="cpu", amp=False, **kwargs):
@@ -43,6 +43,18 @@ class CaptioningSolverTransformer(SolverBase):
     def _decay_lr(self, factor):
         for group in self.optimizer.param_groups:
             group["lr"] *= factor
+
+    def _optimizer_state(self):
+        state = {"adam": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _load_optimizer_state(self, state):
+        self.optimizer.load_state_dict(state["adam"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     @property
     def learning_rate(self):

@@ -1,12 +1,16 @@
 """Checkpoints that carry their own config and vocabulary and load without pickle.
 
 numpy models (rnn, lstm): an .npz with one array per parameter plus `config`, a JSON string.
-torch model (transformer): `torch.save({"config": dict, "state_dict": ...})`, loaded with
-`weights_only=True`.
-Files are written to a temporary name and renamed, so a failed save never clobbers a good file.
+torch model (transformer): `torch.save({"config": dict, "state_dict": ..., "sha256": str})`,
+loaded with `weights_only=True`; the digest covers every tensor and value in the file, so a
+flipped bit is found (the .npz has the zip format's CRC for that).
+A resumable checkpoint (`save_training_state`) is the same file plus the solver's training
+state: optimizer state, loop position, RNG state and history (arrays in the .npz, a plain
+nested dict of tensors in the .pt). Files are written atomically (core/fileio.py).
 """
+import hashlib
 import json
-import os
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -14,44 +18,100 @@ import numpy as np
 import torch
 
 from core.errors import UserError
+from core.fileio import atomic_write
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 
 
-def _atomic_write(path, write):
-    """Call write(file_object) on a temporary file next to `path`, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _digest(obj, h=None):
+    """sha256 hex digest of a nested structure of dicts, lists, tensors and plain values."""
+    h = hashlib.sha256() if h is None else h
+    if isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            h.update(repr(key).encode())
+            _digest(obj[key], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for item in obj:
+            _digest(item, h)
+        h.update(b"]")
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest()
+
+
+def _split_arrays(tree, arrays, prefix="state"):
+    """Replace each numpy array leaf of a nested dict/list with {"__array__": key}, collecting
+    the arrays in `arrays` (key -> array) -> the JSON-able tree."""
+    if isinstance(tree, dict):
+        return {k: _split_arrays(v, arrays, f"{prefix}.{k}") for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_split_arrays(v, arrays, f"{prefix}.{i}") for i, v in enumerate(tree)]
+    if isinstance(tree, np.ndarray):
+        arrays[prefix] = tree
+        return {"__array__": prefix}
+    if isinstance(tree, np.generic):
+        return tree.item()
+    return tree
+
+
+def _join_arrays(tree, arrays):
+    """Inverse of _split_arrays: placeholders -> arrays from `arrays` (a loaded .npz)."""
+    if isinstance(tree, dict):
+        if set(tree) == {"__array__"}:
+            return arrays[tree["__array__"]]
+        return {k: _join_arrays(v, arrays) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_join_arrays(v, arrays) for v in tree]
+    return tree
+
+
+def _write(model, path, extra=None, training_state=None):
+    config = dict(model.config(), **({"extra": extra} if extra else {}))
+    if isinstance(model, CaptioningRNN):
+        arrays = {k: np.ascontiguousarray(v) for k, v in model.params.items()}
+        if training_state is not None:
+            config["training_state"] = _split_arrays(training_state, arrays)
+        atomic_write(path, lambda f: np.savez(f, config=np.array(json.dumps(config)), **arrays))
+    else:
+        blob = {"config": config, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+        if training_state is not None:
+            blob["training_state"] = training_state
+        blob["sha256"] = _digest(blob)
+        atomic_write(path, lambda f: torch.save(blob, f))
 
 
 def save_checkpoint(model, path, extra=None):
     """Save a CaptioningRNN or CaptioningTransformer to `path`.
 
     extra: optional JSON-serialisable dict stored with the config (dataset name, training info).
+    Raises UserError when the file cannot be written (the previous file is kept).
     """
-    config = dict(model.config(), **({"extra": extra} if extra else {}))
-    if isinstance(model, CaptioningRNN):
-        arrays = {k: np.ascontiguousarray(v) for k, v in model.params.items()}
-        _atomic_write(path, lambda f: np.savez(f, config=np.array(json.dumps(config)), **arrays))
-    else:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        _atomic_write(path, lambda f: torch.save({"config": config, "state_dict": state}, f))
+    _write(model, path, extra)
 
 
-def load_checkpoint(path, device="cpu"):
-    """Rebuild a model from a checkpoint file alone -> (model, config dict).
+def save_training_state(solver, path, extra=None):
+    """Save the solver's model with everything `--resume` needs (solver.training_state())."""
+    _write(solver.model, path, extra, solver.training_state())
 
-    Raises UserError when the file is missing or is not a checkpoint of this project.
-    """
+
+def _check_finite(named_arrays, path):
+    for name, value in named_arrays:
+        finite = torch.isfinite(value).all() if isinstance(value, torch.Tensor) else np.isfinite(value).all()
+        if not bool(finite):
+            raise UserError(f"checkpoint {path} holds non-finite weights (NaN or inf in {name}): not loaded; "
+                            "use an earlier checkpoint")
+
+
+def _read(path, device):
+    """-> model, config, training state (or None) of a checkpoint file; UserError when unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found: train one with `python training.py --model ...` "
                         "or pass --checkpoint")
@@ -69,18 +129,49 @@ def load_checkpoint(path, device="cpu"):
                     if f[name].shape != value.shape:
                         raise ValueError(f"parameter {name} has shape {f[name].shape}, expected {value.shape}")
                     model.params[name] = f[name].astype(value.dtype)
-        else:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            config = blob["config"]
-            model = CaptioningTransformer.from_config(config)
-            model.load_state_dict(blob["state_dict"])
-            model.to(device)
-            model.eval()
+                state = config.pop("training_state", None)
+                state = _join_arrays(state, f) if state is not None else None
+            _check_finite(model.params.items(), path)
+            return model, config, state
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
+            raise ValueError("it holds no config and state_dict")
+        stored = blob.pop("sha256", None)
+        if stored is not None and stored != _digest(blob):
+            raise UserError(f"checkpoint {path} is corrupt (its checksum does not match its contents): not loaded")
+        config = blob["config"]
+        _check_finite(blob["state_dict"].items(), path)
+        model = CaptioningTransformer.from_config(config)
+        model.load_state_dict(blob["state_dict"])
+        model.to(device)
+        model.eval()
+        return model, config, blob.get("training_state")
     except UserError:
         raise
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds pickled Python objects, which could run code when loaded: "
+                        "not loaded (this project reads only tensors and plain values)") from None
     except Exception as e:  # a corrupt or foreign file: say which and why, not a traceback
         raise UserError(f"{path} is not a readable checkpoint of this project ({type(e).__name__}: {e})") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    """Rebuild a model from a checkpoint file alone -> (model, config dict).
+
+    Raises UserError when the file is missing, is not a checkpoint of this project, is
+    corrupt or holds non-finite weights.
+    """
+    model, config, _ = _read(path, device)
     return model, config
+
+
+def load_training_state(path, device="cpu"):
+    """A resumable checkpoint -> (model, config dict, training state for solver.load_training_state)."""
+    model, config, state = _read(path, device)
+    if state is None:
+        raise UserError(f"{path} holds weights but no training state, so training cannot resume from it: "
+                        "pass the *_last file that training.py writes after every epoch")
+    return model, config, state
 
 
 def check_checkpoint(config, path, model_type, idx_to_word):

@@ -11,6 +11,7 @@ Captions start with <START>, end with <END> and are padded with <NULL>.
 """
 import json
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -40,9 +41,18 @@ def load_vocab(base_dir):
     path = _require(Path(base_dir) / "coco2014_vocab.json", "check --data_dir")
     try:
         vocab = json.loads(path.read_text())
-        return list(vocab["idx_to_word"]), dict(vocab["word_to_idx"])
+        idx_to_word, word_to_idx = list(vocab["idx_to_word"]), dict(vocab["word_to_idx"])
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a vocabulary file ({type(e).__name__}: {e})") from None
+    wrong = [w for i, w in enumerate(idx_to_word) if word_to_idx.get(w) != i]
+    if wrong or len(word_to_idx) != len(idx_to_word):
+        example = f'"{wrong[0]}" is {idx_to_word.index(wrong[0])} in idx_to_word but {word_to_idx.get(wrong[0])} ' \
+                  "in word_to_idx" if wrong else f"{len(idx_to_word)} vs {len(word_to_idx)} entries"
+        raise UserError(f"{path}: idx_to_word and word_to_idx disagree ({example})")
+    missing = [t for t in ("<NULL>", "<START>", "<END>") if t not in word_to_idx]
+    if missing:
+        raise UserError(f"{path}: the vocabulary has no {', '.join(missing)} token, which captions need")
+    return idx_to_word, word_to_idx
 
 
 def _require(path, hint):
@@ -86,9 +96,9 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
     data.update(captions)
     for split in SPLITS:
         path = _require(base_dir / f"{split}2014_vgg16_fc7{suffix}.h5", hint)
-        data[f"{split}_features"] = _read_h5(path, ["features"])["features"]
+        data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path)
         urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
-        data[f"{split}_urls"] = np.array(urls_path.read_text().splitlines())
+        data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
 
     _require(base_dir / "coco2014_vocab.json", hint)
     data["idx_to_word"], data["word_to_idx"] = load_vocab(base_dir)
@@ -105,11 +115,31 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
     return data
 
 
+def _check_features(features, path):
+    """features (Ni, D) float -> the same; UserError for another shape or dtype, or NaN/inf values."""
+    if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
+        raise UserError(f"{path}: features must be a 2-D float array (images, dimensions), "
+                        f"got shape {features.shape} of {features.dtype}")
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        raise UserError(f"{path}: {int(bad.sum())} of {len(features)} feature rows hold NaN or inf values "
+                        f"(first: row {int(np.argmax(bad))}); rebuild the features")
+    return features
+
+
 def _check_consistent(data, base_dir):
     """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts)."""
     V = len(data["idx_to_word"])
+    if data["train_features"].shape[1] != data["val_features"].shape[1]:
+        raise UserError(f"{base_dir}: train features are {data['train_features'].shape[1]}-d but val features "
+                        f"{data['val_features'].shape[1]}-d")
     for split in SPLITS:
         caps, idxs, feats = data[f"{split}_captions"], data[f"{split}_image_idxs"], data[f"{split}_features"]
+        for name, array in (("captions", caps), ("image_idxs", idxs)):
+            if not np.issubdtype(array.dtype, np.integer):
+                raise UserError(f"{base_dir}: {split}_{name} must hold integers, not {array.dtype}")
+        if caps.shape[0] == 0:
+            raise UserError(f"{base_dir}: the {split} split has no captions")
         if caps.ndim != 2 or idxs.shape != (caps.shape[0],):
             raise UserError(f"{base_dir}: {split} captions {caps.shape} and image indices {idxs.shape} do not match")
         if idxs.size and (idxs.min() < 0 or idxs.max() >= feats.shape[0]):
@@ -156,9 +186,23 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
 SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")
 
 
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana and Han ideographs
+_WORD = rf"[^\W_{_CJK}]+"  # letters and digits of any script, except the ones above
+_TOKEN = re.compile(rf"[{_CJK}]|{_WORD}(?:'{_WORD})?")
+
+
 def tokenize(caption):
-    """Lower-case a caption and split it into words (letters, digits and inner apostrophes)."""
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", caption.lower())
+    """Lower-case a caption (Unicode NFC) and split it into words: runs of letters and digits
+    of any script with inner apostrophes ("café", "don't"); each kana or Han character is a
+    word of its own, since those scripts put no spaces between words. Punctuation and symbols
+    are dropped (`dropped_characters` counts them)."""
+    return _TOKEN.findall(unicodedata.normalize("NFC", caption).lower())
+
+
+def dropped_characters(caption, tokens):
+    """How many non-space characters of a caption its tokens do not keep (punctuation, symbols)."""
+    text = unicodedata.normalize("NFC", caption).lower()
+    return sum(not ch.isspace() for ch in text) - sum(len(t) for t in tokens)
 
 
 def build_vocab(tokenized, min_word_count=1):

@@ -16,9 +16,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.coco_utils import SPLITS, build_vocab, encode_captions, tokenize
+from core.coco_utils import SPLITS, build_vocab, dropped_characters, encode_captions, tokenize
 from core.errors import UserError
-from core.features import TRANSFORM_FILE, dataset_id, describe_weights, extract_fc7, fit_pca, project, save_transform
+from core.features import (
+    FC7_DIM, TRANSFORM_FILE, dataset_id, describe_weights, extract_fc7, fit_pca, project, save_transform)
+from core.fileio import describe_os_error
 
 PCA_CHUNK_BYTES = 2 << 30  # fit IncrementalPCA in chunks when train fc7 is larger than this
 
@@ -29,13 +31,28 @@ def read_annotations(path, image_dir, skip_bad=False, log=print):
     (or, with skip_bad, dropped and reported)."""
     path, image_dir = Path(path), Path(image_dir)
     try:
-        ann = json.loads(path.read_text())
-        images = {int(im["id"]): im["file_name"] for im in ann["images"]}
+        ann = json.loads(path.read_text(encoding="utf-8"))
+        images, conflicts = {}, {}
+        for im in ann["images"]:
+            i, name = int(im["id"]), str(im["file_name"])
+            if images.setdefault(i, name) != name:
+                conflicts.setdefault(i, {images[i]}).add(name)
         pairs = [(int(a["image_id"]), str(a["caption"])) for a in ann["annotations"]]
     except OSError as e:
         raise UserError(f"cannot read annotation file {path} ({e})") from None
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a COCO-format captions file ({type(e).__name__}: {e})") from None
+    if conflicts:
+        first = min(conflicts)
+        raise UserError(f"{path}: {len(conflicts)} image id(s) are listed with different file names, so their "
+                        f"captions cannot be attached (ids {', '.join(map(str, sorted(conflicts)[:10]))}; "
+                        f"id {first}: {', '.join(sorted(conflicts[first]))})")
+    empty = sum(not tokenize(c) for _, c in pairs)
+    if empty:
+        log(f"{path}: dropped {empty} empty caption(s) (no letters or digits)")
+        pairs = [(i, c) for i, c in pairs if tokenize(c)]
+    if not pairs:
+        raise UserError(f"{path}: no captions" + (f" left after dropping {empty} empty ones" if empty else ""))
     unknown = sorted({i for i, _ in pairs if i not in images})
     if unknown:
         if not skip_bad:
@@ -83,6 +100,10 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         paths[split], raw_captions[split], image_idxs[split] = read_annotations(*splits[split], skip_bad_images, log)
         if len(paths[split]) == 0:
             raise UserError(f"the {split} split has no images with captions")
+    if pca_dim > min(len(paths["train"]), FC7_DIM):
+        raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at most {FC7_DIM}); "
+                        f"the train split has {len(paths['train'])}: use a smaller --pca_dim or more images")
+    for split in SPLITS:
         fc7[split], bad = extract_fc7(paths[split], spec, batch_size=batch_size, device=device,
                                       num_workers=num_workers, progress=progress, desc=f"{split} fc7")
         if bad:
@@ -100,12 +121,32 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             image_idxs[split] = new_index[image_idxs[split][rows]].astype(np.int32)
 
     tokens = {split: [tokenize(c) for c in raw_captions[split]] for split in SPLITS}
+    for split in SPLITS:
+        dropped = sum(dropped_characters(c, t) for c, t in zip(raw_captions[split], tokens[split]))
+        if dropped:
+            log(f"{split}: {dropped} punctuation/symbol characters dropped from the captions by the tokenizer")
     idx_to_word = build_vocab(tokens["train"], min_word_count)
     word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
     chunk = 20000 if fc7["train"].nbytes > PCA_CHUNK_BYTES else None
     transform = fit_pca(fc7["train"], pca_dim, chunk_rows=chunk, progress=progress)
     pca = {split: project(fc7[split], transform) for split in SPLITS}
 
+    try:
+        _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca, transform, spec,
+                       max_length, pca_dim)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise UserError(f"cannot write the dataset into {out_dir}: {describe_os_error(e)}{where}; "
+                        "nothing was changed there") from None
+    counts = {f"{s}_{k}": len(v[s]) for s in SPLITS for k, v in (("images", paths), ("captions", raw_captions))}
+    log(f"wrote {out_dir}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+        + f", {len(idx_to_word)} words")
+    return counts
+
+
+def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca, transform, spec,
+                   max_length, pca_dim):
+    """Write every file of the layout into a temporary folder inside out_dir, then move them into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build_", dir=out_dir))
     try:
@@ -118,7 +159,8 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             for name, array in ((f"{split}2014_vgg16_fc7.h5", fc7[split]), (f"{split}2014_vgg16_fc7_pca.h5", pca[split])):
                 with h5py.File(tmp / name, "w") as f:
                     f.create_dataset("features", data=array)
-            (tmp / f"{split}2014_urls.txt").write_text("".join(_url(p, out_dir) + "\n" for p in paths[split]))
+            (tmp / f"{split}2014_urls.txt").write_text("".join(_url(p, out_dir) + "\n" for p in paths[split]),
+                                                    encoding="utf-8")
         (tmp / "coco2014_vocab.json").write_text(json.dumps({"idx_to_word": idx_to_word, "word_to_idx": word_to_idx}))
         info = {"vgg16": spec, "pca_dim": pca_dim, "fitted_on": "train", "dataset_id": dataset_id(pca["train"], idx_to_word),
                 "preprocessing": "resize 256, center crop 224, ImageNet mean/std", "layer": "fc7 after ReLU"}
@@ -127,7 +169,3 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             os.replace(f, out_dir / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    counts = {f"{s}_{k}": len(v[s]) for s in SPLITS for k, v in (("images", paths), ("captions", raw_captions))}
-    log(f"wrote {out_dir}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
-        + f", {len(idx_to_word)} words")
-    return counts

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from core.coco_utils import load_vocab
 from core.errors import UserError
+from core.fileio import atomic_write
 
 FC7_DIM = 4096
 TRANSFORM_FILE = "vgg16_fc7_pca_transform.npz"
@@ -105,7 +106,7 @@ class _ImageFiles(Dataset):
         try:
             with Image.open(self.paths[i]) as image:
                 return self.transform(image.convert("RGB")), i, ""
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             return torch.zeros(3, 224, 224), i, f"{type(e).__name__}: {e}"
 
 
@@ -207,12 +208,8 @@ def dataset_id(train_pca_features, idx_to_word):
 def save_transform(path, transform, info):
     """Write an fc7 -> PCA transform (dict with mean (F,), components (P, F), bias (P,)) and its
     info (JSON-able dict: VGG16 weights spec, dataset_id, ...)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **{k: np.asarray(transform[k], dtype=np.float32)
-                                  for k in ("mean", "components", "bias")}, info=np.array(json.dumps(info)))
-    tmp.replace(path)
+    arrays = {k: np.asarray(transform[k], dtype=np.float32) for k in ("mean", "components", "bias")}
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays, info=np.array(json.dumps(info))))
 
 
 def load_transform(path):

@@ -27,5 +27,5 @@ def try_load_image(location, timeout=5.0):
     """Like `load_image`, but None when the image cannot be had (offline, dead URL, missing file)."""
     try:
         return load_image(location, timeout=timeout)
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return None

@@ -1,16 +1,24 @@
 """The one training loop shared by both captioning solvers.
 
 A subclass says how one step computes the loss and updates the weights
-(`_train_step`), how a batch is scored without training (`_eval_loss`) and how the
-learning rate decays (`_decay_lr`); everything else (epochs over shuffled captions,
-minibatches, validation on a fixed subset, history, logging, best-model callback)
-lives here.
+(`_train_step`), how a batch is scored without training (`_eval_loss`), how the
+learning rate decays (`_decay_lr`) and what its optimizer state is
+(`_optimizer_state`/`_load_optimizer_state`); everything else (epochs over shuffled
+captions, minibatches, validation on a fixed subset, history, logging, best-model
+callback, divergence checks, resumable state, clean stops on Ctrl-C/SIGTERM) lives here.
 """
+import contextlib
 import math
+import signal
+import threading
 import time
 
 import numpy as np
 from tqdm import tqdm
+
+
+class TrainingDiverged(Exception):
+    """The training or validation loss became non-finite or grew far beyond its start."""
 
 
 class SolverBase:
@@ -20,12 +28,15 @@ class SolverBase:
     random order. lr_decay: learning rate multiplier after each epoch. val_samples:
     size of the fixed, seeded subset of validation captions scored after each epoch.
     on_epoch_end: optional callable(solver, epoch, is_best) called after each epoch,
-    with is_best true when the validation loss is the lowest so far. max_iters: stop each
-    epoch after this many minibatches (dry runs and timing; None: the whole epoch).
+    with is_best true when the validation loss is the lowest so far. save_state: optional
+    callable(solver) that writes a resumable checkpoint; called after each epoch and when a
+    stop is requested. max_iters: stop each epoch after this many minibatches (dry runs and
+    timing; None: the whole epoch). divergence_factor: training stops (TrainingDiverged) when a
+    batch loss exceeds this many times the run's first batch loss, or is not finite.
     """
 
     def __init__(self, model, data, *, num_epochs=10, batch_size=100, lr_decay=1.0, val_samples=1000,
-                 seed=0, verbose=True, on_epoch_end=None, max_iters=None):
+                 seed=0, verbose=True, on_epoch_end=None, save_state=None, max_iters=None, divergence_factor=10.0):
         self.model = model
         self.data = data
         self.num_epochs = num_epochs
@@ -33,13 +44,20 @@ class SolverBase:
         self.lr_decay = lr_decay
         self.verbose = verbose
         self.on_epoch_end = on_epoch_end
+        self.save_state = save_state
         self.max_iters = max_iters
+        self.divergence_factor = divergence_factor
         self.rng = np.random.default_rng(seed)
         num_val = data["val_captions"].shape[0]
         self.val_rows = np.sort(self.rng.choice(num_val, size=min(val_samples, num_val), replace=False))
         self.history = {"loss": [], "train_loss": [], "val_loss": [], "learning_rate": [], "train_seconds": []}
         self.best_val_loss = math.inf
         self.best_epoch = None
+        self.epoch = 0  # epochs completed
+        self.iteration = 0  # minibatches done in the epoch in progress
+        self.epoch_seconds = 0.0  # training time spent in the epoch in progress
+        self.epoch_rng_state = self.rng.bit_generator.state  # before the permutation of the epoch in progress
+        self.stop_requested = None  # name of the signal that asked for a clean stop
 
     def _batch(self, split, rows):
         """rows (B,) caption indices -> features (B, D) float32, captions (B, L) int."""
@@ -59,10 +77,35 @@ class SolverBase:
         """Multiply the learning rate by factor."""
         raise NotImplementedError
 
+    def _optimizer_state(self):
+        """The optimizer's state (and any RNG the step uses) as a nested dict of arrays/tensors and plain values."""
+        raise NotImplementedError
+
+    def _load_optimizer_state(self, state):
+        """Restore what `_optimizer_state` returned."""
+        raise NotImplementedError
+
     @property
     def learning_rate(self):
         """The current learning rate (float)."""
         raise NotImplementedError
+
+    def training_state(self):
+        """Everything needed to continue this run exactly: {"loop": JSON-able dict, "optimizer": ...}."""
+        loop = {"epoch": self.epoch, "iteration": self.iteration, "epoch_seconds": self.epoch_seconds,
+                "rng": self.epoch_rng_state, "history": self.history, "best_val_loss": self.best_val_loss,
+                "best_epoch": self.best_epoch, "num_epochs": self.num_epochs}
+        return {"loop": loop, "optimizer": self._optimizer_state()}
+
+    def load_training_state(self, state):
+        """Continue from a `training_state()` (the model's weights are restored separately)."""
+        loop = state["loop"]
+        self.epoch, self.iteration, self.epoch_seconds = int(loop["epoch"]), int(loop["iteration"]), loop["epoch_seconds"]
+        self.epoch_rng_state = loop["rng"]
+        self.rng.bit_generator.state = loop["rng"]
+        self.history = {k: list(v) for k, v in loop["history"].items()}
+        self.best_val_loss, self.best_epoch = float(loop["best_val_loss"]), loop["best_epoch"]
+        self._load_optimizer_state(state["optimizer"])
 
     def val_loss(self):
         """Teacher-forced loss over the fixed validation subset (mean over captions)."""
@@ -72,41 +115,94 @@ class SolverBase:
             total += self._eval_loss(*self._batch("val", rows)) * len(rows)
         return total / max(len(self.val_rows), 1)
 
+    def _check_loss(self, loss, where):
+        """Raise TrainingDiverged when a batch loss is non-finite or far above the run's first one."""
+        first = self.history["loss"][0] if self.history["loss"] else loss
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"the training loss became {loss} at {where}")
+        if loss > self.divergence_factor * abs(first):
+            raise TrainingDiverged(f"the training loss grew to {loss:.4g} at {where}, more than "
+                                   f"{self.divergence_factor:g} times the first batch loss {first:.4g}")
+
+    @contextlib.contextmanager
+    def _clean_stops(self):
+        """While training, SIGINT (Ctrl-C) and SIGTERM ask for a stop after the current step;
+        a second one raises KeyboardInterrupt at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = signal.Signals(signum).name
+            if self.verbose:
+                print(f"\n{self.stop_requested}: stopping after the current step (again to stop at once)", flush=True)
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
     def train(self):
-        """Run all epochs; returns the history dict (per-iteration `loss`, per-epoch
-        `train_loss`, `val_loss`, `learning_rate`, `train_seconds` spent in training steps)."""
+        """Run the remaining epochs; returns the history dict (per-iteration `loss`, per-epoch
+        `train_loss`, `val_loss`, `learning_rate`, `train_seconds` spent in training steps).
+
+        On a requested stop (Ctrl-C, SIGTERM) it finishes the current step, calls save_state
+        and returns early with `self.stop_requested` set. Raises TrainingDiverged.
+        """
         num_train = self.data["train_captions"].shape[0]
         iters = math.ceil(num_train / self.batch_size)
         if self.max_iters is not None:
             iters = min(iters, self.max_iters)
-        for epoch in range(1, self.num_epochs + 1):
-            order = self.rng.permutation(num_train)
-            losses = []
-            start = time.perf_counter()
-            bar = tqdm(range(iters), desc=f"epoch {epoch}/{self.num_epochs}", leave=False,
-                       disable=not self.verbose, mininterval=1.0)
-            for it in bar:
-                rows = order[it * self.batch_size:(it + 1) * self.batch_size]
-                loss = self._train_step(*self._batch("train", rows))
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss} at epoch {epoch}, iteration {it + 1}: "
-                                             "lower the learning rate")
-                losses.append(loss)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            self.history["train_seconds"].append(time.perf_counter() - start)
-            self.history["loss"].extend(losses)
-            self.history["train_loss"].append(float(np.mean(losses)))
-            self.history["learning_rate"].append(self.learning_rate)
-            val = self.val_loss()
-            self.history["val_loss"].append(val)
-            is_best = val < self.best_val_loss
-            if is_best:
-                self.best_val_loss, self.best_epoch = val, epoch
-            if self.verbose:
-                print(f"epoch {epoch}/{self.num_epochs}  train loss {self.history['train_loss'][-1]:.4f}  "
-                      f"val loss {val:.4f}  lr {self.learning_rate:.2e}" + ("  (best)" if is_best else ""),
-                      flush=True)
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(self, epoch, is_best)
-            self._decay_lr(self.lr_decay)
+        with self._clean_stops():
+            while self.epoch < self.num_epochs:
+                epoch = self.epoch + 1
+                self.rng.bit_generator.state = self.epoch_rng_state
+                order = self.rng.permutation(num_train)
+                bar = tqdm(range(self.iteration, iters), desc=f"epoch {epoch}/{self.num_epochs}", leave=False,
+                           disable=not self.verbose, mininterval=1.0, initial=self.iteration, total=iters)
+                for it in bar:
+                    if self.stop_requested:
+                        bar.close()
+                        if self.save_state is not None:
+                            self.save_state(self)
+                        return self.history
+                    rows = order[it * self.batch_size:(it + 1) * self.batch_size]
+                    start = time.perf_counter()
+                    loss = self._train_step(*self._batch("train", rows))
+                    self.epoch_seconds += time.perf_counter() - start
+                    self._check_loss(loss, f"epoch {epoch}, iteration {it + 1}")
+                    self.history["loss"].append(loss)
+                    self.iteration = it + 1
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                bar.close()
+                self._end_epoch(epoch, iters)
+                if self.save_state is not None:
+                    self.save_state(self)
+                if self.stop_requested:
+                    return self.history
         return self.history
+
+    def _end_epoch(self, epoch, iters):
+        """Validation, history, logging, callbacks and learning-rate decay after the last step of an epoch."""
+        self.history["train_seconds"].append(self.epoch_seconds)
+        self.history["train_loss"].append(float(np.mean(self.history["loss"][-iters:])))
+        self.history["learning_rate"].append(self.learning_rate)
+        val = self.val_loss()
+        if not math.isfinite(val):
+            raise TrainingDiverged(f"the validation loss became {val} after epoch {epoch}")
+        self.history["val_loss"].append(val)
+        is_best = val < self.best_val_loss
+        if is_best:
+            self.best_val_loss, self.best_epoch = val, epoch
+        if self.verbose:
+            print(f"epoch {epoch}/{self.num_epochs}  train loss {self.history['train_loss'][-1]:.4f}  "
+                  f"val loss {val:.4f}  lr {self.learning_rate:.2e}" + ("  (best)" if is_best else ""), flush=True)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self, epoch, is_best)
+        self._decay_lr(self.lr_decay)
+        self.epoch, self.iteration, self.epoch_seconds = epoch, 0, 0.0
+        self.epoch_rng_state = self.rng.bit_generator.state

@@ -1,0 +1,97 @@
+"""Writing files so that a failure never leaves a partial file or loses the previous one.
+
+Every file the scripts write (checkpoints, plots, histories, datasets) goes through
+`atomic_write`: the bytes go to a hidden temporary file next to the target, which is then
+renamed over it. A full disk or an I/O error becomes one UserError naming the file and the
+cause; the temporary file is removed and the previous target, if any, is untouched.
+`RunLock` keeps two training runs from writing the same checkpoint.
+"""
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from core.errors import UserError
+
+
+def tmp_path(path):
+    """The temporary name `atomic_write` uses for `path`: .NAME.tmp in the same folder."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def describe_os_error(e):
+    """OSError -> its cause in words (e.g. "No space left on device")."""
+    return e.strerror or errno.errorcode.get(e.errno) or str(e)
+
+
+def atomic_write(path, write):
+    """Call write(binary file object) on a temporary file next to `path`, flush it to disk
+    and rename it to `path`.
+
+    Raises UserError ("cannot write PATH: cause") when the folder cannot be made or the
+    write fails; then no partial file is left and an existing `path` is kept as it was.
+    """
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {describe_os_error(e)}; the previous file, if any, is kept") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path, text):
+    """Write a str to `path` as UTF-8 with `atomic_write`."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+class RunLock:
+    """An exclusive lock on a checkpoint path, held while a training run lives.
+
+    The lock is `flock` on .NAME.lock next to the checkpoint: the kernel releases it when
+    the process ends in any way (even SIGKILL), so it never goes stale. Acquiring it also
+    removes the temporary files a killed run may have left next to `paths`.
+    """
+
+    def __init__(self, checkpoint, paths=()):
+        self.checkpoint = Path(checkpoint)
+        self.path = self.checkpoint.with_name(f".{self.checkpoint.name}.lock")
+        self.paths = [Path(p) for p in paths]
+        self._file = None
+
+    def __enter__(self):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a+")
+        except OSError as e:
+            raise UserError(f"cannot create the lock file {self.path}: {describe_os_error(e)}") from None
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip()
+            self._file.close()
+            raise UserError(f"another training run is writing {self.checkpoint} (it holds the lock {self.path}"
+                            + (f", pid {holder}" if holder else "") + "): wait for it or pass another --checkpoint")
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        for p in self.paths:
+            stale = tmp_path(p)
+            if stale.exists():
+                stale.unlink()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+        return False
