@@ -15,6 +15,7 @@ run writing the same checkpoint is refused.
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -159,18 +160,38 @@ def resumed_args(args, config, path):
     return merged
 
 
-def build_model(args, data):
-    """Model of args.model sized for the data's features and vocabulary."""
-    input_dim = data["train_features"].shape[1]
+def model_config(args, data):
+    """The config dict (as model.config() gives it) of the model args.model sized for the data."""
+    config = {"model": args.model, "input_dim": data["train_features"].shape[1], "wordvec_dim": args.wordvec_dim,
+              "idx_to_word": list(data["idx_to_word"])}
     if args.model == "transformer":
         if args.wordvec_dim % (2 * args.num_heads) != 0:
             raise UserError(f"--wordvec_dim {args.wordvec_dim} must be divisible by 2 * --num_heads {args.num_heads}")
-        max_length = max(50, data["train_captions"].shape[1])
-        return CaptioningTransformer(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
-                                     num_heads=args.num_heads, num_layers=args.num_layers, max_length=max_length,
-                                     dim_feedforward=args.dim_feedforward, dropout=args.dropout)
-    return CaptioningRNN(data["word_to_idx"], input_dim=input_dim, wordvec_dim=args.wordvec_dim,
-                         hidden_dim=args.hidden_dim, cell_type=args.model, dtype=np.float32, seed=args.seed)
+        return dict(config, num_heads=args.num_heads, num_layers=args.num_layers,
+                    max_length=max(50, data["train_captions"].shape[1]), dim_feedforward=args.dim_feedforward,
+                    dropout=args.dropout)
+    return dict(config, hidden_dim=args.hidden_dim, dtype="float32")
+
+
+def check_memory(model_class, config):
+    """UserError when the weights, their gradients and two optimizer moments (float32) cannot fit in
+    this machine's memory."""
+    need = 16 * model_class.count_parameters(config)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > total:
+        raise UserError(f"a {config['model']} model of these sizes has {need // 16:,} weights, which with their "
+                        f"gradients and optimizer state need about {need / 2**30:,.0f} GiB; this machine has "
+                        f"{total / 2**30:,.0f} GiB: use smaller --hidden_dim/--wordvec_dim/--dim_feedforward")
+
+
+def build_model(args, data):
+    """Model of args.model sized for the data's features and vocabulary; UserError when it cannot fit in memory."""
+    config = model_config(args, data)
+    if args.model == "transformer":
+        check_memory(CaptioningTransformer, config)
+        return CaptioningTransformer.from_config(config)
+    check_memory(CaptioningRNN, config)
+    return CaptioningRNN.from_config(config, seed=args.seed)
 
 
 class BestTracker:

@@ -6,7 +6,6 @@ renamed over it. A full disk or an I/O error becomes one UserError naming the fi
 cause; the temporary file is removed and the previous target, if any, is untouched.
 `RunLock` keeps two training runs from writing the same checkpoint.
 """
-import errno
 import fcntl
 import os
 from pathlib import Path
@@ -22,7 +21,9 @@ def tmp_path(path):
 
 def describe_os_error(e):
     """OSError -> its cause in words (e.g. "No space left on device")."""
-    return e.strerror or errno.errorcode.get(e.errno) or str(e)
+    if e.errno:
+        return os.strerror(e.errno)  # one line, also for h5py, whose strerror spans several
+    return (e.strerror or str(e)).splitlines()[0]
 
 
 def atomic_write(path, write):
@@ -56,9 +57,10 @@ def atomic_write_text(path, text):
 class RunLock:
     """An exclusive lock on a checkpoint path, held while a training run lives.
 
-    The lock is `flock` on .NAME.lock next to the checkpoint: the kernel releases it when
-    the process ends in any way (even SIGKILL), so it never goes stale. Acquiring it also
-    removes the temporary files a killed run may have left next to `paths`.
+    The lock is `flock` on .NAME.lock next to the checkpoint, removed when the run ends; the
+    kernel releases it when the process ends in any way (even SIGKILL), so a leftover file is
+    never a stale lock. Acquiring it also removes the temporary files a killed run may have
+    left next to `paths`.
     """
 
     def __init__(self, checkpoint, paths=()):
@@ -68,19 +70,28 @@ class RunLock:
         self._file = None
 
     def __enter__(self):
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a+")
-        except OSError as e:
-            raise UserError(f"cannot create the lock file {self.path}: {describe_os_error(e)}") from None
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip()
-            self._file.close()
-            raise UserError(f"another training run is writing {self.checkpoint} (it holds the lock {self.path}"
-                            + (f", pid {holder}" if holder else "") + "): wait for it or pass another --checkpoint")
+        while self._file is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(self.path, "a+")
+            except OSError as e:
+                raise UserError(f"cannot create the lock file {self.path}: {describe_os_error(e)}") from None
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip()
+                f.close()
+                raise UserError(f"another training run is writing {self.checkpoint} (it holds the lock {self.path}"
+                                + (f", pid {holder}" if holder else "") + "): wait for it or pass another --checkpoint")
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder removed the file between our open and flock: try again
+                self._file = f
+            else:
+                f.close()
         self._file.seek(0)
         self._file.truncate()
         self._file.write(str(os.getpid()))
@@ -92,6 +103,8 @@ class RunLock:
         return self
 
     def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)  # while still holding the lock (see __enter__'s check)
         fcntl.flock(self._file, fcntl.LOCK_UN)
         self._file.close()
+        self._file = None
         return False

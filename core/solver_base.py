@@ -102,7 +102,6 @@ class SolverBase:
         loop = state["loop"]
         self.epoch, self.iteration, self.epoch_seconds = int(loop["epoch"]), int(loop["iteration"]), loop["epoch_seconds"]
         self.epoch_rng_state = loop["rng"]
-        self.rng.bit_generator.state = loop["rng"]
         self.history = {k: list(v) for k, v in loop["history"].items()}
         self.best_val_loss, self.best_epoch = float(loop["best_val_loss"]), loop["best_epoch"]
         self._load_optimizer_state(state["optimizer"])

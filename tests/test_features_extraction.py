@@ -233,3 +233,133 @@ def test_incremental_pca_spans_the_same_subspace_as_full_pca():
     np.testing.assert_allclose(chunked["mean"], full["mean"], rtol=1e-4, atol=1e-4)
     overlap = np.abs(chunked["components"] @ full["components"].T)  # same directions up to sign
     np.testing.assert_allclose(np.diag(overlap), 1.0, atol=1e-3)
+
+
+def _annotations(folder, images, captions):
+    """Write a COCO-format captions file: images [(id, file_name)], captions [(image_id, text)] -> path."""
+    path = folder / "captions.json"
+    path.write_text(json.dumps({"images": [{"id": i, "file_name": f} for i, f in images],
+                                "annotations": [{"id": k, "image_id": i, "caption": c}
+                                                for k, (i, c) in enumerate(captions)]}, ensure_ascii=False),
+                    encoding="utf-8")
+    return path
+
+
+def _image_folder(tmp_path, names):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_duplicate_image_ids_with_different_files_are_an_error(tmp_path):
+    from core.dataset_builder import read_annotations
+    from core.errors import UserError
+
+    folder = _image_folder(tmp_path, ["a.png", "b.png", "c.png"])
+    same_twice = _annotations(tmp_path, [(1, "a.png"), (1, "a.png"), (2, "b.png")], [(1, "x"), (2, "y")])
+    paths, captions, idxs = read_annotations(same_twice, folder)
+    assert [Path(p).name for p in paths] == ["a.png", "b.png"] and list(idxs) == [0, 1]
+    clash = _annotations(tmp_path, [(1, "a.png"), (2, "b.png"), (1, "c.png"), (7, "a.png"), (7, "b.png")],
+                         [(1, "x"), (2, "y")])
+    with pytest.raises(UserError) as e:
+        read_annotations(clash, folder)
+    assert "2 image id(s) are listed with different file names" in str(e.value)
+    assert "ids 1, 7" in str(e.value) and "id 1: a.png, c.png" in str(e.value)
+
+
+def test_empty_captions_are_dropped_and_counted(tmp_path):
+    from core.dataset_builder import read_annotations
+    from core.errors import UserError
+
+    folder = _image_folder(tmp_path, ["a.png", "b.png"])
+    log = []
+    path = _annotations(tmp_path, [(1, "a.png"), (2, "b.png")], [(1, "a cat"), (1, ""), (2, " ?! "), (2, "a dog")])
+    paths, captions, idxs = read_annotations(path, folder, log=log.append)
+    assert captions == ["a cat", "a dog"] and list(idxs) == [0, 1]
+    assert any("dropped 2 empty caption(s)" in line for line in log)
+    only_empty = _annotations(tmp_path, [(1, "a.png")], [(1, ""), (1, "...")])
+    with pytest.raises(UserError, match="no captions left after dropping 2 empty ones"):
+        read_annotations(only_empty, folder, log=log.append)
+
+
+def test_tokenizer_keeps_unicode_letters_and_counts_what_it_drops():
+    from core.coco_utils import dropped_characters
+
+    assert tokenize("A Café near the Zoo, isn't it?") == ["a", "café", "near", "the", "zoo", "isn't", "it"]
+    assert tokenize("cafe\u0301") == ["café"]  # decomposed accent: NFC first
+    assert tokenize("Straße über 2 Brücken") == ["straße", "über", "2", "brücken"]
+    assert tokenize("一只猫") == ["一", "只", "猫"]
+    assert tokenize("кошка спит") == ["кошка", "спит"]
+    caption = "Hello, world... (really)!"
+    assert dropped_characters(caption, tokenize(caption)) == 7
+
+
+def test_unicode_captions_reach_the_vocabulary_and_dropped_characters_are_reported(rendered, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(rendered, src, ignore=shutil.ignore_patterns("dataset"))
+    for split in ("train", "val"):
+        path = src / "annotations" / f"captions_{split}.json"
+        ann = json.loads(path.read_text())
+        ann["annotations"][0]["caption"] = "Un café, près du 猫!"
+        path.write_text(json.dumps(ann, ensure_ascii=False), encoding="utf-8")
+    build(src, tmp_path / "out")
+    out = capsys.readouterr().out
+    assert "train: 2 punctuation/symbol characters dropped" in out and "val: 2 punctuation" in out
+    data = load_coco_data(tmp_path / "out")
+    assert {"café", "près", "猫"} <= set(data["idx_to_word"])
+    assert decode_captions(data["train_captions"][0], data["idx_to_word"]) == "un café près du 猫"
+
+
+def test_pca_dim_is_checked_before_any_image_is_read(rendered, tmp_path, capsys, monkeypatch):
+    import core.dataset_builder
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("VGG16 ran before the --pca_dim check")
+
+    monkeypatch.setattr(core.dataset_builder, "extract_fc7", no_extraction)
+    with pytest.raises(SystemExit):
+        build(rendered, tmp_path / "out", "--pca_dim", "13")
+    _expect_user_error(capsys, "--pca_dim 13 needs at least 13 training images", "the train split has 12")
+
+
+def test_a_decompression_bomb_is_a_one_line_error(built, tmp_path, capsys, monkeypatch):
+    import inference
+    from PIL import Image
+
+    from core.checkpoint import save_checkpoint
+    from core.model.rnn_model import CaptioningRNN
+
+    vocab = json.loads((built / "coco2014_vocab.json").read_text())
+    model = CaptioningRNN(vocab["word_to_idx"], input_dim=PCA_DIM, wordvec_dim=4, hidden_dim=4, seed=0)
+    checkpoint = tmp_path / "m.npz"
+    save_checkpoint(model, checkpoint)
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (300, 300)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300 // 3)  # over twice the limit: PIL refuses it
+    with pytest.raises(SystemExit):
+        inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(built),
+                        "--image", str(bomb), "--out_dir", str(tmp_path)])
+    _expect_user_error(capsys, "cannot read image", "bomb.png", "DecompressionBombError")
+
+
+def test_a_full_disk_while_writing_a_dataset_leaves_the_folder_as_it_was(rendered, tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    import core.dataset_builder
+
+    out = tmp_path / "disk"
+    out.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(out)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (out / "keep.txt").write_text("a previous file")
+        fc7 = np.random.default_rng(0).random((64, 4096), dtype=np.float32)  # 1 MiB per split: cannot fit
+        monkeypatch.setattr(core.dataset_builder, "extract_fc7", lambda paths, *a, **k: (fc7[:len(paths)], {}))
+        with pytest.raises(SystemExit):
+            build(rendered, out)
+        _expect_user_error(capsys, f"cannot write the dataset into {out}", "No space left on device")
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)

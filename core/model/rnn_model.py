@@ -75,15 +75,24 @@ class CaptioningRNN:
             "input_dim": self.input_dim,
             "wordvec_dim": self.wordvec_dim,
             "hidden_dim": self.hidden_dim,
+            "dtype": self.dtype.name,
             "idx_to_word": list(self.idx_to_word),
         }
 
     @classmethod
-    def from_config(cls, config):
-        """Build an untrained model from a `config()` dict."""
+    def from_config(cls, config, seed=None):
+        """Build an untrained model from a `config()` dict (dtype float32 when it names none)."""
         word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"])}
         return cls(word_to_idx, input_dim=config["input_dim"], wordvec_dim=config["wordvec_dim"],
-                   hidden_dim=config["hidden_dim"], cell_type=config["model"])
+                   hidden_dim=config["hidden_dim"], cell_type=config["model"],
+                   dtype=np.dtype(config.get("dtype", "float32")), seed=seed)
+
+    @staticmethod
+    def count_parameters(config):
+        """Number of weights of the model a `config()` dict describes, without building it."""
+        V, D, W, H = len(config["idx_to_word"]), config["input_dim"], config["wordvec_dim"], config["hidden_dim"]
+        G = 4 * H if config["model"] == "lstm" else H
+        return V * W + D * H + H + (W + H + 1) * G + H * V + V
 
     def loss(self, features, captions):
         """Teacher-forced loss and gradients.

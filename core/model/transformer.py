@@ -80,6 +80,14 @@ class CaptioningTransformer(nn.Module):
         keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length", "dim_feedforward", "dropout")
         return cls(word_to_idx, **{k: config[k] for k in keys})
 
+    @staticmethod
+    def count_parameters(config):
+        """Number of weights of the model a `config()` dict describes, without building it."""
+        V, D, E = len(config["idx_to_word"]), config["input_dim"], config["wordvec_dim"]
+        F, L = config["dim_feedforward"], config["num_layers"]
+        layer = 8 * (E * E + E) + (E * F + F) + (F * E + E) + 6 * E  # two attentions, feed-forward, three norms
+        return (D * E + E) + V * E + L * layer + (E * V + V)
+
     @property
     def device(self):
         """The device the parameters live on."""

@@ -1,0 +1,422 @@
+"""Faults and bad inputs: each is a one-line error (exit 2) or a clean stop, and good files survive."""
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import inference
+import training
+from core.checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from core.coco_utils import load_coco_data
+from core.errors import UserError
+from core.fileio import atomic_write_text
+from core.model.rnn_model import CaptioningRNN
+from core.model.transformer import CaptioningTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = ["--hidden_dim", "12", "--wordvec_dim", "8", "--num_heads", "2", "--dim_feedforward", "16", "--batch_size", "50",
+         "--val_samples", "40"]
+TINY = [*SIZES, "--quiet"]
+
+
+def one_line_error(capsys, call, *fragments, code=2):
+    """Run a script's main in-process; it must exit with `code` and one stderr line holding the fragments."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == code, err
+    assert len(err) == 1, err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    return err[0]
+
+
+def train(tmp_path, data_dir, *args):
+    return training.main(["--data_dir", str(data_dir), *TINY, "--checkpoint", str(tmp_path / "r.npz"),
+                          "--out_dir", str(tmp_path / "out"), *map(str, args)])
+
+
+def _history(path):
+    history = json.loads(path.read_text())
+    return {k: v for k, v in history.items() if k not in ("train_seconds", "seconds")}
+
+
+def test_resume_through_the_script_equals_a_straight_run(fake_coco, tmp_path, capsys):
+    """training.py --resume: flags read from the file, --epochs raised, same weights and history as a
+    straight run; contradicting flags and an unraised --epochs are one-line errors."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(straight, fake_coco, "--model", "lstm", "--epochs", 4)
+    train(split, fake_coco, "--model", "lstm", "--epochs", 2)
+    last = split / "r_last.npz"
+    assert last.is_file()
+    capsys.readouterr()
+    one_line_error(capsys, lambda: training.main(["--resume", str(last), "--hidden_dim", "64"]),
+                   "--hidden_dim 64 contradicts", "--hidden_dim 12")
+    one_line_error(capsys, lambda: training.main(["--resume", str(last)]), "already trained 2 of its 2 epochs",
+                   "--epochs larger than 2")
+    one_line_error(capsys, lambda: training.main(["--resume", str(split / "r.npz"), "--epochs", "4"]),
+                   "no training state")
+    training.main(["--resume", str(last), "--epochs", "4", "--out_dir", str(split / "out")])
+    assert "resuming" in capsys.readouterr().out
+    a, b = load_checkpoint(straight / "r.npz")[0], load_checkpoint(split / "r.npz")[0]
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
+    assert _history(straight / "out" / "lstm_history.json") == _history(split / "out" / "lstm_history.json")
+
+
+def _start(args, cwd):
+    return subprocess.Popen([sys.executable, "-u", str(ROOT / "training.py"), *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_training(proc):
+    """Read the script's output until its first epoch has ended (it must not be --quiet)."""
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            return
+    proc.kill()
+    raise AssertionError(f"training never started: {proc.stderr.read()}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_script_cleanly_and_it_resumes(fake_coco, tmp_path, signum):
+    args = ["--model", "rnn", "--data_dir", fake_coco, *SIZES, "--checkpoint", "r.npz"]
+    proc = _start([*args, "--epochs", 100000, "--lr_decay", 1], tmp_path)
+    _wait_for_training(proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last_line = out.strip().splitlines()[-1]
+    assert last_line.startswith("interrupted at epoch ") and last_line.endswith(
+        "continue with: python training.py --resume r_last.npz"), last_line
+    epoch = int(last_line.split()[3].rstrip(","))
+    resumed = subprocess.run([sys.executable, str(ROOT / "training.py"), "--resume", "r_last.npz", "--epochs", str(epoch)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = subprocess.run([sys.executable, str(ROOT / "training.py"), *map(str, args), "--epochs", str(epoch),
+                               "--lr_decay", "1", "--checkpoint", "s.npz"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+    assert straight.returncode == 0, straight.stderr
+    a, b = load_checkpoint(tmp_path / "r.npz")[0], load_checkpoint(tmp_path / "s.npz")[0]
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
+
+
+def test_a_second_ctrl_c_exits_at_once_keeping_the_good_files(fake_coco, tmp_path):
+    proc = _start(["--model", "rnn", "--data_dir", fake_coco, *SIZES, "--epochs", 100000, "--checkpoint", "r.npz"],
+                  tmp_path)
+    _wait_for_training(proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) <= 1
+    load_training_state(tmp_path / "r_last.npz")  # the last good state is intact
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_divergence_is_an_error_and_writes_nothing(fake_coco, tmp_path, capsys):
+    one_line_error(capsys, lambda: train(tmp_path, fake_coco, "--model", "rnn", "--lr", "1e6"),
+                   "more than 10 times the first batch loss", "lower --lr", "no checkpoint was written")
+    assert not (tmp_path / "r.npz").exists() and not (tmp_path / "r_best.npz").exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"),
+                                         ("--lr_decay", "0"), ("--lr_decay", "-0.5"), ("--lr_decay", "inf"),
+                                         ("--divergence_factor", "0")])
+def test_learning_rates_must_be_positive_and_finite(flag, value, capsys):
+    one_line_error(capsys, lambda: training.main(["--model", "rnn", flag, value]), f"{flag} must be positive and finite")
+
+
+@pytest.mark.parametrize("model, flags", [("rnn", ["--hidden_dim", "1000000"]),
+                                          ("transformer", ["--wordvec_dim", "1000000", "--num_heads", "2"])])
+def test_a_model_too_large_for_memory_is_a_one_line_error(fake_coco, tmp_path, capsys, model, flags):
+    one_line_error(capsys, lambda: training.main(["--model", model, "--data_dir", str(fake_coco), *flags,
+                                                  "--checkpoint", str(tmp_path / "m.npz")]),
+                   "GiB", "this machine has")
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "transformer"])
+def test_parameter_counts_match_the_built_models(name):
+    config = {"model": name, "input_dim": 7, "wordvec_dim": 8, "hidden_dim": 5, "num_heads": 2, "num_layers": 3,
+              "max_length": 20, "dim_feedforward": 6, "dropout": 0.0, "idx_to_word": ["<NULL>", "<START>", "<END>", "a"]}
+    if name == "transformer":
+        model = CaptioningTransformer.from_config(config)
+        assert CaptioningTransformer.count_parameters(config) == sum(p.numel() for p in model.parameters())
+    else:
+        model = CaptioningRNN.from_config(config)
+        assert CaptioningRNN.count_parameters(config) == sum(p.size for p in model.params.values())
+
+
+def test_a_second_run_on_the_same_checkpoint_is_refused(fake_coco, tmp_path, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(tmp_path / ".r.npz.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        one_line_error(capsys, lambda: train(tmp_path, fake_coco, "--model", "rnn", "--epochs", "1"),
+                       "another training run is writing", ".r.npz.lock")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "r.npz").exists()
+    train(tmp_path, fake_coco, "--model", "rnn", "--epochs", "1")  # the lock dies with its holder
+    assert (tmp_path / "r.npz").is_file()
+
+
+def test_a_stale_temporary_file_of_a_killed_run_is_removed(fake_coco, tmp_path, capsys):
+    """Removed when the next run on that checkpoint starts, even one that then writes nothing."""
+    stale = [tmp_path / ".r.npz.tmp", tmp_path / ".r_best.npz.tmp", tmp_path / ".r_last.npz.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 2_000_000)
+    one_line_error(capsys, lambda: train(tmp_path, fake_coco, "--model", "rnn", "--num_samples", "5000"),
+                   "--num_samples 5000")
+    assert not any(path.exists() for path in stale)
+
+
+def _copy(fake_coco, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(fake_coco, data)
+    return data
+
+
+def _rewrite_h5(path, name, value):
+    with h5py.File(path, "a") as f:
+        del f[name]
+        f.create_dataset(name, data=value)
+
+
+def _float_captions(d):
+    with h5py.File(d / "coco2014_captions.h5") as f:
+        captions = f["train_captions"][()]
+    _rewrite_h5(d / "coco2014_captions.h5", "train_captions", captions.astype(np.float32))
+
+
+def _narrow_val_features(d):
+    with h5py.File(d / "val2014_vgg16_fc7_pca.h5") as f:
+        features = f["features"][()]
+    _rewrite_h5(d / "val2014_vgg16_fc7_pca.h5", "features", features[:, :100])
+
+
+def _flat_features(d):
+    _rewrite_h5(d / "train2014_vgg16_fc7_pca.h5", "features", np.zeros(60, dtype=np.float32))
+
+
+def _vocab(d, edit):
+    vocab = json.loads((d / "coco2014_vocab.json").read_text())
+    edit(vocab)
+    (d / "coco2014_vocab.json").write_text(json.dumps(vocab))
+
+
+def _no_start(vocab):
+    vocab["idx_to_word"][1] = "start"
+    vocab["word_to_idx"] = {w: i for i, w in enumerate(vocab["idx_to_word"])}
+
+
+def _disagree(vocab):
+    vocab["word_to_idx"]["w3"], vocab["word_to_idx"]["w4"] = vocab["word_to_idx"]["w4"], vocab["word_to_idx"]["w3"]
+
+
+def _empty_val(d):
+    for name in ("val_captions", "val_image_idxs"):
+        with h5py.File(d / "coco2014_captions.h5") as f:
+            value = f[name][()][:0]
+        _rewrite_h5(d / "coco2014_captions.h5", name, value)
+
+
+def _non_finite(split, rows, value):
+    def edit(d):
+        path = d / f"{split}2014_vgg16_fc7_pca.h5"
+        with h5py.File(path) as f:
+            features = f["features"][()]
+        features[rows, 3] = value
+        _rewrite_h5(path, "features", features)
+    return edit
+
+
+BAD_DATA = {
+    "float captions": (_float_captions, ["train_captions must hold integers", "float32"]),
+    "feature widths differ": (_narrow_val_features, ["train features are 512-d but val features 100-d"]),
+    "1-D features": (_flat_features, ["train2014_vgg16_fc7_pca.h5", "2-D float array", "(60,)"]),
+    "no <START>": (lambda d: _vocab(d, _no_start), ["no <START> token"]),
+    "vocabulary disagrees": (lambda d: _vocab(d, _disagree), ["idx_to_word and word_to_idx disagree", '"w3"']),
+    "empty val split": (_empty_val, ["the val split has no captions"]),
+    "NaN train rows": (_non_finite("train", [4, 9, 11], np.nan),
+                       ["train2014_vgg16_fc7_pca.h5", "3 of 60 feature rows hold NaN or inf", "row 4"]),
+    "inf val row": (_non_finite("val", [7], np.inf), ["val2014_vgg16_fc7_pca.h5", "1 of 20 feature rows"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DATA)
+def test_bad_data_is_found_at_load_time(fake_coco, tmp_path, case):
+    edit, fragments = BAD_DATA[case]
+    data = _copy(fake_coco, tmp_path)
+    edit(data)
+    with pytest.raises(UserError) as e:
+        load_coco_data(data)
+    for fragment in fragments:
+        assert fragment in str(e.value), str(e.value)
+
+
+def test_bad_data_through_the_script_writes_nothing(fake_coco, tmp_path, capsys):
+    data = _copy(fake_coco, tmp_path)
+    _non_finite("val", [2], np.inf)(data)
+    one_line_error(capsys, lambda: train(tmp_path, data, "--model", "rnn"), "1 of 20 feature rows hold NaN or inf")
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def _rnn_file(tmp_path):
+    model = CaptioningRNN({"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3}, input_dim=4, wordvec_dim=3, hidden_dim=5,
+                          seed=0)
+    path = tmp_path / "m.npz"
+    save_checkpoint(model, path)
+    return model, path
+
+
+def _transformer_file(tmp_path):
+    torch.manual_seed(0)
+    model = CaptioningTransformer({"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3}, input_dim=4, wordvec_dim=8,
+                                  num_heads=2, num_layers=1, dim_feedforward=8, max_length=10)
+    path = tmp_path / "m.pt"
+    save_checkpoint(model, path)
+    return model, path
+
+
+def test_checkpoints_with_non_finite_weights_are_refused(tmp_path):
+    model, path = _rnn_file(tmp_path)
+    model.params["W_vocab"][1, 2] = np.nan
+    save_checkpoint(model, path)
+    with pytest.raises(UserError, match=r"non-finite weights \(NaN or inf in W_vocab\)"):
+        load_checkpoint(path)
+    model, path = _transformer_file(tmp_path)
+    with torch.no_grad():
+        model.output.bias[0] = float("inf")
+    save_checkpoint(model, path)
+    with pytest.raises(UserError, match=r"non-finite weights \(NaN or inf in output.bias\)"):
+        load_checkpoint(path)
+
+
+def test_a_bit_flip_in_a_torch_checkpoint_is_found(tmp_path):
+    model, path = _transformer_file(tmp_path)
+    load_checkpoint(path)  # intact: loads
+    raw = bytearray(path.read_bytes())
+    weight = model.layers[0].linear1.weight.detach().numpy().tobytes()
+    at = raw.find(weight[:32])
+    assert at > 0
+    raw[at + 5] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="corrupt .*checksum does not match"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_in_one_line(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"config": argparse.Namespace(model="transformer"), "state_dict": {}}, path)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(path)
+    assert "holds pickled Python objects" in str(e.value) and "\n" not in str(e.value)
+    assert "weights_only=False" not in str(e.value)
+    one_line_error(capsys, lambda: inference.main(["--model", "transformer", "--checkpoint", str(path)]),
+                   "pickled Python objects", "not loaded")
+
+
+def test_a_directory_is_named_as_one(tmp_path, capsys):
+    one_line_error(capsys, lambda: inference.main(["--model", "lstm", "--checkpoint", str(tmp_path)]),
+                   "is a directory")
+    _, path = _rnn_file(tmp_path)
+    one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(path),
+                                                   "--image", str(tmp_path)]), "is a directory")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 512 KiB tmpfs with good files in it and no space left; skipped where tmpfs cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder):
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 1024)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_keeps_every_previous_file(full_disk, tmp_path):
+    rnn, _ = _rnn_file(tmp_path)
+    transformer, _ = _transformer_file(tmp_path)
+    good = {}
+    for name, write in [("r.npz", lambda p: save_checkpoint(rnn, p)), ("t.pt", lambda p: save_checkpoint(transformer, p)),
+                        ("h.json", lambda p: atomic_write_text(p, "{}")),
+                        ("rnn_loss.png", lambda p: training.save_loss_plot(
+                            {"loss": [3, 2, 1], "train_loss": [2], "val_loss": [2]}, "t", p))]:
+        write(full_disk / name)
+        good[name] = ((full_disk / name).read_bytes(), write)
+    _fill(full_disk)
+    for name, (before, write) in good.items():
+        with pytest.raises(UserError, match=f"cannot write {full_disk / name}: No space left on device"):
+            write(full_disk / name)
+        assert (full_disk / name).read_bytes() == before, name
+    with pytest.raises(UserError, match="cannot write .*new_loss.png: No space left on device"):
+        training.save_loss_plot({"loss": [3, 2, 1], "train_loss": [2], "val_loss": [2]}, "t", full_disk / "new_loss.png")
+    assert not (full_disk / "new_loss.png").exists()
+    assert sorted(p.name for p in full_disk.iterdir()) == sorted([*good, "filler"])  # no partial or temporary file
+
+
+def test_a_failing_write_during_training_is_one_line_and_keeps_the_good_files(fake_coco, tmp_path):
+    """Writes fail past a file-size limit (EFBIG), wherever tmpfs cannot be mounted too."""
+    args = [sys.executable, str(ROOT / "training.py"), "--model", "lstm", "--data_dir", str(fake_coco), *TINY,
+            "--epochs", "1", "--checkpoint", "r.npz"]
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("r*.npz")}
+    limit = (tmp_path / "r_last.npz").stat().st_size // 2
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([*args, "--lr", "1e-3", "--epochs", "2", "--checkpoint", "r.npz"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    line, = result.stderr.strip().splitlines()
+    assert "cannot write r_last.npz: File too large" in line
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("r*.npz")}
+    assert after["r_last.npz"] == before["r_last.npz"] and after["r.npz"] == before["r.npz"]
+    load_checkpoint(tmp_path / "r_best.npz")  # the new run's best epoch was small enough to be written whole
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_atomic_write_removes_its_temporary_file_on_any_failure(tmp_path):
+    from core.fileio import atomic_write
+
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"good")
+
+    def half_then_fail(f):
+        f.write(b"partial")
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(UserError, match="cannot write .*x.bin: Input/output error"):
+        atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"good" and os.listdir(tmp_path) == ["x.bin"]

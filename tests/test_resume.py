@@ -1,0 +1,180 @@
+"""Resumable training in-process: the saved state continues a run exactly, Ctrl-C/SIGTERM stop
+cleanly, divergence stops with the last good state kept."""
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from core.captioning_solver import CaptioningSolver
+from core.captioning_solver_transformer import CaptioningSolverTransformer
+from core.checkpoint import load_training_state, save_training_state
+from core.coco_utils import load_coco_data
+from core.model.rnn_model import CaptioningRNN
+from core.model.transformer import CaptioningTransformer
+from core.solver_base import TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def data(fake_coco):
+    return load_coco_data(fake_coco, max_train=120, seed=0)
+
+
+def _solver(name, data, model=None, **kw):
+    """The solver of a tiny model of `name` (a fresh one with fixed seeds unless given)."""
+    common = dict(num_epochs=5, batch_size=25, lr_decay=0.9, val_samples=30, seed=3, verbose=False)
+    common.update(kw)
+    if name == "transformer":
+        torch.manual_seed(0)
+        if model is None:
+            model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=16, num_heads=2,
+                                          num_layers=1, dim_feedforward=24, dropout=0.2)
+        return CaptioningSolverTransformer(model, data, learning_rate=3e-3, **common)
+    if model is None:
+        model = CaptioningRNN(data["word_to_idx"], input_dim=512, wordvec_dim=8, hidden_dim=12, cell_type=name,
+                              seed=0)
+    return CaptioningSolver(model, data, update_rule="adam", optim_config={"learning_rate": 1e-2}, **common)
+
+
+def _weights(model):
+    if isinstance(model, CaptioningRNN):
+        return {k: v.copy() for k, v in model.params.items()}
+    return {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
+
+
+def _assert_same_run(a, b, exact):
+    """Same weights and same history (timings aside)."""
+    wa, wb = _weights(a.model), _weights(b.model)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        if exact:
+            np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for key in ("loss", "train_loss", "val_loss", "learning_rate"):
+        if exact:
+            assert a.history[key] == b.history[key], key
+        else:
+            np.testing.assert_allclose(a.history[key], b.history[key], rtol=1e-5, err_msg=key)
+    assert (a.epoch, a.best_epoch) == (b.epoch, b.best_epoch)
+
+
+def _resume(name, data, path, **kw):
+    """A new process's view: rebuild the model from the file, a fresh solver, then its state."""
+    model, _, state = load_training_state(path)
+    fresh = _solver(name, data, model=model, **kw)
+    fresh.load_training_state(state)
+    return fresh
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "transformer"])
+def test_two_epochs_resumed_for_three_more_equal_five(name, data, tmp_path):
+    """Breaks caught: optimizer state, learning rate, RNG state (shuffling or dropout), history or
+    best-so-far not saved or not restored."""
+    straight = _solver(name, data)
+    straight.train()
+
+    path = tmp_path / ("last.npz" if name != "transformer" else "last.pt")
+    first = _solver(name, data, num_epochs=2, save_state=lambda s: save_training_state(s, path))
+    first.train()
+    resumed = _resume(name, data, path, num_epochs=5)
+    assert resumed.epoch == 2 and resumed.iteration == 0
+    resumed.train()
+    _assert_same_run(straight, resumed, exact=name != "transformer")
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_epoch_stops_after_the_step_and_resumes_exactly(name, signum, data, tmp_path):
+    """A real signal in the middle of epoch 2: the step finishes, the state is saved, train()
+    returns; resuming continues mid-epoch (same permutation, same position) to the straight result."""
+    straight = _solver(name, data, num_epochs=3)
+    straight.train()
+
+    path = tmp_path / ("last.npz" if name != "transformer" else "last.pt")
+    saves = []
+
+    def save(s):
+        saves.append((s.epoch, s.iteration))
+        save_training_state(s, path)
+
+    first = _solver(name, data, num_epochs=3, save_state=save)
+    step = first._train_step
+    calls = []
+
+    def step_then_signal(*batch):
+        loss = step(*batch)
+        calls.append(1)
+        if len(calls) == 7:  # epoch 2 (5 iterations per epoch), iteration 2
+            os.kill(os.getpid(), signum)
+        return loss
+
+    first._train_step = step_then_signal
+    first.train()
+    assert first.stop_requested == signal.Signals(signum).name
+    assert (first.epoch, first.iteration) == (1, 2) and len(calls) == 7
+    assert saves == [(1, 0), (1, 2)]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    resumed = _resume(name, data, path, num_epochs=3)
+    assert (resumed.epoch, resumed.iteration) == (1, 2)
+    resumed.train()
+    _assert_same_run(straight, resumed, exact=name != "transformer")
+
+
+def test_a_second_signal_stops_at_once(data):
+    solver = _solver("rnn", data)
+    step = solver._train_step
+
+    def two_signals(*batch):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return step(*batch)
+
+    solver._train_step = two_signals
+    with pytest.raises(KeyboardInterrupt):
+        solver.train()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_huge_learning_rate_stops_as_divergence(data):
+    solver = _solver("rnn", data, num_epochs=3)
+    for config in solver.optim_configs.values():
+        config["learning_rate"] = 1e6
+    with pytest.raises(TrainingDiverged, match="more than 10 times the first batch loss"):
+        solver.train()
+    assert solver.epoch == 0 and not solver.history["val_loss"]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_loss_stops(data, bad):
+    solver = _solver("rnn", data)
+    calls = []
+
+    def step(*batch):
+        calls.append(1)
+        return 30.0 if len(calls) < 3 else bad
+
+    solver._train_step = step
+    with pytest.raises(TrainingDiverged, match=f"became {bad}"):
+        solver.train()
+    assert solver.history["loss"] == [30.0, 30.0]
+
+
+def test_divergence_rule_is_relative_to_the_first_batch(data):
+    """A loss up to divergence_factor times the first is fine; above it stops."""
+    losses = iter([10.0, 99.0, 100.0, 101.0])
+    solver = _solver("rnn", data, divergence_factor=10)
+    solver._train_step = lambda *batch: next(losses)
+    with pytest.raises(TrainingDiverged, match="grew to 101 at epoch 1, iteration 4"):
+        solver.train()
+
+
+def test_non_finite_validation_loss_stops(data):
+    solver = _solver("rnn", data)
+    solver._eval_loss = lambda *batch: math.nan
+    with pytest.raises(TrainingDiverged, match="validation loss became nan after epoch 1"):
+        solver.train()
+    assert solver.best_epoch is None
