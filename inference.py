@@ -1,17 +1,20 @@
 """Caption images with a trained decoder and compare with the ground truth.
 
 Usage:
-    python inference.py --model rnn
+    python inference.py --model rnn                                  # train and val images, one figure
     python inference.py --model transformer --split train --num_images 9
+    python inference.py --model rnn --num_samples 300                # train images of that training subset
     python inference.py --model lstm --image photo.jpg more.jpg      # your own images
     python inference.py --model lstm --eval --beam_size 3            # COCO metrics on the whole split
 
-The model is rebuilt from the checkpoint alone. Prints the ground-truth and the
-predicted caption of each sampled image and saves a grid of images with both
-captions to <out_dir>/<model>_<split>_captions.png (panels whose image cannot be
-fetched show the captions only). With --image, the files go through the dataset's own
-VGG16 weights and fc7 -> PCA transform, and the figure is <out_dir>/<model>_images_captions.png.
-With --eval, every image of the split is captioned once and scored against all of its
+The model is rebuilt from the checkpoint alone (this project's) or from the checkpoint and the
+vocabulary of --data_dir (the original repository's weight-only files). Prints the reference
+and the predicted caption of --num_images images of each split, marked as images the model was
+trained on or not, and saves them as one grid, <out_dir>/<model>_<splits>_<decoding>_captions.png
+(e.g. rnn_train_val_greedy_captions.png; panels whose image cannot be fetched show the captions
+only). With --image, the files go through the dataset's own VGG16 weights and fc7 -> PCA
+transform, and the figure is <out_dir>/<model>_images_<decoding>_captions.png. With --eval,
+every image of the split (default val) is captioned once and scored against all of its
 references (BLEU-1..4, METEOR when Java is present, ROUGE-L, CIDEr-D); the scores and every
 predicted caption go to <out_dir>/<model>_<split>_eval.json.
 """
@@ -29,11 +32,11 @@ import torch  # noqa: E402
 
 from core.checkpoint import check_checkpoint, load_checkpoint  # noqa: E402
 from core.cli import DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, resolve_device, user_errors  # noqa: E402
-from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab  # noqa: E402
+from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, format_scores, references_by_image, score_captions  # noqa: E402
-from core.fileio import atomic_write, atomic_write_text  # noqa: E402
 from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project  # noqa: E402
+from core.fileio import atomic_write, atomic_write_text  # noqa: E402
 from core.image_utils import try_load_image  # noqa: E402
 
 
@@ -47,8 +50,16 @@ def parse_args(argv=None):
                         "when downloaded, else the bundled core/datasets/sample_captioning)")
     p.add_argument("--image", nargs="+", default=None, metavar="PATH",
                    help="caption these image files instead of dataset images")
-    p.add_argument("--split", default="val", choices=("train", "val"), help="which split to sample images from")
-    p.add_argument("--num_images", type=int, default=6, help="how many distinct images to caption")
+    p.add_argument("--split", default=None, choices=("train", "val"),
+                   help="split to caption images of (default: both, train and val panels in one figure, each "
+                        "titled with its split and whether the model was trained on it; --eval: val)")
+    p.add_argument("--num_images", type=int, default=4, help="how many distinct images to caption per split")
+    p.add_argument("--num_samples", type=int, default=None,
+                   help="draw the train images from the subset that `training.py --num_samples N` trained on "
+                        "(default: the checkpoint's own training subset when it records one)")
+    p.add_argument("--num_heads", type=int, default=2,
+                   help="attention heads of an original-repository transformer_model.pt, which does not record "
+                        "them (the original trained with 2); ignored for this project's checkpoints")
     p.add_argument("--max_length", type=int, default=30, help="longest caption to generate, in words")
     p.add_argument("--beam_size", type=int, default=1, help="beam width; 1 is greedy decoding")
     p.add_argument("--length_penalty", type=float, default=0.0,
@@ -59,8 +70,10 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", default="outputs", help="directory for the caption figure")
     p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
     args = p.parse_args(argv)
-    if args.num_images <= 0 or args.max_length <= 0 or args.beam_size <= 0:
-        p.error("--num_images, --max_length and --beam_size must be positive")
+    if min(args.num_images, args.max_length, args.beam_size, args.num_heads) <= 0:
+        p.error("--num_images, --max_length, --beam_size and --num_heads must be positive")
+    if args.num_samples is not None and args.num_samples <= 0:
+        p.error("--num_samples must be positive")
     if args.eval and args.image:
         p.error("--eval scores a dataset split; it cannot be combined with --image")
     if args.checkpoint is None:
@@ -75,11 +88,11 @@ def resolve_location(url, data_dir):
     return str(Path(data_dir) / url)
 
 
-def save_caption_grid(images, titles, path, cols=3):
+def save_caption_grid(images, titles, path, suptitle="", cols=4):
     """images: list of uint8 (H, W, 3) arrays or None; titles: list of str -> PNG at path."""
     rows = -(-len(titles) // cols)
     cols = min(cols, len(titles))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
@@ -87,12 +100,31 @@ def save_caption_grid(images, titles, path, cols=3):
             ax.imshow(image)
             ax.set_title(title, fontsize=8, loc="left")
         else:
-            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center", wrap=True)
-    fig.tight_layout()
+            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
+
+
+def panel_title(panel, model_name, width=40, max_lines=3):
+    """A panel's title: its split and training status, the reference and the prediction, each
+    wrapped to `width` characters and cut to `max_lines` lines, so that no caption overflows."""
+    lines = [panel["label"]] if panel["label"] else []
+    for prefix, text in (("GT", panel["truth"]), (model_name, panel["predicted"])):
+        if text is not None:
+            lines += textwrap.wrap(f"{prefix}: {text}", width, max_lines=max_lines, placeholder=" ...")
+    return "\n".join(lines)
+
+
+def decoding_name(args):
+    """"greedy", "beam3" or "beam3_lp0.7": the decoding, for file names and titles."""
+    if args.beam_size == 1:
+        return "greedy"
+    return f"beam{args.beam_size}" + (f"_lp{args.length_penalty:g}" if args.length_penalty else "")
 
 
 def check_dataset(config, checkpoint, ident, data_dir):
@@ -144,22 +176,58 @@ def evaluate(args, model, config):
     print(f"saved scores and captions {path}")
 
 
+def trained_images(args, config, data):
+    """Which train images the checkpoint was trained on and which to draw from.
+
+    -> (set of train image indices it was trained on, or None when the checkpoint does not say,
+        train image indices to draw from: the --num_samples subset, else the checkpoint's own).
+    The subset is recreated from the number of captions and the seed `training.py` recorded.
+    """
+    train_args = config.get("extra", {}).get("args") or {}
+    num_train, image_idxs = len(data["train_captions"]), data["train_image_idxs"]
+    seed = train_args.get("seed", args.seed)
+    trained = None
+    if "num_samples" in train_args:
+        n = train_args["num_samples"]
+        rows = np.arange(num_train) if n is None else subset_rows(num_train, n, seed)
+        trained = np.unique(image_idxs[rows])
+    if args.num_samples is not None:
+        if args.num_samples > num_train:
+            raise UserError(f"--num_samples {args.num_samples} is out of range: {args.data_dir} has {num_train} "
+                            "training captions")
+        draw = np.unique(image_idxs[subset_rows(num_train, args.num_samples, seed)])
+    else:
+        draw = trained if trained is not None else np.unique(image_idxs)
+    return (None if trained is None else set(trained.tolist())), draw
+
+
 def caption_dataset_images(args, model, config):
-    """Caption --num_images distinct images of a split and compare with their references: the
-    one the prediction equals when there is one, else the first."""
+    """Caption --num_images distinct images of each split and compare with their references:
+    the one the prediction equals when there is one, else the first. -> list of panel dicts."""
     data = load_checked_data(args, config)
-    features_all = data[f"{args.split}_features"]
-    rng = np.random.default_rng(args.seed)
-    candidates = np.unique(data[f"{args.split}_image_idxs"])
-    picks = rng.choice(len(candidates), size=min(args.num_images, len(candidates)), replace=False)
-    chosen = candidates[picks]
-    rows = np.flatnonzero(np.isin(data[f"{args.split}_image_idxs"], chosen))
-    refs = references_by_image(data[f"{args.split}_captions"][rows], data[f"{args.split}_image_idxs"][rows],
-                               data["idx_to_word"])
-    predicted = decode_captions(sample(model, features_all[chosen], args), data["idx_to_word"])
-    truth = [pred if pred in refs[int(i)] else refs[int(i)][0] for i, pred in zip(chosen, predicted)]
-    locations = [resolve_location(data[f"{args.split}_urls"][i], args.data_dir) for i in chosen]
-    return locations, truth, predicted, f"{args.model}_{args.split}_captions.png"
+    splits = [args.split] if args.split else ["train", "val"]
+    trained, train_draw = trained_images(args, config, data) if "train" in splits else (None, None)
+    if "train" in splits:
+        print(f"train images drawn from {len(train_draw)} of the split's {len(np.unique(data['train_image_idxs']))}"
+              + ("" if trained is None else f"; the checkpoint was trained on the captions of {len(trained)} images"))
+    panels = []
+    for split in splits:
+        image_idxs = data[f"{split}_image_idxs"]
+        candidates = train_draw if split == "train" else np.unique(image_idxs)
+        rng = np.random.default_rng(args.seed)
+        chosen = candidates[rng.choice(len(candidates), size=min(args.num_images, len(candidates)), replace=False)]
+        rows = np.flatnonzero(np.isin(image_idxs, chosen))
+        refs = references_by_image(data[f"{split}_captions"][rows], image_idxs[rows], data["idx_to_word"])
+        predicted = decode_captions(sample(model, data[f"{split}_features"][chosen], args), data["idx_to_word"])
+        for i, pred in zip(chosen, predicted):
+            if split == "val":
+                status = "not trained on"
+            else:
+                status = None if trained is None else ("trained on" if int(i) in trained else "not trained on")
+            panels.append({"location": resolve_location(data[f"{split}_urls"][i], args.data_dir),
+                           "truth": pred if pred in refs[int(i)] else refs[int(i)][0], "predicted": pred,
+                           "label": split + (f", {status}" if status else "")})
+    return panels, f"{args.model}_{'_'.join(splits)}_{decoding_name(args)}_captions.png"
 
 
 def caption_files(args, model, config):
@@ -184,37 +252,47 @@ def caption_files(args, model, config):
         first = min(bad)
         raise UserError(f"cannot read image {args.image[first]} ({bad[first]})")
     predicted = decode_captions(sample(model, project(fc7, transform), args), idx_to_word)
-    return list(args.image), [None] * len(predicted), predicted, f"{args.model}_images_captions.png"
+    panels = [{"location": path, "truth": None, "predicted": pred, "label": ""}
+              for path, pred in zip(args.image, predicted)]
+    return panels, f"{args.model}_images_{decoding_name(args)}_captions.png"
 
 
 def main(argv=None):
     args = parse_args(argv)
     with user_errors("inference.py"):
         args.device = resolve_device(args.device) if args.model == "transformer" else "cpu"
-        model, config = load_checkpoint(args.checkpoint, device=args.device)
-        if config["model"] != args.model:
-            check_checkpoint(config, args.checkpoint, args.model, config["idx_to_word"])
-        if config["model"] == "transformer" and args.max_length + 1 > config["max_length"]:
-            raise UserError(f"--max_length {args.max_length} is longer than checkpoint {args.checkpoint} allows "
-                            f"({config['max_length'] - 1} words)")
         if args.data_dir is None:
             args.data_dir = str(default_data_dir())
+        model, config = load_checkpoint(args.checkpoint, device=args.device, num_heads=args.num_heads,
+                                        vocabulary=lambda: load_vocab(args.data_dir)[0])
+        if config.get("format") == "original":
+            sizes = ", ".join(f"{k} {config[k]}" for k in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers",
+                                                            "dim_feedforward", "max_length") if k in config)
+            print(f"read {args.checkpoint} in the original repository's format (weights only): a {config['model']} "
+                  f"with {sizes}, the vocabulary of {args.data_dir}")
+        if config["model"] != args.model:
+            check_checkpoint(config, args.checkpoint, args.model, config["idx_to_word"])
+        if config["model"] == "transformer" and args.max_length > config["max_length"]:
+            raise UserError(f"--max_length {args.max_length} is longer than checkpoint {args.checkpoint} allows "
+                            f"({config['max_length']} words)")
         torch.manual_seed(args.seed)
         if args.eval:
+            args.split = args.split or "val"
             evaluate(args, model, config)
             return 0
         caption = caption_files if args.image else caption_dataset_images
-        locations, truth, predicted, figure_name = caption(args, model, config)
+        panels, figure_name = caption(args, model, config)
 
         images, titles = [], []
-        for k, (location, gt, pred) in enumerate(zip(locations, truth, predicted)):
-            print(f"[{k + 1}] {location}" + (f"\n    truth:     {gt}" if gt is not None else "")
-                  + f"\n    predicted: {pred}")
-            images.append(try_load_image(location))
-            lines = (textwrap.wrap(f"GT: {gt}", 48) if gt is not None else []) + textwrap.wrap(f"{args.model}: {pred}", 48)
-            titles.append("\n".join(lines))
+        for k, panel in enumerate(panels):
+            print(f"[{k + 1}] " + (f"{panel['label']}: " if panel["label"] else "") + panel["location"]
+                  + (f"\n    truth:     {panel['truth']}" if panel["truth"] is not None else "")
+                  + f"\n    predicted: {panel['predicted']}")
+            images.append(try_load_image(panel["location"]))
+            titles.append(panel_title(panel, args.model))
         path = Path(args.out_dir) / figure_name
-        save_caption_grid(images, titles, path)
+        save_caption_grid(images, titles, path, f"{args.model} ({Path(args.checkpoint).name}), "
+                                                f"{decoding_name(args).replace('beam', 'beam ')} decoding")
         missing = sum(image is None for image in images)
         print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
     return 0

@@ -44,6 +44,8 @@ from core.model.transformer import CaptioningTransformer  # noqa: E402
 from core.solver_base import TrainingDiverged  # noqa: E402
 
 DEFAULT_LR = {"rnn": 5e-3, "lstm": 5e-3, "transformer": 1e-3}
+SMALL_DATA = 1000  # --num_samples up to this, with no --epochs/--batch_size/--lr_decay, use the recipe below
+SMALL_DATA_RECIPE = {"epochs": 100, "batch_size": 50, "lr_decay": 1.0, "val_samples": 100}
 
 
 FIXED_ON_RESUME = ("model", "num_samples", "batch_size", "lr", "lr_decay", "update_rule", "hidden_dim", "wordvec_dim",
@@ -62,7 +64,10 @@ def build_parser():
                    help="dataset directory in the CS231n COCO layout (default: core/datasets/coco_captioning "
                         "when downloaded, else the bundled core/datasets/sample_captioning)")
     p.add_argument("--num_samples", type=int, default=None,
-                   help="train on a random subset of this many captions, drawn without replacement (default: all)")
+                   help="train on a random subset of this many captions, drawn without replacement (default: "
+                        f"all); up to {SMALL_DATA} captions, unless --epochs, --batch_size or --lr_decay is given, "
+                        "the original repository's small-data recipe is used so that the model overfits them: "
+                        "25 epochs of batch 4 (rnn, lstm) or 50 epochs of batch 25 (transformer), lr decay 0.995")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training captions")
     p.add_argument("--batch_size", type=int, default=100, help="captions per minibatch")
     p.add_argument("--lr", type=float, default=None,
@@ -133,7 +138,16 @@ def parse_args(argv=None):
             p.error(f"--{name} must be positive and finite, got {value}")
     if args.num_samples is not None and args.num_samples <= 0:
         p.error("--num_samples must be positive")
+    args.recipe = None
     if args.resume is None:
+        if (args.num_samples is not None and args.num_samples <= SMALL_DATA
+                and not {"epochs", "batch_size", "lr_decay"} & set(args.explicit)):
+            args.recipe = "small-data"
+            for name, value in SMALL_DATA_RECIPE.items():
+                if name not in args.explicit:
+                    setattr(args, name, value)
+            if args.model == "transformer" and "dropout" not in args.explicit:
+                args.dropout = 0.0
         if args.lr is None:
             args.lr = DEFAULT_LR[args.model]
         if args.checkpoint is None:
@@ -308,9 +322,15 @@ def run(args):
     with RunLock(checkpoint, (checkpoint, best_path, last_path)):
         start = time.perf_counter()
         data = load_coco_data(args.data_dir, max_train=args.num_samples, seed=args.seed)
-        print(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions, "
-              f"{data['train_features'].shape[0]} images, {data['train_features'].shape[1]}-d features, "
-              f"{len(data['idx_to_word'])} words ({time.perf_counter() - start:.1f}s)", flush=True)
+        images = len(np.unique(data["train_image_idxs"]))
+        subset = "" if args.num_samples is None else f" (a seeded subset; the split has {data['train_features'].shape[0]})"
+        print(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images"
+              f"{subset}, {data['train_features'].shape[1]}-d features, {len(data['idx_to_word'])} words "
+              f"({time.perf_counter() - start:.1f}s)", flush=True)
+        if args.recipe:
+            print(f"small-data recipe (--num_samples {args.num_samples} <= {SMALL_DATA}, no --epochs/--batch_size/"
+                  f"--lr_decay given): {args.epochs} epochs of batch {args.batch_size}, lr decay {args.lr_decay}, "
+                  "as the original repository trained small subsets", flush=True)
         ident = dataset_id(data["train_features"], data["idx_to_word"])
         extra = {"data_dir": str(Path(args.data_dir).name), "data_path": str(Path(args.data_dir).resolve()),
                  "args": {k: v for k, v in vars(args).items() if k != "explicit"}, "dataset_id": ident}

@@ -1,4 +1,5 @@
-"""Checkpoints that carry their own config and vocabulary and load without pickle.
+"""Checkpoints that carry their own config and vocabulary and load without pickle, and the
+original repository's files (weights alone), which load with a vocabulary from the data.
 
 numpy models (rnn, lstm): an .npz with one array per parameter plus `config`, a JSON string.
 torch model (transformer): `torch.save({"config": dict, "state_dict": ..., "sha256": str})`,
@@ -107,7 +108,57 @@ def _check_finite(named_arrays, path):
                             "use an earlier checkpoint")
 
 
-def _read(path, device):
+ORIGINAL_RNN_ARRAYS = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
+
+
+def _original_vocabulary(vocabulary, V, path):
+    """idx_to_word for an original-format checkpoint (which stores none) of V words."""
+    if vocabulary is None:
+        raise UserError(f"{path} is an original-format checkpoint without a vocabulary: pass the --data_dir "
+                        "it was trained with")
+    idx_to_word = list(vocabulary() if callable(vocabulary) else vocabulary)
+    if len(idx_to_word) != V:
+        raise UserError(f"original-format checkpoint {path} has a {V}-word vocabulary, the data's has "
+                        f"{len(idx_to_word)} words: pass the --data_dir it was trained with")
+    return idx_to_word
+
+
+def _copy_arrays(model, f):
+    """Copy the arrays of a loaded .npz into a CaptioningRNN's params, checking each shape."""
+    for name, value in model.params.items():
+        if f[name].shape != value.shape:
+            raise ValueError(f"parameter {name} has shape {f[name].shape}, expected {value.shape}")
+        model.params[name] = f[name].astype(value.dtype)
+
+
+def _original_rnn(f, path, vocabulary):
+    """The original repository's rnn/lstm .npz (exactly the eight CaptioningRNN arrays) -> model, config."""
+    (V, W), (D, H) = f["W_embed"].shape, f["W_proj"].shape
+    cell = {H: "rnn", 4 * H: "lstm"}.get(f["Wh"].shape[1]) if f["Wh"].shape[0] == H else None
+    if cell is None:
+        raise ValueError(f"Wh has shape {f['Wh'].shape}: neither (H, H) for an rnn nor (H, 4H) for an lstm, H={H}")
+    config = {"model": cell, "input_dim": D, "wordvec_dim": W, "hidden_dim": H, "dtype": f["W_embed"].dtype.name,
+              "idx_to_word": _original_vocabulary(vocabulary, V, path), "format": "original"}
+    model = CaptioningRNN.from_config(config)
+    _copy_arrays(model, f)
+    return model, config
+
+
+def _original_transformer_config(state, path, vocabulary, num_heads):
+    """Config of the original repository's `torch.save(model.state_dict())` (sizes from the shapes)."""
+    E, D = state["visual_projection.weight"].shape
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("transformer.layers.")}
+    if E % num_heads:
+        raise UserError(f"original-format transformer {path} has width {E}, which --num_heads {num_heads} "
+                        "does not divide")
+    return {"model": "transformer", "input_dim": D, "wordvec_dim": E, "num_heads": num_heads,
+            "num_layers": len(layers), "max_length": state["positional_encoding.pe"].shape[1],
+            "dim_feedforward": state["transformer.layers.0.linear1.weight"].shape[0], "dropout": 0.1,
+            "idx_to_word": _original_vocabulary(vocabulary, state["embedding.weight"].shape[0], path),
+            "format": "original"}
+
+
+def _read(path, device, vocabulary=None, num_heads=2):
     """-> model, config, training state (or None) of a checkpoint file; UserError when unreadable."""
     path = Path(path)
     if path.is_dir():
@@ -121,19 +172,22 @@ def _read(path, device):
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f"{path} is not a checkpoint of this project ({e})") from None
     try:
-        if "config.npy" in names:
+        if "config.npy" in names or set(names) == {f"{k}.npy" for k in ORIGINAL_RNN_ARRAYS}:
             with np.load(path, allow_pickle=False) as f:
-                config = json.loads(str(f["config"]))
-                model = CaptioningRNN.from_config(config)
-                for name, value in model.params.items():
-                    if f[name].shape != value.shape:
-                        raise ValueError(f"parameter {name} has shape {f[name].shape}, expected {value.shape}")
-                    model.params[name] = f[name].astype(value.dtype)
-                state = config.pop("training_state", None)
-                state = _join_arrays(state, f) if state is not None else None
+                if "config" not in f:
+                    model, config = _original_rnn(f, path, vocabulary)
+                    state = None
+                else:
+                    config = json.loads(str(f["config"]))
+                    model = CaptioningRNN.from_config(config)
+                    _copy_arrays(model, f)
+                    state = config.pop("training_state", None)
+                    state = _join_arrays(state, f) if state is not None else None
             _check_finite(model.params.items(), path)
             return model, config, state
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(blob, dict) and "transformer.layers.0.linear1.weight" in blob:  # the original's state_dict
+            blob = {"config": _original_transformer_config(blob, path, vocabulary, num_heads), "state_dict": blob}
         if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
             raise ValueError("it holds no config and state_dict")
         stored = blob.pop("sha256", None)
@@ -142,7 +196,9 @@ def _read(path, device):
         config = blob["config"]
         _check_finite(blob["state_dict"].items(), path)
         model = CaptioningTransformer.from_config(config)
-        model.load_state_dict(blob["state_dict"])
+        state_dict = {(f"transformer.{k}" if k.startswith("layers.") else k): v  # files written before the rename
+                      for k, v in blob["state_dict"].items()}
+        model.load_state_dict(state_dict)
         model.to(device)
         model.eval()
         return model, config, blob.get("training_state")
@@ -155,13 +211,18 @@ def _read(path, device):
         raise UserError(f"{path} is not a readable checkpoint of this project ({type(e).__name__}: {e})") from None
 
 
-def load_checkpoint(path, device="cpu"):
-    """Rebuild a model from a checkpoint file alone -> (model, config dict).
+def load_checkpoint(path, device="cpu", vocabulary=None, num_heads=2):
+    """Rebuild a model from a checkpoint file -> (model, config dict).
 
-    Raises UserError when the file is missing, is not a checkpoint of this project, is
-    corrupt or holds non-finite weights.
+    Reads this project's files (config and vocabulary inside) and the original repository's
+    (`rnn_checkpoint.npz`/`lstm_checkpoint.npz`: the eight arrays alone; `transformer_model.pt`:
+    a bare state_dict): their sizes come from the shapes, their vocabulary from `vocabulary`
+    (idx_to_word, or a callable returning it; it must have the checkpoint's V words), an original
+    transformer's head count from num_heads. config["format"] is "original" for those.
+    Raises UserError when the file is missing, is not a checkpoint, is corrupt or holds
+    non-finite weights.
     """
-    model, config, _ = _read(path, device)
+    model, config, _ = _read(path, device, vocabulary, num_heads)
     return model, config
 
 

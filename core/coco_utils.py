@@ -108,11 +108,17 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
         num_train = data["train_captions"].shape[0]
         if not 0 < max_train <= num_train:
             raise UserError(f"--num_samples {max_train} is out of range: {base_dir} has {num_train} training captions")
-        rows = np.sort(np.random.default_rng(seed).choice(num_train, size=max_train, replace=False))
+        rows = subset_rows(num_train, max_train, seed)
         data["train_captions"] = data["train_captions"][rows]
         data["train_image_idxs"] = data["train_image_idxs"][rows]
         data["train_rows"] = rows
     return data
+
+
+def subset_rows(num_captions, size, seed):
+    """The caption rows `training.py --num_samples size --seed seed` trains on: (size,) sorted,
+    drawn without replacement."""
+    return np.sort(np.random.default_rng(seed).choice(num_captions, size=size, replace=False))
 
 
 def _check_features(features, path):
@@ -184,6 +190,18 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
 
 
 SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")
+
+
+def index_vocabulary(word_to_idx):
+    """word_to_idx -> idx_to_word (list; None where no word has that index), and the indices of
+    <NULL> (required), <START> and <END> (None when absent: the CS231n notebooks check losses with
+    a vocabulary such as {"<NULL>": 0, "cat": 2, "dog": 3}, which has neither)."""
+    if "<NULL>" not in word_to_idx:
+        raise ValueError("the vocabulary has no <NULL> token")
+    idx_to_word = [None] * (max(word_to_idx.values()) + 1)
+    for word, i in word_to_idx.items():
+        idx_to_word[i] = word
+    return idx_to_word, word_to_idx["<NULL>"], word_to_idx.get("<START>"), word_to_idx.get("<END>")
 
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana and Han ideographs

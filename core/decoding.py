@@ -6,7 +6,7 @@ A decoder exposes a step interface:
     state = model.init_state(features)          # features (N, D)
     logprobs, state = model.step(words, state)  # words (B,) int -> log-probabilities (B, V) numpy
     state = model.select_state(state, rows)     # keep/replicate batch rows (B',) of the state
-and the token indices model._start, model._end, model._null. The numpy models carry
+and the token indices model.start_idx, model.end_idx, model.null_idx. The numpy models carry
 (h, c); the transformer carries a key/value cache, so each step costs one position.
 """
 import contextlib
@@ -31,9 +31,18 @@ def _inference(model):
         model.train(was_training)
 
 
+def require_start_end(model):
+    """ValueError when the model's vocabulary lacks <START> or <END>, which decoding needs."""
+    if model.start_idx is None or model.end_idx is None:
+        raise ValueError("decoding needs <START> and <END> in the vocabulary; this model's has "
+                         + " and ".join(t for t, i in (("no <START>", model.start_idx), ("no <END>", model.end_idx))
+                                        if i is None))
+
+
 def decode(model, features, max_length=30, beam_size=1, length_penalty=0.0):
     """features (N, D) -> captions (N, L) int64: the words after <START>, with <END> where
     produced and <NULL> after it. beam_size 1 is greedy decoding."""
+    require_start_end(model)
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     if beam_size == 1:
@@ -44,8 +53,8 @@ def decode(model, features, max_length=30, beam_size=1, length_penalty=0.0):
 def greedy_search(model, features, max_length=30):
     """Pick the most likely word at every step. features (N, D) -> (N, L) int64."""
     N = len(features)
-    captions = np.full((N, max_length), model._null, dtype=np.int64)
-    words = np.full(N, model._start, dtype=np.int64)
+    captions = np.full((N, max_length), model.null_idx, dtype=np.int64)
+    words = np.full(N, model.start_idx, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
     with _inference(model):
         state = model.init_state(features)
@@ -53,7 +62,7 @@ def greedy_search(model, features, max_length=30):
             logprobs, state = model.step(words, state)
             words = logprobs.argmax(axis=1)
             captions[~done, t] = words[~done]
-            done |= words == model._end
+            done |= words == model.end_idx
             if done.all():
                 break
     return captions
@@ -69,12 +78,12 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0)
     each returned caption.
     """
     N, K = len(features), beam_size
-    seqs = np.full((N, K, max_length), model._null, dtype=np.int64)
+    seqs = np.full((N, K, max_length), model.null_idx, dtype=np.int64)
     scores = np.zeros((N, K))
     scores[:, 1:] = -np.inf  # all beams start identical: expand only the first
     lengths = np.zeros((N, K), dtype=np.int64)
     done = np.zeros((N, K), dtype=bool)
-    words = np.full(N * K, model._start, dtype=np.int64)
+    words = np.full(N * K, model.start_idx, dtype=np.int64)
     with _inference(model):
         state = model.select_state(model.init_state(features), np.repeat(np.arange(N), K))
         for t in range(max_length):
@@ -82,7 +91,7 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0)
             logprobs = logprobs.reshape(N, K, -1).astype(np.float64)
             V = logprobs.shape[2]
             logprobs[done] = -np.inf  # a finished beam extends only with <NULL>, at no cost
-            logprobs[done, model._null] = 0.0
+            logprobs[done, model.null_idx] = 0.0
             total = scores[:, :, None] + logprobs  # (N, K, V)
             new_len = (lengths + ~done)[:, :, None]  # (N, K, 1)
             rank = total / new_len ** length_penalty if length_penalty else total
@@ -94,7 +103,7 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0)
             seqs[:, :, t] = word
             scores = total[rows, beam, word]
             lengths = new_len[rows, beam, 0]
-            done = done[rows, beam] | (word == model._end)
+            done = done[rows, beam] | (word == model.end_idx)
             state = model.select_state(state, (rows * K + beam).reshape(-1))
             words = word.reshape(-1)
             if done.all():
@@ -102,7 +111,7 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0)
     final = scores / np.maximum(lengths, 1) ** length_penalty if length_penalty else scores
     best = np.argmax(final, axis=1)
     picked = seqs[np.arange(N), best]
-    return _pad_after_end(picked, model._end, model._null), scores[np.arange(N), best]
+    return _pad_after_end(picked, model.end_idx, model.null_idx), scores[np.arange(N), best]
 
 
 def _pad_after_end(captions, end, null):
@@ -118,15 +127,16 @@ def sequence_logprob(model, features, captions):
 
     features (N, D), captions (N, L) as returned by decode -> (N,) float64.
     """
+    require_start_end(model)
     N, L = captions.shape
     total = np.zeros(N)
     done = np.zeros(N, dtype=bool)
-    words = np.full(N, model._start, dtype=np.int64)
+    words = np.full(N, model.start_idx, dtype=np.int64)
     with _inference(model):
         state = model.init_state(features)
         for t in range(L):
             logprobs, state = model.step(words, state)
             words = captions[:, t]
             total[~done] += logprobs[np.arange(N), words][~done]
-            done |= words == model._end
+            done |= words == model.end_idx
     return total

@@ -23,18 +23,18 @@ def sigmoid(x, out=None):
 
 
 def affine_forward(x, w, b):
-    """Fully connected layer.
+    """Fully connected layer (the CS231n API: x may have any trailing shape, flattened to D).
 
-    x (N, D), w (D, M), b (M,) -> out (N, M), cache.
+    x (N, D) or (N, d1, ..., dk) with D = d1 * ... * dk, w (D, M), b (M,) -> out (N, M), cache.
     """
-    out = x @ w + b
-    return out, (x, w)
+    x2 = x.reshape(x.shape[0], -1)  # (N, D), a view for a contiguous x
+    return x2 @ w + b, (x2, w, x.shape)
 
 
 def affine_backward(dout, cache):
-    """dout (N, M) -> dx (N, D), dw (D, M), db (M,)."""
-    x, w = cache
-    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+    """dout (N, M) -> dx (shaped like the forward's x), dw (D, M), db (M,)."""
+    x2, w, x_shape = cache
+    return (dout @ w.T).reshape(x_shape), x2.T @ dout, dout.sum(axis=0)
 
 
 def temporal_affine_forward(x, w, b):

@@ -150,3 +150,21 @@ class TransformerDecoderLayer(nn.Module):
         x = self.norm1(x + self.self_attn.attend(x, cache["k"][:, :, :t + 1], cache["v"][:, :, :t + 1]))
         x = self.norm2(x + self.multihead_attn.attend(x, cache["mem_k"], cache["mem_v"]))
         return self.norm3(x + self.linear2(F.relu(self.linear1(x))))
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of num_layers decoder layers, held in `layers` (the original repository's
+    `transformer.layers.{i}` parameter names).
+
+    forward: tgt (N, T, E), memory (N, S, E), tgt_mask (T, T) -> (N, T, E).
+    """
+
+    def __init__(self, input_dim, num_heads, num_layers, dim_feedforward=2048, dropout=0.1):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerDecoderLayer(input_dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers))
+
+    def forward(self, tgt, memory, tgt_mask=None):
+        for layer in self.layers:
+            tgt = layer(tgt, memory, tgt_mask=tgt_mask)
+        return tgt

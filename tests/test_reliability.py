@@ -312,7 +312,7 @@ def test_a_bit_flip_in_a_torch_checkpoint_is_found(tmp_path):
     model, path = _transformer_file(tmp_path)
     load_checkpoint(path)  # intact: loads
     raw = bytearray(path.read_bytes())
-    weight = model.layers[0].linear1.weight.detach().numpy().tobytes()
+    weight = model.transformer.layers[0].linear1.weight.detach().numpy().tobytes()
     at = raw.find(weight[:32])
     assert at > 0
     raw[at + 5] ^= 0x10

@@ -93,8 +93,8 @@ def test_checkpoint_round_trip_without_pickle(tmp_path, cell_type):
 def test_rejects_bad_configuration():
     with pytest.raises(ValueError, match="cell_type"):
         CaptioningRNN(VOCAB, cell_type="gru")
-    with pytest.raises(ValueError, match="<START>"):
-        CaptioningRNN({"<NULL>": 0, "<END>": 1})
+    with pytest.raises(ValueError, match="<NULL>"):
+        CaptioningRNN({"<START>": 0, "<END>": 1})
 
 
 def test_keep_freed_memory_changes_nothing_but_speed():

@@ -54,13 +54,13 @@ def test_train_then_infer(trained, fake_coco, model, checkpoint):
     assert len(history["loss"]) == 2 * 4  # 200 captions in batches of 50
     if model == "transformer":
         transformer, config = load_checkpoint(trained / checkpoint)
-        assert config["dim_feedforward"] == 24 and transformer.layers[0].linear1.out_features == 24
+        assert config["dim_feedforward"] == 24 and transformer.transformer.layers[0].linear1.out_features == 24
 
     result = run("inference.py", "--model", model, "--data_dir", fake_coco, "--num_images", 4, "--device", "cpu",
                  cwd=trained)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("truth:") == 4 and result.stdout.count("predicted:") == 4
-    figure = trained / "outputs" / f"{model}_val_captions.png"
+    assert result.stdout.count("truth:") == 8 and result.stdout.count("predicted:") == 8  # 4 train, 4 val
+    figure = trained / "outputs" / f"{model}_train_val_greedy_captions.png"
     assert figure.stat().st_size > 1000
     assert "could not be fetched" not in result.stdout  # the fixture's URLs are real PNG files
 
@@ -74,10 +74,10 @@ def test_inference_survives_images_that_cannot_be_fetched(trained, fake_coco, tm
     shutil.copytree(fake_coco, data)
     (data / "val2014_urls.txt").write_text("http://127.0.0.1:9/dead.jpg\n" + "no/such/file.jpg\n" * 19)
     result = run("inference.py", "--model", "lstm", "--checkpoint", trained / "lstm_checkpoint.npz",
-                 "--data_dir", data, "--num_images", 3, "--out_dir", tmp_path / "out", cwd=tmp_path)
+                 "--data_dir", data, "--num_images", 3, "--split", "val", "--out_dir", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "3 image(s) could not be fetched" in result.stdout
-    assert (tmp_path / "out" / "lstm_val_captions.png").is_file()
+    assert (tmp_path / "out" / "lstm_val_greedy_captions.png").is_file()
 
 
 def test_seeded_training_is_reproducible(fake_coco, tmp_path):
@@ -246,7 +246,8 @@ def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypat
 
     monkeypatch.setattr(inference, "load_checked_data", lambda args, config: data)
     monkeypatch.setattr(inference, "sample", second_reference_but_empty_last)
-    args = inference.parse_args(["--model", "lstm", "--data_dir", str(fake_coco), "--num_images", "3"])
-    _, truth, predicted, _ = inference.caption_dataset_images(args, None, {})
+    args = inference.parse_args(["--model", "lstm", "--data_dir", str(fake_coco), "--num_images", "3", "--split", "val"])
+    panels, _ = inference.caption_dataset_images(args, None, {})
+    truth, predicted = [p["truth"] for p in panels], [p["predicted"] for p in panels]
     assert truth[:2] == predicted[:2] and predicted[2] == ""
     assert truth[2] == decode_captions(captions[np.flatnonzero(image_idxs == chosen[2])[0]], data["idx_to_word"])

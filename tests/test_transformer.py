@@ -135,8 +135,8 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
 def test_rejects_bad_sizes():
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(10, 3)
-    with pytest.raises(ValueError, match="max_length"):
-        _model(max_length=8).sample(np.zeros((1, 6), dtype=np.float32), max_length=8)
+    with pytest.raises(ValueError, match="max_length=9 needs a model built with max_length >= 9"):
+        _model(max_length=8).sample(np.zeros((1, 6), dtype=np.float32), max_length=9)
 
 
 def test_solver_device_plumbing_on_cpu(fake_coco):

@@ -9,6 +9,7 @@ it shifted left (w1 w2 ... <END>), with <NULL> padding masked out of the loss.
 """
 import numpy as np
 
+from core.coco_utils import index_vocabulary
 from core.decoding import decode
 from core.rnn_layers import affine_backward, affine_forward, softmax_loss
 from lstm_utils import lstm_backward, lstm_forward, lstm_step_from_projection
@@ -26,7 +27,7 @@ CELL_TYPES = ("rnn", "lstm")
 class CaptioningRNN:
     """Recurrent caption decoder with parameters in `self.params` (name -> array).
 
-    word_to_idx: dict word -> index, V entries, with <NULL>, <START> and <END>.
+    word_to_idx: dict word -> index, V entries, with <NULL> (and <START>, <END> to sample).
     input_dim D, wordvec_dim W, hidden_dim H; cell_type "rnn" or "lstm".
     """
 
@@ -34,19 +35,11 @@ class CaptioningRNN:
                  cell_type="rnn", dtype=np.float32, seed=None):
         if cell_type not in CELL_TYPES:
             raise ValueError(f'cell_type must be one of {CELL_TYPES}, got "{cell_type}"')
-        for token in ("<NULL>", "<START>", "<END>"):
-            if token not in word_to_idx:
-                raise ValueError(f"the vocabulary has no {token} token")
         self.cell_type = cell_type
         self.dtype = np.dtype(dtype)
         self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word = [None] * len(word_to_idx)
-        for word, i in word_to_idx.items():
-            self.idx_to_word[i] = word
+        self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = index_vocabulary(word_to_idx)
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
-        self._null = word_to_idx["<NULL>"]
-        self._start = word_to_idx["<START>"]
-        self._end = word_to_idx["<END>"]
 
         rng = np.random.default_rng(seed)
         V, D, W, H = len(word_to_idx), input_dim, wordvec_dim, hidden_dim
@@ -82,7 +75,7 @@ class CaptioningRNN:
     @classmethod
     def from_config(cls, config, seed=None):
         """Build an untrained model from a `config()` dict (dtype float32 when it names none)."""
-        word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"])}
+        word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"]) if w is not None}
         return cls(word_to_idx, input_dim=config["input_dim"], wordvec_dim=config["wordvec_dim"],
                    hidden_dim=config["hidden_dim"], cell_type=config["model"],
                    dtype=np.dtype(config.get("dtype", "float32")), seed=seed)
@@ -90,7 +83,8 @@ class CaptioningRNN:
     @staticmethod
     def count_parameters(config):
         """Number of weights of the model a `config()` dict describes, without building it."""
-        V, D, W, H = len(config["idx_to_word"]), config["input_dim"], config["wordvec_dim"], config["hidden_dim"]
+        V = sum(w is not None for w in config["idx_to_word"])
+        D, W, H = config["input_dim"], config["wordvec_dim"], config["hidden_dim"]
         G = 4 * H if config["model"] == "lstm" else H
         return V * W + D * H + H + (W + H + 1) * G + H * V + V
 
@@ -101,7 +95,7 @@ class CaptioningRNN:
         """
         p = self.params
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
-        mask = captions_out != self._null
+        mask = captions_out != self.null_idx
 
         h0, proj_cache = affine_forward(features.astype(self.dtype, copy=False), p["W_proj"], p["b_proj"])
         x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.decoding import decode
-from core.transformer_layers import PositionalEncoding, TransformerDecoderLayer
+from core.coco_utils import index_vocabulary
+from core.decoding import decode, require_start_end
+from core.transformer_layers import PositionalEncoding, TransformerDecoder
 
 
 class CaptioningTransformer(nn.Module):
@@ -23,27 +24,17 @@ class CaptioningTransformer(nn.Module):
     def __init__(self, word_to_idx, input_dim, wordvec_dim, num_heads=4, num_layers=2,
                  max_length=50, dim_feedforward=2048, dropout=0.1):
         super().__init__()
-        for token in ("<NULL>", "<START>", "<END>"):
-            if token not in word_to_idx:
-                raise ValueError(f"the vocabulary has no {token} token")
         self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word = [None] * len(word_to_idx)
-        for word, i in word_to_idx.items():
-            self.idx_to_word[i] = word
+        self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = index_vocabulary(word_to_idx)
         self.input_dim, self.wordvec_dim = input_dim, wordvec_dim
         self.num_heads, self.num_layers, self.max_length = num_heads, num_layers, max_length
         self.dim_feedforward, self.dropout = dim_feedforward, dropout
-        self._null = word_to_idx["<NULL>"]
-        self._start = word_to_idx["<START>"]
-        self._end = word_to_idx["<END>"]
         V = len(word_to_idx)
 
         self.visual_projection = nn.Linear(input_dim, wordvec_dim)
-        self.embedding = nn.Embedding(V, wordvec_dim, padding_idx=self._null)
+        self.embedding = nn.Embedding(V, wordvec_dim, padding_idx=self.null_idx)
         self.positional_encoding = PositionalEncoding(wordvec_dim, dropout=dropout, max_len=max_length)
-        self.layers = nn.ModuleList(
-            TransformerDecoderLayer(wordvec_dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers)
-        )
+        self.transformer = TransformerDecoder(wordvec_dim, num_heads, num_layers, dim_feedforward, dropout)
         self.output = nn.Linear(wordvec_dim, V)
         self.apply(self._init_weights)
 
@@ -76,14 +67,15 @@ class CaptioningTransformer(nn.Module):
     @classmethod
     def from_config(cls, config):
         """Build an untrained model from a `config()` dict."""
-        word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"])}
+        word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"]) if w is not None}
         keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length", "dim_feedforward", "dropout")
         return cls(word_to_idx, **{k: config[k] for k in keys})
 
     @staticmethod
     def count_parameters(config):
         """Number of weights of the model a `config()` dict describes, without building it."""
-        V, D, E = len(config["idx_to_word"]), config["input_dim"], config["wordvec_dim"]
+        V = sum(w is not None for w in config["idx_to_word"])
+        D, E = config["input_dim"], config["wordvec_dim"]
         F, L = config["dim_feedforward"], config["num_layers"]
         layer = 8 * (E * E + E) + (E * F + F) + (F * E + E) + 6 * E  # two attentions, feed-forward, three norms
         return (D * E + E) + V * E + L * layer + (E * V + V)
@@ -99,9 +91,7 @@ class CaptioningTransformer(nn.Module):
         memory = self.visual_projection(features)[:, None, :]  # (N, 1, E)
         x = self.positional_encoding(self.embedding(captions))  # (N, T, E)
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # (T, T)
-        for layer in self.layers:
-            x = layer(x, memory, tgt_mask=mask)
-        return self.output(x)  # (N, T, V)
+        return self.output(self.transformer(x, memory, tgt_mask=mask))  # (N, T, V)
 
     def loss(self, features, captions):
         """Teacher-forced loss, as the numpy models define it: cross-entropy summed over
@@ -112,14 +102,14 @@ class CaptioningTransformer(nn.Module):
         scores = self(features, captions[:, :-1])  # (N, T, V)
         targets = captions[:, 1:]
         total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1),
-                                ignore_index=self._null, reduction="sum")
+                                ignore_index=self.null_idx, reduction="sum")
         return total / captions.shape[0]
 
     def init_state(self, features):
         """Decoding state before the first word: features (N, D) -> key/value caches and position 0."""
         features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
         memory = self.visual_projection(features)[:, None, :]  # (N, 1, E)
-        return {"t": 0, "layers": [layer.init_cache(memory, self.max_length) for layer in self.layers]}
+        return {"t": 0, "layers": [layer.init_cache(memory, self.max_length) for layer in self.transformer.layers]}
 
     def step(self, words, state):
         """One decoding step with the key/value cache (eval mode, no grad).
@@ -131,7 +121,7 @@ class CaptioningTransformer(nn.Module):
             raise ValueError(f"cannot decode past max_length={self.max_length} positions")
         words = torch.as_tensor(np.asarray(words), dtype=torch.long, device=self.device)
         x = self.positional_encoding(self.embedding(words)[:, None, :], offset=t)  # (N, 1, E)
-        for layer, cache in zip(self.layers, state["layers"]):
+        for layer, cache in zip(self.transformer.layers, state["layers"]):
             x = layer.step(x, cache, t)
         logprobs = F.log_softmax(self.output(x[:, 0]).float(), dim=-1)  # (N, V)
         state["t"] = t + 1
@@ -161,25 +151,27 @@ class CaptioningTransformer(nn.Module):
         return decode(self, features, max_length, beam_size, length_penalty)
 
     def _check_length(self, max_length):
-        if max_length + 1 > self.max_length:
-            raise ValueError(f"max_length={max_length} needs a model built with max_length >= {max_length + 1}")
+        """The decoder reads <START> and at most max_length - 1 words to produce max_length words."""
+        if max_length > self.max_length:
+            raise ValueError(f"max_length={max_length} needs a model built with max_length >= {max_length}")
 
     @torch.no_grad()
     def sample_uncached(self, features, max_length=30):
         """Greedy decoding that re-runs the decoder on the whole prefix at every step: the
         reference the cached path is tested against. Same inputs and outputs as `sample`."""
         self._check_length(max_length)
+        require_start_end(self)
         was_training = self.training
         self.eval()
         features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
         N = features.shape[0]
-        tokens = torch.full((N, 1), self._start, dtype=torch.long, device=self.device)
+        tokens = torch.full((N, 1), self.start_idx, dtype=torch.long, device=self.device)
         done = torch.zeros(N, dtype=torch.bool, device=self.device)
-        captions = torch.full((N, max_length), self._null, dtype=torch.long, device=self.device)
+        captions = torch.full((N, max_length), self.null_idx, dtype=torch.long, device=self.device)
         for t in range(max_length):
             words = self(features, tokens)[:, -1].argmax(dim=-1)  # (N,)
             captions[:, t] = torch.where(done, captions[:, t], words)
-            done |= words == self._end
+            done |= words == self.end_idx
             if bool(done.all()):
                 break
             tokens = torch.cat([tokens, words[:, None]], dim=1)
