@@ -89,17 +89,70 @@ def test_wide_beam_finds_the_exhaustive_optimum(name):
         assert score[0] == pytest.approx(best, abs=1e-5)
 
 
-def test_length_penalty_prefers_longer_captions():
-    model = _rnn("lstm")
-    plain = decode(model, FEATURES, max_length=12, beam_size=5)
-    normed = decode(model, FEATURES, max_length=12, beam_size=5, length_penalty=1.0)
+class MarkovChain:
+    """A decoder whose next-word log-probabilities depend only on the previous word (a fixed random
+    table), with the step interface of core/decoding.py; <NULL> is never likely."""
 
-    def length(c):
-        return (np.cumsum(c == VOCAB["<END>"], axis=1) == 0).sum(axis=1)
+    null_idx, start_idx, end_idx = 0, 1, 2
 
-    assert length(normed).mean() >= length(plain).mean()
+    def __init__(self, seed, V=6, end_bias=0.0):
+        rng = np.random.default_rng(seed)
+        scores = rng.standard_normal((V, V)) * 1.5
+        scores[:, 0] = -30.0
+        scores[:, 2] += end_bias
+        self.table = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+
+    def init_state(self, features):
+        return None
+
+    def step(self, words, state):
+        return self.table[words], state
+
+    def select_state(self, state, rows):
+        return state
+
+
+def reference_beam_search(model, K, L, penalty):
+    """Plain one-image beam search: keep the K best by score / length ** penalty at every step,
+    finished beams carried along unchanged; return the best finished-or-not caption by the same rank."""
+    def rank(beam):
+        return beam[1] / beam[2] ** penalty if penalty else beam[1]
+
+    beams = [((), 0.0, 0, False)]  # words, summed log-probability, length (words up to <END>), finished
+    for _ in range(L):
+        candidates = []
+        for words, score, length, done in beams:
+            if done:
+                candidates.append((words + (model.null_idx,), score, length, True))
+                continue
+            last = words[-1] if words else model.start_idx
+            for w, lp in enumerate(model.table[last]):
+                candidates.append((words + (w,), score + lp, length + 1, w == model.end_idx))
+        beams = sorted(candidates, key=rank, reverse=True)[:K]
+        if all(b[3] for b in beams):
+            break
+    best = max(beams, key=rank)
+    return list(best[0]) + [model.null_idx] * (L - len(best[0])), best[1]
+
+
+@pytest.mark.parametrize("penalty", [0.0, 0.7, 1.5])
+def test_beam_search_ranks_and_picks_by_the_length_penalty(penalty):
+    """Against a plain reference on many random chains: a beam search that ignored the penalty while
+    ranking, or in its final pick, returns other captions."""
+    differs_from_plain = 0
+    for seed in range(40):
+        model = MarkovChain(seed, end_bias=-0.5)
+        expected, expected_score = reference_beam_search(model, K=3, L=7, penalty=penalty)
+        captions, scores = beam_search(model, np.zeros((1, 1)), max_length=7, beam_size=3, length_penalty=penalty)
+        assert captions[0].tolist() == expected, seed
+        assert scores[0] == pytest.approx(expected_score)
+        differs_from_plain += captions[0].tolist() != reference_beam_search(model, K=3, L=7, penalty=0.0)[0]
+    assert (differs_from_plain > 0) == (penalty > 0)  # the penalty changes results on these chains
+
+
+def test_beam_size_must_be_positive():
     with pytest.raises(ValueError, match="beam_size"):
-        decode(model, FEATURES, beam_size=0)
+        decode(_rnn("lstm"), FEATURES, beam_size=0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -1,0 +1,214 @@
+"""The shared training loop in-process, with a tiny fake model, and what both solvers add to it."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from core.captioning_solver import CaptioningSolver
+from core.captioning_solver_transformer import CaptioningSolverTransformer
+from core.model.rnn_model import CaptioningRNN
+from core.model.transformer import CaptioningTransformer
+from core.solver_base import SolverBase
+
+WORDS = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "b": 4}
+
+
+def _data(num_train=23, num_val=17):
+    """Captions whose first word slot holds their own row number, so a batch says which rows it holds."""
+    def split(n):
+        captions = np.zeros((n, 4), dtype=np.int32)
+        captions[:, 0] = np.arange(n)
+        return captions, np.arange(n, dtype=np.int32) % 5, np.zeros((5, 3), dtype=np.float32)
+
+    data = {}
+    for name, n in (("train", num_train), ("val", num_val)):
+        data[f"{name}_captions"], data[f"{name}_image_idxs"], data[f"{name}_features"] = split(n)
+    return data
+
+
+class FakeSolver(SolverBase):
+    """Records what the loop asks of a solver; the loss of a training batch is scripted."""
+
+    def __init__(self, data, train_losses=None, val_value=None, **kw):
+        self.seen, self.lr, self.calls = [], 1.0, []
+        self.train_losses = iter(train_losses) if train_losses is not None else None
+        self.val_value = val_value if val_value is not None else (lambda rows: 5.0)
+        super().__init__(None, data, **kw)
+
+    def _train_step(self, features, captions):
+        self.seen.append(captions[:, 0].copy())
+        return next(self.train_losses) if self.train_losses is not None else 1.0
+
+    def _eval_loss(self, features, captions):
+        return float(np.mean([self.val_value(row) for row in captions[:, 0]]))
+
+    def _decay_lr(self, factor):
+        self.lr *= factor
+
+    def _optimizer_state(self):
+        return {"lr": self.lr}
+
+    def _load_optimizer_state(self, state):
+        self.lr = state["lr"]
+
+    @property
+    def learning_rate(self):
+        return self.lr
+
+
+def _epochs(solver, iters):
+    """The rows the solver trained on, grouped by epoch."""
+    return [np.concatenate(solver.seen[e * iters:(e + 1) * iters]) for e in range(len(solver.seen) // iters)]
+
+
+def test_every_epoch_visits_every_caption_once_in_a_new_order():
+    solver = FakeSolver(_data(), num_epochs=4, batch_size=5, verbose=False, seed=1)
+    solver.train()
+    assert len(solver.seen) == 4 * 5 and [len(b) for b in solver.seen[:5]] == [5, 5, 5, 5, 3]
+    epochs = _epochs(solver, 5)
+    for rows in epochs:
+        assert sorted(rows) == list(range(23))
+    orders = {tuple(rows) for rows in epochs}
+    assert len(orders) == 4 and tuple(range(23)) not in orders  # shuffled, and differently each epoch
+    again = FakeSolver(_data(), num_epochs=4, batch_size=5, verbose=False, seed=1)
+    again.train()
+    assert all((a == b).all() for a, b in zip(again.seen, solver.seen))  # the seed fixes the order
+    other = FakeSolver(_data(), num_epochs=1, batch_size=5, verbose=False, seed=2)
+    other.train()
+    assert not np.array_equal(_epochs(other, 5)[0], epochs[0])
+
+
+def test_max_iters_cuts_every_epoch():
+    solver = FakeSolver(_data(), num_epochs=3, batch_size=5, max_iters=2, verbose=False)
+    history = solver.train()
+    assert len(solver.seen) == 6 and len(history["loss"]) == 6 and len(history["train_loss"]) == 3
+
+
+def test_history_records_each_iteration_and_epoch_means():
+    losses = [4.0, 2.0, 3.0, 1.0, 0.5, 0.25]
+    solver = FakeSolver(_data(num_train=12), train_losses=losses, num_epochs=2, batch_size=4, lr_decay=0.5,
+                        verbose=False)
+    history = solver.train()
+    assert history["loss"] == losses
+    assert history["train_loss"] == [3.0, 0.5833333333333334]
+    assert history["learning_rate"] == [1.0, 0.5] and solver.lr == 0.25
+    assert history["val_loss"] == [5.0, 5.0] and len(history["train_seconds"]) == 2
+
+
+def test_validation_uses_a_fixed_seeded_subset_weighted_per_caption():
+    values = np.arange(17, dtype=float) ** 2  # per-caption "loss" of each val row
+    solver = FakeSolver(_data(), val_value=lambda row: values[row], num_epochs=2, batch_size=4, val_samples=10,
+                        verbose=False, seed=3)
+    rows = solver.val_rows
+    assert len(rows) == 10 and len(set(rows.tolist())) == 10 and (np.diff(rows) > 0).all()
+    history = solver.train()
+    expected = values[rows].mean()  # batches of 4, 4, 2: a plain mean of batch means would differ
+    assert history["val_loss"] == [pytest.approx(expected, rel=1e-12)] * 2
+    assert not np.array_equal(rows, FakeSolver(_data(), val_samples=10, seed=4, verbose=False).val_rows)
+    assert len(FakeSolver(_data(), val_samples=1000, verbose=False).val_rows) == 17
+
+
+def test_best_epoch_is_the_lowest_validation_loss_and_callbacks_run_in_order():
+    script = iter([3.0, 1.0, 2.0, 0.5, 0.7])
+    current = {}
+    calls = []
+
+    def on_epoch_end(solver, epoch, is_best):
+        calls.append(("epoch", epoch, is_best, solver.history["val_loss"][-1]))
+
+    solver = FakeSolver(_data(), num_epochs=5, batch_size=23, verbose=False, on_epoch_end=on_epoch_end,
+                        save_state=lambda s: calls.append(("save", s.epoch, s.iteration)))
+    solver.val_loss = lambda: current.setdefault(len(solver.history["val_loss"]), next(script))
+    solver.train()
+    assert [c for c in calls if c[0] == "epoch"] == [("epoch", 1, True, 3.0), ("epoch", 2, True, 1.0),
+                                                     ("epoch", 3, False, 2.0), ("epoch", 4, True, 0.5),
+                                                     ("epoch", 5, False, 0.7)]
+    assert [c for c in calls if c[0] == "save"] == [("save", e, 0) for e in range(1, 6)]
+    assert calls.index(("save", 1, 0)) == calls.index(("epoch", 1, True, 3.0)) + 1  # state saved after the callback
+    assert (solver.best_epoch, solver.best_val_loss) == (4, 0.5)
+
+
+def test_the_best_checkpoint_is_written_only_for_best_epochs(fake_coco, tmp_path, monkeypatch):
+    import training
+
+    written = []
+    monkeypatch.setattr(training, "save_checkpoint", lambda model, path, info: written.append(info["epoch"]))
+    args = training.parse_args(["--model", "rnn", "--data_dir", str(fake_coco)])
+    tracker = training.BestTracker(args, {}, tmp_path / "best.npz", {})
+
+    class Solver:
+        model, history = None, {"val_loss": []}
+
+    for epoch, (loss, is_best) in enumerate([(3, True), (4, False), (2, True), (2.5, False)], 1):
+        Solver.history["val_loss"].append(loss)
+        tracker.on_epoch_end(Solver, epoch, is_best)
+    assert written == [1, 3] and tracker.best["epoch"] == 3
+
+
+def _rnn_solver(data, **kw):
+    model = CaptioningRNN(data["word_to_idx"], input_dim=512, wordvec_dim=8, hidden_dim=8, cell_type="rnn", seed=0)
+    return CaptioningSolver(model, data, update_rule="sgd_momentum", optim_config={"learning_rate": 0.2}, **kw)
+
+
+def _transformer_solver(data, device="cpu", **kw):
+    torch.manual_seed(0)
+    model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=8, num_heads=2, num_layers=1,
+                                  dim_feedforward=8)
+    return CaptioningSolverTransformer(model, data, learning_rate=0.2, device=device, **kw)
+
+
+@pytest.mark.parametrize("make", [_rnn_solver, _transformer_solver])
+def test_both_solvers_decay_the_learning_rate_after_each_epoch(make, fake_coco):
+    from core.coco_utils import load_coco_data
+
+    data = load_coco_data(fake_coco, max_train=40)
+    solver = make(data, num_epochs=3, batch_size=20, lr_decay=0.5, val_samples=10, verbose=False)
+    history = solver.train()
+    assert history["learning_rate"] == [0.2, 0.1, 0.05]
+    assert solver.learning_rate == pytest.approx(0.025, rel=1e-12)
+    if isinstance(solver, CaptioningSolver):  # what the update rules read
+        assert [c["learning_rate"] for c in solver.optim_configs.values()] == [pytest.approx(0.025, rel=1e-12)] * 8
+    else:
+        assert [g["lr"] for g in solver.optimizer.param_groups] == [pytest.approx(0.025, rel=1e-12)]
+
+
+def test_the_transformer_solver_moves_the_model_and_batches_to_its_device(fake_coco):
+    """The "meta" device stands in for a GPU: it exists everywhere and keeps no data."""
+    from core.coco_utils import load_coco_data
+
+    solver = _transformer_solver(load_coco_data(fake_coco, max_train=10), device="meta", verbose=False)
+    assert {p.device.type for p in solver.model.parameters()} == {"meta"}
+    features, captions = solver._tensors(np.zeros((2, 512), dtype=np.float32), np.zeros((2, 17), dtype=np.int32))
+    assert features.device.type == captions.device.type == "meta"
+    assert captions.dtype == torch.long
+
+
+def test_keep_freed_memory_keeps_large_blocks_on_the_heap():
+    """In a fresh process a 16 MiB malloc is served by mmap (glibc's default threshold is 128 KiB);
+    after keep_freed_memory() it comes from the heap, which is what makes its reuse cheap."""
+    code = """
+import ctypes, json, sys
+from core.memory import keep_freed_memory
+libc = ctypes.CDLL("libc.so.6")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+applied = keep_freed_memory() if sys.argv[1] == "on" else None
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(16 << 20)
+print(json.dumps({"applied": applied, "mmapped": libc.mallinfo2().hblkhd - before}))
+"""
+    results = {}
+    for mode in ("off", "on"):
+        result = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=60,
+                                cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+        if result.returncode != 0:
+            pytest.skip(f"no glibc mallinfo2 here: {result.stderr.strip().splitlines()[-1]}")
+        results[mode] = json.loads(result.stdout)
+    assert results["off"]["mmapped"] >= 16 << 20
+    assert results["on"] == {"applied": True, "mmapped": 0}
