@@ -31,20 +31,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.checkpoint import check_checkpoint, load_checkpoint  # noqa: E402
-from core.cli import DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, resolve_device, user_errors  # noqa: E402
+from core.cli import ArgumentParser, resolve_device, user_errors  # noqa: E402
 from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, format_scores, references_by_image, score_captions  # noqa: E402
 from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project  # noqa: E402
 from core.fileio import atomic_write, atomic_write_text  # noqa: E402
 from core.image_utils import try_load_image  # noqa: E402
+from core.registry import MODEL_TYPES  # noqa: E402
 
 
 def parse_args(argv=None):
     p = ArgumentParser(description="Caption images with a trained decoder.")
-    p.add_argument("--model", required=True, choices=MODELS, help="decoder type the checkpoint must hold")
+    p.add_argument("--model", required=True, choices=tuple(MODEL_TYPES), help="decoder type the checkpoint must hold")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint to load (default: rnn_checkpoint.npz, lstm_checkpoint.npz, transformer_model.pt)")
+                   help="checkpoint to load (default: " + ", ".join(t.checkpoint for t in MODEL_TYPES.values()) + ")")
     p.add_argument("--data_dir", default=None,
                    help="dataset directory in the CS231n COCO layout (default: core/datasets/coco_captioning "
                         "when downloaded, else the bundled core/datasets/sample_captioning)")
@@ -77,7 +78,7 @@ def parse_args(argv=None):
     if args.eval and args.image:
         p.error("--eval scores a dataset split; it cannot be combined with --image")
     if args.checkpoint is None:
-        args.checkpoint = DEFAULT_CHECKPOINTS[args.model]
+        args.checkpoint = MODEL_TYPES[args.model].checkpoint
     return args
 
 
@@ -260,7 +261,7 @@ def caption_files(args, model, config):
 def main(argv=None):
     args = parse_args(argv)
     with user_errors("inference.py"):
-        args.device = resolve_device(args.device) if args.model == "transformer" else "cpu"
+        args.device = resolve_device(args.device) if MODEL_TYPES[args.model].uses_torch else "cpu"
         if args.data_dir is None:
             args.data_dir = str(default_data_dir())
         model, config = load_checkpoint(args.checkpoint, device=args.device, num_heads=args.num_heads,
@@ -272,7 +273,7 @@ def main(argv=None):
                   f"with {sizes}, the vocabulary of {args.data_dir}")
         if config["model"] != args.model:
             check_checkpoint(config, args.checkpoint, args.model, config["idx_to_word"])
-        if config["model"] == "transformer" and args.max_length > config["max_length"]:
+        if args.max_length > config.get("max_length", args.max_length):  # models with a position limit
             raise UserError(f"--max_length {args.max_length} is longer than checkpoint {args.checkpoint} allows "
                             f"({config['max_length']} words)")
         torch.manual_seed(args.seed)

@@ -59,7 +59,8 @@ def lstm_step_from_projection(xa, prev_h, prev_c, Wh):
 
 
 def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
-    """One LSTM step.
+    """One LSTM step (the CS231n reference API; the model runs lstm_forward and, when decoding,
+    lstm_step_from_projection, and tests check them against this).
 
     x (N, D), prev_h (N, H), prev_c (N, H), Wx (D, 4H), Wh (H, 4H), b (4H,)
     -> next_h (N, H), next_c (N, H), cache.

@@ -19,7 +19,8 @@ def rnn_step_from_projection(xa, prev_h, Wh):
 
 
 def rnn_step_forward(x, prev_h, Wx, Wh, b):
-    """One RNN step.
+    """One RNN step (the CS231n reference API; the model runs rnn_forward and, when decoding,
+    rnn_step_from_projection, and tests check them against this).
 
     x (N, D), prev_h (N, H), Wx (D, H), Wh (H, H), b (H,) -> next_h (N, H), cache.
     """

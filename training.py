@@ -27,25 +27,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.captioning_solver import CaptioningSolver  # noqa: E402
-from core.captioning_solver_transformer import CaptioningSolverTransformer  # noqa: E402
 from core.checkpoint import (  # noqa: E402
     check_checkpoint, load_training_state, save_checkpoint, save_training_state)
-from core.cli import (  # noqa: E402
-    DEFAULT_CHECKPOINTS, MODELS, ArgumentParser, best_checkpoint_path, resolve_device, user_errors)
+from core.cli import ArgumentParser, best_checkpoint_path, resolve_device, user_errors  # noqa: E402
 from core.coco_utils import default_data_dir, load_coco_data  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, references_by_image, score_captions  # noqa: E402
 from core.features import dataset_id  # noqa: E402
 from core.fileio import RunLock, atomic_write, atomic_write_text  # noqa: E402
 from core.memory import keep_freed_memory  # noqa: E402
-from core.model.rnn_model import CaptioningRNN  # noqa: E402
-from core.model.transformer import CaptioningTransformer  # noqa: E402
+from core.registry import MODEL_TYPES  # noqa: E402
 from core.solver_base import TrainingDiverged  # noqa: E402
 
-DEFAULT_LR = {"rnn": 5e-3, "lstm": 5e-3, "transformer": 1e-3}
 SMALL_DATA = 1000  # --num_samples up to this, with no --epochs/--batch_size/--lr_decay, use the recipe below
-SMALL_DATA_RECIPE = {"epochs": 100, "batch_size": 50, "lr_decay": 1.0, "val_samples": 100}
+SMALL_DATA_RECIPE = {"epochs": 100, "batch_size": 50, "lr_decay": 1.0, "val_samples": 100, "dropout": 0.0}
 
 
 FIXED_ON_RESUME = ("model", "num_samples", "batch_size", "lr", "lr_decay", "update_rule", "hidden_dim", "wordvec_dim",
@@ -55,7 +50,7 @@ FIXED_ON_RESUME = ("model", "num_samples", "batch_size", "lr", "lr_decay", "upda
 
 def build_parser():
     p = ArgumentParser(description="Train a captioning decoder on precomputed image features.")
-    p.add_argument("--model", choices=MODELS, help="decoder to train (required unless --resume)")
+    p.add_argument("--model", choices=tuple(MODEL_TYPES), help="decoder to train (required unless --resume)")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue the run saved in PATH (the *_last checkpoint written after every epoch and on "
                         "Ctrl-C); the run's flags are read from it, --epochs may be raised, flags that contradict "
@@ -67,15 +62,16 @@ def build_parser():
                    help="train on a random subset of this many captions, drawn without replacement (default: "
                         f"all); up to {SMALL_DATA} captions, unless --epochs, --batch_size or --lr_decay is given, "
                         "the original repository's small-data recipe is used so that the model overfits them: "
-                        "25 epochs of batch 4 (rnn, lstm) or 50 epochs of batch 25 (transformer), lr decay 0.995")
+                        "100 epochs of batch 50, no lr decay, no dropout, 100 validation captions")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training captions")
     p.add_argument("--batch_size", type=int, default=100, help="captions per minibatch")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 5e-3 for rnn/lstm, 1e-3 for transformer)")
+                   help="learning rate (default: " + ", ".join(f"{t.default_lr:g} for {m}" for m, t in MODEL_TYPES.items())
+                        + ")")
     p.add_argument("--lr_decay", type=float, default=0.95, help="learning rate multiplier after each epoch")
     p.add_argument("--update_rule", default="adam", choices=("sgd", "sgd_momentum", "rmsprop", "adam"),
                    help="update rule for the numpy models (the transformer always uses torch Adam)")
-    p.add_argument("--hidden_dim", type=int, default=512, help="hidden state size H of rnn/lstm")
+    p.add_argument("--hidden_dim", type=int, default=512, help="hidden state size H of rnn/lstm/gru")
     p.add_argument("--wordvec_dim", type=int, default=256, help="word vector size W (the transformer's width)")
     p.add_argument("--num_heads", type=int, default=4, help="attention heads of the transformer")
     p.add_argument("--num_layers", type=int, default=2, help="decoder layers of the transformer")
@@ -92,8 +88,8 @@ def build_parser():
                         "first batch loss, or the validation loss is NaN/inf (the last good checkpoints are kept)")
     p.add_argument("--seed", type=int, default=231, help="seed for data subset, initialisation and shuffling")
     p.add_argument("--checkpoint", default=None,
-                   help="where to save the model (default: rnn_checkpoint.npz, lstm_checkpoint.npz, "
-                        "transformer_model.pt); *_best and the resumable *_last go next to it")
+                   help="where to save the model (default: " + ", ".join(t.checkpoint for t in MODEL_TYPES.values())
+                        + "); *_best and the resumable *_last go next to it")
     p.add_argument("--out_dir", default="outputs", help="directory for the loss plot and history")
     p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision for the transformer on CUDA")
@@ -146,12 +142,10 @@ def parse_args(argv=None):
             for name, value in SMALL_DATA_RECIPE.items():
                 if name not in args.explicit:
                     setattr(args, name, value)
-            if args.model == "transformer" and "dropout" not in args.explicit:
-                args.dropout = 0.0
         if args.lr is None:
-            args.lr = DEFAULT_LR[args.model]
+            args.lr = MODEL_TYPES[args.model].default_lr
         if args.checkpoint is None:
-            args.checkpoint = DEFAULT_CHECKPOINTS[args.model]
+            args.checkpoint = MODEL_TYPES[args.model].checkpoint
     return args
 
 
@@ -167,6 +161,8 @@ def resumed_args(args, config, path):
     for name in args.explicit:
         setattr(merged, name, getattr(args, name))
     merged.resume, merged.explicit = str(path), args.explicit
+    if "device" not in args.explicit:
+        merged.device = None  # the machine of this run decides, as for a new run
     if "checkpoint" not in args.explicit:
         merged.checkpoint = str(Path(path).with_name(Path(saved["checkpoint"]).name))
     if "data_dir" not in args.explicit:
@@ -176,15 +172,10 @@ def resumed_args(args, config, path):
 
 def model_config(args, data):
     """The config dict (as model.config() gives it) of the model args.model sized for the data."""
-    config = {"model": args.model, "input_dim": data["train_features"].shape[1], "wordvec_dim": args.wordvec_dim,
-              "idx_to_word": list(data["idx_to_word"])}
-    if args.model == "transformer":
-        if args.wordvec_dim % (2 * args.num_heads) != 0:
-            raise UserError(f"--wordvec_dim {args.wordvec_dim} must be divisible by 2 * --num_heads {args.num_heads}")
-        return dict(config, num_heads=args.num_heads, num_layers=args.num_layers,
-                    max_length=max(50, data["train_captions"].shape[1]), dim_feedforward=args.dim_feedforward,
-                    dropout=args.dropout)
-    return dict(config, hidden_dim=args.hidden_dim, dtype="float32")
+    model_class = MODEL_TYPES[args.model].model_class
+    return {"model": args.model, "input_dim": data["train_features"].shape[1], "idx_to_word": list(data["idx_to_word"]),
+            "max_length": max(50, data["train_captions"].shape[1]), "dtype": "float32",
+            **{name: getattr(args, name) for name in model_class.SIZE_FLAGS}}
 
 
 def check_memory(model_class, config):
@@ -199,13 +190,15 @@ def check_memory(model_class, config):
 
 
 def build_model(args, data):
-    """Model of args.model sized for the data's features and vocabulary; UserError when it cannot fit in memory."""
+    """Model of args.model sized for the data's features and vocabulary; UserError when the sizes do
+    not fit together or the model cannot fit in memory."""
     config = model_config(args, data)
-    if args.model == "transformer":
-        check_memory(CaptioningTransformer, config)
-        return CaptioningTransformer.from_config(config)
-    check_memory(CaptioningRNN, config)
-    return CaptioningRNN.from_config(config, seed=args.seed)
+    model_class = MODEL_TYPES[args.model].model_class
+    check_memory(model_class, config)
+    try:
+        return model_class.from_config(config, seed=args.seed)
+    except ValueError as e:
+        raise UserError(f"cannot build a {args.model} with these sizes: {e}") from None
 
 
 class BestTracker:
@@ -286,12 +279,11 @@ def last_checkpoint_path(path):
     return path.with_name(f"{path.stem}_last{path.suffix}")
 
 
-def make_solver(args, model, data, device, **common):
-    """The solver of args.model around the model."""
-    if args.model == "transformer":
-        return CaptioningSolverTransformer(model, data, learning_rate=args.lr, device=device, amp=args.amp, **common)
-    return CaptioningSolver(model, data, update_rule=args.update_rule, optim_config={"learning_rate": args.lr},
-                            **common)
+def make_solver(args, model, data, **common):
+    """The solver of args.model around the model, with the options it takes from the flags."""
+    solver_class = MODEL_TYPES[args.model].solver_class
+    return solver_class(model, data, learning_rate=args.lr, **{k: getattr(args, k) for k in solver_class.OPTIONS},
+                        **common)
 
 
 def load_resume(args):
@@ -314,7 +306,7 @@ def run(args):
         args, resume_model, config, state = load_resume(args)
     keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
     torch.manual_seed(args.seed)
-    device = resolve_device(args.device) if args.model == "transformer" else "cpu"
+    args.device = resolve_device(args.device) if MODEL_TYPES[args.model].uses_torch else "cpu"
     if args.data_dir is None:
         args.data_dir = str(default_data_dir())
     checkpoint = Path(args.checkpoint)
@@ -349,7 +341,7 @@ def run(args):
             info = dict(extra, epoch=solver.epoch, iteration=solver.iteration, tracker=tracker.state())
             save_training_state(solver, last_path, info)
 
-        solver = make_solver(args, model, data, device, num_epochs=args.epochs, batch_size=args.batch_size,
+        solver = make_solver(args, model, data, num_epochs=args.epochs, batch_size=args.batch_size,
                              lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed,
                              verbose=not args.quiet, on_epoch_end=tracker.on_epoch_end, save_state=save_state,
                              max_iters=args.max_iters, divergence_factor=args.divergence_factor)
@@ -357,7 +349,7 @@ def run(args):
             solver.load_training_state(state)
             tracker.load_state(config["extra"]["tracker"])
             print(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}", flush=True)
-        print(f"training {args.model} for {args.epochs} epochs on {device}", flush=True)
+        print(f"training {args.model} for {args.epochs} epochs on {args.device}", flush=True)
         start = time.perf_counter()
         try:
             history = solver.train()

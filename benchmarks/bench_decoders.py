@@ -1,7 +1,7 @@
 """Speed of the from-scratch decoders next to PyTorch's built-in layers, printed as one JSON object.
 
 Usage:
-    python benchmarks/bench_decoders.py            # the shapes of the performance issue
+    python benchmarks/bench_decoders.py            # the shapes of the performance issue (rnn, lstm, gru, transformer)
     python benchmarks/bench_decoders.py --quick    # fewer repetitions
 
 Shapes: N=100 captions of 17 tokens (T=16 steps), D=512 features, W=256 word vectors,
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.memory import keep_freed_memory  # noqa: E402
-from core.model.rnn_model import CaptioningRNN  # noqa: E402
+from core.model.rnn_model import CELLS, CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
 
 N, T, D, W, H, V = 100, 16, 512, 256, 512, 1004
@@ -64,7 +64,7 @@ def vocab():
 def step_flops(cell_type):
     """Matrix-product FLOPs of one training step (forward + backward), counting the vocabulary
     projection at every time step as the built-in computes it (ours skips masked steps)."""
-    G = 4 * H if cell_type == "lstm" else H
+    G = CELLS[cell_type].gates * H
     proj, inproj, rec, voc = 2 * N * D * H, 2 * N * T * W * G, 2 * N * T * H * G, 2 * N * T * H * V
     forward = proj + inproj + rec + voc
     backward = 2 * voc + 2 * inproj + 2 * rec + proj
@@ -76,7 +76,7 @@ def matmul_products(cell_type, rows, rng):
     nothing else -> a function running them. Timing it gives the floor that numpy's BLAS sets
     for our step: the step itself adds only elementwise work on top.
     rows: caption positions with a target word (the vocabulary products use only those)."""
-    G = 4 * H if cell_type == "lstm" else H
+    G = CELLS[cell_type].gates * H
 
     def mat(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
@@ -98,6 +98,9 @@ def matmul_products(cell_type, rows, rng):
     return run
 
 
+BUILT_IN = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
 class TorchRecurrent(nn.Module):
     """The same captioning computation from PyTorch built-ins."""
 
@@ -105,7 +108,7 @@ class TorchRecurrent(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(V, W)
         self.proj = nn.Linear(D, H)
-        self.rnn = (nn.LSTM if cell_type == "lstm" else nn.RNN)(W, H, batch_first=True)
+        self.rnn = BUILT_IN[cell_type](W, H, batch_first=True)
         self.out = nn.Linear(H, V)
         self.cell_type = cell_type
 
@@ -162,7 +165,7 @@ def main(argv=None):
     b = rng.standard_normal((H, 4 * H), dtype=np.float32)
     result["numpy_matmul_gflops"] = round(2 * N * T * H * 4 * H / median_seconds(lambda: a @ b, repeats * 5) / 1e9, 1)
 
-    for cell in ("rnn", "lstm"):
+    for cell in CELLS:
         ours = CaptioningRNN(vocab(), input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, seed=0)
         theirs = TorchRecurrent(cell)
 

@@ -1,13 +1,14 @@
-"""Compare the train/validation loss curves of the three decoders in one figure.
+"""Compare the train/validation loss curves of the decoders in one figure.
 
 Usage:
     python benchmarks/plot_loss_curves.py [--history_dir outputs] [--out docs/loss_curves.png]
 
-Reads <history_dir>/{rnn,lstm,transformer}_history.json as written by training.py (the
-models present are plotted) and saves the figure.
+Reads <history_dir>/<model>_history.json as written by training.py, for every model type of
+core/registry.py (the ones present are plotted), and saves the figure.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"rnn": "tab:green", "lstm": "tab:blue", "transformer": "tab:red"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.registry import MODEL_TYPES  # noqa: E402
 
 
 def main(argv=None):
@@ -25,7 +28,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     fig, (ax_loss, ax_cider) = plt.subplots(1, 2, figsize=(11, 4))
     found = []
-    for model, color in COLORS.items():
+    for model, color in zip(MODEL_TYPES, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         path = Path(args.history_dir) / f"{model}_history.json"
         if not path.is_file():
             continue
@@ -47,6 +50,7 @@ def main(argv=None):
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
+    plt.close(fig)
     print(f"saved {args.out} ({', '.join(found)})")
 
 

@@ -5,16 +5,20 @@ from core.solver_base import SolverBase
 
 class CaptioningSolver(SolverBase):
     """update_rule: a name in core.optim.UPDATE_RULES; optim_config: its hyperparameters
-    (e.g. {"learning_rate": 5e-3}), copied once per parameter. Other keyword arguments
-    go to SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end, ...).
+    (e.g. {"learning_rate": 5e-3}, the CS231n interface), copied once per parameter;
+    learning_rate: sets optim_config's. Other keyword arguments go to SolverBase (num_epochs,
+    batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end, ...).
     """
 
-    def __init__(self, model, data, update_rule="adam", optim_config=None, **kwargs):
+    OPTIONS = ("update_rule",)  # what training.py passes from its flags besides learning_rate
+
+    def __init__(self, model, data, update_rule="adam", optim_config=None, learning_rate=None, **kwargs):
         super().__init__(model, data, **kwargs)
         if update_rule not in optim.UPDATE_RULES:
             raise ValueError(f'unknown update rule "{update_rule}"; choose from {sorted(optim.UPDATE_RULES)}')
         self.update_rule = optim.UPDATE_RULES[update_rule]
-        self.optim_configs = {name: dict(optim_config or {}) for name in model.params}
+        optim_config = dict(optim_config or {}, **({"learning_rate": learning_rate} if learning_rate else {}))
+        self.optim_configs = {name: dict(optim_config) for name in model.params}
 
     def _train_step(self, features, captions):
         loss, grads = self.model.loss(features, captions)

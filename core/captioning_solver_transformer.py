@@ -10,6 +10,8 @@ class CaptioningSolverTransformer(SolverBase):
     SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end, ...).
     """
 
+    OPTIONS = ("device", "amp")  # what training.py passes from its flags besides learning_rate
+
     def __init__(self, model, data, learning_rate=1e-3, device="cpu", amp=False, **kwargs):
         super().__init__(model, data, **kwargs)
         self.device = torch.device(device)

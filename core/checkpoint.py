@@ -1,7 +1,7 @@
 """Checkpoints that carry their own config and vocabulary and load without pickle, and the
 original repository's files (weights alone), which load with a vocabulary from the data.
 
-numpy models (rnn, lstm): an .npz with one array per parameter plus `config`, a JSON string.
+numpy models (rnn, lstm, gru): an .npz with one array per parameter plus `config`, a JSON string.
 torch model (transformer): `torch.save({"config": dict, "state_dict": ..., "sha256": str})`,
 loaded with `weights_only=True`; the digest covers every tensor and value in the file, so a
 flipped bit is found (the .npz has the zip format's CRC for that).
@@ -21,7 +21,7 @@ import torch
 from core.errors import UserError
 from core.fileio import atomic_write
 from core.model.rnn_model import CaptioningRNN
-from core.model.transformer import CaptioningTransformer
+from core.registry import MODEL_TYPES
 
 
 def _digest(obj, h=None):
@@ -73,7 +73,7 @@ def _join_arrays(tree, arrays):
 
 def _write(model, path, extra=None, training_state=None):
     config = dict(model.config(), **({"extra": extra} if extra else {}))
-    if isinstance(model, CaptioningRNN):
+    if not MODEL_TYPES[model.model_type].uses_torch:
         arrays = {k: np.ascontiguousarray(v) for k, v in model.params.items()}
         if training_state is not None:
             config["training_state"] = _split_arrays(training_state, arrays)
@@ -87,7 +87,7 @@ def _write(model, path, extra=None, training_state=None):
 
 
 def save_checkpoint(model, path, extra=None):
-    """Save a CaptioningRNN or CaptioningTransformer to `path`.
+    """Save a model of a type in core.registry.MODEL_TYPES to `path`.
 
     extra: optional JSON-serialisable dict stored with the config (dataset name, training info).
     Raises UserError when the file cannot be written (the previous file is kept).
@@ -98,6 +98,13 @@ def save_checkpoint(model, path, extra=None):
 def save_training_state(solver, path, extra=None):
     """Save the solver's model with everything `--resume` needs (solver.training_state())."""
     _write(solver.model, path, extra, solver.training_state())
+
+
+def _model_class(config):
+    """The class of the model a config describes (ValueError for an unknown model type)."""
+    if config.get("model") not in MODEL_TYPES:
+        raise ValueError(f'unknown model type "{config.get("model")}"')
+    return MODEL_TYPES[config["model"]].model_class
 
 
 def _check_finite(named_arrays, path):
@@ -179,7 +186,7 @@ def _read(path, device, vocabulary=None, num_heads=2):
                     state = None
                 else:
                     config = json.loads(str(f["config"]))
-                    model = CaptioningRNN.from_config(config)
+                    model = _model_class(config).from_config(config)
                     _copy_arrays(model, f)
                     state = config.pop("training_state", None)
                     state = _join_arrays(state, f) if state is not None else None
@@ -195,7 +202,7 @@ def _read(path, device, vocabulary=None, num_heads=2):
             raise UserError(f"checkpoint {path} is corrupt (its checksum does not match its contents): not loaded")
         config = blob["config"]
         _check_finite(blob["state_dict"].items(), path)
-        model = CaptioningTransformer.from_config(config)
+        model = _model_class(config).from_config(config)
         state_dict = {(f"transformer.{k}" if k.startswith("layers.") else k): v  # files written before the rename
                       for k, v in blob["state_dict"].items()}
         model.load_state_dict(state_dict)

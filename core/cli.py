@@ -6,9 +6,6 @@ from pathlib import Path
 
 from core.errors import UserError
 
-MODELS = ("rnn", "lstm", "transformer")
-DEFAULT_CHECKPOINTS = {"rnn": "rnn_checkpoint.npz", "lstm": "lstm_checkpoint.npz", "transformer": "transformer_model.pt"}
-
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is reported on one line of stderr (exit code 2)."""

@@ -178,7 +178,8 @@ def decode_captions(captions, idx_to_word):
 
 
 def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
-    """Random caption rows, drawn without replacement within the batch.
+    """Random caption rows, drawn without replacement within the batch (the CS231n API; the
+    solvers draw their minibatches from a per-epoch permutation instead).
 
     -> captions (B, L) int32, image_features (B, D) float32, urls (B,) str.
     """

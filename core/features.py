@@ -61,8 +61,9 @@ class VGG16FC7(torch.nn.Module):
         from torchvision.models import VGG16_Weights, vgg16
 
         if spec["weights"] == "random":
-            torch.manual_seed(spec["seed"])
-            vgg = vgg16(weights=None)
+            with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+                torch.manual_seed(spec["seed"])
+                vgg = vgg16(weights=None)
         elif spec["weights"] == "imagenet":
             try:
                 vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)

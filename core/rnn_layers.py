@@ -38,7 +38,9 @@ def affine_backward(dout, cache):
 
 
 def temporal_affine_forward(x, w, b):
-    """The same affine layer applied at every time step.
+    """The same affine layer applied at every time step (the CS231n reference API: CaptioningRNN.loss
+    projects only the steps with a target word, and a test checks it against this and
+    temporal_softmax_loss).
 
     x (N, T, D), w (D, M), b (M,) -> out (N, T, M), cache.
     """
@@ -76,7 +78,8 @@ def softmax_loss(x, y, norm=1.0):
 
 
 def temporal_softmax_loss(x, y, mask):
-    """Softmax cross-entropy summed over the unmasked time steps, averaged over N.
+    """Softmax cross-entropy summed over the unmasked time steps, averaged over N (the CS231n
+    reference API; see temporal_affine_forward).
 
     x (N, T, V) scores, y (N, T) int targets in [0, V), mask (N, T) bool
     -> loss (float), dx (N, T, V) (zero where mask is false).

@@ -31,7 +31,7 @@ def _transformer(vocab=VOCAB, seed=0):
 
 
 MODELS = {"rnn": lambda **kw: _rnn("rnn", **kw), "lstm": lambda **kw: _rnn("lstm", **kw),
-          "transformer": _transformer}
+          "gru": lambda **kw: _rnn("gru", **kw), "transformer": _transformer}
 FEATURES = np.random.default_rng(0).standard_normal((7, 6)).astype(np.float32)
 
 
@@ -49,7 +49,7 @@ def test_step_by_step_log_probabilities_match_the_teacher_forced_loss(name):
     same distributions as the training path."""
     model = MODELS[name]()
     if name != "transformer":
-        for k in ("b", "b_proj", "b_vocab"):  # zero at initialisation: make them count
+        for k in ("b", "b_proj", "b_vocab", *(["bh"] if name == "gru" else [])):  # zero at initialisation
             model.params[k] += np.random.default_rng(1).standard_normal(model.params[k].shape).astype(np.float32)
     captions = np.array([[1, 4, 5, 7, 2, 0, 0], [1, 6, 8, 9, 4, 10, 2]])  # <START> ... <END> <NULL>...
     logprob = sequence_logprob(model, FEATURES[:2], captions[:, 1:])

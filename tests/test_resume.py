@@ -69,7 +69,7 @@ def _resume(name, data, path, **kw):
     return fresh
 
 
-@pytest.mark.parametrize("name", ["rnn", "lstm", "transformer"])
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "transformer"])
 def test_two_epochs_resumed_for_three_more_equal_five(name, data, tmp_path):
     """Breaks caught: optimizer state, learning rate, RNG state (shuffling or dropout), history or
     best-so-far not saved or not restored."""

@@ -15,7 +15,7 @@ def _captions(rng, N, T):
     return caps
 
 
-@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
 def test_loss_gradients(cell_type):
     rng = np.random.default_rng(0)
     model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, cell_type=cell_type,
@@ -23,14 +23,19 @@ def test_loss_gradients(cell_type):
     features = rng.standard_normal((3, 6))
     captions = _captions(rng, 3, 6)
     loss, grads = model.loss(features, captions)
-    assert set(grads) == set(model.params) == {"W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab"}
+    names = {"W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab"} | ({"bh"} if cell_type == "gru" else set())
+    assert set(grads) == set(model.params) == names
+    for name in ("b", "b_proj", "b_vocab", "bh"):  # zero at initialisation: make their gradients count
+        if name in model.params:
+            model.params[name] += rng.standard_normal(model.params[name].shape)
+    loss, grads = model.loss(features, captions)
     for name, param in model.params.items():
         num = numeric_gradient(lambda: model.loss(features, captions)[0], param, None)
         assert grads[name].shape == param.shape
         assert rel_error(grads[name], num) < 1e-7, name
 
 
-@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
 def test_float32_model_stays_float32(cell_type):
     """No silent float64 temporaries: every gradient of a float32 model is float32."""
     rng = np.random.default_rng(5)
@@ -51,7 +56,7 @@ def test_loss_ignores_null_targets():
     assert loss_short == pytest.approx(loss_padded, rel=1e-6)
 
 
-@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
 def test_overfits_tiny_data_and_samples_it_back(cell_type):
     from core.optim import adam
 
@@ -74,7 +79,7 @@ def test_overfits_tiny_data_and_samples_it_back(cell_type):
     np.testing.assert_array_equal(sampled, expected)
 
 
-@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
 def test_checkpoint_round_trip_without_pickle(tmp_path, cell_type):
     model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, cell_type=cell_type, seed=3)
     path = tmp_path / "m.npz"
@@ -92,7 +97,7 @@ def test_checkpoint_round_trip_without_pickle(tmp_path, cell_type):
 
 def test_rejects_bad_configuration():
     with pytest.raises(ValueError, match="cell_type"):
-        CaptioningRNN(VOCAB, cell_type="gru")
+        CaptioningRNN(VOCAB, cell_type="mgu")
     with pytest.raises(ValueError, match="<NULL>"):
         CaptioningRNN({"<START>": 0, "<END>": 1})
 
@@ -110,3 +115,42 @@ def test_keep_freed_memory_changes_nothing_but_speed():
     assert before[0] == after[0]
     for k in before[1]:
         np.testing.assert_array_equal(before[1][k], after[1][k])
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_fast_loss_equals_the_cs231n_reference_layers(cell_type):
+    """CaptioningRNN.loss (vocabulary scores only where a target exists) against the CS231n way:
+    step functions one time step at a time, temporal affine over all steps, masked temporal softmax."""
+    from core.rnn_layers import temporal_affine_backward, temporal_affine_forward, temporal_softmax_loss
+    from gru_utils import gru_step_forward
+    from lstm_utils import lstm_step_forward
+    from rnn_utils import rnn_step_forward, word_embedding_forward
+
+    rng = np.random.default_rng(7)
+    model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, cell_type=cell_type, dtype=np.float64,
+                          seed=1)
+    p = model.params
+    for k in ("b", "b_proj", "b_vocab", "bh"):
+        if k in p:
+            p[k] += rng.standard_normal(p[k].shape)
+    features, captions = rng.standard_normal((3, 6)), _captions(rng, 3, 6)
+    loss, grads = model.loss(features, captions)
+
+    x, _ = word_embedding_forward(captions[:, :-1], p["W_embed"])
+    h = features @ p["W_proj"] + p["b_proj"]
+    c = np.zeros_like(h)
+    hs = []
+    for t in range(x.shape[1]):
+        if cell_type == "rnn":
+            h, _ = rnn_step_forward(x[:, t], h, p["Wx"], p["Wh"], p["b"])
+        elif cell_type == "lstm":
+            h, c, _ = lstm_step_forward(x[:, t], h, c, p["Wx"], p["Wh"], p["b"])
+        else:
+            h, _ = gru_step_forward(x[:, t], h, p["Wx"], p["Wh"], p["b"], p["bh"])
+        hs.append(h)
+    scores, cache = temporal_affine_forward(np.stack(hs, axis=1), p["W_vocab"], p["b_vocab"])
+    ref_loss, dscores = temporal_softmax_loss(scores, captions[:, 1:], captions[:, 1:] != VOCAB["<NULL>"])
+    _, dW_vocab, db_vocab = temporal_affine_backward(dscores, cache)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(grads["W_vocab"], dW_vocab, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["b_vocab"], db_vocab, rtol=1e-10, atol=1e-12)

@@ -35,7 +35,7 @@ def assert_user_error(result, *fragments):
 def trained(fake_coco, tmp_path_factory):
     """Train each model for two epochs; returns the working directory holding checkpoints and outputs."""
     work = tmp_path_factory.mktemp("work")
-    for model in ("rnn", "lstm", "transformer"):
+    for model in ("rnn", "lstm", "gru", "transformer"):
         result = run("training.py", "--model", model, "--data_dir", fake_coco, "--epochs", 2, "--num_samples", 200,
                      *SMALL, "--device", "cpu", cwd=work)
         assert result.returncode == 0, result.stderr
@@ -44,6 +44,7 @@ def trained(fake_coco, tmp_path_factory):
 
 
 @pytest.mark.parametrize("model, checkpoint", [("rnn", "rnn_checkpoint.npz"), ("lstm", "lstm_checkpoint.npz"),
+                                               ("gru", "gru_checkpoint.npz"),
                                                ("transformer", "transformer_model.pt")])
 def test_train_then_infer(trained, fake_coco, model, checkpoint):
     best = checkpoint.replace(".", "_best.")
@@ -97,7 +98,7 @@ def test_user_errors_are_one_line_and_overwrite_nothing(trained, fake_coco, tmp_
     before = checkpoint.read_bytes()
     common = ["--checkpoint", checkpoint, "--out_dir", tmp_path / "out"]
 
-    assert_user_error(run("training.py", "--model", "gru", cwd=tmp_path), "invalid choice", "gru")
+    assert_user_error(run("training.py", "--model", "mgu", cwd=tmp_path), "invalid choice", "mgu")
     assert_user_error(run("training.py", "--model", "rnn", "--data_dir", tmp_path / "nowhere", *common, cwd=tmp_path),
                       "nowhere", "not found")
     assert_user_error(run("training.py", "--model", "rnn", "--data_dir", fake_coco, "--num_samples", 5000, *common,
@@ -189,7 +190,7 @@ def test_plot_loss_curves_compares_the_trained_models(trained, tmp_path):
                              str(trained / "outputs"), "--out", str(tmp_path / "curves.png")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "rnn, lstm, transformer" in result.stdout and (tmp_path / "curves.png").stat().st_size > 1000
+    assert "rnn, lstm, gru, transformer" in result.stdout and (tmp_path / "curves.png").stat().st_size > 1000
     empty = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_loss_curves.py"), "--history_dir",
                             str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "run training.py first" in empty.stderr

@@ -1,4 +1,4 @@
-"""CaptioningRNN: a vanilla-RNN or LSTM caption decoder in numpy, hand-written backward pass.
+"""CaptioningRNN: a vanilla-RNN, LSTM or GRU caption decoder in numpy, hand-written backward pass.
 
 Shape letters: N batch, T time (caption length - 1), D image feature, W word vector,
 H hidden, V vocabulary.
@@ -7,11 +7,15 @@ The image feature sets the initial hidden state, h0 = features W_proj + b_proj; 
 decoder reads the caption shifted right (<START> w1 w2 ...) and is trained to predict
 it shifted left (w1 w2 ... <END>), with <NULL> padding masked out of the loss.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from core.coco_utils import index_vocabulary
 from core.decoding import decode
 from core.rnn_layers import affine_backward, affine_forward, softmax_loss
+from gru_utils import gru_backward, gru_forward, gru_step_from_projection
 from lstm_utils import lstm_backward, lstm_forward, lstm_step_from_projection
 from rnn_utils import (
     rnn_backward,
@@ -21,20 +25,45 @@ from rnn_utils import (
     word_embedding_forward,
 )
 
-CELL_TYPES = ("rnn", "lstm")
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell type: its gate width G = gates * H, the names of its weights (inputs of
+    forward after x and h0, in order; gradients of backward after dx and dh0, in the same order),
+    the whole-sequence forward/backward pair, and one decoding step:
+    step(xa (N, G), h (N, H), c (N, H), params) -> (h, c), where xa = x Wx + b and c is the cell
+    state (kept as zeros by cells that have none)."""
+
+    gates: int
+    weights: tuple
+    forward: Callable
+    backward: Callable
+    step: Callable
+
+
+CELLS = {
+    "rnn": Cell(1, ("Wx", "Wh", "b"), rnn_forward, rnn_backward,
+                lambda xa, h, c, p: (rnn_step_from_projection(xa, h, p["Wh"]), c)),
+    "lstm": Cell(4, ("Wx", "Wh", "b"), lstm_forward, lstm_backward,
+                 lambda xa, h, c, p: lstm_step_from_projection(xa, h, c, p["Wh"])[:2]),
+    "gru": Cell(3, ("Wx", "Wh", "b", "bh"), gru_forward, gru_backward,
+                lambda xa, h, c, p: (gru_step_from_projection(xa, h, p["Wh"], p["bh"])[0], c)),
+}
 
 
 class CaptioningRNN:
     """Recurrent caption decoder with parameters in `self.params` (name -> array).
 
     word_to_idx: dict word -> index, V entries, with <NULL> (and <START>, <END> to sample).
-    input_dim D, wordvec_dim W, hidden_dim H; cell_type "rnn" or "lstm".
+    input_dim D, wordvec_dim W, hidden_dim H; cell_type a key of CELLS ("rnn", "lstm", "gru").
     """
+
+    SIZE_FLAGS = ("wordvec_dim", "hidden_dim")  # the sizes training.py takes from its flags
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, seed=None):
-        if cell_type not in CELL_TYPES:
-            raise ValueError(f'cell_type must be one of {CELL_TYPES}, got "{cell_type}"')
+        if cell_type not in CELLS:
+            raise ValueError(f'cell_type must be one of {tuple(CELLS)}, got "{cell_type}"')
         self.cell_type = cell_type
         self.dtype = np.dtype(dtype)
         self.word_to_idx = dict(word_to_idx)
@@ -43,7 +72,8 @@ class CaptioningRNN:
 
         rng = np.random.default_rng(seed)
         V, D, W, H = len(word_to_idx), input_dim, wordvec_dim, hidden_dim
-        G = 4 * H if cell_type == "lstm" else H
+        self.cell = CELLS[cell_type]
+        G = self.cell.gates * H
         self.params = {
             "W_embed": rng.standard_normal((V, W)) / 100,
             "W_proj": rng.standard_normal((D, H)) / np.sqrt(D),
@@ -51,6 +81,7 @@ class CaptioningRNN:
             "Wx": rng.standard_normal((W, G)) / np.sqrt(W),
             "Wh": rng.standard_normal((H, G)) / np.sqrt(H),
             "b": np.zeros(G),
+            **{name: np.zeros(G) for name in self.cell.weights[3:]},  # further biases (the GRU's bh)
             "W_vocab": rng.standard_normal((H, V)) / np.sqrt(H),
             "b_vocab": np.zeros(V),
         }
@@ -85,8 +116,9 @@ class CaptioningRNN:
         """Number of weights of the model a `config()` dict describes, without building it."""
         V = sum(w is not None for w in config["idx_to_word"])
         D, W, H = config["input_dim"], config["wordvec_dim"], config["hidden_dim"]
-        G = 4 * H if config["model"] == "lstm" else H
-        return V * W + D * H + H + (W + H + 1) * G + H * V + V
+        cell = CELLS[config["model"]]
+        G = cell.gates * H
+        return V * W + D * H + H + (W + H + len(cell.weights) - 2) * G + H * V + V
 
     def loss(self, features, captions):
         """Teacher-forced loss and gradients.
@@ -99,8 +131,7 @@ class CaptioningRNN:
 
         h0, proj_cache = affine_forward(features.astype(self.dtype, copy=False), p["W_proj"], p["b_proj"])
         x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
-        forward, backward = (rnn_forward, rnn_backward) if self.cell_type == "rnn" else (lstm_forward, lstm_backward)
-        h, rnn_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
+        h, rnn_cache = self.cell.forward(x, h0, *(p[k] for k in self.cell.weights))  # (N, T, H)
         # Scores are needed only where there is a target word: project just those rows,
         # which is the temporal affine + masked softmax loss without the masked-out work.
         N, T, H = h.shape
@@ -113,7 +144,8 @@ class CaptioningRNN:
         dh = np.zeros((N * T, H), dtype=dh_rows.dtype)
         dh[rows] = dh_rows
         dh = dh.reshape(N, T, H)
-        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, rnn_cache)
+        dx, dh0, *dweights = self.cell.backward(dh, rnn_cache)
+        grads.update(zip(self.cell.weights, dweights))
         grads["W_embed"] = word_embedding_backward(dx, embed_cache)
         _, grads["W_proj"], grads["b_proj"] = affine_backward(dh0, proj_cache)
         return loss, grads
@@ -122,7 +154,7 @@ class CaptioningRNN:
         """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H), word_inputs).
 
         word_inputs (V, G) = W_embed Wx + b is every word's input projection (G = H for the
-        RNN, 4H for the LSTM), computed once per decoding: a step then looks its words' rows
+        RNN, 4H for the LSTM, 3H for the GRU), computed once per decoding: a step then looks its words' rows
         up, since W_embed[w] Wx + b == word_inputs[w], instead of a matrix product per step.
         """
         p = self.params
@@ -136,11 +168,7 @@ class CaptioningRNN:
         """
         p = self.params
         h, c, word_inputs = state
-        xa = word_inputs[words]  # (N, G): the input projection of each row's word
-        if self.cell_type == "rnn":
-            h = rnn_step_from_projection(xa, h, p["Wh"])
-        else:
-            h, c, _, _ = lstm_step_from_projection(xa, h, c, p["Wh"])
+        h, c = self.cell.step(word_inputs[words], h, c, p)  # word_inputs[words]: (N, G) input projections
         scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
         scores -= scores.max(axis=1, keepdims=True)
         scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))

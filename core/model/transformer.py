@@ -18,12 +18,24 @@ from core.transformer_layers import PositionalEncoding, TransformerDecoder
 
 class CaptioningTransformer(nn.Module):
     """word_to_idx: dict word -> index (V entries); input_dim D; wordvec_dim E (even,
-    divisible by num_heads); max_length: the longest sequence the position code covers.
+    divisible by num_heads); max_length: the longest sequence the position code covers;
+    seed: initialise from this seed (None: from the global torch RNG).
     """
 
+    SIZE_FLAGS = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")  # from training.py's flags
+
     def __init__(self, word_to_idx, input_dim, wordvec_dim, num_heads=4, num_layers=2,
-                 max_length=50, dim_feedforward=2048, dropout=0.1):
+                 max_length=50, dim_feedforward=2048, dropout=0.1, seed=None):
         super().__init__()
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):  # a seed leaves the global RNG alone
+            if seed is not None:
+                torch.manual_seed(seed)
+            self._build(word_to_idx, input_dim, wordvec_dim, num_heads, num_layers, max_length, dim_feedforward,
+                        dropout)
+
+    def _build(self, word_to_idx, input_dim, wordvec_dim, num_heads, num_layers, max_length, dim_feedforward,
+               dropout):
+        """Create and initialise the layers (weights N(0, 0.02), biases 0, LayerNorm 1/0)."""
         self.word_to_idx = dict(word_to_idx)
         self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = index_vocabulary(word_to_idx)
         self.input_dim, self.wordvec_dim = input_dim, wordvec_dim
@@ -65,11 +77,11 @@ class CaptioningTransformer(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, seed=None):
         """Build an untrained model from a `config()` dict."""
         word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"]) if w is not None}
         keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length", "dim_feedforward", "dropout")
-        return cls(word_to_idx, **{k: config[k] for k in keys})
+        return cls(word_to_idx, seed=seed, **{k: config[k] for k in keys})
 
     @staticmethod
     def count_parameters(config):
