@@ -4,11 +4,15 @@ Usage:
     python features_extraction.py --train_annotations captions_train2014.json --train_images train2014/ \
         --val_annotations captions_val2014.json --val_images val2014/ --out_dir my_dataset
     python features_extraction.py ... --weights random --seed 0     # offline: seeded random VGG16
+    torchrun --nproc_per_node K features_extraction.py ...          # K processes share the images
 
 Extracts VGG16 fc7 (4096-d, after ReLU) with the ImageNet preprocessing, fits PCA to
 --pca_dim dimensions on the train split only, and writes the captions, vocabulary,
 features, image lists and the fc7 -> PCA transform (for captioning new images later).
 """
+import torch
+
+from core import distributed
 from core.cli import ArgumentParser, resolve_device, user_errors
 from core.dataset_builder import build_dataset
 from core.features import parse_weights
@@ -45,12 +49,20 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     with user_errors("features_extraction.py"):
-        build_dataset({"train": (args.train_annotations, args.train_images),
-                       "val": (args.val_annotations, args.val_images)},
-                      args.out_dir, parse_weights(args.weights, args.seed), batch_size=args.batch_size,
-                      device=resolve_device(args.device), num_workers=args.num_workers,
-                      min_word_count=args.min_word_count, max_length=args.max_length, pca_dim=args.pca_dim,
-                      skip_bad_images=args.skip_bad_images, progress=not args.quiet)
+        device = resolve_device(args.device)
+        ctx = distributed.init(torch.device(device).type)
+        if ctx.enabled and device.startswith("cuda"):
+            device = f"cuda:{ctx.local_rank}"  # one GPU per process
+        try:
+            build_dataset({"train": (args.train_annotations, args.train_images),
+                           "val": (args.val_annotations, args.val_images)},
+                          args.out_dir, parse_weights(args.weights, args.seed), batch_size=args.batch_size,
+                          device=device, num_workers=args.num_workers, min_word_count=args.min_word_count,
+                          max_length=args.max_length, pca_dim=args.pca_dim, skip_bad_images=args.skip_bad_images,
+                          progress=not args.quiet and ctx.is_main, log=print if ctx.is_main else lambda *a: None,
+                          dist=ctx)
+        finally:
+            ctx.close()
     return 0
 
 

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from core import distributed  # noqa: E402
 from core.checkpoint import check_checkpoint, load_checkpoint  # noqa: E402
 from core.cli import ArgumentParser, resolve_device, user_errors  # noqa: E402
 from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows  # noqa: E402
@@ -153,14 +154,20 @@ def load_checked_data(args, config):
     return data
 
 
-def evaluate(args, model, config):
-    """Caption every image of the split once, score it, print the table and write the JSON."""
+def evaluate(args, model, config, ctx):
+    """Caption every image of the split once, score it, print the table and write the JSON. Under
+    torchrun each process captions every K-th image and rank 0 gathers, scores and writes."""
     data = load_checked_data(args, config)
     refs = references_by_image(data[f"{args.split}_captions"], data[f"{args.split}_image_idxs"],
                                data["idx_to_word"])
     start = time.perf_counter()
-    predictions = caption_split(model, data, args.split, max_length=args.max_length, beam_size=args.beam_size,
-                                length_penalty=args.length_penalty)
+    mine = caption_split(model, data, args.split, max_length=args.max_length, beam_size=args.beam_size,
+                         length_penalty=args.length_penalty, progress=ctx.is_main,
+                         images=ctx.shard(np.unique(data[f"{args.split}_image_idxs"])))
+    parts = ctx.gather(mine)
+    if not ctx.is_main:
+        return
+    predictions = {i: caption for part in parts for i, caption in part.items()}
     seconds = time.perf_counter() - start
     scores = score_captions(predictions, refs)
     decoding = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
@@ -262,40 +269,54 @@ def main(argv=None):
     args = parse_args(argv)
     with user_errors("inference.py"):
         args.device = resolve_device(args.device) if MODEL_TYPES[args.model].uses_torch else "cpu"
-        if args.data_dir is None:
-            args.data_dir = str(default_data_dir())
-        model, config = load_checkpoint(args.checkpoint, device=args.device, num_heads=args.num_heads,
-                                        vocabulary=lambda: load_vocab(args.data_dir)[0])
-        if config.get("format") == "original":
-            sizes = ", ".join(f"{k} {config[k]}" for k in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers",
-                                                            "dim_feedforward", "max_length") if k in config)
-            print(f"read {args.checkpoint} in the original repository's format (weights only): a {config['model']} "
-                  f"with {sizes}, the vocabulary of {args.data_dir}")
-        if config["model"] != args.model:
-            check_checkpoint(config, args.checkpoint, args.model, config["idx_to_word"])
-        if args.max_length > config.get("max_length", args.max_length):  # models with a position limit
-            raise UserError(f"--max_length {args.max_length} is longer than checkpoint {args.checkpoint} allows "
-                            f"({config['max_length']} words)")
-        torch.manual_seed(args.seed)
-        if args.eval:
-            args.split = args.split or "val"
-            evaluate(args, model, config)
-            return 0
-        caption = caption_files if args.image else caption_dataset_images
-        panels, figure_name = caption(args, model, config)
+        ctx = distributed.init(torch.device(args.device).type)
+        try:
+            return run(args, ctx)
+        finally:
+            ctx.close()
 
-        images, titles = [], []
-        for k, panel in enumerate(panels):
-            print(f"[{k + 1}] " + (f"{panel['label']}: " if panel["label"] else "") + panel["location"]
-                  + (f"\n    truth:     {panel['truth']}" if panel["truth"] is not None else "")
-                  + f"\n    predicted: {panel['predicted']}")
-            images.append(try_load_image(panel["location"]))
-            titles.append(panel_title(panel, args.model))
-        path = Path(args.out_dir) / figure_name
-        save_caption_grid(images, titles, path, f"{args.model} ({Path(args.checkpoint).name}), "
-                                                f"{decoding_name(args).replace('beam', 'beam ')} decoding")
-        missing = sum(image is None for image in images)
-        print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
+
+def run(args, ctx):
+    """main() in each process: under torchrun --eval shares the decoding; the rest is rank 0's work."""
+    if ctx.enabled and args.device.startswith("cuda"):
+        args.device = f"cuda:{ctx.local_rank}"  # one GPU per process
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    if args.data_dir is None:
+        args.data_dir = str(default_data_dir(log=say))
+    model, config = load_checkpoint(args.checkpoint, device=args.device, num_heads=args.num_heads,
+                                    vocabulary=lambda: load_vocab(args.data_dir)[0])
+    if config.get("format") == "original":
+        sizes = ", ".join(f"{k} {config[k]}" for k in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers",
+                                                        "dim_feedforward", "max_length") if k in config)
+        say(f"read {args.checkpoint} in the original repository's format (weights only): a {config['model']} "
+            f"with {sizes}, the vocabulary of {args.data_dir}")
+    if config["model"] != args.model:
+        check_checkpoint(config, args.checkpoint, args.model, config["idx_to_word"])
+    if args.max_length > config.get("max_length", args.max_length):  # models with a position limit
+        raise UserError(f"--max_length {args.max_length} is longer than checkpoint {args.checkpoint} allows "
+                        f"({config['max_length']} words)")
+    torch.manual_seed(args.seed)
+    if args.eval:
+        args.split = args.split or "val"
+        evaluate(args, model, config, ctx)
+        return 0
+    if not ctx.is_main:
+        return 0
+    caption = caption_files if args.image else caption_dataset_images
+    panels, figure_name = caption(args, model, config)
+
+    images, titles = [], []
+    for k, panel in enumerate(panels):
+        print(f"[{k + 1}] " + (f"{panel['label']}: " if panel["label"] else "") + panel["location"]
+              + (f"\n    truth:     {panel['truth']}" if panel["truth"] is not None else "")
+              + f"\n    predicted: {panel['predicted']}")
+        images.append(try_load_image(panel["location"]))
+        titles.append(panel_title(panel, args.model))
+    path = Path(args.out_dir) / figure_name
+    save_caption_grid(images, titles, path, f"{args.model} ({Path(args.checkpoint).name}), "
+                                            f"{decoding_name(args).replace('beam', 'beam ')} decoding")
+    missing = sum(image is None for image in images)
+    print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
     return 0
 
 

@@ -5,6 +5,7 @@ Usage:
     python training.py --model lstm --num_samples 300 --epochs 100 --batch_size 50
     python training.py --model transformer --device cuda
     python training.py --resume lstm_checkpoint_last.npz [--epochs 20]
+    torchrun --nproc_per_node 4 training.py --model transformer --device cuda   # --batch_size is per process
 
 Writes the checkpoint (--checkpoint, final weights), the best checkpoint next to it
 (*_best.*: by validation loss, or by validation CIDEr with --eval_every), the resumable
@@ -13,6 +14,7 @@ plot <model>_loss.png and the history <model>_history.json. All writes are atomi
 run writing the same checkpoint is refused.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,7 +31,9 @@ import torch  # noqa: E402
 
 from core.checkpoint import (  # noqa: E402
     check_checkpoint, load_training_state, save_checkpoint, save_training_state)
-from core.cli import ArgumentParser, best_checkpoint_path, resolve_device, user_errors  # noqa: E402
+from core.cli import (  # noqa: E402
+    ArgumentParser, best_checkpoint_path, is_main_process, resolve_device, user_errors)
+from core import distributed  # noqa: E402
 from core.coco_utils import default_data_dir, load_coco_data  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, references_by_image, score_captions  # noqa: E402
@@ -307,20 +311,33 @@ def run(args):
     keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
     torch.manual_seed(args.seed)
     args.device = resolve_device(args.device) if MODEL_TYPES[args.model].uses_torch else "cpu"
+    ctx = distributed.init(torch.device(args.device).type)
+    if ctx.enabled and args.device.startswith("cuda"):
+        args.device = f"cuda:{ctx.local_rank}"  # one GPU per process
+    try:
+        return _train(args, ctx, resume_model, config, state)
+    finally:
+        ctx.close()
+
+
+def _train(args, ctx, resume_model, config, state):
+    """run() in each process; rank 0 alone prints, holds the lock and writes files."""
+    say = print if ctx.is_main else (lambda *a, **k: None)
     if args.data_dir is None:
-        args.data_dir = str(default_data_dir())
+        args.data_dir = str(default_data_dir(log=say))
     checkpoint = Path(args.checkpoint)
     best_path, last_path = best_checkpoint_path(checkpoint), last_checkpoint_path(checkpoint)
-    with RunLock(checkpoint, (checkpoint, best_path, last_path)):
+    lock = RunLock(checkpoint, (checkpoint, best_path, last_path)) if ctx.is_main else contextlib.nullcontext()
+    with lock:
         start = time.perf_counter()
         data = load_coco_data(args.data_dir, max_train=args.num_samples, seed=args.seed)
         images = len(np.unique(data["train_image_idxs"]))
         subset = "" if args.num_samples is None else f" (a seeded subset; the split has {data['train_features'].shape[0]})"
-        print(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images"
+        say(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images"
               f"{subset}, {data['train_features'].shape[1]}-d features, {len(data['idx_to_word'])} words "
               f"({time.perf_counter() - start:.1f}s)", flush=True)
         if args.recipe:
-            print(f"small-data recipe (--num_samples {args.num_samples} <= {SMALL_DATA}, no --epochs/--batch_size/"
+            say(f"small-data recipe (--num_samples {args.num_samples} <= {SMALL_DATA}, no --epochs/--batch_size/"
                   f"--lr_decay given): {args.epochs} epochs of batch {args.batch_size}, lr decay {args.lr_decay}, "
                   "as the original repository trained small subsets", flush=True)
         ident = dataset_id(data["train_features"], data["idx_to_word"])
@@ -343,13 +360,16 @@ def run(args):
 
         solver = make_solver(args, model, data, num_epochs=args.epochs, batch_size=args.batch_size,
                              lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed,
-                             verbose=not args.quiet, on_epoch_end=tracker.on_epoch_end, save_state=save_state,
-                             max_iters=args.max_iters, divergence_factor=args.divergence_factor)
+                             verbose=not args.quiet and ctx.is_main, save_state=save_state, max_iters=args.max_iters,
+                             on_epoch_end=tracker.on_epoch_end if ctx.is_main else None,
+                             divergence_factor=args.divergence_factor, dist=ctx)
         if state is not None:
             solver.load_training_state(state)
             tracker.load_state(config["extra"]["tracker"])
-            print(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}", flush=True)
-        print(f"training {args.model} for {args.epochs} epochs on {args.device}", flush=True)
+            say(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}", flush=True)
+        per_step = (f"batch {args.batch_size} per process x {ctx.world_size} processes = "
+                    f"{args.batch_size * ctx.world_size} captions per step" if ctx.enabled else f"batch {args.batch_size}")
+        say(f"training {args.model} for {args.epochs} epochs on {args.device} ({per_step})", flush=True)
         start = time.perf_counter()
         try:
             history = solver.train()
@@ -358,11 +378,12 @@ def run(args):
                     else "no checkpoint was written")
             raise UserError(f"{e}: lower --lr (see --divergence_factor in --help); {kept}") from None
         if solver.stop_requested:
-            print(f"interrupted at epoch {solver.epoch + 1}, iteration {solver.iteration}; continue with: "
+            say(f"interrupted at epoch {solver.epoch + 1}, iteration {solver.iteration}; continue with: "
                   f"python training.py --resume {last_path}", flush=True)
             return 130
         seconds = time.perf_counter() - start
-
+        if not ctx.is_main:
+            return 0
         save_checkpoint(model, checkpoint, dict(extra, epoch=args.epochs, val_loss=history["val_loss"][-1]))
         history.update(tracker.metrics)
         out_dir = Path(args.out_dir)
@@ -370,12 +391,12 @@ def run(args):
         save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
         atomic_write_text(out_dir / f"{args.model}_history.json", json.dumps(dict(history, seconds=seconds), indent=1))
         its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
-        print(f"{its:.1f} training iterations per second (batch {args.batch_size})")
-        print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
+        say(f"{its:.1f} training iterations per second (batch {args.batch_size})")
+        say(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
               f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
-        print(f"saved checkpoint {checkpoint}, the best ({tracker.describe()}) {best_path} and the resumable "
+        say(f"saved checkpoint {checkpoint}, the best ({tracker.describe()}) {best_path} and the resumable "
               f"state {last_path}")
-        print(f"saved loss plot {plot_path}")
+        say(f"saved loss plot {plot_path}")
     return 0
 
 
@@ -394,8 +415,9 @@ def main(argv=None):
                 raise UserError(f"out of memory ({str(e).splitlines()[0][:200]}): use a smaller model "
                                 "(--wordvec_dim, --dim_feedforward, --num_layers) or --batch_size") from None
     except KeyboardInterrupt:
-        sys.stderr.write("training.py: stopped at once; the files written before (checkpoints of finished "
-                         "epochs) are kept\n")
+        if is_main_process():
+            sys.stderr.write("training.py: stopped at once; the files written before (checkpoints of finished "
+                             "epochs) are kept\n")
         sys.exit(130)
     if code:
         sys.exit(code)

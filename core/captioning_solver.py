@@ -1,4 +1,6 @@
 """CaptioningSolver: trains the numpy CaptioningRNN with the update rules of core/optim.py."""
+import numpy as np
+
 from core import optim
 from core.solver_base import SolverBase
 
@@ -20,11 +22,26 @@ class CaptioningSolver(SolverBase):
         optim_config = dict(optim_config or {}, **({"learning_rate": learning_rate} if learning_rate else {}))
         self.optim_configs = {name: dict(optim_config) for name in model.params}
 
-    def _train_step(self, features, captions):
+    def _train_step(self, features, captions, weight=1.0):
         loss, grads = self.model.loss(features, captions)
+        if self.dist.enabled:
+            grads = self._average(grads, weight)
         for name, w in self.model.params.items():
             self.model.params[name], self.optim_configs[name] = self.update_rule(w, grads[name], self.optim_configs[name])
         return loss
+
+    def _average(self, grads, weight):
+        """Each rank's gradients times its weight, summed over the ranks in one all_reduce of one
+        flat buffer (a CPU tensor sharing the numpy memory) -> the averaged gradients."""
+        names = list(grads)
+        flat = np.concatenate([grads[k].ravel() for k in names])
+        flat *= weight
+        self.dist.all_reduce_sum(flat)
+        out, start = {}, 0
+        for k in names:
+            out[k] = flat[start:start + grads[k].size].reshape(grads[k].shape)
+            start += grads[k].size
+        return out
 
     def _eval_loss(self, features, captions):
         return self.model.loss(features, captions)[0]

@@ -18,29 +18,39 @@ class CaptioningSolverTransformer(SolverBase):
         self.amp = bool(amp) and self.device.type == "cuda"
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+        # under torchrun the training forward goes through DistributedDataParallel, which averages
+        # the gradients in backward(); validation and decoding use the model itself
+        self.net = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # static graph: the cross-attention's key/query weights never get gradients (one image token)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids, static_graph=True)
 
     def _tensors(self, features, captions):
         """features (B, D) float32, captions (B, L) int arrays -> tensors on the solver's device."""
         return (torch.as_tensor(features, dtype=torch.float32).to(self.device, non_blocking=True),
                 torch.as_tensor(captions, dtype=torch.long).to(self.device, non_blocking=True))
 
-    def _loss(self, features, captions):
-        """Model loss of a minibatch (scalar tensor), under bfloat16 autocast when amp is on."""
+    def _loss(self, net, features, captions):
+        """Loss of a minibatch through net's forward (scalar tensor), under bfloat16 autocast when amp is on."""
+        features, captions = self._tensors(features, captions)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model.loss(*self._tensors(features, captions))
+            return self.model.loss_from_scores(net(features, captions[:, :-1]), captions)
 
-    def _train_step(self, features, captions):
+    def _train_step(self, features, captions, weight=1.0):
         self.model.train()
-        loss = self._loss(features, captions)
+        loss = self._loss(self.net, features, captions)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages the ranks' gradients equally: scaling by world_size * weight makes that the
+        # weighted average (the plain gradient in one process)
+        (loss * (self.dist.world_size * weight) if self.dist.enabled else loss).backward()
         self.optimizer.step()
         return loss.item()
 
     @torch.no_grad()
     def _eval_loss(self, features, captions):
         self.model.eval()
-        return self._loss(features, captions).item()
+        return self._loss(self.model, features, captions).item()
 
     def _decay_lr(self, factor):
         for group in self.optimizer.param_groups:

@@ -1,6 +1,7 @@
 """What training.py and inference.py share: flag conventions, defaults and error reporting."""
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -15,13 +16,20 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def is_main_process():
+    """False in the processes of rank > 0 under torchrun, which leave printing to rank 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def user_errors(prog):
-    """Turn a UserError raised inside the block into one line on stderr and exit code 2."""
+    """Turn a UserError raised inside the block into one line on stderr (from rank 0 only under
+    torchrun, where every rank meets the same error) and exit code 2."""
     try:
         yield
     except UserError as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
+        if is_main_process():
+            sys.stderr.write(f"{prog}: error: {e}\n")
         sys.exit(2)
 
 

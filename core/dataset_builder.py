@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from core.coco_utils import SPLITS, build_vocab, dropped_characters, encode_captions, tokenize
+from core.distributed import Context, unshard
 from core.errors import UserError
 from core.features import (
     FC7_DIM, TRANSFORM_FILE, dataset_id, describe_weights, extract_fc7, fit_pca, project, save_transform)
@@ -86,11 +87,14 @@ def _url(path, out_dir):
 
 
 def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_workers=0, min_word_count=5,
-                  max_length=17, pca_dim=512, skip_bad_images=False, progress=True, log=print):
-    """splits: {"train": (annotation_file, image_dir), "val": (...)} -> dict of counts.
+                  max_length=17, pca_dim=512, skip_bad_images=False, progress=True, log=print, dist=None):
+    """splits: {"train": (annotation_file, image_dir), "val": (...)} -> dict of counts (None on ranks > 0).
 
-    spec: VGG16 weights spec from core.features.parse_weights.
+    spec: VGG16 weights spec from core.features.parse_weights. dist: a core.distributed.Context;
+    with K processes each runs VGG16 on every K-th image and rank 0 gathers the fc7 rows in the
+    original order, fits the PCA and writes the dataset.
     """
+    dist = dist or Context()
     if set(splits) != set(SPLITS):
         raise ValueError(f"splits must be {SPLITS}")
     out_dir = Path(out_dir)
@@ -104,8 +108,10 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at most {FC7_DIM}); "
                         f"the train split has {len(paths['train'])}: use a smaller --pca_dim or more images")
     for split in SPLITS:
-        fc7[split], bad = extract_fc7(paths[split], spec, batch_size=batch_size, device=device,
-                                      num_workers=num_workers, progress=progress, desc=f"{split} fc7")
+        fc7[split], bad = _extract_sharded(paths[split], spec, dist, batch_size=batch_size, device=device,
+                                           num_workers=num_workers, progress=progress, desc=f"{split} fc7")
+        if not dist.is_main:
+            continue
         if bad:
             first = min(bad)
             if not skip_bad_images:
@@ -120,6 +126,8 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             raw_captions[split] = [c for c, r in zip(raw_captions[split], rows) if r]
             image_idxs[split] = new_index[image_idxs[split][rows]].astype(np.int32)
 
+    if not dist.is_main:
+        return None
     tokens = {split: [tokenize(c) for c in raw_captions[split]] for split in SPLITS}
     for split in SPLITS:
         dropped = sum(dropped_characters(c, t) for c, t in zip(raw_captions[split], tokens[split]))
@@ -142,6 +150,18 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     log(f"wrote {out_dir}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
         + f", {len(idx_to_word)} words")
     return counts
+
+
+def _extract_sharded(paths, spec, dist, **kwargs):
+    """extract_fc7 over this rank's share of the paths; on rank 0 -> fc7 (N, 4096) of all paths in
+    order and {index: error} of all unreadable ones, elsewhere (None, None)."""
+    fc7, bad = extract_fc7(dist.shard(paths), spec, **kwargs)
+    parts = dist.gather((fc7, bad))
+    if not dist.is_main:
+        return None, None
+    K = dist.world_size
+    return unshard([f for f, _ in parts], len(paths)), {r + K * i: e for r, (_, b) in enumerate(parts)
+                                                          for i, e in b.items()}
 
 
 def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca, transform, spec,

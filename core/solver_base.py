@@ -16,6 +16,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from core.distributed import Context
+
 
 class TrainingDiverged(Exception):
     """The training or validation loss became non-finite or grew far beyond its start."""
@@ -33,10 +35,16 @@ class SolverBase:
     stop is requested. max_iters: stop each epoch after this many minibatches (dry runs and
     timing; None: the whole epoch). divergence_factor: training stops (TrainingDiverged) when a
     batch loss exceeds this many times the run's first batch loss, or is not finite.
+    dist: a core.distributed.Context; with K processes each epoch's permutation is the same on
+    every rank, a step takes K * batch_size captions and each rank trains on its batch_size of
+    them, the gradients are averaged (weighted by each rank's share), and the losses, the
+    validation loss and any stop request are the same on every rank. save_state runs on rank 0 only.
     """
 
     def __init__(self, model, data, *, num_epochs=10, batch_size=100, lr_decay=1.0, val_samples=1000,
-                 seed=0, verbose=True, on_epoch_end=None, save_state=None, max_iters=None, divergence_factor=10.0):
+                 seed=0, verbose=True, on_epoch_end=None, save_state=None, max_iters=None, divergence_factor=10.0,
+                 dist=None):
+        self.dist = dist or Context()
         self.model = model
         self.data = data
         self.num_epochs = num_epochs
@@ -65,8 +73,10 @@ class SolverBase:
         features = self.data[f"{split}_features"][self.data[f"{split}_image_idxs"][rows]]
         return features, captions
 
-    def _train_step(self, features, captions):
-        """One update on a minibatch -> its loss (float)."""
+    def _train_step(self, features, captions, weight):
+        """One update on this rank's minibatch -> its loss (float). weight: the rank's share of the
+        step's captions (1 in one process); the gradients of all ranks are averaged with these
+        weights before the update, so that every rank applies the same one."""
         raise NotImplementedError
 
     def _eval_loss(self, features, captions):
@@ -107,12 +117,20 @@ class SolverBase:
         self._load_optimizer_state(state["optimizer"])
 
     def val_loss(self):
-        """Teacher-forced loss over the fixed validation subset (mean over captions)."""
+        """Teacher-forced loss over the fixed validation subset (mean over captions; rank 0's value
+        on every rank)."""
         total = 0.0
         for start in range(0, len(self.val_rows), self.batch_size):
             rows = self.val_rows[start:start + self.batch_size]
             total += self._eval_loss(*self._batch("val", rows)) * len(rows)
-        return total / max(len(self.val_rows), 1)
+        return self.dist.broadcast(total / max(len(self.val_rows), 1))
+
+    def _shard(self, rows):
+        """A step's caption rows -> this rank's rows and its weight (share of the step's captions).
+        A rank left without rows trains on the first one with weight 0, so that every rank takes part."""
+        B = self.batch_size
+        mine = rows[self.dist.rank * B:(self.dist.rank + 1) * B]
+        return (mine, len(mine) / len(rows)) if len(mine) else (rows[:1], 0.0)
 
     def _check_loss(self, loss, where):
         """Raise TrainingDiverged when a batch loss is non-finite or far above the run's first one."""
@@ -153,7 +171,8 @@ class SolverBase:
         and returns early with `self.stop_requested` set. Raises TrainingDiverged.
         """
         num_train = self.data["train_captions"].shape[0]
-        iters = math.ceil(num_train / self.batch_size)
+        step_size = self.batch_size * self.dist.world_size  # captions per step, over all ranks
+        iters = math.ceil(num_train / step_size)
         if self.max_iters is not None:
             iters = min(iters, self.max_iters)
         with self._clean_stops():
@@ -163,15 +182,19 @@ class SolverBase:
                 order = self.rng.permutation(num_train)
                 bar = tqdm(range(self.iteration, iters), desc=f"epoch {epoch}/{self.num_epochs}", leave=False,
                            disable=not self.verbose, mininterval=1.0, initial=self.iteration, total=iters)
+                stop = False
                 for it in bar:
-                    if self.stop_requested:
+                    if stop:
                         bar.close()
-                        if self.save_state is not None:
-                            self.save_state(self)
+                        self._save_state()
                         return self.history
-                    rows = order[it * self.batch_size:(it + 1) * self.batch_size]
+                    rows, weight = self._shard(order[it * step_size:(it + 1) * step_size])
                     start = time.perf_counter()
-                    loss = self._train_step(*self._batch("train", rows))
+                    loss = self._train_step(*self._batch("train", rows), weight)
+                    # the step's loss and whether any rank was asked to stop, the same on every rank
+                    loss, stop = self.dist.all_reduce_sum(np.array([loss * weight, bool(self.stop_requested)]))
+                    loss, stop = float(loss), bool(stop)
+                    self.stop_requested = self.stop_requested or ("a signal to another process" if stop else None)
                     self.epoch_seconds += time.perf_counter() - start
                     self._check_loss(loss, f"epoch {epoch}, iteration {it + 1}")
                     self.history["loss"].append(loss)
@@ -179,11 +202,17 @@ class SolverBase:
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 bar.close()
                 self._end_epoch(epoch, iters)
-                if self.save_state is not None:
-                    self.save_state(self)
-                if self.stop_requested:
+                self._save_state()
+                stop = self.dist.all_reduce_sum(np.array([bool(self.stop_requested)], dtype=np.float64))[0]
+                if stop:
+                    self.stop_requested = self.stop_requested or "a signal to another process"
                     return self.history
         return self.history
+
+    def _save_state(self):
+        """Call save_state on rank 0."""
+        if self.save_state is not None and self.dist.is_main:
+            self.save_state(self)
 
     def _end_epoch(self, epoch, iters):
         """Validation, history, logging, callbacks and learning-rate decay after the last step of an epoch."""

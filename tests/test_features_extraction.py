@@ -363,3 +363,30 @@ def test_a_full_disk_while_writing_a_dataset_leaves_the_folder_as_it_was(rendere
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     finally:
         subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+def test_two_processes_extract_the_same_dataset_as_one(rendered, built, tmp_path):
+    """torchrun: each rank runs VGG16 on every other image, rank 0 gathers, fits the PCA and writes."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = subprocess.run([
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(port), str(ROOT / "features_extraction.py"),
+        "--train_annotations", str(rendered / "annotations" / "captions_train.json"),
+        "--train_images", str(rendered / "images" / "train"),
+        "--val_annotations", str(rendered / "annotations" / "captions_val.json"),
+        "--val_images", str(rendered / "images" / "val"), "--out_dir", str(tmp_path / "two"), "--weights", "random",
+        "--seed", "0", "--pca_dim", str(PCA_DIM), "--min_word_count", "1", "--batch_size", "8", "--device", "cpu",
+        "--quiet"], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1
+    for name in ("train2014_vgg16_fc7.h5", "val2014_vgg16_fc7.h5", "train2014_vgg16_fc7_pca.h5",
+                 "val2014_vgg16_fc7_pca.h5"):
+        with h5py.File(built / name) as one, h5py.File(tmp_path / "two" / name) as two:
+            np.testing.assert_allclose(two["features"][()], one["features"][()], rtol=1e-4, atol=1e-4, err_msg=name)
+    with h5py.File(built / "coco2014_captions.h5") as one, h5py.File(tmp_path / "two" / "coco2014_captions.h5") as two:
+        for key in one:
+            np.testing.assert_array_equal(two[key][()], one[key][()])

@@ -38,7 +38,7 @@ class FakeSolver(SolverBase):
         self.val_value = val_value if val_value is not None else (lambda rows: 5.0)
         super().__init__(None, data, **kw)
 
-    def _train_step(self, features, captions):
+    def _train_step(self, features, captions, weight):
         self.seen.append(captions[:, 0].copy())
         return next(self.train_losses) if self.train_losses is not None else 1.0
 

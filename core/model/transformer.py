@@ -111,7 +111,11 @@ class CaptioningTransformer(nn.Module):
 
         features (N, D), captions (N, T + 1) -> scalar tensor.
         """
-        scores = self(features, captions[:, :-1])  # (N, T, V)
+        return self.loss_from_scores(self(features, captions[:, :-1]), captions)
+
+    def loss_from_scores(self, scores, captions):
+        """The loss of `loss` from forward's scores (N, T, V) of captions (N, T + 1) -> scalar tensor
+        (so that a wrapper of forward, such as DistributedDataParallel, can compute the scores)."""
         targets = captions[:, 1:]
         total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1),
                                 ignore_index=self.null_idx, reduction="sum")

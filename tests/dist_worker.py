@@ -1,0 +1,47 @@
+"""Launched by tests/test_distributed.py under torchrun: trains tiny rnn/lstm/transformer models on
+every rank, checks after every step that the weights are identical on all ranks, and has rank 0
+save the final weights (npz) for the test to compare with a one-process run.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py DATA_DIR OUT.npz
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core import distributed  # noqa: E402
+from core.coco_utils import load_coco_data  # noqa: E402
+from tests.test_distributed import BATCH, STEPS, make_solver, weights  # noqa: E402
+
+
+def main():
+    data_dir, out = sys.argv[1], sys.argv[2]
+    ctx = distributed.init("cpu")
+    data = load_coco_data(data_dir)
+    saved, mismatches = {}, []
+    for name in ("rnn", "lstm", "transformer"):
+        solver = make_solver(name, data, BATCH, ctx)
+        step = solver._train_step
+
+        def checked_step(*batch, solver=solver, step=step, name=name):
+            loss = step(*batch)
+            mine = weights(solver.model)
+            everyone = ctx.gather(mine)
+            if ctx.is_main:
+                for other in everyone[1:]:
+                    mismatches.extend(f"{name} {k}" for k in mine if not np.array_equal(mine[k], other[k]))
+            return loss
+
+        solver._train_step = checked_step
+        solver.train()
+        saved.update({f"{name}.{k}": v for k, v in weights(solver.model).items()})
+        saved[f"{name}.loss"] = np.array(solver.history["loss"])
+    if ctx.is_main:
+        np.savez(out, mismatches=np.array(mismatches, dtype=str), **saved)
+    ctx.close()
+
+
+if __name__ == "__main__":
+    main()
