@@ -5,6 +5,7 @@ Usage:
     python training.py --model lstm --num_samples 300 --epochs 100 --batch_size 50
     python training.py --model transformer --device cuda
     python training.py --resume lstm_checkpoint_last.npz [--epochs 20]
+    python training.py --model lstm --scst --init_from lstm_checkpoint.npz [--scst_samples 5 --baseline greedy]
     torchrun --nproc_per_node 4 training.py --model transformer --device cuda   # --batch_size is per process
 
 Writes the checkpoint (--checkpoint, final weights), the best checkpoint next to it
@@ -30,7 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.checkpoint import (  # noqa: E402
-    check_checkpoint, load_training_state, save_checkpoint, save_training_state)
+    check_checkpoint, load_checkpoint, load_training_state, save_checkpoint, save_training_state)
+from core.cider import CiderD  # noqa: E402
 from core.cli import (  # noqa: E402
     ArgumentParser, best_checkpoint_path, is_main_process, resolve_device, user_errors)
 from core import distributed  # noqa: E402
@@ -41,15 +43,17 @@ from core.features import dataset_id  # noqa: E402
 from core.fileio import RunLock, atomic_write, atomic_write_text  # noqa: E402
 from core.memory import keep_freed_memory  # noqa: E402
 from core.registry import MODEL_TYPES  # noqa: E402
-from core.solver_base import TrainingDiverged  # noqa: E402
+from core.solver_base import SelfCritical, TrainingDiverged  # noqa: E402
 
+SCST_LR = 5e-5
 SMALL_DATA = 1000  # --num_samples up to this, with no --epochs/--batch_size/--lr_decay, use the recipe below
 SMALL_DATA_RECIPE = {"epochs": 100, "batch_size": 50, "lr_decay": 1.0, "val_samples": 100, "dropout": 0.0}
 
 
 FIXED_ON_RESUME = ("model", "num_samples", "batch_size", "lr", "lr_decay", "update_rule", "hidden_dim", "wordvec_dim",
                    "num_heads", "num_layers", "dim_feedforward", "dropout", "val_samples", "eval_every", "eval_images",
-                   "seed", "max_iters", "divergence_factor")
+                   "seed", "max_iters", "divergence_factor", "scst", "init_from", "scst_samples", "baseline",
+                   "temperature")
 
 
 def build_parser():
@@ -100,6 +104,16 @@ def build_parser():
     p.add_argument("--max_iters", type=int, default=None,
                    help="stop each epoch after this many minibatches (dry runs and timing; default: whole epochs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--scst", action="store_true",
+                   help="self-critical sequence training: fine-tune the --init_from checkpoint by REINFORCE with "
+                        "CIDEr-D (training references' document frequencies) as the reward; defaults then: "
+                        f"--lr {SCST_LR:g}, --eval_every 1 (best checkpoint by val CIDEr), checkpoint *_scst")
+    p.add_argument("--init_from", default=None, metavar="CHECKPOINT",
+                   help="the cross-entropy-trained checkpoint --scst starts from")
+    p.add_argument("--scst_samples", type=int, default=5, help="captions sampled per image by --scst")
+    p.add_argument("--baseline", default="greedy", choices=("greedy", "mean"),
+                   help="--scst baseline: the greedy caption's reward, or the mean reward of the image's other samples")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --scst")
     return p
 
 
@@ -139,6 +153,18 @@ def parse_args(argv=None):
     if args.num_samples is not None and args.num_samples <= 0:
         p.error("--num_samples must be positive")
     args.recipe = None
+    if args.scst_samples <= 0 or args.temperature < 0:
+        p.error("--scst_samples must be positive and --temperature >= 0")
+    if args.resume is None and args.scst != (args.init_from is not None):
+        p.error("--scst needs --init_from CHECKPOINT (and --init_from is for --scst)")
+    if args.scst and args.resume is None:
+        if "lr" not in args.explicit:
+            args.lr = SCST_LR
+        if "eval_every" not in args.explicit:
+            args.eval_every = 1
+        if args.checkpoint is None:
+            default = Path(MODEL_TYPES[args.model].checkpoint)
+            args.checkpoint = str(default.with_name(f"{default.stem}_scst{default.suffix}"))
     if args.resume is None:
         if (args.num_samples is not None and args.num_samples <= SMALL_DATA
                 and not {"epochs", "batch_size", "lr_decay"} & set(args.explicit)):
@@ -277,6 +303,38 @@ def save_loss_plot(history, title, path):
         plt.close(fig)
 
 
+def save_scst_plot(history, title, path):
+    """Mean sampled reward and baseline per iteration, and val CIDEr per epoch, saved as PNG."""
+    fig, (ax_reward, ax_cider) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_reward.plot(np.arange(1, len(history["reward"]) + 1), history["reward"], label="mean reward of the samples")
+    ax_reward.plot(np.arange(1, len(history["baseline"]) + 1), history["baseline"], label="mean baseline")
+    ax_reward.set_xlabel("iteration")
+    ax_reward.set_ylabel("CIDEr-D (training references)")
+    ax_reward.legend()
+    ax_cider.plot(history["eval_epoch"], history["val_cider"], "o-", color="tab:red")
+    ax_cider.set_xlabel("epoch")
+    ax_cider.set_ylabel("val CIDEr (greedy)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def initial_model(args, data, ident):
+    """The --init_from checkpoint of --scst, checked against --model and the data; the size flags
+    are set to its sizes (they are recorded with the run)."""
+    model, config = load_checkpoint(args.init_from)
+    check_checkpoint(config, args.init_from, args.model, data["idx_to_word"])
+    if config.get("extra", {}).get("dataset_id") not in (None, ident):
+        raise UserError(f"{args.init_from} was trained on another dataset than {args.data_dir}: "
+                        "pass the --data_dir it was trained on")
+    for name in MODEL_TYPES[args.model].model_class.SIZE_FLAGS:
+        setattr(args, name, config[name])
+    return model
+
+
 def last_checkpoint_path(path):
     """rnn_checkpoint.npz -> rnn_checkpoint_last.npz (the resumable state)"""
     path = Path(path)
@@ -342,8 +400,12 @@ def _train(args, ctx, resume_model, config, state):
                   "as the original repository trained small subsets", flush=True)
         ident = dataset_id(data["train_features"], data["idx_to_word"])
         extra = {"data_dir": str(Path(args.data_dir).name), "data_path": str(Path(args.data_dir).resolve()),
-                 "args": {k: v for k, v in vars(args).items() if k != "explicit"}, "dataset_id": ident}
-        if resume_model is None:
+                 "dataset_id": ident}
+        if resume_model is None and args.scst:
+            model = initial_model(args, data, ident)
+            extra["scst"] = {"init_from": str(args.init_from), "baseline": args.baseline, "samples": args.scst_samples,
+                             "temperature": args.temperature}
+        elif resume_model is None:
             model = build_model(args, data)
         else:
             model = resume_model
@@ -352,13 +414,20 @@ def _train(args, ctx, resume_model, config, state):
                 raise UserError(f"{args.resume} was trained on another dataset than {args.data_dir}: "
                                 "pass the --data_dir it was trained on")
 
+        extra["args"] = {k: v for k, v in vars(args).items() if k != "explicit"}  # as the model was built
         tracker = BestTracker(args, data, best_path, extra)
 
         def save_state(solver):
             info = dict(extra, epoch=solver.epoch, iteration=solver.iteration, tracker=tracker.state())
             save_training_state(solver, last_path, info)
 
-        solver = make_solver(args, model, data, num_epochs=args.epochs, batch_size=args.batch_size,
+        if args.scst:
+            extra.setdefault("scst", config["extra"].get("scst") if config else None)
+            scst = SelfCritical(CiderD(references_by_image(data["train_captions"], data["train_image_idxs"],
+                                                           data["idx_to_word"])),
+                                args.scst_samples, args.baseline, args.temperature,
+                                max_length=min(data["train_captions"].shape[1] - 1, getattr(model, "max_length", 99)))
+        solver = make_solver(args, model, data, scst=scst if args.scst else None, num_epochs=args.epochs, batch_size=args.batch_size,
                              lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed,
                              verbose=not args.quiet and ctx.is_main, save_state=save_state, max_iters=args.max_iters,
                              on_epoch_end=tracker.on_epoch_end if ctx.is_main else None,
@@ -389,6 +458,11 @@ def _train(args, ctx, resume_model, config, state):
         out_dir = Path(args.out_dir)
         plot_path = out_dir / f"{args.model}_loss.png"
         save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
+        if args.scst:
+            scst_plot = out_dir / f"{args.model}_scst.png"
+            save_scst_plot(history, f"{args.model}: self-critical fine-tuning of {Path(args.init_from).name}",
+                           scst_plot)
+            say(f"saved reward and CIDEr plot {scst_plot}")
         atomic_write_text(out_dir / f"{args.model}_history.json", json.dumps(dict(history, seconds=seconds), indent=1))
         its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
         say(f"{its:.1f} training iterations per second (batch {args.batch_size})")

@@ -22,8 +22,8 @@ class CaptioningSolver(SolverBase):
         optim_config = dict(optim_config or {}, **({"learning_rate": learning_rate} if learning_rate else {}))
         self.optim_configs = {name: dict(optim_config) for name in model.params}
 
-    def _train_step(self, features, captions, weight=1.0):
-        loss, grads = self.model.loss(features, captions)
+    def _update(self, features, captions, caption_weights, weight):
+        loss, grads = self.model.loss(features, captions, caption_weights)
         if self.dist.enabled:
             grads = self._average(grads, weight)
         for name, w in self.model.params.items():

@@ -31,15 +31,15 @@ class CaptioningSolverTransformer(SolverBase):
         return (torch.as_tensor(features, dtype=torch.float32).to(self.device, non_blocking=True),
                 torch.as_tensor(captions, dtype=torch.long).to(self.device, non_blocking=True))
 
-    def _loss(self, net, features, captions):
+    def _loss(self, net, features, captions, caption_weights=None):
         """Loss of a minibatch through net's forward (scalar tensor), under bfloat16 autocast when amp is on."""
         features, captions = self._tensors(features, captions)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model.loss_from_scores(net(features, captions[:, :-1]), captions)
+            return self.model.loss_from_scores(net(features, captions[:, :-1]), captions, caption_weights)
 
-    def _train_step(self, features, captions, weight=1.0):
+    def _update(self, features, captions, caption_weights, weight):
         self.model.train()
-        loss = self._loss(self.net, features, captions)
+        loss = self._loss(self.net, features, captions, caption_weights)
         self.optimizer.zero_grad(set_to_none=True)
         # DDP averages the ranks' gradients equally: scaling by world_size * weight makes that the
         # weighted average (the plain gradient in one process)

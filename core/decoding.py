@@ -1,4 +1,4 @@
-"""Greedy and beam-search decoding, shared by all three decoders.
+"""Greedy, sampled and beam-search decoding, shared by all decoders.
 
 Shape letters: N images, K beam size, V vocabulary, L max_length.
 
@@ -61,6 +61,40 @@ def greedy_search(model, features, max_length=30):
         for t in range(max_length):
             logprobs, state = model.step(words, state)
             words = logprobs.argmax(axis=1)
+            captions[~done, t] = words[~done]
+            done |= words == model.end_idx
+            if done.all():
+                break
+    return captions
+
+
+def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0, rng=None):
+    """Draw num_samples captions per image, each word from softmax(log-probabilities / temperature)
+    (temperature 0: the most likely word, i.e. greedy decoding), all images and samples as one batch.
+
+    features (N, D) -> captions (N * num_samples, L) int64, image k's samples in rows
+    k * num_samples ... (k + 1) * num_samples - 1; rng: a numpy Generator (seeded for reproducible draws).
+    """
+    require_start_end(model)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    rng = np.random.default_rng() if rng is None else rng
+    B = len(features) * num_samples
+    captions = np.full((B, max_length), model.null_idx, dtype=np.int64)
+    words = np.full(B, model.start_idx, dtype=np.int64)
+    done = np.zeros(B, dtype=bool)
+    with _inference(model):
+        state = model.select_state(model.init_state(features), np.repeat(np.arange(len(features)), num_samples))
+        for t in range(max_length):
+            logprobs, state = model.step(words, state)
+            if temperature == 0:
+                words = logprobs.argmax(axis=1)
+            else:
+                scaled = logprobs.astype(np.float64) / temperature  # (B, V)
+                probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+                cumulative = np.cumsum(probs, axis=1)
+                draws = rng.random(B) * cumulative[:, -1]  # inverse CDF, one uniform draw per row
+                words = np.minimum((cumulative < draws[:, None]).sum(axis=1), probs.shape[1] - 1)
             captions[~done, t] = words[~done]
             done |= words == model.end_idx
             if done.all():

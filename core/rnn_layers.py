@@ -59,10 +59,11 @@ def temporal_affine_backward(dout, cache):
     return dx, dw, dout2.sum(axis=0)
 
 
-def softmax_loss(x, y, norm=1.0):
-    """Softmax cross-entropy summed over rows and divided by norm.
+def softmax_loss(x, y, norm=1.0, weights=None):
+    """Softmax cross-entropy summed over rows (each times its weight) and divided by norm.
 
-    x (M, V) scores, y (M,) int targets in [0, V) -> loss (float), dx (M, V).
+    x (M, V) scores, y (M,) int targets in [0, V), weights (M,) or None (all 1)
+    -> loss (float), dx (M, V).
     """
     M = x.shape[0]
     shifted = x - x.max(axis=1, keepdims=True)  # (M, V), max 0 per row
@@ -70,10 +71,17 @@ def softmax_loss(x, y, norm=1.0):
     picked = shifted[rows, y]  # (M,) shifted score of the target word
     probs = np.exp(shifted, out=shifted)
     sums = probs.sum(axis=1)
-    loss = -np.sum(picked - np.log(sums)) / norm
-    probs /= (sums * norm)[:, None]
+    if weights is None:
+        loss = -np.sum(picked - np.log(sums)) / norm
+        probs /= (sums * norm)[:, None]
+        dx = probs
+        dx[rows, y] -= 1 / norm
+        return float(loss), dx
+    scale = (weights / norm).astype(x.dtype, copy=False)  # (M,)
+    loss = np.sum((np.log(sums) - picked) * scale)
+    probs *= (scale / sums)[:, None]
     dx = probs
-    dx[rows, y] -= 1 / norm
+    dx[rows, y] -= scale
     return float(loss), dx
 
 

@@ -1,11 +1,12 @@
 """The one training loop shared by both captioning solvers.
 
-A subclass says how one step computes the loss and updates the weights
-(`_train_step`), how a batch is scored without training (`_eval_loss`), how the
+A subclass says how one step computes the (optionally per-caption weighted) loss and updates
+the weights (`_update`), how a batch is scored without training (`_eval_loss`), how the
 learning rate decays (`_decay_lr`) and what its optimizer state is
 (`_optimizer_state`/`_load_optimizer_state`); everything else (epochs over shuffled
 captions, minibatches, validation on a fixed subset, history, logging, best-model
-callback, divergence checks, resumable state, clean stops on Ctrl-C/SIGTERM) lives here.
+callback, divergence checks, resumable state, clean stops on Ctrl-C/SIGTERM, and the
+self-critical step that samples, rewards and weights captions) lives here.
 """
 import contextlib
 import math
@@ -16,7 +17,26 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from core.coco_utils import decode_captions
+from core.decoding import greedy_search, sample_search
 from core.distributed import Context
+
+
+class SelfCritical:
+    """How SolverBase trains self-critically (Rennie et al., 2017) instead of by cross-entropy.
+
+    cider: a core.cider.CiderD over the training references; num_samples: captions sampled per
+    image; baseline: "greedy" (the reward of the greedy caption) or "mean" (the mean reward of the
+    image's other samples); temperature: of the sampling; max_length: longest sampled caption.
+    """
+
+    def __init__(self, cider, num_samples=5, baseline="greedy", temperature=1.0, max_length=16):
+        if baseline not in ("greedy", "mean"):
+            raise ValueError(f'baseline must be "greedy" or "mean", got "{baseline}"')
+        if baseline == "mean" and num_samples < 2:
+            raise ValueError("the mean baseline needs at least 2 samples per image")
+        self.cider, self.num_samples, self.baseline = cider, num_samples, baseline
+        self.temperature, self.max_length = temperature, max_length
 
 
 class TrainingDiverged(Exception):
@@ -43,8 +63,9 @@ class SolverBase:
 
     def __init__(self, model, data, *, num_epochs=10, batch_size=100, lr_decay=1.0, val_samples=1000,
                  seed=0, verbose=True, on_epoch_end=None, save_state=None, max_iters=None, divergence_factor=10.0,
-                 dist=None):
+                 dist=None, scst=None):
         self.dist = dist or Context()
+        self.scst = scst
         self.model = model
         self.data = data
         self.num_epochs = num_epochs
@@ -59,6 +80,9 @@ class SolverBase:
         num_val = data["val_captions"].shape[0]
         self.val_rows = np.sort(self.rng.choice(num_val, size=min(val_samples, num_val), replace=False))
         self.history = {"loss": [], "train_loss": [], "val_loss": [], "learning_rate": [], "train_seconds": []}
+        if scst is not None:
+            self.history.update(reward=[], baseline=[])
+            self.sample_rng = np.random.default_rng([seed, 1])  # the self-critical samples' own stream
         self.best_val_loss = math.inf
         self.best_epoch = None
         self.epoch = 0  # epochs completed
@@ -73,11 +97,16 @@ class SolverBase:
         features = self.data[f"{split}_features"][self.data[f"{split}_image_idxs"][rows]]
         return features, captions
 
-    def _train_step(self, features, captions, weight):
-        """One update on this rank's minibatch -> its loss (float). weight: the rank's share of the
-        step's captions (1 in one process); the gradients of all ranks are averaged with these
-        weights before the update, so that every rank applies the same one."""
+    def _update(self, features, captions, caption_weights, weight):
+        """One update on this rank's minibatch -> its loss (float). caption_weights: (B,) multipliers
+        of each caption's cross-entropy, or None (self-critical training passes reward - baseline).
+        weight: the rank's share of the step's captions (1 in one process); the gradients of all
+        ranks are averaged with these weights before the update, so that every rank applies the same one."""
         raise NotImplementedError
+
+    def _train_step(self, features, captions, weight=1.0):
+        """One teacher-forced (cross-entropy) update -> its loss (float)."""
+        return self._update(features, captions, None, weight)
 
     def _eval_loss(self, features, captions):
         """Loss of a minibatch without training (float)."""
@@ -105,6 +134,8 @@ class SolverBase:
         loop = {"epoch": self.epoch, "iteration": self.iteration, "epoch_seconds": self.epoch_seconds,
                 "rng": self.epoch_rng_state, "history": self.history, "best_val_loss": self.best_val_loss,
                 "best_epoch": self.best_epoch, "num_epochs": self.num_epochs}
+        if self.scst is not None:
+            loop["sample_rng"] = self.sample_rng.bit_generator.state
         return {"loop": loop, "optimizer": self._optimizer_state()}
 
     def load_training_state(self, state):
@@ -114,6 +145,8 @@ class SolverBase:
         self.epoch_rng_state = loop["rng"]
         self.history = {k: list(v) for k, v in loop["history"].items()}
         self.best_val_loss, self.best_epoch = float(loop["best_val_loss"]), loop["best_epoch"]
+        if self.scst is not None and "sample_rng" in loop:
+            self.sample_rng.bit_generator.state = loop["sample_rng"]
         self._load_optimizer_state(state["optimizer"])
 
     def val_loss(self):
@@ -137,7 +170,7 @@ class SolverBase:
         first = self.history["loss"][0] if self.history["loss"] else loss
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss} at {where}")
-        if loss > self.divergence_factor * abs(first):
+        if self.scst is None and loss > self.divergence_factor * abs(first):  # a self-critical loss may be ~0 or < 0
             raise TrainingDiverged(f"the training loss grew to {loss:.4g} at {where}, more than "
                                    f"{self.divergence_factor:g} times the first batch loss {first:.4g}")
 
@@ -190,7 +223,8 @@ class SolverBase:
                         return self.history
                     rows, weight = self._shard(order[it * step_size:(it + 1) * step_size])
                     start = time.perf_counter()
-                    loss = self._train_step(*self._batch("train", rows), weight)
+                    loss = self._train_step(*self._batch("train", rows), weight) if self.scst is None \
+                        else self._scst_step(rows, weight)
                     # the step's loss and whether any rank was asked to stop, the same on every rank
                     loss, stop = self.dist.all_reduce_sum(np.array([loss * weight, bool(self.stop_requested)]))
                     loss, stop = float(loss), bool(stop)
@@ -199,7 +233,8 @@ class SolverBase:
                     self._check_loss(loss, f"epoch {epoch}, iteration {it + 1}")
                     self.history["loss"].append(loss)
                     self.iteration = it + 1
-                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False,
+                                    **({"reward": f"{self.history['reward'][-1]:.3f}"} if self.scst else {}))
                 bar.close()
                 self._end_epoch(epoch, iters)
                 self._save_state()
@@ -208,6 +243,33 @@ class SolverBase:
                     self.stop_requested = self.stop_requested or "a signal to another process"
                     return self.history
         return self.history
+
+    def _scst_step(self, rows, weight):
+        """One self-critical update on the images of the step's caption rows -> its loss (float).
+
+        For each image, scst.num_samples captions are sampled; each is rewarded with its CIDEr-D
+        against the image's references; the baseline is the greedy caption's reward or the mean
+        reward of the image's other samples; the loss is sum_n (r_n - b_n) * cross-entropy of
+        sampled caption n (including its <END>), averaged over the samples.
+        """
+        scst, model = self.scst, self.model
+        images = np.unique(self.data["train_image_idxs"][rows])
+        features = self.data["train_features"][images]
+        K = scst.num_samples
+        sampled = sample_search(model, features, scst.max_length, K, scst.temperature, self.sample_rng)  # (n K, L)
+        rewards = scst.cider.scores(decode_captions(sampled, model.idx_to_word), np.repeat(images, K))
+        if scst.baseline == "greedy":
+            greedy = decode_captions(greedy_search(model, features, scst.max_length), model.idx_to_word)
+            baseline = np.repeat(scst.cider.scores(greedy, images), K)
+        else:  # the mean reward of the image's other samples
+            per_image = rewards.reshape(-1, K)
+            baseline = ((per_image.sum(axis=1, keepdims=True) - per_image) / (K - 1)).reshape(-1)
+        captions = np.concatenate([np.full((len(sampled), 1), model.start_idx), sampled], axis=1)  # (n K, L + 1)
+        loss = self._update(np.repeat(features, K, axis=0), captions, rewards - baseline, weight)
+        reward, base = self.dist.all_reduce_sum(np.array([rewards.mean() * weight, baseline.mean() * weight]))
+        self.history["reward"].append(float(reward))
+        self.history["baseline"].append(float(base))
+        return loss
 
     def _save_state(self):
         """Call save_state on rank 0."""

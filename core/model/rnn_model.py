@@ -120,10 +120,12 @@ class CaptioningRNN:
         G = cell.gates * H
         return V * W + D * H + H + (W + H + len(cell.weights) - 2) * G + H * V + V
 
-    def loss(self, features, captions):
+    def loss(self, features, captions, weights=None):
         """Teacher-forced loss and gradients.
 
-        features (N, D), captions (N, T + 1) int -> loss (float), grads (name -> array like params).
+        features (N, D), captions (N, T + 1) int, weights (N,) or None: each caption's
+        cross-entropy is multiplied by its weight (self-critical training passes reward - baseline)
+        -> loss (float), grads (name -> array like params).
         """
         p = self.params
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
@@ -137,7 +139,8 @@ class CaptioningRNN:
         N, T, H = h.shape
         rows = np.flatnonzero(mask.reshape(N * T))  # (M,)
         scores, vocab_cache = affine_forward(h.reshape(N * T, H)[rows], p["W_vocab"], p["b_vocab"])  # (M, V)
-        loss, dscores = softmax_loss(scores, captions_out.reshape(N * T)[rows], N)
+        row_weights = None if weights is None else np.repeat(np.asarray(weights), T)[rows]  # (M,) of each row's caption
+        loss, dscores = softmax_loss(scores, captions_out.reshape(N * T)[rows], N, row_weights)
 
         grads = {}
         dh_rows, grads["W_vocab"], grads["b_vocab"] = affine_backward(dscores, vocab_cache)

@@ -105,21 +105,25 @@ class CaptioningTransformer(nn.Module):
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # (T, T)
         return self.output(self.transformer(x, memory, tgt_mask=mask))  # (N, T, V)
 
-    def loss(self, features, captions):
+    def loss(self, features, captions, weights=None):
         """Teacher-forced loss, as the numpy models define it: cross-entropy summed over
-        the non-<NULL> target words, averaged over the batch.
+        the non-<NULL> target words (each caption's times its weight, if given), averaged over the batch.
 
-        features (N, D), captions (N, T + 1) -> scalar tensor.
+        features (N, D), captions (N, T + 1), weights (N,) or None -> scalar tensor.
         """
-        return self.loss_from_scores(self(features, captions[:, :-1]), captions)
+        return self.loss_from_scores(self(features, captions[:, :-1]), captions, weights)
 
-    def loss_from_scores(self, scores, captions):
+    def loss_from_scores(self, scores, captions, weights=None):
         """The loss of `loss` from forward's scores (N, T, V) of captions (N, T + 1) -> scalar tensor
         (so that a wrapper of forward, such as DistributedDataParallel, can compute the scores)."""
-        targets = captions[:, 1:]
-        total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1),
-                                ignore_index=self.null_idx, reduction="sum")
-        return total / captions.shape[0]
+        N, T = captions.shape[0], captions.shape[1] - 1
+        if weights is None:
+            total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), captions[:, 1:].reshape(-1),
+                                    ignore_index=self.null_idx, reduction="sum")
+            return total / N
+        per_word = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), captions[:, 1:].reshape(-1),
+                                   ignore_index=self.null_idx, reduction="none").view(N, T)  # (N, T)
+        return (per_word.sum(dim=1) * torch.as_tensor(weights, dtype=per_word.dtype, device=per_word.device)).sum() / N
 
     def init_state(self, features):
         """Decoding state before the first word: features (N, D) -> key/value caches and position 0."""

@@ -1,0 +1,203 @@
+"""Self-critical sequence training: the weighted loss, CIDEr-D rewards, sampling, the update itself,
+and the script."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import training
+from core.captioning_solver import CaptioningSolver
+from core.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+from core.cider import CiderD
+from core.coco_utils import decode_captions, load_coco_data
+from core.decoding import greedy_search, sample_search, sequence_logprob
+from core.evaluation import references_by_image
+from core.model.rnn_model import CaptioningRNN
+from core.model.transformer import CaptioningTransformer
+from core.solver_base import SelfCritical
+from tests.helpers import numeric_gradient, rel_error
+
+WORDS = ["<NULL>", "<START>", "<END>", "a", "b"]
+VOCAB = {w: i for i, w in enumerate(WORDS)}
+CAPTIONS = np.array([[1, 3, 4, 2, 0, 0], [1, 4, 2, 0, 0, 0], [1, 3, 3, 3, 4, 2], [1, 2, 0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_weighted_loss_gradients_and_all_ones_weights(cell_type):
+    rng = np.random.default_rng(0)
+    model = CaptioningRNN(VOCAB, input_dim=4, wordvec_dim=3, hidden_dim=5, cell_type=cell_type, dtype=np.float64,
+                          seed=0)
+    features = rng.standard_normal((4, 4))
+    weights = np.array([0.7, -1.3, 0.0, 2.1])
+    loss, grads = model.loss(features, CAPTIONS, weights)
+    for name, param in model.params.items():
+        num = numeric_gradient(lambda: model.loss(features, CAPTIONS, weights)[0], param, None)
+        assert rel_error(grads[name], num) < 1e-7, name
+    plain, plain_grads = model.loss(features, CAPTIONS)
+    ones, ones_grads = model.loss(features, CAPTIONS, np.ones(4))
+    assert ones == pytest.approx(plain, rel=1e-12)
+    for name in plain_grads:
+        np.testing.assert_allclose(ones_grads[name], plain_grads[name], rtol=1e-10, atol=1e-14)
+    per_caption = [model.loss(features[i:i + 1], CAPTIONS[i:i + 1])[0] for i in range(4)]
+    assert loss == pytest.approx(np.dot(weights, per_caption) / 4, rel=1e-10)  # sum_n w_n CE_n / N
+
+
+def test_weighted_transformer_loss_is_the_weighted_mean_of_caption_losses():
+    torch.manual_seed(0)
+    model = CaptioningTransformer(VOCAB, input_dim=4, wordvec_dim=8, num_heads=2, num_layers=1, dropout=0.0)
+    model.eval()
+    features, captions = torch.randn(4, 4), torch.as_tensor(CAPTIONS)
+    weights = np.array([0.7, -1.3, 0.0, 2.1])
+    per_caption = torch.stack([model.loss(features[i:i + 1], captions[i:i + 1]) for i in range(4)])
+    expected = (per_caption * torch.as_tensor(weights, dtype=torch.float32)).sum() / 4
+    torch.testing.assert_close(model.loss(features, captions, weights), expected)
+    torch.testing.assert_close(model.loss(features, captions, np.ones(4)), model.loss(features, captions))
+
+
+def test_cider_d_equals_pycocoevalcap_with_the_same_document_frequencies(fake_coco):
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    data = load_coco_data(fake_coco)
+    refs = references_by_image(data["val_captions"], data["val_image_idxs"], data["idx_to_word"])
+    rng = np.random.default_rng(0)
+    images = sorted(refs)
+    candidates = [refs[int(rng.choice(images))][int(rng.integers(5))] for _ in images]  # right and wrong captions
+    candidates[0] = " ".join(candidates[0].split()[:3])  # a short one: the length penalty matters
+    candidates[1] = "w7 w7 w7 nothing"  # n-grams no reference has
+    scorer = CiderScorer(n=4, sigma=6.0)
+    for image, caption in zip(images, candidates):
+        scorer += (caption, refs[image])
+    _, expected = scorer.compute_score()
+    ours = CiderD(refs).scores(candidates, images)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+    assert len(set(np.round(ours, 3))) > 5  # a spread of scores was compared
+
+
+def _sharp_model(seed=0):
+    model = CaptioningRNN(VOCAB, input_dim=3, wordvec_dim=4, hidden_dim=6, cell_type="lstm", seed=seed)
+    for k in model.params:
+        model.params[k] *= 4
+    return model
+
+
+def test_sampling_at_temperature_zero_is_greedy_and_samples_are_reproducible():
+    model = _sharp_model()
+    features = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
+    greedy = greedy_search(model, features, max_length=6)
+    np.testing.assert_array_equal(sample_search(model, features, 6, num_samples=3, temperature=0.0)[::3], greedy)
+    tiny = sample_search(model, features, 6, num_samples=2, temperature=1e-4, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(tiny[::2], greedy)
+    np.testing.assert_array_equal(tiny[1::2], greedy)
+    a = sample_search(model, features, 6, num_samples=4, rng=np.random.default_rng(5))
+    b = sample_search(model, features, 6, num_samples=4, rng=np.random.default_rng(5))
+    c = sample_search(model, features, 6, num_samples=4, rng=np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (24, 6) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampled_first_words_follow_the_tempered_distribution(temperature):
+    model = _sharp_model()
+    features = np.random.default_rng(2).standard_normal((1, 3)).astype(np.float32)
+    logprobs, _ = model.step(np.array([VOCAB["<START>"]]), model.init_state(features))
+    expected = np.exp(logprobs[0] / temperature)
+    expected /= expected.sum()
+    words = sample_search(model, features, 1, num_samples=20000, temperature=temperature,
+                          rng=np.random.default_rng(0))[:, 0]
+    np.testing.assert_allclose(np.bincount(words, minlength=len(WORDS)) / 20000, expected, atol=0.012)
+
+
+class TargetReward:
+    """A reward of 1 for one target caption and 0 for every other (or a constant for all)."""
+
+    def __init__(self, target=None, constant=None):
+        self.target, self.constant = target, constant
+
+    def scores(self, captions, images):
+        if self.constant is not None:
+            return np.full(len(captions), self.constant)
+        return np.array([float(c == self.target) for c in captions])
+
+
+def _toy(reward, baseline, lr=0.01, num_samples=64, update_rule="adam"):
+    """Four images, a tiny untrained LSTM and its self-critical solver (one step per epoch)."""
+    rng = np.random.default_rng(3)
+    data = {"train_captions": CAPTIONS, "train_image_idxs": np.arange(4), "val_captions": CAPTIONS,
+            "val_image_idxs": np.arange(4), "train_features": rng.standard_normal((4, 3)).astype(np.float32),
+            "val_features": rng.standard_normal((4, 3)).astype(np.float32)}
+    model = CaptioningRNN(VOCAB, input_dim=3, wordvec_dim=4, hidden_dim=6, cell_type="lstm", seed=0)
+    solver = CaptioningSolver(model, data, learning_rate=lr, update_rule=update_rule, batch_size=4, num_epochs=1,
+                              verbose=False, seed=0,
+                              scst=SelfCritical(reward, num_samples=num_samples, baseline=baseline, max_length=4))
+    return solver, data
+
+
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+def test_self_critical_steps_raise_the_probability_of_the_rewarded_caption(baseline):
+    solver, data = _toy(TargetReward(target="a"), baseline)
+    target = np.array([[VOCAB["a"], VOCAB["<END>"]]] * 4)
+    before = np.exp(sequence_logprob(solver.model, data["train_features"], target))
+    solver.num_epochs = 15
+    solver.train()
+    after = np.exp(sequence_logprob(solver.model, data["train_features"], target))
+    assert after.mean() > 1.4 * before.mean() and (after >= before).all(), (before, after)
+
+
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+def test_a_constant_reward_changes_nothing(baseline):
+    """Reward - baseline is 0 (up to rounding in the mean of the other samples): no gradient. Plain
+    SGD shows it (Adam would blow rounding noise up to full-size steps)."""
+    solver, _ = _toy(TargetReward(constant=0.7), baseline, lr=1.0, update_rule="sgd")
+    before = {k: v.copy() for k, v in solver.model.params.items()}
+    solver.num_epochs = 5
+    solver.train()
+    for k, v in solver.model.params.items():
+        np.testing.assert_allclose(v, before[k], rtol=0, atol=1e-12, err_msg=k)
+    assert solver.history["reward"] == pytest.approx([0.7] * 5) and solver.history["baseline"] == pytest.approx([0.7] * 5)
+    moved, _ = _toy(TargetReward(target="a"), baseline, lr=1.0, update_rule="sgd")  # a real reward does move them
+    moved.train()
+    assert any(np.abs(v - before[k]).max() > 1e-4 for k, v in moved.model.params.items())
+
+
+def test_self_critical_training_resumes_exactly(tmp_path):
+    """The samples' RNG is part of the resumable state."""
+    straight, _ = _toy(TargetReward(target="a"), "mean")
+    straight.num_epochs = 4
+    straight.train()
+    first, data = _toy(TargetReward(target="a"), "mean")
+    first.num_epochs = 2
+    first.save_state = lambda s: save_training_state(s, tmp_path / "last.npz")
+    first.train()
+    model, _, state = load_training_state(tmp_path / "last.npz")
+    resumed = CaptioningSolver(model, data, learning_rate=0.01, batch_size=4, num_epochs=4, verbose=False, seed=0,
+                               scst=straight.scst)
+    resumed.load_training_state(state)
+    resumed.train()
+    for k in model.params:
+        np.testing.assert_array_equal(resumed.model.params[k], straight.model.params[k], err_msg=k)
+    assert resumed.history["reward"] == straight.history["reward"]
+
+
+def test_the_script_fine_tunes_a_checkpoint_and_records_it(fake_coco, tmp_path, capsys):
+    data = load_coco_data(fake_coco)
+    model = CaptioningRNN(data["word_to_idx"], input_dim=512, wordvec_dim=8, hidden_dim=12, cell_type="gru", seed=0)
+    xe = tmp_path / "gru_xe.npz"
+    save_checkpoint(model, xe)
+    with pytest.raises(SystemExit):
+        training.main(["--model", "gru", "--scst", "--data_dir", str(fake_coco)])
+    assert "--scst needs --init_from" in capsys.readouterr().err
+    args = training.parse_args(["--model", "gru", "--scst", "--init_from", str(xe)])
+    assert (args.checkpoint, args.lr, args.eval_every) == ("gru_checkpoint_scst.npz", 5e-5, 1)  # the XE file is kept
+    tuned = tmp_path / "tuned.npz"
+    training.main(["--model", "gru", "--scst", "--init_from", str(xe), "--data_dir", str(fake_coco), "--epochs", "2",
+                   "--max_iters", "2", "--scst_samples", "3", "--baseline", "mean", "--out_dir", str(tmp_path),
+                   "--checkpoint", str(tuned), "--quiet"])
+    out = capsys.readouterr().out
+    _, config = load_checkpoint(tuned)
+    assert config["extra"]["scst"] == {"init_from": str(xe), "baseline": "mean", "samples": 3, "temperature": 1.0}
+    assert config["extra"]["args"]["hidden_dim"] == 12  # the sizes of the checkpoint it started from
+    history = json.loads((tmp_path / "gru_history.json").read_text())
+    assert len(history["reward"]) == len(history["baseline"]) == 4 and history["eval_epoch"] == [1, 2]
+    assert (tmp_path / "gru_scst.png").stat().st_size > 1000 and "saved reward and CIDEr plot" in out
+    assert load_checkpoint(tmp_path / "tuned_best.npz")[1]["extra"]["val_cider"] == max(history["val_cider"])
