@@ -201,3 +201,27 @@ def test_the_script_fine_tunes_a_checkpoint_and_records_it(fake_coco, tmp_path, 
     assert len(history["reward"]) == len(history["baseline"]) == 4 and history["eval_epoch"] == [1, 2]
     assert (tmp_path / "gru_scst.png").stat().st_size > 1000 and "saved reward and CIDEr plot" in out
     assert load_checkpoint(tmp_path / "tuned_best.npz")[1]["extra"]["val_cider"] == max(history["val_cider"])
+
+
+def test_caption_error_counts_read_every_phrasing_back_into_its_scene():
+    from benchmarks.caption_errors import count_errors, read_caption
+    from core.datasets.make_sample_dataset import captions, make_scene
+
+    for i in range(60):
+        scene = make_scene("val", i)
+        for caption in captions(scene):
+            assert read_caption(caption)[0] == [(o["size"], o["color"], o["shape"]) for o in scene["objects"]], caption
+    two = next(i for i in range(50) if make_scene("val", i)["relation"] == "left")
+    one = next(i for i in range(50) if make_scene("val", i)["relation"] is None)
+    a, b = make_scene("val", two)["objects"]
+    other_shape = next(s for s in ("circle", "square") if s != b["shape"])
+    wrong = [
+        {"image": two, "caption": f"a {b['size']} {b['color']} {other_shape} to the right of a {a['size']} {a['color']} "
+                                  f"{a['shape']}", "references": []},  # right relation, second object's shape wrong
+        {"image": two, "caption": f"a {a['size']} {a['color']} {a['shape']} above a {b['size']} {b['color']} "
+                                  f"{b['shape']}", "references": []},  # the other axis
+        {"image": one, "caption": captions(make_scene("val", one))[0], "references": captions(make_scene("val", one))},
+    ]
+    totals = count_errors(wrong)
+    assert totals == {"captions": 3, "exact": 1, "wrong_shape": 1, "wrong_colour": 0, "wrong_size": 0,
+                      "wrong_relation": 1, "wrong_object_count": 0}
