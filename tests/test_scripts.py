@@ -11,6 +11,7 @@ import pytest
 import inference
 from core.checkpoint import load_checkpoint
 from core.coco_utils import decode_captions, load_coco_data
+from core.evaluation import references_by_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--hidden_dim", "32", "--wordvec_dim", "16", "--num_heads", "2", "--dim_feedforward", "24", "--batch_size", "50",
@@ -162,7 +163,15 @@ def test_eval_scores_every_image_once_and_writes_json(trained, fake_coco, tmp_pa
     assert len(report["predictions"]) == 20 and report["beam_size"] == 2
     assert sorted(p["image"] for p in report["predictions"]) == list(range(20))
     assert all(len(p["references"]) == 5 for p in report["predictions"])
-    assert 0 <= report["scores"]["BLEU-4"] <= 1
+    from core.evaluation import score_captions  # the reported scores are those of the reported captions
+
+    again = score_captions({p["image"]: p["caption"] for p in report["predictions"]},
+                           {p["image"]: p["references"] for p in report["predictions"]}, meteor=False)
+    assert {k: v for k, v in report["scores"].items() if k != "METEOR"} == {k: v for k, v in again.items()
+                                                                              if k != "METEOR"}
+    references = references_by_image(*(load_coco_data(fake_coco)[k] for k in ("val_captions", "val_image_idxs",
+                                                                               "idx_to_word")))
+    assert all(p["references"] == references[p["image"]] for p in report["predictions"])
 
 
 def test_eval_every_keeps_the_best_checkpoint_by_cider(fake_coco, tmp_path):
