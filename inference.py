@@ -37,7 +37,7 @@ from core.coco_utils import decode_captions, default_data_dir, load_coco_data, l
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, format_scores, references_by_image, score_captions  # noqa: E402
 from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project  # noqa: E402
-from core.fileio import atomic_write, atomic_write_text  # noqa: E402
+from core.fileio import atomic_write_text, save_figure  # noqa: E402
 from core.image_utils import try_load_image  # noqa: E402
 from core.registry import MODEL_TYPES  # noqa: E402
 
@@ -106,10 +106,7 @@ def save_caption_grid(images, titles, path, suptitle="", cols=4):
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def panel_title(panel, model_name, width=40, max_lines=3):

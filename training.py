@@ -40,7 +40,7 @@ from core.coco_utils import default_data_dir, load_coco_data  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.evaluation import caption_split, references_by_image, score_captions  # noqa: E402
 from core.features import dataset_id  # noqa: E402
-from core.fileio import RunLock, atomic_write, atomic_write_text  # noqa: E402
+from core.fileio import RunLock, atomic_write_text, save_figure  # noqa: E402
 from core.memory import keep_freed_memory  # noqa: E402
 from core.registry import MODEL_TYPES  # noqa: E402
 from core.solver_base import SelfCritical, TrainingDiverged  # noqa: E402
@@ -297,10 +297,7 @@ def save_loss_plot(history, title, path):
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_scst_plot(history, title, path):
@@ -316,10 +313,7 @@ def save_scst_plot(history, title, path):
     ax_cider.set_ylabel("val CIDEr (greedy)")
     fig.suptitle(title)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def initial_model(args, data, ident):

@@ -54,6 +54,16 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def save_figure(fig, path, dpi=100):
+    """Write a matplotlib figure to `path` as PNG with `atomic_write`, then close it (also on failure)."""
+    import matplotlib.pyplot as plt  # here, so that modules that draw nothing do not import matplotlib
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
 class RunLock:
     """An exclusive lock on a checkpoint path, held while a training run lives.
 
