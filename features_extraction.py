@@ -51,8 +51,7 @@ def main(argv=None):
     with user_errors("features_extraction.py"):
         device = resolve_device(args.device)
         ctx = distributed.init(torch.device(device).type)
-        if ctx.enabled and device.startswith("cuda"):
-            device = f"cuda:{ctx.local_rank}"  # one GPU per process
+        device = ctx.local_device(device)
         try:
             build_dataset({"train": (args.train_annotations, args.train_images),
                            "val": (args.val_annotations, args.val_images)},

@@ -275,8 +275,7 @@ def main(argv=None):
 
 def run(args, ctx):
     """main() in each process: under torchrun --eval shares the decoding; the rest is rank 0's work."""
-    if ctx.enabled and args.device.startswith("cuda"):
-        args.device = f"cuda:{ctx.local_rank}"  # one GPU per process
+    args.device = ctx.local_device(args.device)
     say = print if ctx.is_main else (lambda *a, **k: None)
     if args.data_dir is None:
         args.data_dir = str(default_data_dir(log=say))

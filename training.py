@@ -364,8 +364,7 @@ def run(args):
     torch.manual_seed(args.seed)
     args.device = resolve_device(args.device) if MODEL_TYPES[args.model].uses_torch else "cpu"
     ctx = distributed.init(torch.device(args.device).type)
-    if ctx.enabled and args.device.startswith("cuda"):
-        args.device = f"cuda:{ctx.local_rank}"  # one GPU per process
+    args.device = ctx.local_device(args.device)
     try:
         return _train(args, ctx, resume_model, config, state)
     finally:
@@ -397,8 +396,6 @@ def _train(args, ctx, resume_model, config, state):
                  "dataset_id": ident}
         if resume_model is None and args.scst:
             model = initial_model(args, data, ident)
-            extra["scst"] = {"init_from": str(args.init_from), "baseline": args.baseline, "samples": args.scst_samples,
-                             "temperature": args.temperature}
         elif resume_model is None:
             model = build_model(args, data)
         else:
@@ -409,19 +406,22 @@ def _train(args, ctx, resume_model, config, state):
                                 "pass the --data_dir it was trained on")
 
         extra["args"] = {k: v for k, v in vars(args).items() if k != "explicit"}  # as the model was built
+        scst = None
+        if args.scst:
+            extra["scst"] = {"init_from": str(args.init_from), "baseline": args.baseline, "samples": args.scst_samples,
+                             "temperature": args.temperature}
+            T = data["train_captions"].shape[1] - 1  # words after <START>, <END> included
+            scst = SelfCritical(CiderD(references_by_image(data["train_captions"], data["train_image_idxs"],
+                                                           data["idx_to_word"])),
+                                args.scst_samples, args.baseline, args.temperature,
+                                max_length=min(T, getattr(model, "max_length", T)))  # models with a position limit
         tracker = BestTracker(args, data, best_path, extra)
 
         def save_state(solver):
             info = dict(extra, epoch=solver.epoch, iteration=solver.iteration, tracker=tracker.state())
             save_training_state(solver, last_path, info)
 
-        if args.scst:
-            extra.setdefault("scst", config["extra"].get("scst") if config else None)
-            scst = SelfCritical(CiderD(references_by_image(data["train_captions"], data["train_image_idxs"],
-                                                           data["idx_to_word"])),
-                                args.scst_samples, args.baseline, args.temperature,
-                                max_length=min(data["train_captions"].shape[1] - 1, getattr(model, "max_length", 99)))
-        solver = make_solver(args, model, data, scst=scst if args.scst else None, num_epochs=args.epochs, batch_size=args.batch_size,
+        solver = make_solver(args, model, data, scst=scst, num_epochs=args.epochs, batch_size=args.batch_size,
                              lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed,
                              verbose=not args.quiet and ctx.is_main, save_state=save_state, max_iters=args.max_iters,
                              on_epoch_end=tracker.on_epoch_end if ctx.is_main else None,

@@ -54,6 +54,10 @@ class Context:
         dist.gather_object(obj, out, dst=0, group=self.group)
         return out
 
+    def local_device(self, device):
+        """The device this process uses for `device`: its own GPU (cuda:LOCAL_RANK) under torchrun."""
+        return f"cuda:{self.local_rank}" if self.enabled and str(device).startswith("cuda") else device
+
     def shard(self, items):
         """This process's share of a sequence: items[rank::world_size]."""
         return items[self.rank::self.world_size]
