@@ -148,7 +148,7 @@ def test_a_model_too_large_for_memory_is_a_one_line_error(fake_coco, tmp_path, c
                    "GiB", "this machine has")
 
 
-@pytest.mark.parametrize("name", ["rnn", "lstm", "transformer"])
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "transformer"])
 def test_parameter_counts_match_the_built_models(name):
     config = {"model": name, "input_dim": 7, "wordvec_dim": 8, "hidden_dim": 5, "num_heads": 2, "num_layers": 3,
               "max_length": 20, "dim_feedforward": 6, "dropout": 0.0, "idx_to_word": ["<NULL>", "<START>", "<END>", "a"]}
