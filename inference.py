@@ -19,27 +19,23 @@ references (BLEU-1..4, METEOR when Java is present, ROUGE-L, CIDEr-D); the score
 predicted caption go to <out_dir>/<model>_<split>_eval.json.
 """
 import json
-import textwrap
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from core import distributed  # noqa: E402
-from core.checkpoint import check_checkpoint, load_checkpoint  # noqa: E402
-from core.cli import ArgumentParser, resolve_device, user_errors  # noqa: E402
-from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.evaluation import caption_split, format_scores, references_by_image, score_captions  # noqa: E402
-from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project  # noqa: E402
-from core.fileio import atomic_write_text, save_figure  # noqa: E402
-from core.image_utils import try_load_image  # noqa: E402
-from core.registry import MODEL_TYPES  # noqa: E402
+from core import distributed
+from core.checkpoint import check_checkpoint, load_checkpoint
+from core.cli import ArgumentParser, resolve_device, user_errors
+from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows
+from core.errors import UserError
+from core.evaluation import caption_split, format_scores, references_by_image, score_captions
+from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project
+from core.fileio import atomic_write_text
+from core.image_utils import try_load_image
+from core.plots import panel_title, save_caption_grid
+from core.registry import MODEL_TYPES
 
 
 def parse_args(argv=None):
@@ -88,35 +84,6 @@ def resolve_location(url, data_dir):
     if "://" in url or Path(url).is_absolute():
         return url
     return str(Path(data_dir) / url)
-
-
-def save_caption_grid(images, titles, path, suptitle="", cols=4):
-    """images: list of uint8 (H, W, 3) arrays or None; titles: list of str -> PNG at path."""
-    rows = -(-len(titles) // cols)
-    cols = min(cols, len(titles))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
-        if image is not None:
-            ax.imshow(image)
-            ax.set_title(title, fontsize=8, loc="left")
-        else:
-            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
-    save_figure(fig, path)
-
-
-def panel_title(panel, model_name, width=40, max_lines=3):
-    """A panel's title: its split and training status, the reference and the prediction, each
-    wrapped to `width` characters and cut to `max_lines` lines, so that no caption overflows."""
-    lines = [panel["label"]] if panel["label"] else []
-    for prefix, text in (("GT", panel["truth"]), (model_name, panel["predicted"])):
-        if text is not None:
-            lines += textwrap.wrap(f"{prefix}: {text}", width, max_lines=max_lines, placeholder=" ...")
-    return "\n".join(lines)
 
 
 def decoding_name(args):
@@ -252,7 +219,7 @@ def caption_files(args, model, config):
     print(f"image features: {describe_weights(info['vgg16'])}")
     if info.get("note"):
         print(f"note: {info['note']}")
-    fc7, bad = extract_fc7(args.image, info["vgg16"], batch_size=16, device=args.device or "cpu", progress=False)
+    fc7, bad = extract_fc7(args.image, info["vgg16"], batch_size=16, device=args.feature_device, progress=False)
     if bad:
         first = min(bad)
         raise UserError(f"cannot read image {args.image[first]} ({bad[first]})")
@@ -265,7 +232,8 @@ def caption_files(args, model, config):
 def main(argv=None):
     args = parse_args(argv)
     with user_errors("inference.py"):
-        args.device = resolve_device(args.device) if MODEL_TYPES[args.model].uses_torch else "cpu"
+        args.feature_device = resolve_device(args.device)  # VGG16 of --image runs there, for every decoder
+        args.device = args.feature_device if MODEL_TYPES[args.model].uses_torch else "cpu"
         ctx = distributed.init(torch.device(args.device).type)
         try:
             return run(args, ctx)
@@ -276,6 +244,7 @@ def main(argv=None):
 def run(args, ctx):
     """main() in each process: under torchrun --eval shares the decoding; the rest is rank 0's work."""
     args.device = ctx.local_device(args.device)
+    args.feature_device = ctx.local_device(args.feature_device)
     say = print if ctx.is_main else (lambda *a, **k: None)
     if args.data_dir is None:
         args.data_dir = str(default_data_dir(log=say))

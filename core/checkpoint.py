@@ -1,8 +1,10 @@
 """Checkpoints that carry their own config and vocabulary and load without pickle, and the
-original repository's files (weights alone), which load with a vocabulary from the data.
+original repository's files (weights alone, read by core/compat.py), which load with a
+vocabulary from the data.
 
-numpy models (rnn, lstm, gru): an .npz with one array per parameter plus `config`, a JSON string.
-torch model (transformer): `torch.save({"config": dict, "state_dict": ..., "sha256": str})`,
+A model's weights come from its `state_arrays()`; the format is its backend's (core/registry.py).
+numpy backend: an .npz with one array per parameter plus `config`, a JSON string.
+torch backend: `torch.save({"config": dict, "state_dict": ..., "sha256": str})`,
 loaded with `weights_only=True`; the digest covers every tensor and value in the file, so a
 flipped bit is found (the .npz has the zip format's CRC for that).
 A resumable checkpoint (`save_training_state`) is the same file plus the solver's training
@@ -18,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import compat
+from core.compat import ORIGINAL_RNN_ARRAYS
 from core.errors import UserError
 from core.fileio import atomic_write
-from core.model.rnn_model import CaptioningRNN
-from core.registry import MODEL_TYPES
+from core.registry import MODEL_TYPES, model_type
 
 
 def _digest(obj, h=None):
@@ -71,19 +74,29 @@ def _join_arrays(tree, arrays):
     return tree
 
 
+def _write_npz(path, config, arrays, training_state):
+    """numpy backend: one array per weight plus `config` (JSON, the training state's arrays by reference)."""
+    arrays = dict(arrays)
+    if training_state is not None:
+        config["training_state"] = _split_arrays(training_state, arrays)
+    atomic_write(path, lambda f: np.savez(f, config=np.array(json.dumps(config)), **arrays))
+
+
+def _write_pt(path, config, arrays, training_state):
+    """torch backend: {"config", "state_dict", "training_state", "sha256"} of tensors and plain values."""
+    blob = {"config": config, "state_dict": arrays}
+    if training_state is not None:
+        blob["training_state"] = training_state
+    blob["sha256"] = _digest(blob)
+    atomic_write(path, lambda f: torch.save(blob, f))
+
+
+WRITERS = {"numpy": _write_npz, "torch": _write_pt}
+
+
 def _write(model, path, extra=None, training_state=None):
     config = dict(model.config(), **({"extra": extra} if extra else {}))
-    if not MODEL_TYPES[model.model_type].uses_torch:
-        arrays = {k: np.ascontiguousarray(v) for k, v in model.params.items()}
-        if training_state is not None:
-            config["training_state"] = _split_arrays(training_state, arrays)
-        atomic_write(path, lambda f: np.savez(f, config=np.array(json.dumps(config)), **arrays))
-    else:
-        blob = {"config": config, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-        if training_state is not None:
-            blob["training_state"] = training_state
-        blob["sha256"] = _digest(blob)
-        atomic_write(path, lambda f: torch.save(blob, f))
+    WRITERS[MODEL_TYPES[model.model_type].backend](path, config, model.state_arrays(), training_state)
 
 
 def save_checkpoint(model, path, extra=None):
@@ -100,11 +113,9 @@ def save_training_state(solver, path, extra=None):
     _write(solver.model, path, extra, solver.training_state())
 
 
-def _model_class(config):
-    """The class of the model a config describes (ValueError for an unknown model type)."""
-    if config.get("model") not in MODEL_TYPES:
-        raise ValueError(f'unknown model type "{config.get("model")}"')
-    return MODEL_TYPES[config["model"]].model_class
+def _build(config):
+    """An untrained model of the type and sizes a config describes (ValueError for an unknown type)."""
+    return model_type(config.get("model")).model_class.from_config(config)
 
 
 def _check_finite(named_arrays, path):
@@ -115,54 +126,38 @@ def _check_finite(named_arrays, path):
                             "use an earlier checkpoint")
 
 
-ORIGINAL_RNN_ARRAYS = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
+def _read_npz(path, vocabulary, names):
+    """-> model, config, training state (or None) of an .npz (this project's or the original's)."""
+    with np.load(path, allow_pickle=False) as f:
+        if "config" not in names:
+            arrays = {k: f[k] for k in ORIGINAL_RNN_ARRAYS}
+            config, state = compat.original_rnn_config(arrays, path, vocabulary), None
+        else:
+            config = json.loads(str(f["config"]))
+            state = config.pop("training_state", None)
+            state = _join_arrays(state, f) if state is not None else None
+            arrays = {k: f[k] for k in f.files if k != "config" and not k.startswith("state.")}
+    model = _build(config)
+    model.load_state_arrays(arrays)
+    _check_finite(model.state_arrays().items(), path)
+    return model, config, state
 
 
-def _original_vocabulary(vocabulary, V, path):
-    """idx_to_word for an original-format checkpoint (which stores none) of V words."""
-    if vocabulary is None:
-        raise UserError(f"{path} is an original-format checkpoint without a vocabulary: pass the --data_dir "
-                        "it was trained with")
-    idx_to_word = list(vocabulary() if callable(vocabulary) else vocabulary)
-    if len(idx_to_word) != V:
-        raise UserError(f"original-format checkpoint {path} has a {V}-word vocabulary, the data's has "
-                        f"{len(idx_to_word)} words: pass the --data_dir it was trained with")
-    return idx_to_word
-
-
-def _copy_arrays(model, f):
-    """Copy the arrays of a loaded .npz into a CaptioningRNN's params, checking each shape."""
-    for name, value in model.params.items():
-        if f[name].shape != value.shape:
-            raise ValueError(f"parameter {name} has shape {f[name].shape}, expected {value.shape}")
-        model.params[name] = f[name].astype(value.dtype)
-
-
-def _original_rnn(f, path, vocabulary):
-    """The original repository's rnn/lstm .npz (exactly the eight CaptioningRNN arrays) -> model, config."""
-    (V, W), (D, H) = f["W_embed"].shape, f["W_proj"].shape
-    cell = {H: "rnn", 4 * H: "lstm"}.get(f["Wh"].shape[1]) if f["Wh"].shape[0] == H else None
-    if cell is None:
-        raise ValueError(f"Wh has shape {f['Wh'].shape}: neither (H, H) for an rnn nor (H, 4H) for an lstm, H={H}")
-    config = {"model": cell, "input_dim": D, "wordvec_dim": W, "hidden_dim": H, "dtype": f["W_embed"].dtype.name,
-              "idx_to_word": _original_vocabulary(vocabulary, V, path), "format": "original"}
-    model = CaptioningRNN.from_config(config)
-    _copy_arrays(model, f)
-    return model, config
-
-
-def _original_transformer_config(state, path, vocabulary, num_heads):
-    """Config of the original repository's `torch.save(model.state_dict())` (sizes from the shapes)."""
-    E, D = state["visual_projection.weight"].shape
-    layers = {int(k.split(".")[2]) for k in state if k.startswith("transformer.layers.")}
-    if E % num_heads:
-        raise UserError(f"original-format transformer {path} has width {E}, which --num_heads {num_heads} "
-                        "does not divide")
-    return {"model": "transformer", "input_dim": D, "wordvec_dim": E, "num_heads": num_heads,
-            "num_layers": len(layers), "max_length": state["positional_encoding.pe"].shape[1],
-            "dim_feedforward": state["transformer.layers.0.linear1.weight"].shape[0], "dropout": 0.1,
-            "idx_to_word": _original_vocabulary(vocabulary, state["embedding.weight"].shape[0], path),
-            "format": "original"}
+def _read_pt(path, vocabulary, num_heads):
+    """-> model, config, training state (or None) of a .pt (this project's or the original's)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if compat.is_original_transformer(blob):
+        blob = {"config": compat.original_transformer_config(blob, path, vocabulary, num_heads), "state_dict": blob}
+    if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
+        raise ValueError("it holds no config and state_dict")
+    stored = blob.pop("sha256", None)
+    if stored is not None and stored != _digest(blob):
+        raise UserError(f"checkpoint {path} is corrupt (its checksum does not match its contents): not loaded")
+    config = blob["config"]
+    model = _build(config)
+    model.load_state_arrays(compat.renamed(blob["state_dict"]))
+    _check_finite(blob["state_dict"].items(), path)
+    return model, config, blob.get("training_state")
 
 
 def _read(path, device, vocabulary=None, num_heads=2):
@@ -179,36 +174,13 @@ def _read(path, device, vocabulary=None, num_heads=2):
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f"{path} is not a checkpoint of this project ({e})") from None
     try:
-        if "config.npy" in names or set(names) == {f"{k}.npy" for k in ORIGINAL_RNN_ARRAYS}:
-            with np.load(path, allow_pickle=False) as f:
-                if "config" not in f:
-                    model, config = _original_rnn(f, path, vocabulary)
-                    state = None
-                else:
-                    config = json.loads(str(f["config"]))
-                    model = _model_class(config).from_config(config)
-                    _copy_arrays(model, f)
-                    state = config.pop("training_state", None)
-                    state = _join_arrays(state, f) if state is not None else None
-            _check_finite(model.params.items(), path)
-            return model, config, state
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(blob, dict) and "transformer.layers.0.linear1.weight" in blob:  # the original's state_dict
-            blob = {"config": _original_transformer_config(blob, path, vocabulary, num_heads), "state_dict": blob}
-        if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
-            raise ValueError("it holds no config and state_dict")
-        stored = blob.pop("sha256", None)
-        if stored is not None and stored != _digest(blob):
-            raise UserError(f"checkpoint {path} is corrupt (its checksum does not match its contents): not loaded")
-        config = blob["config"]
-        _check_finite(blob["state_dict"].items(), path)
-        model = _model_class(config).from_config(config)
-        state_dict = {(f"transformer.{k}" if k.startswith("layers.") else k): v  # files written before the rename
-                      for k, v in blob["state_dict"].items()}
-        model.load_state_dict(state_dict)
+        names = {n[:-len(".npy")] for n in names if n.endswith(".npy")}
+        if "config" in names or compat.is_original_rnn(names):
+            return _read_npz(path, vocabulary, names)
+        model, config, state = _read_pt(path, vocabulary, num_heads)
         model.to(device)
         model.eval()
-        return model, config, blob.get("training_state")
+        return model, config, state
     except UserError:
         raise
     except pickle.UnpicklingError:

@@ -8,8 +8,24 @@ from pathlib import Path
 from core.errors import UserError
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """--help shows each flag's default, except where it is unset (None) or off (False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not unset and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is reported on one line of stderr (exit code 2)."""
+    """argparse, but --help shows the defaults and a bad flag is reported on one line of stderr
+    (exit code 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
@@ -52,3 +68,29 @@ def best_checkpoint_path(path):
     """rnn_checkpoint.npz -> rnn_checkpoint_best.npz"""
     path = Path(path)
     return path.with_name(f"{path.stem}_best{path.suffix}")
+
+
+def last_checkpoint_path(path):
+    """rnn_checkpoint.npz -> rnn_checkpoint_last.npz (the resumable state)"""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_last{path.suffix}")
+
+
+@contextlib.contextmanager
+def out_of_memory_errors():
+    """Running out of memory inside the block (numpy's MemoryError, torch's allocation failures on
+    CPU or GPU) becomes a UserError that says what to make smaller; other errors pass."""
+    import torch
+
+    try:
+        yield
+    except MemoryError as e:
+        raise UserError(f"out of memory ({e}): use a smaller model (--hidden_dim, --wordvec_dim, "
+                        "--dim_feedforward), --batch_size or --num_samples") from None
+    except RuntimeError as e:
+        # torch.cuda.OutOfMemoryError exists in every torch this project allows (torch.OutOfMemoryError
+        # only in newer ones); a CPU allocation failure is a plain RuntimeError naming the allocation
+        if not isinstance(e, torch.cuda.OutOfMemoryError) and "allocate" not in str(e):
+            raise
+        raise UserError(f"out of memory ({str(e).splitlines()[0][:200]}): use a smaller model "
+                        "(--wordvec_dim, --dim_feedforward, --num_layers) or --batch_size") from None

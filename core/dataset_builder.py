@@ -4,8 +4,9 @@ Input per split: an annotation file {"images": [{"id", "file_name", ...}],
 "annotations": [{"image_id", "caption"}, ...]} and the folder holding the images.
 Output (see core/coco_utils.py for the layout): coco2014_captions.h5, coco2014_vocab.json,
 <split>2014_vgg16_fc7.h5, <split>2014_vgg16_fc7_pca.h5, <split>2014_urls.txt, and the
-fc7 -> PCA transform (core/features.py). Everything is written to a temporary folder
-and moved into place at the end, so a failure leaves nothing half-written.
+fc7 -> PCA transform (core/features.py). Everything is written to a temporary folder and
+moved into place at the end as one change (the old files are put back if a move fails), so a
+failure leaves the folder as it was.
 """
 import json
 import os
@@ -185,7 +186,30 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
         info = {"vgg16": spec, "pca_dim": pca_dim, "fitted_on": "train", "dataset_id": dataset_id(pca["train"], idx_to_word),
                 "preprocessing": "resize 256, center crop 224, ImageNet mean/std", "layer": "fc7 after ReLU"}
         save_transform(tmp / TRANSFORM_FILE, transform, info)
-        for f in tmp.iterdir():
-            os.replace(f, out_dir / f.name)
+        _replace_all(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_all(new_dir, out_dir):
+    """Move every file of new_dir into out_dir as one change: the files they replace are set aside
+    first, and a failure part-way puts them back (and takes the new ones out), so out_dir holds
+    either the whole old dataset or the whole new one, never a mix."""
+    new = sorted(f.name for f in new_dir.iterdir())
+    old_dir = new_dir / ".previous"
+    old_dir.mkdir()
+    set_aside, placed = [], []
+    try:
+        for name in new:
+            if (out_dir / name).exists():
+                os.replace(out_dir / name, old_dir / name)
+                set_aside.append(name)
+        for name in new:
+            os.replace(new_dir / name, out_dir / name)
+            placed.append(name)
+    except BaseException:
+        for name in placed:
+            os.replace(out_dir / name, new_dir / name)
+        for name in set_aside:
+            os.replace(old_dir / name, out_dir / name)
+        raise

@@ -6,29 +6,11 @@ A decoder exposes a step interface:
     state = model.init_state(features)          # features (N, D)
     logprobs, state = model.step(words, state)  # words (B,) int -> log-probabilities (B, V) numpy
     state = model.select_state(state, rows)     # keep/replicate batch rows (B',) of the state
-and the token indices model.start_idx, model.end_idx, model.null_idx. The numpy models carry
+inside `with model.decoding():` (eval mode and no autograd for a torch model), and the token
+indices model.start_idx, model.end_idx, model.null_idx. The numpy models carry
 (h, c); the transformer carries a key/value cache, so each step costs one position.
 """
-import contextlib
-
 import numpy as np
-
-
-@contextlib.contextmanager
-def _inference(model):
-    """Eval mode and no autograd for torch models; nothing for numpy ones."""
-    if not hasattr(model, "parameters"):  # a numpy model: torch is not even imported
-        yield
-        return
-    import torch
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def require_start_end(model):
@@ -56,7 +38,7 @@ def greedy_search(model, features, max_length=30):
     captions = np.full((N, max_length), model.null_idx, dtype=np.int64)
     words = np.full(N, model.start_idx, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
-    with _inference(model):
+    with model.decoding():
         state = model.init_state(features)
         for t in range(max_length):
             logprobs, state = model.step(words, state)
@@ -68,22 +50,25 @@ def greedy_search(model, features, max_length=30):
     return captions
 
 
-def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0, rng=None):
+def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0, rng=None, draws=None):
     """Draw num_samples captions per image, each word from softmax(log-probabilities / temperature)
     (temperature 0: the most likely word, i.e. greedy decoding), all images and samples as one batch.
 
     features (N, D) -> captions (N * num_samples, L) int64, image k's samples in rows
-    k * num_samples ... (k + 1) * num_samples - 1; rng: a numpy Generator (seeded for reproducible draws).
+    k * num_samples ... (k + 1) * num_samples - 1; rng: a numpy Generator (seeded for reproducible
+    draws); draws: (N * num_samples, L) uniforms in [0, 1) to use instead, row r's word t drawn by draws[r, t].
     """
     require_start_end(model)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     rng = np.random.default_rng() if rng is None else rng
     B = len(features) * num_samples
+    if draws is not None and draws.shape != (B, max_length):
+        raise ValueError(f"draws has shape {draws.shape}, expected {(B, max_length)}")
     captions = np.full((B, max_length), model.null_idx, dtype=np.int64)
     words = np.full(B, model.start_idx, dtype=np.int64)
     done = np.zeros(B, dtype=bool)
-    with _inference(model):
+    with model.decoding():
         state = model.select_state(model.init_state(features), np.repeat(np.arange(len(features)), num_samples))
         for t in range(max_length):
             logprobs, state = model.step(words, state)
@@ -93,8 +78,9 @@ def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0
                 scaled = logprobs.astype(np.float64) / temperature  # (B, V)
                 probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
                 cumulative = np.cumsum(probs, axis=1)
-                draws = rng.random(B) * cumulative[:, -1]  # inverse CDF, one uniform draw per row
-                words = np.minimum((cumulative < draws[:, None]).sum(axis=1), probs.shape[1] - 1)
+                uniform = rng.random(B) if draws is None else draws[:, t]
+                target = uniform * cumulative[:, -1]  # inverse CDF, one uniform draw per row
+                words = np.minimum((cumulative < target[:, None]).sum(axis=1), probs.shape[1] - 1)
             captions[~done, t] = words[~done]
             done |= words == model.end_idx
             if done.all():
@@ -118,7 +104,7 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0)
     lengths = np.zeros((N, K), dtype=np.int64)
     done = np.zeros((N, K), dtype=bool)
     words = np.full(N * K, model.start_idx, dtype=np.int64)
-    with _inference(model):
+    with model.decoding():
         state = model.select_state(model.init_state(features), np.repeat(np.arange(N), K))
         for t in range(max_length):
             logprobs, state = model.step(words, state)
@@ -166,7 +152,7 @@ def sequence_logprob(model, features, captions):
     total = np.zeros(N)
     done = np.zeros(N, dtype=bool)
     words = np.full(N, model.start_idx, dtype=np.int64)
-    with _inference(model):
+    with model.decoding():
         state = model.init_state(features)
         for t in range(L):
             logprobs, state = model.step(words, state)

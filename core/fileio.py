@@ -55,13 +55,8 @@ def atomic_write_text(path, text):
 
 
 def save_figure(fig, path, dpi=100):
-    """Write a matplotlib figure to `path` as PNG with `atomic_write`, then close it (also on failure)."""
-    import matplotlib.pyplot as plt  # here, so that modules that draw nothing do not import matplotlib
-
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-    finally:
-        plt.close(fig)
+    """Write a matplotlib Figure to `path` as PNG with `atomic_write`."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 class RunLock:

@@ -7,11 +7,13 @@ next step. Updates are done in place on w and keep its dtype.
 """
 import numpy as np
 
+DEFAULT_LEARNING_RATES = {"sgd": 1e-2, "sgd_momentum": 1e-2, "rmsprop": 1e-2, "adam": 1e-3}  # each rule's default
+
 
 def sgd(w, dw, config=None):
     """Vanilla SGD: w -= learning_rate * dw."""
     config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("learning_rate", DEFAULT_LEARNING_RATES["sgd"])
     w -= config["learning_rate"] * dw
     return w, config
 
@@ -19,7 +21,7 @@ def sgd(w, dw, config=None):
 def sgd_momentum(w, dw, config=None):
     """SGD with momentum: v = momentum * v - learning_rate * dw; w += v."""
     config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("learning_rate", DEFAULT_LEARNING_RATES["sgd_momentum"])
     config.setdefault("momentum", 0.9)
     v = config.get("velocity")
     if v is None:
@@ -34,7 +36,7 @@ def sgd_momentum(w, dw, config=None):
 def rmsprop(w, dw, config=None):
     """RMSProp: a running average of squared gradients scales each step."""
     config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-2)
+    config.setdefault("learning_rate", DEFAULT_LEARNING_RATES["rmsprop"])
     config.setdefault("decay_rate", 0.99)
     config.setdefault("epsilon", 1e-8)
     cache = config.get("cache")
@@ -50,7 +52,7 @@ def rmsprop(w, dw, config=None):
 def adam(w, dw, config=None):
     """Adam with bias-corrected first and second moment estimates."""
     config = {} if config is None else config
-    config.setdefault("learning_rate", 1e-3)
+    config.setdefault("learning_rate", DEFAULT_LEARNING_RATES["adam"])
     config.setdefault("beta1", 0.9)
     config.setdefault("beta2", 0.999)
     config.setdefault("epsilon", 1e-8)

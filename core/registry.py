@@ -1,38 +1,100 @@
-"""The one table of model types: a decoder is one row here, and the scripts and checkpoints read it.
+"""The one table of model types: a decoder is one row here, and the scripts, checkpoints and
+tests read it instead of branching on names.
 
-Adding a decoder: its model class (with `config`/`from_config(config, seed)`/`count_parameters`,
-`SIZE_FLAGS`, the decoding step interface of core/decoding.py and `loss`), one row below, and
-its tests. A recurrent cell for CaptioningRNN is a row of `core.model.rnn_model.CELLS` instead
-of a new class.
+Adding a decoder: its model class (`config()`, `from_config(config, seed)`,
+`count_parameters(config)`, `state_arrays()`/`load_state_arrays(arrays)`, `loss`, `max_length`
+and the decoding step interface of core/decoding.py), one row of MODEL_TYPES, and its tests.
+A recurrent cell of CaptioningRNN is a row of `core.model.rnn_model.CELLS` plus a row here.
 """
+import importlib
 from dataclasses import dataclass
 
-from core.captioning_solver import CaptioningSolver
-from core.captioning_solver_transformer import CaptioningSolverTransformer
+from core.errors import UserError
+from core.memory import check_fits
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 
 
 @dataclass(frozen=True)
+class SizeFlag:
+    """A size of a model, set by the training.py flag of the same name."""
+
+    type: type
+    default: object
+    help: str
+
+
+SIZE_FLAGS = {
+    "hidden_dim": SizeFlag(int, 512, "hidden state size H of the recurrent cell"),
+    "wordvec_dim": SizeFlag(int, 256, "word vector size W (the transformer's width E)"),
+    "num_heads": SizeFlag(int, 4, "attention heads of the transformer"),
+    "num_layers": SizeFlag(int, 2, "decoder layers of the transformer"),
+    "dim_feedforward": SizeFlag(int, 2048, "feed-forward width of the transformer's layers"),
+    "dropout": SizeFlag(float, 0.1, "dropout rate of the transformer"),
+}
+
+
+@dataclass(frozen=True)
 class ModelType:
-    """model_class, the solver_class that trains it, its default learning rate, and its default
-    checkpoint file, whose suffix is the format (.npz: numpy arrays + JSON config; .pt: torch
-    tensors + config, the model runs on a torch device)."""
+    """One decoder type.
+
+    model_class: builds and runs it; backend: "numpy" (weights are numpy arrays, saved as .npz,
+    trained by core.optim's update rules) or "torch" (an nn.Module, saved as .pt, trained by a
+    torch optimizer on --device); solver: "module:Class" of the solver that trains it (imported
+    when asked for, so that loading a checkpoint does not import the training layer);
+    default_lr: its learning rate unless --lr is given; checkpoint: its default file name;
+    size_flags: the names of SIZE_FLAGS that size it.
+    """
 
     model_class: type
-    solver_class: type
+    backend: str
+    solver: str
     default_lr: float
     checkpoint: str
+    size_flags: tuple
 
     @property
     def uses_torch(self):
-        """Whether the model is a torch module (checkpoint .pt, --device applies)."""
-        return self.checkpoint.endswith(".pt")
+        """Whether the model is a torch module (--device and --amp apply)."""
+        return self.backend == "torch"
 
+    @property
+    def solver_class(self):
+        """The solver class named by `solver`."""
+        module, name = self.solver.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+NUMPY_SOLVER = "core.solver_numpy:NumpySolver"
+TORCH_SOLVER = "core.solver_torch:TorchSolver"
+RECURRENT_SIZES = ("wordvec_dim", "hidden_dim")
 
 MODEL_TYPES = {
-    "rnn": ModelType(CaptioningRNN, CaptioningSolver, 5e-3, "rnn_checkpoint.npz"),
-    "lstm": ModelType(CaptioningRNN, CaptioningSolver, 5e-3, "lstm_checkpoint.npz"),
-    "gru": ModelType(CaptioningRNN, CaptioningSolver, 5e-3, "gru_checkpoint.npz"),
-    "transformer": ModelType(CaptioningTransformer, CaptioningSolverTransformer, 1e-3, "transformer_model.pt"),
+    "rnn": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "rnn_checkpoint.npz", RECURRENT_SIZES),
+    "lstm": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "lstm_checkpoint.npz", RECURRENT_SIZES),
+    "gru": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES),
+    "transformer": ModelType(CaptioningTransformer, "torch", TORCH_SOLVER, 1e-3, "transformer_model.pt",
+                             ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")),
 }
+
+
+def model_type(name):
+    """The row of a model type name; ValueError for an unknown one."""
+    if name not in MODEL_TYPES:
+        raise ValueError(f'unknown model type "{name}"; choose from {", ".join(MODEL_TYPES)}')
+    return MODEL_TYPES[name]
+
+
+def build_model(name, data, sizes, seed=None):
+    """A new model of type `name` for the data's features and vocabulary, sized by `sizes` (a dict
+    holding at least the row's size_flags) -> model; UserError when the sizes do not fit together
+    or the model cannot fit in this machine's memory."""
+    kind = model_type(name)
+    config = {"model": name, "input_dim": data["train_features"].shape[1], "idx_to_word": list(data["idx_to_word"]),
+              "max_length": max(50, data["train_captions"].shape[1]), "dtype": "float32",
+              **{k: sizes[k] for k in kind.size_flags}}
+    check_fits(kind.model_class.count_parameters(config), f"a {name} model of these sizes")
+    try:
+        return kind.model_class.from_config(config, seed=seed)
+    except ValueError as e:
+        raise UserError(f"cannot build a {name} with these sizes: {e}") from None

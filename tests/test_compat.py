@@ -187,9 +187,16 @@ def test_the_original_small_data_command_gets_the_small_data_recipe(capsys):
     assert args.dropout == 0.0 and args.epochs == 100
     assert training.parse_args(["--model", "transformer", "--num_samples", "300", "--dropout", "0.2"]).dropout == 0.2
     args = training.parse_args(["--model", "rnn", "--num_samples", "300", "--epochs", "3"])
-    assert (args.recipe, args.epochs, args.batch_size, args.lr_decay) == (None, 3, 100, 0.95)
+    assert (args.recipe, args.epochs, args.batch_size, args.lr_decay) == ("default", 3, 100, 0.95)
     args = training.parse_args(["--model", "lstm", "--num_samples", "100000"])
-    assert (args.recipe, args.epochs, args.batch_size) == (None, 10, 100)
+    assert (args.recipe, args.epochs, args.batch_size) == ("default", 10, 100)
+    args = training.parse_args(["--model", "rnn", "--num_samples", "300", "--recipe", "default"])  # turned off by name
+    assert (args.recipe, args.epochs, args.batch_size) == ("default", 10, 100)
+    args = training.parse_args(["--model", "rnn", "--recipe", "small-data", "--batch_size", "10"])  # asked for by name
+    assert (args.recipe, args.epochs, args.batch_size, args.lr_decay) == ("small-data", 100, 10, 1.0)
+    line = training.parse_args(["--model", "rnn", "--num_samples", "300"]).recipe_line
+    assert line == ("recipe small-data (--num_samples 300 <= 1000 with no --epochs/--batch_size/--lr_decay; "
+                    "--recipe default turns it off): epochs 100, batch_size 50, lr_decay 1, val_samples 100, dropout 0")
 
 
 def test_inference_draws_train_images_from_the_checkpoints_own_subset(fake_coco, tmp_path, capsys):

@@ -1,3 +1,4 @@
+import contextlib
 import itertools
 
 import numpy as np
@@ -101,6 +102,9 @@ class MarkovChain:
         scores[:, 0] = -30.0
         scores[:, 2] += end_bias
         self.table = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+
+    def decoding(self):
+        return contextlib.nullcontext()
 
     def init_state(self, features):
         return None

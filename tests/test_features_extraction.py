@@ -390,3 +390,38 @@ def test_two_processes_extract_the_same_dataset_as_one(rendered, built, tmp_path
     with h5py.File(built / "coco2014_captions.h5") as one, h5py.File(tmp_path / "two" / "coco2014_captions.h5") as two:
         for key in one:
             np.testing.assert_array_equal(two[key][()], one[key][()])
+
+
+def test_a_failure_while_moving_the_new_dataset_in_puts_the_old_one_back(tmp_path, monkeypatch):
+    """Break caught: the files moved into place one at a time with no way back, which leaves the old
+    and the new dataset mixed when a move fails part-way."""
+    import os
+
+    import core.dataset_builder as builder
+
+    out, new = tmp_path / "out", tmp_path / "new"
+    out.mkdir()
+    new.mkdir()
+    names = ("coco2014_captions.h5", "coco2014_vocab.json", "train2014_vgg16_fc7_pca.h5")
+    for name in names:
+        (out / name).write_text(f"old {name}")
+        (new / name).write_text(f"new {name}")
+    (out / "images").mkdir()  # not a dataset file: left alone
+    real, moves_in = os.replace, []
+
+    def replace(src, dst):
+        if Path(src).parent == new:
+            moves_in.append(src)
+            if len(moves_in) == 2:
+                raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(builder.os, "replace", replace)
+    with pytest.raises(OSError):
+        builder._replace_all(new, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ("images",))
+    assert {name: (out / name).read_text() for name in names} == {name: f"old {name}" for name in names}
+    monkeypatch.setattr(builder.os, "replace", real)
+    (new / ".previous").rmdir()
+    builder._replace_all(new, out)  # without a failure: all new
+    assert {name: (out / name).read_text() for name in names} == {name: f"new {name}" for name in names}

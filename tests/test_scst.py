@@ -15,7 +15,7 @@ from core.decoding import greedy_search, sample_search, sequence_logprob
 from core.evaluation import references_by_image
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
-from core.solver_base import SelfCritical
+from core.steps import SelfCritical
 from tests.helpers import numeric_gradient, rel_error
 
 WORDS = ["<NULL>", "<START>", "<END>", "a", "b"]
@@ -129,7 +129,7 @@ def _toy(reward, baseline, lr=0.01, num_samples=64, update_rule="adam"):
     model = CaptioningRNN(VOCAB, input_dim=3, wordvec_dim=4, hidden_dim=6, cell_type="lstm", seed=0)
     solver = CaptioningSolver(model, data, learning_rate=lr, update_rule=update_rule, batch_size=4, num_epochs=1,
                               verbose=False, seed=0,
-                              scst=SelfCritical(reward, num_samples=num_samples, baseline=baseline, max_length=4))
+                              step=SelfCritical(reward, num_samples=num_samples, baseline=baseline, max_length=4))
     return solver, data
 
 
@@ -161,7 +161,7 @@ def test_a_constant_reward_changes_nothing(baseline):
 
 
 def test_self_critical_training_resumes_exactly(tmp_path):
-    """The samples' RNG is part of the resumable state."""
+    """Each image's draws are seeded by (seed, epoch, image), so a resumed run samples what a straight one does."""
     straight, _ = _toy(TargetReward(target="a"), "mean")
     straight.num_epochs = 4
     straight.train()
@@ -171,7 +171,7 @@ def test_self_critical_training_resumes_exactly(tmp_path):
     first.train()
     model, _, state = load_training_state(tmp_path / "last.npz")
     resumed = CaptioningSolver(model, data, learning_rate=0.01, batch_size=4, num_epochs=4, verbose=False, seed=0,
-                               scst=straight.scst)
+                               step=straight.step_rule)
     resumed.load_training_state(state)
     resumed.train()
     for k in model.params:
@@ -191,7 +191,7 @@ def test_the_script_fine_tunes_a_checkpoint_and_records_it(fake_coco, tmp_path, 
     assert (args.checkpoint, args.lr, args.eval_every) == ("gru_checkpoint_scst.npz", 5e-5, 1)  # the XE file is kept
     tuned = tmp_path / "tuned.npz"
     training.main(["--model", "gru", "--scst", "--init_from", str(xe), "--data_dir", str(fake_coco), "--epochs", "2",
-                   "--max_iters", "2", "--scst_samples", "3", "--baseline", "mean", "--out_dir", str(tmp_path),
+                   "--batch_size", "25", "--max_iters", "2", "--scst_samples", "3", "--baseline", "mean", "--out_dir", str(tmp_path),
                    "--checkpoint", str(tuned), "--quiet"])
     out = capsys.readouterr().out
     _, config = load_checkpoint(tuned)

@@ -11,6 +11,7 @@ from core.captioning_solver import CaptioningSolver
 from core.captioning_solver_transformer import CaptioningSolverTransformer
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
+from core.best import BestCheckpoint
 from core.solver_base import SolverBase
 
 WORDS = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "b": 4}
@@ -111,41 +112,32 @@ def test_validation_uses_a_fixed_seeded_subset_weighted_per_caption():
     assert len(FakeSolver(_data(), val_samples=1000, verbose=False).val_rows) == 17
 
 
-def test_best_epoch_is_the_lowest_validation_loss_and_callbacks_run_in_order():
+def test_callbacks_run_in_order_and_the_best_checkpoint_is_the_lowest_validation_loss(tmp_path):
+    """Breaks caught: the callback before validation, state saved before the callback, a best
+    epoch that is not the lowest validation loss, a best checkpoint written for other epochs."""
     script = iter([3.0, 1.0, 2.0, 0.5, 0.7])
-    current = {}
-    calls = []
+    current, calls, written = {}, [], []
+    best = BestCheckpoint(tmp_path / "best.npz", lambda model, path, info: written.append(info["epoch"]), {"run": 1})
 
-    def on_epoch_end(solver, epoch, is_best):
-        calls.append(("epoch", epoch, is_best, solver.history["val_loss"][-1]))
+    def on_epoch_end(solver, epoch):
+        calls.append(("epoch", epoch, solver.history["val_loss"][-1]))
+        best.on_epoch_end(solver, epoch)
 
     solver = FakeSolver(_data(), num_epochs=5, batch_size=23, verbose=False, on_epoch_end=on_epoch_end,
                         save_state=lambda s: calls.append(("save", s.epoch, s.iteration)))
     solver.val_loss = lambda: current.setdefault(len(solver.history["val_loss"]), next(script))
     solver.train()
-    assert [c for c in calls if c[0] == "epoch"] == [("epoch", 1, True, 3.0), ("epoch", 2, True, 1.0),
-                                                     ("epoch", 3, False, 2.0), ("epoch", 4, True, 0.5),
-                                                     ("epoch", 5, False, 0.7)]
+    assert [c for c in calls if c[0] == "epoch"] == [("epoch", 1, 3.0), ("epoch", 2, 1.0), ("epoch", 3, 2.0),
+                                                     ("epoch", 4, 0.5), ("epoch", 5, 0.7)]
     assert [c for c in calls if c[0] == "save"] == [("save", e, 0) for e in range(1, 6)]
-    assert calls.index(("save", 1, 0)) == calls.index(("epoch", 1, True, 3.0)) + 1  # state saved after the callback
-    assert (solver.best_epoch, solver.best_val_loss) == (4, 0.5)
-
-
-def test_the_best_checkpoint_is_written_only_for_best_epochs(fake_coco, tmp_path, monkeypatch):
-    import training
-
-    written = []
-    monkeypatch.setattr(training, "save_checkpoint", lambda model, path, info: written.append(info["epoch"]))
-    args = training.parse_args(["--model", "rnn", "--data_dir", str(fake_coco)])
-    tracker = training.BestTracker(args, {}, tmp_path / "best.npz", {})
-
-    class Solver:
-        model, history = None, {"val_loss": []}
-
-    for epoch, (loss, is_best) in enumerate([(3, True), (4, False), (2, True), (2.5, False)], 1):
-        Solver.history["val_loss"].append(loss)
-        tracker.on_epoch_end(Solver, epoch, is_best)
-    assert written == [1, 3] and tracker.best["epoch"] == 3
+    assert calls.index(("save", 1, 0)) == calls.index(("epoch", 1, 3.0)) + 1  # state saved after the callback
+    assert written == [1, 2, 4] and best.best == {"run": 1, "epoch": 4, "val_loss": 0.5}
+    assert best.describe() == "epoch 4, val loss 0.5000"
+    again = BestCheckpoint(tmp_path / "best.npz", lambda *a: written.append("again"))
+    again.load_state(best.state())  # a resumed run keeps the best so far: a worse epoch writes nothing
+    solver.history["val_loss"].append(0.6)
+    again.on_epoch_end(solver, 6)
+    assert written[-1] == 4
 
 
 def _rnn_solver(data, **kw):

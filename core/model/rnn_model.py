@@ -7,6 +7,7 @@ The image feature sets the initial hidden state, h0 = features W_proj + b_proj; 
 decoder reads the caption shifted right (<START> w1 w2 ...) and is trained to predict
 it shifted left (w1 w2 ... <END>), with <NULL> padding masked out of the loss.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -58,7 +59,7 @@ class CaptioningRNN:
     input_dim D, wordvec_dim W, hidden_dim H; cell_type a key of CELLS ("rnn", "lstm", "gru").
     """
 
-    SIZE_FLAGS = ("wordvec_dim", "hidden_dim")  # the sizes training.py takes from its flags
+    max_length = None  # no position limit: it decodes captions of any length
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, seed=None):
@@ -89,8 +90,25 @@ class CaptioningRNN:
 
     @property
     def model_type(self):
-        """"rnn" or "lstm": the name used by the scripts' --model flag."""
+        """"rnn", "lstm" or "gru": its row in core.registry.MODEL_TYPES."""
         return self.cell_type
+
+    def state_arrays(self):
+        """The weights by name (name -> array), as a checkpoint stores them."""
+        return {k: np.ascontiguousarray(v) for k, v in self.params.items()}
+
+    def load_state_arrays(self, arrays):
+        """Set the weights from name -> array (as `state_arrays` gives them), each cast to the model's
+        dtype; ValueError for a missing, extra, wrongly shaped or non-float array."""
+        if set(arrays) != set(self.params):
+            raise ValueError(f"arrays {sorted(arrays)} do not match the parameters {sorted(self.params)}")
+        for name, value in self.params.items():
+            new = np.asarray(arrays[name])
+            if new.dtype.kind != "f":
+                raise ValueError(f"parameter {name} has dtype {new.dtype}, not a floating-point type")
+            if new.shape != value.shape:
+                raise ValueError(f"parameter {name} has shape {new.shape}, expected {value.shape}")
+        self.params = {name: np.asarray(arrays[name]).astype(self.dtype) for name in self.params}
 
     def config(self):
         """Plain dict that rebuilds this model with `from_config` (weights not included)."""
@@ -152,6 +170,10 @@ class CaptioningRNN:
         grads["W_embed"] = word_embedding_backward(dx, embed_cache)
         _, grads["W_proj"], grads["b_proj"] = affine_backward(dh0, proj_cache)
         return loss, grads
+
+    def decoding(self):
+        """Context for decoding (nothing to switch for a numpy model)."""
+        return contextlib.nullcontext()
 
     def init_state(self, features):
         """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H), word_inputs).

@@ -6,6 +6,8 @@ V vocabulary.
 The image feature is projected to one memory token that every decoder layer
 cross-attends to; the caption attends to itself through a causal mask.
 """
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -21,8 +23,6 @@ class CaptioningTransformer(nn.Module):
     divisible by num_heads); max_length: the longest sequence the position code covers;
     seed: initialise from this seed (None: from the global torch RNG).
     """
-
-    SIZE_FLAGS = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")  # from training.py's flags
 
     def __init__(self, word_to_idx, input_dim, wordvec_dim, num_heads=4, num_layers=2,
                  max_length=50, dim_feedforward=2048, dropout=0.1, seed=None):
@@ -49,6 +49,12 @@ class CaptioningTransformer(nn.Module):
         self.transformer = TransformerDecoder(wordvec_dim, num_heads, num_layers, dim_feedforward, dropout)
         self.output = nn.Linear(wordvec_dim, V)
         self.apply(self._init_weights)
+        # one memory token: the cross-attention weights are softmax over one key, always 1, so its
+        # query and key projections never reach the output; they are kept (the original repository's
+        # files hold them) but not trained
+        for layer in self.transformer.layers:
+            layer.multihead_attn.query.requires_grad_(False)
+            layer.multihead_attn.key.requires_grad_(False)
 
     @staticmethod
     def _init_weights(module):
@@ -85,12 +91,32 @@ class CaptioningTransformer(nn.Module):
 
     @staticmethod
     def count_parameters(config):
-        """Number of weights of the model a `config()` dict describes, without building it."""
+        """Number of trained weights of the model a `config()` dict describes, without building it."""
         V = sum(w is not None for w in config["idx_to_word"])
         D, E = config["input_dim"], config["wordvec_dim"]
         F, L = config["dim_feedforward"], config["num_layers"]
-        layer = 8 * (E * E + E) + (E * F + F) + (F * E + E) + 6 * E  # two attentions, feed-forward, three norms
+        # self-attention q, k, v, out; cross-attention v, out; feed-forward; three norms
+        layer = 6 * (E * E + E) + (E * F + F) + (F * E + E) + 6 * E
         return (D * E + E) + V * E + L * layer + (E * V + V)
+
+    def state_arrays(self):
+        """The weights (and the position code) by name, as CPU tensors: name -> tensor."""
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+
+    def load_state_arrays(self, arrays):
+        """Set the weights from name -> tensor (as `state_arrays` gives them); ValueError for a missing,
+        extra, wrongly shaped or non-float tensor."""
+        own = self.state_dict()
+        if set(arrays) != set(own):
+            missing, extra = sorted(set(own) - set(arrays)), sorted(set(arrays) - set(own))
+            raise ValueError(f"tensors do not match the model's (missing {missing[:3]}, unexpected {extra[:3]})")
+        for name, value in arrays.items():
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"parameter {name} has dtype {kind}, not a floating-point type")
+            if value.shape != own[name].shape:
+                raise ValueError(f"parameter {name} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}")
+        self.load_state_dict(arrays)
 
     @property
     def device(self):
@@ -124,6 +150,17 @@ class CaptioningTransformer(nn.Module):
         per_word = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), captions[:, 1:].reshape(-1),
                                    ignore_index=self.null_idx, reduction="none").view(N, T)  # (N, T)
         return (per_word.sum(dim=1) * torch.as_tensor(weights, dtype=per_word.dtype, device=per_word.device)).sum() / N
+
+    @contextlib.contextmanager
+    def decoding(self):
+        """Context for decoding: eval mode (no dropout) and no autograd, the mode restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.train(was_training)
 
     def init_state(self, features):
         """Decoding state before the first word: features (N, D) -> key/value caches and position 0."""

@@ -1,0 +1,73 @@
+"""The best checkpoint of a run: by validation loss, or by CIDEr on a fixed set of validation images."""
+import numpy as np
+
+from core.evaluation import caption_split, references_by_image, score_captions
+
+
+class BestCheckpoint:
+    """Writes the model to `path` after each epoch that is the best so far.
+
+    save: callable(model, path, info) that writes a checkpoint (core.checkpoint.save_checkpoint);
+    extra: dict stored with it (info adds epoch, val_loss and, when scored, val_bleu4/val_cider).
+    eval_every 0: the best epoch has the lowest teacher-forced validation loss. eval_every K:
+    every K epochs and after final_epoch, `eval_images` validation images (a fixed, seeded
+    subset) are captioned greedily and the best epoch has the highest CIDEr; the scores are
+    kept in `metrics` (eval_epoch, val_bleu4, val_cider) for the history.
+    Use `on_epoch_end` as the training loop's callback.
+    """
+
+    def __init__(self, path, save, extra=None, data=None, eval_every=0, eval_images=500, final_epoch=None, seed=0,
+                 verbose=True):
+        self.path, self.save, self.extra = path, save, dict(extra or {})
+        self.eval_every, self.final_epoch, self.verbose = eval_every, final_epoch, verbose
+        self.metrics = {"eval_epoch": [], "val_bleu4": [], "val_cider": []}
+        self.best = None  # the info saved with the best checkpoint
+        if eval_every:
+            images = np.unique(data["val_image_idxs"])
+            rng = np.random.default_rng(seed)
+            self.data = data
+            self.images = np.sort(rng.choice(images, size=min(eval_images, len(images)), replace=False))
+            refs = references_by_image(data["val_captions"], data["val_image_idxs"], data["idx_to_word"])
+            self.refs = {int(i): refs[int(i)] for i in self.images}
+
+    def state(self):
+        """JSON-able state for a resumable checkpoint."""
+        return {"metrics": self.metrics, "best": self.best}
+
+    def load_state(self, state):
+        """Continue from `state()`."""
+        self.metrics = {k: list(v) for k, v in state["metrics"].items()}
+        self.best = state["best"]
+
+    def on_epoch_end(self, solver, epoch):
+        """After an epoch's validation: score it if due and save the model when it is the best so far."""
+        info = dict(self.extra, epoch=epoch, val_loss=solver.history["val_loss"][-1])
+        if not self.eval_every:
+            if self.best is None or info["val_loss"] < self.best["val_loss"]:
+                self._keep(solver.model, info)
+            return
+        if epoch % self.eval_every and epoch != self.final_epoch:
+            return
+        predictions = caption_split(solver.model, self.data, "val", images=self.images, progress=False)
+        scores = score_captions(predictions, self.refs, meteor=False)
+        for key, name in (("val_bleu4", "BLEU-4"), ("val_cider", "CIDEr")):
+            self.metrics[key].append(scores[name])
+        self.metrics["eval_epoch"].append(epoch)
+        better = self.best is None or scores["CIDEr"] > self.best["val_cider"]
+        if self.verbose:
+            print(f"epoch {epoch}: on {len(self.images)} val images BLEU-4 {scores['BLEU-4']:.4f} "
+                  f"CIDEr {scores['CIDEr']:.4f}" + ("  (best)" if better else ""), flush=True)
+        if better:
+            self._keep(solver.model, dict(info, val_bleu4=scores["BLEU-4"], val_cider=scores["CIDEr"]))
+
+    def _keep(self, model, info):
+        self.best = info
+        self.save(model, self.path, info)
+
+    def describe(self):
+        """One line about the best epoch, e.g. "epoch 4, val loss 12.3456"."""
+        if self.best is None:
+            return "none"
+        if "val_cider" in self.best:
+            return f"epoch {self.best['epoch']}, CIDEr {self.best['val_cider']:.4f}"
+        return f"epoch {self.best['epoch']}, val loss {self.best['val_loss']:.4f}"

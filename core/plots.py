@@ -1,0 +1,76 @@
+"""Every figure the scripts save: training curves (training.py) and captioned images (inference.py).
+
+Figures are matplotlib `Figure` objects drawn without pyplot, so no display or backend is needed,
+and written atomically as PNG (core/fileio.py).
+"""
+import textwrap
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from core.fileio import save_figure
+
+
+def save_loss_plot(history, title, path):
+    """Per-iteration training loss with per-epoch train and validation loss, saved as PNG."""
+    iters_per_epoch = len(history["loss"]) / max(len(history["train_loss"]), 1)
+    epochs_x = iters_per_epoch * np.arange(1, len(history["train_loss"]) + 1)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot(np.arange(1, len(history["loss"]) + 1), history["loss"], color="tab:blue", alpha=0.3,
+            label="train (per iteration)")
+    ax.plot(epochs_x, history["train_loss"], "o-", color="tab:blue", label="train (epoch mean)")
+    ax.plot(epochs_x, history["val_loss"], "s-", color="tab:orange", label="validation")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (summed over words, per caption)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_scst_plot(history, title, path):
+    """Mean sampled reward and baseline per iteration, and val CIDEr per epoch, saved as PNG."""
+    fig = Figure(figsize=(11, 4))
+    ax_reward, ax_cider = fig.subplots(1, 2)
+    ax_reward.plot(np.arange(1, len(history["reward"]) + 1), history["reward"], label="mean reward of the samples")
+    ax_reward.plot(np.arange(1, len(history["baseline"]) + 1), history["baseline"], label="mean baseline")
+    ax_reward.set_xlabel("iteration")
+    ax_reward.set_ylabel("CIDEr-D (training references)")
+    ax_reward.legend()
+    ax_cider.plot(history["eval_epoch"], history["val_cider"], "o-", color="tab:red")
+    ax_cider.set_xlabel("epoch")
+    ax_cider.set_ylabel("val CIDEr (greedy)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def panel_title(panel, model_name, width=40, max_lines=3):
+    """A panel's title: its label (split and training status), the reference and the prediction, each
+    wrapped to `width` characters and cut to `max_lines` lines, so that no caption overflows."""
+    lines = [panel["label"]] if panel["label"] else []
+    for prefix, text in (("GT", panel["truth"]), (model_name, panel["predicted"])):
+        if text is not None:
+            lines += textwrap.wrap(f"{prefix}: {text}", width, max_lines=max_lines, placeholder=" ...")
+    return "\n".join(lines)
+
+
+def save_caption_grid(images, titles, path, suptitle="", cols=4):
+    """images: list of uint8 (H, W, 3) arrays or None (a captions-only panel); titles: list of str -> PNG."""
+    rows = -(-len(titles) // cols)
+    cols = min(cols, len(titles))
+    fig = Figure(figsize=(3.6 * cols, 4.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        if image is not None:
+            ax.imshow(image)
+            ax.set_title(title, fontsize=8, loc="left")
+        else:
+            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
+    save_figure(fig, path)

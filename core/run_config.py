@@ -1,0 +1,196 @@
+"""The configuration of a training run: every flag of training.py in one table (type, default, help,
+check, whether it is fixed on resume), the named recipes that change defaults, and the merge of a
+resumed run's saved flags with the ones given now.
+
+    args = parse_args(argv)          # argparse Namespace with every flag set, args.explicit, args.recipe
+    args = resumed_args(args, saved_flags, path)
+"""
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.cli import ArgumentParser
+from core.errors import UserError
+from core.registry import MODEL_TYPES, SIZE_FLAGS
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One training.py flag. check: "positive", "positive_finite", "fraction" ([0, 1)), "nonnegative"
+    or None; fixed: a resumed run must keep the value it was trained with."""
+
+    name: str
+    type: object
+    default: object
+    help: str
+    check: str = None
+    fixed: bool = True
+    choices: tuple = None
+    metavar: str = None
+
+
+SMALL_DATA = 1000  # the small-data recipe is chosen for --num_samples up to this
+RECIPES = {
+    "default": {},
+    # the original repository's small-subset overfitting: long, undecayed, no dropout
+    "small-data": {"epochs": 100, "batch_size": 50, "lr_decay": 1.0, "val_samples": 100, "dropout": 0.0},
+    # self-critical fine-tuning: a small step from a trained checkpoint, scored every epoch
+    "scst": {"lr": 5e-5, "eval_every": 1},
+}
+
+FLAGS = (
+    Flag("model", str, None, "decoder to train (required unless --resume)", choices=tuple(MODEL_TYPES)),
+    Flag("resume", str, None, "continue the run saved in PATH (the *_last checkpoint written after every epoch and "
+         "on Ctrl-C); its flags are read from it, --epochs may be raised, flags that contradict it are an error",
+         fixed=False, metavar="PATH"),
+    Flag("recipe", str, None, "named defaults (given flags win): " + "; ".join(
+        f"{name}: {', '.join(f'{k} {v:g}' for k, v in values.items()) or 'the defaults shown here'}"
+        for name, values in RECIPES.items()) + f". Unset: scst with --scst, small-data when --num_samples is at "
+        f"most {SMALL_DATA} and none of --epochs/--batch_size/--lr_decay is given, else default",
+         choices=tuple(RECIPES)),
+    Flag("data_dir", str, None, "dataset directory in the CS231n COCO layout (unset: core/datasets/coco_captioning "
+         "when downloaded, else the bundled core/datasets/sample_captioning)", fixed=False),
+    Flag("num_samples", int, None, "train on a seeded random subset of this many captions (unset: all)", "positive"),
+    Flag("epochs", int, 10, "passes over the training captions (with --scst: over the training images)", "positive",
+         fixed=False),
+    Flag("batch_size", int, 100, "captions (with --scst: images) per step and process", "positive"),
+    Flag("lr", float, None, "learning rate (unset: " + ", ".join(
+        f"{t.default_lr:g} for {m}" for m, t in MODEL_TYPES.items()) + ")", "positive_finite"),
+    Flag("lr_decay", float, 0.95, "learning rate multiplier after each epoch", "positive_finite"),
+    Flag("update_rule", str, "adam", "update rule of the numpy models (the torch ones use torch Adam)",
+         choices=("sgd", "sgd_momentum", "rmsprop", "adam")),
+    *(Flag(name, size.type, size.default, size.help, "fraction" if size.type is float else "positive")
+      for name, size in SIZE_FLAGS.items()),
+    Flag("val_samples", int, 1000, "size of the fixed validation subset whose loss is reported each epoch",
+         "positive"),
+    Flag("eval_every", int, 0, "every this many epochs and after the last, score BLEU-4/CIDEr on --eval_images "
+         "validation images and keep the best checkpoint by CIDEr (0: off; the best is then by validation loss)",
+         "nonnegative"),
+    Flag("eval_images", int, 500, "validation images scored by --eval_every", "positive"),
+    Flag("divergence_factor", float, 10.0, "stop with an error when a batch loss is NaN/inf or more than this many "
+         "times the run's first batch loss, or the validation loss is NaN/inf (the last good files are kept)",
+         "positive_finite"),
+    Flag("seed", int, 231, "seed of the data subset, initialisation, shuffling and sampling"),
+    Flag("checkpoint", str, None, "where to save the model (unset: " + ", ".join(
+        t.checkpoint for t in MODEL_TYPES.values()) + ", with _scst before the suffix for --scst); *_best and the "
+         "resumable *_last go next to it", fixed=False),
+    Flag("out_dir", str, "outputs", "directory of the loss plot and history", fixed=False),
+    Flag("device", str, None, "device of the torch models: cpu or cuda (unset: cuda when available)", fixed=False),
+    Flag("amp", bool, False, "bfloat16 mixed precision for the torch models on CUDA", fixed=False),
+    Flag("max_iters", int, None, "stop each epoch after this many steps (dry runs and timing; unset: whole epochs)",
+         "positive"),
+    Flag("quiet", bool, False, "no progress bars or per-epoch lines", fixed=False),
+    Flag("scst", bool, False, "self-critical sequence training: fine-tune the --init_from checkpoint by REINFORCE "
+         "with CIDEr-D (the training references' document frequencies) as the reward (recipe scst)"),
+    Flag("init_from", str, None, "the cross-entropy-trained checkpoint --scst starts from", metavar="CHECKPOINT"),
+    Flag("scst_samples", int, 5, "captions sampled per image by --scst", "positive"),
+    Flag("baseline", str, "greedy", "--scst baseline: the greedy caption's reward, or the mean reward of the "
+         "image's other samples", choices=("greedy", "mean")),
+    Flag("temperature", float, 1.0, "sampling temperature of --scst", "nonnegative"),
+)
+FLAG = {f.name: f for f in FLAGS}
+
+
+def _default_text(flag):
+    return "" if flag.default is None or flag.default is False else f" (default: {flag.default})"
+
+
+def build_parser():
+    """The argument parser; every default is applied after parsing, so that the namespace it returns
+    holds only the flags given (see parse_args)."""
+    p = ArgumentParser(description="Train a captioning decoder on precomputed image features.",
+                       argument_default=argparse.SUPPRESS)
+    for f in FLAGS:
+        text = f.help + _default_text(f)
+        if f.type is bool:
+            p.add_argument(f"--{f.name}", action="store_true", help=text)
+        else:
+            p.add_argument(f"--{f.name}", type=f.type, choices=f.choices, metavar=f.metavar, help=text)
+    return p
+
+
+def _check(parser, args):
+    for f in FLAGS:
+        value = getattr(args, f.name)
+        if value is None or f.check is None:
+            continue
+        bad = {"positive": lambda v: v <= 0, "nonnegative": lambda v: v < 0, "fraction": lambda v: not 0 <= v < 1,
+               "positive_finite": lambda v: not (math.isfinite(v) and v > 0)}[f.check](value)
+        if bad:
+            parser.error(f"--{f.name} must be {f.check.replace('_', ' and ').replace('fraction', 'in [0, 1)')}, "
+                         f"got {value}")
+    if args.scst and args.baseline == "mean" and args.scst_samples < 2:
+        parser.error("--baseline mean needs --scst_samples of at least 2 (the mean of an image's other samples)")
+
+
+def parse_args(argv=None):
+    """training.py's flags -> Namespace with every flag, `explicit` (the names given) and `recipe`."""
+    parser = build_parser()
+    given = parser.parse_args(argv)
+    explicit = sorted(vars(given))
+    args = argparse.Namespace(**{**{f.name: f.default for f in FLAGS}, **vars(given)})
+    args.explicit = explicit
+    if args.model is None and args.resume is None:
+        parser.error("--model is required (or --resume PATH)")
+    _check(parser, args)
+    if args.resume is None and args.scst != (args.init_from is not None):
+        parser.error("--scst needs --init_from CHECKPOINT (and --init_from is for --scst)")
+    if args.resume is None:
+        apply_recipe(args)
+    return args
+
+
+def choose_recipe(args):
+    """-> (recipe name, why it was chosen)."""
+    if args.recipe is not None:
+        return args.recipe, "--recipe"
+    if args.scst:
+        return "scst", "--scst"
+    if (args.num_samples is not None and args.num_samples <= SMALL_DATA
+            and not {"epochs", "batch_size", "lr_decay"} & set(args.explicit)):
+        return "small-data", (f"--num_samples {args.num_samples} <= {SMALL_DATA} with no --epochs/--batch_size/"
+                              "--lr_decay; --recipe default turns it off")
+    return "default", None
+
+
+def apply_recipe(args):
+    """Set the recipe's values for the flags not given, then the model type's own defaults; records
+    args.recipe and args.recipe_line (what the run prints first)."""
+    args.recipe, why = choose_recipe(args)
+    changed = {k: v for k, v in RECIPES[args.recipe].items() if k not in args.explicit}
+    for name, value in changed.items():
+        setattr(args, name, value)
+    kind = MODEL_TYPES[args.model]
+    if args.lr is None:
+        args.lr = kind.default_lr
+    if args.checkpoint is None:
+        default = Path(kind.checkpoint)
+        scst_name = default.with_name(f"{default.stem}_scst{default.suffix}")
+        args.checkpoint = str(scst_name) if args.scst else kind.checkpoint
+    values = ", ".join(f"{k} {v:g}" for k, v in changed.items())
+    args.recipe_line = f"recipe {args.recipe}" + (f" ({why})" if why else "") + (f": {values}" if values else "")
+
+
+def resumed_args(args, saved, path):
+    """The flags `saved` with a resumed run (as training.py recorded them) merged with the ones given
+    now that may change (epochs, paths, device, output); UserError for a given flag that contradicts it."""
+    for name in args.explicit:
+        if FLAG[name].fixed and getattr(args, name) != saved.get(name):
+            raise UserError(f"--{name} {getattr(args, name)} contradicts {path}, which was trained with "
+                            f"--{name} {saved.get(name)}: leave it out to resume, or start a new run")
+    merged = argparse.Namespace(**{**{f.name: f.default for f in FLAGS}, **saved})
+    for name in args.explicit:
+        setattr(merged, name, getattr(args, name))
+    merged.resume, merged.explicit = str(path), args.explicit
+    merged.recipe_line = f"recipe {merged.recipe} (as {Path(path).name} was trained)"
+    if "device" not in args.explicit:
+        merged.device = None  # the machine of this run decides, as for a new run
+    if "checkpoint" not in args.explicit:
+        merged.checkpoint = str(Path(path).with_name(Path(saved["checkpoint"]).name))
+    return merged
+
+
+def saved_flags(args):
+    """The flags to record in the checkpoints of a run (what --resume reads back)."""
+    return {f.name: getattr(args, f.name) for f in FLAGS}

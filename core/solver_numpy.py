@@ -1,0 +1,71 @@
+"""NumpySolver: trains a numpy model (CaptioningRNN) with the update rules of core/optim.py."""
+import numpy as np
+
+from core import optim
+from core.solver_base import SolverBase
+
+
+class NumpySolver(SolverBase):
+    """update_rule: a name in core.optim.UPDATE_RULES; optim_config: its hyperparameters
+    (e.g. {"learning_rate": 5e-3}, the CS231n interface), copied once per parameter;
+    learning_rate: sets optim_config's (default: the update rule's own, 1e-3 for adam, 1e-2 for
+    the others). Other keyword arguments go to SolverBase (num_epochs, batch_size, lr_decay,
+    val_samples, seed, verbose, on_epoch_end, ...).
+    """
+
+    OPTIONS = ("update_rule",)  # what training.py passes from its flags besides learning_rate
+
+    def __init__(self, model, data, update_rule="adam", optim_config=None, learning_rate=None, **kwargs):
+        super().__init__(model, data, **kwargs)
+        if update_rule not in optim.UPDATE_RULES:
+            raise ValueError(f'unknown update rule "{update_rule}"; choose from {sorted(optim.UPDATE_RULES)}')
+        self.update_rule = optim.UPDATE_RULES[update_rule]
+        optim_config = dict(optim_config or {})
+        if learning_rate is not None:
+            optim_config["learning_rate"] = learning_rate
+        optim_config.setdefault("learning_rate", optim.DEFAULT_LEARNING_RATES[update_rule])
+        self.optim_configs = {name: dict(optim_config) for name in model.params}
+
+    def _update(self, features, captions, caption_weights, weight):
+        loss, grads = self.model.loss(features, captions, caption_weights)
+        if self.dist.enabled:
+            grads = self._average(grads, weight)
+        for name, w in self.model.params.items():
+            self.model.params[name], self.optim_configs[name] = self.update_rule(w, grads[name], self.optim_configs[name])
+        return loss
+
+    def _average(self, grads, weight):
+        """Each rank's gradients times its weight, summed over the ranks in one all_reduce of one
+        flat buffer (a CPU tensor sharing the numpy memory) -> the averaged gradients."""
+        names = list(grads)
+        flat = np.concatenate([grads[k].ravel() for k in names])
+        flat *= weight
+        self.dist.all_reduce_sum(flat)
+        out, start = {}, 0
+        for k in names:
+            out[k] = flat[start:start + grads[k].size].reshape(grads[k].shape)
+            start += grads[k].size
+        return out
+
+    def _eval_loss(self, features, captions):
+        return self.model.loss(features, captions)[0]
+
+    def _decay_lr(self, factor):
+        for config in self.optim_configs.values():
+            config["learning_rate"] *= factor
+
+    def _optimizer_state(self):
+        return {name: dict(config) for name, config in self.optim_configs.items()}
+
+    def _load_optimizer_state(self, state):
+        if set(state) != set(self.optim_configs):
+            raise ValueError(f"optimizer state for parameters {sorted(state)}, expected {sorted(self.optim_configs)}")
+        self.optim_configs = {name: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in config.items()}
+                              for name, config in state.items()}
+
+    @property
+    def learning_rate(self):
+        return next(iter(self.optim_configs.values()))["learning_rate"]
+
+
+CaptioningSolver = NumpySolver  # the CS231n and original repository's name

@@ -1,0 +1,75 @@
+"""TorchSolver: trains a torch model (CaptioningTransformer) with torch.optim.Adam."""
+import torch
+
+from core.solver_base import SolverBase
+
+
+class TorchSolver(SolverBase):
+    """learning_rate: Adam's step size; device: where the model and batches live;
+    amp: mixed precision (bfloat16 autocast) on CUDA. Other keyword arguments go to
+    SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose, on_epoch_end, ...).
+    """
+
+    OPTIONS = ("device", "amp")  # what training.py passes from its flags besides learning_rate
+
+    def __init__(self, model, data, learning_rate=1e-3, device="cpu", amp=False, **kwargs):
+        super().__init__(model, data, **kwargs)
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=learning_rate)
+        # under torchrun the training forward goes through DistributedDataParallel, which averages
+        # the gradients in backward(); validation and decoding use the model itself
+        self.net = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _tensors(self, features, captions):
+        """features (B, D) float32, captions (B, L) int arrays -> tensors on the solver's device."""
+        return (torch.as_tensor(features, dtype=torch.float32).to(self.device, non_blocking=True),
+                torch.as_tensor(captions, dtype=torch.long).to(self.device, non_blocking=True))
+
+    def _loss(self, net, features, captions, caption_weights=None):
+        """Loss of a minibatch through net's forward (scalar tensor), under bfloat16 autocast when amp is on."""
+        features, captions = self._tensors(features, captions)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.model.loss_from_scores(net(features, captions[:, :-1]), captions, caption_weights)
+
+    def _update(self, features, captions, caption_weights, weight):
+        self.model.train()
+        loss = self._loss(self.net, features, captions, caption_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages the ranks' gradients equally: scaling by world_size * weight makes that the
+        # weighted average (the plain gradient in one process)
+        (loss * (self.dist.world_size * weight) if self.dist.enabled else loss).backward()
+        self.optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def _eval_loss(self, features, captions):
+        self.model.eval()
+        return self._loss(self.model, features, captions).item()
+
+    def _decay_lr(self, factor):
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
+    def _optimizer_state(self):
+        state = {"adam": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _load_optimizer_state(self, state):
+        self.optimizer.load_state_dict(state["adam"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    @property
+    def learning_rate(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+
+CaptioningSolverTransformer = TorchSolver  # the original repository's name
