@@ -82,15 +82,15 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
     instead of the 4096-d fc7.
     -> dict with train_captions (Nc, L) int32, train_image_idxs (Nc,) int32,
        train_features (Ni, D) float32, train_urls (Ni,) str, the same for val,
-       idx_to_word (list), word_to_idx (dict), base_dir (str), and with max_train
-       train_rows (max_train,) the kept rows of the full caption table, in order.
+       idx_to_word (list), word_to_idx (dict). With max_train, the kept caption rows are
+       subset_rows(Nc, max_train, seed), in order.
     """
     base_dir = Path(base_dir)
     hint = f"fetch it with `{FETCH_HINT}`" if base_dir.resolve() == COCO_DIR else "check --data_dir"
     if not base_dir.is_dir():
         raise UserError(f"data directory {base_dir} not found: {hint}")
     suffix = "_pca" if pca_features else ""
-    data = {"base_dir": str(base_dir)}
+    data = {}
     captions = _read_h5(_require(base_dir / "coco2014_captions.h5", hint),
                         [f"{s}_{k}" for s in SPLITS for k in ("captions", "image_idxs")])
     data.update(captions)
@@ -111,7 +111,6 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
         rows = subset_rows(num_train, max_train, seed)
         data["train_captions"] = data["train_captions"][rows]
         data["train_image_idxs"] = data["train_image_idxs"][rows]
-        data["train_rows"] = rows
     return data
 
 

@@ -1,5 +1,5 @@
-"""Launched by tests/test_distributed.py under torchrun: trains tiny rnn/lstm/transformer models on
-every rank, checks after every step that the weights are identical on all ranks, and has rank 0
+"""Launched by tests/test_distributed.py under torchrun: trains a tiny model of every type (and two
+self-critically, see CASES) on every rank, checks after every step that the weights are identical on all ranks, and has rank 0
 save the final weights (npz) for the test to compare with a one-process run.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py DATA_DIR OUT.npz
@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import distributed  # noqa: E402
 from core.coco_utils import load_coco_data  # noqa: E402
-from tests.test_distributed import BATCH, STEPS, make_solver, weights  # noqa: E402
+from tests.test_distributed import BATCH, CASES, make_solver, weights  # noqa: E402
 
 
 def main():
@@ -21,23 +21,26 @@ def main():
     ctx = distributed.init("cpu")
     data = load_coco_data(data_dir)
     saved, mismatches = {}, []
-    for name in ("rnn", "lstm", "transformer"):
-        solver = make_solver(name, data, BATCH, ctx)
-        step = solver._train_step
+    for name, scst in CASES:
+        case = f"{name}{'_scst' if scst else ''}"
+        solver = make_solver(name, data, BATCH, ctx, scst=scst)
+        update = solver._update
 
-        def checked_step(*batch, solver=solver, step=step, name=name):
-            loss = step(*batch)
+        def checked_update(*batch, solver=solver, update=update, case=case):
+            loss = update(*batch)
             mine = weights(solver.model)
             everyone = ctx.gather(mine)
             if ctx.is_main:
                 for other in everyone[1:]:
-                    mismatches.extend(f"{name} {k}" for k in mine if not np.array_equal(mine[k], other[k]))
+                    mismatches.extend(f"{case} {k}" for k in mine if not np.array_equal(mine[k], other[k]))
             return loss
 
-        solver._train_step = checked_step
+        solver._update = checked_update
         solver.train()
-        saved.update({f"{name}.{k}": v for k, v in weights(solver.model).items()})
-        saved[f"{name}.loss"] = np.array(solver.history["loss"])
+        saved.update({f"{case}.{k}": v for k, v in weights(solver.model).items()})
+        saved[f"{case}.loss"] = np.array(solver.history["loss"])
+        if scst:
+            saved[f"{case}.reward"] = np.array(solver.history["reward"])
     if ctx.is_main:
         np.savez(out, mismatches=np.array(mismatches, dtype=str), **saved)
     ctx.close()

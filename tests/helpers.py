@@ -1,5 +1,10 @@
-"""Numerical gradient checking in float64 by centered differences."""
+"""Shared test helpers: numerical gradient checks in float64 by centered differences, and tiny
+models and solvers of every type built through the registry."""
+from pathlib import Path
+
 import numpy as np
+
+from core.registry import MODEL_TYPES, build_model
 
 
 def numeric_gradient(f, x, dout, h=1e-5):
@@ -42,3 +47,31 @@ def assert_gradients(f, args, grads, dout, tol=1e-7):
         assert grad.shape == arg.shape, f"gradient {k}: shape {grad.shape} != {arg.shape}"
         error = rel_error(grad, numeric_gradient(f, arg, dout))
         assert error < tol, f"gradient {k}: relative error {error:.2e}"
+
+
+TINY_SIZES = {"wordvec_dim": 8, "hidden_dim": 12, "num_heads": 2, "num_layers": 1, "dim_feedforward": 16,
+              "dropout": 0.0}
+
+
+def tiny_model(name, data, seed=0, **sizes):
+    """A small model of type `name` (a row of core.registry.MODEL_TYPES) for the data, through the registry."""
+    return build_model(name, data, dict(TINY_SIZES, **sizes), seed=seed)
+
+
+def tiny_solver(name, data, model=None, learning_rate=1e-2, update_rule="adam", **kwargs):
+    """The registry's solver of `name` around `model` (a fresh tiny_model unless given); update_rule
+    applies where the solver takes one (the numpy models)."""
+    solver_class = MODEL_TYPES[name].solver_class
+    options = {k: v for k, v in {"update_rule": update_rule}.items() if k in solver_class.OPTIONS}
+    return solver_class(model if model is not None else tiny_model(name, data), data, learning_rate=learning_rate,
+                        **options, **kwargs)
+
+
+def weights(model):
+    """name -> float numpy copy of every weight of a model of any backend."""
+    return {k: np.array(v.numpy() if hasattr(v, "numpy") else v, copy=True) for k, v in model.state_arrays().items()}
+
+
+def checkpoint_name(name, stem="last"):
+    """A file name with the suffix of the model type's checkpoint format: ("rnn", "last") -> "last.npz"."""
+    return stem + Path(MODEL_TYPES[name].checkpoint).suffix

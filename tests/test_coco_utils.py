@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from core.coco_utils import decode_captions, load_coco_data, sample_coco_minibatch
+from core.coco_utils import decode_captions, load_coco_data, sample_coco_minibatch, subset_rows
 from core.errors import UserError
 
 
@@ -28,11 +28,11 @@ def test_max_train_is_a_seeded_subset_without_replacement(fake_coco):
     c = load_coco_data(fake_coco, max_train=120, seed=6)
     np.testing.assert_array_equal(a["train_captions"], b["train_captions"])
     assert not np.array_equal(a["train_captions"], c["train_captions"])
-    rows = a["train_rows"]
+    rows = subset_rows(len(full["train_captions"]), 120, seed=5)
     assert len(rows) == 120 and len(np.unique(rows)) == 120
     np.testing.assert_array_equal(a["train_captions"], full["train_captions"][rows])
     np.testing.assert_array_equal(a["train_image_idxs"], full["train_image_idxs"][rows])
-    assert len(load_coco_data(fake_coco, max_train=300)["train_rows"]) == 300
+    assert len(load_coco_data(fake_coco, max_train=300)["train_captions"]) == 300
     with pytest.raises(UserError, match="301"):
         load_coco_data(fake_coco, max_train=301)
 

@@ -1,4 +1,5 @@
-"""torchrun on the CPU (gloo, 2 processes on 127.0.0.1): data-parallel training of every decoder,
+"""torchrun on the CPU (gloo, 2 processes on 127.0.0.1): data-parallel training of every decoder
+(cross-entropy and self-critical),
 rank-0-only output, resume, and sharded --eval, each against one process."""
 import json
 import socket
@@ -11,7 +12,14 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint
+from core.cider import CiderD
 from core.coco_utils import load_coco_data
+from core.evaluation import references_by_image
+from core.registry import MODEL_TYPES
+from core.steps import SelfCritical
+from tests.helpers import tiny_solver, weights
+
+pytestmark = pytest.mark.slow  # subprocesses, torchrun or VGG16 throughout
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, STEPS = 25, 3
@@ -30,42 +38,42 @@ def torchrun(*args, cwd):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=240)
 
 
-def make_solver(name, data, batch_size, dist=None):
-    """A tiny model of `name` (dropout 0, fixed seeds) and its solver for STEPS steps of one epoch."""
-    from core.registry import MODEL_TYPES
-
-    kind = MODEL_TYPES[name]
-    config = {"model": name, "input_dim": 512, "wordvec_dim": 8, "hidden_dim": 12, "num_heads": 2, "num_layers": 1,
-              "dim_feedforward": 16, "dropout": 0.0, "max_length": 20, "idx_to_word": data["idx_to_word"]}
-    model = kind.model_class.from_config(config, seed=0)
+def make_solver(name, data, batch_size, dist=None, scst=False):
+    """A tiny model of `name` (dropout 0, fixed seeds) and its solver for STEPS steps of one epoch;
+    scst: self-critical training (3 samples per image, greedy baseline) instead of cross-entropy."""
+    step = None
+    if scst:
+        refs = references_by_image(data["train_captions"], data["train_image_idxs"], data["idx_to_word"])
+        step = SelfCritical(CiderD(refs), num_samples=3, max_length=8, seed=5)
     # plain SGD for the numpy models: its steps scale with the gradient, so a wrongly averaged one shows
-    options = {"learning_rate": 1e-3} if kind.uses_torch else {"learning_rate": 0.2, "update_rule": "sgd"}
-    return kind.solver_class(model, data, num_epochs=1, batch_size=batch_size, max_iters=STEPS, val_samples=20,
-                             seed=5, verbose=False, dist=dist, **options)
+    lr = 1e-3 if MODEL_TYPES[name].uses_torch else 0.2
+    return tiny_solver(name, data, learning_rate=lr, update_rule="sgd", num_epochs=1, batch_size=batch_size,
+                       max_iters=STEPS, val_samples=20, seed=5, verbose=False, dist=dist, step=step)
 
 
-def weights(model):
-    """name -> float32 numpy copy of every weight."""
-    if hasattr(model, "params"):
-        return {k: v.copy() for k, v in model.params.items()}
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+CASES = [(name, False) for name in MODEL_TYPES] + [("rnn", True), ("transformer", True)]  # (model type, scst)
 
 
 def test_two_processes_of_batch_b_train_as_one_of_batch_2b(fake_coco, tmp_path):
-    """rnn, lstm, transformer: the same weights (and losses) as one process with twice the batch,
-    and identical weights on both ranks after every step."""
+    """Every decoder, by cross-entropy and (rnn, transformer) self-critically: the same weights and
+    losses as one process with twice the batch, and identical weights on both ranks after every
+    step. Breaks caught: gradients summed instead of averaged, a rank training on the other's
+    slice, self-critical images sampled on both ranks or with the same draws for different images."""
     out = tmp_path / "two.npz"
     result = torchrun(ROOT / "tests" / "dist_worker.py", fake_coco, out, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     data = load_coco_data(fake_coco)
     with np.load(out) as two:
         assert list(two["mismatches"]) == []
-        for name in ("rnn", "lstm", "transformer"):
-            solver = make_solver(name, data, 2 * BATCH)
+        for name, scst in CASES:
+            case = f"{name}{'_scst' if scst else ''}"
+            solver = make_solver(name, data, 2 * BATCH, scst=scst)
             solver.train()
-            np.testing.assert_allclose(two[f"{name}.loss"], solver.history["loss"], rtol=1e-5)
+            np.testing.assert_allclose(two[f"{case}.loss"], solver.history["loss"], rtol=1e-5, atol=1e-7)
+            if scst:
+                np.testing.assert_allclose(two[f"{case}.reward"], solver.history["reward"], rtol=1e-6)
             for k, v in weights(solver.model).items():
-                np.testing.assert_allclose(two[f"{name}.{k}"], v, rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+                np.testing.assert_allclose(two[f"{case}.{k}"], v, rtol=1e-5, atol=1e-6, err_msg=f"{case} {k}")
 
 
 def test_the_script_under_torchrun_writes_once_resumes_and_loads_in_one_process(fake_coco, tmp_path):

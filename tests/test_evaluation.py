@@ -36,6 +36,7 @@ def test_perfect_predictions_score_one_and_wrong_ones_less():
         score_captions({0: "a"}, refs)
 
 
+@pytest.mark.slow
 def test_meteor_runs_when_java_is_present():
     import shutil
 

@@ -43,6 +43,7 @@ def built(rendered):
     return out
 
 
+@pytest.mark.slow
 def test_layout_shapes_and_dtypes(built):
     with h5py.File(built / "coco2014_captions.h5") as f:
         assert f["train_captions"].shape == (60, 17) and f["train_captions"].dtype == np.int32
@@ -60,6 +61,7 @@ def test_layout_shapes_and_dtypes(built):
     assert not any(p.name.startswith(".") for p in built.iterdir())  # no temporary leftovers
 
 
+@pytest.mark.slow
 def test_pca_is_fitted_on_train_only_and_applied_to_val(built):
     transform, info = load_transform(built / TRANSFORM_FILE)
     assert info["vgg16"] == {"weights": "random", "seed": 0} and info["fitted_on"] == "train"
@@ -73,6 +75,7 @@ def test_pca_is_fitted_on_train_only_and_applied_to_val(built):
     np.testing.assert_allclose(pca["train"].mean(axis=0), 0, atol=1e-3 * np.abs(pca["train"]).max())
 
 
+@pytest.mark.slow
 def test_captions_round_trip_through_the_vocabulary(rendered, built):
     data = load_coco_data(built)
     vocab = json.loads((built / "coco2014_vocab.json").read_text())
@@ -85,6 +88,7 @@ def test_captions_round_trip_through_the_vocabulary(rendered, built):
     assert data["train_image_idxs"].tolist() == [order[a["image_id"]] for a in ann["annotations"]]
 
 
+@pytest.mark.slow
 def test_long_captions_are_cut_and_rare_words_become_unk(rendered, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(rendered, src, ignore=shutil.ignore_patterns("dataset"))
@@ -104,6 +108,7 @@ def _expect_user_error(capsys, *fragments):
     assert len(err) == 1 and all(f in err[0] for f in fragments), err
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_named_and_leave_nothing(rendered, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(rendered, src, ignore=shutil.ignore_patterns("dataset"))
@@ -139,6 +144,7 @@ def test_bad_inputs_are_named_and_leave_nothing(rendered, tmp_path, capsys):
     assert "000002.png" not in " ".join(data["val_urls"])
 
 
+@pytest.mark.slow
 def test_caption_own_images_end_to_end(built, rendered, tmp_path):
     def run(script, *args):
         return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=tmp_path,
@@ -188,6 +194,7 @@ def test_cs231n_data_gets_its_transform_recovered_once(tmp_path, capsys):
     assert "fitting" not in capsys.readouterr().out  # saved: fitted only once
 
 
+@pytest.mark.slow
 def test_rebuilding_a_slice_of_the_sample_dataset_reproduces_it(tmp_path):
     for split in ("train", "val"):
         path = sample.write_split(tmp_path, split, 3)
@@ -296,6 +303,7 @@ def test_tokenizer_keeps_unicode_letters_and_counts_what_it_drops():
     assert dropped_characters(caption, tokenize(caption)) == 7
 
 
+@pytest.mark.slow
 def test_unicode_captions_reach_the_vocabulary_and_dropped_characters_are_reported(rendered, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(rendered, src, ignore=shutil.ignore_patterns("dataset"))
@@ -312,6 +320,7 @@ def test_unicode_captions_reach_the_vocabulary_and_dropped_characters_are_report
     assert decode_captions(data["train_captions"][0], data["idx_to_word"]) == "un café près du 猫"
 
 
+@pytest.mark.slow
 def test_pca_dim_is_checked_before_any_image_is_read(rendered, tmp_path, capsys, monkeypatch):
     import core.dataset_builder
 
@@ -324,6 +333,7 @@ def test_pca_dim_is_checked_before_any_image_is_read(rendered, tmp_path, capsys,
     _expect_user_error(capsys, "--pca_dim 13 needs at least 13 training images", "the train split has 12")
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_is_a_one_line_error(built, tmp_path, capsys, monkeypatch):
     import inference
     from PIL import Image
@@ -344,6 +354,7 @@ def test_a_decompression_bomb_is_a_one_line_error(built, tmp_path, capsys, monke
     _expect_user_error(capsys, "cannot read image", "bomb.png", "DecompressionBombError")
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_a_dataset_leaves_the_folder_as_it_was(rendered, tmp_path, capsys, monkeypatch):
     import subprocess
 
@@ -365,6 +376,7 @@ def test_a_full_disk_while_writing_a_dataset_leaves_the_folder_as_it_was(rendere
         subprocess.run(["umount", "-l", str(out)], check=False)
 
 
+@pytest.mark.slow
 def test_two_processes_extract_the_same_dataset_as_one(rendered, built, tmp_path):
     """torchrun: each rank runs VGG16 on every other image, rank 0 gathers, fits the PCA and writes."""
     import socket
@@ -425,3 +437,38 @@ def test_a_failure_while_moving_the_new_dataset_in_puts_the_old_one_back(tmp_pat
     (new / ".previous").rmdir()
     builder._replace_all(new, out)  # without a failure: all new
     assert {name: (out / name).read_text() for name in names} == {name: f"new {name}" for name in names}
+
+
+@pytest.mark.slow
+def test_own_images_run_vgg16_on_the_requested_device_for_every_decoder(built, tmp_path, capsys, monkeypatch):
+    """Break caught: --device reaching VGG16 only for the torch decoders (a numpy decoder's images went
+    through VGG16 on the CPU whatever --device said). The "meta" device stands in for a GPU."""
+    import inference
+    from core.checkpoint import save_checkpoint
+    from core.model.rnn_model import CaptioningRNN
+
+    vocab = json.loads((built / "coco2014_vocab.json").read_text())
+    checkpoint = tmp_path / "m.npz"
+    save_checkpoint(CaptioningRNN(vocab["word_to_idx"], input_dim=PCA_DIM, wordvec_dim=4, hidden_dim=4, seed=0),
+                    checkpoint)
+    devices = []
+
+    def fake_fc7(paths, spec, batch_size, device, progress):
+        devices.append(device)
+        return np.zeros((len(paths), 4096), dtype=np.float32), {}
+
+    monkeypatch.setattr(inference, "extract_fc7", fake_fc7)
+    image = next((built.parent / "images" / "val").glob("*.png"))
+    inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(built), "--image",
+                    str(image), "--device", "meta", "--out_dir", str(tmp_path)])
+    assert devices == ["meta"]
+
+
+@pytest.mark.slow
+def test_the_sample_dataset_builder_writes_a_loadable_dataset(tmp_path):
+    """make_sample_dataset renders the scenes and builds the layout through core/dataset_builder.py
+    (not through the features_extraction script)."""
+    sample.main(["--out_dir", str(tmp_path), "--train_images", "6", "--val_images", "3", "--pca_dim", "4"])
+    data = load_coco_data(tmp_path)
+    assert data["train_features"].shape == (6, 4) and data["val_captions"].shape == (15, 17)
+    assert len(data["train_urls"]) == 6 and (tmp_path / TRANSFORM_FILE).is_file()

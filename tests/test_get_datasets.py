@@ -4,6 +4,10 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses, torchrun or VGG16 throughout
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "core" / "datasets" / "get_datasets.sh"
 

@@ -49,3 +49,25 @@ def test_update_rules_keep_float32(name):
     w, config = optim.UPDATE_RULES[name](w, np.full((3, 3), 0.5, dtype=np.float32), config)
     assert w.dtype == np.float32
     assert np.all(w < 1)
+
+
+def test_the_numpy_solver_keeps_a_zero_learning_rate_and_decays_the_rules_own_default(fake_coco):
+    """Breaks caught: learning_rate=0 dropped as if not given (the weights then moved at adam's 1e-3),
+    and the decay starting from 1e-2 where adam's default step is 1e-3."""
+    from core.coco_utils import load_coco_data
+    from tests.helpers import tiny_model, weights
+    from core.solver_numpy import NumpySolver
+
+    data = load_coco_data(fake_coco, max_train=40)
+    model = tiny_model("rnn", data)
+    before = weights(model)
+    frozen = NumpySolver(model, data, learning_rate=0.0, num_epochs=1, batch_size=20, val_samples=10, verbose=False)
+    frozen.train()
+    assert frozen.history["learning_rate"] == [0.0]
+    for k, v in weights(model).items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    default = NumpySolver(tiny_model("rnn", data), data, num_epochs=2, batch_size=20, lr_decay=0.5, val_samples=10,
+                          verbose=False)
+    default.train()
+    assert default.history["learning_rate"] == [1e-3, 5e-4] and default.learning_rate == 2.5e-4
+    assert {c["learning_rate"] for c in default.optim_configs.values()} == {2.5e-4}  # what the updates read

@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.captioning_solver import CaptioningSolver
-from core.captioning_solver_transformer import CaptioningSolverTransformer
 from core.checkpoint import load_training_state, save_training_state
 from core.coco_utils import load_coco_data
-from core.model.rnn_model import CaptioningRNN
-from core.model.transformer import CaptioningTransformer
+from core.registry import MODEL_TYPES
 from core.solver_base import TrainingDiverged
+from tests.helpers import checkpoint_name, tiny_model, tiny_solver, weights
 
 
 @pytest.fixture(scope="module")
@@ -23,30 +21,24 @@ def data(fake_coco):
 
 
 def _solver(name, data, model=None, **kw):
-    """The solver of a tiny model of `name` (a fresh one with fixed seeds unless given)."""
+    """The solver of a tiny model of `name` (a fresh one with fixed seeds unless given); dropout on,
+    so that the transformer's dropout RNG is part of what a resume must restore."""
     common = dict(num_epochs=5, batch_size=25, lr_decay=0.9, val_samples=30, seed=3, verbose=False)
     common.update(kw)
-    if name == "transformer":
-        torch.manual_seed(0)
-        if model is None:
-            model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=16, num_heads=2,
-                                          num_layers=1, dim_feedforward=24, dropout=0.2)
-        return CaptioningSolverTransformer(model, data, learning_rate=3e-3, **common)
+    torch.manual_seed(0)
     if model is None:
-        model = CaptioningRNN(data["word_to_idx"], input_dim=512, wordvec_dim=8, hidden_dim=12, cell_type=name,
-                              seed=0)
-    return CaptioningSolver(model, data, update_rule="adam", optim_config={"learning_rate": 1e-2}, **common)
+        model = tiny_model(name, data, wordvec_dim=16, dim_feedforward=24, dropout=0.2)
+    return tiny_solver(name, data, model, learning_rate=3e-3, **common)
 
 
-def _weights(model):
-    if isinstance(model, CaptioningRNN):
-        return {k: v.copy() for k, v in model.params.items()}
-    return {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
+def _exact(name):
+    """numpy decoders resume bitwise; torch ones within float tolerance."""
+    return not MODEL_TYPES[name].uses_torch
 
 
 def _assert_same_run(a, b, exact):
     """Same weights and same history (timings aside)."""
-    wa, wb = _weights(a.model), _weights(b.model)
+    wa, wb = weights(a.model), weights(b.model)
     assert wa.keys() == wb.keys()
     for k in wa:
         if exact:
@@ -69,20 +61,20 @@ def _resume(name, data, path, **kw):
     return fresh
 
 
-@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "transformer"])
+@pytest.mark.parametrize("name", list(MODEL_TYPES))
 def test_two_epochs_resumed_for_three_more_equal_five(name, data, tmp_path):
     """Breaks caught: optimizer state, learning rate, RNG state (shuffling or dropout), history or
     best-so-far not saved or not restored."""
     straight = _solver(name, data)
     straight.train()
 
-    path = tmp_path / ("last.npz" if name != "transformer" else "last.pt")
+    path = tmp_path / checkpoint_name(name)
     first = _solver(name, data, num_epochs=2, save_state=lambda s: save_training_state(s, path))
     first.train()
     resumed = _resume(name, data, path, num_epochs=5)
     assert resumed.epoch == 2 and resumed.iteration == 0
     resumed.train()
-    _assert_same_run(straight, resumed, exact=name != "transformer")
+    _assert_same_run(straight, resumed, exact=_exact(name))
 
 
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
@@ -93,7 +85,7 @@ def test_a_signal_mid_epoch_stops_after_the_step_and_resumes_exactly(name, signu
     straight = _solver(name, data, num_epochs=3)
     straight.train()
 
-    path = tmp_path / ("last.npz" if name != "transformer" else "last.pt")
+    path = tmp_path / checkpoint_name(name)
     saves = []
 
     def save(s):
@@ -121,7 +113,7 @@ def test_a_signal_mid_epoch_stops_after_the_step_and_resumes_exactly(name, signu
     resumed = _resume(name, data, path, num_epochs=3)
     assert (resumed.epoch, resumed.iteration) == (1, 2)
     resumed.train()
-    _assert_same_run(straight, resumed, exact=name != "transformer")
+    _assert_same_run(straight, resumed, exact=_exact(name))
 
 
 def test_a_second_signal_stops_at_once(data):

@@ -102,21 +102,6 @@ def test_rejects_bad_configuration():
         CaptioningRNN({"<START>": 0, "<END>": 1})
 
 
-def test_keep_freed_memory_changes_nothing_but_speed():
-    from core.memory import keep_freed_memory
-
-    rng = np.random.default_rng(4)
-    features = rng.standard_normal((3, 6)).astype(np.float32)
-    captions = np.array([[1, 4, 5, 2, 0], [1, 6, 7, 2, 0], [1, 4, 7, 6, 2]])
-    model = CaptioningRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=4, cell_type="lstm", seed=0)
-    before = model.loss(features, captions)
-    assert keep_freed_memory() in (True, False)  # False only off glibc
-    after = model.loss(features, captions)
-    assert before[0] == after[0]
-    for k in before[1]:
-        np.testing.assert_array_equal(before[1][k], after[1][k])
-
-
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
 def test_fast_loss_equals_the_cs231n_reference_layers(cell_type):
     """CaptioningRNN.loss (vocabulary scores only where a target exists) against the CS231n way:

@@ -225,3 +225,34 @@ def test_caption_error_counts_read_every_phrasing_back_into_its_scene():
     totals = count_errors(wrong)
     assert totals == {"captions": 3, "exact": 1, "wrong_shape": 1, "wrong_colour": 0, "wrong_size": 0,
                       "wrong_relation": 1, "wrong_object_count": 0}
+
+
+class RecordingReward(TargetReward):
+    """TargetReward that records which images each call rewards."""
+
+    def __init__(self):
+        super().__init__(constant=0.0)
+        self.calls = []
+
+    def scores(self, captions, images):
+        self.calls.append(np.asarray(images).copy())
+        return super().scores(captions, images)
+
+
+def test_a_self_critical_epoch_samples_every_image_once():
+    """Break caught: an epoch over caption rows, which samples an image once per caption (here 3
+    times) and an image whose captions share a step twice in it."""
+    rng = np.random.default_rng(3)
+    captions = np.repeat(CAPTIONS, 3, axis=0)  # 4 images x 3 captions each
+    data = {"train_captions": captions, "train_image_idxs": np.repeat(np.arange(4), 3), "val_captions": CAPTIONS,
+            "val_image_idxs": np.arange(4), "train_features": rng.standard_normal((4, 3)).astype(np.float32),
+            "val_features": rng.standard_normal((4, 3)).astype(np.float32)}
+    model = CaptioningRNN(VOCAB, input_dim=3, wordvec_dim=4, hidden_dim=6, cell_type="lstm", seed=0)
+    reward = RecordingReward()
+    solver = CaptioningSolver(model, data, batch_size=2, num_epochs=2, verbose=False, seed=0,
+                              step=SelfCritical(reward, num_samples=2, baseline="mean", max_length=4))
+    solver.train()
+    assert len(solver.history["loss"]) == 4  # 2 steps of 2 images per epoch
+    for epoch in range(2):
+        sampled = np.concatenate(reward.calls[2 * epoch:2 * epoch + 2])
+        assert sorted(sampled.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]  # each image once, with its 2 samples

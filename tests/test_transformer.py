@@ -140,19 +140,43 @@ def test_rejects_bad_sizes():
 
 
 def test_solver_device_plumbing_on_cpu(fake_coco):
-    """What --device/--amp do, checked where CI can: amp is a no-op off CUDA, batches follow the model."""
-    from core.captioning_solver_transformer import CaptioningSolverTransformer
+    """What --device/--amp do, checked where CI can: amp changes nothing off CUDA (bfloat16 autocast
+    on the CPU would change every loss), batches follow the model, training lowers the loss."""
     from core.coco_utils import load_coco_data
+    from core.solver_torch import TorchSolver
 
     data = load_coco_data(fake_coco)
-    torch.manual_seed(0)
-    model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=16, num_heads=2, num_layers=1,
-                                  dim_feedforward=32)
-    solver = CaptioningSolverTransformer(model, data, learning_rate=1e-3, device="cpu", amp=True, num_epochs=2,
-                                         batch_size=100, val_samples=50, verbose=False)
-    assert solver.amp is False and model.device.type == "cpu"
-    history = solver.train()
-    assert history["train_loss"][1] < history["train_loss"][0]
+    histories = []
+    for amp in (True, False):
+        torch.manual_seed(0)
+        model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=16, num_heads=2, num_layers=1,
+                                      dim_feedforward=32, seed=0)
+        solver = TorchSolver(model, data, learning_rate=1e-3, device="cpu", amp=amp, num_epochs=2, batch_size=100,
+                             val_samples=50, verbose=False)
+        histories.append(solver.train())
+    assert histories[0]["loss"] == histories[1]["loss"] and model.device.type == "cpu"
+    assert histories[1]["train_loss"][1] < histories[1]["train_loss"][0]
     assert solver.learning_rate == pytest.approx(1e-3)  # lr_decay defaults to 1
     captions = model.sample(data["val_features"][:3], max_length=5)
     assert isinstance(captions, np.ndarray) and captions.shape == (3, 5)
+
+
+def test_the_cross_attention_query_and_key_over_one_memory_token_are_not_trained(fake_coco):
+    """Break caught: the softmax over a single key is 1 whatever the query, so these weights never
+    reach the loss; they must not be counted as trained, tracked by Adam or changed."""
+    from core.coco_utils import load_coco_data
+    from core.solver_torch import TorchSolver
+
+    data = load_coco_data(fake_coco, max_train=50)
+    model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=16, num_heads=2, num_layers=2,
+                                  dim_feedforward=32, seed=0)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if ".multihead_attn.query." in k
+              or ".multihead_attn.key." in k}
+    assert len(frozen) == 8  # weight and bias of query and key, two layers
+    solver = TorchSolver(model, data, learning_rate=1e-2, num_epochs=1, batch_size=25, val_samples=10, verbose=False)
+    tracked = {id(p) for group in solver.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) not in tracked for n, p in model.named_parameters() if n in frozen)
+    assert len(tracked) == sum(1 for p in model.parameters() if p.requires_grad) == len(list(model.parameters())) - 8
+    solver.train()
+    for k, v in frozen.items():
+        assert torch.equal(model.state_dict()[k], v), k

@@ -7,8 +7,9 @@ Usage (from the repository root):
 Each image shows one object in the middle or two objects side by side or one above the other
 (6 colours, 4 shapes, 2 sizes), and has five captions: the five phrasings of a small grammar,
 so that the references of an image depend on what it shows and not on a random choice of
-words. The images and COCO-format caption files are written first, then
-features_extraction.py turns them into the CS231n layout with a seeded RANDOM VGG16
+words. The images and COCO-format caption files are written first, then the dataset builder
+that features_extraction.py runs (core/dataset_builder.py) turns them into the CS231n layout
+with a seeded RANDOM VGG16
 (--weights random): ImageNet weights cannot be downloaded everywhere. Random convolutional
 features keep colour, size and a coarse map of where things are, but blur the shape of small
 objects in arbitrary places; so objects are large and stand in fixed slots (a few pixels of
@@ -22,7 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-import features_extraction
+from core.cli import user_errors
+from core.dataset_builder import build_dataset
+from core.features import parse_weights
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_captioning"
 SIZE = 96
@@ -140,12 +143,10 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     counts = {"train": args.train_images, "val": args.val_images}
     ann = {split: write_split(out_dir, split, n, args.seed) for split, n in counts.items()}
-    features_extraction.main([
-        "--train_annotations", str(ann["train"]), "--train_images", str(out_dir / "images" / "train"),
-        "--val_annotations", str(ann["val"]), "--val_images", str(out_dir / "images" / "val"),
-        "--out_dir", str(out_dir), "--weights", "random", "--seed", str(args.seed), "--min_word_count", "1",
-        "--pca_dim", str(args.pca_dim), "--batch_size", str(args.batch_size), "--device", "cpu",
-    ])
+    with user_errors("make_sample_dataset"):
+        build_dataset({split: (ann[split], out_dir / "images" / split) for split in counts}, out_dir,
+                      parse_weights("random", args.seed), batch_size=args.batch_size, device="cpu",
+                      min_word_count=1, pca_dim=args.pca_dim)
 
 
 if __name__ == "__main__":
