@@ -3,6 +3,7 @@ models and solvers of every type built through the registry."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from core.registry import MODEL_TYPES, build_model
 
@@ -75,3 +76,15 @@ def weights(model):
 def checkpoint_name(name, stem="last"):
     """A file name with the suffix of the model type's checkpoint format: ("rnn", "last") -> "last.npz"."""
     return stem + Path(MODEL_TYPES[name].checkpoint).suffix
+
+
+def one_line_error(capsys, call, *fragments, code=2):
+    """Run a script's main in-process; it must exit with `code` and one stderr line holding the fragments."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == code, err
+    assert len(err) == 1, err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    return err[0]

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 import inference
+import training
 from core.checkpoint import load_checkpoint
 from core.coco_utils import decode_captions, load_coco_data
 from core.evaluation import references_by_image
+from tests.helpers import one_line_error
 
 pytestmark = pytest.mark.slow  # subprocesses, torchrun or VGG16 throughout
 
@@ -97,48 +99,51 @@ def test_seeded_training_is_reproducible(fake_coco, tmp_path):
                 np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_user_errors_are_one_line_and_overwrite_nothing(trained, fake_coco, tmp_path):
+def test_user_errors_are_one_line_and_overwrite_nothing(trained, fake_coco, tmp_path, capsys):
     checkpoint = trained / "rnn_checkpoint.npz"
     before = checkpoint.read_bytes()
     common = ["--checkpoint", checkpoint, "--out_dir", tmp_path / "out"]
 
-    assert_user_error(run("training.py", "--model", "mgu", cwd=tmp_path), "invalid choice", "mgu")
-    assert_user_error(run("training.py", "--model", "rnn", "--data_dir", tmp_path / "nowhere", *common, cwd=tmp_path),
-                      "nowhere", "not found")
-    assert_user_error(run("training.py", "--model", "rnn", "--data_dir", fake_coco, "--num_samples", 5000, *common,
-                          cwd=tmp_path), "--num_samples 5000", "300 training captions")
+    def error(*args):
+        *flags, fragments = args
+        one_line_error(capsys, lambda: training.main([*map(str, flags), *map(str, common)]), *fragments)
+
+    assert_user_error(run("training.py", "--model", "mgu", cwd=tmp_path), "invalid choice", "mgu")  # as a script
+    error("--model", "rnn", "--data_dir", tmp_path / "nowhere", ["nowhere", "not found"])
+    error("--model", "rnn", "--data_dir", fake_coco, "--num_samples", 5000, ["--num_samples 5000", "300 training captions"])
     broken = tmp_path / "broken"
     shutil.copytree(fake_coco, broken)
     (broken / "coco2014_captions.h5").write_bytes(b"garbage")
-    assert_user_error(run("training.py", "--model", "rnn", "--data_dir", broken, *common, cwd=tmp_path),
-                      "coco2014_captions.h5")
+    error("--model", "rnn", "--data_dir", broken, ["coco2014_captions.h5"])
     (broken / "coco2014_captions.h5").unlink()
-    assert_user_error(run("training.py", "--model", "rnn", "--data_dir", broken, *common, cwd=tmp_path),
-                      "missing data file", "coco2014_captions.h5")
+    error("--model", "rnn", "--data_dir", broken, ["missing data file", "coco2014_captions.h5"])
     assert checkpoint.read_bytes() == before
     assert not (tmp_path / "out").exists()
 
 
-def test_inference_rejects_mismatched_checkpoints(trained, fake_coco, tmp_path):
-    assert_user_error(run("inference.py", "--model", "rnn", "--checkpoint", trained / "lstm_checkpoint.npz",
-                          "--data_dir", fake_coco, cwd=tmp_path), '"lstm" model, not "rnn"')
-    assert_user_error(run("inference.py", "--model", "rnn", "--checkpoint", trained / "transformer_model.pt",
-                          "--data_dir", fake_coco, cwd=tmp_path), '"transformer" model, not "rnn"')
+def test_inference_rejects_mismatched_checkpoints(trained, fake_coco, tmp_path, capsys):
+    def error(*args, fragments):
+        one_line_error(capsys, lambda: inference.main([*map(str, args)]), *fragments)
+
+    error("--model", "rnn", "--checkpoint", trained / "lstm_checkpoint.npz", "--data_dir", fake_coco,
+          fragments=['"lstm" model, not "rnn"'])
+    error("--model", "rnn", "--checkpoint", trained / "transformer_model.pt", "--data_dir", fake_coco,
+          fragments=['"transformer" model, not "rnn"'])
     other_vocab = tmp_path / "other"
     shutil.copytree(fake_coco, other_vocab)
     vocab = json.loads((other_vocab / "coco2014_vocab.json").read_text())
     vocab["idx_to_word"][5], vocab["idx_to_word"][6] = vocab["idx_to_word"][6], vocab["idx_to_word"][5]
     vocab["word_to_idx"] = {w: i for i, w in enumerate(vocab["idx_to_word"])}
     (other_vocab / "coco2014_vocab.json").write_text(json.dumps(vocab))
-    assert_user_error(run("inference.py", "--model", "rnn", "--checkpoint", trained / "rnn_checkpoint.npz",
-                          "--data_dir", other_vocab, cwd=tmp_path), "different vocabulary")
-    assert_user_error(run("inference.py", "--model", "lstm", "--checkpoint", tmp_path / "none.npz",
-                          "--data_dir", fake_coco, cwd=tmp_path), "none.npz not found")
-    assert_user_error(run("inference.py", "--model", "transformer", "--checkpoint", trained / "transformer_model.pt",
-                          "--data_dir", fake_coco, "--max_length", 80, cwd=tmp_path), "--max_length 80")
+    error("--model", "rnn", "--checkpoint", trained / "rnn_checkpoint.npz", "--data_dir", other_vocab,
+          fragments=["different vocabulary"])
+    error("--model", "lstm", "--checkpoint", tmp_path / "none.npz", "--data_dir", fake_coco,
+          fragments=["none.npz not found"])
+    error("--model", "transformer", "--checkpoint", trained / "transformer_model.pt", "--data_dir", fake_coco,
+          "--max_length", 80, "--device", "cpu", fragments=["--max_length 80"])
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    assert_user_error(run("inference.py", "--model", "lstm", "--checkpoint", tmp_path / "junk.npz",
-                          "--data_dir", fake_coco, cwd=tmp_path), "junk.npz is not a checkpoint")
+    error("--model", "lstm", "--checkpoint", tmp_path / "junk.npz", "--data_dir", fake_coco,
+          fragments=["junk.npz is not a checkpoint"])
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(fake_coco, tmp_path):
