@@ -37,7 +37,7 @@ from core.fileio import RunLock, atomic_write_text
 from core.memory import keep_freed_memory
 from core.plots import save_loss_plot, save_scst_plot
 from core.registry import MODEL_TYPES, build_model
-from core.run_config import parse_args, resumed_args, saved_flags
+from core.run_config import parse_args, resumed_args, resumed_batch_size, saved_flags
 from core.solver_base import TrainingDiverged
 from core.steps import CrossEntropy, SelfCritical
 
@@ -97,6 +97,12 @@ def run(args):
     ctx = distributed.init(torch.device(args.device).type)
     args.device = ctx.local_device(args.device)
     try:
+        if state is not None:
+            args.batch_size, note = resumed_batch_size(
+                resumed[1]["extra"]["args"]["batch_size"], state["loop"].get("world_size", 1), ctx.world_size,
+                args.batch_size if "batch_size" in args.explicit else None, "images" if args.scst else "captions")
+            if note and ctx.is_main:
+                print(note, flush=True)
         return train(args, ctx, resumed, state)
     finally:
         ctx.close()

@@ -54,7 +54,8 @@ FLAGS = (
     Flag("num_samples", int, None, "train on a seeded random subset of this many captions (unset: all)", "positive"),
     Flag("epochs", int, 10, "passes over the training captions (with --scst: over the training images)", "positive",
          fixed=False),
-    Flag("batch_size", int, 100, "captions (with --scst: images) per step and process", "positive"),
+    Flag("batch_size", int, 100, "captions (with --scst: images) per step and process; a resumed run keeps its "
+         "batch x processes per step, whatever the number of processes", "positive", fixed=False),
     Flag("lr", float, None, "learning rate (unset: " + ", ".join(
         f"{t.default_lr:g} for {m}" for m, t in MODEL_TYPES.items()) + ")", "positive_finite"),
     Flag("lr_decay", float, 0.95, "learning rate multiplier after each epoch", "positive_finite"),
@@ -194,3 +195,25 @@ def resumed_args(args, saved, path):
 def saved_flags(args):
     """The flags to record in the checkpoints of a run (what --resume reads back)."""
     return {f.name: getattr(args, f.name) for f in FLAGS}
+
+
+def resumed_batch_size(saved_batch, saved_world, world, given=None, unit="captions"):
+    """The per-process batch of a run resumed on `world` processes that was saved with `saved_batch`
+    per process on `saved_world`: the one that keeps its items per step, so that the resumed run
+    trains as a straight one would -> (batch_size, a line saying how it maps or None).
+    given: --batch_size given now (it must agree). UserError when no whole batch keeps the step."""
+    per_step = saved_batch * saved_world
+    fits = [k for k in range(1, per_step + 1) if per_step % k == 0]
+    if per_step % world:
+        raise UserError(f"the run was saved with {per_step} {unit} per step ({saved_world} process(es) x batch "
+                        f"{saved_batch}), which {world} processes cannot share evenly: resume it on "
+                        f"{' or '.join(map(str, [k for k in fits if k <= 64][:8]))} processes")
+    batch = per_step // world
+    if given is not None and given != batch:
+        raise UserError(f"--batch_size {given} contradicts the run's {per_step} {unit} per step ({saved_world} "
+                        f"process(es) x batch {saved_batch}): on {world} process(es) its batch is {batch}; leave "
+                        "--batch_size out to resume, or start a new run")
+    if world == saved_world:
+        return batch, None
+    return batch, (f"resuming a run of {saved_world} process(es) x batch {saved_batch} on {world} process(es): "
+                   f"batch {batch} per process, the same {per_step} {unit} per step")

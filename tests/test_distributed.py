@@ -2,6 +2,9 @@
 (cross-entropy and self-critical),
 rank-0-only output, resume, and sharded --eval, each against one process."""
 import json
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint, load_training_state, save_training_state
 from core.cider import CiderD
 from core.coco_utils import load_coco_data
+from core.datasets.make_fake_coco import write_fake_coco
 from core.evaluation import references_by_image
 from core.registry import MODEL_TYPES
+from core.run_config import resumed_batch_size
 from core.steps import SelfCritical
-from tests.helpers import tiny_solver, weights
+from tests.helpers import rel_error, tiny_solver, weights
 
 pytestmark = pytest.mark.slow  # subprocesses, torchrun or VGG16 throughout
 
@@ -88,15 +93,23 @@ def test_the_script_under_torchrun_writes_once_resumes_and_loads_in_one_process(
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("loaded ") == 1 and two.stdout.count("saved checkpoint") == 1
     assert "batch 25 per process x 2 processes = 50 captions per step" in two.stdout
+    (tmp_path / "alone").mkdir()
+    shutil.copy(tmp_path / "d_last.pt", tmp_path / "alone" / "d_last.pt")
     resumed = torchrun(script, "--resume", "d_last.pt", "--epochs", 2, "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    alone = subprocess.run([sys.executable, str(script), "--resume", "d_last.pt", "--epochs", "2"],
+                           cwd=tmp_path / "alone", capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 0, alone.stderr  # the torchrun file in one process keeps 50 captions per step
+    assert ("resuming a run of 2 process(es) x batch 25 on 1 process(es): batch 50 per process, the same 50 "
+            "captions per step") in alone.stdout
     one = subprocess.run([sys.executable, str(script), "--model", "transformer", *map(str, common), "--batch_size",
                           str(2 * BATCH), "--epochs", "2", "--checkpoint", "s.pt", "--quiet"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr
-    a, b = load_checkpoint(tmp_path / "d.pt")[0], load_checkpoint(tmp_path / "s.pt")[0]
-    for k, v in a.state_dict().items():
-        np.testing.assert_allclose(v.numpy(), b.state_dict()[k].numpy(), rtol=1e-4, atol=2e-5, err_msg=k)
+    b = load_checkpoint(tmp_path / "s.pt")[0]
+    for a in (load_checkpoint(tmp_path / "d.pt")[0], load_checkpoint(tmp_path / "alone" / "d.pt")[0]):
+        for k, v in a.state_dict().items():
+            np.testing.assert_allclose(v.numpy(), b.state_dict()[k].numpy(), rtol=1e-4, atol=2e-5, err_msg=k)
     assert not any(k.startswith("module.") for k in torch.load(tmp_path / "d.pt", weights_only=True)["state_dict"])
     history = json.loads((tmp_path / "outputs" / "transformer_history.json").read_text())
     assert history["learning_rate"] == [1e-3, 5e-4]  # the second epoch ran after the resume
@@ -119,3 +132,47 @@ def test_eval_on_two_processes_equals_one(fake_coco, tmp_path):
     assert two.stdout.count("saved scores") == 1
     a, b = (json.loads((tmp_path / d / "rnn_val_eval.json").read_text()) for d in ("one", "two"))
     assert a["predictions"] == b["predictions"] and a["scores"] == b["scores"] and len(a["predictions"]) == 20
+
+
+def resume_solver(data, batch_size, dist=None, **kwargs):
+    """A tiny rnn trained by plain SGD for 2 epochs of 60 captions (3 to 6 steps per epoch)."""
+    return tiny_solver("rnn", data, learning_rate=0.2, update_rule="sgd", num_epochs=2, batch_size=batch_size,
+                       val_samples=20, seed=7, verbose=False, dist=dist, **kwargs)
+
+
+def test_a_mid_epoch_state_resumes_on_another_number_of_processes(tmp_path):
+    """2 processes x batch 10 stopped mid-epoch, resumed in 1 process x batch 20, and 1 process x batch
+    20 stopped mid-epoch, resumed on 2 processes x batch 10, both equal a straight run of batch 20:
+    every caption of the interrupted epoch is trained once, in steps of the same 20. Break caught:
+    the per-process batch kept on another number of processes (the step halves or doubles, so the
+    rest of the run differs from a straight one)."""
+    small = write_fake_coco(tmp_path / "small", train_images=12, val_images=4, seed=1)  # 60 captions
+    data = load_coco_data(small)
+    straight = resume_solver(data, 20)
+    straight.train()
+    worker = ROOT / "tests" / "resume_worker.py"
+
+    stopped = torchrun(worker, "stop", small, 10, 2, tmp_path / "two_last.npz", cwd=ROOT)  # after 2 of 3 steps
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    model, config, state = load_training_state(tmp_path / "two_last.npz")
+    assert (state["loop"]["position"], state["loop"]["world_size"], state["loop"]["iteration"]) == (40, 2, 2)
+    batch, note = resumed_batch_size(10, state["loop"]["world_size"], 1)  # as training.py --resume maps it
+    assert batch == 20 and note.endswith("batch 20 per process, the same 20 captions per step")
+    alone = resume_solver(data, batch, model=model)
+    alone.load_training_state(state)
+    alone.train()
+
+    first = resume_solver(data, 20, save_state=lambda s: save_training_state(s, tmp_path / "one_last.npz"))
+    update = first._update
+    first._update = lambda *batch: (os.kill(os.getpid(), signal.SIGTERM), update(*batch))[1]
+    first.train()  # stops after its first step: position 20 of 60
+    assert load_training_state(tmp_path / "one_last.npz")[2]["loop"]["position"] == 20
+    batch, _ = resumed_batch_size(20, 1, 2)
+    resumed = torchrun(worker, "resume", small, batch, tmp_path / "one_last.npz", tmp_path / "two.npz", cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with np.load(tmp_path / "two.npz") as two:
+        for run in (weights(alone.model), {k: two[k] for k in two.files if k != "loss"}):
+            for k, v in weights(straight.model).items():
+                assert rel_error(run[k], v) < 1e-4, k  # normwise: float rounding of the averaged gradients
+        np.testing.assert_allclose(two["loss"], straight.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(alone.history["loss"], straight.history["loss"], rtol=1e-5)

@@ -438,3 +438,22 @@ def test_only_running_out_of_memory_becomes_a_one_line_error(monkeypatch):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:114] DefaultCPUAllocator: can't allocate memory")
     with pytest.raises(UserError, match="use a smaller model"), out_of_memory_errors():
         raise MemoryError("Unable to allocate 3.00 GiB for an array")
+
+
+def test_resuming_on_another_number_of_processes_keeps_the_captions_per_step_or_says_what_to_pass():
+    """Breaks caught: the per-process batch kept (the step changes silently), --batch_size refused
+    although it keeps the step, a step that the processes cannot share silently rounded."""
+    from core.run_config import resumed_batch_size
+
+    assert resumed_batch_size(25, 2, 1) == (50, "resuming a run of 2 process(es) x batch 25 on 1 process(es): "
+                                                "batch 50 per process, the same 50 captions per step")
+    assert resumed_batch_size(50, 1, 2, given=25) == (25, "resuming a run of 1 process(es) x batch 50 on 2 "
+                                                          "process(es): batch 25 per process, the same 50 captions "
+                                                          "per step")
+    assert resumed_batch_size(40, 2, 2) == (40, None)
+    with pytest.raises(UserError, match="50 captions per step .* which 3 processes cannot share evenly: resume it "
+                                        "on 1 or 2 or 5 or 10 or 25 or 50 processes"):
+        resumed_batch_size(25, 2, 3)
+    with pytest.raises(UserError, match="--batch_size 30 contradicts the run's 50 captions per step .* its batch "
+                                        "is 50"):
+        resumed_batch_size(25, 2, 1, given=30)
