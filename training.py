@@ -64,7 +64,7 @@ def starting_model(args, data, ident, resumed):
     if resumed is not None or args.init_from:
         path = args.resume or args.init_from
         model, config = resumed if resumed is not None else load_checkpoint(
-            args.init_from, vocabulary=data["idx_to_word"])
+            args.init_from, vocabulary=data["idx_to_word"], missing_hint="pass the checkpoint to fine-tune to --init_from")
         check_checkpoint(config, path, args.model, data["idx_to_word"])
         if config.get("extra", {}).get("dataset_id") not in (None, ident):
             raise UserError(f"{path} was trained on another dataset than {args.data_dir}: "

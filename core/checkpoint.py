@@ -113,9 +113,23 @@ def save_training_state(solver, path, extra=None):
     _write(solver.model, path, extra, solver.training_state())
 
 
+SIZES = ("input_dim", "wordvec_dim", "hidden_dim", "num_heads", "num_layers", "max_length", "dim_feedforward")
+
+
 def _build(config):
-    """An untrained model of the type and sizes a config describes (ValueError for an unknown type)."""
-    return model_type(config.get("model")).model_class.from_config(config)
+    """An untrained model of the type and sizes a config describes; ValueError for an unknown type or
+    a size that is not a positive integer (a crafted or damaged config)."""
+    kind = model_type(config.get("model"))
+    for key in SIZES:
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"its config's {key} is {value!r}, not a positive integer")
+    dropout = config.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"its config's dropout is {dropout!r}, not in [0, 1)")
+    if not isinstance(config.get("idx_to_word"), list):
+        raise ValueError("its config has no idx_to_word list")
+    return kind.model_class.from_config(config)
 
 
 def _check_finite(named_arrays, path):
@@ -160,19 +174,21 @@ def _read_pt(path, vocabulary, num_heads):
     return model, config, blob.get("training_state")
 
 
-def _read(path, device, vocabulary=None, num_heads=2):
+MISSING_HINT = "train one with `python training.py --model ...` or pass --checkpoint"
+
+
+def _read(path, device, vocabulary=None, num_heads=2, missing_hint=MISSING_HINT):
     """-> model, config, training state (or None) of a checkpoint file; UserError when unreadable."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found: train one with `python training.py --model ...` "
-                        "or pass --checkpoint")
+        raise UserError(f"checkpoint {path} not found: {missing_hint}")
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
     except (zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"{path} is not a checkpoint of this project ({e})") from None
+        raise UserError(f"{path} is truncated or corrupt, or not a checkpoint file ({e})") from None
     try:
         names = {n[:-len(".npy")] for n in names if n.endswith(".npy")}
         if "config" in names or compat.is_original_rnn(names):
@@ -190,7 +206,7 @@ def _read(path, device, vocabulary=None, num_heads=2):
         raise UserError(f"{path} is not a readable checkpoint of this project ({type(e).__name__}: {e})") from None
 
 
-def load_checkpoint(path, device="cpu", vocabulary=None, num_heads=2):
+def load_checkpoint(path, device="cpu", vocabulary=None, num_heads=2, missing_hint=MISSING_HINT):
     """Rebuild a model from a checkpoint file -> (model, config dict).
 
     Reads this project's files (config and vocabulary inside) and the original repository's
@@ -199,15 +215,16 @@ def load_checkpoint(path, device="cpu", vocabulary=None, num_heads=2):
     (idx_to_word, or a callable returning it; it must have the checkpoint's V words), an original
     transformer's head count from num_heads. config["format"] is "original" for those.
     Raises UserError when the file is missing, is not a checkpoint, is corrupt or holds
-    non-finite weights.
+    non-finite weights; missing_hint: what the not-found message suggests.
     """
-    model, config, _ = _read(path, device, vocabulary, num_heads)
+    model, config, _ = _read(path, device, vocabulary, num_heads, missing_hint)
     return model, config
 
 
 def load_training_state(path, device="cpu"):
     """A resumable checkpoint -> (model, config dict, training state for solver.load_training_state)."""
-    model, config, state = _read(path, device)
+    model, config, state = _read(path, device, missing_hint="pass the *_last file that a training run wrote "
+                                                            "next to its checkpoint to --resume")
     if state is None:
         raise UserError(f"{path} holds weights but no training state, so training cannot resume from it: "
                         "pass the *_last file that training.py writes after every epoch")

@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.coco_utils import SPLITS, build_vocab, dropped_characters, encode_captions, tokenize
+from core.coco_utils import SPECIAL_TOKENS, SPLITS, build_vocab, dropped_characters, encode_captions, tokenize
 from core.distributed import Context, unshard
 from core.errors import UserError
 from core.features import (
@@ -39,7 +39,13 @@ def read_annotations(path, image_dir, skip_bad=False, log=print):
             i, name = int(im["id"]), str(im["file_name"])
             if images.setdefault(i, name) != name:
                 conflicts.setdefault(i, {images[i]}).add(name)
-        pairs = [(int(a["image_id"]), str(a["caption"])) for a in ann["annotations"]]
+        annotations = ann["annotations"]
+        bad = [a for a in annotations if not isinstance(a.get("caption"), str)]
+        if bad:
+            first = bad[0]
+            raise UserError(f"{path}: {len(bad)} caption(s) are not strings (annotation id {first.get('id')}, image "
+                            f"{first.get('image_id')}: {json.dumps(first.get('caption'))}): fix or remove them")
+        pairs = [(int(a["image_id"]), a["caption"]) for a in annotations]
     except OSError as e:
         raise UserError(f"cannot read annotation file {path} ({e})") from None
     except (ValueError, KeyError, TypeError) as e:
@@ -105,6 +111,9 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         paths[split], raw_captions[split], image_idxs[split] = read_annotations(*splits[split], skip_bad_images, log)
         if len(paths[split]) == 0:
             raise UserError(f"the {split} split has no images with captions")
+    if len(build_vocab([tokenize(c) for c in raw_captions["train"]], min_word_count)) == len(SPECIAL_TOKENS):
+        raise UserError(f"no word of the train captions occurs {min_word_count} times (--min_word_count), so every "
+                        "caption would be <UNK>: use a smaller --min_word_count")
     if pca_dim > min(len(paths["train"]), FC7_DIM):
         raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at most {FC7_DIM}); "
                         f"the train split has {len(paths['train'])}: use a smaller --pca_dim or more images")
@@ -169,7 +178,8 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
                    max_length, pca_dim):
     """Write every file of the layout into a temporary folder inside out_dir, then move them into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build_", dir=out_dir))
+    remove_stale_builds(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".build_{os.getpid()}_", dir=out_dir))
     try:
         with h5py.File(tmp / "coco2014_captions.h5", "w") as f:
             for split in SPLITS:
@@ -189,6 +199,30 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
         _replace_all(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_builds(out_dir):
+    """Remove the temporary .build_<pid>_* folders that builds killed part-way left in out_dir (those
+    whose process no longer runs; up to a few GB at COCO size) -> their names."""
+    removed = []
+    for folder in Path(out_dir).glob(".build_*"):
+        pid = folder.name.split("_")[1] if folder.name.count("_") >= 2 else ""  # .build_<pid>_<random>
+        if pid.isdigit() and _running(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed
+
+
+def _running(pid):
+    """Whether a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace_all(new_dir, out_dir):

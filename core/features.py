@@ -9,6 +9,7 @@ the training images were.
 """
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -216,9 +217,12 @@ def save_transform(path, transform, info):
 def load_transform(path):
     """-> transform dict (mean, components, bias), info dict."""
     try:
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path} is not a feature transform file (an .npz of mean, components, bias and info "
+                            "written by features_extraction.py): rebuild the dataset or remove it")
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in ("mean", "components", "bias")}, json.loads(str(f["info"]))
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise UserError(f"cannot read the feature transform {path} ({type(e).__name__}: {e})") from None
 
 

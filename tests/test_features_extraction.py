@@ -1,5 +1,6 @@
 """features_extraction.py on a handful of rendered images (random VGG16 weights), and the sample dataset."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -472,3 +473,49 @@ def test_the_sample_dataset_builder_writes_a_loadable_dataset(tmp_path):
     data = load_coco_data(tmp_path)
     assert data["train_features"].shape == (6, 4) and data["val_captions"].shape == (15, 17)
     assert len(data["train_urls"]) == 6 and (tmp_path / TRANSFORM_FILE).is_file()
+
+
+def test_captions_that_are_not_strings_are_refused_with_their_annotation(tmp_path):
+    """Break caught: a null caption read as the word "none", a number as a word."""
+    import core.dataset_builder as builder
+    from core.errors import UserError
+
+    (tmp_path / "a.png").write_bytes(b"")
+    for caption in (None, 7, ["a", "cat"]):
+        ann = {"images": [{"id": 1, "file_name": "a.png"}],
+               "annotations": [{"id": 10, "image_id": 1, "caption": "a cat"},
+                               {"id": 11, "image_id": 1, "caption": caption}]}
+        (tmp_path / "captions.json").write_text(json.dumps(ann))
+        with pytest.raises(UserError, match=r"1 caption\(s\) are not strings \(annotation id 11, image 1: "
+                                            + re.escape(json.dumps(caption))):
+            builder.read_annotations(tmp_path / "captions.json", tmp_path)
+
+
+def test_a_vocabulary_with_no_word_is_refused_before_vgg16_runs(tmp_path, monkeypatch):
+    """Break caught: --min_word_count above every count wrote a dataset of <START> <UNK> ... <END>."""
+    import core.dataset_builder as builder
+    from core.errors import UserError
+
+    monkeypatch.setattr(builder, "extract_fc7", lambda *a, **k: pytest.fail("VGG16 ran"))
+    for split in ("train", "val"):
+        sample.write_split(tmp_path, split, 3)
+    splits = {s: (tmp_path / "annotations" / f"captions_{s}.json", tmp_path / "images" / s) for s in ("train", "val")}
+    with pytest.raises(UserError, match="no word of the train captions occurs 1000 times .* smaller --min_word_count"):
+        builder.build_dataset(splits, tmp_path / "out", {"weights": "random", "seed": 0}, min_word_count=1000,
+                              pca_dim=2, log=lambda *a: None, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path):
+    """Break caught: the .build_* folder of a killed run (up to 1-2 GB at COCO size) kept for ever;
+    the folder of a build still running is left alone."""
+    import os
+
+    import core.dataset_builder as builder
+
+    stale, running = tmp_path / ".build_999999999_x", tmp_path / f".build_{os.getpid()}_y"
+    for folder in (stale, running, tmp_path / ".build_old-style"):
+        folder.mkdir()
+        (folder / "train2014_vgg16_fc7.h5").write_bytes(b"partial")
+    assert sorted(builder.remove_stale_builds(tmp_path)) == [".build_999999999_x", ".build_old-style"]
+    assert [p.name for p in tmp_path.iterdir()] == [running.name]

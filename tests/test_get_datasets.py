@@ -31,6 +31,19 @@ def test_downloads_unpacks_and_skips_when_present(fake_coco, tmp_path):
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
+def test_what_a_killed_download_left_is_removed_by_the_next_run(tmp_path):
+    """Break caught: .coco_download.* folders of killed downloads (up to ~1 GB each) kept for ever;
+    one of a download still running is left alone."""
+    parent = tmp_path / "datasets"
+    stale = parent / ".coco_download.999999999.abcdef"  # no such process
+    running = parent / f".coco_download.{os.getpid()}.ghijkl"
+    for folder in (stale, running):
+        folder.mkdir(parents=True)
+        (folder / "coco_captioning.zip").write_bytes(b"part of a download")
+    run("http://127.0.0.1:9/coco_captioning.zip", parent / "coco_captioning", cwd=tmp_path)
+    assert sorted(p.name for p in parent.iterdir()) == [running.name]
+
+
 def test_no_network_is_a_clear_failure_that_leaves_nothing(tmp_path):
     dest = tmp_path / "datasets" / "coco_captioning"
     result = run("http://127.0.0.1:9/coco_captioning.zip", dest, cwd=tmp_path)

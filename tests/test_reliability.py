@@ -308,6 +308,51 @@ def test_checkpoints_with_non_finite_weights_are_refused(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, bool, np.complex64])
+def test_parameters_that_are_not_floats_are_refused_naming_the_array(tmp_path, dtype):
+    """Break caught: an integer, boolean or complex weight cast silently (or with numpy's
+    ComplexWarning) into a model that then captions garbage."""
+    model, path = _rnn_file(tmp_path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["Wx"] = arrays["Wx"].astype(dtype)
+    np.savez(path, **arrays)
+    with pytest.raises(UserError, match=f"parameter Wx has dtype {np.dtype(dtype)}, not a floating-point type"):
+        load_checkpoint(path)
+    original = {k: v for k, v in arrays.items() if k != "config"}  # the original repository's eight arrays
+    original["Wh"] = original["Wh"].astype(np.float32)
+    np.savez(path, **original)
+    with pytest.raises(UserError, match=f"parameter Wx has dtype {np.dtype(dtype)}, not a floating-point type"):
+        load_checkpoint(path, vocabulary=model.idx_to_word)
+    model, path = _transformer_file(tmp_path)
+    blob = torch.load(path, weights_only=True)
+    blob.pop("sha256")
+    blob["state_dict"]["embedding.weight"] = torch.as_tensor(np.zeros((4, 8), dtype=dtype))
+    torch.save(blob, path)
+    with pytest.raises(UserError, match="parameter embedding.weight has dtype torch.*, not a floating-point type"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("key, value", [("max_length", -5), ("wordvec_dim", 0), ("num_layers", 2.5),
+                                        ("dropout", 1.5)])
+def test_a_config_with_impossible_sizes_is_refused_as_the_files(tmp_path, key, value):
+    """Break caught: a crafted max_length of -5 reported as a problem with the user's --max_length."""
+    _, path = _transformer_file(tmp_path)
+    blob = torch.load(path, weights_only=True)
+    blob.pop("sha256")
+    blob["config"][key] = value
+    torch.save(blob, path)
+    with pytest.raises(UserError, match=f"m.pt is not a readable checkpoint .*config's {key} is {value}"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_checkpoint_is_called_truncated(tmp_path):
+    for _, path in (_rnn_file(tmp_path), _transformer_file(tmp_path)):
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+        with pytest.raises(UserError, match="is truncated or corrupt"):
+            load_checkpoint(path)
+
+
 def test_a_bit_flip_in_a_torch_checkpoint_is_found(tmp_path):
     model, path = _transformer_file(tmp_path)
     load_checkpoint(path)  # intact: loads

@@ -143,7 +143,7 @@ def test_inference_rejects_mismatched_checkpoints(trained, fake_coco, tmp_path, 
           "--max_length", 80, "--device", "cpu", fragments=["--max_length 80"])
     (tmp_path / "junk.npz").write_bytes(b"junk")
     error("--model", "lstm", "--checkpoint", tmp_path / "junk.npz", "--data_dir", fake_coco,
-          fragments=["junk.npz is not a checkpoint"])
+          fragments=["junk.npz is truncated or corrupt, or not a checkpoint file"])
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(fake_coco, tmp_path):

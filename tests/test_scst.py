@@ -16,7 +16,7 @@ from core.evaluation import references_by_image
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 from core.steps import SelfCritical
-from tests.helpers import numeric_gradient, rel_error
+from tests.helpers import numeric_gradient, one_line_error, rel_error
 
 WORDS = ["<NULL>", "<START>", "<END>", "a", "b"]
 VOCAB = {w: i for i, w in enumerate(WORDS)}
@@ -256,3 +256,32 @@ def test_a_self_critical_epoch_samples_every_image_once():
     for epoch in range(2):
         sampled = np.concatenate(reward.calls[2 * epoch:2 * epoch + 2])
         assert sorted(sampled.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]  # each image once, with its 2 samples
+
+
+def test_self_critical_flag_mistakes_are_one_line_errors_before_any_work(capsys, tmp_path):
+    """Breaks caught: --baseline mean with one sample a 17-line traceback from the strategy's
+    constructor after loading; a missing --init_from file suggesting --checkpoint."""
+    one_line_error(capsys, lambda: training.main(["--model", "lstm", "--scst", "--init_from", "x.npz", "--baseline",
+                                                  "mean", "--scst_samples", "1"]),
+                   "--baseline mean needs --scst_samples of at least 2")
+    one_line_error(capsys, lambda: training.main(["--model", "lstm", "--scst", "--init_from", str(tmp_path / "x.npz"),
+                                                  "--out_dir", str(tmp_path), "--checkpoint", str(tmp_path / "t.npz")]),
+                   "x.npz not found: pass the checkpoint to fine-tune to --init_from")
+    one_line_error(capsys, lambda: training.main(["--resume", str(tmp_path / "r_last.npz")]),
+                   "r_last.npz not found: pass the *_last file", "to --resume")
+
+
+def test_the_original_repositorys_checkpoint_fine_tunes_as_it_is(tmp_path, capsys):
+    """Break caught: the data's vocabulary never reached the loader, so an original-format file (no
+    vocabulary inside) was refused with "pass the --data_dir" although it was passed."""
+    from core.coco_utils import SAMPLE_DIR
+    from tests.test_compat import FILES, ORIGINAL
+
+    tuned = tmp_path / "tuned.npz"
+    training.main(["--model", "lstm", "--scst", "--init_from", str(ORIGINAL / FILES["lstm"]), "--data_dir",
+                   str(SAMPLE_DIR), "--epochs", "1", "--max_iters", "1", "--batch_size", "4", "--scst_samples", "2",
+                   "--eval_images", "4", "--val_samples", "4", "--checkpoint", str(tuned), "--out_dir", str(tmp_path),
+                   "--quiet"])
+    model, config = load_checkpoint(tuned)
+    assert config["extra"]["scst"]["init_from"] == str(ORIGINAL / FILES["lstm"])
+    assert (config["wordvec_dim"], config["hidden_dim"]) == (16, 32)  # the original file's sizes

@@ -15,7 +15,15 @@ if [ -f "$dest/coco2014_captions.h5" ]; then
 fi
 
 mkdir -p "$parent"
-work="$(mktemp -d "$parent/.coco_download.XXXXXX")"
+# remove what downloads killed part-way left (folders .coco_download.<pid>.* of processes gone)
+for old in "$parent"/.coco_download.*; do
+  [ -d "$old" ] || continue
+  pid="${old##*/.coco_download.}"
+  pid="${pid%%.*}"
+  if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then continue; fi
+  rm -rf "$old"
+done
+work="$(mktemp -d "$parent/.coco_download.$$.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 echo "Downloading $url ..."
