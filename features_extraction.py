@@ -13,7 +13,7 @@ features, image lists and the fc7 -> PCA transform (for captioning new images la
 import torch
 
 from core import distributed
-from core.cli import ArgumentParser, resolve_device, user_errors
+from core.cli import ArgumentParser, interrupts, resolve_device, user_errors
 from core.dataset_builder import build_dataset
 from core.features import parse_weights
 
@@ -48,7 +48,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    with user_errors("features_extraction.py"):
+    with interrupts("features_extraction.py", f"{args.out_dir} is as it was"), user_errors("features_extraction.py"):
         device = resolve_device(args.device)
         ctx = distributed.init(torch.device(device).type)
         device = ctx.local_device(device)

@@ -27,7 +27,7 @@ import torch
 
 from core import distributed
 from core.checkpoint import check_checkpoint, load_checkpoint
-from core.cli import ArgumentParser, resolve_device, user_errors
+from core.cli import ArgumentParser, interrupts, resolve_device, user_errors
 from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows
 from core.errors import UserError
 from core.evaluation import caption_split, format_scores, references_by_image, score_captions
@@ -231,7 +231,7 @@ def caption_files(args, model, config):
 
 def main(argv=None):
     args = parse_args(argv)
-    with user_errors("inference.py"):
+    with interrupts("inference.py", "the files written before are kept"), user_errors("inference.py"):
         args.feature_device = resolve_device(args.device)  # VGG16 of --image runs there, for every decoder
         args.device = args.feature_device if MODEL_TYPES[args.model].uses_torch else "cpu"
         ctx = distributed.init(torch.device(args.device).type)

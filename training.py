@@ -27,13 +27,13 @@ from core import distributed
 from core.best import BestCheckpoint
 from core.checkpoint import check_checkpoint, load_checkpoint, load_training_state, save_checkpoint, save_training_state
 from core.cider import CiderD
-from core.cli import (best_checkpoint_path, is_main_process, last_checkpoint_path, out_of_memory_errors,
-                      resolve_device, user_errors)
+from core.cli import (best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, resolve_device,
+                      user_errors)
 from core.coco_utils import default_data_dir, load_coco_data
 from core.errors import UserError
 from core.evaluation import references_by_image
 from core.features import dataset_id
-from core.fileio import RunLock, atomic_write_text
+from core.fileio import RunLock, atomic_write_text, check_writable
 from core.memory import keep_freed_memory
 from core.plots import save_loss_plot, save_scst_plot
 from core.registry import MODEL_TYPES, build_model
@@ -64,7 +64,8 @@ def starting_model(args, data, ident, resumed):
     if resumed is not None or args.init_from:
         path = args.resume or args.init_from
         model, config = resumed if resumed is not None else load_checkpoint(
-            args.init_from, vocabulary=data["idx_to_word"], missing_hint="pass the checkpoint to fine-tune to --init_from")
+            args.init_from, vocabulary=data["idx_to_word"],
+            missing_hint="pass the checkpoint to fine-tune to --init_from")
         check_checkpoint(config, path, args.model, data["idx_to_word"])
         if config.get("extra", {}).get("dataset_id") not in (None, ident):
             raise UserError(f"{path} was trained on another dataset than {args.data_dir}: "
@@ -116,6 +117,7 @@ def train(args, ctx, resumed, state):
         args.data_dir = str(default_data_dir(log=say))
     checkpoint = Path(args.checkpoint)
     best_path, last_path = best_checkpoint_path(checkpoint), last_checkpoint_path(checkpoint)
+    check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)], [("--out_dir", args.out_dir)])
     lock = RunLock(checkpoint, (checkpoint, best_path, last_path)) if ctx.is_main else contextlib.nullcontext()
     with lock:
         start = time.perf_counter()
@@ -143,7 +145,8 @@ def train(args, ctx, resumed, state):
         options = {k: getattr(args, k) for k in kind.solver_class.OPTIONS}  # the solver's own flags
         solver = kind.solver_class(
             model, data, learning_rate=args.lr, **options, step=rule, num_epochs=args.epochs,
-            batch_size=args.batch_size, lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed, max_iters=args.max_iters,
+            batch_size=args.batch_size, lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed,
+            max_iters=args.max_iters,
             verbose=not args.quiet and ctx.is_main, save_state=save_state, divergence_factor=args.divergence_factor,
             on_epoch_end=best.on_epoch_end if ctx.is_main else None, dist=ctx)
         if state is not None:
@@ -194,14 +197,9 @@ def save_final_files(args, model, history, best, extra, seconds, data):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        with user_errors("training.py"), out_of_memory_errors():
-            code = run(args)
-    except KeyboardInterrupt:
-        if is_main_process():
-            sys.stderr.write("training.py: stopped at once; the files written before (checkpoints of finished "
-                             "epochs) are kept\n")
-        sys.exit(130)
+    with interrupts("training.py", "the files written before (checkpoints of finished epochs) are kept"), \
+            user_errors("training.py"), out_of_memory_errors():
+        code = run(args)
     if code:
         sys.exit(code)
     return 0

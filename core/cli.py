@@ -49,6 +49,18 @@ def user_errors(prog):
         sys.exit(2)
 
 
+@contextlib.contextmanager
+def interrupts(prog, kept):
+    """Ctrl-C (KeyboardInterrupt) inside the block: one line on stderr (rank 0 only) saying what was
+    kept, and exit code 130, instead of a traceback. Writes are atomic, so nothing is half-written."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if is_main_process():
+            sys.stderr.write(f"{prog}: stopped at once; {kept}\n")
+        sys.exit(130)
+
+
 def resolve_device(name):
     """--device value (None, "cpu", "cuda", "cuda:1") -> a torch device string; UserError when unavailable."""
     import torch

@@ -45,15 +45,25 @@ def score_captions(predictions, references, meteor=True):
     if meteor and shutil.which("java"):
         from pycocoevalcap.meteor.meteor import Meteor
 
-        scorer = Meteor()  # a Java subprocess, ended when the scorer is garbage-collected
+        scorer = Meteor()  # a Java subprocess
         try:
             scores["METEOR"] = float(scorer.compute_score(gts, res)[0])
         except (OSError, ValueError) as e:  # Java present but unable to run the jar
             print(f"METEOR skipped: {type(e).__name__}: {e}")
-        del scorer
+        finally:
+            _end_meteor(scorer)
     scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     return scores
+
+
+def _end_meteor(scorer):
+    """End a pycocoevalcap Meteor scorer's Java process now, also when scoring was interrupted (Ctrl-C):
+    its __del__ waits for the lock that an interrupted compute_score still holds, which hangs."""
+    scorer.meteor_p.kill()
+    scorer.meteor_p.wait()
+    if scorer.lock.locked():
+        scorer.lock.release()
 
 
 def format_scores(scores):

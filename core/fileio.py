@@ -49,6 +49,23 @@ def atomic_write(path, write):
             tmp.unlink()
 
 
+def check_writable(files=(), folders=()):
+    """Before any work: UserError naming the first output that could not be written later: a file
+    path that is a directory (or a folder path that is a file), or one whose nearest existing folder
+    is not writable. files and folders: (flag, path) pairs; the flag is for the message."""
+    for flag, path, is_file in [(f, Path(p), True) for f, p in files] + [(f, Path(p), False) for f, p in folders]:
+        if is_file and path.is_dir():
+            raise UserError(f"{flag} {path} is a directory: pass a file name (e.g. {path / 'model.npz'})")
+        if not is_file and path.exists() and not path.is_dir():
+            raise UserError(f"{flag} {path} is a file, not a folder")
+        existing = path.parent if is_file else path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {path} cannot be written ({existing} is not a writable folder): "
+                            "choose another location")
+
+
 def atomic_write_text(path, text):
     """Write a str to `path` as UTF-8 with `atomic_write`."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))

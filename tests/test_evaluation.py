@@ -44,3 +44,35 @@ def test_meteor_runs_when_java_is_present():
         pytest.skip("no Java runtime: METEOR is reported as skipped (tested above)")
     scores = score_captions({0: "a red circle"}, {0: ["a red circle", "a circle"]})
     assert scores["METEOR"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_interrupted_meteor_scoring_ends_its_java_process_and_does_not_hang(monkeypatch):
+    """Break caught: Ctrl-C during METEOR left pycocoevalcap's lock held, so its __del__ waited for
+    ever (until a second Ctrl-C) and its Java process lived on."""
+    import subprocess
+    import sys
+    import threading
+
+    import pycocoevalcap.meteor.meteor as meteor
+
+    import core.evaluation as evaluation
+
+    made = []
+
+    class InterruptedMeteor:
+        def __init__(self):
+            self.meteor_p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            self.lock = threading.Lock()
+            made.append(self)
+
+        def compute_score(self, gts, res):
+            self.lock.acquire()  # as pycocoevalcap does, then Ctrl-C arrives while Java scores
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(meteor, "Meteor", InterruptedMeteor)
+    monkeypatch.setattr(evaluation.shutil, "which", lambda name: "/usr/bin/java")
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.score_captions({1: "a cat"}, {1: ["a cat", "a dog"]})
+    scorer = made[0]
+    assert scorer.meteor_p.poll() is not None  # the process is ended
+    assert scorer.lock.acquire(timeout=1)  # and its lock is free: pycocoevalcap's __del__ would not hang

@@ -502,3 +502,50 @@ def test_resuming_on_another_number_of_processes_keeps_the_captions_per_step_or_
     with pytest.raises(UserError, match="--batch_size 30 contradicts the run's 50 captions per step .* its batch "
                                         "is 50"):
         resumed_batch_size(25, 2, 1, given=30)
+
+
+def test_output_locations_are_checked_before_the_data_is_loaded(fake_coco, tmp_path, capsys, monkeypatch):
+    """Breaks caught: --checkpoint naming a directory trained a whole epoch and wrote stray files
+    before failing; an --out_dir that cannot be written failed only at the loss plot, after the run."""
+    monkeypatch.setattr(training, "load_coco_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    (tmp_path / "good").mkdir()
+    one_line_error(capsys, lambda: training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--checkpoint",
+                                                  str(tmp_path / "good"), "--out_dir", str(tmp_path)]),
+                   "--checkpoint", "good is a directory")
+    assert [p.name for p in tmp_path.iterdir()] == ["good"] and not list((tmp_path / "good").iterdir())
+    (tmp_path / "plain").write_text("")
+    one_line_error(capsys, lambda: training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--checkpoint",
+                                                  str(tmp_path / "r.npz"), "--out_dir", str(tmp_path / "plain")]),
+                   "--out_dir", "plain is a file, not a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root writes anywhere: a read-only folder cannot be made here
+        locked = Path("/proc/self/out")  # /proc refuses new files even to root
+    one_line_error(capsys, lambda: training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--checkpoint",
+                                                  str(tmp_path / "r.npz"), "--out_dir", str(locked / "sub")]),
+                   "--out_dir", "cannot be written")
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("script, patched, argv, kept", [
+    ("training", "load_coco_data", ["--model", "rnn", "--checkpoint", "{tmp}/r.npz", "--out_dir", "{tmp}"],
+     "checkpoints of finished epochs) are kept"),
+    ("inference", "load_checkpoint", ["--model", "rnn", "--eval", "--out_dir", "{tmp}"], "files written before"),
+    ("features_extraction", "build_dataset", ["--train_annotations", "a", "--train_images", "b", "--val_annotations",
+                                              "c", "--val_images", "d", "--out_dir", "{tmp}/ds"], "ds is as it was"),
+])
+def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(script, patched, argv, kept, fake_coco, tmp_path,
+                                                                   capsys, monkeypatch):
+    """Break caught: Ctrl-C while loading data, extracting features or scoring was a traceback."""
+    import importlib
+
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, patched, _interrupt)
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if script != "features_extraction":
+        argv += ["--data_dir", str(fake_coco)]
+    line = one_line_error(capsys, lambda: module.main(argv), f"{script}.py: stopped at once", kept, code=130)
+    assert "Traceback" not in line

@@ -205,3 +205,38 @@ print(json.dumps({"applied": applied, "mmapped": libc.mallinfo2().hblkhd - befor
     assert keep_freed_memory() is True
     after = model.loss(features, captions)
     assert before[0] == after[0] and all(np.array_equal(before[1][k], after[1][k]) for k in before[1])
+
+
+def test_a_stop_in_the_last_step_resumes_into_the_end_and_one_after_it_finishes():
+    """Breaks caught: a stop during the last step of the run saved as "epoch done" (its validation
+    and callbacks never run, and the printed resume command is refused as already trained), and a
+    stop during the final validation or scoring reported as an interruption."""
+    import os
+    import signal
+
+    saved = []
+    solver = FakeSolver(_data(), num_epochs=2, batch_size=10, verbose=False,
+                        save_state=lambda s: saved.append(s.training_state()))
+    step = solver._train_step
+
+    def step_then_signal(*batch):
+        if len(solver.seen) == 5:  # epoch 2's third and last step (3 steps of 10, 10, 3 per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(*batch)
+
+    solver._train_step = step_then_signal
+    solver.train()
+    assert solver.stop_requested == "SIGTERM" and (solver.epoch, solver.iteration) == (1, 3)
+    assert len(solver.history["val_loss"]) == 1
+    resumed = FakeSolver(_data(), num_epochs=2, batch_size=10, verbose=False)
+    resumed.load_training_state(saved[-1])
+    resumed.train()
+    assert resumed.seen == [] and resumed.epoch == 2 and len(resumed.history["val_loss"]) == 2  # only the end ran
+
+    def signal_while_scoring(solver, epoch):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    finishing = FakeSolver(_data(), num_epochs=2, batch_size=10, verbose=False, on_epoch_end=signal_while_scoring)
+    finishing.train()
+    assert finishing.stop_requested is None and finishing.epoch == 2  # the run is complete: no interruption
