@@ -29,7 +29,7 @@ from core.checkpoint import check_checkpoint, load_checkpoint, load_training_sta
 from core.cider import CiderD
 from core.cli import (best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, resolve_device,
                       user_errors)
-from core.coco_utils import default_data_dir, load_coco_data
+from core.coco_utils import default_data_dir, keep_captions, load_coco_data
 from core.errors import UserError
 from core.evaluation import references_by_image
 from core.features import dataset_id
@@ -66,10 +66,11 @@ def starting_model(args, data, ident, resumed):
         model, config = resumed if resumed is not None else load_checkpoint(
             args.init_from, vocabulary=data["idx_to_word"],
             missing_hint="pass the checkpoint to fine-tune to --init_from")
+        trained_on = config.get("extra", {})
+        if trained_on.get("dataset_id") not in (None, ident):
+            raise UserError(f"{path} was trained on another dataset ({trained_on.get('data_path')}) than "
+                            f"{args.data_dir}: pass --data_dir {trained_on.get('data_path')}")
         check_checkpoint(config, path, args.model, data["idx_to_word"])
-        if config.get("extra", {}).get("dataset_id") not in (None, ident):
-            raise UserError(f"{path} was trained on another dataset than {args.data_dir}: "
-                            "pass the --data_dir it was trained on")
         for name in MODEL_TYPES[args.model].size_flags:
             setattr(args, name, config[name])
         return model
@@ -121,15 +122,17 @@ def train(args, ctx, resumed, state):
     lock = RunLock(checkpoint, (checkpoint, best_path, last_path)) if ctx.is_main else contextlib.nullcontext()
     with lock:
         start = time.perf_counter()
-        data = load_coco_data(args.data_dir, max_train=args.num_samples, seed=args.seed)
+        data = load_coco_data(args.data_dir)
+        ident = dataset_id(data["train_features"], data["idx_to_word"])
+        model = starting_model(args, data, ident, resumed)  # checked against the data before the subset is taken
+        if args.num_samples is not None:
+            data = keep_captions(data, args.num_samples, args.seed, args.data_dir)
         images = len(np.unique(data["train_image_idxs"]))
         subset = ("" if args.num_samples is None
                   else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
         say(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images{subset}, "
             f"{data['train_features'].shape[1]}-d features, {len(data['idx_to_word'])} words "
             f"({time.perf_counter() - start:.1f}s)", flush=True)
-        ident = dataset_id(data["train_features"], data["idx_to_word"])
-        model = starting_model(args, data, ident, resumed)
         extra = {"data_path": str(Path(args.data_dir).resolve()), "dataset_id": ident, "args": saved_flags(args)}
         if args.scst:
             extra["scst"] = {"init_from": str(args.init_from), "baseline": args.baseline, "samples": args.scst_samples,
@@ -150,8 +153,12 @@ def train(args, ctx, resumed, state):
             verbose=not args.quiet and ctx.is_main, save_state=save_state, divergence_factor=args.divergence_factor,
             on_epoch_end=best.on_epoch_end if ctx.is_main else None, dist=ctx)
         if state is not None:
-            solver.load_training_state(state)
-            best.load_state(resumed[1]["extra"]["tracker"])
+            try:
+                solver.load_training_state(state)
+                best.load_state(resumed[1]["extra"]["tracker"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise UserError(f"{args.resume} holds a damaged training state ({e}): not resumed; use an intact "
+                                "*_last file or start a new run") from None
             say(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}", flush=True)
         per_step = (f"batch {args.batch_size} per process x {ctx.world_size} processes = "
                     f"{args.batch_size * ctx.world_size} {rule.unit} per step" if ctx.enabled

@@ -104,14 +104,16 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
     data["idx_to_word"], data["word_to_idx"] = load_vocab(base_dir)
     _check_consistent(data, base_dir)
 
-    if max_train is not None:
-        num_train = data["train_captions"].shape[0]
-        if not 0 < max_train <= num_train:
-            raise UserError(f"--num_samples {max_train} is out of range: {base_dir} has {num_train} training captions")
-        rows = subset_rows(num_train, max_train, seed)
-        data["train_captions"] = data["train_captions"][rows]
-        data["train_image_idxs"] = data["train_image_idxs"][rows]
-    return data
+    return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
+
+
+def keep_captions(data, max_train, seed, base_dir):
+    """The data with only `subset_rows(Nc, max_train, seed)` of its training captions (a new dict)."""
+    num_train = data["train_captions"].shape[0]
+    if not 0 < max_train <= num_train:
+        raise UserError(f"--num_samples {max_train} is out of range: {base_dir} has {num_train} training captions")
+    rows = subset_rows(num_train, max_train, seed)
+    return dict(data, train_captions=data["train_captions"][rows], train_image_idxs=data["train_image_idxs"][rows])
 
 
 def subset_rows(num_captions, size, seed):

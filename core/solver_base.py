@@ -104,12 +104,35 @@ class SolverBase:
         return {"loop": loop, "optimizer": self._optimizer_state()}
 
     def load_training_state(self, state):
-        """Continue from a `training_state()` (the model's weights are restored separately)."""
-        loop = state["loop"]
-        self.epoch, self.iteration, self.epoch_seconds = int(loop["epoch"]), int(loop["iteration"]), loop["epoch_seconds"]
-        self.position = int(loop.get("position", self.iteration * self.batch_size * self.dist.world_size))
-        self.epoch_rng_state = loop["rng"]
-        self.history = {k: list(v) for k, v in loop["history"].items()}
+        """Continue from a `training_state()` (the model's weights are restored separately).
+        ValueError naming what is wrong when the state is damaged or crafted: missing keys, a
+        position outside the run, another generator's RNG state, a history of the wrong length, an
+        optimizer state that does not fit the weights or is not finite."""
+        loop = state.get("loop") if isinstance(state, dict) else None
+        if not isinstance(loop, dict) or "optimizer" not in state:
+            raise ValueError("it has no loop or optimizer state")
+        missing = {"epoch", "iteration", "epoch_seconds", "rng", "history"} - set(loop)
+        if missing:
+            raise ValueError(f"its loop state lacks {', '.join(sorted(missing))}")
+        epoch, iteration = loop["epoch"], loop["iteration"]
+        num_items = self.step_rule.num_items(self.data)
+        position = loop.get("position", iteration * self.batch_size * self.dist.world_size)
+        for name, value, top in (("epoch", epoch, self.num_epochs), ("iteration", iteration, num_items),
+                                 ("position", position, num_items)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+                raise ValueError(f"its loop {name} {value!r} is outside this run's 0..{top}")
+        try:
+            np.random.PCG64().state = loop["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"its shuffling RNG state is not a PCG64 state ({e})") from None
+        history = loop["history"]
+        if not isinstance(history, dict) or set(self.history) - set(history):
+            raise ValueError(f"its history lacks {', '.join(sorted(set(self.history) - set(history or {})))}")
+        if any(len(history[k]) != epoch for k in ("train_loss", "val_loss", "learning_rate")):
+            raise ValueError(f"its history does not hold {epoch} epochs")
+        self.epoch, self.iteration, self.position = epoch, iteration, position
+        self.epoch_seconds, self.epoch_rng_state = float(loop["epoch_seconds"]), loop["rng"]
+        self.history = {k: list(v) for k, v in history.items()}
         self._load_optimizer_state(state["optimizer"])
 
     def val_loss(self):
@@ -181,7 +204,7 @@ class SolverBase:
                 self.epoch_seconds += time.perf_counter() - start
                 self._check_loss(float(loss), f"epoch {self.epoch + 1}, iteration {self.iteration + 1}")
                 self.history["loss"].append(float(loss))
-                self.iteration, self.position = self.iteration + 1, self.position + step_size
+                self.iteration, self.position = self.iteration + 1, min(self.position + step_size, len(order))
                 bar.update()
                 bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False,
                                 **{k: f"{self.history[k][-1]:.3f}" for k in self.step_rule.history_keys})

@@ -58,8 +58,17 @@ class NumpySolver(SolverBase):
         return {name: dict(config) for name, config in self.optim_configs.items()}
 
     def _load_optimizer_state(self, state):
-        if set(state) != set(self.optim_configs):
-            raise ValueError(f"optimizer state for parameters {sorted(state)}, expected {sorted(self.optim_configs)}")
+        if not isinstance(state, dict) or set(state) != set(self.optim_configs):
+            names = sorted(state) if isinstance(state, dict) else state
+            raise ValueError(f"optimizer state for parameters {names}, expected {sorted(self.optim_configs)}")
+        for name, config in state.items():
+            for key, value in config.items():
+                if isinstance(value, np.ndarray):
+                    if value.shape != self.model.params[name].shape or not np.isfinite(value).all():
+                        raise ValueError(f"optimizer state {name}.{key} of shape {value.shape} does not fit the "
+                                         f"weight's {self.model.params[name].shape} or is not finite")
+                elif not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                    raise ValueError(f"optimizer setting {name}.{key} is {value!r}")
         self.optim_configs = {name: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in config.items()}
                               for name, config in state.items()}
 

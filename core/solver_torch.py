@@ -62,6 +62,18 @@ class TorchSolver(SolverBase):
         return state
 
     def _load_optimizer_state(self, state):
+        if not isinstance(state, dict) or not {"adam", "torch_rng"} <= set(state):
+            raise ValueError("its optimizer state lacks adam or torch_rng")
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for index, moments in state["adam"].get("state", {}).items():
+            if not isinstance(index, int) or not 0 <= index < len(params):
+                raise ValueError(f"its Adam state names parameter {index!r} of {len(params)}")
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = moments.get(key)
+                if not isinstance(value, torch.Tensor) or value.shape != params[index].shape \
+                        or not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"its Adam {key} of parameter {index} does not fit the weight's shape "
+                                     f"{tuple(params[index].shape)} or is not finite")
         self.optimizer.load_state_dict(state["adam"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:

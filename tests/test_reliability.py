@@ -549,3 +549,67 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(script, patch
         argv += ["--data_dir", str(fake_coco)]
     line = one_line_error(capsys, lambda: module.main(argv), f"{script}.py: stopped at once", kept, code=130)
     assert "Traceback" not in line
+
+
+def _craft(path, change_config=None, change_arrays=None):
+    """Rewrite a resumable .npz with its training state (in the config JSON) or arrays changed."""
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    config = json.loads(str(arrays.pop("config")))
+    if change_config:
+        change_config(config["training_state"])
+    if change_arrays:
+        change_arrays(arrays)
+    np.savez(path, config=np.array(json.dumps(config)), **arrays)
+
+
+@pytest.mark.parametrize("what, craft, message", [
+    ("moments of the wrong shape", dict(change_arrays=lambda a: a.update({"state.optimizer.Wx.m": np.zeros((2, 2))})),
+     "optimizer state Wx.m of shape (2, 2) does not fit"),
+    ("NaN moments", dict(change_arrays=lambda a: a["state.optimizer.Wh.v"].fill(np.nan)),
+     "optimizer state Wh.v"),
+    ("an iteration past the epoch", dict(change_config=lambda s: s["loop"].update(iteration=1_000_000)),
+     "loop iteration 1000000 is outside"),
+    ("a negative epoch", dict(change_config=lambda s: s["loop"].update(epoch=-3)), "loop epoch -3 is outside"),
+    ("another generator's state", dict(change_config=lambda s: s["loop"].update(
+        rng={"bit_generator": "MT19937", "state": {"key": [0], "pos": 0}})), "not a PCG64 state"),
+    ("no history", dict(change_config=lambda s: s["loop"].pop("history")), "loop state lacks history"),
+    ("a short history", dict(change_config=lambda s: s["loop"]["history"].update(val_loss=[])),
+     "history does not hold 1 epochs"),
+])
+def test_a_damaged_resumable_state_is_refused_in_one_line(what, craft, message, fake_coco, tmp_path, capsys):
+    """Breaks caught: a *_last file trusted beyond its weights (a broadcast traceback, a diverged run
+    blamed on --lr, a run resumed at an impossible position, RNG and history tracebacks)."""
+    train(tmp_path, fake_coco, "--model", "rnn", "--epochs", 1)
+    last = tmp_path / "r_last.npz"
+    _craft(last, **craft)
+    capsys.readouterr()
+    one_line_error(capsys, lambda: training.main(["--resume", str(last), "--epochs", "2"]),
+                   "r_last.npz holds a damaged training state", message, "not resumed")
+
+
+def test_a_damaged_torch_resumable_state_is_refused_in_one_line(fake_coco, tmp_path, capsys):
+    train(tmp_path, fake_coco, "--model", "transformer", "--epochs", 1, "--checkpoint", tmp_path / "t.pt")
+    last = tmp_path / "t_last.pt"
+    blob = torch.load(last, weights_only=True)
+    blob.pop("sha256")
+    moments = next(iter(blob["training_state"]["optimizer"]["adam"]["state"].values()))
+    moments["exp_avg"] = torch.full_like(moments["exp_avg"], float("nan"))
+    torch.save(blob, last)
+    capsys.readouterr()
+    one_line_error(capsys, lambda: training.main(["--resume", str(last), "--epochs", "2"]),
+                   "t_last.pt holds a damaged training state", "Adam exp_avg", "not finite")
+
+
+def test_resuming_on_another_dataset_names_the_one_it_was_trained_on(fake_coco, tmp_path, capsys):
+    """Break caught: a run of --num_samples 250 resumed with a smaller --data_dir reported
+    "--num_samples 250 is out of range", a flag the user never gave."""
+    from core.datasets.make_fake_coco import write_fake_coco
+
+    train(tmp_path, fake_coco, "--model", "rnn", "--epochs", 1, "--num_samples", 250, "--recipe", "default")
+    other = write_fake_coco(tmp_path / "other", train_images=20, val_images=5, seed=3)  # 100 captions
+    capsys.readouterr()
+    one_line_error(capsys, lambda: training.main(["--resume", str(tmp_path / "r_last.npz"), "--epochs", "2",
+                                                  "--data_dir", str(other)]),
+                   "r_last.npz was trained on another dataset", f"({Path(fake_coco).resolve()})",
+                   f"pass --data_dir {Path(fake_coco).resolve()}")
