@@ -10,9 +10,12 @@ class BestCheckpoint:
     save: callable(model, path, info) that writes a checkpoint (core.checkpoint.save_checkpoint);
     extra: dict stored with it (info adds epoch, val_loss and, when scored, val_bleu4/val_cider).
     eval_every 0: the best epoch has the lowest teacher-forced validation loss. eval_every K:
-    every K epochs and after final_epoch, `eval_images` validation images (a fixed, seeded
-    subset) are captioned greedily and the best epoch has the highest CIDEr; the scores are
-    kept in `metrics` (eval_epoch, val_bleu4, val_cider) for the history.
+    every K epochs `eval_images` validation images (a fixed, seeded subset) are captioned
+    greedily and the best of those epochs has the highest CIDEr. The last epoch (final_epoch)
+    is scored too and reported, but chooses the best only when it is a multiple of K or no
+    multiple was scored: so a run resumed for more epochs scores and chooses exactly as a
+    straight run of all its epochs.
+    `metrics` (eval_epoch, val_bleu4, val_cider) holds every score for the history.
     Use `on_epoch_end` as the training loop's callback.
     """
 
@@ -22,6 +25,7 @@ class BestCheckpoint:
         self.eval_every, self.final_epoch, self.verbose = eval_every, final_epoch, verbose
         self.metrics = {"eval_epoch": [], "val_bleu4": [], "val_cider": []}
         self.best = None  # the info saved with the best checkpoint
+        self.final_only = None  # the epoch scored only because it was the last (not a multiple of eval_every)
         if eval_every:
             images = np.unique(data["val_image_idxs"])
             rng = np.random.default_rng(seed)
@@ -32,12 +36,19 @@ class BestCheckpoint:
 
     def state(self):
         """JSON-able state for a resumable checkpoint."""
-        return {"metrics": self.metrics, "best": self.best}
+        return {"metrics": self.metrics, "best": self.best, "final_only": self.final_only}
 
     def load_state(self, state):
-        """Continue from `state()`."""
+        """Continue from `state()`; the score of a last epoch that a straight run would not have scored
+        (the run now goes on past it) is dropped."""
         self.metrics = {k: list(v) for k, v in state["metrics"].items()}
         self.best = state["best"]
+        final_only = state.get("final_only")
+        dropped = final_only is not None and final_only != self.final_epoch
+        if dropped and self.metrics["eval_epoch"][-1:] == [final_only]:
+            self.metrics = {k: v[:-1] for k, v in self.metrics.items()}
+            if self.best is not None and self.best["epoch"] == final_only:
+                self.best = None  # it stood in for the best only while no multiple of eval_every had been scored
 
     def on_epoch_end(self, solver, epoch):
         """After an epoch's validation: score it if due and save the model when it is the best so far."""
@@ -46,14 +57,17 @@ class BestCheckpoint:
             if self.best is None or info["val_loss"] < self.best["val_loss"]:
                 self._keep(solver.model, info)
             return
-        if epoch % self.eval_every and epoch != self.final_epoch:
+        chooses = epoch % self.eval_every == 0
+        if not chooses and epoch != self.final_epoch:
             return
         predictions = caption_split(solver.model, self.data, "val", images=self.images, progress=False)
         scores = score_captions(predictions, self.refs, meteor=False)
         for key, name in (("val_bleu4", "BLEU-4"), ("val_cider", "CIDEr")):
             self.metrics[key].append(scores[name])
         self.metrics["eval_epoch"].append(epoch)
-        better = self.best is None or scores["CIDEr"] > self.best["val_cider"]
+        self.final_only = None if chooses else epoch
+        # the last epoch stands in for the best only when no multiple of eval_every was scored
+        better = self.best is None or (chooses and scores["CIDEr"] > self.best["val_cider"])
         if self.verbose:
             print(f"epoch {epoch}: on {len(self.images)} val images BLEU-4 {scores['BLEU-4']:.4f} "
                   f"CIDEr {scores['CIDEr']:.4f}" + ("  (best)" if better else ""), flush=True)

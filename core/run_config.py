@@ -65,9 +65,9 @@ FLAGS = (
       for name, size in SIZE_FLAGS.items()),
     Flag("val_samples", int, 1000, "size of the fixed validation subset whose loss is reported each epoch",
          "positive"),
-    Flag("eval_every", int, 0, "every this many epochs and after the last, score BLEU-4/CIDEr on --eval_images "
-         "validation images and keep the best checkpoint by CIDEr (0: off; the best is then by validation loss)",
-         "nonnegative"),
+    Flag("eval_every", int, 0, "every this many epochs, score BLEU-4/CIDEr on --eval_images validation images and "
+         "keep the best checkpoint by CIDEr (the last epoch is scored too, and chooses only when no multiple was; "
+         "0: off, the best is then by validation loss)", "nonnegative"),
     Flag("eval_images", int, 500, "validation images scored by --eval_every", "positive"),
     Flag("divergence_factor", float, 10.0, "stop with an error when a batch loss is NaN/inf or more than this many "
          "times the run's first batch loss, or the validation loss is NaN/inf (the last good files are kept)",

@@ -240,3 +240,42 @@ def test_a_stop_in_the_last_step_resumes_into_the_end_and_one_after_it_finishes(
     finishing = FakeSolver(_data(), num_epochs=2, batch_size=10, verbose=False, on_epoch_end=signal_while_scoring)
     finishing.train()
     assert finishing.stop_requested is None and finishing.epoch == 2  # the run is complete: no interruption
+
+
+@pytest.mark.parametrize("every, first, total", [(2, 3, 5), (3, 2, 4)])
+def test_eval_every_scores_and_chooses_as_a_straight_run_after_a_resume(every, first, total, tmp_path, monkeypatch):
+    """Break caught: a run resumed for more epochs kept the score of its old last epoch, which a
+    straight run never scores, so its history and its best checkpoint differed from a straight run."""
+    import core.best
+
+    cider = {1: 1.0, 2: 2.0, 3: 9.0, 4: 3.0, 5: 4.0}  # the old last epoch (3, or 2) would look best
+    current = {}
+    monkeypatch.setattr(core.best, "caption_split", lambda *a, **k: {"epoch": current["epoch"]})
+    monkeypatch.setattr(core.best, "score_captions",
+                        lambda predictions, refs, meteor: {"BLEU-4": 0.5, "CIDEr": cider[predictions["epoch"]]})
+    data = dict(_data(), idx_to_word=["<NULL>", "<START>", "<END>"] + [f"w{i}" for i in range(30)])
+
+    def run(epochs, tracker_state=None, loop_state=None):
+        written = []
+        best = core.best.BestCheckpoint(tmp_path / "b.npz", lambda m, p, info: written.append(info["epoch"]), {},
+                                        data, eval_every=every, eval_images=3, final_epoch=epochs, verbose=False)
+        saved = {}
+
+        def on_epoch_end(solver, epoch):
+            current["epoch"] = epoch
+            best.on_epoch_end(solver, epoch)
+
+        solver = FakeSolver(data, num_epochs=epochs, batch_size=23, verbose=False, on_epoch_end=on_epoch_end,
+                            save_state=lambda s: saved.update(loop=s.training_state(), tracker=best.state()))
+        if loop_state is not None:
+            solver.load_training_state(loop_state)
+            best.load_state(tracker_state)
+        solver.train()
+        return best, written, saved
+
+    straight, straight_written, _ = run(total)
+    _, _, saved = run(first)
+    resumed, resumed_written, _ = run(total, saved["tracker"], saved["loop"])
+    assert resumed.metrics == straight.metrics and resumed.best == straight.best
+    assert resumed_written[-1] == straight_written[-1] == straight.best["epoch"]
+    assert straight.metrics["eval_epoch"] == [e for e in range(1, total + 1) if e % every == 0] + [total]
