@@ -110,8 +110,9 @@ def run(args):
         ctx.close()
 
 
-def train(args, ctx, resumed, state):
-    """run() in each process; rank 0 alone prints, holds the lock and writes files."""
+def set_up(args, ctx, resumed, state, stack):
+    """Data, model, best-checkpoint tracker and solver of the run (the run lock entered on `stack`, rank 0)
+    -> solver, best, extra (what the checkpoints record), data."""
     say = print if ctx.is_main else (lambda *a, **k: None)
     say(args.recipe_line, flush=True)
     if args.data_dir is None:
@@ -119,50 +120,58 @@ def train(args, ctx, resumed, state):
     checkpoint = Path(args.checkpoint)
     best_path, last_path = best_checkpoint_path(checkpoint), last_checkpoint_path(checkpoint)
     check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)], [("--out_dir", args.out_dir)])
-    lock = RunLock(checkpoint, (checkpoint, best_path, last_path)) if ctx.is_main else contextlib.nullcontext()
-    with lock:
-        start = time.perf_counter()
-        data = load_coco_data(args.data_dir)
-        ident = dataset_id(data["train_features"], data["idx_to_word"])
-        model = starting_model(args, data, ident, resumed)  # checked against the data before the subset is taken
-        if args.num_samples is not None:
-            data = keep_captions(data, args.num_samples, args.seed, args.data_dir)
-        images = len(np.unique(data["train_image_idxs"]))
-        subset = ("" if args.num_samples is None
-                  else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
-        say(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images{subset}, "
-            f"{data['train_features'].shape[1]}-d features, {len(data['idx_to_word'])} words "
-            f"({time.perf_counter() - start:.1f}s)", flush=True)
-        extra = {"data_path": str(Path(args.data_dir).resolve()), "dataset_id": ident, "args": saved_flags(args)}
-        if args.scst:
-            extra["scst"] = {"init_from": str(args.init_from), "baseline": args.baseline, "samples": args.scst_samples,
-                             "temperature": args.temperature}
-        best = BestCheckpoint(best_path, save_checkpoint, extra, data, args.eval_every, args.eval_images,
-                              final_epoch=args.epochs, seed=args.seed, verbose=not args.quiet)
+    if ctx.is_main:
+        stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
+    start = time.perf_counter()
+    data = load_coco_data(args.data_dir)
+    ident = dataset_id(data["train_features"], data["idx_to_word"])
+    model = starting_model(args, data, ident, resumed)  # checked against the data before the subset is taken
+    if args.num_samples is not None:
+        data = keep_captions(data, args.num_samples, args.seed, args.data_dir)
+    images = len(np.unique(data["train_image_idxs"]))
+    subset = ("" if args.num_samples is None
+              else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
+    say(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images{subset}, "
+        f"{data['train_features'].shape[1]}-d features, {len(data['idx_to_word'])} words "
+        f"({time.perf_counter() - start:.1f}s)", flush=True)
+    extra = {"data_path": str(Path(args.data_dir).resolve()), "dataset_id": ident, "args": saved_flags(args)}
+    if args.scst:
+        extra["scst"] = {"init_from": str(args.init_from), "baseline": args.baseline, "samples": args.scst_samples,
+                         "temperature": args.temperature}
+    best = BestCheckpoint(best_path, save_checkpoint, extra, data, args.eval_every, args.eval_images,
+                          final_epoch=args.epochs, seed=args.seed, verbose=not args.quiet)
 
-        def save_state(solver):
-            save_training_state(solver, last_path, dict(extra, epoch=solver.epoch, iteration=solver.iteration,
-                                                        tracker=best.state()))
+    def save_state(solver):
+        save_training_state(solver, last_path, dict(extra, epoch=solver.epoch, iteration=solver.iteration,
+                                                    tracker=best.state()))
 
-        kind, rule = MODEL_TYPES[args.model], step_rule(args, model, data)
-        options = {k: getattr(args, k) for k in kind.solver_class.OPTIONS}  # the solver's own flags
-        solver = kind.solver_class(
-            model, data, learning_rate=args.lr, **options, step=rule, num_epochs=args.epochs,
-            batch_size=args.batch_size, lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed,
-            max_iters=args.max_iters,
-            verbose=not args.quiet and ctx.is_main, save_state=save_state, divergence_factor=args.divergence_factor,
-            on_epoch_end=best.on_epoch_end if ctx.is_main else None, dist=ctx)
-        if state is not None:
-            try:
-                solver.load_training_state(state)
-                best.load_state(resumed[1]["extra"]["tracker"])
-            except (ValueError, KeyError, TypeError, RuntimeError) as e:
-                raise UserError(f"{args.resume} holds a damaged training state ({e}): not resumed; use an intact "
-                                "*_last file or start a new run") from None
-            say(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}", flush=True)
+    kind, rule = MODEL_TYPES[args.model], step_rule(args, model, data)
+    options = {k: getattr(args, k) for k in kind.solver_class.OPTIONS}  # the solver's own flags
+    solver = kind.solver_class(
+        model, data, learning_rate=args.lr, **options, step=rule, num_epochs=args.epochs, batch_size=args.batch_size,
+        lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed, max_iters=args.max_iters,
+        verbose=not args.quiet and ctx.is_main, save_state=save_state, divergence_factor=args.divergence_factor,
+        on_epoch_end=best.on_epoch_end if ctx.is_main else None, dist=ctx)
+    if state is not None:
+        try:
+            solver.load_training_state(state)
+            best.load_state(resumed[1]["extra"]["tracker"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"{args.resume} holds a damaged training state ({e}): not resumed; use an intact "
+                            "*_last file or start a new run") from None
+        say(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}", flush=True)
+    return solver, best, extra, data
+
+
+def train(args, ctx, resumed, state):
+    """run() in each process; rank 0 alone prints, holds the lock and writes files."""
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    with contextlib.ExitStack() as stack:  # the run lock, held until the end
+        solver, best, extra, data = ctx.agreed(lambda: set_up(args, ctx, resumed, state, stack))
+        last_path = last_checkpoint_path(args.checkpoint)
         per_step = (f"batch {args.batch_size} per process x {ctx.world_size} processes = "
-                    f"{args.batch_size * ctx.world_size} {rule.unit} per step" if ctx.enabled
-                    else f"batch {args.batch_size} {rule.unit}")
+                    f"{args.batch_size * ctx.world_size} {solver.step_rule.unit} per step" if ctx.enabled
+                    else f"batch {args.batch_size} {solver.step_rule.unit}")
         say(f"training {args.model} for {args.epochs} epochs on {args.device} ({per_step})", flush=True)
         start = time.perf_counter()
         try:
@@ -176,7 +185,7 @@ def train(args, ctx, resumed, state):
                 f"python training.py --resume {last_path}", flush=True)
             return 130
         if ctx.is_main:
-            save_final_files(args, model, history, best, extra, time.perf_counter() - start, data)
+            save_final_files(args, solver.model, history, best, extra, time.perf_counter() - start, data)
     return 0
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from core.errors import UserError
+
 
 class Context:
     """rank, world_size, local_rank of this process; group: the gloo group for CPU collectives."""
@@ -53,6 +55,36 @@ class Context:
         out = [None] * self.world_size if self.is_main else None
         dist.gather_object(obj, out, dst=0, group=self.group)
         return out
+
+    def all_gather(self, obj):
+        """Every process's `obj` (any picklable value) as a list in rank order, on every process."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def agreed(self, set_up):
+        """Run set_up() on every process and agree on its user errors -> its result.
+
+        A UserError on any rank (its data folder missing on that machine, rank 0's refused lock)
+        stops every rank with one UserError naming the ranks that met each message, instead of the
+        others running on into a collective that never completes."""
+        if not self.enabled:
+            return set_up()
+        try:
+            result, error = set_up(), None
+        except UserError as e:
+            result, error = None, str(e)
+        errors = self.all_gather(error)
+        if any(errors):
+            by_message = {}
+            for rank, message in enumerate(errors):
+                if message:
+                    by_message.setdefault(message, []).append(str(rank))
+            raise UserError("; ".join(f"on rank{'s' if len(r) > 1 else ''} {', '.join(r)} of {self.world_size}: {m}"
+                                      for m, r in by_message.items()))
+        return result
 
     def local_device(self, device):
         """The device this process uses for `device`: its own GPU (cuda:LOCAL_RANK) under torchrun."""

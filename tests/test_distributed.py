@@ -176,3 +176,36 @@ def test_a_mid_epoch_state_resumes_on_another_number_of_processes(tmp_path):
                 assert rel_error(run[k], v) < 1e-4, k  # normwise: float rounding of the averaged gradients
         np.testing.assert_allclose(two["loss"], straight.history["loss"], rtol=1e-5)
     np.testing.assert_allclose(alone.history["loss"], straight.history["loss"], rtol=1e-5)
+
+
+def _script_errors(stderr, prog="training.py"):
+    """The lines our script wrote to stderr (torchrun adds its own failure report after them)."""
+    return [line for line in stderr.splitlines() if line.startswith(f"{prog}:")]
+
+
+def test_errors_are_printed_once_whichever_rank_meets_them(fake_coco, tmp_path):
+    """Breaks caught: an argparse error printed by every rank; an error that only rank 1 meets never
+    printed (rank 0 then died in a gloo traceback); rank 0's refused lock leaving rank 1 to train on."""
+    flags = ["--model", "rnn", "--data_dir", fake_coco, "--hidden_dim", 8, "--wordvec_dim", 8, "--epochs", 1,
+             "--checkpoint", tmp_path / "r.npz", "--out_dir", tmp_path]
+    bad_flag = torchrun(ROOT / "training.py", *flags, "--lr", -1, cwd=tmp_path)
+    assert bad_flag.returncode != 0 and _script_errors(bad_flag.stderr) == [
+        "training.py: error: --lr must be positive and finite, got -1.0 (see --help)"]
+
+    missing = torchrun(ROOT / "tests" / "rank_worker.py", 1, *flags, cwd=tmp_path)
+    assert missing.returncode != 0
+    assert _script_errors(missing.stderr) == ["training.py: error: on rank 1 of 2: data directory "
+                                              "/nonexistent/on-this-machine not found: check --data_dir"]
+    assert "training.py\", line" not in missing.stderr and "Connection closed" not in missing.stderr
+
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(tmp_path / ".r.npz.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        locked = torchrun(ROOT / "training.py", *flags, cwd=tmp_path)
+    finally:
+        holder.kill()
+    errors = _script_errors(locked.stderr)
+    assert len(errors) == 1 and errors[0].startswith("training.py: error: on rank 0 of 2: another training run")
+    assert "epoch 1/1" not in locked.stdout and "training.py\", line" not in locked.stderr
