@@ -22,6 +22,7 @@ from tqdm import tqdm
 from core.coco_utils import load_vocab
 from core.errors import UserError
 from core.fileio import atomic_write
+from core.image_utils import to_rgb8
 
 FC7_DIM = 4096
 TRANSFORM_FILE = "vgg16_fc7_pca_transform.npz"
@@ -107,7 +108,7 @@ class _ImageFiles(Dataset):
     def __getitem__(self, i):
         try:
             with Image.open(self.paths[i]) as image:
-                return self.transform(image.convert("RGB")), i, ""
+                return self.transform(to_rgb8(image)), i, ""
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             return torch.zeros(3, 224, 224), i, f"{type(e).__name__}: {e}"
 
