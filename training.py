@@ -48,7 +48,7 @@ def load_resume(args):
     saved = config.get("extra", {}).get("args")
     if saved is None:
         raise UserError(f"{args.resume} was not written by training.py: cannot resume from it")
-    merged = resumed_args(args, saved, args.resume)
+    merged = resumed_args(args, saved, args.resume, config["extra"].get("paths"))
     if "data_dir" not in args.explicit:
         merged.data_dir = config["extra"]["data_path"]
     done = state["loop"]["epoch"]
@@ -134,7 +134,8 @@ def set_up(args, ctx, resumed, state, stack):
     say(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images{subset}, "
         f"{data['train_features'].shape[1]}-d features, {len(data['idx_to_word'])} words "
         f"({time.perf_counter() - start:.1f}s)", flush=True)
-    extra = {"data_path": str(Path(args.data_dir).resolve()), "dataset_id": ident, "args": saved_flags(args)}
+    extra = {"data_path": str(Path(args.data_dir).resolve()), "dataset_id": ident, "args": saved_flags(args),
+             "paths": {"checkpoint": str(checkpoint.resolve()), "out_dir": str(Path(args.out_dir).resolve())}}
     if args.scst:
         extra["scst"] = {"init_from": str(args.init_from), "baseline": args.baseline, "samples": args.scst_samples,
                          "temperature": args.temperature}
@@ -159,7 +160,8 @@ def set_up(args, ctx, resumed, state, stack):
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise UserError(f"{args.resume} holds a damaged training state ({e}): not resumed; use an intact "
                             "*_last file or start a new run") from None
-        say(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}", flush=True)
+        say(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}; writing "
+            f"{checkpoint} and the plots and history in {args.out_dir}", flush=True)
     return solver, best, extra, data
 
 

@@ -3,10 +3,14 @@
 Figures are matplotlib `Figure` objects drawn without pyplot, so no display or backend is needed,
 and written atomically as PNG (core/fileio.py).
 """
+import functools
 import textwrap
+import warnings
 
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 
 from core.fileio import save_figure
 
@@ -56,8 +60,35 @@ def panel_title(panel, model_name, width=40, max_lines=3):
     return "\n".join(lines)
 
 
-def save_caption_grid(images, titles, path, suptitle="", cols=4):
-    """images: list of uint8 (H, W, 3) arrays or None (a captions-only panel); titles: list of str -> PNG."""
+@functools.lru_cache(maxsize=None)
+def _charmap(path):
+    """The characters a font file has glyphs for (set of code points)."""
+    return frozenset(FT2Font(path).get_charmap())
+
+
+def title_fonts(texts, log=print):
+    """Font families that can draw every character of `texts` (Han and kana captions, say): the
+    default font, then the first installed font that has what the default lacks. When none has it,
+    say so once (log) -> (families, whether some characters cannot be shown)."""
+    default = font_manager.findfont("DejaVu Sans")
+    lacking = {c for c in "".join(texts) if not c.isspace() and ord(c) not in _charmap(default)}
+    if not lacking:
+        return ["DejaVu Sans"], False
+    for font in font_manager.fontManager.ttflist:
+        if font.name.startswith("Last Resort"):  # matplotlib's own: a box for every character
+            continue
+        if font.fname.lower().endswith((".ttf", ".otf")) and all(ord(c) in _charmap(font.fname) for c in lacking):
+            return ["DejaVu Sans", font.name], False
+    shown = "".join(sorted(lacking)[:10])
+    log(f"note: no installed font has the characters {shown}{'...' if len(lacking) > 10 else ''} of these "
+        "captions, so the figure shows boxes for them (install a font that has them, e.g. Debian's fonts-noto-cjk)")
+    return ["DejaVu Sans"], True
+
+
+def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
+    """images: list of uint8 (H, W, 3) arrays or None (a captions-only panel); titles: list of str -> PNG.
+    Titles use a font that has their characters when one is installed (title_fonts)."""
+    families, missing = title_fonts([*titles, suptitle], log)
     rows = -(-len(titles) // cols)
     cols = min(cols, len(titles))
     fig = Figure(figsize=(3.6 * cols, 4.4 * rows))
@@ -67,10 +98,13 @@ def save_caption_grid(images, titles, path, suptitle="", cols=4):
     for ax, image, title in zip(axes.flat, images, titles):
         if image is not None:
             ax.imshow(image)
-            ax.set_title(title, fontsize=8, loc="left")
+            ax.set_title(title, fontsize=8, loc="left", fontfamily=families)
         else:
-            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center")
+            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center", fontfamily=families)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
-    save_figure(fig, path)
+        fig.suptitle(suptitle, fontsize=10, fontfamily=families)
+    with warnings.catch_warnings():
+        if missing:  # said once above, instead of matplotlib's warning per glyph
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
+        save_figure(fig, path)

@@ -173,9 +173,11 @@ def apply_recipe(args):
     args.recipe_line = f"recipe {args.recipe}" + (f" ({why})" if why else "") + (f": {values}" if values else "")
 
 
-def resumed_args(args, saved, path):
+def resumed_args(args, saved, path, paths=None):
     """The flags `saved` with a resumed run (as training.py recorded them) merged with the ones given
-    now that may change (epochs, paths, device, output); UserError for a given flag that contradicts it."""
+    now that may change (epochs, paths, device, output); UserError for a given flag that contradicts it.
+    paths: the absolute checkpoint and out_dir the run wrote ({"checkpoint", "out_dir"}); when the file
+    has moved (a copied run folder), an out_dir inside the old checkpoint's folder moves with it."""
     for name in args.explicit:
         if FLAG[name].fixed and getattr(args, name) != saved.get(name):
             raise UserError(f"--{name} {getattr(args, name)} contradicts {path}, which was trained with "
@@ -189,6 +191,12 @@ def resumed_args(args, saved, path):
         merged.device = None  # the machine of this run decides, as for a new run
     if "checkpoint" not in args.explicit:
         merged.checkpoint = str(Path(path).with_name(Path(saved["checkpoint"]).name))
+    if paths and "out_dir" not in args.explicit:
+        was, now = Path(paths["checkpoint"]).parent, Path(path).resolve().parent
+        try:
+            merged.out_dir = str(now / Path(paths["out_dir"]).relative_to(was))
+        except ValueError:  # an out_dir outside the run's folder stays where it was
+            merged.out_dir = paths["out_dir"]
     return merged
 
 

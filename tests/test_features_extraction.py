@@ -519,3 +519,14 @@ def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path)
         (folder / "train2014_vgg16_fc7.h5").write_bytes(b"partial")
     assert sorted(builder.remove_stale_builds(tmp_path)) == [".build_999999999_x", ".build_old-style"]
     assert [p.name for p in tmp_path.iterdir()] == [running.name]
+
+
+def test_a_transform_file_that_is_not_an_npz_is_named_without_suggesting_to_unpickle(tmp_path):
+    """Break caught: numpy's own message for a non-npz file, which invites allow_pickle=True."""
+    from core.errors import UserError
+
+    path = tmp_path / TRANSFORM_FILE
+    path.write_text("not a transform")
+    with pytest.raises(UserError) as e:
+        load_transform(path)
+    assert "is not a feature transform file" in str(e.value) and "pickle" not in str(e.value)

@@ -52,3 +52,20 @@ def test_vgg16_sees_the_scaled_image(tmp_path):
 def test_an_image_without_pixels_is_a_value_error():
     with pytest.raises(ValueError, match="no pixels"):
         to_rgb8(Image.new("RGB", (0, 0)))
+
+
+def test_captions_no_installed_font_can_draw_are_said_once_without_glyph_warnings(tmp_path, recwarn):
+    """Break caught: Han/kana captions drawn as boxes with one raw matplotlib warning per glyph."""
+    from core import plots
+
+    notes = []
+    titles = ["GT: 猫 が いる", "lstm: 犬 が いる"]
+    families, missing = plots.title_fonts(titles, notes.append)
+    if not missing:
+        pytest.skip(f"this machine has a font for them ({families[-1]})")
+    plots.save_caption_grid([np.zeros((4, 4, 3), np.uint8)] * 2, titles, tmp_path / "f.png", log=notes.append)
+    assert len(notes) == 2 and all("no installed font has the characters" in n for n in notes)
+    assert "いがる犬猫 of these captions" in notes[0]
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert plots.title_fonts(["a small red circle, café"], notes.append) == (["DejaVu Sans"], False)

@@ -613,3 +613,18 @@ def test_resuming_on_another_dataset_names_the_one_it_was_trained_on(fake_coco, 
                                                   "--data_dir", str(other)]),
                    "r_last.npz was trained on another dataset", f"({Path(fake_coco).resolve()})",
                    f"pass --data_dir {Path(fake_coco).resolve()}")
+
+
+def test_a_copied_run_folder_resumes_into_its_own_folder(fake_coco, tmp_path, capsys):
+    """Break caught: a copy of a run folder resumed from the copy rewrote the original folder's loss
+    plot and history (its absolute --out_dir was kept)."""
+    run_dir = tmp_path / "run"
+    train(run_dir, fake_coco, "--model", "rnn", "--epochs", 1)  # out_dir run/out, absolute
+    shutil.copytree(run_dir, tmp_path / "copy")
+    before = (run_dir / "out" / "rnn_history.json").read_bytes()
+    capsys.readouterr()
+    training.main(["--resume", str(tmp_path / "copy" / "r_last.npz"), "--epochs", "2"])
+    out = capsys.readouterr().out
+    assert f"writing {tmp_path / 'copy' / 'r.npz'} and the plots and history in {tmp_path / 'copy' / 'out'}" in out
+    assert (run_dir / "out" / "rnn_history.json").read_bytes() == before
+    assert len(json.loads((tmp_path / "copy" / "out" / "rnn_history.json").read_text())["val_loss"]) == 2
