@@ -19,7 +19,8 @@ from core.features import parse_weights
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="Build a captioning dataset (CS231n COCO layout) from images and captions.")
+    p = ArgumentParser(prog="features_extraction.py",
+                       description="Build a captioning dataset (CS231n COCO layout) from images and captions.")
     for split in ("train", "val"):
         p.add_argument(f"--{split}_annotations", required=True,
                        help=f"COCO-format captions JSON of the {split} split")

@@ -39,7 +39,7 @@ from core.registry import MODEL_TYPES
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="Caption images with a trained decoder.")
+    p = ArgumentParser(prog="inference.py", description="Caption images with a trained decoder.")
     p.add_argument("--model", required=True, choices=tuple(MODEL_TYPES), help="decoder type the checkpoint must hold")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint to load (default: " + ", ".join(t.checkpoint for t in MODEL_TYPES.values()) + ")")

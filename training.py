@@ -25,37 +25,19 @@ import torch
 
 from core import distributed
 from core.best import BestCheckpoint
-from core.checkpoint import check_checkpoint, load_checkpoint, load_training_state, save_checkpoint, save_training_state
-from core.cider import CiderD
+from core.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint, save_training_state
 from core.cli import (best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, resolve_device,
                       user_errors)
 from core.coco_utils import default_data_dir, keep_captions, load_coco_data
 from core.errors import UserError
-from core.evaluation import references_by_image
 from core.features import dataset_id
 from core.fileio import RunLock, atomic_write_text, check_writable
 from core.memory import keep_freed_memory
 from core.plots import save_loss_plot, save_scst_plot
 from core.registry import MODEL_TYPES, build_model
-from core.run_config import parse_args, resumed_args, resumed_batch_size, saved_flags
+from core.run_config import load_resume, parse_args, resumed_batch_size, saved_flags
 from core.solver_base import TrainingDiverged
-from core.steps import CrossEntropy, SelfCritical
-
-
-def load_resume(args):
-    """--resume: the saved run's flags merged with the given ones, its model, config and training state."""
-    model, config, state = load_training_state(args.resume)
-    saved = config.get("extra", {}).get("args")
-    if saved is None:
-        raise UserError(f"{args.resume} was not written by training.py: cannot resume from it")
-    merged = resumed_args(args, saved, args.resume, config["extra"].get("paths"))
-    if "data_dir" not in args.explicit:
-        merged.data_dir = config["extra"]["data_path"]
-    done = state["loop"]["epoch"]
-    if merged.epochs <= done and not state["loop"]["iteration"]:
-        raise UserError(f"{args.resume} has already trained {done} of its {merged.epochs} epochs: "
-                        f"pass --epochs larger than {done} to train more")
-    return merged, model, config, state
+from core.steps import from_flags
 
 
 def starting_model(args, data, ident, resumed):
@@ -75,16 +57,6 @@ def starting_model(args, data, ident, resumed):
             setattr(args, name, config[name])
         return model
     return build_model(args.model, data, vars(args), seed=args.seed)
-
-
-def step_rule(args, model, data):
-    """The step strategy of the run: cross-entropy, or self-critical with the training references."""
-    if not args.scst:
-        return CrossEntropy()
-    T = data["train_captions"].shape[1] - 1  # words after <START>, <END> included
-    refs = references_by_image(data["train_captions"], data["train_image_idxs"], data["idx_to_word"])
-    return SelfCritical(CiderD(refs), args.scst_samples, args.baseline, args.temperature,
-                        max_length=min(T, model.max_length or T), seed=args.seed)
 
 
 def run(args):
@@ -146,7 +118,7 @@ def set_up(args, ctx, resumed, state, stack):
         save_training_state(solver, last_path, dict(extra, epoch=solver.epoch, iteration=solver.iteration,
                                                     tracker=best.state()))
 
-    kind, rule = MODEL_TYPES[args.model], step_rule(args, model, data)
+    kind, rule = MODEL_TYPES[args.model], from_flags(args, model, data)
     options = {k: getattr(args, k) for k in kind.solver_class.OPTIONS}  # the solver's own flags
     solver = kind.solver_class(
         model, data, learning_rate=args.lr, **options, step=rule, num_epochs=args.epochs, batch_size=args.batch_size,

@@ -3,13 +3,14 @@ check, whether it is fixed on resume), the named recipes that change defaults, a
 resumed run's saved flags with the ones given now.
 
     args = parse_args(argv)          # argparse Namespace with every flag set, args.explicit, args.recipe
-    args = resumed_args(args, saved_flags, path)
+    args, model, config, state = load_resume(args)   # --resume PATH: its flags merged with the given ones
 """
 import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.checkpoint import load_training_state
 from core.cli import ArgumentParser
 from core.errors import UserError
 from core.registry import MODEL_TYPES, SIZE_FLAGS
@@ -100,7 +101,7 @@ def _default_text(flag):
 def build_parser():
     """The argument parser; every default is applied after parsing, so that the namespace it returns
     holds only the flags given (see parse_args)."""
-    p = ArgumentParser(description="Train a captioning decoder on precomputed image features.",
+    p = ArgumentParser(prog="training.py", description="Train a captioning decoder on precomputed image features.",
                        argument_default=argparse.SUPPRESS)
     for f in FLAGS:
         text = f.help + _default_text(f)
@@ -225,3 +226,19 @@ def resumed_batch_size(saved_batch, saved_world, world, given=None, unit="captio
         return batch, None
     return batch, (f"resuming a run of {saved_world} process(es) x batch {saved_batch} on {world} process(es): "
                    f"batch {batch} per process, the same {per_step} {unit} per step")
+
+
+def load_resume(args):
+    """--resume: the saved run's flags merged with the given ones, its model, config and training state."""
+    model, config, state = load_training_state(args.resume)
+    saved = config.get("extra", {}).get("args")
+    if saved is None:
+        raise UserError(f"{args.resume} was not written by training.py: cannot resume from it")
+    merged = resumed_args(args, saved, args.resume, config["extra"].get("paths"))
+    if "data_dir" not in args.explicit:
+        merged.data_dir = config["extra"]["data_path"]
+    done = state["loop"]["epoch"]
+    if merged.epochs <= done and not state["loop"]["iteration"]:
+        raise UserError(f"{args.resume} has already trained {done} of its {merged.epochs} epochs: "
+                        f"pass --epochs larger than {done} to train more")
+    return merged, model, config, state

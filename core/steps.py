@@ -8,8 +8,10 @@ per-iteration history it records (`history_keys`), what its items are (`unit`) a
 """
 import numpy as np
 
+from core.cider import CiderD
 from core.coco_utils import decode_captions
 from core.decoding import greedy_search, sample_search
+from core.evaluation import references_by_image
 
 
 class CrossEntropy:
@@ -87,3 +89,14 @@ class SelfCritical:
         solver.history["reward"].append(float(reward))
         solver.history["baseline"].append(float(base))
         return loss
+
+
+def from_flags(args, model, data):
+    """training.py's step strategy: cross-entropy, or (--scst) self-critical with the training references'
+    CIDEr-D; max_length: the captions' length, or less for a model with a position limit."""
+    if not args.scst:
+        return CrossEntropy()
+    T = data["train_captions"].shape[1] - 1  # words after <START>, <END> included
+    refs = references_by_image(data["train_captions"], data["train_image_idxs"], data["idx_to_word"])
+    return SelfCritical(CiderD(refs), args.scst_samples, args.baseline, args.temperature,
+                        max_length=min(T, model.max_length or T), seed=args.seed)

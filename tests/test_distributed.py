@@ -118,15 +118,15 @@ def test_the_script_under_torchrun_writes_once_resumes_and_loads_in_one_process(
     assert not list(tmp_path.glob(".*"))  # no lock or temporary files left
 
 
-def test_eval_on_two_processes_equals_one(fake_coco, tmp_path):
-    train = subprocess.run([sys.executable, str(ROOT / "training.py"), "--model", "rnn", "--data_dir", str(fake_coco),
-                            "--hidden_dim", "12", "--wordvec_dim", "8", "--epochs", "1", "--quiet"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
-    assert train.returncode == 0, train.stderr
+def test_eval_on_two_processes_equals_one(fake_coco, tmp_path, monkeypatch):
+    import inference
+    import training
+
+    monkeypatch.chdir(tmp_path)  # the one-process runs in-process, the two-process one under torchrun
+    training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--hidden_dim", "12", "--wordvec_dim", "8",
+                   "--epochs", "1", "--quiet"])
     args = ["--model", "rnn", "--data_dir", fake_coco, "--eval", "--beam_size", 2]
-    one = subprocess.run([sys.executable, str(ROOT / "inference.py"), *map(str, args), "--out_dir", "one"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert one.returncode == 0, one.stderr
+    inference.main([*map(str, args), "--out_dir", "one"])
     two = torchrun(ROOT / "inference.py", *args, "--out_dir", "two", cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("saved scores") == 1
@@ -183,15 +183,23 @@ def _script_errors(stderr, prog="training.py"):
     return [line for line in stderr.splitlines() if line.startswith(f"{prog}:")]
 
 
+def test_a_bad_flag_is_printed_by_rank_0_alone(capsys, monkeypatch):
+    """Break caught: an argparse error printed by every rank under torchrun."""
+    import training
+
+    for rank, printed in (("1", []), ("0", ["training.py: error: --lr must be positive and finite, got -1.0 "
+                                             "(see --help)"])):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            training.main(["--model", "rnn", "--lr", "-1"])
+        assert e.value.code == 2 and capsys.readouterr().err.splitlines() == printed
+
+
 def test_errors_are_printed_once_whichever_rank_meets_them(fake_coco, tmp_path):
-    """Breaks caught: an argparse error printed by every rank; an error that only rank 1 meets never
-    printed (rank 0 then died in a gloo traceback); rank 0's refused lock leaving rank 1 to train on."""
+    """Breaks caught: an error that only rank 1 meets never printed (rank 0 then died in a gloo
+    traceback); rank 0's refused lock leaving rank 1 to train on."""
     flags = ["--model", "rnn", "--data_dir", fake_coco, "--hidden_dim", 8, "--wordvec_dim", 8, "--epochs", 1,
              "--checkpoint", tmp_path / "r.npz", "--out_dir", tmp_path]
-    bad_flag = torchrun(ROOT / "training.py", *flags, "--lr", -1, cwd=tmp_path)
-    assert bad_flag.returncode != 0 and _script_errors(bad_flag.stderr) == [
-        "training.py: error: --lr must be positive and finite, got -1.0 (see --help)"]
-
     missing = torchrun(ROOT / "tests" / "rank_worker.py", 1, *flags, cwd=tmp_path)
     assert missing.returncode != 0
     assert _script_errors(missing.stderr) == ["training.py: error: on rank 1 of 2: data directory "
