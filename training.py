@@ -146,7 +146,8 @@ def train(args, ctx, resumed, state):
         per_step = (f"batch {args.batch_size} per process x {ctx.world_size} processes = "
                     f"{args.batch_size * ctx.world_size} {solver.step_rule.unit} per step" if ctx.enabled
                     else f"batch {args.batch_size} {solver.step_rule.unit}")
-        say(f"training {args.model} for {args.epochs} epochs on {args.device} ({per_step})", flush=True)
+        say(f"training {args.model} for {args.epochs} epoch{'s' * (args.epochs != 1)} on {args.device} ({per_step})",
+            flush=True)
         start = time.perf_counter()
         try:
             history = solver.train()
@@ -159,11 +160,11 @@ def train(args, ctx, resumed, state):
                 f"python training.py --resume {last_path}", flush=True)
             return 130
         if ctx.is_main:
-            save_final_files(args, solver.model, history, best, extra, time.perf_counter() - start, data)
+            save_final_files(args, solver.model, history, best, extra, time.perf_counter() - start, data, per_step)
     return 0
 
 
-def save_final_files(args, model, history, best, extra, seconds, data):
+def save_final_files(args, model, history, best, extra, seconds, data, per_step):
     """The final checkpoint, the loss (and reward) plots and the history, with a summary."""
     checkpoint = Path(args.checkpoint)
     save_checkpoint(model, checkpoint, dict(extra, epoch=args.epochs, val_loss=history["val_loss"][-1]))
@@ -177,7 +178,7 @@ def save_final_files(args, model, history, best, extra, seconds, data):
         print(f"saved reward and CIDEr plot {scst_plot}")
     atomic_write_text(out_dir / f"{args.model}_history.json", json.dumps(dict(history, seconds=seconds), indent=1))
     its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
-    print(f"{its:.1f} training iterations per second (batch {args.batch_size})")
+    print(f"{its:.1f} training iterations per second ({per_step})")
     print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
           f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
     print(f"saved checkpoint {checkpoint}, the best ({best.describe()}) {best_checkpoint_path(checkpoint)} and the "

@@ -5,6 +5,7 @@ Shape letters: N images, K beam size, V vocabulary, L max_length.
 A decoder exposes a step interface:
     state = model.init_state(features)          # features (N, D)
     logprobs, state = model.step(words, state)  # words (B,) int -> log-probabilities (B, V) numpy
+    scores, state = model.step(words, state, normalized=False)  # raw scores, same argmax (greedy)
     state = model.select_state(state, rows)     # keep/replicate batch rows (B',) of the state
 inside `with model.decoding():` (eval mode and no autograd for a torch model), and the token
 indices model.start_idx, model.end_idx, model.null_idx. The numpy models carry
@@ -33,7 +34,8 @@ def decode(model, features, max_length=30, beam_size=1, length_penalty=0.0):
 
 
 def greedy_search(model, features, max_length=30):
-    """Pick the most likely word at every step. features (N, D) -> (N, L) int64."""
+    """Pick the most likely word at every step (the argmax of the raw scores: no softmax is needed).
+    features (N, D) -> (N, L) int64."""
     N = len(features)
     captions = np.full((N, max_length), model.null_idx, dtype=np.int64)
     words = np.full(N, model.start_idx, dtype=np.int64)
@@ -41,8 +43,8 @@ def greedy_search(model, features, max_length=30):
     with model.decoding():
         state = model.init_state(features)
         for t in range(max_length):
-            logprobs, state = model.step(words, state)
-            words = logprobs.argmax(axis=1)
+            scores, state = model.step(words, state, normalized=False)
+            words = scores.argmax(axis=1)
             captions[~done, t] = words[~done]
             done |= words == model.end_idx
             if done.all():

@@ -112,7 +112,7 @@ class MarkovChain:
     def init_state(self, features):
         return None
 
-    def step(self, words, state):
+    def step(self, words, state, normalized=True):
         return self.table[words], state
 
     def select_state(self, state, rows):
@@ -169,3 +169,19 @@ def test_transformer_cache_gives_exactly_the_uncached_tokens(seed):
     cached = model.sample(features, max_length=30)
     np.testing.assert_array_equal(cached, model.sample_uncached(features, max_length=30))
     assert (cached != VOCAB["<NULL>"]).sum() > 16  # non-trivial captions were compared
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_raw_step_scores_greedy_decoding_reads_are_the_log_probabilities_unnormalized(name):
+    """Greedy decoding takes the argmax of the raw scores (no log-softmax per step, the cost the
+    original repository's decoding never paid); they differ from the log-probabilities by one
+    constant per row, so every argmax, and every greedy caption, is the same."""
+    from scipy.special import log_softmax
+
+    model = MODELS[name]()
+    with model.decoding():
+        start = np.full(len(FEATURES), model.start_idx)
+        logprobs, _ = model.step(start, model.init_state(FEATURES))
+        scores, _ = model.step(start, model.init_state(FEATURES), normalized=False)
+    assert not np.allclose(scores, logprobs)
+    np.testing.assert_allclose(log_softmax(scores.astype(np.float64), axis=1), logprobs, rtol=1e-5, atol=1e-5)

@@ -92,7 +92,8 @@ def test_the_script_under_torchrun_writes_once_resumes_and_loads_in_one_process(
                    "--checkpoint", "d.pt", cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("loaded ") == 1 and two.stdout.count("saved checkpoint") == 1
-    assert "batch 25 per process x 2 processes = 50 captions per step" in two.stdout
+    assert "for 1 epoch on cpu (batch 25 per process x 2 processes = 50 captions per step)" in two.stdout
+    assert "iterations per second (batch 25 per process x 2 processes = 50 captions per step)" in two.stdout
     (tmp_path / "alone").mkdir()
     shutil.copy(tmp_path / "d_last.pt", tmp_path / "alone" / "d_last.pt")
     resumed = torchrun(script, "--resume", "d_last.pt", "--epochs", 2, "--quiet", cwd=tmp_path)

@@ -199,7 +199,7 @@ def test_max_iters_cuts_epochs_short_and_reports_speed(fake_coco, tmp_path):
     result = run("training.py", "--model", "lstm", "--data_dir", fake_coco, "--epochs", 2, *SMALL, "--max_iters", 2,
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "training iterations per second (batch 50)" in result.stdout
+    assert "training iterations per second (batch 50 captions)" in result.stdout
     history = json.loads((tmp_path / "outputs" / "lstm_history.json").read_text())
     assert len(history["loss"]) == 4 and len(history["train_seconds"]) == 2
 

@@ -186,15 +186,18 @@ class CaptioningRNN:
         h0 = features.astype(self.dtype, copy=False) @ p["W_proj"] + p["b_proj"]
         return h0, np.zeros_like(h0), p["W_embed"] @ p["Wx"] + p["b"]
 
-    def step(self, words, state):
+    def step(self, words, state, normalized=True):
         """Advance the decoder by one word.
 
-        words (N,) int, state from `init_state`/`step` -> log-probabilities (N, V), new state.
+        words (N,) int, state from `init_state`/`step` -> log-probabilities (N, V) (with normalized
+        False the raw scores, whose argmax is the same: all greedy decoding needs), new state.
         """
         p = self.params
         h, c, word_inputs = state
         h, c = self.cell.step(word_inputs[words], h, c, p)  # word_inputs[words]: (N, G) input projections
         scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
+        if not normalized:
+            return scores, (h, c, word_inputs)
         scores -= scores.max(axis=1, keepdims=True)
         scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))
         return scores, (h, c, word_inputs)

@@ -168,10 +168,11 @@ class CaptioningTransformer(nn.Module):
         memory = self.visual_projection(features)[:, None, :]  # (N, 1, E)
         return {"t": 0, "layers": [layer.init_cache(memory, self.max_length) for layer in self.transformer.layers]}
 
-    def step(self, words, state):
+    def step(self, words, state, normalized=True):
         """One decoding step with the key/value cache (eval mode, no grad).
 
-        words (N,) int -> log-probabilities (N, V) float32 numpy, new state.
+        words (N,) int -> log-probabilities (N, V) float32 numpy (with normalized False the raw
+        scores, whose argmax is the same), new state.
         """
         t = state["t"]
         if t >= self.max_length:
@@ -180,9 +181,9 @@ class CaptioningTransformer(nn.Module):
         x = self.positional_encoding(self.embedding(words)[:, None, :], offset=t)  # (N, 1, E)
         for layer, cache in zip(self.transformer.layers, state["layers"]):
             x = layer.step(x, cache, t)
-        logprobs = F.log_softmax(self.output(x[:, 0]).float(), dim=-1)  # (N, V)
+        scores = self.output(x[:, 0]).float()  # (N, V)
         state["t"] = t + 1
-        return logprobs.cpu().numpy(), state
+        return (F.log_softmax(scores, dim=-1) if normalized else scores).cpu().numpy(), state
 
     def select_state(self, state, rows):
         """Keep/replicate batch rows of a decoding state: rows (M,) int -> state for M rows."""
