@@ -28,7 +28,7 @@ import torch
 from core import distributed
 from core.checkpoint import check_checkpoint, load_checkpoint
 from core.cli import ArgumentParser, interrupts, resolve_device, user_errors
-from core.coco_utils import decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows
+from core.coco_utils import SAMPLE_DIR, decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows
 from core.errors import UserError
 from core.evaluation import caption_split, format_scores, references_by_image, score_captions
 from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project
@@ -94,11 +94,27 @@ def decoding_name(args):
 
 
 def check_dataset(config, checkpoint, ident, data_dir):
-    """UserError when the checkpoint was trained on another dataset than data_dir's."""
-    trained_on = config.get("extra", {}).get("dataset_id")
+    """UserError when the checkpoint was trained on another dataset than data_dir's, naming the folder
+    it records."""
+    extra = config.get("extra", {})
+    trained_on = extra.get("dataset_id")
     if trained_on and ident and trained_on != ident:
-        raise UserError(f"checkpoint {checkpoint} was trained on another dataset (id {trained_on}) than "
-                        f"{data_dir} (id {ident}): pass the --data_dir it was trained on")
+        folder = extra.get("data_path", f"the one of dataset id {trained_on}")
+        raise UserError(f"checkpoint {checkpoint} was trained on another dataset ({folder}) than {data_dir}: "
+                        f"pass --data_dir {folder}")
+
+
+def choose_data_dir(args, config, say):
+    """--data_dir when given, else the folder the checkpoint records it was trained on when it exists,
+    else the downloaded COCO data or the sample dataset; set once in args.data_dir and said."""
+    if args.data_dir is None:
+        recorded = config.get("extra", {}).get("data_path")
+        if recorded and Path(recorded).is_dir():
+            args.data_dir = recorded
+            say(f"data: {recorded}, the folder {args.checkpoint} was trained on (--data_dir chooses another)")
+        else:
+            args.data_dir = str(default_data_dir(log=say))
+    return args.data_dir
 
 
 def sample(model, features, args):
@@ -199,7 +215,7 @@ def caption_dataset_images(args, model, config):
             panels.append({"location": resolve_location(data[f"{split}_urls"][i], args.data_dir),
                            "truth": pred if pred in refs[int(i)] else refs[int(i)][0], "predicted": pred,
                            "label": split + (f", {status}" if status else "")})
-    return panels, f"{args.model}_{'_'.join(splits)}_{decoding_name(args)}_captions.png"
+    return panels, f"{args.model}_{'_'.join(splits)}_{decoding_name(args)}_captions.png", None
 
 
 def caption_files(args, model, config):
@@ -226,7 +242,12 @@ def caption_files(args, model, config):
     predicted = decode_captions(sample(model, project(fc7, transform), args), idx_to_word)
     panels = [{"location": path, "truth": None, "predicted": pred, "label": ""}
               for path, pred in zip(args.image, predicted)]
-    return panels, f"{args.model}_images_{decoding_name(args)}_captions.png"
+    note = None
+    if Path(args.data_dir).resolve() == SAMPLE_DIR.resolve():
+        note = ("this model knows only the sample dataset's rendered scenes (one or two large shapes of 6 colours "
+                "and 4 kinds on a grey background): captions of other images are not meaningful")
+        print(f"note: {note}")
+    return panels, f"{args.model}_images_{decoding_name(args)}_captions.png", note
 
 
 def main(argv=None):
@@ -246,10 +267,9 @@ def run(args, ctx):
     args.device = ctx.local_device(args.device)
     args.feature_device = ctx.local_device(args.feature_device)
     say = print if ctx.is_main else (lambda *a, **k: None)
-    if args.data_dir is None:
-        args.data_dir = str(default_data_dir(log=say))
     model, config = load_checkpoint(args.checkpoint, device=args.device, num_heads=args.num_heads,
-                                    vocabulary=lambda: load_vocab(args.data_dir)[0])
+                                    vocabulary=lambda: load_vocab(choose_data_dir(args, {}, say))[0])
+    choose_data_dir(args, config, say)
     if config.get("format") == "original":
         sizes = ", ".join(f"{k} {config[k]}" for k in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers",
                                                         "dim_feedforward", "max_length") if k in config)
@@ -268,7 +288,7 @@ def run(args, ctx):
     if not ctx.is_main:
         return 0
     caption = caption_files if args.image else caption_dataset_images
-    panels, figure_name = caption(args, model, config)
+    panels, figure_name, note = caption(args, model, config)
 
     images, titles = [], []
     for k, panel in enumerate(panels):
@@ -278,8 +298,8 @@ def run(args, ctx):
         images.append(try_load_image(panel["location"]))
         titles.append(panel_title(panel, args.model))
     path = Path(args.out_dir) / figure_name
-    save_caption_grid(images, titles, path, f"{args.model} ({Path(args.checkpoint).name}), "
-                                            f"{decoding_name(args).replace('beam', 'beam ')} decoding")
+    suptitle = f"{args.model} ({Path(args.checkpoint).name}), {decoding_name(args).replace('beam', 'beam ')} decoding"
+    save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""))
     missing = sum(image is None for image in images)
     print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
     return 0

@@ -173,7 +173,8 @@ def test_caption_own_images_end_to_end(built, rendered, tmp_path):
 
     save_transform(other / TRANSFORM_FILE, transform, info)
     result = run("inference.py", "--model", "lstm", "--data_dir", other, "--image", images[0])
-    assert result.returncode == 2 and "trained on another dataset" in result.stderr, result.stderr
+    assert result.returncode == 2 and f"trained on another dataset ({built.resolve()})" in result.stderr
+    assert f"pass --data_dir {built.resolve()}" in result.stderr, result.stderr
 
 
 def test_cs231n_data_gets_its_transform_recovered_once(tmp_path, capsys):
@@ -530,3 +531,25 @@ def test_a_transform_file_that_is_not_an_npz_is_named_without_suggesting_to_unpi
     with pytest.raises(UserError) as e:
         load_transform(path)
     assert "is not a feature transform file" in str(e.value) and "pickle" not in str(e.value)
+
+
+def test_own_images_with_a_sample_dataset_model_say_what_it_knows(tmp_path, capsys, monkeypatch):
+    """Break caught: a photograph captioned with confidence by a model that has only seen the sample
+    dataset's rendered shapes, with no word that the caption means nothing."""
+    import inference
+    from core.checkpoint import save_checkpoint
+    from core.coco_utils import load_vocab
+    from core.model.rnn_model import CaptioningRNN
+
+    _, word_to_idx = load_vocab(SAMPLE_DIR)
+    checkpoint = tmp_path / "m.npz"
+    save_checkpoint(CaptioningRNN(word_to_idx, input_dim=512, wordvec_dim=4, hidden_dim=4, seed=0), checkpoint)
+    monkeypatch.setattr(inference, "extract_fc7", lambda paths, *a, **k: (np.zeros((len(paths), 4096), np.float32), {}))
+    monkeypatch.setattr(inference, "save_caption_grid", lambda images, titles, path, suptitle: shown.append(suptitle))
+    shown = []
+    photo = SAMPLE_DIR / "images" / "val" / "000000.png"
+    inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(SAMPLE_DIR), "--image",
+                    str(photo), "--device", "cpu", "--out_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "note: this model knows only the sample dataset's rendered scenes" in out
+    assert "knows only the sample dataset's rendered scenes" in shown[0]  # and on the figure

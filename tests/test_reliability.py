@@ -628,3 +628,20 @@ def test_a_copied_run_folder_resumes_into_its_own_folder(fake_coco, tmp_path, ca
     assert f"writing {tmp_path / 'copy' / 'r.npz'} and the plots and history in {tmp_path / 'copy' / 'out'}" in out
     assert (run_dir / "out" / "rnn_history.json").read_bytes() == before
     assert len(json.loads((tmp_path / "copy" / "out" / "rnn_history.json").read_text())["val_loss"]) == 2
+
+
+def test_inference_finds_the_data_folder_the_checkpoint_was_trained_on(fake_coco, tmp_path, capsys, monkeypatch):
+    """Breaks caught: inference.py falling back to the sample dataset for a checkpoint that records
+    its data folder; a dataset mismatch that does not name the folder to pass."""
+    train(tmp_path, fake_coco, "--model", "rnn", "--epochs", 1)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "r.npz"), "--split", "val", "--num_images", "1",
+                    "--out_dir", str(tmp_path)])
+    assert f"data: {Path(fake_coco).resolve()}, the folder {tmp_path / 'r.npz'} was trained on" in \
+        capsys.readouterr().out
+    from core.coco_utils import SAMPLE_DIR
+
+    one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "r.npz"),
+                                                   "--data_dir", str(SAMPLE_DIR), "--split", "val"]),
+                   "different vocabulary")
