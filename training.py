@@ -16,6 +16,7 @@ second run writing the same checkpoint is refused. Every flag and its default: -
 """
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from core.fileio import RunLock, atomic_write_text, check_writable
 from core.memory import keep_freed_memory
 from core.plots import save_loss_plot, save_scst_plot
 from core.registry import MODEL_TYPES, build_model
-from core.run_config import load_resume, parse_args, resumed_batch_size, saved_flags
+from core.run_config import load_resume, parse_args, recipe_for_data, resumed_batch_size, saved_flags
 from core.solver_base import TrainingDiverged
 from core.steps import from_flags
 
@@ -97,6 +98,8 @@ def set_up(args, ctx, resumed, state, stack):
     start = time.perf_counter()
     data = load_coco_data(args.data_dir)
     ident = dataset_id(data["train_features"], data["idx_to_word"])
+    for line in recipe_for_data(args, min(args.num_samples or math.inf, data["train_captions"].shape[0])):
+        say(line, flush=True)  # before the model is built: the recipe may set its dropout
     model = starting_model(args, data, ident, resumed)  # checked against the data before the subset is taken
     if args.num_samples is not None:
         data = keep_captions(data, args.num_samples, args.seed, args.data_dir)

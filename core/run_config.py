@@ -174,6 +174,26 @@ def apply_recipe(args):
     args.recipe_line = f"recipe {args.recipe}" + (f" ({why})" if why else "") + (f": {values}" if values else "")
 
 
+def recipe_for_data(args, num_items):
+    """After loading: a new run on at most SMALL_DATA captions with the default recipe chosen by itself
+    (no --recipe, no --epochs/--batch_size/--lr_decay) takes the small-data recipe as --num_samples
+    would -> the lines to print (the recipe, and a note when the data is smaller than one batch)."""
+    lines = []
+    auto = args.recipe == "default" and "recipe" not in args.explicit and args.resume is None
+    if auto and num_items <= SMALL_DATA and not {"epochs", "batch_size", "lr_decay"} & set(args.explicit):
+        changed = {k: v for k, v in RECIPES["small-data"].items() if k not in args.explicit}
+        for name, value in changed.items():
+            setattr(args, name, value)
+        args.recipe = "small-data"
+        args.recipe_line = (f"recipe small-data (the data has {num_items} training captions <= {SMALL_DATA}; --recipe "
+                            "default turns it off): " + ", ".join(f"{k} {v:g}" for k, v in changed.items()))
+        lines.append(args.recipe_line)
+    if num_items < args.batch_size:
+        lines.append(f"note: the {num_items} training captions are fewer than one batch of {args.batch_size}: "
+                     "each epoch is a single step")
+    return lines
+
+
 def resumed_args(args, saved, path, paths=None):
     """The flags `saved` with a resumed run (as training.py recorded them) merged with the ones given
     now that may change (epochs, paths, device, output); UserError for a given flag that contradicts it.

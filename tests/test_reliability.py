@@ -645,3 +645,34 @@ def test_inference_finds_the_data_folder_the_checkpoint_was_trained_on(fake_coco
     one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "r.npz"),
                                                    "--data_dir", str(SAMPLE_DIR), "--split", "val"]),
                    "different vocabulary")
+
+
+def test_data_smaller_than_a_batch_is_said_and_takes_the_small_data_recipe(tmp_path, capsys, monkeypatch):
+    """Breaks caught: 32 captions trained 10 single-step epochs under the regular defaults without a
+    word (the small-data recipe was chosen only by --num_samples); the recipe applied after the model
+    was built (its dropout then stayed 0.1)."""
+    from core.datasets.make_fake_coco import write_fake_coco
+
+    small = write_fake_coco(tmp_path / "small", train_images=8, val_images=4, captions_per_image=4, seed=2)
+    built_with = []
+
+    def starting_model(args, *rest):
+        built_with.append((args.dropout, args.epochs, args.batch_size))
+        raise KeyboardInterrupt  # enough: stop before training
+
+    monkeypatch.setattr(training, "starting_model", starting_model)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        training.main(["--model", "transformer", "--data_dir", str(small), "--checkpoint", str(tmp_path / "t.pt"),
+                       "--out_dir", str(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    assert ("recipe small-data (the data has 32 training captions <= 1000; --recipe default turns it off): epochs "
+            "100, batch_size 50, lr_decay 1, val_samples 100, dropout 0") in out
+    assert "note: the 32 training captions are fewer than one batch of 50: each epoch is a single step" in out
+    assert built_with == [(0.0, 100, 50)]
+    with pytest.raises(SystemExit):
+        training.main(["--model", "rnn", "--data_dir", str(small), "--recipe", "default", "--checkpoint",
+                       str(tmp_path / "r.npz"), "--out_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "recipe small-data" not in out and "fewer than one batch of 100" in out
+    assert built_with[-1] == (0.1, 10, 100)
