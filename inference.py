@@ -10,13 +10,13 @@ Usage:
 The model is rebuilt from the checkpoint alone (this project's) or from the checkpoint and the
 vocabulary of --data_dir (the original repository's weight-only files). Prints the reference
 and the predicted caption of --num_images images of each split, marked as images the model was
-trained on or not, and saves them as one grid, <out_dir>/<model>_<splits>_<decoding>_captions.png
-(e.g. rnn_train_val_greedy_captions.png; panels whose image cannot be fetched show the captions
+trained on or not, and saves them as one grid, <out_dir>/<stem>_<splits>_<decoding>_captions.png with
+the checkpoint's stem (e.g. rnn_checkpoint_train_val_greedy_captions.png; panels whose image cannot be fetched show the captions
 only). With --image, the files go through the dataset's own VGG16 weights and fc7 -> PCA
-transform, and the figure is <out_dir>/<model>_images_<decoding>_captions.png. With --eval,
+transform, and the figure is <out_dir>/<stem>_images_<decoding>_captions.png. With --eval,
 every image of the split (default val) is captioned once and scored against all of its
 references (BLEU-1..4, METEOR when Java is present, ROUGE-L, CIDEr-D); the scores and every
-predicted caption go to <out_dir>/<model>_<split>_eval.json.
+predicted caption go to <out_dir>/<stem>_<split>_<decoding>_eval.json.
 """
 import json
 import time
@@ -153,7 +153,7 @@ def evaluate(args, model, config, ctx):
     decoding = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
     print(f"{args.model} on {args.split} ({len(predictions)} images, {decoding}, {seconds:.1f}s to decode):")
     print(format_scores(scores))
-    path = Path(args.out_dir) / f"{args.model}_{args.split}_eval.json"
+    path = Path(args.out_dir) / f"{Path(args.checkpoint).stem}_{args.split}_{decoding_name(args)}_eval.json"
     urls = data[f"{args.split}_urls"]
     atomic_write_text(path, json.dumps({
         "model": args.model, "checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "split": args.split,
@@ -215,7 +215,7 @@ def caption_dataset_images(args, model, config):
             panels.append({"location": resolve_location(data[f"{split}_urls"][i], args.data_dir),
                            "truth": pred if pred in refs[int(i)] else refs[int(i)][0], "predicted": pred,
                            "label": split + (f", {status}" if status else "")})
-    return panels, f"{args.model}_{'_'.join(splits)}_{decoding_name(args)}_captions.png", None
+    return panels, f"{Path(args.checkpoint).stem}_{'_'.join(splits)}_{decoding_name(args)}_captions.png", None
 
 
 def caption_files(args, model, config):
@@ -247,7 +247,7 @@ def caption_files(args, model, config):
         note = ("this model knows only the sample dataset's rendered scenes (one or two large shapes of 6 colours "
                 "and 4 kinds on a grey background): captions of other images are not meaningful")
         print(f"note: {note}")
-    return panels, f"{args.model}_images_{decoding_name(args)}_captions.png", note
+    return panels, f"{Path(args.checkpoint).stem}_images_{decoding_name(args)}_captions.png", note
 
 
 def main(argv=None):

@@ -11,7 +11,8 @@ Usage:
 Reads the data, builds (or loads) the model, trains it with its solver, and writes the checkpoint
 (--checkpoint, final weights), *_best.* next to it (by validation loss, or by CIDEr with
 --eval_every), the resumable *_last.* after every epoch and on Ctrl-C/SIGTERM, and in --out_dir
-the loss plot <model>_loss.png and the history <model>_history.json. All writes are atomic; a
+the loss plot <stem>_loss.png and the history <stem>_history.json, named after the checkpoint's stem
+(lstm_checkpoint_loss.png), so that runs sharing an --out_dir keep their own files. All writes are atomic; a
 second run writing the same checkpoint is refused. Every flag and its default: --help.
 """
 import contextlib
@@ -173,20 +174,22 @@ def save_final_files(args, model, history, best, extra, seconds, data, per_step)
     save_checkpoint(model, checkpoint, dict(extra, epoch=args.epochs, val_loss=history["val_loss"][-1]))
     history.update(best.metrics)
     out_dir = Path(args.out_dir)
-    plot_path = out_dir / f"{args.model}_loss.png"
+    stem = checkpoint.stem  # every output is named after its run's checkpoint
+    plot_path = out_dir / f"{stem}_loss.png"
     save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
     if args.scst:
-        scst_plot = out_dir / f"{args.model}_scst.png"
+        scst_plot = out_dir / f"{stem}_reward.png"
         save_scst_plot(history, f"{args.model}: self-critical fine-tuning of {Path(args.init_from).name}", scst_plot)
         print(f"saved reward and CIDEr plot {scst_plot}")
-    atomic_write_text(out_dir / f"{args.model}_history.json", json.dumps(dict(history, seconds=seconds), indent=1))
+    history_path = out_dir / f"{stem}_history.json"
+    atomic_write_text(history_path, json.dumps(dict(history, seconds=seconds), indent=1))
     its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
     print(f"{its:.1f} training iterations per second ({per_step})")
     print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
           f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
     print(f"saved checkpoint {checkpoint}, the best ({best.describe()}) {best_checkpoint_path(checkpoint)} and the "
           f"resumable state {last_checkpoint_path(checkpoint)}")
-    print(f"saved loss plot {plot_path}")
+    print(f"saved loss plot {plot_path} and history {history_path}")
 
 
 def main(argv=None):

@@ -1,8 +1,8 @@
 """Count the mistakes of predicted captions of the bundled sample dataset, by attribute.
 
 Usage:
-    python inference.py --model lstm --eval                     # writes outputs/lstm_val_eval.json
-    python benchmarks/caption_errors.py outputs/lstm_val_eval.json [more.json ...]
+    python inference.py --model lstm --eval                     # writes outputs/lstm_checkpoint_val_greedy_eval.json
+    python benchmarks/caption_errors.py outputs/lstm_checkpoint_val_greedy_eval.json [more.json ...]
 
 Each val image's scene is known (core/datasets/make_sample_dataset.py rebuilds it from its
 index), and the grammar's phrasings say which object stands where, so a prediction can be read
@@ -65,7 +65,7 @@ def count_errors(predictions):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", nargs="+", help="*_val_eval.json files written by inference.py --eval")
+    parser.add_argument("reports", nargs="+", help="*_val_*_eval.json files written by inference.py --eval")
     args = parser.parse_args(argv)
     for path in args.reports:
         report = json.loads(Path(path).read_text())

@@ -3,7 +3,8 @@
 Usage:
     python benchmarks/plot_loss_curves.py [--history_dir outputs] [--out docs/loss_curves.png]
 
-Reads <history_dir>/<model>_history.json as written by training.py, for every model type of
+Reads <history_dir>/<stem>_history.json as written by training.py (<stem>: the model type's default
+checkpoint's, e.g. lstm_checkpoint), for every model type of
 core/registry.py (the ones present are plotted), and saves the figure.
 """
 import argparse
@@ -23,13 +24,13 @@ from core.registry import MODEL_TYPES  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--history_dir", default="outputs", help="folder holding <model>_history.json files")
+    parser.add_argument("--history_dir", default="outputs", help="folder holding the <checkpoint stem>_history.json files")
     parser.add_argument("--out", default="outputs/loss_curves.png", help="where to save the figure")
     args = parser.parse_args(argv)
     fig, (ax_loss, ax_cider) = plt.subplots(1, 2, figsize=(11, 4))
     found = []
     for model, color in zip(MODEL_TYPES, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-        path = Path(args.history_dir) / f"{model}_history.json"
+        path = Path(args.history_dir) / f"{Path(MODEL_TYPES[model].checkpoint).stem}_history.json"
         if not path.is_file():
             continue
         found.append(model)

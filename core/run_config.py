@@ -36,8 +36,8 @@ RECIPES = {
     "default": {},
     # the original repository's small-subset overfitting: long, undecayed, no dropout
     "small-data": {"epochs": 100, "batch_size": 50, "lr_decay": 1.0, "val_samples": 100, "dropout": 0.0},
-    # self-critical fine-tuning: a small step from a trained checkpoint, scored every epoch
-    "scst": {"lr": 5e-5, "eval_every": 1},
+    # self-critical fine-tuning: a small step from a trained checkpoint, scored every pass over the images
+    "scst": {"lr": 5e-5, "lr_decay": 0.99, "eval_every": 1},
 }
 
 FLAGS = (

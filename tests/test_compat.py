@@ -53,7 +53,7 @@ def test_original_checkpoints_through_inference_eval(model, tmp_path, capsys, mo
                     "--eval", "--out_dir", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "in the original repository's format (weights only)" in out
-    report = json.loads((tmp_path / f"{model}_val_eval.json").read_text())
+    report = json.loads((tmp_path / f"{Path(FILES[model]).stem}_val_greedy_eval.json").read_text())
     assert EXPECTED["val_images"] == list(range(20))
     assert [p["caption"] for p in report["predictions"][:20]] == _expected(model)
 
@@ -220,7 +220,7 @@ def test_inference_draws_train_images_from_the_checkpoints_own_subset(fake_coco,
     assert all(line.split("] ")[1].startswith("train, trained on: ") for line in panels[:4])
     assert {image_of[line.split(": ", 1)[1]] for line in panels[:4]} <= trained
     assert all(line.split("] ")[1].startswith("val, not trained on: ") for line in panels[4:])
-    assert (tmp_path / "rnn_train_val_greedy_captions.png").is_file()
+    assert (tmp_path / "r_train_val_greedy_captions.png").is_file()
 
     panels = shown("--split", "train", "--num_samples", "200", "--num_images", "12")  # another, larger subset
     assert len(panels) == 12
@@ -228,10 +228,10 @@ def test_inference_draws_train_images_from_the_checkpoints_own_subset(fake_coco,
         status = "trained on" if image_of[line.split(": ", 1)[1]] in trained else "not trained on"
         assert line.split("] ")[1].startswith(f"train, {status}: "), line
     assert any("not trained on" in line for line in panels)
-    assert (tmp_path / "rnn_train_greedy_captions.png").is_file()
+    assert (tmp_path / "r_train_greedy_captions.png").is_file()
 
     shown("--split", "val", "--beam_size", "2")
-    assert (tmp_path / "rnn_val_beam2_captions.png").is_file()  # beam search has its own figure
+    assert (tmp_path / "r_val_beam2_captions.png").is_file()  # beam search has its own figure
 
 
 def test_long_captions_are_wrapped_and_cut_to_fit_their_panel():

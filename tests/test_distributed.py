@@ -112,7 +112,7 @@ def test_the_script_under_torchrun_writes_once_resumes_and_loads_in_one_process(
         for k, v in a.state_dict().items():
             np.testing.assert_allclose(v.numpy(), b.state_dict()[k].numpy(), rtol=1e-4, atol=2e-5, err_msg=k)
     assert not any(k.startswith("module.") for k in torch.load(tmp_path / "d.pt", weights_only=True)["state_dict"])
-    history = json.loads((tmp_path / "outputs" / "transformer_history.json").read_text())
+    history = json.loads((tmp_path / "outputs" / "d_history.json").read_text())
     assert history["learning_rate"] == [1e-3, 5e-4]  # the second epoch ran after the resume
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["d.pt", "d_best.pt", "d_last.pt", "s.pt", "s_best.pt",
                                                              "s_last.pt"]
@@ -131,7 +131,7 @@ def test_eval_on_two_processes_equals_one(fake_coco, tmp_path, monkeypatch):
     two = torchrun(ROOT / "inference.py", *args, "--out_dir", "two", cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("saved scores") == 1
-    a, b = (json.loads((tmp_path / d / "rnn_val_eval.json").read_text()) for d in ("one", "two"))
+    a, b = (json.loads((tmp_path / d / "rnn_checkpoint_val_beam2_eval.json").read_text()) for d in ("one", "two"))
     assert a["predictions"] == b["predictions"] and a["scores"] == b["scores"] and len(a["predictions"]) == 20
 
 

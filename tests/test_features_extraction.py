@@ -159,7 +159,7 @@ def test_caption_own_images_end_to_end(built, rendered, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("predicted:") == 2 and "truth:" not in result.stdout
     assert "RANDOM weights (seed 0)" in result.stdout
-    assert (tmp_path / "outputs" / "lstm_images_greedy_captions.png").stat().st_size > 1000
+    assert (tmp_path / "outputs" / "lstm_checkpoint_images_greedy_captions.png").stat().st_size > 1000
     assert "could not be fetched" not in result.stdout
 
     result = run("inference.py", "--model", "lstm", "--data_dir", built, "--image", tmp_path / "nope.jpg")

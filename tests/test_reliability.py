@@ -62,7 +62,7 @@ def test_resume_through_the_script_equals_a_straight_run(fake_coco, tmp_path, ca
     a, b = load_checkpoint(straight / "r.npz")[0], load_checkpoint(split / "r.npz")[0]
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
-    assert _history(straight / "out" / "lstm_history.json") == _history(split / "out" / "lstm_history.json")
+    assert _history(straight / "out" / "r_history.json") == _history(split / "out" / "r_history.json")
 
 
 def _start(args, cwd):
@@ -621,13 +621,13 @@ def test_a_copied_run_folder_resumes_into_its_own_folder(fake_coco, tmp_path, ca
     run_dir = tmp_path / "run"
     train(run_dir, fake_coco, "--model", "rnn", "--epochs", 1)  # out_dir run/out, absolute
     shutil.copytree(run_dir, tmp_path / "copy")
-    before = (run_dir / "out" / "rnn_history.json").read_bytes()
+    before = (run_dir / "out" / "r_history.json").read_bytes()
     capsys.readouterr()
     training.main(["--resume", str(tmp_path / "copy" / "r_last.npz"), "--epochs", "2"])
     out = capsys.readouterr().out
     assert f"writing {tmp_path / 'copy' / 'r.npz'} and the plots and history in {tmp_path / 'copy' / 'out'}" in out
-    assert (run_dir / "out" / "rnn_history.json").read_bytes() == before
-    assert len(json.loads((tmp_path / "copy" / "out" / "rnn_history.json").read_text())["val_loss"]) == 2
+    assert (run_dir / "out" / "r_history.json").read_bytes() == before
+    assert len(json.loads((tmp_path / "copy" / "out" / "r_history.json").read_text())["val_loss"]) == 2
 
 
 def test_inference_finds_the_data_folder_the_checkpoint_was_trained_on(fake_coco, tmp_path, capsys, monkeypatch):
@@ -676,3 +676,21 @@ def test_data_smaller_than_a_batch_is_said_and_takes_the_small_data_recipe(tmp_p
     out = capsys.readouterr().out
     assert "recipe small-data" not in out and "fewer than one batch of 100" in out
     assert built_with[-1] == (0.1, 10, 100)
+
+
+def test_two_runs_and_two_evaluations_in_one_out_dir_keep_their_own_files(fake_coco, tmp_path, capsys):
+    """Break caught: outputs named by model type alone, so a second run (or a beam evaluation) in the
+    same --out_dir overwrote the first one's plot, history and scores."""
+    out = tmp_path / "out"
+    for name in ("first", "second"):
+        training.main(["--data_dir", str(fake_coco), *TINY, "--model", "rnn", "--epochs", "1", "--checkpoint",
+                       str(tmp_path / f"{name}.npz"), "--out_dir", str(out)])
+    for beam in ("1", "2"):
+        inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "first.npz"), "--data_dir", str(fake_coco),
+                        "--eval", "--beam_size", beam, "--out_dir", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "first_history.json", "first_loss.png", "first_val_beam2_eval.json", "first_val_greedy_eval.json",
+        "second_history.json", "second_loss.png"]
+    said = capsys.readouterr().out
+    assert f"saved loss plot {out / 'first_loss.png'} and history {out / 'first_history.json'}" in said
+    assert f"saved scores and captions {out / 'first_val_beam2_eval.json'}" in said

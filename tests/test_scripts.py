@@ -55,8 +55,8 @@ def trained(fake_coco, tmp_path_factory):
 def test_train_then_infer(trained, fake_coco, model, checkpoint):
     best = checkpoint.replace(".", "_best.")
     assert (trained / checkpoint).is_file() and (trained / best).is_file()
-    assert (trained / "outputs" / f"{model}_loss.png").stat().st_size > 1000
-    history = json.loads((trained / "outputs" / f"{model}_history.json").read_text())
+    assert (trained / "outputs" / f"{Path(checkpoint).stem}_loss.png").stat().st_size > 1000
+    history = json.loads((trained / "outputs" / f"{Path(checkpoint).stem}_history.json").read_text())
     assert len(history["train_loss"]) == len(history["val_loss"]) == 2
     assert len(history["loss"]) == 2 * 4  # 200 captions in batches of 50
     if model == "transformer":
@@ -67,7 +67,7 @@ def test_train_then_infer(trained, fake_coco, model, checkpoint):
                  cwd=trained)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("truth:") == 8 and result.stdout.count("predicted:") == 8  # 4 train, 4 val
-    figure = trained / "outputs" / f"{model}_train_val_greedy_captions.png"
+    figure = trained / "outputs" / f"{Path(checkpoint).stem}_train_val_greedy_captions.png"
     assert figure.stat().st_size > 1000
     assert "could not be fetched" not in result.stdout  # the fixture's URLs are real PNG files
 
@@ -84,7 +84,7 @@ def test_inference_survives_images_that_cannot_be_fetched(trained, fake_coco, tm
                  "--data_dir", data, "--num_images", 3, "--split", "val", "--out_dir", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "3 image(s) could not be fetched" in result.stdout
-    assert (tmp_path / "out" / "lstm_val_greedy_captions.png").is_file()
+    assert (tmp_path / "out" / "lstm_checkpoint_val_greedy_captions.png").is_file()
 
 
 def test_seeded_training_is_reproducible(fake_coco, tmp_path):
@@ -169,7 +169,7 @@ def test_eval_scores_every_image_once_and_writes_json(trained, fake_coco, tmp_pa
                  "--data_dir", fake_coco, "--eval", "--beam_size", 2, "--out_dir", tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "20 images, beam 2" in result.stdout and "BLEU-4" in result.stdout and "CIDEr" in result.stdout
-    report = json.loads((tmp_path / "lstm_val_eval.json").read_text())
+    report = json.loads((tmp_path / "lstm_checkpoint_val_greedy_eval.json").read_text())
     assert len(report["predictions"]) == 20 and report["beam_size"] == 2
     assert sorted(p["image"] for p in report["predictions"]) == list(range(20))
     assert all(len(p["references"]) == 5 for p in report["predictions"])
@@ -188,7 +188,7 @@ def test_eval_every_keeps_the_best_checkpoint_by_cider(fake_coco, tmp_path):
     result = run("training.py", "--model", "rnn", "--data_dir", fake_coco, "--epochs", 2, *SMALL,
                  "--eval_every", 1, "--eval_images", 10, "--checkpoint", "r.npz", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    history = json.loads((tmp_path / "outputs" / "rnn_history.json").read_text())
+    history = json.loads((tmp_path / "outputs" / "r_history.json").read_text())
     assert history["eval_epoch"] == [1, 2] and len(history["val_cider"]) == 2
     with np.load(tmp_path / "r_best.npz") as f:
         extra = json.loads(str(f["config"]))["extra"]
@@ -200,7 +200,7 @@ def test_max_iters_cuts_epochs_short_and_reports_speed(fake_coco, tmp_path):
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "training iterations per second (batch 50 captions)" in result.stdout
-    history = json.loads((tmp_path / "outputs" / "lstm_history.json").read_text())
+    history = json.loads((tmp_path / "outputs" / "lstm_checkpoint_history.json").read_text())
     assert len(history["loss"]) == 4 and len(history["train_seconds"]) == 2
 
 
@@ -225,7 +225,7 @@ def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path):
     result = run("inference.py", "--model", "rnn", "--data_dir", SAMPLE_DIR, "--eval", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "500 images, greedy" in result.stdout
-    report = json.loads((tmp_path / "outputs" / "rnn_val_eval.json").read_text())
+    report = json.loads((tmp_path / "outputs" / "rnn_checkpoint_val_greedy_eval.json").read_text())
     assert len(report["predictions"]) == 500 and all(len(p["references"]) == 5 for p in report["predictions"])
 
 

@@ -197,9 +197,9 @@ def test_the_script_fine_tunes_a_checkpoint_and_records_it(fake_coco, tmp_path, 
     _, config = load_checkpoint(tuned)
     assert config["extra"]["scst"] == {"init_from": str(xe), "baseline": "mean", "samples": 3, "temperature": 1.0}
     assert config["extra"]["args"]["hidden_dim"] == 12  # the sizes of the checkpoint it started from
-    history = json.loads((tmp_path / "gru_history.json").read_text())
+    history = json.loads((tmp_path / "tuned_history.json").read_text())
     assert len(history["reward"]) == len(history["baseline"]) == 4 and history["eval_epoch"] == [1, 2]
-    assert (tmp_path / "gru_scst.png").stat().st_size > 1000 and "saved reward and CIDEr plot" in out
+    assert (tmp_path / "tuned_reward.png").stat().st_size > 1000 and "saved reward and CIDEr plot" in out
     assert load_checkpoint(tmp_path / "tuned_best.npz")[1]["extra"]["val_cider"] == max(history["val_cider"])
 
 
