@@ -81,7 +81,8 @@ def test_two_processes_of_batch_b_train_as_one_of_batch_2b(fake_coco, tmp_path):
                 np.testing.assert_allclose(two[f"{case}.{k}"], v, rtol=1e-5, atol=1e-6, err_msg=f"{case} {k}")
 
 
-def test_the_script_under_torchrun_writes_once_resumes_and_loads_in_one_process(fake_coco, tmp_path):
+def test_the_script_under_torchrun_writes_once_resumes_and_loads_in_one_process(fake_coco, tmp_path, capsys,
+                                                                              monkeypatch):
     """A transformer trained under torchrun (rank 0 alone prints and writes, behind the checkpoint's
     lock), resumed under torchrun, equals one process with twice the batch; its file has no DDP
     `module.` prefixes."""
@@ -98,15 +99,15 @@ def test_the_script_under_torchrun_writes_once_resumes_and_loads_in_one_process(
     shutil.copy(tmp_path / "d_last.pt", tmp_path / "alone" / "d_last.pt")
     resumed = torchrun(script, "--resume", "d_last.pt", "--epochs", 2, "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    alone = subprocess.run([sys.executable, str(script), "--resume", "d_last.pt", "--epochs", "2"],
-                           cwd=tmp_path / "alone", capture_output=True, text=True, timeout=120)
-    assert alone.returncode == 0, alone.stderr  # the torchrun file in one process keeps 50 captions per step
+    import training  # the one-process runs in-process
+
+    monkeypatch.chdir(tmp_path / "alone")
+    training.main(["--resume", "d_last.pt", "--epochs", "2"])  # the torchrun file in one process: 50 per step
     assert ("resuming a run of 2 process(es) x batch 25 on 1 process(es): batch 50 per process, the same 50 "
-            "captions per step") in alone.stdout
-    one = subprocess.run([sys.executable, str(script), "--model", "transformer", *map(str, common), "--batch_size",
-                          str(2 * BATCH), "--epochs", "2", "--checkpoint", "s.pt", "--quiet"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
-    assert one.returncode == 0, one.stderr
+            "captions per step") in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    training.main(["--model", "transformer", *map(str, common), "--batch_size", str(2 * BATCH), "--epochs", "2",
+                   "--checkpoint", "s.pt", "--quiet"])
     b = load_checkpoint(tmp_path / "s.pt")[0]
     for a in (load_checkpoint(tmp_path / "d.pt")[0], load_checkpoint(tmp_path / "alone" / "d.pt")[0]):
         for k, v in a.state_dict().items():

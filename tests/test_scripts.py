@@ -169,7 +169,7 @@ def test_eval_scores_every_image_once_and_writes_json(trained, fake_coco, tmp_pa
                  "--data_dir", fake_coco, "--eval", "--beam_size", 2, "--out_dir", tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "20 images, beam 2" in result.stdout and "BLEU-4" in result.stdout and "CIDEr" in result.stdout
-    report = json.loads((tmp_path / "lstm_checkpoint_val_greedy_eval.json").read_text())
+    report = json.loads((tmp_path / "lstm_checkpoint_val_beam2_eval.json").read_text())
     assert len(report["predictions"]) == 20 and report["beam_size"] == 2
     assert sorted(p["image"] for p in report["predictions"]) == list(range(20))
     assert all(len(p["references"]) == 5 for p in report["predictions"])
@@ -269,7 +269,8 @@ def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypat
     monkeypatch.setattr(inference, "load_checked_data", lambda args, config: data)
     monkeypatch.setattr(inference, "sample", second_reference_but_empty_last)
     args = inference.parse_args(["--model", "lstm", "--data_dir", str(fake_coco), "--num_images", "3", "--split", "val"])
-    panels, _ = inference.caption_dataset_images(args, None, {})
+    panels, _, note = inference.caption_dataset_images(args, None, {})
+    assert note is None  # the sample-dataset note is for --image only
     truth, predicted = [p["truth"] for p in panels], [p["predicted"] for p in panels]
     assert truth[:2] == predicted[:2] and predicted[2] == ""
     assert truth[2] == decode_captions(captions[np.flatnonzero(image_idxs == chosen[2])[0]], data["idx_to_word"])
