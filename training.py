@@ -138,6 +138,8 @@ def set_up(args, ctx, resumed, state, stack):
                             "*_last file or start a new run") from None
         say(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}; writing "
             f"{checkpoint} and the plots and history in {args.out_dir}", flush=True)
+    elif args.scst and args.eval_every and ctx.is_main:
+        best.score_start(model)  # the first point of the val CIDEr curve
     return solver, best, extra, data
 
 
@@ -175,12 +177,12 @@ def save_final_files(args, model, history, best, extra, seconds, data, per_step)
     history.update(best.metrics)
     out_dir = Path(args.out_dir)
     stem = checkpoint.stem  # every output is named after its run's checkpoint
-    plot_path = out_dir / f"{stem}_loss.png"
-    save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
-    if args.scst:
-        scst_plot = out_dir / f"{stem}_reward.png"
-        save_scst_plot(history, f"{args.model}: self-critical fine-tuning of {Path(args.init_from).name}", scst_plot)
-        print(f"saved reward and CIDEr plot {scst_plot}")
+    if args.scst:  # reward, CIDEr and cross-entropy val loss, each on its own axis
+        plot_path = out_dir / f"{stem}_reward.png"
+        save_scst_plot(history, f"{args.model}: self-critical fine-tuning of {Path(args.init_from).name}", plot_path)
+    else:
+        plot_path = out_dir / f"{stem}_loss.png"
+        save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
     history_path = out_dir / f"{stem}_history.json"
     atomic_write_text(history_path, json.dumps(dict(history, seconds=seconds), indent=1))
     its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
@@ -189,7 +191,7 @@ def save_final_files(args, model, history, best, extra, seconds, data, per_step)
           f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
     print(f"saved checkpoint {checkpoint}, the best ({best.describe()}) {best_checkpoint_path(checkpoint)} and the "
           f"resumable state {last_checkpoint_path(checkpoint)}")
-    print(f"saved loss plot {plot_path} and history {history_path}")
+    print(f"saved plot {plot_path} and history {history_path}")
 
 
 def main(argv=None):

@@ -34,6 +34,16 @@ class BestCheckpoint:
             refs = references_by_image(data["val_captions"], data["val_image_idxs"], data["idx_to_word"])
             self.refs = {int(i): refs[int(i)] for i in self.images}
 
+    def score_start(self, model):
+        """Score the model a run starts from (the checkpoint self-critical training fine-tunes): the
+        first point of the val CIDEr curve, `metrics["start"]`; it chooses nothing."""
+        predictions = caption_split(model, self.data, "val", images=self.images, progress=False)
+        scores = score_captions(predictions, self.refs, meteor=False)
+        self.metrics["start"] = {"val_bleu4": scores["BLEU-4"], "val_cider": scores["CIDEr"]}
+        if self.verbose:
+            print(f"before training: on {len(self.images)} val images BLEU-4 {scores['BLEU-4']:.4f} "
+                  f"CIDEr {scores['CIDEr']:.4f}", flush=True)
+
     def state(self):
         """JSON-able state for a resumable checkpoint."""
         return {"metrics": self.metrics, "best": self.best, "final_only": self.final_only}
@@ -41,12 +51,13 @@ class BestCheckpoint:
     def load_state(self, state):
         """Continue from `state()`; the score of a last epoch that a straight run would not have scored
         (the run now goes on past it) is dropped."""
-        self.metrics = {k: list(v) for k, v in state["metrics"].items()}
+        self.metrics = {k: (list(v) if isinstance(v, list) else v) for k, v in state["metrics"].items()}
         self.best = state["best"]
         final_only = state.get("final_only")
         dropped = final_only is not None and final_only != self.final_epoch
         if dropped and self.metrics["eval_epoch"][-1:] == [final_only]:
-            self.metrics = {k: v[:-1] for k, v in self.metrics.items()}
+            for key in ("eval_epoch", "val_bleu4", "val_cider"):
+                self.metrics[key] = self.metrics[key][:-1]
             if self.best is not None and self.best["epoch"] == final_only:
                 self.best = None  # it stood in for the best only while no multiple of eval_every had been scored
 

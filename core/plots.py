@@ -34,17 +34,25 @@ def save_loss_plot(history, title, path):
 
 
 def save_scst_plot(history, title, path):
-    """Mean sampled reward and baseline per iteration, and val CIDEr per epoch, saved as PNG."""
-    fig = Figure(figsize=(11, 4))
-    ax_reward, ax_cider = fig.subplots(1, 2)
+    """Self-critical training, each quantity on its own axis: the mean reward and baseline of the
+    samples per iteration, val CIDEr per epoch from the starting checkpoint's (epoch 0), and the
+    teacher-forced (cross-entropy) val loss per epoch; saved as PNG."""
+    fig = Figure(figsize=(15, 4))
+    ax_reward, ax_cider, ax_loss = fig.subplots(1, 3)
     ax_reward.plot(np.arange(1, len(history["reward"]) + 1), history["reward"], label="mean reward of the samples")
     ax_reward.plot(np.arange(1, len(history["baseline"]) + 1), history["baseline"], label="mean baseline")
     ax_reward.set_xlabel("iteration")
     ax_reward.set_ylabel("CIDEr-D (training references)")
     ax_reward.legend()
-    ax_cider.plot(history["eval_epoch"], history["val_cider"], "o-", color="tab:red")
-    ax_cider.set_xlabel("epoch")
+    start = history.get("start")
+    epochs = ([0] if start else []) + list(history["eval_epoch"])
+    cider = ([start["val_cider"]] if start else []) + list(history["val_cider"])
+    ax_cider.plot(epochs, cider, "o-", color="tab:red")
+    ax_cider.set_xlabel("epoch (0: the checkpoint it starts from)")
     ax_cider.set_ylabel("val CIDEr (greedy)")
+    ax_loss.plot(np.arange(1, len(history["val_loss"]) + 1), history["val_loss"], "s-", color="tab:orange")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("val loss (cross-entropy, summed over words)")
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)

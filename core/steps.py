@@ -3,7 +3,8 @@ ground-truth captions, or self-critical training (Rennie et al., CVPR 2017) on s
 
 A step strategy says which items an epoch permutes (`num_items`: caption rows, or images), does
 one update on this process's items (`step(solver, items, weight) -> loss`), and names the extra
-per-iteration history it records (`history_keys`), what its items are (`unit`) and whether its loss is positive
+per-iteration history it records (`history_keys`, whose epoch means the epoch line prints next to
+its `loss_name`), what its items are (`unit`) and whether its loss is positive
 (`positive_loss`: then a loss far above the first one counts as divergence).
 """
 import numpy as np
@@ -18,6 +19,7 @@ class CrossEntropy:
     """Teacher forcing: an epoch is one pass over the training captions."""
 
     history_keys = ()
+    loss_name = "train loss"
     unit = "captions"
     positive_loss = True  # so a loss far above the first one means divergence
 
@@ -42,6 +44,7 @@ class SelfCritical:
     """
 
     history_keys = ("reward", "baseline")
+    loss_name = "self-critical loss"
     unit = "images"
     positive_loss = False  # (r - b) * cross-entropy may be ~0 or negative
 

@@ -692,5 +692,5 @@ def test_two_runs_and_two_evaluations_in_one_out_dir_keep_their_own_files(fake_c
         "first_history.json", "first_loss.png", "first_val_beam2_eval.json", "first_val_greedy_eval.json",
         "second_history.json", "second_loss.png"]
     said = capsys.readouterr().out
-    assert f"saved loss plot {out / 'first_loss.png'} and history {out / 'first_history.json'}" in said
+    assert f"saved plot {out / 'first_loss.png'} and history {out / 'first_history.json'}" in said
     assert f"saved scores and captions {out / 'first_val_beam2_eval.json'}" in said

@@ -199,7 +199,9 @@ def test_the_script_fine_tunes_a_checkpoint_and_records_it(fake_coco, tmp_path, 
     assert config["extra"]["args"]["hidden_dim"] == 12  # the sizes of the checkpoint it started from
     history = json.loads((tmp_path / "tuned_history.json").read_text())
     assert len(history["reward"]) == len(history["baseline"]) == 4 and history["eval_epoch"] == [1, 2]
-    assert (tmp_path / "tuned_reward.png").stat().st_size > 1000 and "saved reward and CIDEr plot" in out
+    assert (tmp_path / "tuned_reward.png").stat().st_size > 1000 and f"saved plot {tmp_path / 'tuned_reward.png'}" in out
+    assert not (tmp_path / "tuned_loss.png").exists()  # no self-critical loss drawn next to a cross-entropy one
+    assert set(history["start"]) == {"val_bleu4", "val_cider"}  # the starting checkpoint's score: epoch 0
     assert load_checkpoint(tmp_path / "tuned_best.npz")[1]["extra"]["val_cider"] == max(history["val_cider"])
 
 
@@ -285,3 +287,15 @@ def test_the_original_repositorys_checkpoint_fine_tunes_as_it_is(tmp_path, capsy
     model, config = load_checkpoint(tuned)
     assert config["extra"]["scst"]["init_from"] == str(ORIGINAL / FILES["lstm"])
     assert (config["wordvec_dim"], config["hidden_dim"]) == (16, 32)  # the original file's sizes
+
+
+def test_the_epoch_line_of_self_critical_training_names_what_it_reports(capsys):
+    """Break caught: a negative self-critical loss printed as "train loss" next to the cross-entropy
+    val loss, with no reward or baseline."""
+    solver, _ = _toy(TargetReward(target="a"), "greedy")
+    solver.verbose = True
+    solver.train()
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch 1/1")][0]
+    reward, baseline = solver.history["reward"][0], solver.history["baseline"][0]
+    assert line.startswith(f"epoch 1/1  self-critical loss {solver.history['train_loss'][0]:.4f}  reward {reward:.4f}  "
+                           f"baseline {baseline:.4f}  val loss (cross-entropy) {solver.history['val_loss'][0]:.4f}")
