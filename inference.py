@@ -19,6 +19,7 @@ references (BLEU-1..4, METEOR when Java is present, ROUGE-L, CIDEr-D); the score
 predicted caption go to <out_dir>/<stem>_<split>_<decoding>_eval.json.
 """
 import json
+import os
 import time
 from pathlib import Path
 
@@ -151,13 +152,16 @@ def evaluate(args, model, config, ctx):
     seconds = time.perf_counter() - start
     scores = score_captions(predictions, refs)
     decoding = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
-    print(f"{args.model} on {args.split} ({len(predictions)} images, {decoding}, {seconds:.1f}s to decode):")
+    references = (f"the {args.split} split's own captions ({sum(map(len, refs.values()))} for {len(refs)} images, "
+                  f"as tokenized and cut to {data[f'{args.split}_captions'].shape[1]} tokens with rare words <UNK>)")
+    print(f"scored: checkpoint {args.checkpoint}, {args.data_dir} split {args.split} ({len(predictions)} images), "
+          f"{decoding} decoding ({seconds:.1f}s), against {references}")
     print(format_scores(scores))
     path = Path(args.out_dir) / f"{Path(args.checkpoint).stem}_{args.split}_{decoding_name(args)}_eval.json"
     urls = data[f"{args.split}_urls"]
     atomic_write_text(path, json.dumps({
         "model": args.model, "checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir), "split": args.split,
-        "beam_size": args.beam_size, "length_penalty": args.length_penalty, "scores": scores,
+        "beam_size": args.beam_size, "length_penalty": args.length_penalty, "references": references, "scores": scores,
         "decode_seconds": seconds,
         "predictions": [{"image": i, "url": str(urls[i]), "caption": c, "references": refs[i]}
                         for i, c in sorted(predictions.items())]}, indent=1))
@@ -212,8 +216,11 @@ def caption_dataset_images(args, model, config):
                 status = "not trained on"
             else:
                 status = None if trained is None else ("trained on" if int(i) in trained else "not trained on")
+            equal = pred in refs[int(i)]
             panels.append({"location": resolve_location(data[f"{split}_urls"][i], args.data_dir),
-                           "truth": pred if pred in refs[int(i)] else refs[int(i)][0], "predicted": pred,
+                           "truth": pred if equal else refs[int(i)][0], "predicted": pred,
+                           "truth_label": ("GT (the reference it equals)" if equal
+                                           else f"GT (first of {len(refs[int(i)])} references)"),
                            "label": split + (f", {status}" if status else "")})
     return panels, f"{Path(args.checkpoint).stem}_{'_'.join(splits)}_{decoding_name(args)}_captions.png", None
 
@@ -298,7 +305,12 @@ def run(args, ctx):
         images.append(try_load_image(panel["location"]))
         titles.append(panel_title(panel, args.model))
     path = Path(args.out_dir) / figure_name
-    suptitle = f"{args.model} ({Path(args.checkpoint).name}), {decoding_name(args).replace('beam', 'beam ')} decoding"
+    trained_on = config.get("extra", {}).get("data_path")
+    if trained_on and not os.path.relpath(trained_on).startswith(".."):
+        trained_on = os.path.relpath(trained_on)  # the folder as the user sees it from here
+    origin = (" (the original repository's file)" if config.get("format") == "original"
+              else f" (trained on {trained_on or 'data it does not record'})")
+    suptitle = f"{args.model}: {args.checkpoint}{origin}, {decoding_name(args).replace('beam', 'beam ')} decoding"
     save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""))
     missing = sum(image is None for image in images)
     print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))

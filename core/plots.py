@@ -59,10 +59,12 @@ def save_scst_plot(history, title, path):
 
 
 def panel_title(panel, model_name, width=40, max_lines=3):
-    """A panel's title: its label (split and training status), the reference and the prediction, each
+    """A panel's text: its label (split and training status) on the first line, then the reference
+    (labelled as the one the prediction equals, or the first of them) and the prediction, each
     wrapped to `width` characters and cut to `max_lines` lines, so that no caption overflows."""
     lines = [panel["label"]] if panel["label"] else []
-    for prefix, text in (("GT", panel["truth"]), (model_name, panel["predicted"])):
+    truth_label = panel.get("truth_label", "GT")
+    for prefix, text in ((truth_label, panel["truth"]), (model_name, panel["predicted"])):
         if text is not None:
             lines += textwrap.wrap(f"{prefix}: {text}", width, max_lines=max_lines, placeholder=" ...")
     return "\n".join(lines)
@@ -99,18 +101,21 @@ def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
     families, missing = title_fonts([*titles, suptitle], log)
     rows = -(-len(titles) // cols)
     cols = min(cols, len(titles))
-    fig = Figure(figsize=(3.6 * cols, 4.4 * rows))
+    fig = Figure(figsize=(3.6 * cols, 5.2 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
-        if image is not None:
+        label, _, captions = title.partition("\n") if "\n" in title else ("", "", title)
+        if image is not None:  # the label above its image, the captions below it: each belongs to one image
             ax.imshow(image)
-            ax.set_title(title, fontsize=8, loc="left", fontfamily=families)
+            ax.set_title(label, fontsize=9, loc="left", fontweight="bold", fontfamily=families)
+            ax.text(0.0, -0.03, captions, transform=ax.transAxes, fontsize=8, va="top", fontfamily=families)
         else:
             ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center", fontfamily=families)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10, fontfamily=families)
+        fig.suptitle("\n".join(textwrap.fill(line, 45 * cols) for line in suptitle.splitlines()), fontsize=10,
+                     fontfamily=families)
     with warnings.catch_warnings():
         if missing:  # said once above, instead of matplotlib's warning per glyph
             warnings.filterwarnings("ignore", message="Glyph .* missing from font")

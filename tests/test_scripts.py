@@ -168,9 +168,13 @@ def test_eval_scores_every_image_once_and_writes_json(trained, fake_coco, tmp_pa
     result = run("inference.py", "--model", "lstm", "--checkpoint", trained / "lstm_checkpoint.npz",
                  "--data_dir", fake_coco, "--eval", "--beam_size", 2, "--out_dir", tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "20 images, beam 2" in result.stdout and "BLEU-4" in result.stdout and "CIDEr" in result.stdout
+    assert "BLEU-4" in result.stdout and "CIDEr" in result.stdout
+    assert (f"scored: checkpoint {trained / 'lstm_checkpoint.npz'}, {fake_coco} split val (20 images), beam 2 decoding"
+            in result.stdout)
+    assert "against the val split's own captions (100 for 20 images, as tokenized and cut to 17 tokens" in result.stdout
     report = json.loads((tmp_path / "lstm_checkpoint_val_beam2_eval.json").read_text())
     assert len(report["predictions"]) == 20 and report["beam_size"] == 2
+    assert report["references"].startswith("the val split's own captions (100 for 20 images")
     assert sorted(p["image"] for p in report["predictions"]) == list(range(20))
     assert all(len(p["references"]) == 5 for p in report["predictions"])
     from core.evaluation import score_captions  # the reported scores are those of the reported captions
@@ -224,7 +228,7 @@ def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path):
     assert result.returncode == 0, result.stderr
     result = run("inference.py", "--model", "rnn", "--data_dir", SAMPLE_DIR, "--eval", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "500 images, greedy" in result.stdout
+    assert f"{SAMPLE_DIR} split val (500 images), greedy decoding" in result.stdout
     report = json.loads((tmp_path / "outputs" / "rnn_checkpoint_val_greedy_eval.json").read_text())
     assert len(report["predictions"]) == 500 and all(len(p["references"]) == 5 for p in report["predictions"])
 
@@ -273,4 +277,7 @@ def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypat
     assert note is None  # the sample-dataset note is for --image only
     truth, predicted = [p["truth"] for p in panels], [p["predicted"] for p in panels]
     assert truth[:2] == predicted[:2] and predicted[2] == ""
+    # labelled, so that a shown reference equal to the prediction does not read as cherry-picked
+    assert [p["truth_label"] for p in panels] == ["GT (the reference it equals)"] * 2 + ["GT (first of 5 references)"]
+    assert inference.panel_title(panels[2], "lstm").splitlines()[1].startswith("GT (first of 5 references): ")
     assert truth[2] == decode_captions(captions[np.flatnonzero(image_idxs == chosen[2])[0]], data["idx_to_word"])
