@@ -11,8 +11,8 @@ The model is rebuilt from the checkpoint alone (this project's) or from the chec
 vocabulary of --data_dir (the original repository's weight-only files). Prints the reference
 and the predicted caption of --num_images images of each split, marked as images the model was
 trained on or not, and saves them as one grid, <out_dir>/<stem>_<splits>_<decoding>_captions.png with
-the checkpoint's stem (e.g. rnn_checkpoint_train_val_greedy_captions.png; panels whose image cannot be fetched show the captions
-only). With --image, the files go through the dataset's own VGG16 weights and fc7 -> PCA
+the checkpoint's stem (e.g. rnn_checkpoint_train_val_greedy_captions.png; panels whose image cannot
+be fetched show the captions only). With --image, the files go through the dataset's own VGG16 weights and fc7 -> PCA
 transform, and the figure is <out_dir>/<stem>_images_<decoding>_captions.png. With --eval,
 every image of the split (default val) is captioned once and scored against all of its
 references (BLEU-1..4, METEOR when Java is present, ROUGE-L, CIDEr-D); the scores and every

@@ -231,7 +231,8 @@ class SolverBase:
             raise TrainingDiverged(f"the validation loss became {val} after epoch {epoch}")
         self.history["val_loss"].append(val)
         if self.verbose:
-            means = "".join(f"  {k} {np.mean(self.history[k][-self.iteration:]):.4f}" for k in self.step_rule.history_keys)
+            keys = self.step_rule.history_keys  # e.g. the self-critical reward and baseline: their epoch means
+            means = "".join(f"  {k} {np.mean(self.history[k][-self.iteration:]):.4f}" for k in keys)
             print(f"epoch {epoch}/{self.num_epochs}  {self.step_rule.loss_name} {self.history['train_loss'][-1]:.4f}"
                   f"{means}  val loss (cross-entropy) {val:.4f}  lr {self.learning_rate:.2e}", flush=True)
         if self.on_epoch_end is not None:

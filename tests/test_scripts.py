@@ -219,16 +219,17 @@ def test_plot_loss_curves_compares_the_trained_models(trained, tmp_path):
     assert empty.returncode == 2 and "run training.py first" in empty.stderr
 
 
-def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path):
-    """The default data directory (the sample dataset when COCO is absent) through training and --eval."""
+def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path, capsys, monkeypatch):
+    """The default data directory (the sample dataset when COCO is absent) through training and --eval
+    (in-process: the scripts' wiring as subprocesses is tested above)."""
     from core.coco_utils import SAMPLE_DIR
 
-    result = run("training.py", "--model", "rnn", "--data_dir", SAMPLE_DIR, "--epochs", 1, "--max_iters", 5, *SMALL,
-                 cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    result = run("inference.py", "--model", "rnn", "--data_dir", SAMPLE_DIR, "--eval", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert f"{SAMPLE_DIR} split val (500 images), greedy decoding" in result.stdout
+    monkeypatch.chdir(tmp_path)
+    training.main(["--model", "rnn", "--data_dir", str(SAMPLE_DIR), "--epochs", "1", "--max_iters", "5",
+                   *map(str, SMALL)])
+    capsys.readouterr()
+    inference.main(["--model", "rnn", "--data_dir", str(SAMPLE_DIR), "--eval"])
+    assert f"{SAMPLE_DIR} split val (500 images), greedy decoding" in capsys.readouterr().out
     report = json.loads((tmp_path / "outputs" / "rnn_checkpoint_val_greedy_eval.json").read_text())
     assert len(report["predictions"]) == 500 and all(len(p["references"]) == 5 for p in report["predictions"])
 
