@@ -207,7 +207,7 @@ def resumed_args(args, saved, path, paths=None):
     for name in args.explicit:
         setattr(merged, name, getattr(args, name))
     merged.resume, merged.explicit = str(path), args.explicit
-    merged.recipe_line = f"recipe {merged.recipe} (as {Path(path).name} was trained)"
+    merged.recipe_line = f"recipe {merged.recipe or 'default'} (as {Path(path).name} was trained)"
     if "device" not in args.explicit:
         merged.device = None  # the machine of this run decides, as for a new run
     if "checkpoint" not in args.explicit:

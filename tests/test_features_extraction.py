@@ -523,7 +523,7 @@ def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path)
 
 
 def test_a_transform_file_that_is_not_an_npz_is_named_without_suggesting_to_unpickle(tmp_path):
-    """Break caught: numpy's own message for a non-npz file, which invites allow_pickle=True."""
+    """Break caught: numpy's own message for a non-npz file, which invites the user to allow unpickling."""
     from core.errors import UserError
 
     path = tmp_path / TRANSFORM_FILE
