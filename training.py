@@ -40,6 +40,7 @@ from core.registry import MODEL_TYPES, build_model
 from core.run_config import load_resume, parse_args, recipe_for_data, resumed_batch_size, saved_flags
 from core.solver_base import TrainingDiverged
 from core.steps import from_flags
+from core.tensorboard_log import TensorBoardLog, summary_writer
 
 
 def starting_model(args, data, ident, resumed):
@@ -118,6 +119,19 @@ def set_up(args, ctx, resumed, state, stack):
     best = BestCheckpoint(best_path, save_checkpoint, extra, data, args.eval_every, args.eval_images,
                           final_epoch=args.epochs, seed=args.seed, verbose=not args.quiet)
 
+    board = None
+    if args.tensorboard and ctx.is_main:
+        writer = summary_writer(args.tensorboard)
+        if writer is None:
+            say("note: --tensorboard needs the tensorboard package (pip install tensorboard): not logging to it; "
+                "the JSON history is written as always")
+        board = writer and TensorBoardLog(writer, best)
+
+    def on_epoch_end(solver, epoch):
+        best.on_epoch_end(solver, epoch)
+        if board:
+            board.on_epoch_end(solver, epoch)
+
     def save_state(solver):
         save_training_state(solver, last_path, dict(extra, epoch=solver.epoch, iteration=solver.iteration,
                                                     tracker=best.state()))
@@ -128,7 +142,7 @@ def set_up(args, ctx, resumed, state, stack):
         model, data, learning_rate=args.lr, **options, step=rule, num_epochs=args.epochs, batch_size=args.batch_size,
         lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed, max_iters=args.max_iters,
         verbose=not args.quiet and ctx.is_main, save_state=save_state, divergence_factor=args.divergence_factor,
-        on_epoch_end=best.on_epoch_end if ctx.is_main else None, dist=ctx)
+        on_epoch_end=on_epoch_end if ctx.is_main else None, dist=ctx)
     if state is not None:
         try:
             solver.load_training_state(state)

@@ -83,6 +83,8 @@ FLAGS = (
     Flag("max_iters", int, None, "stop each epoch after this many steps (dry runs and timing; unset: whole epochs)",
          "positive"),
     Flag("quiet", bool, False, "no progress bars or per-epoch lines", fixed=False),
+    Flag("tensorboard", str, None, "also log scalars per iteration and per epoch to this TensorBoard folder (needs "
+         "the tensorboard package; the JSON history is written either way)", fixed=False, metavar="DIR"),
     Flag("scst", bool, False, "self-critical sequence training: fine-tune the --init_from checkpoint by REINFORCE "
          "with CIDEr-D (the training references' document frequencies) as the reward (recipe scst)"),
     Flag("init_from", str, None, "the cross-entropy-trained checkpoint --scst starts from", metavar="CHECKPOINT"),

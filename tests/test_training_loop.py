@@ -279,3 +279,47 @@ def test_eval_every_scores_and_chooses_as_a_straight_run_after_a_resume(every, f
     assert resumed.metrics == straight.metrics and resumed.best == straight.best
     assert resumed_written[-1] == straight_written[-1] == straight.best["epoch"]
     assert straight.metrics["eval_epoch"] == [e for e in range(1, total + 1) if e % every == 0] + [total]
+
+
+def test_tensorboard_mirrors_each_epoch_once_with_global_iteration_steps():
+    """Breaks caught: per-iteration scalars numbered from 0 in every epoch (curves overlapping), an
+    epoch's iterations written twice, scores of an epoch that was not scored."""
+    from core.tensorboard_log import TensorBoardLog
+
+    class Writer:
+        def __init__(self):
+            self.scalars, self.flushes = [], 0
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def flush(self):
+            self.flushes += 1
+
+    class Scores:
+        metrics = {"eval_epoch": [2], "val_bleu4": [0.5], "val_cider": [3.0]}
+
+    writer = Writer()
+    board = TensorBoardLog(writer, Scores())
+    solver = FakeSolver(_data(), train_losses=[4.0, 3.0, 2.0, 1.0], num_epochs=2, batch_size=12, verbose=False,
+                        on_epoch_end=board.on_epoch_end)
+    solver.train()
+    assert [s for s in writer.scalars if s[0] == "iteration/loss"] == [
+        ("iteration/loss", 4.0, 1), ("iteration/loss", 3.0, 2), ("iteration/loss", 2.0, 3), ("iteration/loss", 1.0, 4)]
+    assert [s for s in writer.scalars if s[0] == "epoch/train_loss"] == [("epoch/train_loss", 3.5, 1),
+                                                                         ("epoch/train_loss", 1.5, 2)]
+    assert [s for s in writer.scalars if "val_" in s[0] and "loss" not in s[0]] == [("epoch/val_bleu4", 0.5, 2),
+                                                                                   ("epoch/val_cider", 3.0, 2)]
+    assert writer.flushes == 2
+
+
+def test_tensorboard_without_the_package_is_one_note(fake_coco, tmp_path, capsys, monkeypatch):
+    import training
+
+    monkeypatch.setattr(training, "summary_writer", lambda log_dir: None)  # as without the tensorboard package
+    training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--hidden_dim", "8", "--wordvec_dim", "8",
+                   "--epochs", "1", "--max_iters", "1", "--quiet", "--checkpoint", str(tmp_path / "r.npz"),
+                   "--out_dir", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])
+    out = capsys.readouterr().out
+    assert out.count("note: --tensorboard needs the tensorboard package") == 1
+    assert (tmp_path / "r_history.json").is_file() and not (tmp_path / "tb").exists()
