@@ -318,4 +318,4 @@ def run(args, ctx):
 
 
 if __name__ == "__main__":
-    main()
+    distributed.exit_after(main)

@@ -47,4 +47,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    distributed.exit_after(main)
