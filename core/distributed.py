@@ -97,10 +97,9 @@ class Context:
         return items[self.rank::self.world_size]
 
     def close(self):
-        """Leave the process group, all ranks together (no-op for one process): rank 0 may still be
-        writing the final files when the others are done."""
+        """Leave the process group (no-op for one process). No barrier: a rank that failed must not
+        wait here for ranks still inside a collective."""
         if self.enabled and dist.is_initialized():
-            dist.barrier(group=self.group)
             dist.destroy_process_group()
 
 
