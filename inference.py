@@ -5,7 +5,8 @@ Usage:
     python inference.py --model transformer --split train --num_images 9
     python inference.py --model rnn --num_samples 300                # train images of that training subset
     python inference.py --model lstm --image photo.jpg more.jpg      # your own images
-    python inference.py --model lstm --eval --beam_size 3            # COCO metrics on the whole split
+    python inference.py --model lstm --eval --beam_size 3            # COCO metrics on the test split
+    python inference.py --model lstm --eval --split val --references captions_val2014.json  # raw COCO captions
 
 The model is rebuilt from the checkpoint alone (this project's) or from the checkpoint and the
 vocabulary of --data_dir (the original repository's weight-only files). Prints the reference
@@ -14,9 +15,10 @@ trained on or not, and saves them as one grid, <out_dir>/<stem>_<splits>_<decodi
 the checkpoint's stem (e.g. rnn_checkpoint_train_val_greedy_captions.png; panels whose image cannot
 be fetched show the captions only). With --image, the files go through the dataset's own VGG16 weights and fc7 -> PCA
 transform, and the figure is <out_dir>/<stem>_images_<decoding>_captions.png. With --eval,
-every image of the split (default val) is captioned once and scored against all of its
-references (BLEU-1..4, METEOR when Java is present, ROUGE-L, CIDEr-D); the scores and every
-predicted caption go to <out_dir>/<stem>_<split>_<decoding>_eval.json.
+every image of the split (default: test when the dataset has one, else val, said) is captioned
+once and scored against all of its references (BLEU-1..4, METEOR when Java is present, ROUGE-L,
+CIDEr-D): the dataset's own captions, or with --references the raw captions of a COCO annotation
+file; the scores and every predicted caption go to <out_dir>/<stem>_<split>_<decoding>_eval.json.
 """
 import json
 import os
@@ -29,10 +31,11 @@ import torch
 from core import distributed
 from core.checkpoint import check_checkpoint, load_checkpoint
 from core.cli import ArgumentParser, interrupts, resolve_device, user_errors
-from core.coco_utils import SAMPLE_DIR, decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows
+from core.coco_utils import (
+    SAMPLE_DIR, data_splits, decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows)
 from core.errors import UserError
-from core.evaluation import caption_split, format_scores, references_by_image, score_captions
-from core.features import dataset_id, describe_weights, ensure_transform, extract_fc7, project
+from core.evaluation import caption_split, format_scores, raw_references, references_by_image, score_captions
+from core.features import describe_weights, ensure_transform, extract_fc7, project
 from core.fileio import atomic_write_text
 from core.image_utils import try_load_image
 from core.plots import panel_title, save_caption_grid
@@ -49,9 +52,10 @@ def parse_args(argv=None):
                         "when downloaded, else the bundled core/datasets/sample_captioning)")
     p.add_argument("--image", nargs="+", default=None, metavar="PATH",
                    help="caption these image files instead of dataset images")
-    p.add_argument("--split", default=None, choices=("train", "val"),
-                   help="split to caption images of (default: both, train and val panels in one figure, each "
-                        "titled with its split and whether the model was trained on it; --eval: val)")
+    p.add_argument("--split", default=None, choices=("train", "val", "test"),
+                   help="split to caption images of (default: both train and val, panels in one figure, each "
+                        "titled with its split and whether the model was trained on it; --eval: test when the "
+                        "dataset has one, else val)")
     p.add_argument("--num_images", type=int, default=4, help="how many distinct images to caption per split")
     p.add_argument("--num_samples", type=int, default=None,
                    help="draw the train images from the subset that `training.py --num_samples N` trained on "
@@ -65,6 +69,9 @@ def parse_args(argv=None):
                    help="beam search ranks captions by log-probability / length ** this (0: no normalisation)")
     p.add_argument("--eval", action="store_true",
                    help="caption every image of --split and report COCO caption metrics")
+    p.add_argument("--references", default=None, metavar="ANNOTATIONS_JSON",
+                   help="--eval: score against the raw captions of this COCO annotation file (captions_val2014.json), "
+                        "as papers do, instead of the dataset's encoded ones (cut to 17 tokens, rare words <UNK>)")
     p.add_argument("--seed", type=int, default=231, help="seed for choosing the images")
     p.add_argument("--out_dir", default="outputs", help="directory for the caption figure")
     p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
@@ -75,6 +82,8 @@ def parse_args(argv=None):
         p.error("--num_samples must be positive")
     if args.eval and args.image:
         p.error("--eval scores a dataset split; it cannot be combined with --image")
+    if args.references and not args.eval:
+        p.error("--references is the reference captions of --eval; add --eval")
     if args.checkpoint is None:
         args.checkpoint = MODEL_TYPES[args.model].checkpoint
     return args
@@ -126,25 +135,46 @@ def sample(model, features, args):
 
 def load_checked_data(args, config):
     """The dataset of --data_dir, checked against the checkpoint (vocabulary, dataset, feature size)."""
-    data = load_coco_data(args.data_dir)
+    data = load_coco_data(args.data_dir, features=MODEL_TYPES[args.model].features)
     check_checkpoint(config, args.checkpoint, args.model, data["idx_to_word"])
-    check_dataset(config, args.checkpoint, dataset_id(data["train_features"], data["idx_to_word"]), args.data_dir)
-    if data["train_features"].shape[1] != config["input_dim"]:
+    check_dataset(config, args.checkpoint, data["dataset_id"], args.data_dir)
+    if data["train_features"].shape[-1] != config["input_dim"]:
         raise UserError(f"checkpoint {args.checkpoint} expects {config['input_dim']}-d features, "
-                        f"{args.data_dir} has {data['train_features'].shape[1]}-d")
+                        f"{args.data_dir} has {data['train_features'].shape[-1]}-d")
     return data
+
+
+def check_split(args, data):
+    """UserError when --split names a split the dataset does not have (a test split is optional)."""
+    if args.split and args.split not in data_splits(data):
+        raise UserError(f"{args.data_dir} has no {args.split} split (it has {', '.join(data_splits(data))})")
 
 
 def evaluate(args, model, config, ctx):
     """Caption every image of the split once, score it, print the table and write the JSON. Under
     torchrun each process captions every K-th image and rank 0 gathers, scores and writes."""
     data = load_checked_data(args, config)
-    refs = references_by_image(data[f"{args.split}_captions"], data[f"{args.split}_image_idxs"],
-                               data["idx_to_word"])
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    if args.split is None:
+        args.split = "test" if "test" in data_splits(data) else "val"
+        if args.split == "val":
+            say(f"{args.data_dir} has no test split: scoring val, the split that chose the best checkpoint (build a "
+                "test split with features_extraction.py --split_file dataset_coco.json, Karpathy's)")
+    check_split(args, data)
+    images = np.unique(data[f"{args.split}_image_idxs"])
+    if args.references:
+        refs = raw_references(args.references, data[f"{args.split}_urls"], images)
+        references = (f"the raw captions of {args.references} ({sum(map(len, refs.values()))} for {len(refs)} "
+                      "images, lower-cased and split into words, not cut, rare words kept)")
+    else:
+        refs = references_by_image(data[f"{args.split}_captions"], data[f"{args.split}_image_idxs"],
+                                   data["idx_to_word"])
+        references = (f"the {args.split} split's own captions ({sum(map(len, refs.values()))} for {len(refs)} "
+                      f"images, as tokenized and cut to {data[f'{args.split}_captions'].shape[1]} tokens with rare "
+                      "words <UNK>)")
     start = time.perf_counter()
     mine = caption_split(model, data, args.split, max_length=args.max_length, beam_size=args.beam_size,
-                         length_penalty=args.length_penalty, progress=ctx.is_main,
-                         images=ctx.shard(np.unique(data[f"{args.split}_image_idxs"])))
+                         length_penalty=args.length_penalty, progress=ctx.is_main, images=ctx.shard(images))
     parts = ctx.gather(mine)
     if not ctx.is_main:
         return
@@ -152,8 +182,6 @@ def evaluate(args, model, config, ctx):
     seconds = time.perf_counter() - start
     scores = score_captions(predictions, refs)
     decoding = "greedy" if args.beam_size == 1 else f"beam {args.beam_size}"
-    references = (f"the {args.split} split's own captions ({sum(map(len, refs.values()))} for {len(refs)} images, "
-                  f"as tokenized and cut to {data[f'{args.split}_captions'].shape[1]} tokens with rare words <UNK>)")
     print(f"scored: checkpoint {args.checkpoint}, {args.data_dir} split {args.split} ({len(predictions)} images), "
           f"{decoding} decoding ({seconds:.1f}s), against {references}")
     print(format_scores(scores))
@@ -197,6 +225,7 @@ def caption_dataset_images(args, model, config):
     """Caption --num_images distinct images of each split and compare with their references:
     the one the prediction equals when there is one, else the first. -> list of panel dicts."""
     data = load_checked_data(args, config)
+    check_split(args, data)
     splits = [args.split] if args.split else ["train", "val"]
     trained, train_draw = trained_images(args, config, data) if "train" in splits else (None, None)
     if "train" in splits:
@@ -212,7 +241,7 @@ def caption_dataset_images(args, model, config):
         refs = references_by_image(data[f"{split}_captions"][rows], image_idxs[rows], data["idx_to_word"])
         predicted = decode_captions(sample(model, data[f"{split}_features"][chosen], args), data["idx_to_word"])
         for i, pred in zip(chosen, predicted):
-            if split == "val":
+            if split != "train":
                 status = "not trained on"
             else:
                 status = None if trained is None else ("trained on" if int(i) in trained else "not trained on")
@@ -289,7 +318,6 @@ def run(args, ctx):
                         f"({config['max_length']} words)")
     torch.manual_seed(args.seed)
     if args.eval:
-        args.split = args.split or "val"
         evaluate(args, model, config, ctx)
         return 0
     if not ctx.is_main:

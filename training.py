@@ -32,7 +32,6 @@ from core.cli import (best_checkpoint_path, interrupts, last_checkpoint_path, ou
                       user_errors)
 from core.coco_utils import default_data_dir, keep_captions, load_coco_data
 from core.errors import UserError
-from core.features import dataset_id
 from core.fileio import RunLock, atomic_write_text, check_writable
 from core.memory import keep_freed_memory
 from core.plots import save_loss_plot, save_scst_plot
@@ -98,8 +97,8 @@ def set_up(args, ctx, resumed, state, stack):
     if ctx.is_main:
         stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
     start = time.perf_counter()
-    data = load_coco_data(args.data_dir)
-    ident = dataset_id(data["train_features"], data["idx_to_word"])
+    data = load_coco_data(args.data_dir, features=MODEL_TYPES[args.model].features)
+    ident = data["dataset_id"]
     for line in recipe_for_data(args, min(args.num_samples or math.inf, data["train_captions"].shape[0])):
         say(line, flush=True)  # before the model is built: the recipe may set its dropout
     model = starting_model(args, data, ident, resumed)  # checked against the data before the subset is taken

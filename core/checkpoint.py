@@ -113,7 +113,8 @@ def save_training_state(solver, path, extra=None):
     _write(solver.model, path, extra, solver.training_state())
 
 
-SIZES = ("input_dim", "wordvec_dim", "hidden_dim", "num_heads", "num_layers", "max_length", "dim_feedforward")
+SIZES = ("input_dim", "wordvec_dim", "hidden_dim", "num_heads", "num_layers", "max_length", "dim_feedforward",
+         "attention_dim", "num_regions")
 
 
 def _build(config):

@@ -7,8 +7,14 @@ A data directory holds:
   coco2014_vocab.json          {"idx_to_word": [...], "word_to_idx": {...}}
   train2014_urls.txt           one image URL (or path) per line, in feature row order
   val2014_urls.txt
-Captions start with <START>, end with <END> and are padded with <NULL>.
+  train2014_vgg16_grid_pca.h5  optional region features (Ni, R, G) float16 of the attention decoders
+  val2014_vgg16_grid_pca.h5    (features_extraction.py --grid; the CS231n download has none)
+Captions start with <START>, end with <END> and are padded with <NULL>. A test split (test_* in
+the captions file, test2014_* files) is optional: the CS231n download has none, the bundled sample
+dataset and datasets built with a test split (features_extraction.py --split_file) have one. Val
+chooses the best checkpoint; test is scored only by `inference.py --eval`.
 """
+import hashlib
 import json
 import re
 import unicodedata
@@ -24,7 +30,8 @@ DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 COCO_DIR = DATASETS_DIR / "coco_captioning"
 SAMPLE_DIR = DATASETS_DIR / "sample_captioning"
 FETCH_HINT = "cd core/datasets && bash get_datasets.sh"
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # every dataset has them
+OPTIONAL_SPLITS = ("test",)
 
 
 def default_data_dir(log=print):
@@ -74,15 +81,20 @@ def _read_h5(path, names):
         raise UserError(f"cannot read {path} as HDF5 ({e})") from None
 
 
-def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0):
+GRID_HINT = "build them from the COCO images with `features_extraction.py --grid` (see docs/data.md)"
+
+
+def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0, features="fc7"):
     """Load a captioning dataset into memory.
 
     base_dir: data directory; max_train: keep a random subset of that many training
     captions, drawn without replacement with `seed`; pca_features: 512-d PCA features
-    instead of the 4096-d fc7.
+    instead of the 4096-d fc7; features "grid": the region features (Ni, R, G) float16 instead
+    (the attention decoders'; UserError saying how to build them when the folder has none).
     -> dict with train_captions (Nc, L) int32, train_image_idxs (Nc,) int32,
-       train_features (Ni, D) float32, train_urls (Ni,) str, the same for val,
-       idx_to_word (list), word_to_idx (dict). With max_train, the kept caption rows are
+       train_features (Ni, D) float32, train_urls (Ni,) str, the same for val (and test when the
+       folder has one; `data_splits(data)` lists them), idx_to_word (list), word_to_idx (dict),
+       dataset_id (str, `dataset_id` of the train PCA features and vocabulary, whichever features). With max_train, the kept caption rows are
        subset_rows(Nc, max_train, seed), in order.
     """
     base_dir = Path(base_dir)
@@ -91,20 +103,36 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0)
         raise UserError(f"data directory {base_dir} not found: {hint}")
     suffix = "_pca" if pca_features else ""
     data = {}
-    captions = _read_h5(_require(base_dir / "coco2014_captions.h5", hint),
-                        [f"{s}_{k}" for s in SPLITS for k in ("captions", "image_idxs")])
-    data.update(captions)
-    for split in SPLITS:
-        path = _require(base_dir / f"{split}2014_vgg16_fc7{suffix}.h5", hint)
+    captions_path = _require(base_dir / "coco2014_captions.h5", hint)
+    splits = SPLITS + tuple(s for s in OPTIONAL_SPLITS if _has_dataset(captions_path, f"{s}_captions"))
+    data.update(_read_h5(captions_path, [f"{s}_{k}" for s in splits for k in ("captions", "image_idxs")]))
+    for split in splits:
+        if features == "grid":
+            path = _require(base_dir / f"{split}2014_vgg16_grid_pca.h5",
+                            f"{base_dir} has no region features for the attention decoders: {GRID_HINT}")
+        else:
+            path = _require(base_dir / f"{split}2014_vgg16_fc7{suffix}.h5", hint)
         data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path)
         urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
         data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
 
     _require(base_dir / "coco2014_vocab.json", hint)
     data["idx_to_word"], data["word_to_idx"] = load_vocab(base_dir)
+    if features == "grid" or not pca_features:  # the id is always that of the PCA features
+        first = _read_h5(_require(base_dir / "train2014_vgg16_fc7_pca.h5", hint), ["features"])["features"][:256]
+    else:
+        first = data["train_features"]
+    data["dataset_id"] = dataset_id(first, data["idx_to_word"])
     _check_consistent(data, base_dir)
 
     return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
+
+
+def dataset_id(train_pca_features, idx_to_word):
+    """Short fingerprint of a dataset: its vocabulary and the first rows of its training features."""
+    h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())
+    h.update(np.ascontiguousarray(np.asarray(train_pca_features[:256], dtype=np.float32)).tobytes())
+    return h.hexdigest()[:16]
 
 
 def keep_captions(data, max_train, seed, base_dir):
@@ -122,12 +150,28 @@ def subset_rows(num_captions, size, seed):
     return np.sort(np.random.default_rng(seed).choice(num_captions, size=size, replace=False))
 
 
+def data_splits(data):
+    """The splits a loaded dataset holds: ("train", "val") or ("train", "val", "test")."""
+    return tuple(s for s in SPLITS + OPTIONAL_SPLITS if f"{s}_captions" in data)
+
+
+def _has_dataset(path, name):
+    """Whether the h5 file holds a dataset of that name (False when it cannot be read: _read_h5 says why)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return name in f
+    except OSError:
+        return False
+
+
 def _check_features(features, path):
-    """features (Ni, D) float -> the same; UserError for another shape or dtype, or NaN/inf values."""
-    if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
-        raise UserError(f"{path}: features must be a 2-D float array (images, dimensions), "
-                        f"got shape {features.shape} of {features.dtype}")
-    bad = ~np.isfinite(features).all(axis=1)
+    """features (Ni, D) or, region features, (Ni, R, G) float -> the same; UserError for another shape or
+    dtype, or NaN/inf values."""
+    grid = path.name.endswith("_grid_pca.h5")
+    if features.ndim != (3 if grid else 2) or not np.issubdtype(features.dtype, np.floating):
+        raise UserError(f"{path}: features must be a {3 if grid else 2}-D float array (images, "
+                        f"{'regions, ' if grid else ''}dimensions), got shape {features.shape} of {features.dtype}")
+    bad = ~np.isfinite(features).reshape(len(features), -1).all(axis=1)
     if bad.any():
         raise UserError(f"{path}: {int(bad.sum())} of {len(features)} feature rows hold NaN or inf values "
                         f"(first: row {int(np.argmax(bad))}); rebuild the features")
@@ -137,10 +181,14 @@ def _check_features(features, path):
 def _check_consistent(data, base_dir):
     """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts)."""
     V = len(data["idx_to_word"])
-    if data["train_features"].shape[1] != data["val_features"].shape[1]:
-        raise UserError(f"{base_dir}: train features are {data['train_features'].shape[1]}-d but val features "
-                        f"{data['val_features'].shape[1]}-d")
-    for split in SPLITS:
+    def size(features):  # "512-d", or "(49, 64)" regions x dimensions
+        return f"{features.shape[1]}-d" if features.ndim == 2 else str(features.shape[1:])
+
+    for split in data_splits(data)[1:]:
+        if data["train_features"].shape[1:] != data[f"{split}_features"].shape[1:]:
+            raise UserError(f"{base_dir}: train features are {size(data['train_features'])} but {split} features "
+                            f"{size(data[f'{split}_features'])}")
+    for split in data_splits(data):
         caps, idxs, feats = data[f"{split}_captions"], data[f"{split}_image_idxs"], data[f"{split}_features"]
         for name, array in (("captions", caps), ("image_idxs", idxs)):
             if not np.issubdtype(array.dtype, np.integer):

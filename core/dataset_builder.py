@@ -4,7 +4,8 @@ Input per split: an annotation file {"images": [{"id", "file_name", ...}],
 "annotations": [{"image_id", "caption"}, ...]} and the folder holding the images.
 Output (see core/coco_utils.py for the layout): coco2014_captions.h5, coco2014_vocab.json,
 <split>2014_vgg16_fc7.h5, <split>2014_vgg16_fc7_pca.h5, <split>2014_urls.txt, and the
-fc7 -> PCA transform (core/features.py). Everything is written to a temporary folder and
+fc7 -> PCA transform (core/features.py); with a grid size also <split>2014_vgg16_grid_pca.h5
+(regions, float16) and the region PCA transform. Everything is written to a temporary folder and
 moved into place at the end as one change (the old files are put back if a move fails), so a
 failure leaves the folder as it was.
 """
@@ -17,23 +18,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.coco_utils import SPECIAL_TOKENS, SPLITS, build_vocab, dropped_characters, encode_captions, tokenize
+from core.coco_utils import (
+    OPTIONAL_SPLITS, SPECIAL_TOKENS, SPLITS, build_vocab, dataset_id, dropped_characters, encode_captions, tokenize)
 from core.distributed import Context, unshard
 from core.errors import UserError
 from core.features import (
-    FC7_DIM, TRANSFORM_FILE, dataset_id, describe_weights, extract_fc7, fit_pca, project, save_transform)
+    FC7_DIM, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, extract_fc7, fit_grid_pca, fit_pca,
+    project, project_grid, save_transform)
 from core.fileio import describe_os_error
 
 PCA_CHUNK_BYTES = 2 << 30  # fit IncrementalPCA in chunks when train fc7 is larger than this
 
 
-def read_annotations(path, image_dir, skip_bad=False, log=print):
+def read_annotations(path, image_dir, skip_bad=False, log=print, content=None):
     """-> image paths (Ni,), captions (Nc,) str, caption image indices (Nc,) int; images sorted by id,
     only images with at least one caption. Unknown image ids and missing files are errors
-    (or, with skip_bad, dropped and reported)."""
+    (or, with skip_bad, dropped and reported). content: the file's parsed JSON when it was read
+    already (a split file's share, see core/karpathy.py); path then only names it in messages."""
     path, image_dir = Path(path), Path(image_dir)
     try:
-        ann = json.loads(path.read_text(encoding="utf-8"))
+        ann = json.loads(path.read_text(encoding="utf-8")) if content is None else content
         images, conflicts = {}, {}
         for im in ann["images"]:
             i, name = int(im["id"]), str(im["file_name"])
@@ -94,21 +98,27 @@ def _url(path, out_dir):
 
 
 def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_workers=0, min_word_count=5,
-                  max_length=17, pca_dim=512, skip_bad_images=False, progress=True, log=print, dist=None):
-    """splits: {"train": (annotation_file, image_dir), "val": (...)} -> dict of counts (None on ranks > 0).
+                  max_length=17, pca_dim=512, grid_size=None, grid_pca_dim=64, skip_bad_images=False, progress=True,
+                  log=print, dist=None):
+    """splits: {"train": (annotation_file, image_dir), "val": (...), optionally "test": (...)}; an entry
+    may also be (name, image_dir, parsed annotations) -> dict of counts (None on ranks > 0).
 
     spec: VGG16 weights spec from core.features.parse_weights. dist: a core.distributed.Context;
     with K processes each runs VGG16 on every K-th image and rank 0 gathers the fc7 rows in the
-    original order, fits the PCA and writes the dataset.
+    original order, fits the PCA and writes the dataset. grid_size (7 or 14): also write the region
+    features, each region's 512 channels reduced to grid_pca_dim by a PCA fitted on train regions.
     """
     dist = dist or Context()
-    if set(splits) != set(SPLITS):
-        raise ValueError(f"splits must be {SPLITS}")
+    if not set(SPLITS) <= set(splits) <= set(SPLITS + OPTIONAL_SPLITS):
+        raise ValueError(f"splits must be {SPLITS}, optionally with {OPTIONAL_SPLITS}")
+    names = [s for s in SPLITS + OPTIONAL_SPLITS if s in splits]
     out_dir = Path(out_dir)
     log(f"image features: {describe_weights(spec)}")
-    paths, raw_captions, image_idxs, fc7 = {}, {}, {}, {}
-    for split in SPLITS:
-        paths[split], raw_captions[split], image_idxs[split] = read_annotations(*splits[split], skip_bad_images, log)
+    paths, raw_captions, image_idxs, fc7, grid = {}, {}, {}, {}, {}
+    for split in names:
+        source, image_dir, *content = splits[split]
+        paths[split], raw_captions[split], image_idxs[split] = read_annotations(
+            source, image_dir, skip_bad_images, log, content=content[0] if content else None)
         if len(paths[split]) == 0:
             raise UserError(f"the {split} split has no images with captions")
     if len(build_vocab([tokenize(c) for c in raw_captions["train"]], min_word_count)) == len(SPECIAL_TOKENS):
@@ -117,9 +127,10 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     if pca_dim > min(len(paths["train"]), FC7_DIM):
         raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at most {FC7_DIM}); "
                         f"the train split has {len(paths['train'])}: use a smaller --pca_dim or more images")
-    for split in SPLITS:
-        fc7[split], bad = _extract_sharded(paths[split], spec, dist, batch_size=batch_size, device=device,
-                                           num_workers=num_workers, progress=progress, desc=f"{split} fc7")
+    for split in names:
+        fc7[split], bad, grid[split] = _extract_sharded(
+            paths[split], spec, dist, batch_size=batch_size, device=device, num_workers=num_workers,
+            progress=progress, desc=f"{split} fc7" + (" + grid" if grid_size else ""), grid_size=grid_size)
         if not dist.is_main:
             continue
         if bad:
@@ -133,13 +144,15 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             new_index[keep] = np.arange(len(keep))
             rows = new_index[image_idxs[split]] >= 0
             paths[split], fc7[split] = paths[split][keep], fc7[split][keep]
+            if grid_size:
+                grid[split] = grid[split][keep]
             raw_captions[split] = [c for c, r in zip(raw_captions[split], rows) if r]
             image_idxs[split] = new_index[image_idxs[split][rows]].astype(np.int32)
 
     if not dist.is_main:
         return None
-    tokens = {split: [tokenize(c) for c in raw_captions[split]] for split in SPLITS}
-    for split in SPLITS:
+    tokens = {split: [tokenize(c) for c in raw_captions[split]] for split in names}
+    for split in names:
         dropped = sum(dropped_characters(c, t) for c, t in zip(raw_captions[split], tokens[split]))
         if dropped:
             log(f"{split}: {dropped} punctuation/symbol characters dropped from the captions by the tokenizer")
@@ -147,46 +160,53 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
     chunk = 20000 if fc7["train"].nbytes > PCA_CHUNK_BYTES else None
     transform = fit_pca(fc7["train"], pca_dim, chunk_rows=chunk, progress=progress)
-    pca = {split: project(fc7[split], transform) for split in SPLITS}
+    pca = {split: project(fc7[split], transform) for split in names}
+    grids = None
+    if grid_size:
+        grid_transform = fit_grid_pca(grid["train"], grid_pca_dim)
+        grids = (grid_transform, {split: project_grid(grid[split], grid_transform) for split in names}, grid_size)
+        del grid
 
     try:
         _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca, transform, spec,
-                       max_length, pca_dim)
+                       max_length, pca_dim, grids)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"cannot write the dataset into {out_dir}: {describe_os_error(e)}{where}; "
                         "nothing was changed there") from None
-    counts = {f"{s}_{k}": len(v[s]) for s in SPLITS for k, v in (("images", paths), ("captions", raw_captions))}
+    counts = {f"{s}_{k}": len(v[s]) for s in names for k, v in (("images", paths), ("captions", raw_captions))}
     log(f"wrote {out_dir}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
         + f", {len(idx_to_word)} words")
     return counts
 
 
-def _extract_sharded(paths, spec, dist, **kwargs):
+def _extract_sharded(paths, spec, dist, grid_size=None, **kwargs):
     """extract_fc7 over this rank's share of the paths; on rank 0 -> fc7 (N, 4096) of all paths in
-    order and {index: error} of all unreadable ones, elsewhere (None, None)."""
-    fc7, bad = extract_fc7(dist.shard(paths), spec, **kwargs)
-    parts = dist.gather((fc7, bad))
+    order, {index: error} of all unreadable ones and the regions (N, R, 512) float16 (None without
+    grid_size), elsewhere (None, None, None)."""
+    fc7, bad, *grid = extract_fc7(dist.shard(paths), spec, grid_size=grid_size, **kwargs)
+    parts = dist.gather((fc7, bad, grid[0] if grid else None))
     if not dist.is_main:
-        return None, None
+        return None, None, None
     K = dist.world_size
-    return unshard([f for f, _ in parts], len(paths)), {r + K * i: e for r, (_, b) in enumerate(parts)
-                                                          for i, e in b.items()}
+    bad = {r + K * i: e for r, (_, b, _) in enumerate(parts) for i, e in b.items()}
+    regions = unshard([g for _, _, g in parts], len(paths)) if grid_size else None
+    return unshard([f for f, _, _ in parts], len(paths)), bad, regions
 
 
 def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca, transform, spec,
-                   max_length, pca_dim):
+                   max_length, pca_dim, grids=None):
     """Write every file of the layout into a temporary folder inside out_dir, then move them into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".build_{os.getpid()}_", dir=out_dir))
     try:
         with h5py.File(tmp / "coco2014_captions.h5", "w") as f:
-            for split in SPLITS:
+            for split in tokens:
                 f.create_dataset(f"{split}_captions", data=encode_captions(tokens[split], word_to_idx, max_length),
                                  compression="gzip")
                 f.create_dataset(f"{split}_image_idxs", data=image_idxs[split], compression="gzip")
-        for split in SPLITS:
+        for split in tokens:
             for name, array in ((f"{split}2014_vgg16_fc7.h5", fc7[split]), (f"{split}2014_vgg16_fc7_pca.h5", pca[split])):
                 with h5py.File(tmp / name, "w") as f:
                     f.create_dataset("features", data=array)
@@ -196,6 +216,15 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
         info = {"vgg16": spec, "pca_dim": pca_dim, "fitted_on": "train", "dataset_id": dataset_id(pca["train"], idx_to_word),
                 "preprocessing": "resize 256, center crop 224, ImageNet mean/std", "layer": "fc7 after ReLU"}
         save_transform(tmp / TRANSFORM_FILE, transform, info)
+        if grids:
+            grid_transform, grid_pca, grid_size = grids
+            for split, array in grid_pca.items():
+                with h5py.File(tmp / f"{split}2014_vgg16_grid_pca.h5", "w") as f:
+                    f.create_dataset("features", data=array, chunks=(min(len(array), 256),) + array.shape[1:])
+            layer = "pool5" if grid_size == 7 else "conv5_3 after ReLU"
+            save_transform(tmp / GRID_TRANSFORM_FILE, grid_transform, dict(
+                info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size, layer=layer,
+                dataset_id=dataset_id(pca["train"], idx_to_word)))
         _replace_all(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,15 +2,19 @@
 
 Captions are compared as the decoders see them: lower-case words separated by single
 spaces, without <START>, <END> and <NULL>. Every image is scored against all of its
-reference captions.
+reference captions: the dataset's own (as encoded: cut to its caption length, rare words
+<UNK>) or, as papers score, the raw captions of a COCO annotation file (`raw_references`).
 """
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from core.coco_utils import decode_captions
+from core.coco_utils import decode_captions, tokenize
 from core.decoding import decode
+from core.errors import UserError
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -20,6 +24,46 @@ def references_by_image(captions, image_idxs, idx_to_word):
     refs = {}
     for text, i in zip(decode_captions(captions, idx_to_word), image_idxs):
         refs.setdefault(int(i), []).append(text)
+    return refs
+
+
+def raw_references(path, urls, images):
+    """The raw captions of a COCO annotation file (captions_val2014.json) for dataset images.
+
+    path: the annotation file; urls (Ni,): the split's *_urls.txt entries; images: the image
+    indices to find. An entry matches an annotation image by its coco_url, flickr_url or file
+    name, or by their last path component (the CS231n files list Flickr URLs, datasets built
+    here image paths). -> {image index: [reference strings, tokenized like the decoders' words,
+    never cut, no <UNK>]}; UserError naming an image the file does not have.
+    """
+    path = Path(path)
+    try:
+        ann = json.loads(path.read_text(encoding="utf-8"))
+        by_key = {}
+        for im in ann["images"]:
+            for key in (im.get("coco_url"), im.get("flickr_url"), im.get("file_name")):
+                if key:
+                    by_key.setdefault(str(key), im["id"])
+                    by_key.setdefault(str(key).rstrip("/").rsplit("/", 1)[-1], im["id"])
+        captions = {}
+        for a in ann["annotations"]:
+            captions.setdefault(a["image_id"], []).append(" ".join(tokenize(str(a["caption"]))))
+    except OSError as e:
+        raise UserError(f"cannot read --references {path} ({e})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--references {path} is not a COCO-format captions file ({type(e).__name__}: {e})") from None
+    refs, missing = {}, []
+    for i in images:
+        url = str(urls[i])
+        image_id = by_key.get(url, by_key.get(url.rstrip("/").rsplit("/", 1)[-1]))
+        if image_id is None or image_id not in captions:
+            missing.append(url)
+        else:
+            refs[int(i)] = captions[image_id]
+    if missing:
+        raise UserError(f"--references {path} has no captions for {len(missing)} of the {len(images)} images scored "
+                        f"(e.g. {missing[0]}): pass the annotation file of this split (captions_val2014.json for "
+                        "val2014)")
     return refs
 
 

@@ -1,11 +1,15 @@
-"""Image features as the decoders see them: VGG16 fc7 (4096-d) reduced to 512-d by PCA.
+"""Image features as the decoders see them: VGG16 fc7 (4096-d) reduced to 512-d by PCA, and for
+the attention decoders a grid of region features from VGG16's last convolutional block.
 
-Shape letters: N images, F = 4096 fc7 features, P PCA dimensions (512 in the CS231n layout).
+Shape letters: N images, F = 4096 fc7 features, P PCA dimensions (512 in the CS231n layout),
+R regions (7 x 7 = 49 of pool5, or 14 x 14 = 196 of conv5_3), C = 512 channels, G grid PCA
+dimensions.
 
-The reduction is saved as a *transform* file next to the dataset
+Each reduction is saved as a *transform* file next to the dataset
 (`vgg16_fc7_pca_transform.npz`: mean (F,), components (P, F), bias (P,), and a JSON `info`
-with the VGG16 weights spec and a dataset id), so new images can be projected exactly as
-the training images were.
+with the VGG16 weights spec and a dataset id; `vgg16_grid_pca_transform.npz` alike over the C
+channels of a region, its info recording the grid size), so new images can be projected exactly
+as the training images were.
 """
 import hashlib
 import json
@@ -19,13 +23,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.coco_utils import load_vocab
+from core.coco_utils import dataset_id, load_vocab
 from core.errors import UserError
 from core.fileio import atomic_write
 from core.image_utils import to_rgb8
 
 FC7_DIM = 4096
 TRANSFORM_FILE = "vgg16_fc7_pca_transform.npz"
+GRID_TRANSFORM_FILE = "vgg16_grid_pca_transform.npz"
+GRID_CHANNELS = 512
+GRID_SIZES = (7, 14)  # pool5 or conv5_3 (after ReLU)
+GRID_PCA_FIT_REGIONS = 200_000  # the grid PCA is fitted on at most this many train regions, drawn at random
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,7 +63,9 @@ def describe_weights(spec):
 class VGG16FC7(torch.nn.Module):
     """VGG16 up to fc7: conv features, fc6 + ReLU, fc7 + ReLU (dropout is inactive in eval mode).
 
-    forward: images (N, 3, 224, 224) normalised -> (N, 4096).
+    forward: images (N, 3, 224, 224) normalised -> (N, 4096); with grid_size 7 or 14 also the
+    regions (N, R = grid_size ** 2, 512) of pool5 or of conv5_3 after its ReLU, row-major (region
+    r = row * grid_size + column).
     """
 
     def __init__(self, spec):
@@ -82,9 +92,14 @@ class VGG16FC7(torch.nn.Module):
         self.fc = vgg.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU
         self.eval()
 
-    def forward(self, images):
-        x = self.avgpool(self.features(images))  # (N, 512, 7, 7)
-        return self.fc(torch.flatten(x, 1))  # (N, 4096)
+    def forward(self, images, grid_size=None):
+        conv5 = self.features[:-1](images)  # (N, 512, 14, 14), after the last ReLU
+        pool5 = self.features[-1](conv5)  # (N, 512, 7, 7)
+        fc7 = self.fc(torch.flatten(self.avgpool(pool5), 1))  # (N, 4096)
+        if grid_size is None:
+            return fc7
+        grid = pool5 if grid_size == 7 else conv5
+        return fc7, grid.flatten(2).transpose(1, 2)  # (N, R, 512)
 
 
 def preprocess():
@@ -113,21 +128,29 @@ class _ImageFiles(Dataset):
             return torch.zeros(3, 224, 224), i, f"{type(e).__name__}: {e}"
 
 
-def extract_fc7(paths, spec, batch_size=32, device="cpu", num_workers=0, progress=True, desc="fc7"):
+def extract_fc7(paths, spec, batch_size=32, device="cpu", num_workers=0, progress=True, desc="fc7",
+                grid_size=None):
     """fc7 features of image files.
 
     paths: N image paths -> features (N, 4096) float32, bad {index: error} for images that
-    could not be read (their rows are zero).
+    could not be read (their rows are zero); with grid_size (7 or 14) also the regions
+    (N, grid_size ** 2, 512) float16 (see VGG16FC7; float16 keeps COCO's train grid at 4 GB).
     """
     model = VGG16FC7(spec).to(device)
     loader = DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     out = np.zeros((len(paths), FC7_DIM), dtype=np.float32)
+    grid = None if grid_size is None else np.zeros((len(paths), grid_size ** 2, GRID_CHANNELS), dtype=np.float16)
     bad = {}
     with torch.inference_mode():
         for images, idx, errors in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-            out[idx.numpy()] = model(images.to(device)).float().cpu().numpy()
+            result = model(images.to(device), grid_size)
+            if grid is None:
+                out[idx.numpy()] = result.float().cpu().numpy()
+            else:
+                out[idx.numpy()] = result[0].float().cpu().numpy()
+                grid[idx.numpy()] = result[1].half().cpu().numpy()
             bad.update({int(i): e for i, e in zip(idx, errors) if e})
-    return out, bad
+    return (out, bad) if grid is None else (out, bad, grid)
 
 
 def fit_pca(train_fc7, dim, chunk_rows=None, progress=True):
@@ -156,6 +179,30 @@ def fit_pca(train_fc7, dim, chunk_rows=None, progress=True):
             pca.partial_fit(np.asarray(train_fc7[s:e], dtype=np.float32))
     return {"mean": pca.mean_.astype(np.float32), "components": pca.components_.astype(np.float32),
             "bias": np.zeros(dim, dtype=np.float32)}
+
+
+def fit_grid_pca(train_grid, dim, seed=0):
+    """PCA of the channels of a region, fitted on at most GRID_PCA_FIT_REGIONS train regions drawn at
+    random with `seed` (every region of the sample dataset; a 1.7% sample of COCO's 4 million).
+
+    train_grid (N, R, C) -> transform dict: mean (C,), components (dim, C), bias (dim,) zeros.
+    """
+    regions = train_grid.reshape(-1, train_grid.shape[-1])
+    if dim > min(len(regions), regions.shape[1]):
+        raise UserError(f"--grid_pca_dim {dim} is larger than the {regions.shape[1]} channels of a region")
+    if len(regions) > GRID_PCA_FIT_REGIONS:
+        regions = regions[np.sort(np.random.default_rng(seed).choice(len(regions), GRID_PCA_FIT_REGIONS, False))]
+    return fit_pca(regions.astype(np.float32), dim, progress=False)
+
+
+def project_grid(grid, transform, chunk=4096):
+    """grid (N, R, C), a transform over C -> (N, R, G) float16, projected in chunks of images (the
+    float32 intermediate of COCO's whole train grid would be 16 GB)."""
+    out = np.empty(grid.shape[:2] + (transform["components"].shape[0],), dtype=np.float16)
+    for s in range(0, len(grid), chunk):
+        part = grid[s:s + chunk]
+        out[s:s + chunk] = project(part.reshape(-1, part.shape[-1]), transform).reshape(out[s:s + chunk].shape)
+    return out
 
 
 def project(fc7, transform):
@@ -199,13 +246,6 @@ def recover_projection(fc7, pca, chunk_rows=8192, progress=True):
     residual = ((project(held_x, transform) - held_y) ** 2).sum()
     total = ((held_y - held_y.mean(axis=0)) ** 2).sum()
     return transform, float(1 - residual / max(total, 1e-30))
-
-
-def dataset_id(train_pca_features, idx_to_word):
-    """Short fingerprint of a dataset: its vocabulary and the first rows of its training features."""
-    h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())
-    h.update(np.ascontiguousarray(np.asarray(train_pca_features[:256], dtype=np.float32)).tobytes())
-    return h.hexdigest()[:16]
 
 
 def save_transform(path, transform, info):

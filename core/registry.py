@@ -11,17 +11,19 @@ from dataclasses import dataclass
 
 from core.errors import UserError
 from core.memory import check_fits
+from core.model.attention_lstm import AttentionLSTM
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 
 
 @dataclass(frozen=True)
 class SizeFlag:
-    """A size of a model, set by the training.py flag of the same name."""
+    """A size of a model, set by the training.py flag of the same name; check as core.run_config.Flag's."""
 
     type: type
     default: object
     help: str
+    check: str = "positive"
 
 
 SIZE_FLAGS = {
@@ -30,7 +32,10 @@ SIZE_FLAGS = {
     "num_heads": SizeFlag(int, 4, "attention heads of the transformer"),
     "num_layers": SizeFlag(int, 2, "decoder layers of the transformer"),
     "dim_feedforward": SizeFlag(int, 2048, "feed-forward width of the transformer's layers"),
-    "dropout": SizeFlag(float, 0.1, "dropout rate of the transformer"),
+    "dropout": SizeFlag(float, 0.1, "dropout rate of the transformer", "fraction"),
+    "attention_dim": SizeFlag(int, 256, "attention size A of the attention LSTM (its regions' and h's projections)"),
+    "alpha_c": SizeFlag(float, 1.0, "weight of the attention LSTM's doubly stochastic attention penalty "
+                                    "(every region looked at about once per caption; 0: off)", "nonnegative"),
 }
 
 
@@ -43,7 +48,8 @@ class ModelType:
     torch optimizer on --device); solver: "module:Class" of the solver that trains it (imported
     when asked for, so that loading a checkpoint does not import the training layer);
     default_lr: its learning rate unless --lr is given; checkpoint: its default file name;
-    size_flags: the names of SIZE_FLAGS that size it.
+    size_flags: the names of SIZE_FLAGS that size it; features: "fc7" (one PCA vector per image,
+    (N, D)) or "grid" (region features, (N, R, D); core/coco_utils.py loads them).
     """
 
     model_class: type
@@ -52,6 +58,7 @@ class ModelType:
     default_lr: float
     checkpoint: str
     size_flags: tuple
+    features: str = "fc7"
 
     @property
     def uses_torch(self):
@@ -75,6 +82,8 @@ MODEL_TYPES = {
     "gru": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES),
     "transformer": ModelType(CaptioningTransformer, "torch", TORCH_SOLVER, 1e-3, "transformer_model.pt",
                              ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")),
+    "attention_lstm": ModelType(AttentionLSTM, "numpy", NUMPY_SOLVER, 5e-3, "attention_lstm_checkpoint.npz",
+                                RECURRENT_SIZES + ("attention_dim", "alpha_c"), features="grid"),
 }
 
 
@@ -90,9 +99,11 @@ def build_model(name, data, sizes, seed=None):
     holding at least the row's size_flags) -> model; UserError when the sizes do not fit together
     or the model cannot fit in this machine's memory."""
     kind = model_type(name)
-    config = {"model": name, "input_dim": data["train_features"].shape[1], "idx_to_word": list(data["idx_to_word"]),
+    config = {"model": name, "input_dim": data["train_features"].shape[-1], "idx_to_word": list(data["idx_to_word"]),
               "max_length": max(50, data["train_captions"].shape[1]), "dtype": "float32",
               **{k: sizes[k] for k in kind.size_flags}}
+    if kind.features == "grid":
+        config["num_regions"] = data["train_features"].shape[1]
     check_fits(kind.model_class.count_parameters(config), f"a {name} model of these sizes")
     try:
         return kind.model_class.from_config(config, seed=seed)

@@ -62,7 +62,7 @@ FLAGS = (
     Flag("lr_decay", float, 0.95, "learning rate multiplier after each epoch", "positive_finite"),
     Flag("update_rule", str, "adam", "update rule of the numpy models (the torch ones use torch Adam)",
          choices=("sgd", "sgd_momentum", "rmsprop", "adam")),
-    *(Flag(name, size.type, size.default, size.help, "fraction" if size.type is float else "positive")
+    *(Flag(name, size.type, size.default, size.help, size.check)
       for name, size in SIZE_FLAGS.items()),
     Flag("val_samples", int, 1000, "size of the fixed validation subset whose loss is reported each epoch",
          "positive"),

@@ -13,17 +13,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import distributed  # noqa: E402
 from core.coco_utils import load_coco_data  # noqa: E402
+from core.registry import MODEL_TYPES  # noqa: E402
 from tests.test_distributed import BATCH, CASES, make_solver, weights  # noqa: E402
 
 
 def main():
     data_dir, out = sys.argv[1], sys.argv[2]
     ctx = distributed.init("cpu")
-    data = load_coco_data(data_dir)
+    data = {kind: load_coco_data(data_dir, features=kind) for kind in ("fc7", "grid")}
     saved, mismatches = {}, []
     for name, scst in CASES:
         case = f"{name}{'_scst' if scst else ''}"
-        solver = make_solver(name, data, BATCH, ctx, scst=scst)
+        solver = make_solver(name, data[MODEL_TYPES[name].features], BATCH, ctx, scst=scst)
         update = solver._update
 
         def checked_update(*batch, solver=solver, update=update, case=case):

@@ -51,7 +51,7 @@ def assert_gradients(f, args, grads, dout, tol=1e-7):
 
 
 TINY_SIZES = {"wordvec_dim": 8, "hidden_dim": 12, "num_heads": 2, "num_layers": 1, "dim_feedforward": 16,
-              "dropout": 0.0}
+              "dropout": 0.0, "attention_dim": 6, "alpha_c": 0.5}
 
 
 def tiny_model(name, data, seed=0, **sizes):

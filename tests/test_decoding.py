@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from core.decoding import beam_search, decode, greedy_search, sequence_logprob
+from core.model.attention_lstm import AttentionLSTM
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 from core.registry import MODEL_TYPES
@@ -32,8 +33,37 @@ def _transformer(vocab=VOCAB, seed=0):
     return model
 
 
+class RegionView:
+    """An attention decoder seen through the (N, 6) features of these tests: each row read as 2 regions of
+    3 dimensions (N, 2, 3)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def init_state(self, features):
+        return self.model.init_state(features.reshape(len(features), 2, 3))
+
+    def loss(self, features, captions, weights=None):
+        return self.model.loss(features.reshape(len(features), 2, 3), captions, weights)
+
+    def sample(self, features, **kw):
+        return decode(self, features, **kw)
+
+
+def _attention_lstm(vocab=VOCAB, seed=0):
+    model = AttentionLSTM(vocab, input_dim=3, num_regions=2, wordvec_dim=8, hidden_dim=10, attention_dim=5,
+                          alpha_c=0.0, seed=seed)
+    for k in model.params:
+        model.params[k] *= 3
+    return RegionView(model)
+
+
 MODELS = {"rnn": lambda **kw: _rnn("rnn", **kw), "lstm": lambda **kw: _rnn("lstm", **kw),
-          "gru": lambda **kw: _rnn("gru", **kw), "transformer": _transformer}
+          "gru": lambda **kw: _rnn("gru", **kw), "transformer": _transformer, "attention_lstm": _attention_lstm}
+assert set(MODELS) == set(MODEL_TYPES)
 FEATURES = np.random.default_rng(0).standard_normal((7, 6)).astype(np.float32)
 
 
@@ -52,7 +82,7 @@ def test_step_by_step_log_probabilities_match_the_teacher_forced_loss(name):
     model = MODELS[name]()
     torch_model = MODEL_TYPES[name].uses_torch
     if not torch_model:
-        for k in ("b", "b_proj", "b_vocab", "bh"):  # zero at initialisation (bh: the GRU's alone)
+        for k in ("b", "b_proj", "b_vocab", "bh", "b_att", "b_beta", "w_beta", "b_init_h", "b_init_c"):  # zero at init
             if k in model.params:
                 model.params[k] += np.random.default_rng(1).standard_normal(model.params[k].shape).astype(np.float32)
     captions = np.array([[1, 4, 5, 7, 2, 0, 0], [1, 6, 8, 9, 4, 10, 2]])  # <START> ... <END> <NULL>...

@@ -67,12 +67,12 @@ def test_two_processes_of_batch_b_train_as_one_of_batch_2b(fake_coco, tmp_path):
     out = tmp_path / "two.npz"
     result = torchrun(ROOT / "tests" / "dist_worker.py", fake_coco, out, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    data = load_coco_data(fake_coco)
+    data = {kind: load_coco_data(fake_coco, features=kind) for kind in ("fc7", "grid")}
     with np.load(out) as two:
         assert list(two["mismatches"]) == []
         for name, scst in CASES:
             case = f"{name}{'_scst' if scst else ''}"
-            solver = make_solver(name, data, 2 * BATCH, scst=scst)
+            solver = make_solver(name, data[MODEL_TYPES[name].features], 2 * BATCH, scst=scst)
             solver.train()
             np.testing.assert_allclose(two[f"{case}.loss"], solver.history["loss"], rtol=1e-5, atol=1e-7)
             if scst:

@@ -20,6 +20,12 @@ def data(fake_coco):
     return load_coco_data(fake_coco, max_train=120, seed=0)
 
 
+@pytest.fixture(scope="module")
+def datasets(fake_coco, data):
+    """The data as each model type reads it: {"fc7": ..., "grid": ...}."""
+    return {"fc7": data, "grid": load_coco_data(fake_coco, max_train=120, seed=0, features="grid")}
+
+
 def _solver(name, data, model=None, **kw):
     """The solver of a tiny model of `name` (a fresh one with fixed seeds unless given); dropout on,
     so that the transformer's dropout RNG is part of what a resume must restore."""
@@ -62,9 +68,10 @@ def _resume(name, data, path, **kw):
 
 
 @pytest.mark.parametrize("name", list(MODEL_TYPES))
-def test_two_epochs_resumed_for_three_more_equal_five(name, data, tmp_path):
+def test_two_epochs_resumed_for_three_more_equal_five(name, datasets, tmp_path):
     """Breaks caught: optimizer state, learning rate, RNG state (shuffling or dropout), history or
     best-so-far not saved or not restored."""
+    data = datasets[MODEL_TYPES[name].features]
     straight = _solver(name, data)
     straight.train()
 

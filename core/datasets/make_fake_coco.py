@@ -23,9 +23,11 @@ FULL_SIZE = {"train_images": 82783, "train_captions": 400135, "val_images": 4050
 
 def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=5, vocab_size=40,
                     num_classes=6, pca_dim=512, fc7_dim=None, max_length=17, image_dir=None,
-                    train_captions=None, val_captions=None, seed=0):
+                    train_captions=None, val_captions=None, grid=None, seed=0):
     """Write coco2014_captions.h5, {train,val}2014_vgg16_fc7_pca.h5 (and _fc7.h5 with fc7_dim),
-    coco2014_vocab.json and {train,val}2014_urls.txt into out_dir.
+    coco2014_vocab.json and {train,val}2014_urls.txt into out_dir; with grid (R, G) also
+    {train,val}2014_vgg16_grid_pca.h5, (images, R, G) float16 region features: the image's class
+    centroid in region class % R, noise elsewhere.
 
     vocab_size counts the 4 special tokens. train_captions/val_captions override
     images * captions_per_image. With image_dir, a small PNG per image is written
@@ -47,6 +49,8 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
     fc7_mean = centroids.mean(axis=0)
     pca_map = (rng.standard_normal((pca_dim, F)) / np.sqrt(F)).astype(np.float32)  # linear, like a PCA
     counts = {"train": (train_images, train_captions), "val": (val_images, val_captions)}
+    grid_rng = np.random.default_rng([seed, 1])  # its own stream: the other files are the same with and without
+    grid_centroids = None if grid is None else grid_rng.standard_normal((num_classes, grid[1])).astype(np.float32)
 
     with h5py.File(out_dir / "coco2014_captions.h5", "w") as caps_file:
         for split, (num_images, num_captions) in counts.items():
@@ -77,6 +81,8 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
                     feats[start:start + len(block)] = (raw - fc7_mean) @ pca_map.T
                     if fc7 is not None:
                         fc7[start:start + len(block)] = raw
+            if grid is not None:
+                _write_grid(out_dir / f"{split}2014_vgg16_grid_pca.h5", classes, grid, grid_centroids, grid_rng)
 
             if image_dir is not None:
                 split_dir = Path(image_dir) / split
@@ -93,20 +99,36 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
     return out_dir
 
 
+def _write_grid(path, classes, grid, centroids, rng, block=4096):
+    """Region features (images, R, G) float16: centroid of the class in region class % R, noise elsewhere."""
+    R, G = grid
+    with h5py.File(path, "w") as f:
+        out = f.create_dataset("features", shape=(len(classes), R, G), dtype=np.float16,
+                               chunks=(min(len(classes), 256), R, G))
+        for start in range(0, len(classes), block):
+            c = classes[start:start + block]
+            regions = 0.3 * rng.standard_normal((len(c), R, G), dtype=np.float32)
+            regions[np.arange(len(c)), c % R] += centroids[c]
+            out[start:start + len(c)] = regions.astype(np.float16)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="directory to write the dataset into")
     parser.add_argument("--full_size", action="store_true",
                         help="COCO 2014's sizes: 82,783/40,504 images, 400,135/195,954 captions, 1004 words")
     parser.add_argument("--fc7", action="store_true", help="also write 4096-d non-PCA fc7 feature files")
+    parser.add_argument("--grid", action="store_true", help="also write region features (49 regions of 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
     if args.full_size:
         write_fake_coco(args.out_dir, train_images=FULL_SIZE["train_images"], val_images=FULL_SIZE["val_images"],
                         train_captions=FULL_SIZE["train_captions"], val_captions=FULL_SIZE["val_captions"],
-                        vocab_size=1004, num_classes=500, fc7_dim=4096 if args.fc7 else None, seed=args.seed)
+                        vocab_size=1004, num_classes=500, fc7_dim=4096 if args.fc7 else None,
+                        grid=(49, 64) if args.grid else None, seed=args.seed)
     else:
-        write_fake_coco(args.out_dir, fc7_dim=4096 if args.fc7 else None, seed=args.seed)
+        write_fake_coco(args.out_dir, fc7_dim=4096 if args.fc7 else None, grid=(49, 64) if args.grid else None,
+                        seed=args.seed)
     print(f"wrote {args.out_dir}")
 
 

@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
     python -m core.datasets.make_sample_dataset                # rebuild core/datasets/sample_captioning
-    python -m core.datasets.make_sample_dataset --out_dir DIR --train_images 50 --val_images 20
+    python -m core.datasets.make_sample_dataset --out_dir DIR --train_images 50 --val_images 20 --test_images 0
 
 Each image shows one object in the middle or two objects side by side or one above the other
 (6 colours, 4 shapes, 2 sizes), and has five captions: the five phrasings of a small grammar,
@@ -39,7 +39,7 @@ SLOTS = {"left": ((24, 48), (72, 48)), "above": ((48, 24), (48, 72))}  # first, 
 INVERSE = {"left": "right", "above": "below"}
 PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 ITS = {"left": "to its right", "above": "below it"}
-SPLIT_SEEDS = {"train": 1, "val": 2}
+SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 
 ONE_OBJECT = (
     "a {d}",
@@ -135,18 +135,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", default=str(SAMPLE_DIR), help="where to write the dataset")
     parser.add_argument("--train_images", type=int, default=2000, help="number of training images")
-    parser.add_argument("--val_images", type=int, default=500, help="number of validation images")
+    parser.add_argument("--val_images", type=int, default=500, help="number of validation images (chooses the best "
+                        "checkpoint)")
+    parser.add_argument("--test_images", type=int, default=500,
+                        help="number of test images (scored by inference.py --eval only; 0: no test split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and of the random VGG16")
     parser.add_argument("--pca_dim", type=int, default=512, help="PCA dimensions (512 in the CS231n layout)")
+    parser.add_argument("--grid_pca_dim", type=int, default=64,
+                        help="PCA dimensions of the 7 x 7 pool5 region features (the attention decoders')")
     parser.add_argument("--batch_size", type=int, default=32, help="images per VGG16 forward pass")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
-    counts = {"train": args.train_images, "val": args.val_images}
+    counts = {"train": args.train_images, "val": args.val_images, "test": args.test_images}
+    counts = {split: n for split, n in counts.items() if n or split != "test"}
     ann = {split: write_split(out_dir, split, n, args.seed) for split, n in counts.items()}
     with user_errors("make_sample_dataset"):
         build_dataset({split: (ann[split], out_dir / "images" / split) for split in counts}, out_dir,
                       parse_weights("random", args.seed), batch_size=args.batch_size, device="cpu",
-                      min_word_count=1, pca_dim=args.pca_dim)
+                      min_word_count=1, pca_dim=args.pca_dim,
+                      grid_size=7, grid_pca_dim=args.grid_pca_dim)
 
 
 if __name__ == "__main__":

@@ -52,23 +52,88 @@ CELLS = {
 }
 
 
-class CaptioningRNN:
+class NumpyDecoder:
+    """What the numpy decoders share: the vocabulary, weights in `self.params` (name -> array) and
+    their checkpoint arrays, and decoding through core/decoding.py."""
+
+    max_length = None  # no position limit: it decodes captions of any length
+
+    def _set_vocabulary(self, word_to_idx, dtype):
+        self.dtype = np.dtype(dtype)
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = index_vocabulary(word_to_idx)
+
+    def state_arrays(self):
+        """The weights by name (name -> array), as a checkpoint stores them."""
+        return {k: np.ascontiguousarray(v) for k, v in self.params.items()}
+
+    def load_state_arrays(self, arrays):
+        """Set the weights from name -> array (as `state_arrays` gives them), each cast to the model's
+        dtype; ValueError for a missing, extra, wrongly shaped or non-float array."""
+        if set(arrays) != set(self.params):
+            raise ValueError(f"arrays {sorted(arrays)} do not match the parameters {sorted(self.params)}")
+        for name, value in self.params.items():
+            new = np.asarray(arrays[name])
+            if new.dtype.kind != "f":
+                raise ValueError(f"parameter {name} has dtype {new.dtype}, not a floating-point type")
+            if new.shape != value.shape:
+                raise ValueError(f"parameter {name} has shape {new.shape}, expected {value.shape}")
+        self.params = {name: np.asarray(arrays[name]).astype(self.dtype) for name in self.params}
+
+    def decoding(self):
+        """Context for decoding (nothing to switch for a numpy model)."""
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _scores(h, p, normalized):
+        """h (N, H) -> the vocabulary scores h W_vocab + b_vocab (N, V), as log-probabilities when normalized."""
+        scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
+        if normalized:
+            scores -= scores.max(axis=1, keepdims=True)
+            scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))
+        return scores
+
+    def _word_loss(self, h, captions_out, mask, weights, grads):
+        """The summed cross-entropy of the next words from the hidden states, divided by N.
+
+        h (N, T, H), captions_out (N, T) targets, mask (N, T) where there is one, weights (N,) or None
+        -> loss (float), dh (N, T, H); sets grads["W_vocab"], grads["b_vocab"].
+        Scores are needed only where there is a target word: just those rows are projected, which
+        is the temporal affine + masked softmax loss without the masked-out work.
+        """
+        p = self.params
+        N, T, H = h.shape
+        rows = np.flatnonzero(mask.reshape(N * T))  # (M,)
+        scores, vocab_cache = affine_forward(h.reshape(N * T, H)[rows], p["W_vocab"], p["b_vocab"])  # (M, V)
+        row_weights = None if weights is None else np.repeat(np.asarray(weights), T)[rows]  # (M,) of each row's caption
+        loss, dscores = softmax_loss(scores, captions_out.reshape(N * T)[rows], N, row_weights)
+        dh_rows, grads["W_vocab"], grads["b_vocab"] = affine_backward(dscores, vocab_cache)
+        dh = np.zeros((N * T, H), dtype=dh_rows.dtype)
+        dh[rows] = dh_rows
+        return loss, dh.reshape(N, T, H)
+
+    def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
+        """Decode captions (greedy with beam_size 1, else beam search; see core/decoding.py).
+
+        features (N, ...) as the model's loss takes them -> captions (N, max_length) int64: each row
+        is the words after <START>, ending with <END> where the model produced it and <NULL> after that.
+        """
+        return decode(self, features, max_length, beam_size, length_penalty)
+
+
+class CaptioningRNN(NumpyDecoder):
     """Recurrent caption decoder with parameters in `self.params` (name -> array).
 
     word_to_idx: dict word -> index, V entries, with <NULL> (and <START>, <END> to sample).
     input_dim D, wordvec_dim W, hidden_dim H; cell_type a key of CELLS ("rnn", "lstm", "gru").
     """
 
-    max_length = None  # no position limit: it decodes captions of any length
-
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, seed=None):
         if cell_type not in CELLS:
             raise ValueError(f'cell_type must be one of {tuple(CELLS)}, got "{cell_type}"')
         self.cell_type = cell_type
-        self.dtype = np.dtype(dtype)
-        self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = index_vocabulary(word_to_idx)
+        self._set_vocabulary(word_to_idx, dtype)
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
 
         rng = np.random.default_rng(seed)
@@ -92,23 +157,6 @@ class CaptioningRNN:
     def model_type(self):
         """"rnn", "lstm" or "gru": its row in core.registry.MODEL_TYPES."""
         return self.cell_type
-
-    def state_arrays(self):
-        """The weights by name (name -> array), as a checkpoint stores them."""
-        return {k: np.ascontiguousarray(v) for k, v in self.params.items()}
-
-    def load_state_arrays(self, arrays):
-        """Set the weights from name -> array (as `state_arrays` gives them), each cast to the model's
-        dtype; ValueError for a missing, extra, wrongly shaped or non-float array."""
-        if set(arrays) != set(self.params):
-            raise ValueError(f"arrays {sorted(arrays)} do not match the parameters {sorted(self.params)}")
-        for name, value in self.params.items():
-            new = np.asarray(arrays[name])
-            if new.dtype.kind != "f":
-                raise ValueError(f"parameter {name} has dtype {new.dtype}, not a floating-point type")
-            if new.shape != value.shape:
-                raise ValueError(f"parameter {name} has shape {new.shape}, expected {value.shape}")
-        self.params = {name: np.asarray(arrays[name]).astype(self.dtype) for name in self.params}
 
     def config(self):
         """Plain dict that rebuilds this model with `from_config` (weights not included)."""
@@ -152,28 +200,13 @@ class CaptioningRNN:
         h0, proj_cache = affine_forward(features.astype(self.dtype, copy=False), p["W_proj"], p["b_proj"])
         x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
         h, rnn_cache = self.cell.forward(x, h0, *(p[k] for k in self.cell.weights))  # (N, T, H)
-        # Scores are needed only where there is a target word: project just those rows,
-        # which is the temporal affine + masked softmax loss without the masked-out work.
-        N, T, H = h.shape
-        rows = np.flatnonzero(mask.reshape(N * T))  # (M,)
-        scores, vocab_cache = affine_forward(h.reshape(N * T, H)[rows], p["W_vocab"], p["b_vocab"])  # (M, V)
-        row_weights = None if weights is None else np.repeat(np.asarray(weights), T)[rows]  # (M,) of each row's caption
-        loss, dscores = softmax_loss(scores, captions_out.reshape(N * T)[rows], N, row_weights)
-
         grads = {}
-        dh_rows, grads["W_vocab"], grads["b_vocab"] = affine_backward(dscores, vocab_cache)
-        dh = np.zeros((N * T, H), dtype=dh_rows.dtype)
-        dh[rows] = dh_rows
-        dh = dh.reshape(N, T, H)
+        loss, dh = self._word_loss(h, captions_out, mask, weights, grads)
         dx, dh0, *dweights = self.cell.backward(dh, rnn_cache)
         grads.update(zip(self.cell.weights, dweights))
         grads["W_embed"] = word_embedding_backward(dx, embed_cache)
         _, grads["W_proj"], grads["b_proj"] = affine_backward(dh0, proj_cache)
         return loss, grads
-
-    def decoding(self):
-        """Context for decoding (nothing to switch for a numpy model)."""
-        return contextlib.nullcontext()
 
     def init_state(self, features):
         """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H), word_inputs).
@@ -195,22 +228,9 @@ class CaptioningRNN:
         p = self.params
         h, c, word_inputs = state
         h, c = self.cell.step(word_inputs[words], h, c, p)  # word_inputs[words]: (N, G) input projections
-        scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
-        if not normalized:
-            return scores, (h, c, word_inputs)
-        scores -= scores.max(axis=1, keepdims=True)
-        scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))
-        return scores, (h, c, word_inputs)
+        return self._scores(h, p, normalized), (h, c, word_inputs)
 
     def select_state(self, state, rows):
         """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M rows."""
         h, c, word_inputs = state
         return h[rows], c[rows], word_inputs
-
-    def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
-        """Decode captions (greedy with beam_size 1, else beam search; see core/decoding.py).
-
-        features (N, D) -> captions (N, max_length) int64: each row is the words after
-        <START>, ending with <END> where the model produced it and <NULL> after that.
-        """
-        return decode(self, features, max_length, beam_size, length_penalty)

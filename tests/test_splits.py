@@ -1,0 +1,242 @@
+"""The test split: built, loaded, scored by default, never used for selection; Karpathy split files;
+scoring against raw COCO captions."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import features_extraction
+import inference
+from core.coco_utils import SAMPLE_DIR, data_splits, decode_captions, load_coco_data
+from core.datasets import make_sample_dataset as sample
+from core.errors import UserError
+from core.evaluation import raw_references
+from core.karpathy import read_split_file
+from tests.helpers import one_line_error
+
+COMMON = ["--weights", "random", "--seed", "0", "--pca_dim", "4", "--min_word_count", "1", "--batch_size", "8",
+          "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    src = tmp_path_factory.mktemp("rendered")
+    for split, n in (("train", 6), ("val", 3), ("test", 2)):
+        sample.write_split(src, split, n)
+    return src
+
+
+def _split_flags(src, *splits):
+    return [x for s in splits for x in (f"--{s}_annotations", str(src / "annotations" / f"captions_{s}.json"),
+                                        f"--{s}_images", str(src / "images" / s))]
+
+
+def test_the_bundled_dataset_has_a_test_split_rendered_like_val_and_unlike_it():
+    data = load_coco_data(SAMPLE_DIR)
+    assert data_splits(data) == ("train", "val", "test")
+    assert data["test_features"].shape == (500, 512) and data["test_captions"].shape == (2500, 17)
+    committed = json.loads((SAMPLE_DIR / "annotations" / "captions_test.json").read_text())
+    scene = sample.make_scene("test", 7)
+    assert [a["caption"] for a in committed["annotations"] if a["image_id"] == 7] == sample.captions(scene)
+    rows = np.flatnonzero(data["test_image_idxs"] == 7)
+    assert decode_captions(data["test_captions"][rows], data["idx_to_word"]) == sample.captions(scene)
+    assert scene != sample.make_scene("val", 7)  # its own scenes, not a copy of val's
+
+
+@pytest.mark.slow
+def test_a_test_split_is_built_projected_with_the_train_pca_and_loaded(rendered, tmp_path, capsys):
+    out = tmp_path / "with_test"
+    features_extraction.main(_split_flags(rendered, "train", "val", "test") + ["--out_dir", str(out)] + COMMON)
+    data = load_coco_data(out)
+    assert data_splits(data) == ("train", "val", "test")
+    assert data["test_features"].shape == (2, 4) and data["test_captions"].shape == (10, 17)
+    assert decode_captions(data["test_captions"][:5], data["idx_to_word"]) == sample.captions(sample.make_scene("test", 0))
+    assert "no test split" not in capsys.readouterr().out
+
+    without = tmp_path / "without"
+    features_extraction.main(_split_flags(rendered, "train", "val") + ["--out_dir", str(without)] + COMMON)
+    assert "no test split (--split_file or --test_annotations)" in capsys.readouterr().out
+    plain = load_coco_data(without)
+    assert data_splits(plain) == ("train", "val") and "test_features" not in plain
+    # the same PCA, fitted on train only: adding a test split changes no other feature
+    np.testing.assert_array_equal(plain["val_features"], data["val_features"])
+
+
+def test_a_test_split_needs_both_its_flags(rendered, capsys):
+    one_line_error(capsys, lambda: features_extraction.parse_args(
+        _split_flags(rendered, "train", "val") + ["--test_images", "x", "--out_dir", "o"]),
+        "--test_annotations and --test_images are needed together")
+    one_line_error(capsys, lambda: features_extraction.parse_args(
+        _split_flags(rendered, "train") + ["--out_dir", "o"]), "--val_annotations and --val_images")
+
+
+def _karpathy_file(src, path, splits):
+    """A split file in dataset_coco.json's format over the rendered images: splits[i] is image i's."""
+    train = json.loads((src / "annotations" / "captions_train.json").read_text())
+    images = []
+    for k, split in enumerate(splits):
+        sentences = [{"raw": a["caption"].capitalize() + ".", "tokens": a["caption"].split()}
+                     for a in train["annotations"] if a["image_id"] == k]
+        images.append({"filepath": "train2014", "filename": f"{k:06d}.png", "imgid": k, "cocoid": 1000 + k,
+                       "split": split, "sentences": sentences, "sentids": list(range(5 * k, 5 * k + 5))})
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    return path
+
+
+def test_a_karpathy_split_file_gives_restval_to_training(rendered, tmp_path):
+    path = _karpathy_file(rendered, tmp_path / "dataset_coco.json", ["train", "restval", "val", "test", "restval", "val"])
+    splits = read_split_file(path, {"train2014": rendered / "images" / "train", "val2014": None}, None)
+    assert set(splits) == {"train", "val", "test"}
+    ids = {s: [im["id"] for im in ann["images"]] for s, (_, _, ann) in splits.items()}
+    assert ids == {"train": [1000, 1001, 1004], "val": [1002, 1005], "test": [1003]}
+    _, _, test = splits["test"]
+    assert test["images"][0]["file_name"] == str(rendered / "images" / "train" / "000003.png")
+    assert [a["caption"] for a in test["annotations"]][0] == sample.captions(sample.make_scene("train", 3))[0].capitalize() + "."
+
+
+@pytest.mark.slow
+def test_features_extraction_builds_the_karpathy_splits(rendered, tmp_path, capsys):
+    path = _karpathy_file(rendered, tmp_path / "dataset_coco.json", ["train", "restval", "val", "test", "restval", "val"])
+    out = tmp_path / "karpathy"
+    features_extraction.main(["--split_file", str(path), "--train_images", str(rendered / "images" / "train"),
+                              "--out_dir", str(out)] + COMMON)
+    data = load_coco_data(out)
+    assert [len(data[f"{s}_features"]) for s in ("train", "val", "test")] == [3, 2, 1]
+    assert [u.rsplit("/", 1)[-1] for u in data["test_urls"]] == ["000003.png"]
+    # raw sentences, tokenized: capitals and the full stop are gone
+    assert decode_captions(data["test_captions"], data["idx_to_word"]) == sample.captions(sample.make_scene("train", 3))
+
+
+def test_bad_split_files_are_named_in_one_line(rendered, tmp_path, capsys):
+    good = _karpathy_file(rendered, tmp_path / "good.json", ["train", "val"])
+    dirs = {"train2014": rendered / "images" / "train", "val2014": None}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [dict(json.loads(good.read_text())["images"][0], split="dev")]}))
+    with pytest.raises(UserError, match="image 0 has split 'dev', not one of train, restval, val, test"):
+        read_split_file(bad, dirs, None)
+    bad.write_text(json.dumps({"images": [dict(json.loads(good.read_text())["images"][0], filepath="val2014")]}))
+    with pytest.raises(UserError, match="lies in 'val2014', which no image folder was given for .pass --val_images"):
+        read_split_file(bad, dirs, None)
+    bad.write_text(json.dumps({"annotations": []}))
+    with pytest.raises(UserError, match="is not a Karpathy split file"):
+        read_split_file(bad, dirs, None)
+    only_train = _karpathy_file(rendered, tmp_path / "train_only.json", ["train", "restval"])
+    with pytest.raises(UserError, match="has no val images"):
+        read_split_file(only_train, dirs, None)
+    one_line_error(capsys, lambda: features_extraction.parse_args(
+        ["--split_file", str(good), "--train_images", "x", "--train_annotations", "a.json", "--out_dir", "o"]),
+        "--split_file gives the splits and their captions: drop --train_annotations")
+
+
+def _raw_annotations(path, entries):
+    """A COCO annotation file: entries [(id, file_name, flickr_url, [captions])]."""
+    path.write_text(json.dumps({
+        "images": [{"id": i, "file_name": f, "flickr_url": u, "coco_url": f"http://images.cocodataset.org/val2014/{f}"}
+                   for i, f, u, _ in entries],
+        "annotations": [{"id": 10 * i + k, "image_id": i, "caption": c}
+                        for i, _, _, caps in entries for k, c in enumerate(caps)]}))
+    return path
+
+
+def test_raw_references_are_found_by_flickr_url_coco_url_or_file_name(tmp_path):
+    path = _raw_annotations(tmp_path / "captions_val2014.json", [
+        (1, "COCO_val2014_000000000001.jpg", "http://farm4.staticflickr.com/1/abc_z.jpg",
+         ["A Dog, running on the beach in the morning light near the water's edge with a red ball."]),
+        (2, "COCO_val2014_000000000002.jpg", "http://farm1.staticflickr.com/2/def_z.jpg", ["Two cats.", "A cat"])])
+    urls = np.array(["http://farm1.staticflickr.com/2/def_z.jpg",  # the CS231n files list Flickr URLs
+                     "images/val2014/COCO_val2014_000000000001.jpg",  # a built dataset lists paths
+                     "http://images.cocodataset.org/val2014/COCO_val2014_000000000002.jpg"])
+    refs = raw_references(path, urls, [0, 1, 2])
+    assert refs[0] == refs[2] == ["two cats", "a cat"]
+    assert refs[1] == ["a dog running on the beach in the morning light near the water's edge with a red ball"]
+    assert len(refs[1][0].split()) == 18  # not cut to 15 words
+    with pytest.raises(UserError, match="has no captions for 1 of the 2 images scored .e.g. other.jpg"):
+        raw_references(path, np.array(["other.jpg", urls[0]]), [0, 1])
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(UserError, match="is not a COCO-format captions file"):
+        raw_references(tmp_path / "broken.json", urls, [0])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny RNN checkpoint trained on a copy of the bundled data's first images (with a test split)."""
+    import training
+
+    folder = tmp_path_factory.mktemp("eval")
+    data_dir = folder / "data"
+    data_dir.mkdir()
+    data = load_coco_data(SAMPLE_DIR)
+    with h5py.File(data_dir / "coco2014_captions.h5", "w") as f:
+        for split, n in (("train", 40), ("val", 10), ("test", 8)):
+            rows = np.flatnonzero(data[f"{split}_image_idxs"] < n)
+            f[f"{split}_captions"] = data[f"{split}_captions"][rows]
+            f[f"{split}_image_idxs"] = data[f"{split}_image_idxs"][rows]
+            with h5py.File(data_dir / f"{split}2014_vgg16_fc7_pca.h5", "w") as g:
+                g["features"] = data[f"{split}_features"][:n]
+            (data_dir / f"{split}2014_urls.txt").write_text("\n".join(
+                f"images/{split}/{i:06d}.png" for i in range(n)) + "\n")
+    (data_dir / "coco2014_vocab.json").write_text((SAMPLE_DIR / "coco2014_vocab.json").read_text())
+    checkpoint = folder / "rnn.npz"
+    training.main(["--model", "rnn", "--data_dir", str(data_dir), "--epochs", "2", "--batch_size", "50",
+                   "--checkpoint", str(checkpoint), "--out_dir", str(folder / "out"), "--hidden_dim", "16",
+                   "--wordvec_dim", "8", "--recipe", "default"])
+    return folder, data_dir, checkpoint
+
+
+def _eval(folder, data_dir, checkpoint, *extra):
+    inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(data_dir), "--eval",
+                    "--out_dir", str(folder / "out"), *extra])
+
+
+@pytest.mark.slow
+def test_eval_scores_the_test_split_by_default_and_val_only_when_asked(trained, capsys):
+    folder, data_dir, checkpoint = trained
+    capsys.readouterr()
+    _eval(folder, data_dir, checkpoint)
+    out = capsys.readouterr().out
+    assert "split test (8 images)" in out and "has no test split" not in out
+    result = json.loads((folder / "out" / "rnn_test_greedy_eval.json").read_text())
+    assert result["split"] == "test" and len(result["predictions"]) == 8
+    assert result["predictions"][0]["url"] == "images/test/000000.png"
+    _eval(folder, data_dir, checkpoint, "--split", "val")
+    assert "split val (10 images)" in capsys.readouterr().out
+    assert json.loads((folder / "out" / "rnn_val_greedy_eval.json").read_text())["split"] == "val"
+
+
+@pytest.mark.slow
+def test_eval_without_a_test_split_says_it_scores_val(trained, tmp_path, capsys):
+    folder, data_dir, checkpoint = trained
+    with h5py.File(data_dir / "coco2014_captions.h5", "r") as f, h5py.File(tmp_path / "coco2014_captions.h5", "w") as g:
+        for name in ("train_captions", "train_image_idxs", "val_captions", "val_image_idxs"):
+            g[name] = f[name][()]
+    for name in ("train2014_vgg16_fc7_pca.h5", "val2014_vgg16_fc7_pca.h5", "train2014_urls.txt", "val2014_urls.txt",
+                 "coco2014_vocab.json"):
+        (tmp_path / name).write_bytes((data_dir / name).read_bytes())
+    capsys.readouterr()
+    _eval(folder, tmp_path, checkpoint)
+    out = capsys.readouterr().out
+    assert "has no test split: scoring val, the split that chose the best checkpoint" in out
+    assert "split val (10 images)" in out
+    one_line_error(capsys, lambda: _eval(folder, tmp_path, checkpoint, "--split", "test"),
+                   "has no test split (it has train, val)", code=1)
+
+
+@pytest.mark.slow
+def test_eval_against_raw_references_scores_those_captions(trained, capsys):
+    folder, data_dir, checkpoint = trained
+    _eval(folder, data_dir, checkpoint, "--split", "test")
+    own = json.loads((folder / "out" / "rnn_test_greedy_eval.json").read_text())
+    # raw references: each image's first own reference, with capitals and a full stop
+    entries = [(100 + p["image"], f"{p['image']:06d}.png", None, [p["references"][0].capitalize() + "."])
+               for p in own["predictions"]]
+    path = _raw_annotations(folder / "captions_test.json", entries)
+    capsys.readouterr()
+    _eval(folder, data_dir, checkpoint, "--split", "test", "--references", str(path))
+    assert f"against the raw captions of {path} (8 for 8 images" in capsys.readouterr().out
+    raw = json.loads((folder / "out" / "rnn_test_greedy_eval.json").read_text())
+    assert [p["references"] for p in raw["predictions"]] == [[p["references"][0]] for p in own["predictions"]]
+    assert raw["references"].startswith("the raw captions of")
+    assert raw["scores"]["BLEU-4"] != own["scores"]["BLEU-4"]  # one reference instead of five
+    one_line_error(capsys, lambda: inference.parse_args(["--model", "rnn", "--references", str(path)]),
+                   "--references is the reference captions of --eval")
