@@ -5,6 +5,7 @@ Usage:
     python inference.py --model transformer --split train --num_images 9
     python inference.py --model rnn --num_samples 300                # train images of that training subset
     python inference.py --model lstm --image photo.jpg more.jpg      # your own images
+    python inference.py --model attention_lstm --attention --split val  # where each word looked
     python inference.py --model lstm --eval --beam_size 3            # COCO metrics on the test split
     python inference.py --model lstm --eval --split val --references captions_val2014.json  # raw COCO captions
 
@@ -14,7 +15,10 @@ and the predicted caption of --num_images images of each split, marked as images
 trained on or not, and saves them as one grid, <out_dir>/<stem>_<splits>_<decoding>_captions.png with
 the checkpoint's stem (e.g. rnn_checkpoint_train_val_greedy_captions.png; panels whose image cannot
 be fetched show the captions only). With --image, the files go through the dataset's own VGG16 weights and fc7 -> PCA
-transform, and the figure is <out_dir>/<stem>_images_<decoding>_captions.png. With --eval,
+transform, and the figure is <out_dir>/<stem>_images_<decoding>_captions.png. With --attention (a
+decoder that attends over image regions, greedy decoding), the figure shows each image with one
+panel per generated word and the attention that word was chosen with: <stem>_<splits>_attention.png
+(<stem>_images_attention.png with --image). With --eval,
 every image of the split (default: test when the dataset has one, else val, said) is captioned
 once and scored against all of its references (BLEU-1..4, METEOR when Java is present, ROUGE-L,
 CIDEr-D): the dataset's own captions, or with --references the raw captions of a COCO annotation
@@ -32,13 +36,16 @@ from core import distributed
 from core.checkpoint import check_checkpoint, load_checkpoint
 from core.cli import ArgumentParser, interrupts, resolve_device, user_errors
 from core.coco_utils import (
-    SAMPLE_DIR, data_splits, decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows)
+    GRID_HINT, SAMPLE_DIR, data_splits, decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows)
 from core.errors import UserError
 from core.evaluation import caption_split, format_scores, raw_references, references_by_image, score_captions
-from core.features import describe_weights, ensure_transform, extract_fc7, project
+from core.features import (
+    GRID_TRANSFORM_FILE, describe_weights, ensure_transform, extract_fc7, load_transform, project, project_grid,
+    region_boxes)
 from core.fileio import atomic_write_text
 from core.image_utils import try_load_image
-from core.plots import panel_title, save_caption_grid
+from core.decoding import greedy_search
+from core.plots import panel_title, save_attention_figure, save_caption_grid
 from core.registry import MODEL_TYPES
 
 
@@ -67,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--beam_size", type=int, default=1, help="beam width; 1 is greedy decoding")
     p.add_argument("--length_penalty", type=float, default=0.0,
                    help="beam search ranks captions by log-probability / length ** this (0: no normalisation)")
+    p.add_argument("--attention", action="store_true",
+                   help="draw where each word looked (decoders over image regions: " + ", ".join(
+                       m for m, t in MODEL_TYPES.items() if t.features == "grid") + "), greedy decoding")
     p.add_argument("--eval", action="store_true",
                    help="caption every image of --split and report COCO caption metrics")
     p.add_argument("--references", default=None, metavar="ANNOTATIONS_JSON",
@@ -82,6 +92,12 @@ def parse_args(argv=None):
         p.error("--num_samples must be positive")
     if args.eval and args.image:
         p.error("--eval scores a dataset split; it cannot be combined with --image")
+    if args.attention and (args.eval or args.beam_size != 1):
+        p.error("--attention draws the greedy captions of chosen images: drop --eval and --beam_size")
+    if args.attention and MODEL_TYPES[args.model].features != "grid":
+        p.error(f"--attention needs a decoder that attends over image regions ("
+                + ", ".join(m for m, t in MODEL_TYPES.items() if t.features == "grid") + f"); {args.model} reads "
+                "one feature vector per image")
     if args.references and not args.eval:
         p.error("--references is the reference captions of --eval; add --eval")
     if args.checkpoint is None:
@@ -128,9 +144,17 @@ def choose_data_dir(args, config, say):
 
 
 def sample(model, features, args):
-    """features (N, D) -> word indices (N, max_length) with the decoding flags."""
+    """features (N, ...) -> word indices (N, max_length) with the decoding flags, and with --attention
+    the attention (N, max_length, R) of each word (None without)."""
+    if args.attention:
+        return greedy_search(model, features, args.max_length, attention=True)
     return model.sample(features, max_length=args.max_length, beam_size=args.beam_size,
-                        length_penalty=args.length_penalty)
+                        length_penalty=args.length_penalty), None
+
+
+def figure_suffix(args):
+    """The end of the figure's name: "greedy_captions.png", "beam3_captions.png" or "attention.png"."""
+    return "attention.png" if args.attention else f"{decoding_name(args)}_captions.png"
 
 
 def load_checked_data(args, config):
@@ -239,8 +263,9 @@ def caption_dataset_images(args, model, config):
         chosen = candidates[rng.choice(len(candidates), size=min(args.num_images, len(candidates)), replace=False)]
         rows = np.flatnonzero(np.isin(image_idxs, chosen))
         refs = references_by_image(data[f"{split}_captions"][rows], image_idxs[rows], data["idx_to_word"])
-        predicted = decode_captions(sample(model, data[f"{split}_features"][chosen], args), data["idx_to_word"])
-        for i, pred in zip(chosen, predicted):
+        words, alphas = sample(model, data[f"{split}_features"][chosen], args)
+        predicted = decode_captions(words, data["idx_to_word"])
+        for k, (i, pred) in enumerate(zip(chosen, predicted)):
             if split != "train":
                 status = "not trained on"
             else:
@@ -250,12 +275,14 @@ def caption_dataset_images(args, model, config):
                            "truth": pred if equal else refs[int(i)][0], "predicted": pred,
                            "truth_label": ("GT (the reference it equals)" if equal
                                            else f"GT (first of {len(refs[int(i)])} references)"),
-                           "label": split + (f", {status}" if status else "")})
-    return panels, f"{Path(args.checkpoint).stem}_{'_'.join(splits)}_{decoding_name(args)}_captions.png", None
+                           "label": split + (f", {status}" if status else ""),
+                           "alpha": None if alphas is None else alphas[k]})
+    return panels, f"{Path(args.checkpoint).stem}_{'_'.join(splits)}_{figure_suffix(args)}", None
 
 
 def caption_files(args, model, config):
-    """Caption the --image files through the dataset's VGG16 weights and fc7 -> PCA transform."""
+    """Caption the --image files through the dataset's VGG16 weights and fc7 -> PCA transform (or, for
+    a decoder of region features, its grid PCA transform)."""
     for path in args.image:
         if Path(path).is_dir():
             raise UserError(f"--image {path} is a directory: pass image files (e.g. {Path(path) / '*.jpg'})")
@@ -263,27 +290,52 @@ def caption_files(args, model, config):
             raise UserError(f"image file {path} not found")
     idx_to_word, _ = load_vocab(args.data_dir)
     check_checkpoint(config, args.checkpoint, args.model, idx_to_word)
-    transform, info = ensure_transform(args.data_dir)
+    grid = MODEL_TYPES[args.model].features == "grid"
+    if grid:
+        path = Path(args.data_dir) / GRID_TRANSFORM_FILE
+        if not path.is_file():
+            raise UserError(f"{args.data_dir} has no {GRID_TRANSFORM_FILE} for the region features of new images: "
+                            f"{GRID_HINT}")
+        transform, info = load_transform(path)
+    else:
+        transform, info = ensure_transform(args.data_dir)
     check_dataset(config, args.checkpoint, info.get("dataset_id"), args.data_dir)
     if transform["components"].shape[0] != config["input_dim"]:
         raise UserError(f"checkpoint {args.checkpoint} expects {config['input_dim']}-d features, the transform of "
                         f"{args.data_dir} makes {transform['components'].shape[0]}-d")
-    print(f"image features: {describe_weights(info['vgg16'])}")
+    print(f"image features: {describe_weights(info['vgg16'])}" + (f", {info['layer']} regions" if grid else ""))
     if info.get("note"):
         print(f"note: {info['note']}")
-    fc7, bad = extract_fc7(args.image, info["vgg16"], batch_size=16, device=args.feature_device, progress=False)
+    fc7, bad, *regions = extract_fc7(args.image, info["vgg16"], batch_size=16, device=args.feature_device,
+                                     progress=False, grid_size=info.get("grid_size") if grid else None)
     if bad:
         first = min(bad)
         raise UserError(f"cannot read image {args.image[first]} ({bad[first]})")
-    predicted = decode_captions(sample(model, project(fc7, transform), args), idx_to_word)
-    panels = [{"location": path, "truth": None, "predicted": pred, "label": ""}
-              for path, pred in zip(args.image, predicted)]
+    features = project_grid(regions[0], transform) if grid else project(fc7, transform)
+    words, alphas = sample(model, features, args)
+    predicted = decode_captions(words, idx_to_word)
+    panels = [{"location": path, "truth": None, "predicted": pred, "label": "",
+               "alpha": None if alphas is None else alphas[k]} for k, (path, pred) in enumerate(zip(args.image, predicted))]
     note = None
     if Path(args.data_dir).resolve() == SAMPLE_DIR.resolve():
         note = ("this model knows only the sample dataset's rendered scenes (one or two large shapes of 6 colours "
                 "and 4 kinds on a grey background): captions of other images are not meaningful")
         print(f"note: {note}")
-    return panels, f"{Path(args.checkpoint).stem}_images_{decoding_name(args)}_captions.png", note
+    return panels, f"{Path(args.checkpoint).stem}_images_{figure_suffix(args)}", note
+
+
+def attention_rows(panels, images, config):
+    """The rows of save_attention_figure: each panel's words up to and with <END>, their attention maps
+    and where the regions lie in its image (an image that cannot be fetched: the 96 x 96 sample size)."""
+    rows = []
+    grid_size = int(round(np.sqrt(config["num_regions"])))
+    for panel, image in zip(panels, images):
+        words = panel["predicted"].split() + ["<END>"]
+        height, width = image.shape[:2] if image is not None else (96, 96)
+        label = (f"{panel['label']}: " if panel["label"] else "") + panel["predicted"]
+        rows.append({"image": image, "label": label, "words": words, "alpha": panel["alpha"][:len(words)],
+                     "boxes": region_boxes(grid_size, height, width)})
+    return rows
 
 
 def main(argv=None):
@@ -339,7 +391,10 @@ def run(args, ctx):
     origin = (" (the original repository's file)" if config.get("format") == "original"
               else f" (trained on {trained_on or 'data it does not record'})")
     suptitle = f"{args.model}: {args.checkpoint}{origin}, {decoding_name(args).replace('beam', 'beam ')} decoding"
-    save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""))
+    if args.attention:
+        save_attention_figure(attention_rows(panels, images, config), path, suptitle + (f". {note}" if note else ""))
+    else:
+        save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""))
     missing = sum(image is None for image in images)
     print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
     return 0

@@ -33,23 +33,31 @@ def decode(model, features, max_length=30, beam_size=1, length_penalty=0.0):
     return beam_search(model, features, max_length, beam_size, length_penalty)[0]
 
 
-def greedy_search(model, features, max_length=30):
+def greedy_search(model, features, max_length=30, attention=False):
     """Pick the most likely word at every step (the argmax of the raw scores: no softmax is needed).
-    features (N, D) -> (N, L) int64."""
+    features (N, ...) -> (N, L) int64; with attention (a decoder that attends over R regions) also
+    the attention (N, L, R) each word was chosen with (`model.attention(state)` after its step)."""
     N = len(features)
     captions = np.full((N, max_length), model.null_idx, dtype=np.int64)
     words = np.full(N, model.start_idx, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
+    maps = []
     with model.decoding():
         state = model.init_state(features)
         for t in range(max_length):
             scores, state = model.step(words, state, normalized=False)
+            if attention:
+                maps.append(model.attention(state))
             words = scores.argmax(axis=1)
             captions[~done, t] = words[~done]
             done |= words == model.end_idx
             if done.all():
                 break
-    return captions
+    if not attention:
+        return captions
+    alphas = np.zeros((N, max_length, maps[0].shape[1]), dtype=np.float32)
+    alphas[:, :len(maps)] = np.stack(maps, axis=1)
+    return captions, alphas
 
 
 def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0, rng=None, draws=None):

@@ -181,6 +181,17 @@ def fit_pca(train_fc7, dim, chunk_rows=None, progress=True):
             "bias": np.zeros(dim, dtype=np.float32)}
 
 
+def region_boxes(grid_size, height, width):
+    """Where the regions of an image lie in it: the grid covers the centre crop that `preprocess` takes
+    (shorter side scaled to 256, 224 x 224 cut from the middle) -> (R, 4) float boxes
+    (x0, y0, x1, y1) in the image's pixels, row-major like the regions."""
+    side = min(height, width) * 224 / 256  # the crop, in the image's pixels
+    x0, y0 = (width - side) / 2, (height - side) / 2
+    cell = side / grid_size
+    rows, cols = np.divmod(np.arange(grid_size ** 2), grid_size)
+    return np.stack([x0 + cols * cell, y0 + rows * cell, x0 + (cols + 1) * cell, y0 + (rows + 1) * cell], axis=1)
+
+
 def fit_grid_pca(train_grid, dim, seed=0):
     """PCA of the channels of a region, fitted on at most GRID_PCA_FIT_REGIONS train regions drawn at
     random with `seed` (every region of the sample dataset; a 1.7% sample of COCO's 4 million).

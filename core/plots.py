@@ -121,3 +121,45 @@ def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
             warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
         save_figure(fig, path)
+
+
+def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
+    """Where each word looked, as in "Show, Attend and Tell"'s figures: for each image one row of panels,
+    the image with its caption, then one panel per generated word (and <END>), the word under the
+    image overlaid with its attention map, upsampled over the regions' part of the image.
+
+    rows: list of dicts with "image" (uint8 (H, W, 3) or None), "label" (str), "words" (list of L str),
+    "alpha" (L, R) with R = g * g, "boxes" (R, 4) pixel boxes of the regions (core.features.region_boxes),
+    saved as PNG; a caption longer than per_row - 1 words continues on a further row of panels.
+    """
+    families, _ = title_fonts([r["label"] for r in rows] + [w for r in rows for w in r["words"]] + [suptitle], log)
+    lines = []  # (row, slice of its words) per line of panels
+    for r in rows:
+        for start in range(0, max(len(r["words"]), 1), per_row - 1):
+            lines.append((r, start))
+    fig = Figure(figsize=(1.9 * per_row, 2.3 * len(lines) + 0.6))
+    axes = fig.subplots(len(lines), per_row, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for line, (r, start) in zip(axes, lines):
+        if start == 0:
+            if r["image"] is not None:
+                line[0].imshow(r["image"])
+            line[0].set_title("\n".join(textwrap.wrap(r["label"], 24, max_lines=4, placeholder=" ...")), fontsize=7,
+                              loc="left", fontfamily=families)
+        for ax, word, alpha in zip(line[1:], r["words"][start:start + per_row - 1], r["alpha"][start:]):
+            g = int(round(np.sqrt(alpha.size)))
+            (x0, y0), (x1, y1) = r["boxes"][0, :2], r["boxes"][-1, 2:]
+            if r["image"] is not None:
+                ax.imshow(r["image"])
+            ax.imshow(alpha.reshape(g, g), extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.6,
+                      interpolation="bilinear", vmin=0, vmax=max(float(alpha.max()), 1e-6))
+            if r["image"] is not None:
+                ax.set_xlim(0, r["image"].shape[1])
+                ax.set_ylim(r["image"].shape[0], 0)
+            ax.text(0.5, -0.04, word, transform=ax.transAxes, ha="center", va="top", fontsize=9,
+                    fontfamily=families)
+    if suptitle:
+        fig.suptitle(textwrap.fill(suptitle, 22 * per_row), fontsize=9, fontfamily=families)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    save_figure(fig, path)

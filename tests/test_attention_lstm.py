@@ -27,7 +27,9 @@ def test_loss_gradients(weighted):
     """Every weight, the position embedding P and the penalty included (breaks caught: P's share
     through the mean region or the attention dropped, the penalty's gradient left out)."""
     rng = np.random.default_rng(0)
-    model = _model()
+    model = _model(alpha_c=3.0)
+    for name in ("W_att_h", "w_att"):  # attention that depends on h clearly enough to be checked
+        model.params[name] *= 3
     for name in ("b", "b_att", "b_init_h", "b_init_c", "b_vocab", "w_beta", "b_beta"):  # zero at initialisation
         model.params[name] += rng.standard_normal(model.params[name].shape)
     features, captions = rng.standard_normal((3, 3, 4)), _captions(rng, 3, 6)
@@ -53,7 +55,7 @@ def test_the_penalty_is_the_doubly_stochastic_term_over_a_captions_words():
         _, state = model.step(captions[:, t], state)
         alphas.append(state[4])
     mask = (captions[:, 1:] != VOCAB["<NULL>"]).T[:, :, None]  # (T, N, 1)
-    expected = 0.7 * ((1 - (np.array(alphas) * mask).sum(axis=0)) ** 2).sum() / 3
+    expected = 0.7 * ((1 - (np.array(alphas) * mask).sum(axis=0)) ** 2).mean()  # over images and regions
     assert with_penalty - plain == pytest.approx(expected, rel=1e-10)
     assert model.loss(features, captions, np.ones(3))[0] == pytest.approx(plain, rel=1e-12)  # self-critical: off
 

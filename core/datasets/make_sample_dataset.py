@@ -82,9 +82,16 @@ def make_scene(split, index, seed=0):
     return {"objects": [a, b], "relation": relation}
 
 
-def render(scene):
-    """scene -> PIL RGB image (SIZE x SIZE)."""
-    image = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+def shifted(scene, pixels=10):
+    """The scene with every object moved by `pixels`: down for objects side by side, right for objects
+    one above the other and for a single object (the way that keeps them inside the image) -> new scene."""
+    dx, dy = (0, pixels) if scene["relation"] == "left" else (pixels, 0)
+    return dict(scene, objects=[dict(o, center=[o["center"][0] + dx, o["center"][1] + dy]) for o in scene["objects"]])
+
+
+def render(scene, background=BACKGROUND):
+    """scene -> PIL RGB image (SIZE x SIZE) on the background colour (RGB)."""
+    image = Image.new("RGB", (SIZE, SIZE), tuple(background))
     draw = ImageDraw.Draw(image)
     for o in scene["objects"]:
         (x, y), r, fill = o["center"], RADII[o["size"]], COLORS[o["color"]]
@@ -112,6 +119,26 @@ def captions(scene):
     rel = scene["relation"]
     fields = dict(A=describe(a), B=describe(b), rel=PHRASE[rel], inv=PHRASE[INVERSE[rel]], its=ITS[rel])
     return [t.format(**fields) for t in TWO_OBJECTS]
+
+
+def attention_on_objects(scene, words, alphas, boxes):
+    """Whether the attention of each object word looks at the object it names.
+
+    scene: make_scene's dict; words: the generated words (L,); alphas (L, R) the attention each word was
+    chosen with; boxes (R, 4) the regions' pixel boxes (core.features.region_boxes) -> list of
+    (hit: the word's most attended region overlaps the object's bounding box, chance: the share of
+    regions that overlap it) for every colour or shape word that names exactly one object of the scene.
+    """
+    out = []
+    for word, alpha in zip(words, alphas):
+        attribute = "color" if word in COLORS else "shape" if word in SHAPES else None
+        named = [o for o in scene["objects"] if attribute and o[attribute] == word]
+        if len(named) != 1:
+            continue  # not an object word, a wrong one, or one that fits both objects
+        (x, y), r = named[0]["center"], RADII[named[0]["size"]]
+        on = (boxes[:, 0] < x + r) & (boxes[:, 2] > x - r) & (boxes[:, 1] < y + r) & (boxes[:, 3] > y - r)
+        out.append((bool(on[int(np.argmax(alpha))]), float(on.mean())))
+    return out
 
 
 def write_split(out_dir, split, num_images, seed=0, start=0):

@@ -10,8 +10,10 @@ it is ("to the left of" needs that; a convolutional feature alone hardly does). 
 initial state from their mean, h0 = tanh(mean_i a_i W_init_h + b_init_h) and c0 alike; at every step the previous hidden state
 weighs the regions (alpha, (N, R)) and the gated, weighted mean of the regions enters the LSTM
 with the word. The loss is the summed cross-entropy of the next words per caption plus the doubly
-stochastic attention penalty alpha_c * sum_i (1 - sum_t alpha_ti) ** 2 (over a caption's words),
-which asks every region to be looked at about once over the caption.
+stochastic attention penalty alpha_c * mean_i (1 - sum_t alpha_ti) ** 2 (t over a caption's words,
+i over the regions; the mean rather than the paper's sum, as in the widely used PyTorch port, keeps
+it from outweighing the words when R = 49 regions meet a 10-word caption), which asks every region
+to be looked at about once over the caption.
 """
 import numpy as np
 
@@ -111,8 +113,8 @@ class AttentionLSTM(NumpyDecoder):
         if self.alpha_c and weights is None:
             m = mask.astype(self.dtype)
             left = 1 - np.einsum("nt,ntr->nr", m, alpha)  # (N, R): how far each region is from one look
-            loss += self.alpha_c * float((left * left).sum()) / N
-            dalpha = (-2 * self.alpha_c / N) * left[:, None, :] * m[:, :, None]  # (N, T, R)
+            loss += self.alpha_c * float((left * left).sum()) / (N * R)
+            dalpha = (-2 * self.alpha_c / (N * R)) * left[:, None, :] * m[:, :, None]  # (N, T, R)
         dx, da, dh0, dc0, *dweights = att_lstm_backward(dh, dalpha, cache)
         grads.update(zip(WEIGHTS, dweights))
         grads["W_embed"] = word_embedding_backward(dx, embed_cache)
@@ -142,6 +144,11 @@ class AttentionLSTM(NumpyDecoder):
         h, c, alpha, _ = att_lstm_step_from_projection(word_inputs[words], a, a_proj, h, c, p["Wz"], Wh_cat, bh_cat,
                                                        p["w_att"])
         return self._scores(h, p, normalized), (h, c, a, a_proj, alpha, shared)
+
+    @staticmethod
+    def attention(state):
+        """The attention (N, R) over the regions that the last step's word was predicted with."""
+        return state[4]
 
     def select_state(self, state, rows):
         """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M rows."""
