@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from core.errors import UserError
 from core.memory import check_fits
 from core.model.attention_lstm import AttentionLSTM
+from core.model.region_transformer import RegionTransformer
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 
@@ -75,15 +76,18 @@ class ModelType:
 NUMPY_SOLVER = "core.solver_numpy:NumpySolver"
 TORCH_SOLVER = "core.solver_torch:TorchSolver"
 RECURRENT_SIZES = ("wordvec_dim", "hidden_dim")
+TRANSFORMER_SIZES = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")
 
 MODEL_TYPES = {
     "rnn": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "rnn_checkpoint.npz", RECURRENT_SIZES),
     "lstm": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "lstm_checkpoint.npz", RECURRENT_SIZES),
     "gru": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES),
     "transformer": ModelType(CaptioningTransformer, "torch", TORCH_SOLVER, 1e-3, "transformer_model.pt",
-                             ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")),
+                             TRANSFORMER_SIZES),
     "attention_lstm": ModelType(AttentionLSTM, "numpy", NUMPY_SOLVER, 5e-3, "attention_lstm_checkpoint.npz",
                                 RECURRENT_SIZES + ("attention_dim", "alpha_c"), features="grid"),
+    "region_transformer": ModelType(RegionTransformer, "torch", TORCH_SOLVER, 1e-3, "region_transformer_model.pt",
+                                    TRANSFORMER_SIZES, features="grid"),
 }
 
 

@@ -78,8 +78,9 @@ class MultiHeadAttention(nn.Module):
         """key, value (N, S, E) -> per-head keys and values (N, nh, S, E/nh), e.g. for a cache."""
         return self._heads(self.key(key)), self._heads(self.value(value))
 
-    def attend(self, query, k, v, attn_mask=None):
-        """query (N, T, E) against projected k, v (N, nh, S, E/nh) -> (N, T, E).
+    def attend(self, query, k, v, attn_mask=None, weights_out=None):
+        """query (N, T, E) against projected k, v (N, nh, S, E/nh) -> (N, T, E); weights_out: a list
+        to append the attention weights (N, nh, T, S) to (before dropout), for drawing them.
 
         With a single key and no mask (the one image token of the captioning model) the
         softmax weights are exactly 1 whatever the query, so q and the scores are skipped:
@@ -87,15 +88,21 @@ class MultiHeadAttention(nn.Module):
         """
         N, T, _ = query.shape
         if v.shape[2] == 1 and attn_mask is None:
-            return self._combine(self.attn_drop(query.new_ones(N, self.n_head, T, 1)), v)
-        return self._attend(self._heads(self.query(query)), k, v, attn_mask)
+            ones = query.new_ones(N, self.n_head, T, 1)
+            if weights_out is not None:
+                weights_out.append(ones)
+            return self._combine(self.attn_drop(ones), v)
+        return self._attend(self._heads(self.query(query)), k, v, attn_mask, weights_out)
 
-    def _attend(self, q, k, v, attn_mask):
+    def _attend(self, q, k, v, attn_mask, weights_out=None):
         """q (N, nh, T, E/nh), k and v (N, nh, S, E/nh), attn_mask (T, S) or None -> (N, T, E)."""
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, nh, T, S)
         if attn_mask is not None:
             scores = scores.masked_fill(attn_mask == 0, float("-inf"))
-        return self._combine(self.attn_drop(F.softmax(scores, dim=-1)), v)
+        weights = F.softmax(scores, dim=-1)
+        if weights_out is not None:
+            weights_out.append(weights)
+        return self._combine(self.attn_drop(weights), v)
 
     def _combine(self, weights, v):
         """weights (N, nh, T, S), v (N, nh, S, E/nh) -> output projection of the heads (N, T, E)."""
@@ -139,16 +146,17 @@ class TransformerDecoderLayer(nn.Module):
         shape = (N, self.self_attn.n_head, max_len, self.self_attn.head_dim)
         return {"mem_k": mem_k, "mem_v": mem_v, "k": memory.new_zeros(shape), "v": memory.new_zeros(shape)}
 
-    def step(self, x, cache, t):
+    def step(self, x, cache, t, weights_out=None):
         """One new position t, attending to the cached positions 0..t (eval mode).
 
-        x (N, 1, E), cache from init_cache (updated in place) -> (N, 1, E).
+        x (N, 1, E), cache from init_cache (updated in place) -> (N, 1, E); weights_out: a list to
+        append the cross-attention weights (N, nh, 1, S) to.
         """
         k, v = self.self_attn.project_kv(x, x)  # (N, nh, 1, E/nh)
         cache["k"][:, :, t:t + 1] = k
         cache["v"][:, :, t:t + 1] = v
         x = self.norm1(x + self.self_attn.attend(x, cache["k"][:, :, :t + 1], cache["v"][:, :, :t + 1]))
-        x = self.norm2(x + self.multihead_attn.attend(x, cache["mem_k"], cache["mem_v"]))
+        x = self.norm2(x + self.multihead_attn.attend(x, cache["mem_k"], cache["mem_v"], weights_out=weights_out))
         return self.norm3(x + self.linear2(F.relu(self.linear1(x))))
 
 

@@ -123,10 +123,15 @@ class CaptioningTransformer(nn.Module):
         """The device the parameters live on."""
         return self.output.weight.device
 
+    def memory(self, features):
+        """What the decoder cross-attends to: features (N, D) -> one token (N, 1, E)."""
+        return self.visual_projection(features)[:, None, :]
+
     def forward(self, features, captions):
-        """features (N, D) float, captions (N, T) long -> scores (N, T, V)."""
+        """features (N, D) float (a subclass's memory may read other shapes), captions (N, T) long
+        -> scores (N, T, V)."""
         T = captions.shape[1]
-        memory = self.visual_projection(features)[:, None, :]  # (N, 1, E)
+        memory = self.memory(features)  # (N, S, E)
         x = self.positional_encoding(self.embedding(captions))  # (N, T, E)
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # (T, T)
         return self.output(self.transformer(x, memory, tgt_mask=mask))  # (N, T, V)
@@ -165,7 +170,7 @@ class CaptioningTransformer(nn.Module):
     def init_state(self, features):
         """Decoding state before the first word: features (N, D) -> key/value caches and position 0."""
         features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
-        memory = self.visual_projection(features)[:, None, :]  # (N, 1, E)
+        memory = self.memory(features)  # (N, S, E): its keys and values projected once per caption
         return {"t": 0, "layers": [layer.init_cache(memory, self.max_length) for layer in self.transformer.layers]}
 
     def step(self, words, state, normalized=True):
@@ -179,10 +184,12 @@ class CaptioningTransformer(nn.Module):
             raise ValueError(f"cannot decode past max_length={self.max_length} positions")
         words = torch.as_tensor(np.asarray(words), dtype=torch.long, device=self.device)
         x = self.positional_encoding(self.embedding(words)[:, None, :], offset=t)  # (N, 1, E)
-        for layer, cache in zip(self.transformer.layers, state["layers"]):
-            x = layer.step(x, cache, t)
+        weights = []
+        for k, (layer, cache) in enumerate(zip(self.transformer.layers, state["layers"])):
+            x = layer.step(x, cache, t, weights_out=weights if k == self.num_layers - 1 else None)
         scores = self.output(x[:, 0]).float()  # (N, V)
         state["t"] = t + 1
+        state["attention"] = weights[0][:, :, 0].mean(dim=1)  # (N, S): the last layer's, mean over heads
         return (F.log_softmax(scores, dim=-1) if normalized else scores).cpu().numpy(), state
 
     def select_state(self, state, rows):
@@ -197,7 +204,15 @@ class CaptioningTransformer(nn.Module):
                 buffer[:, :, :t] = cache[k][index, :, :t]
                 new[k] = buffer
             layers.append(new)
-        return {"t": t, "layers": layers}
+        selected = {"t": t, "layers": layers}
+        if "attention" in state:
+            selected["attention"] = state["attention"].index_select(0, index)
+        return selected
+
+    @staticmethod
+    def attention(state):
+        """The last step's cross-attention of the last layer, averaged over heads: (N, S) numpy."""
+        return state["attention"].float().cpu().numpy()
 
     def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
         """Decode captions with the key/value cache (greedy with beam_size 1, else beam search).
