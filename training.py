@@ -30,7 +30,7 @@ from core.best import BestCheckpoint
 from core.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint, save_training_state
 from core.cli import (best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, resolve_device,
                       user_errors)
-from core.coco_utils import default_data_dir, keep_captions, load_coco_data
+from core.coco_utils import describe_features, default_data_dir, keep_captions, load_coco_data
 from core.errors import UserError
 from core.fileio import RunLock, atomic_write_text, check_writable
 from core.memory import keep_freed_memory
@@ -108,7 +108,7 @@ def set_up(args, ctx, resumed, state, stack):
     subset = ("" if args.num_samples is None
               else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
     say(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images{subset}, "
-        f"{data['train_features'].shape[1]}-d features, {len(data['idx_to_word'])} words "
+        f"{describe_features(data['train_features'])}, {len(data['idx_to_word'])} words "
         f"({time.perf_counter() - start:.1f}s)", flush=True)
     extra = {"data_path": str(Path(args.data_dir).resolve()), "dataset_id": ident, "args": saved_flags(args),
              "paths": {"checkpoint": str(checkpoint.resolve()), "out_dir": str(Path(args.out_dir).resolve())}}

@@ -5,7 +5,8 @@ Usage:
     python benchmarks/bench_decoders.py --quick    # fewer repetitions
 
 Shapes: N=100 captions of 17 tokens (T=16 steps), D=512 features, W=256 word vectors,
-H=512 hidden, V=1004 words, float32, 2 threads. Each figure is the median of several
+H=512 hidden, V=1004 words, float32, 2 threads; the decoders over regions read R=49 regions of
+G=64 dimensions (attention size A=256). Each figure is the median of several
 repetitions after a warm-up; ours and the built-in are timed in alternating blocks, so
 that a drifting machine load affects both. Ratios are ours / built-in (lower is better).
 """
@@ -24,12 +25,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.memory import keep_freed_memory  # noqa: E402
+from core.model.attention_lstm import AttentionLSTM  # noqa: E402
+from core.model.region_transformer import RegionTransformer  # noqa: E402
 from core.model.rnn_model import CELLS, CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
 from lstm_utils import lstm_step_forward  # noqa: E402
 from rnn_utils import rnn_step_forward  # noqa: E402
 
 N, T, D, W, H, V = 100, 16, 512, 256, 512, 1004
+R, G, A = 49, 64, 256  # regions (7 x 7 pool5), their PCA dimensions, attention size
 
 
 def paired_seconds(ours, theirs, repeats, rounds=3):
@@ -144,6 +148,70 @@ class TorchTransformer(nn.Module):
                                reduction="sum") / captions.shape[0]
 
 
+def torch_attention_lstm(x, a, h0, c0, p):
+    """attention_lstm_utils.py's equations in torch autograd, the reference of its tests and of the
+    speed rows: tensors as att_lstm_forward's arguments, p a dict of its WEIGHTS -> (h (N, T, H),
+    alpha (N, T, R)). The regions' projection is computed once, as ours is."""
+    H = h0.shape[1]
+    a_proj = a @ p["W_att_a"] + p["b_att"]
+    h, c, hs, alphas = h0, c0, [], []
+    for t in range(x.shape[1]):
+        e = torch.tanh(a_proj + (h @ p["W_att_h"])[:, None]) @ p["w_att"]
+        alpha = torch.softmax(e, dim=1)
+        z = torch.sigmoid(h @ p["w_beta"] + p["b_beta"])[:, None] * (alpha[:, :, None] * a).sum(1)
+        g = x[:, t] @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"]
+        i, f, o = torch.sigmoid(g[:, :3 * H]).split(H, dim=1)
+        c = f * c + i * torch.tanh(g[:, 3 * H:])
+        h = o * torch.tanh(c)
+        hs.append(h)
+        alphas.append(alpha)
+    return torch.stack(hs, 1), torch.stack(alphas, 1)
+
+
+class TorchAttentionLSTM(nn.Module):
+    """core/model/attention_lstm.py's model in torch autograd, same weights and shapes (the speed
+    reference: torch has no fused kernel for these equations)."""
+
+    def __init__(self, ours):
+        super().__init__()
+        self.p = nn.ParameterDict({k: nn.Parameter(torch.from_numpy(v.copy())) for k, v in ours.params.items()})
+        self.alpha_c = ours.alpha_c
+
+    def loss(self, regions, captions):
+        p = self.p
+        a = regions + p["P"]
+        mean = a.mean(dim=1)
+        h0, c0 = torch.tanh(mean @ p["W_init_h"] + p["b_init_h"]), torch.tanh(mean @ p["W_init_c"] + p["b_init_c"])
+        h, alpha = torch_attention_lstm(p["W_embed"][captions[:, :-1]], a, h0, c0, p)
+        mask = captions[:, 1:] != 0
+        scores = h[mask] @ p["W_vocab"] + p["b_vocab"]
+        loss = F.cross_entropy(scores, captions[:, 1:][mask], reduction="sum") / len(captions)
+        left = 1 - (alpha * mask[:, :, None]).sum(dim=1)
+        return loss + self.alpha_c * (left * left).mean()
+
+    @torch.no_grad()
+    def greedy(self, regions, max_length):
+        """The same greedy decoding as ours, step by step in torch."""
+        p = self.p
+        a = regions + p["P"]
+        a_proj = a @ p["W_att_a"] + p["b_att"]
+        mean = a.mean(dim=1)
+        h, c = torch.tanh(mean @ p["W_init_h"] + p["b_init_h"]), torch.tanh(mean @ p["W_init_c"] + p["b_init_c"])
+        words = torch.full((len(a),), 1, dtype=torch.long)
+        H = h.shape[1]
+        out = []
+        for _ in range(max_length):
+            alpha = torch.softmax(torch.tanh(a_proj + (h @ p["W_att_h"])[:, None]) @ p["w_att"], dim=1)
+            z = torch.sigmoid(h @ p["w_beta"] + p["b_beta"])[:, None] * (alpha[:, :, None] * a).sum(1)
+            g = p["W_embed"][words] @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"]
+            i, f, o = torch.sigmoid(g[:, :3 * H]).split(H, dim=1)
+            c = f * c + i * torch.tanh(g[:, 3 * H:])
+            h = o * torch.tanh(c)
+            words = (h @ p["W_vocab"] + p["b_vocab"]).argmax(dim=1)
+            out.append(words)
+        return torch.stack(out, dim=1).numpy()
+
+
 def plain_greedy(model, features, max_length):
     """Greedy decoding written the way the original repository's (CS231n's) sample loop decodes:
     embed the previous word, one full step of the cell, an affine to the scores, their argmax;
@@ -214,6 +282,28 @@ def main(argv=None):
             result[f"{cell}_greedy_100x30_s"] = round(median_seconds(lambda: ours.sample(features, max_length=30),
                                                                      repeats), 4)
 
+    regions = (0.5 * rng.standard_normal((N, R, G))).astype(np.float32)
+    regions_t = torch.from_numpy(regions)
+    ours_a = AttentionLSTM(vocab(), input_dim=G, num_regions=R, wordvec_dim=W, hidden_dim=H, attention_dim=A, seed=0)
+    theirs_a = TorchAttentionLSTM(ours_a)
+
+    def torch_attention_step():
+        theirs_a.zero_grad(set_to_none=True)
+        theirs_a.loss(regions_t, caps_t).backward()
+
+    assert abs(ours_a.loss(regions, captions)[0] - float(theirs_a.loss(regions_t, caps_t))) < 1e-3 * abs(
+        ours_a.loss(regions, captions)[0])
+    t_ours, t_torch = paired_seconds(lambda: ours_a.loss(regions, captions), torch_attention_step, repeats)
+    result["attention_lstm_train_step"] = {"ours_s": round(t_ours, 4), "torch_autograd_s": round(t_torch, 4),
+                                           "ratio": round(t_ours / t_torch, 2)}
+    ours_a.params["b_vocab"][2] = -1e4  # never <END>: every caption runs the full 30 steps
+    theirs_a.p["b_vocab"].data[2] = -1e4
+    assert (ours_a.sample(regions, max_length=30) == theirs_a.greedy(regions_t, 30)).mean() > 0.99
+    t_sample, t_torch = paired_seconds(lambda: ours_a.sample(regions, max_length=30),
+                                       lambda: theirs_a.greedy(regions_t, 30), repeats)
+    result["attention_lstm_greedy_100x30"] = {"ours_s": round(t_sample, 4), "torch_s": round(t_torch, 4),
+                                              "ratio": round(t_sample / t_torch, 2)}
+
     torch.manual_seed(0)
     ours_t = CaptioningTransformer(vocab(), input_dim=D, wordvec_dim=256, num_heads=2, num_layers=2)
     theirs_t = TorchTransformer(256, 2, 2)
@@ -237,6 +327,13 @@ def main(argv=None):
     t_uncached = median_seconds(lambda: ours_t.sample_uncached(features, max_length=30), max(repeats // 2, 2), 1)
     result["transformer_greedy_100x30"] = {"cached_s": round(t_cached, 4), "uncached_s": round(t_uncached, 4),
                                            "speedup": round(t_uncached / t_cached, 2)}
+    ours_r = RegionTransformer(vocab(), input_dim=G, wordvec_dim=256, num_regions=R, num_heads=2, num_layers=2)
+    with torch.no_grad():
+        ours_r.output.bias[2] = -1e4
+    t_cached = median_seconds(lambda: ours_r.sample(regions, max_length=30), repeats)
+    t_uncached = median_seconds(lambda: ours_r.sample_uncached(regions, max_length=30), max(repeats // 2, 2), 1)
+    result["region_transformer_greedy_100x30"] = {"cached_s": round(t_cached, 4), "uncached_s": round(t_uncached, 4),
+                                                  "speedup": round(t_uncached / t_cached, 2)}
     print(json.dumps(result, indent=1))
 
 

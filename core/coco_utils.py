@@ -150,6 +150,13 @@ def subset_rows(num_captions, size, seed):
     return np.sort(np.random.default_rng(seed).choice(num_captions, size=size, replace=False))
 
 
+def describe_features(features):
+    """"512-d features" or "49 regions of 64-d features", for what a run prints."""
+    if features.ndim == 3:
+        return f"{features.shape[1]} regions of {features.shape[2]}-d features"
+    return f"{features.shape[1]}-d features"
+
+
 def data_splits(data):
     """The splits a loaded dataset holds: ("train", "val") or ("train", "val", "test")."""
     return tuple(s for s in SPLITS + OPTIONAL_SPLITS if f"{s}_captions" in data)
@@ -181,13 +188,10 @@ def _check_features(features, path):
 def _check_consistent(data, base_dir):
     """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts)."""
     V = len(data["idx_to_word"])
-    def size(features):  # "512-d", or "(49, 64)" regions x dimensions
-        return f"{features.shape[1]}-d" if features.ndim == 2 else str(features.shape[1:])
-
     for split in data_splits(data)[1:]:
         if data["train_features"].shape[1:] != data[f"{split}_features"].shape[1:]:
-            raise UserError(f"{base_dir}: train features are {size(data['train_features'])} but {split} features "
-                            f"{size(data[f'{split}_features'])}")
+            raise UserError(f"{base_dir}: the train split has {describe_features(data['train_features'])} but the "
+                            f"{split} split {describe_features(data[f'{split}_features'])}")
     for split in data_splits(data):
         caps, idxs, feats = data[f"{split}_captions"], data[f"{split}_image_idxs"], data[f"{split}_features"]
         for name, array in (("captions", caps), ("image_idxs", idxs)):

@@ -4,6 +4,7 @@ import torch
 from attention_lstm_utils import (
     WEIGHTS, att_lstm_backward, att_lstm_forward, att_lstm_step_backward, att_lstm_step_forward, attention_backward,
     attention_forward)
+from benchmarks.bench_decoders import torch_attention_lstm
 from tests.helpers import assert_gradients
 
 TOL = 1e-7
@@ -87,25 +88,6 @@ def test_sequence_equals_repeated_steps():
         np.testing.assert_allclose(alpha[:, t], step_alpha, rtol=1e-12)
 
 
-def torch_att_lstm(x, a, h0, c0, p):
-    """The module docstring's equations in torch (autograd): the oracle. Tensors as att_lstm_forward's
-    arguments, p a dict of WEIGHTS -> (h (N, T, H), alpha (N, T, R))."""
-    H = h0.shape[1]
-    a_proj = a @ p["W_att_a"] + p["b_att"]
-    h, c, hs, alphas = h0, c0, [], []
-    for t in range(x.shape[1]):
-        e = torch.tanh(a_proj + (h @ p["W_att_h"])[:, None]) @ p["w_att"]
-        alpha = torch.softmax(e, dim=1)
-        z = torch.sigmoid(h @ p["w_beta"] + p["b_beta"])[:, None] * (alpha[:, :, None] * a).sum(1)
-        g = x[:, t] @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"]
-        i, f, o = torch.sigmoid(g[:, :3 * H]).split(H, dim=1)
-        c = f * c + i * torch.tanh(g[:, 3 * H:])
-        h = o * torch.tanh(c)
-        hs.append(h)
-        alphas.append(alpha)
-    return torch.stack(hs, 1), torch.stack(alphas, 1)
-
-
 def test_matches_the_same_equations_in_torch_autograd():
     rng = np.random.default_rng(5)
     x, a, h0, c0, params = _inputs(rng, N=4, T=6, R=9, D=5, W=3, A=4, H=6)
@@ -113,7 +95,7 @@ def test_matches_the_same_equations_in_torch_autograd():
     h, alpha, cache = att_lstm_forward(x, a, h0, c0, *params)
     grads = att_lstm_backward(dh, dalpha, cache)
     inputs = [torch.tensor(v, requires_grad=True) for v in (x, a, h0, c0, *params)]
-    th, talpha = torch_att_lstm(*inputs[:4], dict(zip(WEIGHTS, inputs[4:])))
+    th, talpha = torch_attention_lstm(*inputs[:4], dict(zip(WEIGHTS, inputs[4:])))
     ((th * torch.tensor(dh)).sum() + (talpha * torch.tensor(dalpha)).sum()).backward()
     np.testing.assert_allclose(h, th.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(alpha, talpha.detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -50,7 +50,7 @@ def test_original_checkpoints_decode_as_the_original_does(model):
 def test_original_checkpoints_through_inference_eval(model, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(inference, "score_captions", functools.partial(score_captions, meteor=False))
     inference.main(["--model", model, "--checkpoint", str(ORIGINAL / FILES[model]), "--data_dir", str(SAMPLE_DIR),
-                    "--eval", "--out_dir", str(tmp_path), "--device", "cpu"])
+                    "--eval", "--split", "val", "--out_dir", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "in the original repository's format (weights only)" in out
     report = json.loads((tmp_path / f"{Path(FILES[model]).stem}_val_greedy_eval.json").read_text())

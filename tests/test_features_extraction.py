@@ -227,8 +227,13 @@ def test_sample_dataset_content():
     assert {"left", "right", "above", "below", "small", "large"} <= words
     texts = decode_captions(data["train_captions"][:5], data["idx_to_word"])
     assert len(set(texts)) == 5  # five different phrasings of one image
-    size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file() and not p.name.endswith("_fc7.h5"))
-    assert size <= 15 * 2 ** 20
+    files = [p for p in SAMPLE_DIR.rglob("*") if p.is_file() and not p.name.endswith("_fc7.h5")]
+    grid = sum(p.stat().st_size for p in files if "_grid_" in p.name)
+    assert sum(p.stat().st_size for p in files) - grid <= 16 * 2 ** 20
+    assert grid <= 20 * 2 ** 20  # the attention decoders' region features: 3,000 images x 49 x 64 float16
+    regions = load_coco_data(SAMPLE_DIR, features="grid")
+    assert regions["train_features"].shape == (2000, 49, 64) and regions["train_features"].dtype == np.float16
+    assert regions["dataset_id"] == data["dataset_id"]  # the same dataset, whichever features are read
 
 
 def test_incremental_pca_spans_the_same_subspace_as_full_pca():

@@ -249,7 +249,7 @@ def _non_finite(split, rows, value):
 
 BAD_DATA = {
     "float captions": (_float_captions, ["train_captions must hold integers", "float32"]),
-    "feature widths differ": (_narrow_val_features, ["train features are 512-d but val features 100-d"]),
+    "feature widths differ": (_narrow_val_features, ["the train split has 512-d features but the val split 100-d features"]),
     "1-D features": (_flat_features, ["train2014_vgg16_fc7_pca.h5", "2-D float array", "(60,)"]),
     "no <START>": (lambda d: _vocab(d, _no_start), ["no <START> token"]),
     "vocabulary disagrees": (lambda d: _vocab(d, _disagree), ["idx_to_word and word_to_idx disagree", '"w3"']),

@@ -1,0 +1,109 @@
+"""Region features end to end: built by features_extraction.py --grid, loaded, read by the attention
+decoders in training and inference (--image, --attention), and the sample scenes' attention metric."""
+import numpy as np
+import pytest
+
+import features_extraction
+import inference
+import training
+from core.coco_utils import load_coco_data
+from core.datasets import make_sample_dataset as sample
+from core.errors import UserError
+from core.features import GRID_TRANSFORM_FILE, extract_fc7, load_transform, project_grid, region_boxes
+from tests.helpers import one_line_error
+from tests.test_splits import COMMON, _split_flags
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    src = tmp_path_factory.mktemp("grid")
+    for split, n in (("train", 8), ("val", 3)):
+        sample.write_split(src, split, n)
+    out = src / "dataset"
+    features_extraction.main(_split_flags(src, "train", "val") + ["--out_dir", str(out), "--grid", "--grid_pca_dim", "6"]
+                             + COMMON)
+    return src, out
+
+
+@pytest.mark.slow
+def test_the_grid_is_pool5_projected_by_a_pca_of_train_regions(built):
+    src, out = built
+    data = load_coco_data(out, features="grid")
+    assert data["train_features"].shape == (8, 49, 6) and data["train_features"].dtype == np.float16
+    assert data["val_features"].shape == (3, 49, 6)
+    transform, info = load_transform(out / GRID_TRANSFORM_FILE)
+    assert (info["grid_size"], info["layer"], transform["components"].shape) == (7, "pool5", (6, 512))
+    assert info["dataset_id"] == data["dataset_id"] == load_coco_data(out)["dataset_id"]
+    _, _, grid = extract_fc7([src / "images" / "val" / "000001.png"], info["vgg16"], grid_size=7, progress=False)
+    np.testing.assert_allclose(project_grid(grid, transform)[0].astype(np.float32),
+                               data["val_features"][1].astype(np.float32), rtol=1e-2, atol=1e-2)
+    # centred by the train regions' mean: the train regions' projections average to zero
+    assert np.abs(data["train_features"].astype(np.float32).mean(axis=(0, 1))).max() < 1e-2
+
+
+def test_a_folder_without_region_features_says_how_to_build_them(fake_coco, tmp_path):
+    folder = tmp_path / "no_grid"
+    folder.mkdir()
+    for f in fake_coco.iterdir():
+        if "_grid_" not in f.name:
+            (folder / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(UserError, match="has no region features for the attention decoders: build them from the "
+                                        "COCO images with `features_extraction.py --grid`"):
+        load_coco_data(folder, features="grid")
+
+
+def test_the_attention_flag_is_for_decoders_over_regions(capsys):
+    one_line_error(capsys, lambda: inference.parse_args(["--model", "lstm", "--attention"]),
+                   "--attention needs a decoder that attends over image regions (attention_lstm, region_transformer)")
+    one_line_error(capsys, lambda: inference.parse_args(["--model", "attention_lstm", "--attention", "--beam_size", "3"]),
+                   "drop --eval and --beam_size")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["attention_lstm", "region_transformer"])
+def test_attention_decoders_train_caption_own_images_and_draw_their_attention(built, model, tmp_path, capsys):
+    src, out = built
+    checkpoint = tmp_path / ("a.npz" if model == "attention_lstm" else "a.pt")
+    training.main(["--model", model, "--data_dir", str(out), "--epochs", "2", "--batch_size", "20", "--checkpoint",
+                   str(checkpoint), "--out_dir", str(tmp_path), "--wordvec_dim", "8", "--hidden_dim", "8",
+                   "--attention_dim", "4", "--dim_feedforward", "16", "--num_heads", "2", "--num_layers", "1",
+                   "--recipe", "default", "--quiet"])
+    assert "49 regions of 6-d features" in capsys.readouterr().out
+    image = src / "images" / "val" / "000002.png"
+    inference.main(["--model", model, "--checkpoint", str(checkpoint), "--image", str(image), "--attention",
+                    "--out_dir", str(tmp_path), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "pool5 regions" in printed and (tmp_path / f"{checkpoint.stem}_images_attention.png").stat().st_size > 5000
+    inference.main(["--model", model, "--checkpoint", str(checkpoint), "--split", "val", "--num_images", "2",
+                    "--attention", "--out_dir", str(tmp_path), "--device", "cpu"])
+    assert (tmp_path / f"{checkpoint.stem}_val_attention.png").stat().st_size > 5000
+
+
+def test_shifted_scenes_move_every_object_and_keep_it_inside():
+    for i in range(200):
+        scene = sample.make_scene("val", i)
+        moved = sample.shifted(scene)
+        assert sample.captions(moved) == sample.captions(scene)
+        for before, after in zip(scene["objects"], moved["objects"]):
+            assert np.hypot(*np.subtract(after["center"], before["center"])) == 10
+            r = sample.RADII[after["size"]]
+            assert all(r <= c <= sample.SIZE - r for c in after["center"])
+
+
+def test_attention_on_objects_counts_the_peak_on_the_named_object():
+    scene = {"relation": "left", "objects": [
+        {"color": "red", "shape": "circle", "size": "large", "center": [24, 48]},
+        {"color": "blue", "shape": "circle", "size": "small", "center": [72, 48]}]}
+    boxes = region_boxes(7, sample.SIZE, sample.SIZE)
+    left, right = np.zeros(49), np.zeros(49)
+    left[3 * 7 + 1] = 1  # row 3, column 1: x 18-30 px, on the left object
+    right[3 * 7 + 5] = 1  # column 5: x 66-78 px, on the right one
+    words = "a large red circle to the left of a small blue circle".split()
+    alphas = [right if w == "red" else left if w == "blue" else left for w in words]
+    result = sample.attention_on_objects(scene, words, alphas, boxes)
+    assert [hit for hit, _ in result] == [False, False]  # red looked right, blue looked left; "circle" fits both
+    alphas = [left if w == "red" else right for w in words]
+    result = sample.attention_on_objects(scene, words, alphas, boxes)
+    assert [hit for hit, _ in result] == [True, True]
+    # chance: the share of regions overlapping each object's bounding box
+    assert [round(c * 49) for _, c in result] == [20, 9]  # 4 x 5 and 3 x 3 of the 12-pixel cells
