@@ -72,8 +72,10 @@ def parse_args(argv=None):
             ann, images = getattr(args, f"{split}_annotations"), getattr(args, f"{split}_images")
             if (split != "test" or ann or images) and not (ann and images):
                 p.error(f"--{split}_annotations and --{split}_images are needed together (or --split_file)")
-    if min(args.batch_size, args.pca_dim, args.min_word_count, args.grid_pca_dim) <= 0 or args.max_length < 3 or args.num_workers < 0:
-        p.error("--batch_size, --pca_dim, --grid_pca_dim and --min_word_count must be positive, --max_length at least 3")
+    sizes = (args.batch_size, args.pca_dim, args.min_word_count, args.grid_pca_dim)
+    if min(sizes) <= 0 or args.max_length < 3 or args.num_workers < 0:
+        p.error("--batch_size, --pca_dim, --grid_pca_dim and --min_word_count must be positive, "
+                "--max_length at least 3")
     return args
 
 
@@ -99,7 +101,8 @@ def main(argv=None):
         device = ctx.local_device(device)
         log = print if ctx.is_main else lambda *a: None
         try:
-            build_dataset(splits(args, log), args.out_dir, parse_weights(args.weights, args.seed), batch_size=args.batch_size,
+            build_dataset(splits(args, log), args.out_dir, parse_weights(args.weights, args.seed),
+                          batch_size=args.batch_size,
                           device=device, num_workers=args.num_workers, min_word_count=args.min_word_count,
                           max_length=args.max_length, pca_dim=args.pca_dim,
                           grid_size=args.grid_size if args.grid else None, grid_pca_dim=args.grid_pca_dim,

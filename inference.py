@@ -95,7 +95,7 @@ def parse_args(argv=None):
     if args.attention and (args.eval or args.beam_size != 1):
         p.error("--attention draws the greedy captions of chosen images: drop --eval and --beam_size")
     if args.attention and MODEL_TYPES[args.model].features != "grid":
-        p.error(f"--attention needs a decoder that attends over image regions ("
+        p.error("--attention needs a decoder that attends over image regions ("
                 + ", ".join(m for m, t in MODEL_TYPES.items() if t.features == "grid") + f"); {args.model} reads "
                 "one feature vector per image")
     if args.references and not args.eval:
@@ -315,7 +315,8 @@ def caption_files(args, model, config):
     words, alphas = sample(model, features, args)
     predicted = decode_captions(words, idx_to_word)
     panels = [{"location": path, "truth": None, "predicted": pred, "label": "",
-               "alpha": None if alphas is None else alphas[k]} for k, (path, pred) in enumerate(zip(args.image, predicted))]
+               "alpha": None if alphas is None else alphas[k]}
+              for k, (path, pred) in enumerate(zip(args.image, predicted))]
     note = None
     if Path(args.data_dir).resolve() == SAMPLE_DIR.resolve():
         note = ("this model knows only the sample dataset's rendered scenes (one or two large shapes of 6 colours "

@@ -94,8 +94,8 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     -> dict with train_captions (Nc, L) int32, train_image_idxs (Nc,) int32,
        train_features (Ni, D) float32, train_urls (Ni,) str, the same for val (and test when the
        folder has one; `data_splits(data)` lists them), idx_to_word (list), word_to_idx (dict),
-       dataset_id (str, `dataset_id` of the train PCA features and vocabulary, whichever features). With max_train, the kept caption rows are
-       subset_rows(Nc, max_train, seed), in order.
+       dataset_id (str, `dataset_id` of the train PCA features and vocabulary, whichever features).
+       With max_train, the kept caption rows are subset_rows(Nc, max_train, seed), in order.
     """
     base_dir = Path(base_dir)
     hint = f"fetch it with `{FETCH_HINT}`" if base_dir.resolve() == COCO_DIR else "check --data_dir"

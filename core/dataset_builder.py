@@ -207,13 +207,15 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
                                  compression="gzip")
                 f.create_dataset(f"{split}_image_idxs", data=image_idxs[split], compression="gzip")
         for split in tokens:
-            for name, array in ((f"{split}2014_vgg16_fc7.h5", fc7[split]), (f"{split}2014_vgg16_fc7_pca.h5", pca[split])):
+            for name, array in ((f"{split}2014_vgg16_fc7.h5", fc7[split]),
+                                (f"{split}2014_vgg16_fc7_pca.h5", pca[split])):
                 with h5py.File(tmp / name, "w") as f:
                     f.create_dataset("features", data=array)
             (tmp / f"{split}2014_urls.txt").write_text("".join(_url(p, out_dir) + "\n" for p in paths[split]),
                                                     encoding="utf-8")
         (tmp / "coco2014_vocab.json").write_text(json.dumps({"idx_to_word": idx_to_word, "word_to_idx": word_to_idx}))
-        info = {"vgg16": spec, "pca_dim": pca_dim, "fitted_on": "train", "dataset_id": dataset_id(pca["train"], idx_to_word),
+        info = {"vgg16": spec, "pca_dim": pca_dim, "fitted_on": "train",
+                "dataset_id": dataset_id(pca["train"], idx_to_word),
                 "preprocessing": "resize 256, center crop 224, ImageNet mean/std", "layer": "fc7 after ReLU"}
         save_transform(tmp / TRANSFORM_FILE, transform, info)
         if grids:

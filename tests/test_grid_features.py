@@ -20,8 +20,8 @@ def built(tmp_path_factory):
     for split, n in (("train", 8), ("val", 3)):
         sample.write_split(src, split, n)
     out = src / "dataset"
-    features_extraction.main(_split_flags(src, "train", "val") + ["--out_dir", str(out), "--grid", "--grid_pca_dim", "6"]
-                             + COMMON)
+    features_extraction.main(_split_flags(src, "train", "val") + ["--out_dir", str(out), "--grid",
+                                                                  "--grid_pca_dim", "6"] + COMMON)
     return src, out
 
 
@@ -55,8 +55,8 @@ def test_a_folder_without_region_features_says_how_to_build_them(fake_coco, tmp_
 def test_the_attention_flag_is_for_decoders_over_regions(capsys):
     one_line_error(capsys, lambda: inference.parse_args(["--model", "lstm", "--attention"]),
                    "--attention needs a decoder that attends over image regions (attention_lstm, region_transformer)")
-    one_line_error(capsys, lambda: inference.parse_args(["--model", "attention_lstm", "--attention", "--beam_size", "3"]),
-                   "drop --eval and --beam_size")
+    one_line_error(capsys, lambda: inference.parse_args(["--model", "attention_lstm", "--attention",
+                                                         "--beam_size", "3"]), "drop --eval and --beam_size")
 
 
 @pytest.mark.slow

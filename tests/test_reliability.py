@@ -150,8 +150,8 @@ def test_parameter_counts_match_the_built_models(name):
     """Breaks caught: a weight the count forgets (the GRU's extra bias), or one it counts that never
     trains (the transformer's cross-attention query and key, over a single memory token)."""
     config = {"model": name, "input_dim": 7, "wordvec_dim": 8, "hidden_dim": 5, "num_heads": 2, "num_layers": 3,
-              "max_length": 20, "dim_feedforward": 6, "dropout": 0.0, "idx_to_word": ["<NULL>", "<START>", "<END>", "a"],
-              "attention_dim": 3, "num_regions": 4, "alpha_c": 1.0}
+              "max_length": 20, "dim_feedforward": 6, "dropout": 0.0, "attention_dim": 3, "num_regions": 4,
+              "alpha_c": 1.0, "idx_to_word": ["<NULL>", "<START>", "<END>", "a"]}
     kind = MODEL_TYPES[name]
     model = kind.model_class.from_config(config)
     if kind.uses_torch:

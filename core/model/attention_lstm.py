@@ -7,13 +7,13 @@ A attention, H hidden, V vocabulary.
 The regions (N, R, D) (grid features, core/features.py) get a learned embedding of their place in
 the grid added, a = regions + P (P (R, D)), so that what the decoder reads from a region says where
 it is ("to the left of" needs that; a convolutional feature alone hardly does). They set the
-initial state from their mean, h0 = tanh(mean_i a_i W_init_h + b_init_h) and c0 alike; at every step the previous hidden state
-weighs the regions (alpha, (N, R)) and the gated, weighted mean of the regions enters the LSTM
-with the word. The loss is the summed cross-entropy of the next words per caption plus the doubly
-stochastic attention penalty alpha_c * mean_i (1 - sum_t alpha_ti) ** 2 (t over a caption's words,
-i over the regions; the mean rather than the paper's sum, as in the widely used PyTorch port, keeps
-it from outweighing the words when R = 49 regions meet a 10-word caption), which asks every region
-to be looked at about once over the caption.
+initial state from their mean, h0 = tanh(mean_i a_i W_init_h + b_init_h) and c0 alike; at every
+step the previous hidden state weighs the regions (alpha, (N, R)) and the gated, weighted mean of
+the regions enters the LSTM with the word. The loss is the summed cross-entropy of the next words
+per caption plus the doubly stochastic attention penalty alpha_c * mean_i (1 - sum_t alpha_ti) ** 2
+(t over a caption's words, i over the regions), which asks every region to be looked at about
+once over the caption. The mean rather than the paper's sum, as in the widely used PyTorch port:
+with R = 49 regions and 10-word captions the sum outweighs the words.
 """
 import numpy as np
 
@@ -58,7 +58,8 @@ class AttentionLSTM(NumpyDecoder):
     def config(self):
         """Plain dict that rebuilds this model with `from_config` (weights not included)."""
         return {"model": self.model_type, "features": "grid", "input_dim": self.input_dim,
-                "num_regions": self.num_regions, "wordvec_dim": self.wordvec_dim, "hidden_dim": self.hidden_dim, "attention_dim": self.attention_dim,
+                "num_regions": self.num_regions, "wordvec_dim": self.wordvec_dim, "hidden_dim": self.hidden_dim,
+                "attention_dim": self.attention_dim,
                 "alpha_c": self.alpha_c, "dtype": self.dtype.name, "idx_to_word": list(self.idx_to_word)}
 
     @classmethod
@@ -75,7 +76,9 @@ class AttentionLSTM(NumpyDecoder):
         """Number of weights of the model a `config()` dict describes, without building it."""
         V = sum(w is not None for w in config["idx_to_word"])
         D, W, H, A = config["input_dim"], config["wordvec_dim"], config["hidden_dim"], config["attention_dim"]
-        return config["num_regions"] * D + V * W + 2 * (D * H + H) + (W + D + H + 1) * 4 * H + (D + 1 + H + 1) * A + H + 1 + H * V + V
+        place, words, init = config["num_regions"] * D, V * W, 2 * (D * H + H)
+        lstm, attention, gate, output = (W + D + H + 1) * 4 * H, (D + 1 + H + 1) * A, H + 1, H * V + V
+        return place + words + init + lstm + attention + gate + output
 
     def _regions(self, features):
         """features (N, R, D) -> the regions with their place embedded, a (N, R, D) in the model's dtype."""
