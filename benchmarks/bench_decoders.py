@@ -291,8 +291,8 @@ def main(argv=None):
         theirs_a.zero_grad(set_to_none=True)
         theirs_a.loss(regions_t, caps_t).backward()
 
-    assert abs(ours_a.loss(regions, captions)[0] - float(theirs_a.loss(regions_t, caps_t))) < 1e-3 * abs(
-        ours_a.loss(regions, captions)[0])
+    mine = ours_a.loss(regions, captions)[0]
+    assert abs(mine - theirs_a.loss(regions_t, caps_t).item()) < 1e-3 * abs(mine)  # the same model
     t_ours, t_torch = paired_seconds(lambda: ours_a.loss(regions, captions), torch_attention_step, repeats)
     result["attention_lstm_train_step"] = {"ours_s": round(t_ours, 4), "torch_autograd_s": round(t_torch, 4),
                                            "ratio": round(t_ours / t_torch, 2)}

@@ -1,10 +1,10 @@
 """Count the mistakes of predicted captions of the bundled sample dataset, by attribute.
 
 Usage:
-    python inference.py --model lstm --eval                     # writes outputs/lstm_checkpoint_val_greedy_eval.json
-    python benchmarks/caption_errors.py outputs/lstm_checkpoint_val_greedy_eval.json [more.json ...]
+    python inference.py --model lstm --eval                     # writes outputs/lstm_checkpoint_test_greedy_eval.json
+    python benchmarks/caption_errors.py outputs/lstm_checkpoint_test_greedy_eval.json [more.json ...]
 
-Each val image's scene is known (core/datasets/make_sample_dataset.py rebuilds it from its
+Each val or test image's scene is known (core/datasets/make_sample_dataset.py rebuilds it from its
 index), and the grammar's phrasings say which object stands where, so a prediction can be read
 back into objects in their slots (left/above first) and compared: objects of the wrong shape,
 colour or size, captions with the wrong relation (the other axis, or the wrong number of
@@ -44,14 +44,15 @@ def scene_slots(scene):
     return objects, axis
 
 
-def count_errors(predictions):
-    """[{"image": i, "caption": str, "references": [...]}] of the val split -> totals of mistakes."""
+def count_errors(predictions, split="val"):
+    """[{"image": i, "caption": str, "references": [...]}] of the split's images -> totals of mistakes
+    (the same for shifted or recoloured copies of its scenes, whose objects keep their slots)."""
     totals = {"captions": 0, "exact": 0, "wrong_shape": 0, "wrong_colour": 0, "wrong_size": 0, "wrong_relation": 0,
               "wrong_object_count": 0}
     for p in predictions:
         totals["captions"] += 1
         totals["exact"] += p["caption"] in p["references"]
-        want, want_axis = scene_slots(make_scene("val", p["image"]))
+        want, want_axis = scene_slots(make_scene(split, p["image"]))
         got, got_axis = read_caption(p["caption"])
         if len(got) != len(want):
             totals["wrong_object_count"] += 1
@@ -65,13 +66,15 @@ def count_errors(predictions):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", nargs="+", help="*_val_*_eval.json files written by inference.py --eval")
+    parser.add_argument("reports", nargs="+", help="*_eval.json files of the sample dataset's val or test split "
+                                                   "written by inference.py --eval")
     args = parser.parse_args(argv)
     for path in args.reports:
         report = json.loads(Path(path).read_text())
-        if report.get("split") != "val":
-            parser.exit(2, f"{path}: only val-split reports of the sample dataset can be checked\n")
-        print(json.dumps(dict(count_errors(report["predictions"]), report=str(path), beam_size=report["beam_size"])))
+        if report.get("split") not in ("val", "test"):
+            parser.exit(2, f"{path}: only val- or test-split reports of the sample dataset can be checked\n")
+        print(json.dumps(dict(count_errors(report["predictions"], report["split"]), report=str(path),
+                              beam_size=report["beam_size"])))
 
 
 if __name__ == "__main__":

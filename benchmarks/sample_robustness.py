@@ -8,7 +8,8 @@ The 500 val scenes are rendered three ways: as in the dataset, with every object
 pixels (make_sample_dataset.shifted) and on another background colour; each goes through the
 dataset's own random VGG16 and PCA transforms (fc7, and the 7 x 7 regions for the decoders that
 attend). Every checkpoint captions every copy greedily; a caption is an exact scene when it is one
-of the scene's five references. For decoders over regions, every colour or shape word that names
+of the scene's five references (the JSON also counts the mistakes by attribute, as
+benchmarks/caption_errors.py does). For decoders over regions, every colour or shape word that names
 one object of the scene counts as looking at it when its most attended region overlaps the object
 (chance: the share of regions that overlap it). Prints a markdown table and writes the figures as
 JSON (--out).
@@ -23,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.caption_errors import count_errors  # noqa: E402
 from core.checkpoint import load_checkpoint  # noqa: E402
 from core.coco_utils import decode_captions  # noqa: E402
 from core.datasets import make_sample_dataset as sample  # noqa: E402
@@ -58,11 +60,20 @@ def main(argv=None):
     p.add_argument("--num_images", type=int, default=500, help="val scenes to use")
     p.add_argument("--batch_size", type=int, default=32, help="images per VGG16 forward pass")
     p.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--cache", default=None, help="keep the rendered copies' features in this .npz (reused when it "
+                                                 "exists: --num_images must then be the same)")
     args = p.parse_args(argv)
     scenes = [sample.make_scene("val", i) for i in range(args.num_images)]
     references = [set(sample.captions(s)) for s in scenes]
-    features = {v: variant_features(scenes, v, sample.SAMPLE_DIR, args.batch_size)
-                for v in ("val", "shifted", "background")}
+    cache = Path(args.cache) if args.cache else None
+    if cache and cache.is_file():
+        with np.load(cache) as f:
+            features = {v: {k: f[f"{v}.{k}"] for k in ("fc7", "grid")} for v in ("val", "shifted", "background")}
+    else:
+        features = {v: variant_features(scenes, v, sample.SAMPLE_DIR, args.batch_size)
+                    for v in ("val", "shifted", "background")}
+        if cache:
+            np.savez(cache, **{f"{v}.{k}": a for v, d in features.items() for k, a in d.items()})
     results = []
     for path in args.checkpoints:
         model, config = load_checkpoint(path)
@@ -75,6 +86,8 @@ def main(argv=None):
                 words, alphas = greedy_search(model, feats["fc7"], 30), None
             captions = decode_captions(words, config["idx_to_word"])
             row[variant] = float(np.mean([c in refs for c, refs in zip(captions, references)]))
+            row[f"{variant}_mistakes"] = count_errors([{"image": i, "caption": c, "references": sorted(r)}
+                                                       for i, (c, r) in enumerate(zip(captions, references))])
             if alphas is not None and variant == "val":
                 boxes = region_boxes(int(round(np.sqrt(alphas.shape[2]))), sample.SIZE, sample.SIZE)
                 looks = [hit for s, c, a in zip(scenes, captions, alphas)

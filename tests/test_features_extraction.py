@@ -460,7 +460,7 @@ def test_own_images_run_vgg16_on_the_requested_device_for_every_decoder(built, t
                     checkpoint)
     devices = []
 
-    def fake_fc7(paths, spec, batch_size, device, progress):
+    def fake_fc7(paths, spec, batch_size, device, progress, grid_size=None):
         devices.append(device)
         return np.zeros((len(paths), 4096), dtype=np.float32), {}
 

@@ -229,8 +229,8 @@ def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path, capsys, monkeyp
                    *map(str, SMALL)])
     capsys.readouterr()
     inference.main(["--model", "rnn", "--data_dir", str(SAMPLE_DIR), "--eval"])
-    assert f"{SAMPLE_DIR} split val (500 images), greedy decoding" in capsys.readouterr().out
-    report = json.loads((tmp_path / "outputs" / "rnn_checkpoint_val_greedy_eval.json").read_text())
+    assert f"{SAMPLE_DIR} split test (500 images), greedy decoding" in capsys.readouterr().out  # test by default
+    report = json.loads((tmp_path / "outputs" / "rnn_checkpoint_test_greedy_eval.json").read_text())
     assert len(report["predictions"]) == 500 and all(len(p["references"]) == 5 for p in report["predictions"])
 
 
@@ -269,7 +269,7 @@ def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypat
         out = np.stack([captions[np.flatnonzero(image_idxs == i)[1], 1:] for i in chosen])
         out[-1] = data["word_to_idx"]["<NULL>"]
         out[-1, 0] = data["word_to_idx"]["<END>"]
-        return out
+        return out, None  # no attention maps
 
     monkeypatch.setattr(inference, "load_checked_data", lambda args, config: data)
     monkeypatch.setattr(inference, "sample", second_reference_but_empty_last)
