@@ -1,5 +1,6 @@
 """The test split: built, loaded, scored by default, never used for selection; Karpathy split files;
 scoring against raw COCO captions."""
+import functools
 import json
 
 import h5py
@@ -11,7 +12,7 @@ import inference
 from core.coco_utils import SAMPLE_DIR, data_splits, decode_captions, load_coco_data
 from core.datasets import make_sample_dataset as sample
 from core.errors import UserError
-from core.evaluation import raw_references
+from core.evaluation import raw_references, score_captions
 from core.karpathy import read_split_file
 from tests.helpers import one_line_error
 
@@ -189,6 +190,12 @@ def trained(tmp_path_factory):
                    "--checkpoint", str(checkpoint), "--out_dir", str(folder / "out"), "--hidden_dim", "16",
                    "--wordvec_dim", "8", "--recipe", "default"])
     return folder, data_dir, checkpoint
+
+
+@pytest.fixture(autouse=True)
+def no_meteor(monkeypatch):
+    """METEOR starts Java for each scoring; the references and splits tested here do not need it."""
+    monkeypatch.setattr(inference, "score_captions", functools.partial(score_captions, meteor=False))
 
 
 def _eval(folder, data_dir, checkpoint, *extra):
