@@ -69,14 +69,15 @@ def _require(path, hint):
     return path
 
 
-def _read_h5(path, names):
-    """Read datasets `names` from one h5 file -> dict name -> array; UserError when unreadable."""
+def _read_h5(path, names, rows=None):
+    """Read datasets `names` (their first `rows` rows when given) from one h5 file -> dict name -> array;
+    UserError when unreadable."""
     try:
         with h5py.File(path, "r") as f:
             missing = [n for n in names if n not in f]
             if missing:
                 raise UserError(f"{path} has no dataset(s) {', '.join(missing)}")
-            return {n: f[n][()] for n in names}
+            return {n: f[n][()] if rows is None else f[n][:rows] for n in names}
     except OSError as e:
         raise UserError(f"cannot read {path} as HDF5 ({e})") from None
 
@@ -119,7 +120,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     _require(base_dir / "coco2014_vocab.json", hint)
     data["idx_to_word"], data["word_to_idx"] = load_vocab(base_dir)
     if features == "grid" or not pca_features:  # the id is always that of the PCA features
-        first = _read_h5(_require(base_dir / "train2014_vgg16_fc7_pca.h5", hint), ["features"])["features"][:256]
+        first = _read_h5(_require(base_dir / "train2014_vgg16_fc7_pca.h5", hint), ["features"], rows=256)["features"]
     else:
         first = data["train_features"]
     data["dataset_id"] = dataset_id(first, data["idx_to_word"])
