@@ -20,7 +20,7 @@ compute the weight gradients as single products after the backward loop.
 import numpy as np
 
 from core.rnn_layers import sigmoid
-from lstm_utils import _gates, _gates_backward
+from lstm_utils import _gates, _gates_backward, lstm_step_from_projection
 
 WEIGHTS = ("Wx", "Wz", "Wh", "b", "W_att_a", "b_att", "W_att_h", "w_att", "w_beta", "b_beta")
 
@@ -71,11 +71,7 @@ def att_lstm_step_forward(x, a, prev_h, prev_c, Wx, Wz, Wh, b, W_att_a, b_att, W
     context, alpha, att_cache = attention_forward(a, a_proj, prev_h @ W_att_h, w_att)
     beta = sigmoid(prev_h @ w_beta + b_beta)  # (N,)
     z = beta[:, None] * context  # (N, D)
-    H = prev_h.shape[1]
-    gates = _gates(x @ Wx + z @ Wz + prev_h @ Wh + b, H)
-    next_c = gates[:, H:2 * H] * prev_c + gates[:, :H] * gates[:, 3 * H:]
-    tanh_c = np.tanh(next_c)
-    next_h = gates[:, 2 * H:3 * H] * tanh_c
+    next_h, next_c, gates, tanh_c = lstm_step_from_projection(x @ Wx + z @ Wz + b, prev_h, prev_c, Wh)
     cache = (x, a, prev_h, prev_c, Wx, Wz, Wh, W_att_a, W_att_h, w_beta, att_cache, context, beta, z, gates, tanh_c)
     return next_h, next_c, alpha, cache
 

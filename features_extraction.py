@@ -19,7 +19,7 @@ import torch
 from core import distributed
 from core.cli import ArgumentParser, interrupts, resolve_device, user_errors
 from core.dataset_builder import build_dataset
-from core.features import parse_weights
+from core.features import GRID_SIZES, parse_weights
 from core.karpathy import read_split_file
 
 
@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--grid", action="store_true",
                    help="also write region features for the attention decoders: <split>2014_vgg16_grid_pca.h5, "
                         "(images, regions, --grid_pca_dim) float16")
-    p.add_argument("--grid_size", type=int, default=7, choices=(7, 14),
+    p.add_argument("--grid_size", type=int, default=7, choices=GRID_SIZES,
                    help="--grid regions per side: 7 (pool5, 49 regions) or 14 (conv5_3, 196)")
     p.add_argument("--grid_pca_dim", type=int, default=64,
                    help="--grid: PCA dimensions of a region's 512 channels (fitted on train regions); at 64, "

@@ -225,8 +225,7 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
                     f.create_dataset("features", data=array, chunks=(min(len(array), 256),) + array.shape[1:])
             layer = "pool5" if grid_size == 7 else "conv5_3 after ReLU"
             save_transform(tmp / GRID_TRANSFORM_FILE, grid_transform, dict(
-                info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size, layer=layer,
-                dataset_id=dataset_id(pca["train"], idx_to_word)))
+                info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size, layer=layer))
         _replace_all(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
