@@ -19,7 +19,7 @@ compute the weight gradients as single products after the backward loop.
 """
 import numpy as np
 
-from core.rnn_layers import sigmoid
+from core.layers.rnn_layers import sigmoid
 from lstm_utils import _gates, _gates_backward, lstm_step_from_projection
 
 WEIGHTS = ("Wx", "Wz", "Wh", "b", "W_att_a", "b_att", "W_att_h", "w_att", "w_beta", "b_beta")

@@ -16,11 +16,11 @@ scored by `inference.py --eval`, never used to choose a checkpoint; without one,
 """
 import torch
 
-from core import distributed
-from core.cli import ArgumentParser, interrupts, resolve_device, user_errors
-from core.dataset_builder import build_dataset
-from core.features import GRID_SIZES, parse_weights
-from core.karpathy import read_split_file
+from core.util import distributed
+from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
+from core.data.builder import build_dataset
+from core.data.features import GRID_SIZES, parse_weights
+from core.data.karpathy import read_split_file
 
 
 def parse_args(argv=None):

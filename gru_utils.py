@@ -15,7 +15,7 @@ projections before the loop, and single matrix products for the weight gradients
 """
 import numpy as np
 
-from core.rnn_layers import sigmoid
+from core.layers.rnn_layers import sigmoid
 
 
 def gru_step_from_projection(xa, prev_h, Wh, bh):

@@ -32,21 +32,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import distributed
-from core.checkpoint import check_checkpoint, load_checkpoint
-from core.cli import ArgumentParser, interrupts, resolve_device, user_errors
-from core.coco_utils import (
+from core.util import distributed
+from core.model.checkpoint import check_checkpoint, load_checkpoint
+from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
+from core.data.coco_utils import (
     GRID_HINT, SAMPLE_DIR, data_splits, decode_captions, default_data_dir, load_coco_data, load_vocab, subset_rows)
-from core.errors import UserError
-from core.evaluation import caption_split, format_scores, raw_references, references_by_image, score_captions
-from core.features import (
+from core.util.errors import UserError
+from core.evaluation.metrics import caption_split, format_scores, raw_references, references_by_image, score_captions
+from core.data.features import (
     GRID_TRANSFORM_FILE, describe_weights, ensure_transform, extract_fc7, load_transform, project, project_grid,
     region_boxes)
-from core.fileio import atomic_write_text
-from core.image_utils import try_load_image
-from core.decoding import greedy_search
-from core.plots import panel_title, save_attention_figure, save_caption_grid
-from core.registry import MODEL_TYPES
+from core.util.fileio import atomic_write_text
+from core.data.image_utils import try_load_image
+from core.model.decoding import greedy_search
+from core.evaluation.plots import panel_title, save_attention_figure, save_caption_grid
+from core.model.registry import MODEL_TYPES
 
 
 def parse_args(argv=None):

@@ -14,7 +14,7 @@ gradients after it.
 """
 import numpy as np
 
-from core.rnn_layers import sigmoid
+from core.layers.rnn_layers import sigmoid
 
 
 def _gates(a, H):

@@ -25,21 +25,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import distributed
-from core.best import BestCheckpoint
-from core.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint, save_training_state
-from core.cli import (best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, resolve_device,
+from core.util import distributed
+from core.training.best import BestCheckpoint
+from core.model.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint, save_training_state
+from core.util.cli import (best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, resolve_device,
                       user_errors)
-from core.coco_utils import describe_features, default_data_dir, keep_captions, load_coco_data
-from core.errors import UserError
-from core.fileio import RunLock, atomic_write_text, check_writable
-from core.memory import keep_freed_memory
-from core.plots import save_loss_plot, save_scst_plot
-from core.registry import MODEL_TYPES, build_model
-from core.run_config import load_resume, parse_args, recipe_for_data, resumed_batch_size, saved_flags
-from core.solver_base import TrainingDiverged
-from core.steps import from_flags
-from core.tensorboard_log import TensorBoardLog, summary_writer
+from core.data.coco_utils import describe_features, default_data_dir, keep_captions, load_coco_data
+from core.util.errors import UserError
+from core.util.fileio import RunLock, atomic_write_text, check_writable
+from core.util.memory import keep_freed_memory
+from core.evaluation.plots import save_loss_plot, save_scst_plot
+from core.model.registry import MODEL_TYPES, build_model
+from core.training.config import load_resume, parse_args, recipe_for_data, resumed_batch_size, saved_flags
+from core.training.solver_base import TrainingDiverged
+from core.training.steps import from_flags
+from core.training.tensorboard_log import TensorBoardLog, summary_writer
 
 
 def starting_model(args, data, ident, resumed):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.memory import keep_freed_memory  # noqa: E402
+from core.util.memory import keep_freed_memory  # noqa: E402
 from core.model.attention_lstm import AttentionLSTM  # noqa: E402
 from core.model.region_transformer import RegionTransformer  # noqa: E402
 from core.model.rnn_model import CELLS, CaptioningRNN  # noqa: E402

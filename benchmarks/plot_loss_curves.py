@@ -5,7 +5,7 @@ Usage:
 
 Reads <history_dir>/<stem>_history.json as written by training.py (<stem>: the model type's default
 checkpoint's, e.g. lstm_checkpoint), for every model type of
-core/registry.py (the ones present are plotted), and saves the figure.
+core/model/registry.py (the ones present are plotted), and saves the figure.
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.registry import MODEL_TYPES  # noqa: E402
+from core.model.registry import MODEL_TYPES  # noqa: E402
 
 
 def main(argv=None):

@@ -23,9 +23,9 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.coco_utils import decode_captions, load_coco_data  # noqa: E402
+from core.data.coco_utils import decode_captions, load_coco_data  # noqa: E402
 from core.datasets.make_sample_dataset import SAMPLE_DIR, make_scene  # noqa: E402
-from core.evaluation import references_by_image, score_captions  # noqa: E402
+from core.evaluation.metrics import references_by_image, score_captions  # noqa: E402
 
 
 def blind_baseline():

@@ -25,13 +25,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.caption_errors import count_errors  # noqa: E402
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.coco_utils import decode_captions  # noqa: E402
+from core.model.checkpoint import load_checkpoint  # noqa: E402
+from core.data.vocab import decode_captions  # noqa: E402
 from core.datasets import make_sample_dataset as sample  # noqa: E402
-from core.decoding import greedy_search  # noqa: E402
-from core.features import (  # noqa: E402
+from core.model.decoding import greedy_search  # noqa: E402
+from core.data.features import (  # noqa: E402
     GRID_TRANSFORM_FILE, TRANSFORM_FILE, extract_fc7, load_transform, project, project_grid, region_boxes)
-from core.registry import MODEL_TYPES  # noqa: E402
+from core.model.registry import MODEL_TYPES  # noqa: E402
 
 OTHER_BACKGROUND = (205, 222, 240)  # a light blue no object has
 

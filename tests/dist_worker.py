@@ -11,9 +11,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import distributed  # noqa: E402
-from core.coco_utils import load_coco_data  # noqa: E402
-from core.registry import MODEL_TYPES  # noqa: E402
+from core.util import distributed  # noqa: E402
+from core.data.coco_utils import load_coco_data  # noqa: E402
+from core.model.registry import MODEL_TYPES  # noqa: E402
 from tests.test_distributed import BATCH, CASES, make_solver, weights  # noqa: E402
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.registry import MODEL_TYPES, build_model
+from core.model.registry import MODEL_TYPES, build_model
 
 
 def numeric_gradient(f, x, dout, h=1e-5):
@@ -55,7 +55,7 @@ TINY_SIZES = {"wordvec_dim": 8, "hidden_dim": 12, "num_heads": 2, "num_layers": 
 
 
 def tiny_model(name, data, seed=0, **sizes):
-    """A small model of type `name` (a row of core.registry.MODEL_TYPES) for the data, through the registry."""
+    """A small model of type `name` (a row of core.model.registry.MODEL_TYPES) for the data, through the registry."""
     return build_model(name, data, dict(TINY_SIZES, **sizes), seed=seed)
 
 

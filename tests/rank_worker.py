@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import training  # noqa: E402
-from core import distributed  # noqa: E402
+from core.util import distributed  # noqa: E402
 
 
 def main():

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.model.attention_lstm import AttentionLSTM
-from core.optim import adam
+from core.training.optim import adam
 from tests.helpers import numeric_gradient, rel_error
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "red", "green", "blue", "yellow", "cat", "dog"]

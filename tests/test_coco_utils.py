@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from core.coco_utils import decode_captions, load_coco_data, sample_coco_minibatch, subset_rows
-from core.errors import UserError
+from core.data.coco_utils import decode_captions, load_coco_data, sample_coco_minibatch, subset_rows
+from core.util.errors import UserError
 
 
 def test_layout_is_read_back(fake_coco):

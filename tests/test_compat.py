@@ -11,13 +11,13 @@ import torch
 
 import inference
 import training
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.coco_utils import SAMPLE_DIR, decode_captions, load_coco_data, subset_rows
-from core.errors import UserError
-from core.evaluation import score_captions
+from core.model.checkpoint import load_checkpoint, save_checkpoint
+from core.data.coco_utils import SAMPLE_DIR, decode_captions, load_coco_data, subset_rows
+from core.util.errors import UserError
+from core.evaluation.metrics import score_captions
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
-from core.rnn_layers import affine_backward, affine_forward
+from core.layers.rnn_layers import affine_backward, affine_forward
 from tests.helpers import assert_gradients
 
 ORIGINAL = Path(__file__).resolve().parent / "data" / "original"

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.decoding import beam_search, decode, greedy_search, sequence_logprob
+from core.model.decoding import beam_search, decode, greedy_search, sequence_logprob
 from core.model.attention_lstm import AttentionLSTM
 from core.model.region_transformer import RegionTransformer
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
-from core.registry import MODEL_TYPES
+from core.model.registry import MODEL_TYPES
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "runs", "on", "mat"]
 VOCAB = {w: i for i, w in enumerate(WORDS)}
@@ -144,7 +144,7 @@ def test_wide_beam_finds_the_exhaustive_optimum(name):
 
 class MarkovChain:
     """A decoder whose next-word log-probabilities depend only on the previous word (a fixed random
-    table), with the step interface of core/decoding.py; <NULL> is never likely."""
+    table), with the step interface of core/model/decoding.py; <NULL> is never likely."""
 
     null_idx, start_idx, end_idx = 0, 1, 2
 

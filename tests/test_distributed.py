@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint, load_training_state, save_training_state
-from core.cider import CiderD
-from core.coco_utils import load_coco_data
+from core.model.checkpoint import load_checkpoint, load_training_state, save_training_state
+from core.evaluation.cider import CiderD
+from core.data.coco_utils import load_coco_data
 from core.datasets.make_fake_coco import write_fake_coco
-from core.evaluation import references_by_image
-from core.registry import MODEL_TYPES
-from core.run_config import resumed_batch_size
-from core.steps import SelfCritical
+from core.evaluation.metrics import references_by_image
+from core.model.registry import MODEL_TYPES
+from core.training.config import resumed_batch_size
+from core.training.steps import SelfCritical
 from tests.helpers import rel_error, tiny_solver, weights
 
 pytestmark = pytest.mark.slow  # subprocesses, torchrun or VGG16 throughout

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.evaluation import format_scores, references_by_image, score_captions
+from core.evaluation.metrics import format_scores, references_by_image, score_captions
 
 IDX_TO_WORD = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "red", "circle", "blue", "square", "left", "of"]
 W = {w: i for i, w in enumerate(IDX_TO_WORD)}
@@ -55,7 +55,7 @@ def test_an_interrupted_meteor_scoring_ends_its_java_process_and_does_not_hang(m
 
     import pycocoevalcap.meteor.meteor as meteor
 
-    import core.evaluation as evaluation
+    import core.evaluation.metrics as evaluation
 
     made = []
 

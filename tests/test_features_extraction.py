@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import features_extraction
-from core.coco_utils import SAMPLE_DIR, decode_captions, load_coco_data, tokenize
+from core.data.coco_utils import SAMPLE_DIR, decode_captions, load_coco_data, tokenize
 from core.datasets import make_sample_dataset as sample
-from core.features import TRANSFORM_FILE, ensure_transform, extract_fc7, load_transform, project
+from core.data.features import TRANSFORM_FILE, ensure_transform, extract_fc7, load_transform, project
 
 ROOT = Path(__file__).resolve().parents[1]
 PCA_DIM = 8
@@ -169,7 +169,7 @@ def test_caption_own_images_end_to_end(built, rendered, tmp_path):
     shutil.copytree(built, other)
     transform, info = load_transform(other / TRANSFORM_FILE)
     info["dataset_id"] = "0123456789abcdef"
-    from core.features import save_transform
+    from core.data.features import save_transform
 
     save_transform(other / TRANSFORM_FILE, transform, info)
     result = run("inference.py", "--model", "lstm", "--data_dir", other, "--image", images[0])
@@ -179,7 +179,7 @@ def test_caption_own_images_end_to_end(built, rendered, tmp_path):
 
 def test_cs231n_data_gets_its_transform_recovered_once(tmp_path, capsys):
     from core.datasets.make_fake_coco import write_fake_coco
-    from core.errors import UserError
+    from core.util.errors import UserError
 
     with pytest.raises(UserError, match="too few"):
         ensure_transform(write_fake_coco(tmp_path / "small", train_images=40, fc7_dim=64), progress=False)
@@ -237,7 +237,7 @@ def test_sample_dataset_content():
 
 
 def test_incremental_pca_spans_the_same_subspace_as_full_pca():
-    from core.features import fit_pca
+    from core.data.features import fit_pca
 
     rng = np.random.default_rng(0)
     X = (rng.standard_normal((530, 6)) * [9, 7, 5, 3, 2, 1]) @ rng.standard_normal((6, 40))
@@ -268,8 +268,8 @@ def _image_folder(tmp_path, names):
 
 
 def test_duplicate_image_ids_with_different_files_are_an_error(tmp_path):
-    from core.dataset_builder import read_annotations
-    from core.errors import UserError
+    from core.data.builder import read_annotations
+    from core.util.errors import UserError
 
     folder = _image_folder(tmp_path, ["a.png", "b.png", "c.png"])
     same_twice = _annotations(tmp_path, [(1, "a.png"), (1, "a.png"), (2, "b.png")], [(1, "x"), (2, "y")])
@@ -284,8 +284,8 @@ def test_duplicate_image_ids_with_different_files_are_an_error(tmp_path):
 
 
 def test_empty_captions_are_dropped_and_counted(tmp_path):
-    from core.dataset_builder import read_annotations
-    from core.errors import UserError
+    from core.data.builder import read_annotations
+    from core.util.errors import UserError
 
     folder = _image_folder(tmp_path, ["a.png", "b.png"])
     log = []
@@ -299,7 +299,7 @@ def test_empty_captions_are_dropped_and_counted(tmp_path):
 
 
 def test_tokenizer_keeps_unicode_letters_and_counts_what_it_drops():
-    from core.coco_utils import dropped_characters
+    from core.data.coco_utils import dropped_characters
 
     assert tokenize("A Café near the Zoo, isn't it?") == ["a", "café", "near", "the", "zoo", "isn't", "it"]
     assert tokenize("cafe\u0301") == ["café"]  # decomposed accent: NFC first
@@ -329,12 +329,12 @@ def test_unicode_captions_reach_the_vocabulary_and_dropped_characters_are_report
 
 @pytest.mark.slow
 def test_pca_dim_is_checked_before_any_image_is_read(rendered, tmp_path, capsys, monkeypatch):
-    import core.dataset_builder
+    import core.data.builder
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("VGG16 ran before the --pca_dim check")
 
-    monkeypatch.setattr(core.dataset_builder, "extract_fc7", no_extraction)
+    monkeypatch.setattr(core.data.builder, "extract_fc7", no_extraction)
     with pytest.raises(SystemExit):
         build(rendered, tmp_path / "out", "--pca_dim", "13")
     _expect_user_error(capsys, "--pca_dim 13 needs at least 13 training images", "the train split has 12")
@@ -345,7 +345,7 @@ def test_a_decompression_bomb_is_a_one_line_error(built, tmp_path, capsys, monke
     import inference
     from PIL import Image
 
-    from core.checkpoint import save_checkpoint
+    from core.model.checkpoint import save_checkpoint
     from core.model.rnn_model import CaptioningRNN
 
     vocab = json.loads((built / "coco2014_vocab.json").read_text())
@@ -365,7 +365,7 @@ def test_a_decompression_bomb_is_a_one_line_error(built, tmp_path, capsys, monke
 def test_a_full_disk_while_writing_a_dataset_leaves_the_folder_as_it_was(rendered, tmp_path, capsys, monkeypatch):
     import subprocess
 
-    import core.dataset_builder
+    import core.data.builder
 
     out = tmp_path / "disk"
     out.mkdir()
@@ -374,7 +374,7 @@ def test_a_full_disk_while_writing_a_dataset_leaves_the_folder_as_it_was(rendere
     try:
         (out / "keep.txt").write_text("a previous file")
         fc7 = np.random.default_rng(0).random((64, 4096), dtype=np.float32)  # 1 MiB per split: cannot fit
-        monkeypatch.setattr(core.dataset_builder, "extract_fc7", lambda paths, *a, **k: (fc7[:len(paths)], {}))
+        monkeypatch.setattr(core.data.builder, "extract_fc7", lambda paths, *a, **k: (fc7[:len(paths)], {}))
         with pytest.raises(SystemExit):
             build(rendered, out)
         _expect_user_error(capsys, f"cannot write the dataset into {out}", "No space left on device")
@@ -416,7 +416,7 @@ def test_a_failure_while_moving_the_new_dataset_in_puts_the_old_one_back(tmp_pat
     and the new dataset mixed when a move fails part-way."""
     import os
 
-    import core.dataset_builder as builder
+    import core.data.builder as builder
 
     out, new = tmp_path / "out", tmp_path / "new"
     out.mkdir()
@@ -451,7 +451,7 @@ def test_own_images_run_vgg16_on_the_requested_device_for_every_decoder(built, t
     """Break caught: --device reaching VGG16 only for the torch decoders (a numpy decoder's images went
     through VGG16 on the CPU whatever --device said). The "meta" device stands in for a GPU."""
     import inference
-    from core.checkpoint import save_checkpoint
+    from core.model.checkpoint import save_checkpoint
     from core.model.rnn_model import CaptioningRNN
 
     vocab = json.loads((built / "coco2014_vocab.json").read_text())
@@ -473,7 +473,7 @@ def test_own_images_run_vgg16_on_the_requested_device_for_every_decoder(built, t
 
 @pytest.mark.slow
 def test_the_sample_dataset_builder_writes_a_loadable_dataset(tmp_path):
-    """make_sample_dataset renders the scenes and builds the layout through core/dataset_builder.py
+    """make_sample_dataset renders the scenes and builds the layout through core/data/builder.py
     (not through the features_extraction script)."""
     sample.main(["--out_dir", str(tmp_path), "--train_images", "6", "--val_images", "3", "--test_images", "2",
                  "--pca_dim", "4", "--grid_pca_dim", "3"])
@@ -486,8 +486,8 @@ def test_the_sample_dataset_builder_writes_a_loadable_dataset(tmp_path):
 
 def test_captions_that_are_not_strings_are_refused_with_their_annotation(tmp_path):
     """Break caught: a null caption read as the word "none", a number as a word."""
-    import core.dataset_builder as builder
-    from core.errors import UserError
+    import core.data.builder as builder
+    from core.util.errors import UserError
 
     (tmp_path / "a.png").write_bytes(b"")
     for caption in (None, 7, ["a", "cat"]):
@@ -502,8 +502,8 @@ def test_captions_that_are_not_strings_are_refused_with_their_annotation(tmp_pat
 
 def test_a_vocabulary_with_no_word_is_refused_before_vgg16_runs(tmp_path, monkeypatch):
     """Break caught: --min_word_count above every count wrote a dataset of <START> <UNK> ... <END>."""
-    import core.dataset_builder as builder
-    from core.errors import UserError
+    import core.data.builder as builder
+    from core.util.errors import UserError
 
     monkeypatch.setattr(builder, "extract_fc7", lambda *a, **k: pytest.fail("VGG16 ran"))
     for split in ("train", "val"):
@@ -520,7 +520,7 @@ def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path)
     the folder of a build still running is left alone."""
     import os
 
-    import core.dataset_builder as builder
+    import core.data.builder as builder
 
     stale, running = tmp_path / ".build_999999999_x", tmp_path / f".build_{os.getpid()}_y"
     for folder in (stale, running, tmp_path / ".build_old-style"):
@@ -532,7 +532,7 @@ def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path)
 
 def test_a_transform_file_that_is_not_an_npz_is_named_without_suggesting_to_unpickle(tmp_path):
     """Break caught: numpy's own message for a non-npz file, which invites the user to allow unpickling."""
-    from core.errors import UserError
+    from core.util.errors import UserError
 
     path = tmp_path / TRANSFORM_FILE
     path.write_text("not a transform")
@@ -545,8 +545,8 @@ def test_own_images_with_a_sample_dataset_model_say_what_it_knows(tmp_path, caps
     """Break caught: a photograph captioned with confidence by a model that has only seen the sample
     dataset's rendered shapes, with no word that the caption means nothing."""
     import inference
-    from core.checkpoint import save_checkpoint
-    from core.coco_utils import load_vocab
+    from core.model.checkpoint import save_checkpoint
+    from core.data.coco_utils import load_vocab
     from core.model.rnn_model import CaptioningRNN
 
     _, word_to_idx = load_vocab(SAMPLE_DIR)

@@ -6,10 +6,10 @@ import pytest
 import features_extraction
 import inference
 import training
-from core.coco_utils import load_coco_data
+from core.data.coco_utils import load_coco_data
 from core.datasets import make_sample_dataset as sample
-from core.errors import UserError
-from core.features import GRID_TRANSFORM_FILE, extract_fc7, load_transform, project_grid, region_boxes
+from core.util.errors import UserError
+from core.data.features import GRID_TRANSFORM_FILE, extract_fc7, load_transform, project_grid, region_boxes
 from tests.helpers import one_line_error
 from tests.test_splits import COMMON, _split_flags
 

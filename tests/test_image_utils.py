@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.features import _ImageFiles
-from core.image_utils import load_image, to_rgb8
+from core.data.features import _ImageFiles
+from core.data.image_utils import load_image, to_rgb8
 
 
 def _gray(image):
@@ -56,7 +56,7 @@ def test_an_image_without_pixels_is_a_value_error():
 
 def test_captions_no_installed_font_can_draw_are_said_once_without_glyph_warnings(tmp_path, recwarn):
     """Break caught: Han/kana captions drawn as boxes with one raw matplotlib warning per glyph."""
-    from core import plots
+    from core.evaluation import plots
 
     notes = []
     titles = ["GT: 猫 が いる", "lstm: 犬 が いる"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import optim
+from core.training import optim
 
 
 def _run_ours(rule, config, w0, grads):
@@ -54,9 +54,9 @@ def test_update_rules_keep_float32(name):
 def test_the_numpy_solver_keeps_a_zero_learning_rate_and_decays_the_rules_own_default(fake_coco):
     """Breaks caught: learning_rate=0 dropped as if not given (the weights then moved at adam's 1e-3),
     and the decay starting from 1e-2 where adam's default step is 1e-3."""
-    from core.coco_utils import load_coco_data
+    from core.data.coco_utils import load_coco_data
     from tests.helpers import tiny_model, weights
-    from core.solver_numpy import NumpySolver
+    from core.training.solver_numpy import NumpySolver
 
     data = load_coco_data(fake_coco, max_train=40)
     model = tiny_model("rnn", data)

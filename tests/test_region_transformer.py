@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.model.region_transformer import RegionTransformer
 from tests.test_attention_lstm import VOCAB, _ordering_task
 

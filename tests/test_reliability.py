@@ -16,14 +16,14 @@ import torch
 
 import inference
 import training
-from core.checkpoint import load_checkpoint, load_training_state, save_checkpoint
-from core.cli import out_of_memory_errors
-from core.coco_utils import load_coco_data
-from core.errors import UserError
-from core.fileio import atomic_write_text
+from core.model.checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from core.util.cli import out_of_memory_errors
+from core.data.coco_utils import load_coco_data
+from core.util.errors import UserError
+from core.util.fileio import atomic_write_text
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
-from core.registry import MODEL_TYPES
+from core.model.registry import MODEL_TYPES
 from tests.helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,7 +455,7 @@ def test_a_failing_write_during_training_is_one_line_and_keeps_the_good_files(fa
 
 
 def test_atomic_write_removes_its_temporary_file_on_any_failure(tmp_path):
-    from core.fileio import atomic_write
+    from core.util.fileio import atomic_write
 
     target = tmp_path / "x.bin"
     target.write_bytes(b"good")
@@ -489,7 +489,7 @@ def test_only_running_out_of_memory_becomes_a_one_line_error(monkeypatch):
 def test_resuming_on_another_number_of_processes_keeps_the_captions_per_step_or_says_what_to_pass():
     """Breaks caught: the per-process batch kept (the step changes silently), --batch_size refused
     although it keeps the step, a step that the processes cannot share silently rounded."""
-    from core.run_config import resumed_batch_size
+    from core.training.config import resumed_batch_size
 
     assert resumed_batch_size(25, 2, 1) == (50, "resuming a run of 2 process(es) x batch 25 on 1 process(es): "
                                                 "batch 50 per process, the same 50 captions per step")
@@ -641,7 +641,7 @@ def test_inference_finds_the_data_folder_the_checkpoint_was_trained_on(fake_coco
                     "--out_dir", str(tmp_path)])
     assert f"data: {Path(fake_coco).resolve()}, the folder {tmp_path / 'r.npz'} was trained on" in \
         capsys.readouterr().out
-    from core.coco_utils import SAMPLE_DIR
+    from core.data.coco_utils import SAMPLE_DIR
 
     one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "r.npz"),
                                                    "--data_dir", str(SAMPLE_DIR), "--split", "val"]),

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_training_state, save_training_state
-from core.coco_utils import load_coco_data
-from core.registry import MODEL_TYPES
-from core.solver_base import TrainingDiverged
+from core.model.checkpoint import load_training_state, save_training_state
+from core.data.coco_utils import load_coco_data
+from core.model.registry import MODEL_TYPES
+from core.training.solver_base import TrainingDiverged
 from tests.helpers import checkpoint_name, tiny_model, tiny_solver, weights
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.rnn_layers import (
+from core.layers.rnn_layers import (
     affine_backward,
     affine_forward,
     sigmoid,

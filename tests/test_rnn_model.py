@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.model.rnn_model import CaptioningRNN
 from tests.helpers import numeric_gradient, rel_error
 
@@ -58,7 +58,7 @@ def test_loss_ignores_null_targets():
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
 def test_overfits_tiny_data_and_samples_it_back(cell_type):
-    from core.optim import adam
+    from core.training.optim import adam
 
     rng = np.random.default_rng(2)
     model = CaptioningRNN(VOCAB, input_dim=8, wordvec_dim=16, hidden_dim=32, cell_type=cell_type, seed=0)
@@ -106,7 +106,7 @@ def test_rejects_bad_configuration():
 def test_fast_loss_equals_the_cs231n_reference_layers(cell_type):
     """CaptioningRNN.loss (vocabulary scores only where a target exists) against the CS231n way:
     step functions one time step at a time, temporal affine over all steps, masked temporal softmax."""
-    from core.rnn_layers import temporal_affine_backward, temporal_affine_forward, temporal_softmax_loss
+    from core.layers.rnn_layers import temporal_affine_backward, temporal_affine_forward, temporal_softmax_loss
     from gru_utils import gru_step_forward
     from lstm_utils import lstm_step_forward
     from rnn_utils import rnn_step_forward, word_embedding_forward

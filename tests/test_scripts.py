@@ -11,9 +11,9 @@ import pytest
 
 import inference
 import training
-from core.checkpoint import load_checkpoint
-from core.coco_utils import decode_captions, load_coco_data
-from core.evaluation import references_by_image
+from core.model.checkpoint import load_checkpoint
+from core.data.coco_utils import decode_captions, load_coco_data
+from core.evaluation.metrics import references_by_image
 from tests.helpers import one_line_error
 
 pytestmark = pytest.mark.slow  # subprocesses, torchrun or VGG16 throughout
@@ -177,7 +177,7 @@ def test_eval_scores_every_image_once_and_writes_json(trained, fake_coco, tmp_pa
     assert report["references"].startswith("the val split's own captions (100 for 20 images")
     assert sorted(p["image"] for p in report["predictions"]) == list(range(20))
     assert all(len(p["references"]) == 5 for p in report["predictions"])
-    from core.evaluation import score_captions  # the reported scores are those of the reported captions
+    from core.evaluation.metrics import score_captions  # the reported scores are those of the reported captions
 
     again = score_captions({p["image"]: p["caption"] for p in report["predictions"]},
                            {p["image"]: p["references"] for p in report["predictions"]}, meteor=False)
@@ -222,7 +222,7 @@ def test_plot_loss_curves_compares_the_trained_models(trained, tmp_path):
 def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path, capsys, monkeypatch):
     """The default data directory (the sample dataset when COCO is absent) through training and --eval
     (in-process: the scripts' wiring as subprocesses is tested above)."""
-    from core.coco_utils import SAMPLE_DIR
+    from core.data.coco_utils import SAMPLE_DIR
 
     monkeypatch.chdir(tmp_path)
     training.main(["--model", "rnn", "--data_dir", str(SAMPLE_DIR), "--epochs", "1", "--max_iters", "5",

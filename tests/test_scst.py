@@ -8,14 +8,14 @@ import torch
 
 import training
 from core.captioning_solver import CaptioningSolver
-from core.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
-from core.cider import CiderD
-from core.coco_utils import decode_captions, load_coco_data
-from core.decoding import greedy_search, sample_search, sequence_logprob
-from core.evaluation import references_by_image
+from core.model.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+from core.evaluation.cider import CiderD
+from core.data.coco_utils import decode_captions, load_coco_data
+from core.model.decoding import greedy_search, sample_search, sequence_logprob
+from core.evaluation.metrics import references_by_image
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
-from core.steps import SelfCritical
+from core.training.steps import SelfCritical
 from tests.helpers import numeric_gradient, one_line_error, rel_error
 
 WORDS = ["<NULL>", "<START>", "<END>", "a", "b"]
@@ -276,7 +276,7 @@ def test_self_critical_flag_mistakes_are_one_line_errors_before_any_work(capsys,
 def test_the_original_repositorys_checkpoint_fine_tunes_as_it_is(tmp_path, capsys):
     """Break caught: the data's vocabulary never reached the loader, so an original-format file (no
     vocabulary inside) was refused with "pass the --data_dir" although it was passed."""
-    from core.coco_utils import SAMPLE_DIR
+    from core.data.coco_utils import SAMPLE_DIR
     from tests.test_compat import FILES, ORIGINAL
 
     tuned = tmp_path / "tuned.npz"

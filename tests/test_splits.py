@@ -9,12 +9,12 @@ import pytest
 
 import features_extraction
 import inference
-from core.coco_utils import SAMPLE_DIR, data_splits, decode_captions, load_coco_data
+from core.data.coco_utils import SAMPLE_DIR, data_splits, decode_captions, load_coco_data
 from core.datasets import make_sample_dataset as sample
-from core.errors import UserError
-from core.evaluation import raw_references, score_captions
-from core.features import TRANSFORM_FILE, load_transform, project
-from core.karpathy import read_split_file
+from core.util.errors import UserError
+from core.evaluation.metrics import raw_references, score_captions
+from core.data.features import TRANSFORM_FILE, load_transform, project
+from core.data.karpathy import read_split_file
 from tests.helpers import one_line_error
 
 COMMON = ["--weights", "random", "--seed", "0", "--pca_dim", "4", "--min_word_count", "1", "--batch_size", "8",

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.best import BestCheckpoint
-from core.registry import MODEL_TYPES
-from core.solver_base import SolverBase
-from core.solver_torch import TorchSolver
+from core.training.best import BestCheckpoint
+from core.model.registry import MODEL_TYPES
+from core.training.solver_base import SolverBase
+from core.training.solver_torch import TorchSolver
 from tests.helpers import tiny_model, tiny_solver
 
 WORDS = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "b": 4}
@@ -141,7 +141,7 @@ def test_callbacks_run_in_order_and_the_best_checkpoint_is_the_lowest_validation
 
 @pytest.mark.parametrize("name", ["rnn", "transformer"])  # one model type of each backend
 def test_both_solvers_decay_the_learning_rate_after_each_epoch(name, fake_coco):
-    from core.coco_utils import load_coco_data
+    from core.data.coco_utils import load_coco_data
 
     data = load_coco_data(fake_coco, max_train=40)
     solver = tiny_solver(name, data, learning_rate=0.2, update_rule="sgd_momentum", num_epochs=3, batch_size=20,
@@ -157,7 +157,7 @@ def test_both_solvers_decay_the_learning_rate_after_each_epoch(name, fake_coco):
 
 def test_the_transformer_solver_moves_the_model_and_batches_to_its_device(fake_coco):
     """The "meta" device stands in for a GPU: it exists everywhere and keeps no data."""
-    from core.coco_utils import load_coco_data
+    from core.data.coco_utils import load_coco_data
 
     data = load_coco_data(fake_coco, max_train=10)
     solver = TorchSolver(tiny_model("transformer", data), data, device="meta", verbose=False)
@@ -173,7 +173,7 @@ def test_keep_freed_memory_keeps_large_blocks_on_the_heap_and_changes_no_result(
     and its gradients are the same before and after it (it changes nothing but speed)."""
     code = """
 import ctypes, json, sys
-from core.memory import keep_freed_memory
+from core.util.memory import keep_freed_memory
 libc = ctypes.CDLL("libc.so.6")
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -194,7 +194,7 @@ print(json.dumps({"applied": applied, "mmapped": libc.mallinfo2().hblkhd - befor
         results[mode] = json.loads(result.stdout)
     assert results["off"]["mmapped"] >= 16 << 20
     assert results["on"] == {"applied": True, "mmapped": 0}
-    from core.memory import keep_freed_memory
+    from core.util.memory import keep_freed_memory
     from core.model.rnn_model import CaptioningRNN
 
     rng = np.random.default_rng(4)
@@ -246,18 +246,18 @@ def test_a_stop_in_the_last_step_resumes_into_the_end_and_one_after_it_finishes(
 def test_eval_every_scores_and_chooses_as_a_straight_run_after_a_resume(every, first, total, tmp_path, monkeypatch):
     """Break caught: a run resumed for more epochs kept the score of its old last epoch, which a
     straight run never scores, so its history and its best checkpoint differed from a straight run."""
-    import core.best
+    import core.training.best
 
     cider = {1: 1.0, 2: 2.0, 3: 9.0, 4: 3.0, 5: 4.0}  # the old last epoch (3, or 2) would look best
     current = {}
-    monkeypatch.setattr(core.best, "caption_split", lambda *a, **k: {"epoch": current["epoch"]})
-    monkeypatch.setattr(core.best, "score_captions",
+    monkeypatch.setattr(core.training.best, "caption_split", lambda *a, **k: {"epoch": current["epoch"]})
+    monkeypatch.setattr(core.training.best, "score_captions",
                         lambda predictions, refs, meteor: {"BLEU-4": 0.5, "CIDEr": cider[predictions["epoch"]]})
     data = dict(_data(), idx_to_word=["<NULL>", "<START>", "<END>"] + [f"w{i}" for i in range(30)])
 
     def run(epochs, tracker_state=None, loop_state=None):
         written = []
-        best = core.best.BestCheckpoint(tmp_path / "b.npz", lambda m, p, info: written.append(info["epoch"]), {},
+        best = core.training.best.BestCheckpoint(tmp_path / "b.npz", lambda m, p, info: written.append(info["epoch"]), {},
                                         data, eval_every=every, eval_images=3, final_epoch=epochs, verbose=False)
         saved = {}
 
@@ -284,7 +284,7 @@ def test_eval_every_scores_and_chooses_as_a_straight_run_after_a_resume(every, f
 def test_tensorboard_mirrors_each_epoch_once_with_global_iteration_steps():
     """Breaks caught: per-iteration scalars numbered from 0 in every epoch (curves overlapping), an
     epoch's iterations written twice, scores of an epoch that was not scored."""
-    from core.tensorboard_log import TensorBoardLog
+    from core.training.tensorboard_log import TensorBoardLog
 
     class Writer:
         def __init__(self):

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.model.transformer import CaptioningTransformer
-from core.transformer_layers import MultiHeadAttention, PositionalEncoding, TransformerDecoderLayer
+from core.layers.transformer_layers import MultiHeadAttention, PositionalEncoding, TransformerDecoderLayer
 
 VOCAB = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "cat", "dog", "sits", "runs"])}
 
@@ -142,8 +142,8 @@ def test_rejects_bad_sizes():
 def test_solver_device_plumbing_on_cpu(fake_coco):
     """What --device/--amp do, checked where CI can: amp changes nothing off CUDA (bfloat16 autocast
     on the CPU would change every loss), batches follow the model, training lowers the loss."""
-    from core.coco_utils import load_coco_data
-    from core.solver_torch import TorchSolver
+    from core.data.coco_utils import load_coco_data
+    from core.training.solver_torch import TorchSolver
 
     data = load_coco_data(fake_coco)
     histories = []
@@ -164,8 +164,8 @@ def test_solver_device_plumbing_on_cpu(fake_coco):
 def test_the_cross_attention_query_and_key_over_one_memory_token_are_not_trained(fake_coco):
     """Break caught: the softmax over a single key is 1 whatever the query, so these weights never
     reach the loss; they must not be counted as trained, tracked by Adam or changed."""
-    from core.coco_utils import load_coco_data
-    from core.solver_torch import TorchSolver
+    from core.data.coco_utils import load_coco_data
+    from core.training.solver_torch import TorchSolver
 
     data = load_coco_data(fake_coco, max_train=50)
     model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=16, num_heads=2, num_layers=2,

@@ -8,7 +8,7 @@ Each image shows one object in the middle or two objects side by side or one abo
 (6 colours, 4 shapes, 2 sizes), and has five captions: the five phrasings of a small grammar,
 so that the references of an image depend on what it shows and not on a random choice of
 words. The images and COCO-format caption files are written first, then the dataset builder
-that features_extraction.py runs (core/dataset_builder.py) turns them into the CS231n layout
+that features_extraction.py runs (core/data/builder.py) turns them into the CS231n layout
 with a seeded RANDOM VGG16
 (--weights random): ImageNet weights cannot be downloaded everywhere. Random convolutional
 features keep colour, size and a coarse map of where things are, but blur the shape of small
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.cli import user_errors
-from core.dataset_builder import build_dataset
-from core.features import parse_weights
+from core.util.cli import user_errors
+from core.data.builder import build_dataset
+from core.data.features import parse_weights
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_captioning"
 SIZE = 96
@@ -125,7 +125,7 @@ def attention_on_objects(scene, words, alphas, boxes):
     """Whether the attention of each object word looks at the object it names.
 
     scene: make_scene's dict; words: the generated words (L,); alphas (L, R) the attention each word was
-    chosen with; boxes (R, 4) the regions' pixel boxes (core.features.region_boxes) -> list of
+    chosen with; boxes (R, 4) the regions' pixel boxes (core.data.features.region_boxes) -> list of
     (hit: the word's most attended region overlaps the object's bounding box, chance: the share of
     regions that overlap it) for every colour or shape word that names exactly one object of the scene.
     """

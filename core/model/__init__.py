@@ -1,1 +1,1 @@
-"""Captioning models: the numpy recurrent decoders and the torch Transformer decoder."""
+"""The decoders, their one table of types (registry), decoding, and checkpoints without pickle."""

@@ -4,7 +4,7 @@ Xu et al. 2015) in numpy, hand-written backward pass (the cell is attention_lstm
 Shape letters: N batch, T time (caption length - 1), R regions, D region feature, W word vector,
 A attention, H hidden, V vocabulary.
 
-The regions (N, R, D) (grid features, core/features.py) get a learned embedding of their place in
+The regions (N, R, D) (grid features, core/data/features.py) get a learned embedding of their place in
 the grid added, a = regions + P (P (R, D)), so that what the decoder reads from a region says where
 it is ("to the left of" needs that; a convolutional feature alone hardly does). They set the
 initial state from their mean, h0 = tanh(mean_i a_i W_init_h + b_init_h) and c0 alike; at every
@@ -19,7 +19,7 @@ import numpy as np
 
 from attention_lstm_utils import WEIGHTS, att_lstm_backward, att_lstm_forward, att_lstm_step_from_projection, \
     stack_h_weights
-from core.rnn_layers import affine_backward, affine_forward
+from core.layers.rnn_layers import affine_backward, affine_forward
 from core.model.rnn_model import NumpyDecoder
 from rnn_utils import word_embedding_backward, word_embedding_forward
 

@@ -3,7 +3,7 @@
 Shape letters: N batch, T caption length, R = g * g regions of a g x g grid, D region feature,
 E model width, V vocabulary.
 
-Its memory is the regions (N, R, D) (grid features, core/features.py), each projected to E and given
+Its memory is the regions (N, R, D) (grid features, core/data/features.py), each projected to E and given
 a learned 2-D position embedding, row[r] + column[c] for the region in row r and column c, so that
 what a word attends to says where it is. With R memory tokens the cross-attention is real: every
 query and key projection trains, and decoding projects the memory's keys and values once per

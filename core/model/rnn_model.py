@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from core.coco_utils import index_vocabulary
-from core.decoding import decode
-from core.rnn_layers import affine_backward, affine_forward, softmax_loss
+from core.data.vocab import index_vocabulary
+from core.model.decoding import decode
+from core.layers.rnn_layers import affine_backward, affine_forward, softmax_loss
 from gru_utils import gru_backward, gru_forward, gru_step_from_projection
 from lstm_utils import lstm_backward, lstm_forward, lstm_step_from_projection
 from rnn_utils import (
@@ -54,7 +54,7 @@ CELLS = {
 
 class NumpyDecoder:
     """What the numpy decoders share: the vocabulary, weights in `self.params` (name -> array) and
-    their checkpoint arrays, and decoding through core/decoding.py."""
+    their checkpoint arrays, and decoding through core/model/decoding.py."""
 
     max_length = None  # no position limit: it decodes captions of any length
 
@@ -113,7 +113,7 @@ class NumpyDecoder:
         return loss, dh.reshape(N, T, H)
 
     def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
-        """Decode captions (greedy with beam_size 1, else beam search; see core/decoding.py).
+        """Decode captions (greedy with beam_size 1, else beam search; see core/model/decoding.py).
 
         features (N, ...) as the model's loss takes them -> captions (N, max_length) int64: each row
         is the words after <START>, ending with <END> where the model produced it and <NULL> after that.
@@ -155,7 +155,7 @@ class CaptioningRNN(NumpyDecoder):
 
     @property
     def model_type(self):
-        """"rnn", "lstm" or "gru": its row in core.registry.MODEL_TYPES."""
+        """"rnn", "lstm" or "gru": its row in core.model.registry.MODEL_TYPES."""
         return self.cell_type
 
     def config(self):

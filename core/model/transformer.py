@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.coco_utils import index_vocabulary
-from core.decoding import decode, require_start_end
-from core.transformer_layers import PositionalEncoding, TransformerDecoder
+from core.data.vocab import index_vocabulary
+from core.model.decoding import decode, require_start_end
+from core.layers.transformer_layers import PositionalEncoding, TransformerDecoder
 
 
 class CaptioningTransformer(nn.Module):

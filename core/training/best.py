@@ -1,13 +1,13 @@
 """The best checkpoint of a run: by validation loss, or by CIDEr on a fixed set of validation images."""
 import numpy as np
 
-from core.evaluation import caption_split, references_by_image, score_captions
+from core.evaluation.metrics import caption_split, references_by_image, score_captions
 
 
 class BestCheckpoint:
     """Writes the model to `path` after each epoch that is the best so far.
 
-    save: callable(model, path, info) that writes a checkpoint (core.checkpoint.save_checkpoint);
+    save: callable(model, path, info) that writes a checkpoint (core.model.checkpoint.save_checkpoint);
     extra: dict stored with it (info adds epoch, val_loss and, when scored, val_bleu4/val_cider).
     eval_every 0: the best epoch has the lowest teacher-forced validation loss. eval_every K:
     every K epochs `eval_images` validation images (a fixed, seeded subset) are captioned

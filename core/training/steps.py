@@ -1,4 +1,4 @@
-"""What one training step does, for the shared loop of core/solver_base.py: cross-entropy on the
+"""What one training step does, for the shared loop of core/training/solver_base.py: cross-entropy on the
 ground-truth captions, or self-critical training (Rennie et al., CVPR 2017) on sampled ones.
 
 A step strategy says which items an epoch permutes (`num_items`: caption rows, or images), does
@@ -9,10 +9,10 @@ its `loss_name`), what its items are (`unit`) and whether its loss is positive
 """
 import numpy as np
 
-from core.cider import CiderD
-from core.coco_utils import decode_captions
-from core.decoding import greedy_search, sample_search
-from core.evaluation import references_by_image
+from core.evaluation.cider import CiderD
+from core.data.vocab import decode_captions
+from core.model.decoding import greedy_search, sample_search
+from core.evaluation.metrics import references_by_image
 
 
 class CrossEntropy:
@@ -35,7 +35,7 @@ class CrossEntropy:
 class SelfCritical:
     """Self-critical sequence training: an epoch is one pass over the training images.
 
-    cider: a core.cider.CiderD over the training references; num_samples K: captions sampled per
+    cider: a core.evaluation.cider.CiderD over the training references; num_samples K: captions sampled per
     image; baseline: "greedy" (the reward of the greedy caption) or "mean" (the mean reward of the
     image's other samples); temperature: of the sampling; max_length L: longest sampled caption;
     seed: with the epoch and the image index it seeds that image's draws, so the samples do not

@@ -13,7 +13,7 @@ import ctypes
 import ctypes.util
 import os
 
-from core.errors import UserError
+from core.util.errors import UserError
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2

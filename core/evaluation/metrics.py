@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.coco_utils import decode_captions, tokenize
-from core.decoding import decode
-from core.errors import UserError
+from core.data.vocab import decode_captions, tokenize
+from core.model.decoding import decode
+from core.util.errors import UserError
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 

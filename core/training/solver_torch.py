@@ -1,7 +1,7 @@
 """TorchSolver: trains a torch model (CaptioningTransformer) with torch.optim.Adam."""
 import torch
 
-from core.solver_base import SolverBase
+from core.training.solver_base import SolverBase
 
 
 class TorchSolver(SolverBase):

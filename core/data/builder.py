@@ -2,9 +2,9 @@
 
 Input per split: an annotation file {"images": [{"id", "file_name", ...}],
 "annotations": [{"image_id", "caption"}, ...]} and the folder holding the images.
-Output (see core/coco_utils.py for the layout): coco2014_captions.h5, coco2014_vocab.json,
+Output (see core/data/coco_utils.py for the layout): coco2014_captions.h5, coco2014_vocab.json,
 <split>2014_vgg16_fc7.h5, <split>2014_vgg16_fc7_pca.h5, <split>2014_urls.txt, and the
-fc7 -> PCA transform (core/features.py); with a grid size also <split>2014_vgg16_grid_pca.h5
+fc7 -> PCA transform (core/data/features.py); with a grid size also <split>2014_vgg16_grid_pca.h5
 (regions, float16) and the region PCA transform. Everything is written to a temporary folder and
 moved into place at the end as one change (the old files are put back if a move fails), so a
 failure leaves the folder as it was.
@@ -18,14 +18,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from core.coco_utils import (
+from core.data.coco_utils import (
     OPTIONAL_SPLITS, SPECIAL_TOKENS, SPLITS, build_vocab, dataset_id, dropped_characters, encode_captions, tokenize)
-from core.distributed import Context, unshard
-from core.errors import UserError
-from core.features import (
+from core.util.distributed import Context, unshard
+from core.util.errors import UserError
+from core.data.features import (
     FC7_DIM, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, extract_fc7, fit_grid_pca, fit_pca,
     project, project_grid, save_transform)
-from core.fileio import describe_os_error
+from core.util.fileio import describe_os_error
 
 PCA_CHUNK_BYTES = 2 << 30  # fit IncrementalPCA in chunks when train fc7 is larger than this
 
@@ -34,7 +34,7 @@ def read_annotations(path, image_dir, skip_bad=False, log=print, content=None):
     """-> image paths (Ni,), captions (Nc,) str, caption image indices (Nc,) int; images sorted by id,
     only images with at least one caption. Unknown image ids and missing files are errors
     (or, with skip_bad, dropped and reported). content: the file's parsed JSON when it was read
-    already (a split file's share, see core/karpathy.py); path then only names it in messages."""
+    already (a split file's share, see core/data/karpathy.py); path then only names it in messages."""
     path, image_dir = Path(path), Path(image_dir)
     try:
         ann = json.loads(path.read_text(encoding="utf-8")) if content is None else content
@@ -103,7 +103,7 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     """splits: {"train": (annotation_file, image_dir), "val": (...), optionally "test": (...)}; an entry
     may also be (name, image_dir, parsed annotations) -> dict of counts (None on ranks > 0).
 
-    spec: VGG16 weights spec from core.features.parse_weights. dist: a core.distributed.Context;
+    spec: VGG16 weights spec from core.data.features.parse_weights. dist: a core.util.distributed.Context;
     with K processes each runs VGG16 on every K-th image and rank 0 gathers the fc7 rows in the
     original order, fits the PCA and writes the dataset. grid_size (7 or 14): also write the region
     features, each region's 512 channels reduced to grid_pca_dim by a PCA fitted on train regions.

@@ -10,7 +10,7 @@ here like any COCO-format file's).
 import json
 from pathlib import Path
 
-from core.errors import UserError
+from core.util.errors import UserError
 
 TO_SPLIT = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.checkpoint import load_training_state
-from core.cli import ArgumentParser
-from core.errors import UserError
-from core.registry import MODEL_TYPES, SIZE_FLAGS
+from core.model.checkpoint import load_training_state
+from core.util.cli import ArgumentParser
+from core.util.errors import UserError
+from core.model.registry import MODEL_TYPES, SIZE_FLAGS
 
 
 @dataclass(frozen=True)

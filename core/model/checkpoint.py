@@ -1,15 +1,15 @@
 """Checkpoints that carry their own config and vocabulary and load without pickle, and the
-original repository's files (weights alone, read by core/compat.py), which load with a
+original repository's files (weights alone, read by core/model/compat.py), which load with a
 vocabulary from the data.
 
-A model's weights come from its `state_arrays()`; the format is its backend's (core/registry.py).
+A model's weights come from its `state_arrays()`; the format is its backend's (core/model/registry.py).
 numpy backend: an .npz with one array per parameter plus `config`, a JSON string.
 torch backend: `torch.save({"config": dict, "state_dict": ..., "sha256": str})`,
 loaded with `weights_only=True`; the digest covers every tensor and value in the file, so a
 flipped bit is found (the .npz has the zip format's CRC for that).
 A resumable checkpoint (`save_training_state`) is the same file plus the solver's training
 state: optimizer state, loop position, RNG state and history (arrays in the .npz, a plain
-nested dict of tensors in the .pt). Files are written atomically (core/fileio.py).
+nested dict of tensors in the .pt). Files are written atomically (core/util/fileio.py).
 """
 import hashlib
 import json
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import compat
-from core.compat import ORIGINAL_RNN_ARRAYS
-from core.errors import UserError
-from core.fileio import atomic_write
-from core.registry import MODEL_TYPES, model_type
+from core.model import compat
+from core.model.compat import ORIGINAL_RNN_ARRAYS
+from core.util.errors import UserError
+from core.util.fileio import atomic_write
+from core.model.registry import MODEL_TYPES, model_type
 
 
 def _digest(obj, h=None):
@@ -100,7 +100,7 @@ def _write(model, path, extra=None, training_state=None):
 
 
 def save_checkpoint(model, path, extra=None):
-    """Save a model of a type in core.registry.MODEL_TYPES to `path`.
+    """Save a model of a type in core.model.registry.MODEL_TYPES to `path`.
 
     extra: optional JSON-serialisable dict stored with the config (dataset name, training info).
     Raises UserError when the file cannot be written (the previous file is kept).

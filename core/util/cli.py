@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from core.errors import UserError
+from core.util.errors import UserError
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):

@@ -1,7 +1,7 @@
-"""The one training loop shared by both solvers (core/solver_numpy.py, core/solver_torch.py).
+"""The one training loop shared by both solvers (core/training/solver_numpy.py, core/training/solver_torch.py).
 
 The loop: epochs over a seeded permutation of the step strategy's items (caption rows, or images
-for self-critical training; core/steps.py), minibatches sharded over the processes, validation
+for self-critical training; core/training/steps.py), minibatches sharded over the processes, validation
 on a fixed subset, history, callbacks, divergence checks, the resumable position, clean stops.
 A solver adds how one update computes the (optionally per-caption weighted) loss and changes
 the weights (`_update`), how a batch is scored without training (`_eval_loss`), the learning
@@ -13,9 +13,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from core.distributed import Context
-from core.steps import CrossEntropy
-from core.stops import clean_stops
+from core.util.distributed import Context
+from core.training.steps import CrossEntropy
+from core.training.stops import clean_stops
 
 
 class TrainingDiverged(Exception):
@@ -23,7 +23,7 @@ class TrainingDiverged(Exception):
 
 
 class SolverBase:
-    """data: a dict from `core.coco_utils.load_coco_data`.
+    """data: a dict from `core.data.coco_utils.load_coco_data`.
 
     num_epochs, batch_size: one epoch visits every item of the step strategy once, in a fresh
     random order, batch_size items per process and step. lr_decay: learning rate multiplier
@@ -33,7 +33,7 @@ class SolverBase:
     each epoch and when a stop is requested (rank 0 only). max_iters: stop each epoch after this
     many steps (dry runs and timing). divergence_factor: TrainingDiverged when a batch loss is not
     finite or exceeds this many times the run's first one (cross-entropy only). step: the step
-    strategy (default CrossEntropy()). dist: a core.distributed.Context; with K processes every
+    strategy (default CrossEntropy()). dist: a core.util.distributed.Context; with K processes every
     rank draws the same permutation, a step takes K * batch_size items, each rank trains on its
     batch_size of them, the gradients are averaged weighted by each rank's share, and the losses,
     the validation loss and stop requests are the same on every rank.

@@ -23,10 +23,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.coco_utils import dataset_id, load_vocab
-from core.errors import UserError
-from core.fileio import atomic_write
-from core.image_utils import to_rgb8
+from core.data.coco_utils import dataset_id, load_vocab
+from core.util.errors import UserError
+from core.util.fileio import atomic_write
+from core.data.image_utils import to_rgb8
 
 FC7_DIM = 4096
 TRANSFORM_FILE = "vgg16_fc7_pca_transform.npz"

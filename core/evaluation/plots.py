@@ -1,7 +1,7 @@
 """Every figure the scripts save: training curves (training.py) and captioned images (inference.py).
 
 Figures are matplotlib `Figure` objects drawn without pyplot, so no display or backend is needed,
-and written atomically as PNG (core/fileio.py).
+and written atomically as PNG (core/util/fileio.py).
 """
 import functools
 import textwrap
@@ -12,7 +12,7 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 
-from core.fileio import save_figure
+from core.util.fileio import save_figure
 
 
 def save_loss_plot(history, title, path):
@@ -129,7 +129,7 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
     image overlaid with its attention map, upsampled over the regions' part of the image.
 
     rows: list of dicts with "image" (uint8 (H, W, 3) or None), "label" (str), "words" (list of L str),
-    "alpha" (L, R) with R = g * g, "boxes" (R, 4) pixel boxes of the regions (core.features.region_boxes),
+    "alpha" (L, R) with R = g * g, "boxes" (R, 4) pixel boxes of the regions (core.data.features.region_boxes),
     saved as PNG; a caption longer than per_row - 1 words continues on a further row of panels.
     """
     families, _ = title_fonts([r["label"] for r in rows] + [w for r in rows for w in r["words"]] + [suptitle], log)

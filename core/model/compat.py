@@ -6,7 +6,7 @@ CaptioningRNN arrays (no config, no vocabulary), `transformer_model.pt` is a bar
 vocabulary comes from the data it was trained on, and the transformer's head count from a flag
 (the original trained with 2). Configs built here carry "format": "original".
 """
-from core.errors import UserError
+from core.util.errors import UserError
 from core.model.rnn_model import CELLS
 
 ORIGINAL_RNN_ARRAYS = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")

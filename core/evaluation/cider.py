@@ -8,7 +8,7 @@ is the same formula as pycocoevalcap's CiderScorer (n-grams 1..4, tf-idf vectors
 cosine similarity, Gaussian length penalty with sigma 6, x10, averaged over references), and
 gives its numbers when both use the same document frequencies (tested to 1e-6).
 
-Captions are strings of space-separated words (as core.coco_utils.decode_captions makes them).
+Captions are strings of space-separated words (as core.data.coco_utils.decode_captions makes them).
 """
 import math
 from collections import Counter

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.errors import UserError
+from core.util.errors import UserError
 
 
 class Context:

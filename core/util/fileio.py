@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from core.errors import UserError
+from core.util.errors import UserError
 
 
 def tmp_path(path):

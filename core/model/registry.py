@@ -3,14 +3,14 @@ tests read it instead of branching on names.
 
 Adding a decoder: its model class (`config()`, `from_config(config, seed)`,
 `count_parameters(config)`, `state_arrays()`/`load_state_arrays(arrays)`, `loss`, `max_length`
-and the decoding step interface of core/decoding.py), one row of MODEL_TYPES, and its tests.
+and the decoding step interface of core/model/decoding.py), one row of MODEL_TYPES, and its tests.
 A recurrent cell of CaptioningRNN is a row of `core.model.rnn_model.CELLS` plus a row here.
 """
 import importlib
 from dataclasses import dataclass
 
-from core.errors import UserError
-from core.memory import check_fits
+from core.util.errors import UserError
+from core.util.memory import check_fits
 from core.model.attention_lstm import AttentionLSTM
 from core.model.region_transformer import RegionTransformer
 from core.model.rnn_model import CaptioningRNN
@@ -19,7 +19,7 @@ from core.model.transformer import CaptioningTransformer
 
 @dataclass(frozen=True)
 class SizeFlag:
-    """A size of a model, set by the training.py flag of the same name; check as core.run_config.Flag's."""
+    """A size of a model, set by the training.py flag of the same name; check as core.training.config.Flag's."""
 
     type: type
     default: object
@@ -45,12 +45,12 @@ class ModelType:
     """One decoder type.
 
     model_class: builds and runs it; backend: "numpy" (weights are numpy arrays, saved as .npz,
-    trained by core.optim's update rules) or "torch" (an nn.Module, saved as .pt, trained by a
+    trained by core.training.optim's update rules) or "torch" (an nn.Module, saved as .pt, trained by a
     torch optimizer on --device); solver: "module:Class" of the solver that trains it (imported
     when asked for, so that loading a checkpoint does not import the training layer);
     default_lr: its learning rate unless --lr is given; checkpoint: its default file name;
     size_flags: the names of SIZE_FLAGS that size it; features: "fc7" (one PCA vector per image,
-    (N, D)) or "grid" (region features, (N, R, D); core/coco_utils.py loads them).
+    (N, D)) or "grid" (region features, (N, R, D); core/data/coco_utils.py loads them).
     """
 
     model_class: type
@@ -73,8 +73,8 @@ class ModelType:
         return getattr(importlib.import_module(module), name)
 
 
-NUMPY_SOLVER = "core.solver_numpy:NumpySolver"
-TORCH_SOLVER = "core.solver_torch:TorchSolver"
+NUMPY_SOLVER = "core.training.solver_numpy:NumpySolver"
+TORCH_SOLVER = "core.training.solver_torch:TorchSolver"
 RECURRENT_SIZES = ("wordvec_dim", "hidden_dim")
 TRANSFORMER_SIZES = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")
 

@@ -1,12 +1,12 @@
-"""NumpySolver: trains a numpy model (CaptioningRNN) with the update rules of core/optim.py."""
+"""NumpySolver: trains a numpy model (CaptioningRNN) with the update rules of core/training/optim.py."""
 import numpy as np
 
-from core import optim
-from core.solver_base import SolverBase
+from core.training import optim
+from core.training.solver_base import SolverBase
 
 
 class NumpySolver(SolverBase):
-    """update_rule: a name in core.optim.UPDATE_RULES; optim_config: its hyperparameters
+    """update_rule: a name in core.training.optim.UPDATE_RULES; optim_config: its hyperparameters
     (e.g. {"learning_rate": 5e-3}, the CS231n interface), copied once per parameter;
     learning_rate: sets optim_config's (default: the update rule's own, 1e-3 for adam, 1e-2 for
     the others). Other keyword arguments go to SolverBase (num_epochs, batch_size, lr_decay,

@@ -1,0 +1,223 @@
+"""Reading captioning data in the CS231n COCO layout.
+
+A data directory holds:
+  coco2014_captions.h5         train_captions (Nc, L) int32, train_image_idxs (Nc,) int32, val_* alike
+  train2014_vgg16_fc7[_pca].h5 features (Ni, 4096) or (Ni, 512) float32, one row per image
+  val2014_vgg16_fc7[_pca].h5
+  coco2014_vocab.json          {"idx_to_word": [...], "word_to_idx": {...}}
+  train2014_urls.txt           one image URL (or path) per line, in feature row order
+  val2014_urls.txt
+  train2014_vgg16_grid_pca.h5  optional region features (Ni, R, G) float16 of the attention decoders
+  val2014_vgg16_grid_pca.h5    (features_extraction.py --grid; the CS231n download has none)
+Captions start with <START>, end with <END> and are padded with <NULL>. A test split (test_* in
+the captions file, test2014_* files) is optional: the CS231n download has none, the bundled sample
+dataset and datasets built with a test split (features_extraction.py --split_file) have one. Val
+chooses the best checkpoint; test is scored only by `inference.py --eval`.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from core.data.vocab import (  # noqa: F401  (the CS231n names, importable here)
+    SPECIAL_TOKENS, build_vocab, decode_captions, dropped_characters, encode_captions, index_vocabulary, tokenize)
+from core.util.errors import UserError
+
+DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
+COCO_DIR = DATASETS_DIR / "coco_captioning"
+SAMPLE_DIR = DATASETS_DIR / "sample_captioning"
+FETCH_HINT = "cd core/datasets && bash get_datasets.sh"
+SPLITS = ("train", "val")  # every dataset has them
+OPTIONAL_SPLITS = ("test",)
+
+
+def default_data_dir(log=print):
+    """The downloaded COCO data when present, otherwise the bundled sample dataset (said in one line)."""
+    if (COCO_DIR / "coco2014_captions.h5").is_file():
+        return COCO_DIR
+    log(f"no COCO data in {COCO_DIR.relative_to(DATASETS_DIR.parent.parent)} (fetch it with `{FETCH_HINT}`): "
+        f"using the bundled sample dataset {SAMPLE_DIR.relative_to(DATASETS_DIR.parent.parent)}")
+    return SAMPLE_DIR
+
+
+def load_vocab(base_dir):
+    """-> idx_to_word (list), word_to_idx (dict) of a data directory."""
+    path = _require(Path(base_dir) / "coco2014_vocab.json", "check --data_dir")
+    try:
+        vocab = json.loads(path.read_text())
+        idx_to_word, word_to_idx = list(vocab["idx_to_word"]), dict(vocab["word_to_idx"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a vocabulary file ({type(e).__name__}: {e})") from None
+    wrong = [w for i, w in enumerate(idx_to_word) if word_to_idx.get(w) != i]
+    if wrong or len(word_to_idx) != len(idx_to_word):
+        example = f'"{wrong[0]}" is {idx_to_word.index(wrong[0])} in idx_to_word but {word_to_idx.get(wrong[0])} ' \
+                  "in word_to_idx" if wrong else f"{len(idx_to_word)} vs {len(word_to_idx)} entries"
+        raise UserError(f"{path}: idx_to_word and word_to_idx disagree ({example})")
+    missing = [t for t in ("<NULL>", "<START>", "<END>") if t not in word_to_idx]
+    if missing:
+        raise UserError(f"{path}: the vocabulary has no {', '.join(missing)} token, which captions need")
+    return idx_to_word, word_to_idx
+
+
+def _require(path, hint):
+    """path if it is a file, else UserError naming it with the hint."""
+    if not path.is_file():
+        raise UserError(f"missing data file {path}: {hint}")
+    return path
+
+
+def _read_h5(path, names, rows=None):
+    """Read datasets `names` (their first `rows` rows when given) from one h5 file -> dict name -> array;
+    UserError when unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [n for n in names if n not in f]
+            if missing:
+                raise UserError(f"{path} has no dataset(s) {', '.join(missing)}")
+            return {n: f[n][()] if rows is None else f[n][:rows] for n in names}
+    except OSError as e:
+        raise UserError(f"cannot read {path} as HDF5 ({e})") from None
+
+
+GRID_HINT = "build them from the COCO images with `features_extraction.py --grid` (see docs/data.md)"
+
+
+def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0, features="fc7"):
+    """Load a captioning dataset into memory.
+
+    base_dir: data directory; max_train: keep a random subset of that many training
+    captions, drawn without replacement with `seed`; pca_features: 512-d PCA features
+    instead of the 4096-d fc7; features "grid": the region features (Ni, R, G) float16 instead
+    (the attention decoders'; UserError saying how to build them when the folder has none).
+    -> dict with train_captions (Nc, L) int32, train_image_idxs (Nc,) int32,
+       train_features (Ni, D) float32, train_urls (Ni,) str, the same for val (and test when the
+       folder has one; `data_splits(data)` lists them), idx_to_word (list), word_to_idx (dict),
+       dataset_id (str, `dataset_id` of the train PCA features and vocabulary, whichever features).
+       With max_train, the kept caption rows are subset_rows(Nc, max_train, seed), in order.
+    """
+    base_dir = Path(base_dir)
+    hint = f"fetch it with `{FETCH_HINT}`" if base_dir.resolve() == COCO_DIR else "check --data_dir"
+    if not base_dir.is_dir():
+        raise UserError(f"data directory {base_dir} not found: {hint}")
+    suffix = "_pca" if pca_features else ""
+    data = {}
+    captions_path = _require(base_dir / "coco2014_captions.h5", hint)
+    splits = SPLITS + tuple(s for s in OPTIONAL_SPLITS if _has_dataset(captions_path, f"{s}_captions"))
+    data.update(_read_h5(captions_path, [f"{s}_{k}" for s in splits for k in ("captions", "image_idxs")]))
+    for split in splits:
+        if features == "grid":
+            path = _require(base_dir / f"{split}2014_vgg16_grid_pca.h5",
+                            f"{base_dir} has no region features for the attention decoders: {GRID_HINT}")
+        else:
+            path = _require(base_dir / f"{split}2014_vgg16_fc7{suffix}.h5", hint)
+        data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path)
+        urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
+        data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
+
+    _require(base_dir / "coco2014_vocab.json", hint)
+    data["idx_to_word"], data["word_to_idx"] = load_vocab(base_dir)
+    if features == "grid" or not pca_features:  # the id is always that of the PCA features
+        first = _read_h5(_require(base_dir / "train2014_vgg16_fc7_pca.h5", hint), ["features"], rows=256)["features"]
+    else:
+        first = data["train_features"]
+    data["dataset_id"] = dataset_id(first, data["idx_to_word"])
+    _check_consistent(data, base_dir)
+
+    return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
+
+
+def dataset_id(train_pca_features, idx_to_word):
+    """Short fingerprint of a dataset: its vocabulary and the first rows of its training features."""
+    h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())
+    h.update(np.ascontiguousarray(np.asarray(train_pca_features[:256], dtype=np.float32)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def keep_captions(data, max_train, seed, base_dir):
+    """The data with only `subset_rows(Nc, max_train, seed)` of its training captions (a new dict)."""
+    num_train = data["train_captions"].shape[0]
+    if not 0 < max_train <= num_train:
+        raise UserError(f"--num_samples {max_train} is out of range: {base_dir} has {num_train} training captions")
+    rows = subset_rows(num_train, max_train, seed)
+    return dict(data, train_captions=data["train_captions"][rows], train_image_idxs=data["train_image_idxs"][rows])
+
+
+def subset_rows(num_captions, size, seed):
+    """The caption rows `training.py --num_samples size --seed seed` trains on: (size,) sorted,
+    drawn without replacement."""
+    return np.sort(np.random.default_rng(seed).choice(num_captions, size=size, replace=False))
+
+
+def describe_features(features):
+    """"512-d features" or "49 regions of 64-d features", for what a run prints."""
+    if features.ndim == 3:
+        return f"{features.shape[1]} regions of {features.shape[2]}-d features"
+    return f"{features.shape[1]}-d features"
+
+
+def data_splits(data):
+    """The splits a loaded dataset holds: ("train", "val") or ("train", "val", "test")."""
+    return tuple(s for s in SPLITS + OPTIONAL_SPLITS if f"{s}_captions" in data)
+
+
+def _has_dataset(path, name):
+    """Whether the h5 file holds a dataset of that name (False when it cannot be read: _read_h5 says why)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return name in f
+    except OSError:
+        return False
+
+
+def _check_features(features, path):
+    """features (Ni, D) or, region features, (Ni, R, G) float -> the same; UserError for another shape or
+    dtype, or NaN/inf values."""
+    grid = path.name.endswith("_grid_pca.h5")
+    if features.ndim != (3 if grid else 2) or not np.issubdtype(features.dtype, np.floating):
+        raise UserError(f"{path}: features must be a {3 if grid else 2}-D float array (images, "
+                        f"{'regions, ' if grid else ''}dimensions), got shape {features.shape} of {features.dtype}")
+    bad = ~np.isfinite(features).reshape(len(features), -1).all(axis=1)
+    if bad.any():
+        raise UserError(f"{path}: {int(bad.sum())} of {len(features)} feature rows hold NaN or inf values "
+                        f"(first: row {int(np.argmax(bad))}); rebuild the features")
+    return features
+
+
+def _check_consistent(data, base_dir):
+    """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts)."""
+    V = len(data["idx_to_word"])
+    for split in data_splits(data)[1:]:
+        if data["train_features"].shape[1:] != data[f"{split}_features"].shape[1:]:
+            raise UserError(f"{base_dir}: the train split has {describe_features(data['train_features'])} but the "
+                            f"{split} split {describe_features(data[f'{split}_features'])}")
+    for split in data_splits(data):
+        caps, idxs, feats = data[f"{split}_captions"], data[f"{split}_image_idxs"], data[f"{split}_features"]
+        for name, array in (("captions", caps), ("image_idxs", idxs)):
+            if not np.issubdtype(array.dtype, np.integer):
+                raise UserError(f"{base_dir}: {split}_{name} must hold integers, not {array.dtype}")
+        if caps.shape[0] == 0:
+            raise UserError(f"{base_dir}: the {split} split has no captions")
+        if caps.ndim != 2 or idxs.shape != (caps.shape[0],):
+            raise UserError(f"{base_dir}: {split} captions {caps.shape} and image indices {idxs.shape} do not match")
+        if idxs.size and (idxs.min() < 0 or idxs.max() >= feats.shape[0]):
+            raise UserError(f"{base_dir}: {split} image indices go past the {feats.shape[0]} feature rows")
+        if caps.size and (caps.min() < 0 or caps.max() >= V):
+            raise UserError(f"{base_dir}: {split} captions hold word indices outside the {V}-word vocabulary")
+        if len(data[f"{split}_urls"]) != feats.shape[0]:
+            raise UserError(f"{base_dir}: {split}2014_urls.txt has {len(data[f'{split}_urls'])} lines "
+                            f"for {feats.shape[0]} feature rows")
+
+
+def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
+    """Random caption rows, drawn without replacement within the batch (the CS231n API; the
+    solvers draw their minibatches from a per-epoch permutation instead).
+
+    -> captions (B, L) int32, image_features (B, D) float32, urls (B,) str.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    num = data[f"{split}_captions"].shape[0]
+    rows = rng.choice(num, size=min(batch_size, num), replace=False)
+    image_idxs = data[f"{split}_image_idxs"][rows]
+    return data[f"{split}_captions"][rows], data[f"{split}_features"][image_idxs], data[f"{split}_urls"][image_idxs]

@@ -1,0 +1,1 @@
+"""Evaluation: caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D), captioning a split, and every figure."""
