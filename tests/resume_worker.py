@@ -29,15 +29,15 @@ def main():
     if mode == "stop":
         steps, last = int(sys.argv[4]), sys.argv[5]
         solver = resume_solver(data, batch, ctx, save_state=lambda s: save_training_state(s, last))
-        update, calls = solver._update, []
+        gradients, calls = solver.gradients, []
 
-        def update_then_signal(*batch):
+        def gradients_then_signal(*batch, **kw):
             calls.append(1)
             if ctx.is_main and len(calls) == steps:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return update(*batch)
+                signal.raise_signal(signal.SIGTERM)
+            return gradients(*batch, **kw)
 
-        solver._update = update_then_signal
+        solver.gradients = gradients_then_signal
         solver.train()
         assert solver.stop_requested
     else:

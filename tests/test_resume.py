@@ -100,17 +100,17 @@ def test_a_signal_mid_epoch_stops_after_the_step_and_resumes_exactly(name, signu
         save_training_state(s, path)
 
     first = _solver(name, data, num_epochs=3, save_state=save)
-    step = first._train_step
+    step = first.gradients
     calls = []
 
-    def step_then_signal(*batch):
-        loss = step(*batch)
+    def step_then_signal(*batch, **kw):
+        loss = step(*batch, **kw)
         calls.append(1)
         if len(calls) == 7:  # epoch 2 (5 iterations per epoch), iteration 2
-            os.kill(os.getpid(), signum)
+            signal.raise_signal(signum)
         return loss
 
-    first._train_step = step_then_signal
+    first.gradients = step_then_signal
     first.train()
     assert first.stop_requested == signal.Signals(signum).name
     assert (first.epoch, first.iteration) == (1, 2) and len(calls) == 7
@@ -125,14 +125,14 @@ def test_a_signal_mid_epoch_stops_after_the_step_and_resumes_exactly(name, signu
 
 def test_a_second_signal_stops_at_once(data):
     solver = _solver("rnn", data)
-    step = solver._train_step
+    step = solver.gradients
 
-    def two_signals(*batch):
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)
-        return step(*batch)
+    def two_signals(*batch, **kw):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        return step(*batch, **kw)
 
-    solver._train_step = two_signals
+    solver.gradients = two_signals
     with pytest.raises(KeyboardInterrupt):
         solver.train()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -143,11 +143,12 @@ def test_a_non_finite_loss_stops(data, bad):
     solver = _solver("rnn", data)
     calls = []
 
-    def step(*batch):
+    def step(*batch, **kw):
         calls.append(1)
-        return 30.0 if len(calls) < 3 else bad
+        return (30.0 if len(calls) < 3 else bad), None
 
-    solver._train_step = step
+    solver.gradients = step
+    solver.apply = lambda gradients: None
     with pytest.raises(TrainingDiverged, match=f"became {bad}"):
         solver.train()
     assert solver.history["loss"] == [30.0, 30.0]
@@ -157,7 +158,8 @@ def test_divergence_rule_is_relative_to_the_first_batch(data):
     """A loss up to divergence_factor times the first is fine; above it stops."""
     losses = iter([10.0, 99.0, 100.0, 101.0])
     solver = _solver("rnn", data, divergence_factor=10)
-    solver._train_step = lambda *batch: next(losses)
+    solver.gradients = lambda *batch, **kw: (next(losses), None)
+    solver.apply = lambda gradients: None
     with pytest.raises(TrainingDiverged, match="grew to 101 at epoch 1, iteration 4"):
         solver.train()
 

@@ -38,9 +38,12 @@ class FakeSolver(SolverBase):
         self.val_value = val_value if val_value is not None else (lambda rows: 5.0)
         super().__init__(None, data, **kw)
 
-    def _train_step(self, features, captions, weight):
+    def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True):
         self.seen.append(captions[:, 0].copy())
-        return next(self.train_losses) if self.train_losses is not None else 1.0
+        return (next(self.train_losses) if self.train_losses is not None else 1.0), None
+
+    def apply(self, gradients):
+        pass
 
     def _eval_loss(self, features, captions):
         return float(np.mean([self.val_value(row) for row in captions[:, 0]]))
@@ -50,6 +53,11 @@ class FakeSolver(SolverBase):
 
     def _optimizer_state(self):
         return {"lr": self.lr}
+
+    @staticmethod
+    def check_optimizer_state(model, state):
+        if not isinstance(state.get("lr"), float):
+            raise ValueError("no lr")
 
     def _load_optimizer_state(self, state):
         self.lr = state["lr"]
@@ -217,14 +225,14 @@ def test_a_stop_in_the_last_step_resumes_into_the_end_and_one_after_it_finishes(
     saved = []
     solver = FakeSolver(_data(), num_epochs=2, batch_size=10, verbose=False,
                         save_state=lambda s: saved.append(s.training_state()))
-    step = solver._train_step
+    step = solver.gradients
 
-    def step_then_signal(*batch):
+    def step_then_signal(*batch, **kw):
         if len(solver.seen) == 5:  # epoch 2's third and last step (3 steps of 10, 10, 3 per epoch)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return step(*batch)
+            signal.raise_signal(signal.SIGTERM)
+        return step(*batch, **kw)
 
-    solver._train_step = step_then_signal
+    solver.gradients = step_then_signal
     solver.train()
     assert solver.stop_requested == "SIGTERM" and (solver.epoch, solver.iteration) == (1, 3)
     assert len(solver.history["val_loss"]) == 1
@@ -235,7 +243,7 @@ def test_a_stop_in_the_last_step_resumes_into_the_end_and_one_after_it_finishes(
 
     def signal_while_scoring(solver, epoch):
         if epoch == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
 
     finishing = FakeSolver(_data(), num_epochs=2, batch_size=10, verbose=False, on_epoch_end=signal_while_scoring)
     finishing.train()

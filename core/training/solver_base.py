@@ -1,11 +1,13 @@
-"""The one training loop shared by both solvers (core/training/solver_numpy.py, core/training/solver_torch.py).
+"""The one training loop shared by both solvers (solver_numpy.py, solver_torch.py).
 
 The loop: epochs over a seeded permutation of the step strategy's items (caption rows, or images
-for self-critical training; core/training/steps.py), minibatches sharded over the processes, validation
-on a fixed subset, history, callbacks, divergence checks, the resumable position, clean stops.
-A solver adds how one update computes the (optionally per-caption weighted) loss and changes
-the weights (`_update`), how a batch is scored without training (`_eval_loss`), the learning
-rate and its decay, and its optimizer state.
+for self-critical training; steps.py), minibatches sharded over the processes, validation on a
+fixed subset, history, callbacks, divergence checks, the resumable position, clean stops. Each
+step, the strategy computes a loss and gradients through the solver's public `batch` and
+`gradients` and returns them (a steps.StepResult); the loop applies the gradients (`apply`) and
+records the loss and metrics. A solver adds how a (optionally per-caption weighted) loss gives
+averaged gradients and how they change the weights, how a batch is scored without training
+(`_eval_loss`), the learning rate and its decay, and its optimizer state.
 """
 import math
 import time
@@ -14,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.util.distributed import Context
+from core.training.state import TrainingState
 from core.training.steps import CrossEntropy
 from core.training.stops import clean_stops
 
@@ -59,21 +62,23 @@ class SolverBase:
         self.epoch_rng_state = self.rng.bit_generator.state  # before the permutation of the epoch in progress
         self.stop_requested = None  # why the run stopped early (a signal's name), else None
 
-    def _batch(self, split, rows):
-        """rows (B,) caption indices -> features (B, D) float32, captions (B, L) int."""
+    def batch(self, split, rows):
+        """rows (B,) caption indices -> features (B, D) or (B, R, D) float32, captions (B, L) int."""
         captions = self.data[f"{split}_captions"][rows]
         features = self.data[f"{split}_features"][self.data[f"{split}_image_idxs"][rows]]
         return features, captions
 
-    def _update(self, features, captions, caption_weights, weight):
-        """One update on this rank's minibatch -> its loss (float). caption_weights: (B,) multipliers
-        of each caption's cross-entropy, or None. weight: the rank's share of the step's items (1 in
-        one process); the ranks' gradients are averaged with these weights before the update."""
+    def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True):
+        """The loss of this rank's minibatch and its gradients, averaged over the ranks -> (loss
+        (float), gradients: what `apply` takes). caption_weights: (B,) multipliers of each
+        caption's cross-entropy, or None. weight: the rank's share of the step's items (1 in one
+        process); the ranks' gradients are averaged with these weights. dropout: whether a model
+        with dropout uses it (its training mode) or not (eval mode)."""
         raise NotImplementedError
 
-    def _train_step(self, features, captions, weight=1.0):
-        """One teacher-forced (cross-entropy) update -> its loss (float)."""
-        return self._update(features, captions, None, weight)
+    def apply(self, gradients):
+        """Change the weights by one update of the optimizer with what `gradients` returned."""
+        raise NotImplementedError
 
     def _eval_loss(self, features, captions):
         """Loss of a minibatch without training (float)."""
@@ -85,6 +90,11 @@ class SolverBase:
 
     def _optimizer_state(self):
         """The optimizer's state (and any RNG the step uses) as a nested dict of arrays/tensors and plain values."""
+        raise NotImplementedError
+
+    @staticmethod
+    def check_optimizer_state(model, state):
+        """ValueError when a saved `_optimizer_state()` does not fit the model (read before it is loaded)."""
         raise NotImplementedError
 
     def _load_optimizer_state(self, state):
@@ -100,40 +110,29 @@ class SolverBase:
         """Everything needed to continue this run exactly: {"loop": JSON-able dict, "optimizer": ...}."""
         loop = {"epoch": self.epoch, "iteration": self.iteration, "position": self.position,
                 "world_size": self.dist.world_size, "epoch_seconds": self.epoch_seconds,
-                "rng": self.epoch_rng_state, "history": self.history, "num_epochs": self.num_epochs}
+                "rng": self.epoch_rng_state, "history": self.history, "num_epochs": self.num_epochs,
+                "num_items": self.step_rule.num_items(self.data)}
         return {"loop": loop, "optimizer": self._optimizer_state()}
 
     def load_training_state(self, state):
-        """Continue from a `training_state()` (the model's weights are restored separately).
-        ValueError naming what is wrong when the state is damaged or crafted: missing keys, a
-        position outside the run, another generator's RNG state, a history of the wrong length, an
-        optimizer state that does not fit the weights or is not finite."""
-        loop = state.get("loop") if isinstance(state, dict) else None
-        if not isinstance(loop, dict) or "optimizer" not in state:
-            raise ValueError("it has no loop or optimizer state")
-        missing = {"epoch", "iteration", "epoch_seconds", "rng", "history"} - set(loop)
-        if missing:
-            raise ValueError(f"its loop state lacks {', '.join(sorted(missing))}")
-        epoch, iteration = loop["epoch"], loop["iteration"]
+        """Continue from a core.training.state.TrainingState (or the raw `training_state()` dict,
+        parsed here); the model's weights are restored separately. ValueError when the state does
+        not fit this run: a position past its items, a history without the step's keys."""
+        if not isinstance(state, TrainingState):
+            state = TrainingState.parse(state, self.model, type(self), batch_size=self.batch_size)
         num_items = self.step_rule.num_items(self.data)
-        position = loop.get("position", iteration * self.batch_size * self.dist.world_size)
-        for name, value, top in (("epoch", epoch, self.num_epochs), ("iteration", iteration, num_items),
-                                 ("position", position, num_items)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
-                raise ValueError(f"its loop {name} {value!r} is outside this run's 0..{top}")
-        try:
-            np.random.PCG64().state = loop["rng"]
-        except (TypeError, ValueError, KeyError) as e:
-            raise ValueError(f"its shuffling RNG state is not a PCG64 state ({e})") from None
-        history = loop["history"]
-        if not isinstance(history, dict) or set(self.history) - set(history):
-            raise ValueError(f"its history lacks {', '.join(sorted(set(self.history) - set(history or {})))}")
-        if any(len(history[k]) != epoch for k in ("train_loss", "val_loss", "learning_rate")):
-            raise ValueError(f"its history does not hold {epoch} epochs")
-        self.epoch, self.iteration, self.position = epoch, iteration, position
-        self.epoch_seconds, self.epoch_rng_state = float(loop["epoch_seconds"]), loop["rng"]
-        self.history = {k: list(v) for k, v in history.items()}
-        self._load_optimizer_state(state["optimizer"])
+        if state.num_items not in (None, num_items) or state.position > num_items:
+            raise ValueError(f"it stopped at item {state.position} of an epoch of {state.num_items}, this run's "
+                             f"epochs hold {num_items}")
+        if state.num_epochs is not None and state.epoch > self.num_epochs:
+            raise ValueError(f"its loop epoch {state.epoch} is outside this run's 0..{self.num_epochs}")
+        lacking = set(self.history) - set(state.history)
+        if lacking:
+            raise ValueError(f"its history lacks {', '.join(sorted(lacking))}")
+        self.epoch, self.iteration, self.position = state.epoch, state.iteration, state.position
+        self.epoch_seconds, self.epoch_rng_state = state.epoch_seconds, state.rng
+        self.history = {k: list(v) for k, v in state.history.items()}
+        self._load_optimizer_state(state.optimizer)
 
     def val_loss(self):
         """Teacher-forced loss over the fixed validation subset (mean over captions; rank 0's value
@@ -141,7 +140,7 @@ class SolverBase:
         total = 0.0
         for start in range(0, len(self.val_rows), self.batch_size):
             rows = self.val_rows[start:start + self.batch_size]
-            total += self._eval_loss(*self._batch("val", rows)) * len(rows)
+            total += self._eval_loss(*self.batch("val", rows)) * len(rows)
         return self.dist.broadcast(total / max(len(self.val_rows), 1))
 
     def _shard(self, items):
@@ -198,15 +197,21 @@ class SolverBase:
             while self.iteration < iters and self.position < len(order):
                 items, weight = self._shard(order[self.position:self.position + step_size])
                 start = time.perf_counter()
-                loss = self.step_rule.step(self, items, weight)
-                # the step's loss and whether any rank was asked to stop, the same on every rank
-                loss, stopping = self.dist.all_reduce_sum(np.array([loss * weight, bool(stop)]))
+                result = self.step_rule.step(self, items, weight)  # what the step computed
+                self.apply(result.gradients)
+                # the step's loss and metrics and whether any rank was asked to stop, the same on every rank
+                keys = self.step_rule.history_keys
+                agreed = self.dist.all_reduce_sum(np.array(
+                    [result.loss * weight, *(result.metrics[k] * weight for k in keys), bool(stop)]))
+                loss, stopping = float(agreed[0]), agreed[-1]
                 self.epoch_seconds += time.perf_counter() - start
-                self._check_loss(float(loss), f"epoch {self.epoch + 1}, iteration {self.iteration + 1}")
-                self.history["loss"].append(float(loss))
+                self._check_loss(loss, f"epoch {self.epoch + 1}, iteration {self.iteration + 1}")
+                self.history["loss"].append(loss)
+                for k, value in zip(keys, agreed[1:-1]):
+                    self.history[k].append(float(value))
                 self.iteration, self.position = self.iteration + 1, min(self.position + step_size, len(order))
                 bar.update()
-                bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False,
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False,
                                 **{k: f"{self.history[k][-1]:.3f}" for k in self.step_rule.history_keys})
                 if stopping:
                     self.stop_requested = stop.reason or "a signal to another process"

@@ -26,13 +26,15 @@ class NumpySolver(SolverBase):
         optim_config.setdefault("learning_rate", optim.DEFAULT_LEARNING_RATES[update_rule])
         self.optim_configs = {name: dict(optim_config) for name in model.params}
 
-    def _update(self, features, captions, caption_weights, weight):
+    def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True):
+        """The numpy models have no dropout: `dropout` changes nothing."""
         loss, grads = self.model.loss(features, captions, caption_weights)
-        if self.dist.enabled:
-            grads = self._average(grads, weight)
+        return loss, (self._average(grads, weight) if self.dist.enabled else grads)
+
+    def apply(self, gradients):
         for name, w in self.model.params.items():
-            self.model.params[name], self.optim_configs[name] = self.update_rule(w, grads[name], self.optim_configs[name])
-        return loss
+            self.model.params[name], self.optim_configs[name] = self.update_rule(w, gradients[name],
+                                                                                 self.optim_configs[name])
 
     def _average(self, grads, weight):
         """Each rank's gradients times its weight, summed over the ranks in one all_reduce of one
@@ -57,18 +59,27 @@ class NumpySolver(SolverBase):
     def _optimizer_state(self):
         return {name: dict(config) for name, config in self.optim_configs.items()}
 
-    def _load_optimizer_state(self, state):
-        if not isinstance(state, dict) or set(state) != set(self.optim_configs):
+    @staticmethod
+    def check_optimizer_state(model, state):
+        """ValueError when a saved optimizer state does not fit the model's weights: other parameter
+        names, moments of another shape or not finite, settings that are not finite numbers >= 0."""
+        if not isinstance(state, dict) or set(state) != set(model.params):
             names = sorted(state) if isinstance(state, dict) else state
-            raise ValueError(f"optimizer state for parameters {names}, expected {sorted(self.optim_configs)}")
+            raise ValueError(f"optimizer state for parameters {names}, expected {sorted(model.params)}")
         for name, config in state.items():
+            if not isinstance(config, dict) or "learning_rate" not in config:
+                raise ValueError(f"optimizer state {name} has no learning_rate")
             for key, value in config.items():
                 if isinstance(value, np.ndarray):
-                    if value.shape != self.model.params[name].shape or not np.isfinite(value).all():
+                    if value.shape != model.params[name].shape or not np.issubdtype(value.dtype, np.floating) \
+                            or not np.isfinite(value).all():
                         raise ValueError(f"optimizer state {name}.{key} of shape {value.shape} does not fit the "
-                                         f"weight's {self.model.params[name].shape} or is not finite")
-                elif not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                                         f"weight's {model.params[name].shape}, or is not finite floats ({value.dtype})")
+                elif isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+                        or value < 0:
                     raise ValueError(f"optimizer setting {name}.{key} is {value!r}")
+
+    def _load_optimizer_state(self, state):
         self.optim_configs = {name: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in config.items()}
                               for name, config in state.items()}
 

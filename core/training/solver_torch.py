@@ -36,15 +36,20 @@ class TorchSolver(SolverBase):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.model.loss_from_scores(net(features, captions[:, :-1]), captions, caption_weights)
 
-    def _update(self, features, captions, caption_weights, weight):
-        self.model.train()
+    def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True):
+        """-> (loss, None): the gradients are left in the parameters' .grad, where `apply` reads them.
+        dropout False: the model in eval mode (self-critical steps differentiate the captions they
+        sampled in that mode)."""
+        self.model.train(dropout)
         loss = self._loss(self.net, features, captions, caption_weights)
         self.optimizer.zero_grad(set_to_none=True)
         # DDP averages the ranks' gradients equally: scaling by world_size * weight makes that the
         # weighted average (the plain gradient in one process)
         (loss * (self.dist.world_size * weight) if self.dist.enabled else loss).backward()
+        return loss.item(), None
+
+    def apply(self, gradients):
         self.optimizer.step()
-        return loss.item()
 
     @torch.no_grad()
     def _eval_loss(self, features, captions):
@@ -61,19 +66,28 @@ class TorchSolver(SolverBase):
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def _load_optimizer_state(self, state):
-        if not isinstance(state, dict) or not {"adam", "torch_rng"} <= set(state):
+    @staticmethod
+    def check_optimizer_state(model, state):
+        """ValueError when a saved optimizer state does not fit the model's trainable parameters:
+        no Adam state or RNG state, moments naming another parameter, of another shape, not
+        floating point or not finite."""
+        if not isinstance(state, dict) or not {"adam", "torch_rng"} <= set(state) \
+                or not isinstance(state["adam"], dict):
             raise ValueError("its optimizer state lacks adam or torch_rng")
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = [p for p in model.parameters() if p.requires_grad]
         for index, moments in state["adam"].get("state", {}).items():
-            if not isinstance(index, int) or not 0 <= index < len(params):
+            if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(moments, dict):
                 raise ValueError(f"its Adam state names parameter {index!r} of {len(params)}")
             for key in ("exp_avg", "exp_avg_sq"):
                 value = moments.get(key)
                 if not isinstance(value, torch.Tensor) or value.shape != params[index].shape \
-                        or not bool(torch.isfinite(value).all()):
+                        or not value.is_floating_point() or not bool(torch.isfinite(value).all()):
                     raise ValueError(f"its Adam {key} of parameter {index} does not fit the weight's shape "
                                      f"{tuple(params[index].shape)} or is not finite")
+        if not isinstance(state["torch_rng"], torch.Tensor) or state["torch_rng"].dtype != torch.uint8:
+            raise ValueError("its torch RNG state is not a byte tensor")
+
+    def _load_optimizer_state(self, state):
         self.optimizer.load_state_dict(state["adam"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:

@@ -1,18 +1,33 @@
 """What one training step does, for the shared loop of core/training/solver_base.py: cross-entropy on the
 ground-truth captions, or self-critical training (Rennie et al., CVPR 2017) on sampled ones.
 
-A step strategy says which items an epoch permutes (`num_items`: caption rows, or images), does
-one update on this process's items (`step(solver, items, weight) -> loss`), and names the extra
-per-iteration history it records (`history_keys`, whose epoch means the epoch line prints next to
-its `loss_name`), what its items are (`unit`) and whether its loss is positive
-(`positive_loss`: then a loss far above the first one counts as divergence).
+A step strategy says which items an epoch permutes (`num_items`: caption rows, or images),
+computes one step on this process's items through the solver's public `batch` and `gradients`
+(`step(solver, items, weight) -> StepResult`: loss, gradients and metrics, which the loop applies
+and records; a strategy changes neither the weights nor the loop's state), and names the metrics
+it returns (`history_keys`, whose epoch means the epoch line prints next to its `loss_name`), what
+its items are (`unit`) and whether its loss is positive (`positive_loss`: then a loss far above
+the first one counts as divergence).
 """
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from core.evaluation.cider import CiderD
 from core.data.vocab import decode_captions
 from core.model.decoding import greedy_search, sample_search
 from core.evaluation.metrics import references_by_image
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step computed on this process: its loss (float), the gradients the solver's `apply`
+    takes, and the values of the strategy's history_keys (this rank's means; the loop averages them
+    over the ranks as it does the loss)."""
+
+    loss: float
+    gradients: object
+    metrics: dict = field(default_factory=dict)
 
 
 class CrossEntropy:
@@ -28,8 +43,9 @@ class CrossEntropy:
         return data["train_captions"].shape[0]
 
     def step(self, solver, rows, weight):
-        """One update on the caption rows (B,) -> its loss (float)."""
-        return solver._train_step(*solver._batch("train", rows), weight)
+        """The teacher-forced loss and gradients of the caption rows (B,) -> StepResult."""
+        features, captions = solver.batch("train", rows)
+        return StepResult(*solver.gradients(features, captions, weight=weight))
 
 
 class SelfCritical:
@@ -41,6 +57,11 @@ class SelfCritical:
     seed: with the epoch and the image index it seeds that image's draws, so the samples do not
     depend on which process or step an image falls in (K processes of batch B sample as one
     process of batch K*B; a resumed run draws what a straight run draws).
+
+    Dropout is off both when the captions are sampled and when their loss is differentiated (the
+    model's eval mode), so the log-probabilities trained are those the captions were drawn with.
+    (self-critical.pytorch samples in training mode and differentiates that same forward pass;
+    here sampling and the update are two passes, and two dropout draws would differ.)
     """
 
     history_keys = ("reward", "baseline")
@@ -68,7 +89,7 @@ class SelfCritical:
         return np.concatenate([np.random.default_rng([self.seed, epoch, int(i)]).random((K, L)) for i in images])
 
     def step(self, solver, items, weight):
-        """One update on the images self.images[items] -> its loss (float).
+        """The self-critical loss and gradients of the images self.images[items] -> StepResult.
 
         For each image, K captions are sampled; each is rewarded with its CIDEr-D against the
         image's references; the loss is sum_n (r_n - b_n) * cross-entropy of sampled caption n
@@ -87,11 +108,9 @@ class SelfCritical:
             per_image = rewards.reshape(-1, K)
             baseline = ((per_image.sum(axis=1, keepdims=True) - per_image) / (K - 1)).reshape(-1)
         captions = np.concatenate([np.full((len(sampled), 1), model.start_idx), sampled], axis=1)  # (n K, L + 1)
-        loss = solver._update(np.repeat(features, K, axis=0), captions, rewards - baseline, weight)
-        reward, base = solver.dist.all_reduce_sum(np.array([rewards.mean() * weight, baseline.mean() * weight]))
-        solver.history["reward"].append(float(reward))
-        solver.history["baseline"].append(float(base))
-        return loss
+        loss, gradients = solver.gradients(np.repeat(features, K, axis=0), captions, rewards - baseline, weight,
+                                           dropout=False)
+        return StepResult(loss, gradients, {"reward": float(rewards.mean()), "baseline": float(baseline.mean())})
 
 
 def from_flags(args, model, data):
