@@ -17,7 +17,6 @@ second run writing the same checkpoint is refused. Every flag and its default: -
 """
 import contextlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,105 +24,77 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.util import distributed
-from core.training.best import BestCheckpoint
-from core.model.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint, save_training_state
-from core.util.cli import (best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, resolve_device,
-                      user_errors)
-from core.data.coco_utils import describe_features, default_data_dir, keep_captions, load_coco_data
-from core.util.errors import UserError
-from core.util.fileio import RunLock, atomic_write_text, check_writable
-from core.util.memory import keep_freed_memory
+from core.data.coco_utils import describe_features, keep_captions, load_coco_data
 from core.evaluation.plots import save_loss_plot, save_scst_plot
+from core.model.checkpoint import check_checkpoint, save_checkpoint, save_training_state
 from core.model.registry import MODEL_TYPES, build_model
-from core.training.config import load_resume, parse_args, recipe_for_data, resumed_batch_size, saved_flags
+from core.training.best import BestCheckpoint
+from core.training.config import saved_flags, settle
 from core.training.solver_base import TrainingDiverged
 from core.training.steps import from_flags
 from core.training.tensorboard_log import TensorBoardLog, summary_writer
+from core.util import distributed
+from core.util.cli import best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, user_errors
+from core.util.errors import UserError
+from core.util.fileio import RunLock, atomic_write_text, check_writable
+from core.util.memory import keep_freed_memory
 
 
-def starting_model(args, data, ident, resumed):
-    """The model to train: the resumed one, the --init_from checkpoint (whose sizes then become the
-    run's), or a new one; each checked against the data."""
-    if resumed is not None or args.init_from:
-        path = args.resume or args.init_from
-        model, config = resumed if resumed is not None else load_checkpoint(
-            args.init_from, vocabulary=data["idx_to_word"],
-            missing_hint="pass the checkpoint to fine-tune to --init_from")
-        trained_on = config.get("extra", {})
-        if trained_on.get("dataset_id") not in (None, ident):
-            raise UserError(f"{path} was trained on another dataset ({trained_on.get('data_path')}) than "
-                            f"{args.data_dir}: pass --data_dir {trained_on.get('data_path')}")
-        check_checkpoint(config, path, args.model, data["idx_to_word"])
-        for name in MODEL_TYPES[args.model].size_flags:
-            setattr(args, name, config[name])
-        return model
-    return build_model(args.model, data, vars(args), seed=args.seed)
+def starting_model(config, start, data):
+    """The model to train: the resumed or --init_from one (checked against the data), or a new one."""
+    if start is None:
+        return build_model(config.model, data, saved_flags(config), seed=config.seed)
+    trained_on = start.checkpoint.get("extra", {})
+    if trained_on.get("dataset_id") not in (None, data["dataset_id"]):
+        raise UserError(f"{start.path} was trained on another dataset ({trained_on.get('data_path')}) than "
+                        f"{config.data_dir}: pass --data_dir {trained_on.get('data_path')}")
+    check_checkpoint(start.checkpoint, start.path, config.model, data["idx_to_word"])
+    return start.model
 
 
-def run(args):
-    """Train as the flags say; returns the process exit code (0, or 130 after a clean stop)."""
-    resumed = config = state = None
-    if args.resume:
-        args, model, config, state = load_resume(args)
-        resumed = model, config
-    keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
-    torch.manual_seed(args.seed)
-    args.device = resolve_device(args.device) if MODEL_TYPES[args.model].uses_torch else "cpu"
-    ctx = distributed.init(torch.device(args.device).type)
-    args.device = ctx.local_device(args.device)
-    try:
-        if state is not None:
-            args.batch_size, note = resumed_batch_size(
-                resumed[1]["extra"]["args"]["batch_size"], state["loop"].get("world_size", 1), ctx.world_size,
-                args.batch_size if "batch_size" in args.explicit else None, "images" if args.scst else "captions")
-            if note and ctx.is_main:
-                print(note, flush=True)
-        return train(args, ctx, resumed, state)
-    finally:
-        ctx.close()
-
-
-def set_up(args, ctx, resumed, state, stack):
-    """Data, model, best-checkpoint tracker and solver of the run (the run lock entered on `stack`, rank 0)
-    -> solver, best, extra (what the checkpoints record), data."""
+def set_up(settled, ctx, stack):
+    """Data, model, best-checkpoint tracker and solver of the run (the run lock entered on `stack`,
+    rank 0) -> solver, best, extra (what the checkpoints record), data."""
+    config, start = settled.config, settled.start
     say = print if ctx.is_main else (lambda *a, **k: None)
-    say(args.recipe_line, flush=True)
-    if args.data_dir is None:
-        args.data_dir = str(default_data_dir(log=say))
-    checkpoint = Path(args.checkpoint)
+    for line in settled.lines:  # the recipe in force and notes, said once
+        say(line, flush=True)
+
+    # every output location is checked, and the checkpoint locked, before the data is read
+    checkpoint = Path(config.checkpoint)
     best_path, last_path = best_checkpoint_path(checkpoint), last_checkpoint_path(checkpoint)
-    check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)], [("--out_dir", args.out_dir)])
+    check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)], [("--out_dir", config.out_dir)])
     if ctx.is_main:
         stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
-    start = time.perf_counter()
-    data = load_coco_data(args.data_dir, features=MODEL_TYPES[args.model].features)
-    ident = data["dataset_id"]
-    for line in recipe_for_data(args, min(args.num_samples or math.inf, data["train_captions"].shape[0])):
-        say(line, flush=True)  # before the model is built: the recipe may set its dropout
-    model = starting_model(args, data, ident, resumed)  # checked against the data before the subset is taken
-    if args.num_samples is not None:
-        data = keep_captions(data, args.num_samples, args.seed, args.data_dir)
-    images = len(np.unique(data["train_image_idxs"]))
-    subset = ("" if args.num_samples is None
-              else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
-    say(f"loaded {args.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images{subset}, "
-        f"{describe_features(data['train_features'])}, {len(data['idx_to_word'])} words "
-        f"({time.perf_counter() - start:.1f}s)", flush=True)
-    extra = {"data_path": str(Path(args.data_dir).resolve()), "dataset_id": ident, "args": saved_flags(args),
-             "paths": {"checkpoint": str(checkpoint.resolve()), "out_dir": str(Path(args.out_dir).resolve())}}
-    if args.scst:
-        extra["scst"] = {"init_from": str(args.init_from), "baseline": args.baseline, "samples": args.scst_samples,
-                         "temperature": args.temperature}
-    best = BestCheckpoint(best_path, save_checkpoint, extra, data, args.eval_every, args.eval_images,
-                          final_epoch=args.epochs, seed=args.seed, verbose=not args.quiet)
 
+    # the data, the model checked against it, then the training subset
+    begin = time.perf_counter()
+    data = load_coco_data(config.data_dir, features=MODEL_TYPES[config.model].features)
+    model = starting_model(config, start, data)
+    if config.num_samples is not None:
+        data = keep_captions(data, config.num_samples, config.seed, config.data_dir)
+    images = len(np.unique(data["train_image_idxs"]))
+    subset = ("" if config.num_samples is None
+              else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
+    say(f"loaded {config.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images"
+        f"{subset}, {describe_features(data['train_features'])}, {len(data['idx_to_word'])} words "
+        f"({time.perf_counter() - begin:.1f}s)", flush=True)
+
+    # what every checkpoint of the run records: the data, the settled flags, where it writes
+    extra = {"data_path": str(Path(config.data_dir).resolve()), "dataset_id": data["dataset_id"],
+             "args": saved_flags(config),
+             "paths": {"checkpoint": str(checkpoint.resolve()), "out_dir": str(Path(config.out_dir).resolve())}}
+    if config.scst:
+        extra["scst"] = {"init_from": str(config.init_from), "baseline": config.baseline,
+                         "samples": config.scst_samples, "temperature": config.temperature}
+    best = BestCheckpoint(best_path, save_checkpoint, extra, data, config.eval_every, config.eval_images,
+                          final_epoch=config.epochs, seed=config.seed, verbose=not config.quiet)
     board = None
-    if args.tensorboard and ctx.is_main:
-        writer = summary_writer(args.tensorboard)
+    if config.tensorboard and ctx.is_main:
+        writer = summary_writer(config.tensorboard)
         if writer is None:
-            say("note: --tensorboard needs the tensorboard package (pip install tensorboard): not logging to it; "
-                "the JSON history is written as always")
+            say("note: --tensorboard needs the tensorboard package (pip install tensorboard): not logging to "
+                "it; the JSON history is written as always")
         board = writer and TensorBoardLog(writer, best)
 
     def on_epoch_end(solver, epoch):
@@ -135,38 +106,45 @@ def set_up(args, ctx, resumed, state, stack):
         save_training_state(solver, last_path, dict(extra, epoch=solver.epoch, iteration=solver.iteration,
                                                     tracker=best.state()))
 
-    kind, rule = MODEL_TYPES[args.model], from_flags(args, model, data)
-    options = {k: getattr(args, k) for k in kind.solver_class.OPTIONS}  # the solver's own flags
+    # the solver of the model type, with the step strategy (cross-entropy or self-critical)
+    kind = MODEL_TYPES[config.model]
+    options = {k: getattr(config, k) for k in kind.solver_class.OPTIONS}  # the solver's own flags
+    if "device" in options:
+        options["device"] = ctx.local_device(config.device)
     solver = kind.solver_class(
-        model, data, learning_rate=args.lr, **options, step=rule, num_epochs=args.epochs, batch_size=args.batch_size,
-        lr_decay=args.lr_decay, val_samples=args.val_samples, seed=args.seed, max_iters=args.max_iters,
-        verbose=not args.quiet and ctx.is_main, save_state=save_state, divergence_factor=args.divergence_factor,
-        on_epoch_end=on_epoch_end if ctx.is_main else None, dist=ctx)
-    if state is not None:
+        model, data, learning_rate=config.lr, **options, step=from_flags(config, model, data),
+        num_epochs=config.epochs, batch_size=config.batch_size, lr_decay=config.lr_decay,
+        val_samples=config.val_samples, seed=config.seed, max_iters=config.max_iters,
+        verbose=not config.quiet and ctx.is_main, save_state=save_state,
+        divergence_factor=config.divergence_factor, on_epoch_end=on_epoch_end if ctx.is_main else None,
+        dist=ctx)
+    if start is not None and start.state is not None:
         try:
-            solver.load_training_state(state)
-            best.load_state(resumed[1]["extra"]["tracker"])
+            solver.load_training_state(start.state)
+            best.load_state(start.state.tracker)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise UserError(f"{args.resume} holds a damaged training state ({e}): not resumed; use an intact "
+            raise UserError(f"{config.resume} holds a damaged training state ({e}): not resumed; use an intact "
                             "*_last file or start a new run") from None
-        say(f"resuming {args.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}; writing "
-            f"{checkpoint} and the plots and history in {args.out_dir}", flush=True)
-    elif args.scst and args.eval_every and ctx.is_main:
+        say(f"resuming {config.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}; writing "
+            f"{checkpoint} and the plots and history in {config.out_dir}", flush=True)
+    elif config.scst and config.eval_every and ctx.is_main:
         best.score_start(model)  # the first point of the val CIDEr curve
     return solver, best, extra, data
 
 
-def train(args, ctx, resumed, state):
-    """run() in each process; rank 0 alone prints, holds the lock and writes files."""
+def train(settled, ctx):
+    """The run in each process; rank 0 alone prints, holds the lock and writes files -> exit code
+    (0, or 130 after a clean stop)."""
+    config = settled.config
     say = print if ctx.is_main else (lambda *a, **k: None)
     with contextlib.ExitStack() as stack:  # the run lock, held until the end
-        solver, best, extra, data = ctx.agreed(lambda: set_up(args, ctx, resumed, state, stack))
-        last_path = last_checkpoint_path(args.checkpoint)
-        per_step = (f"batch {args.batch_size} per process x {ctx.world_size} processes = "
-                    f"{args.batch_size * ctx.world_size} {solver.step_rule.unit} per step" if ctx.enabled
-                    else f"batch {args.batch_size} {solver.step_rule.unit}")
-        say(f"training {args.model} for {args.epochs} epoch{'s' * (args.epochs != 1)} on {args.device} ({per_step})",
-            flush=True)
+        solver, best, extra, data = ctx.agreed(lambda: set_up(settled, ctx, stack))
+        last_path = last_checkpoint_path(config.checkpoint)
+        per_step = (f"batch {config.batch_size} per process x {ctx.world_size} processes = "
+                    f"{config.batch_size * ctx.world_size} {solver.step_rule.unit} per step" if ctx.enabled
+                    else f"batch {config.batch_size} {solver.step_rule.unit}")
+        say(f"training {config.model} for {config.epochs} epoch{'s' * (config.epochs != 1)} on "
+            f"{ctx.local_device(config.device)} ({per_step})", flush=True)
         start = time.perf_counter()
         try:
             history = solver.train()
@@ -179,23 +157,24 @@ def train(args, ctx, resumed, state):
                 f"python training.py --resume {last_path}", flush=True)
             return 130
         if ctx.is_main:
-            save_final_files(args, solver.model, history, best, extra, time.perf_counter() - start, data, per_step)
+            save_final_files(config, solver.model, history, best, extra, time.perf_counter() - start, data,
+                             per_step)
     return 0
 
 
-def save_final_files(args, model, history, best, extra, seconds, data, per_step):
+def save_final_files(config, model, history, best, extra, seconds, data, per_step):
     """The final checkpoint, the loss (and reward) plots and the history, with a summary."""
-    checkpoint = Path(args.checkpoint)
-    save_checkpoint(model, checkpoint, dict(extra, epoch=args.epochs, val_loss=history["val_loss"][-1]))
+    checkpoint = Path(config.checkpoint)
+    save_checkpoint(model, checkpoint, dict(extra, epoch=config.epochs, val_loss=history["val_loss"][-1]))
     history.update(best.metrics)
-    out_dir = Path(args.out_dir)
+    out_dir = Path(config.out_dir)
     stem = checkpoint.stem  # every output is named after its run's checkpoint
-    if args.scst:  # reward, CIDEr and cross-entropy val loss, each on its own axis
+    if config.scst:  # reward, CIDEr and cross-entropy val loss, each on its own axis
         plot_path = out_dir / f"{stem}_reward.png"
-        save_scst_plot(history, f"{args.model}: self-critical fine-tuning of {Path(args.init_from).name}", plot_path)
+        save_scst_plot(history, f"{config.model}: self-critical fine-tuning of {Path(config.init_from).name}", plot_path)
     else:
         plot_path = out_dir / f"{stem}_loss.png"
-        save_loss_plot(history, f"{args.model}: {data['train_captions'].shape[0]} training captions", plot_path)
+        save_loss_plot(history, f"{config.model}: {data['train_captions'].shape[0]} training captions", plot_path)
     history_path = out_dir / f"{stem}_history.json"
     atomic_write_text(history_path, json.dumps(dict(history, seconds=seconds), indent=1))
     its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
@@ -208,10 +187,16 @@ def save_final_files(args, model, history, best, extra, seconds, data, per_step)
 
 
 def main(argv=None):
-    args = parse_args(argv)
     with interrupts("training.py", "the files written before (checkpoints of finished epochs) are kept"), \
             user_errors("training.py"), out_of_memory_errors():
-        code = run(args)
+        settled = settle(argv)  # every setting, decided once
+        keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
+        torch.manual_seed(settled.config.seed)
+        ctx = distributed.init(torch.device(settled.config.device).type)
+        try:
+            code = train(settled, ctx)
+        finally:
+            ctx.close()
     if code:
         sys.exit(code)
     return 0

@@ -11,6 +11,7 @@ import torch
 
 import inference
 import training
+from core.training.config import settle
 from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.data.coco_utils import SAMPLE_DIR, decode_captions, load_coco_data, subset_rows
 from core.util.errors import UserError
@@ -180,21 +181,21 @@ def test_a_transformer_built_for_l_positions_samples_l_words(cached):
 
 
 def test_the_original_small_data_command_gets_the_small_data_recipe(capsys):
-    args = training.parse_args(["--model", "rnn", "--num_samples", "300"])
+    args = settle(["--model", "rnn", "--num_samples", "300"]).config
     assert (args.recipe, args.epochs, args.batch_size, args.lr_decay, args.val_samples) == ("small-data", 100, 50, 1.0,
                                                                                             100)
-    args = training.parse_args(["--model", "transformer", "--num_samples", "300"])
+    args = settle(["--model", "transformer", "--num_samples", "300"]).config
     assert args.dropout == 0.0 and args.epochs == 100
-    assert training.parse_args(["--model", "transformer", "--num_samples", "300", "--dropout", "0.2"]).dropout == 0.2
-    args = training.parse_args(["--model", "rnn", "--num_samples", "300", "--epochs", "3"])
+    assert settle(["--model", "transformer", "--num_samples", "300", "--dropout", "0.2"]).config.dropout == 0.2
+    args = settle(["--model", "rnn", "--num_samples", "300", "--epochs", "3"]).config
     assert (args.recipe, args.epochs, args.batch_size, args.lr_decay) == ("default", 3, 100, 0.95)
-    args = training.parse_args(["--model", "lstm", "--num_samples", "100000"])
+    args = settle(["--model", "lstm", "--num_samples", "100000"]).config
     assert (args.recipe, args.epochs, args.batch_size) == ("default", 10, 100)
-    args = training.parse_args(["--model", "rnn", "--num_samples", "300", "--recipe", "default"])  # turned off by name
+    args = settle(["--model", "rnn", "--num_samples", "300", "--recipe", "default"]).config  # turned off by name
     assert (args.recipe, args.epochs, args.batch_size) == ("default", 10, 100)
-    args = training.parse_args(["--model", "rnn", "--recipe", "small-data", "--batch_size", "10"])  # asked for by name
+    args = settle(["--model", "rnn", "--recipe", "small-data", "--batch_size", "10"]).config  # asked for by name
     assert (args.recipe, args.epochs, args.batch_size, args.lr_decay) == ("small-data", 100, 10, 1.0)
-    line = training.parse_args(["--model", "rnn", "--num_samples", "300"]).recipe_line
+    line = settle(["--model", "rnn", "--num_samples", "300"]).config.recipe_line
     assert line == ("recipe small-data (--num_samples 300 <= 1000 with no --epochs/--batch_size/--lr_decay; "
                     "--recipe default turns it off): epochs 100, batch_size 50, lr_decay 1, val_samples 100, dropout 0")
 

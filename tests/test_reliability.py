@@ -137,6 +137,20 @@ def test_learning_rates_must_be_positive_and_finite(flag, value, capsys):
     one_line_error(capsys, lambda: training.main(["--model", "rnn", flag, value]), f"{flag} must be positive and finite")
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seed", "-1", "--seed must be nonnegative, got -1"),
+    ("--temperature", "nan", "--temperature must be nonnegative and finite, got nan"),
+    ("--alpha_c", "inf", "--alpha_c must be nonnegative and finite, got inf"),
+    ("--dropout", "nan", "--dropout must be in [0, 1), got nan")])
+def test_every_flag_is_checked_before_the_data_is_read(flag, value, message, capsys, monkeypatch):
+    """Breaks caught: --seed -1 accepted and failing after the data loaded (blamed on the model sizes
+    for an rnn, a raw ValueError for a transformer); a float flag given nan or inf accepted."""
+    import core.training.config as config
+
+    monkeypatch.setattr(config, "count_training_captions", lambda d: pytest.fail("the data was read"))
+    one_line_error(capsys, lambda: training.main(["--model", "rnn", flag, value]), message)
+
+
 @pytest.mark.parametrize("model, flags", [("rnn", ["--hidden_dim", "1000000"]),
                                           ("transformer", ["--wordvec_dim", "1000000", "--num_heads", "2"])])
 def test_a_model_too_large_for_memory_is_a_one_line_error(fake_coco, tmp_path, capsys, model, flags):

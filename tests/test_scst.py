@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import training
+from core.training.config import settle
 from core.captioning_solver import CaptioningSolver
 from core.model.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
 from core.evaluation.cider import CiderD
@@ -187,7 +188,7 @@ def test_the_script_fine_tunes_a_checkpoint_and_records_it(fake_coco, tmp_path, 
     with pytest.raises(SystemExit):
         training.main(["--model", "gru", "--scst", "--data_dir", str(fake_coco)])
     assert "--scst needs --init_from" in capsys.readouterr().err
-    args = training.parse_args(["--model", "gru", "--scst", "--init_from", str(xe)])
+    args = settle(["--model", "gru", "--scst", "--init_from", str(xe)]).config
     assert (args.checkpoint, args.lr, args.eval_every) == ("gru_checkpoint_scst.npz", 5e-5, 1)  # the XE file is kept
     tuned = tmp_path / "tuned.npz"
     training.main(["--model", "gru", "--scst", "--init_from", str(xe), "--data_dir", str(fake_coco), "--epochs", "2",

@@ -128,6 +128,17 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
 
 
+def count_training_captions(base_dir):
+    """The number of training captions of a data directory, read from the captions file's header
+    (the recipe depends on it before the data is loaded); None when it cannot be read, which
+    load_coco_data then reports."""
+    try:
+        with h5py.File(Path(base_dir) / "coco2014_captions.h5", "r") as f:
+            return int(f["train_captions"].shape[0])
+    except (OSError, KeyError, TypeError, AttributeError, IndexError):
+        return None
+
+
 def dataset_id(train_pca_features, idx_to_word):
     """Short fingerprint of a dataset: its vocabulary and the first rows of its training features."""
     h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())

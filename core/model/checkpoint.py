@@ -223,12 +223,23 @@ def load_checkpoint(path, device="cpu", vocabulary=None, num_heads=2, missing_hi
 
 
 def load_training_state(path, device="cpu"):
-    """A resumable checkpoint -> (model, config dict, training state for solver.load_training_state)."""
-    model, config, state = _read(path, device, missing_hint="pass the *_last file that a training run wrote "
-                                                            "next to its checkpoint to --resume")
-    if state is None:
+    """A resumable checkpoint -> (model, config dict, core.training.state.TrainingState), the state
+    parsed and checked once here; UserError naming what is wrong when it is damaged or crafted."""
+    from core.training.state import TrainingState  # the training layer, only when resuming
+
+    model, config, raw = _read(path, device, missing_hint="pass the *_last file that a training run wrote "
+                                                          "next to its checkpoint to --resume")
+    if raw is None:
         raise UserError(f"{path} holds weights but no training state, so training cannot resume from it: "
                         "pass the *_last file that training.py writes after every epoch")
+    extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
+    saved = extra.get("args") if isinstance(extra.get("args"), dict) else {}
+    try:
+        state = TrainingState.parse(raw, model, MODEL_TYPES[config["model"]].solver_class,
+                                    tracker=extra.get("tracker", {"metrics": {}}), batch_size=saved.get("batch_size"))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} holds a damaged training state ({e}): not resumed; use an intact *_last file or "
+                        "start a new run") from None
     return model, config, state
 
 

@@ -1,25 +1,34 @@
-"""The configuration of a training run: every flag of training.py in one table (type, default, help,
-check, whether it is fixed on resume), the named recipes that change defaults, and the merge of a
-resumed run's saved flags with the ones given now.
+"""The configuration of a training run, settled once before anything runs.
 
-    args = parse_args(argv)          # argparse Namespace with every flag set, args.explicit, args.recipe
-    args, model, config, state = load_resume(args)   # --resume PATH: its flags merged with the given ones
+    settled = settle(argv)      # the flags, the recipe, a resumed run's values, the data's size
+    settled.config              # a frozen RunConfig: every flag's value, printed once, saved with the run
+    settled.lines               # what to print first (the recipe, notes), once, by rank 0
+    settled.start               # the model to train from: the resumed run's or --init_from's, or None
+
+Every flag of training.py is a row of FLAGS (type, default, help, check, whether a resumed run must
+keep it); RECIPES are the named sets of defaults. `settle` merges, in this order and only here:
+the defaults, the recipe (named, implied by --scst, or chosen by the data's size), the flags given,
+a resumed run's saved flags (and its data folder), the sizes of an --init_from checkpoint, the
+default learning rate and checkpoint of the model type, the device, and the per-process batch of
+a run resumed on another number of processes. Nothing changes the RunConfig afterwards.
 """
 import argparse
+import dataclasses
 import math
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
-from core.model.checkpoint import load_training_state
-from core.util.cli import ArgumentParser
-from core.util.errors import UserError
+from core.data.coco_utils import count_training_captions, default_data_dir, load_vocab
+from core.model.checkpoint import load_checkpoint, load_training_state
 from core.model.registry import MODEL_TYPES, SIZE_FLAGS
+from core.util.cli import ArgumentParser, resolve_device
+from core.util.errors import UserError
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Flag:
-    """One training.py flag. check: "positive", "positive_finite", "fraction" ([0, 1)), "nonnegative"
-    or None; fixed: a resumed run must keep the value it was trained with."""
+    """One training.py flag. check: "positive", "fraction" ([0, 1)), "nonnegative" or None (a float
+    must be finite whatever its check); fixed: a resumed run must keep the value it was trained with."""
 
     name: str
     type: object
@@ -58,8 +67,8 @@ FLAGS = (
     Flag("batch_size", int, 100, "captions (with --scst: images) per step and process; a resumed run keeps its "
          "batch x processes per step, whatever the number of processes", "positive", fixed=False),
     Flag("lr", float, None, "learning rate (unset: " + ", ".join(
-        f"{t.default_lr:g} for {m}" for m, t in MODEL_TYPES.items()) + ")", "positive_finite"),
-    Flag("lr_decay", float, 0.95, "learning rate multiplier after each epoch", "positive_finite"),
+        f"{t.default_lr:g} for {m}" for m, t in MODEL_TYPES.items()) + ")", "positive"),
+    Flag("lr_decay", float, 0.95, "learning rate multiplier after each epoch", "positive"),
     Flag("update_rule", str, "adam", "update rule of the numpy models (the torch ones use torch Adam)",
          choices=("sgd", "sgd_momentum", "rmsprop", "adam")),
     *(Flag(name, size.type, size.default, size.help, size.check)
@@ -72,8 +81,8 @@ FLAGS = (
     Flag("eval_images", int, 500, "validation images scored by --eval_every", "positive"),
     Flag("divergence_factor", float, 10.0, "stop with an error when a batch loss is NaN/inf or more than this many "
          "times the run's first batch loss, or the validation loss is NaN/inf (the last good files are kept)",
-         "positive_finite"),
-    Flag("seed", int, 231, "seed of the data subset, initialisation, shuffling and sampling"),
+         "positive"),
+    Flag("seed", int, 231, "seed of the data subset, initialisation, shuffling and sampling", "nonnegative"),
     Flag("checkpoint", str, None, "where to save the model (unset: " + ", ".join(
         t.checkpoint for t in MODEL_TYPES.values()) + ", with _scst before the suffix for --scst); *_best and the "
          "resumable *_last go next to it", fixed=False),
@@ -96,17 +105,34 @@ FLAGS = (
 FLAG = {f.name: f for f in FLAGS}
 
 
-def _default_text(flag):
-    return "" if flag.default is None or flag.default is False else f" (default: {flag.default})"
+CHECKS = {"positive": (lambda v: v > 0, "positive"),
+          "nonnegative": (lambda v: v >= 0, "nonnegative"),
+          "fraction": (lambda v: 0 <= v < 1, "in [0, 1)")}
+
+
+def flag_error(name, value):
+    """What is wrong with `value` for flag `name`, or None: its check, its choices, and for a float
+    NaN or inf (whatever its check)."""
+    flag = FLAG[name]
+    if value is None:
+        return None
+    ok, words = CHECKS.get(flag.check, (lambda v: True, None))
+    if flag.type is float and not (math.isfinite(value) and ok(value)):
+        words = f"{words} and finite" if flag.check in ("positive", "nonnegative") else words or "finite"
+        return f"--{name} must be {words}, got {value}"
+    if not ok(value):
+        return f"--{name} must be {words}, got {value}"
+    if flag.choices is not None and value not in flag.choices:
+        return f"--{name} must be one of {', '.join(map(str, flag.choices))}, got {value!r}"
+    return None
 
 
 def build_parser():
-    """The argument parser; every default is applied after parsing, so that the namespace it returns
-    holds only the flags given (see parse_args)."""
+    """The argument parser; its namespace holds only the flags given (defaults are merged in `settle`)."""
     p = ArgumentParser(prog="training.py", description="Train a captioning decoder on precomputed image features.",
                        argument_default=argparse.SUPPRESS)
     for f in FLAGS:
-        text = f.help + _default_text(f)
+        text = f.help + ("" if f.default is None or f.default is False else f" (default: {f.default})")
         if f.type is bool:
             p.add_argument(f"--{f.name}", action="store_true", help=text)
         else:
@@ -114,118 +140,170 @@ def build_parser():
     return p
 
 
-def _check(parser, args):
-    for f in FLAGS:
-        value = getattr(args, f.name)
-        if value is None or f.check is None:
-            continue
-        bad = {"positive": lambda v: v <= 0, "nonnegative": lambda v: v < 0, "fraction": lambda v: not 0 <= v < 1,
-               "positive_finite": lambda v: not (math.isfinite(v) and v > 0)}[f.check](value)
-        if bad:
-            parser.error(f"--{f.name} must be {f.check.replace('_', ' and ').replace('fraction', 'in [0, 1)')}, "
-                         f"got {value}")
-    if args.scst and args.baseline == "mean" and args.scst_samples < 2:
-        parser.error("--baseline mean needs --scst_samples of at least 2 (the mean of an image's other samples)")
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig", [(f.name, object) for f in FLAGS] + [("explicit", tuple), ("recipe_line", str)], frozen=True)
+RunConfig.__doc__ = ("The settled flags of a training run (frozen): one attribute per row of FLAGS, `explicit` "
+                     "(the flags given) and `recipe_line` (the recipe in force, as printed).")
 
 
-def parse_args(argv=None):
-    """training.py's flags -> Namespace with every flag, `explicit` (the names given) and `recipe`."""
-    parser = build_parser()
-    given = parser.parse_args(argv)
-    explicit = sorted(vars(given))
-    args = argparse.Namespace(**{**{f.name: f.default for f in FLAGS}, **vars(given)})
-    args.explicit = explicit
-    if args.model is None and args.resume is None:
-        parser.error("--model is required (or --resume PATH)")
-    _check(parser, args)
-    if args.resume is None and args.scst != (args.init_from is not None):
-        parser.error("--scst needs --init_from CHECKPOINT (and --init_from is for --scst)")
-    if args.resume is None:
-        apply_recipe(args)
-    return args
+def saved_flags(config):
+    """The flags to record in the checkpoints of a run (what --resume reads back)."""
+    return {f.name: getattr(config, f.name) for f in FLAGS}
 
 
-def choose_recipe(args):
-    """-> (recipe name, why it was chosen)."""
-    if args.recipe is not None:
-        return args.recipe, "--recipe"
-    if args.scst:
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a run starts from: model and its checkpoint's config (and, resuming, its TrainingState)."""
+
+    path: str
+    model: object
+    checkpoint: dict
+    state: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settled:
+    """config: the RunConfig; lines: what the run prints first; start: a Start, or None for a new model."""
+
+    config: object
+    lines: tuple
+    start: object
+
+
+def choose_recipe(values, explicit, num_items):
+    """-> (recipe name, why it was chosen or None). num_items: the training captions the run will see
+    (the data's, or --num_samples of them; None when the data cannot be read yet)."""
+    if values["recipe"] is not None:
+        return values["recipe"], "--recipe"
+    if values["scst"]:
         return "scst", "--scst"
-    if (args.num_samples is not None and args.num_samples <= SMALL_DATA
-            and not {"epochs", "batch_size", "lr_decay"} & set(args.explicit)):
-        return "small-data", (f"--num_samples {args.num_samples} <= {SMALL_DATA} with no --epochs/--batch_size/"
-                              "--lr_decay; --recipe default turns it off")
+    if num_items is not None and num_items <= SMALL_DATA and not {"epochs", "batch_size", "lr_decay"} & explicit:
+        if values["num_samples"] is not None and values["num_samples"] <= SMALL_DATA:
+            return "small-data", (f"--num_samples {values['num_samples']} <= {SMALL_DATA} with no --epochs/"
+                                  "--batch_size/--lr_decay; --recipe default turns it off")
+        return "small-data", (f"the data has {num_items} training captions <= {SMALL_DATA}; --recipe default "
+                              "turns it off")
     return "default", None
 
 
-def apply_recipe(args):
-    """Set the recipe's values for the flags not given, then the model type's own defaults; records
-    args.recipe and args.recipe_line (what the run prints first)."""
-    args.recipe, why = choose_recipe(args)
-    changed = {k: v for k, v in RECIPES[args.recipe].items() if k not in args.explicit}
-    for name, value in changed.items():
-        setattr(args, name, value)
-    kind = MODEL_TYPES[args.model]
-    if args.lr is None:
-        args.lr = kind.default_lr
-    if args.checkpoint is None:
+def _new_run(values, explicit, lines):
+    """A new run's values: the data folder, the recipe for its size, --init_from's sizes, the model
+    type's learning rate and checkpoint -> (values, recipe line, Start or None)."""
+    if values["data_dir"] is None:
+        values["data_dir"] = str(default_data_dir(log=lines.append))
+    available = count_training_captions(values["data_dir"])
+    num_items = min(values["num_samples"] or math.inf, available or math.inf)
+    recipe, why = choose_recipe(values, explicit, None if num_items == math.inf else num_items)
+    changed = {k: v for k, v in RECIPES[recipe].items() if k not in explicit}
+    values.update(changed, recipe=recipe)
+    line = (f"recipe {recipe}" + (f" ({why})" if why else "")
+            + (": " + ", ".join(f"{k} {v:g}" for k, v in changed.items()) if changed else ""))
+    start = None
+    if values["init_from"]:
+        model, checkpoint = load_checkpoint(values["init_from"], vocabulary=lambda: load_vocab(values["data_dir"])[0],
+                                            missing_hint="pass the checkpoint to fine-tune to --init_from")
+        values.update({name: checkpoint[name] for name in MODEL_TYPES[values["model"]].size_flags})
+        start = Start(values["init_from"], model, checkpoint)
+    kind = MODEL_TYPES[values["model"]]
+    if values["lr"] is None:
+        values["lr"] = kind.default_lr
+    if values["checkpoint"] is None:
         default = Path(kind.checkpoint)
-        scst_name = default.with_name(f"{default.stem}_scst{default.suffix}")
-        args.checkpoint = str(scst_name) if args.scst else kind.checkpoint
-    values = ", ".join(f"{k} {v:g}" for k, v in changed.items())
-    args.recipe_line = f"recipe {args.recipe}" + (f" ({why})" if why else "") + (f": {values}" if values else "")
-
-
-def recipe_for_data(args, num_items):
-    """After loading: a new run on at most SMALL_DATA captions with the default recipe chosen by itself
-    (no --recipe, no --epochs/--batch_size/--lr_decay) takes the small-data recipe as --num_samples
-    would -> the lines to print (the recipe, and a note when the data is smaller than one batch)."""
-    lines = []
-    auto = args.recipe == "default" and "recipe" not in args.explicit and args.resume is None
-    if auto and num_items <= SMALL_DATA and not {"epochs", "batch_size", "lr_decay"} & set(args.explicit):
-        changed = {k: v for k, v in RECIPES["small-data"].items() if k not in args.explicit}
-        for name, value in changed.items():
-            setattr(args, name, value)
-        args.recipe = "small-data"
-        args.recipe_line = (f"recipe small-data (the data has {num_items} training captions <= {SMALL_DATA}; --recipe "
-                            "default turns it off): " + ", ".join(f"{k} {v:g}" for k, v in changed.items()))
-        lines.append(args.recipe_line)
-    if num_items < args.batch_size:
-        lines.append(f"note: the {num_items} training captions are fewer than one batch of {args.batch_size}: "
+        values["checkpoint"] = str(default.with_name(f"{default.stem}_scst{default.suffix}")) if values["scst"] \
+            else kind.checkpoint
+    if num_items != math.inf and num_items < values["batch_size"]:
+        lines.append(f"note: the {num_items} training captions are fewer than one batch of {values['batch_size']}: "
                      "each epoch is a single step")
-    return lines
+    return values, line, start
 
 
-def resumed_args(args, saved, path, paths=None):
-    """The flags `saved` with a resumed run (as training.py recorded them) merged with the ones given
-    now that may change (epochs, paths, device, output); UserError for a given flag that contradicts it.
-    paths: the absolute checkpoint and out_dir the run wrote ({"checkpoint", "out_dir"}); when the file
-    has moved (a copied run folder), an out_dir inside the old checkpoint's folder moves with it."""
-    for name in args.explicit:
-        if FLAG[name].fixed and getattr(args, name) != saved.get(name):
-            raise UserError(f"--{name} {getattr(args, name)} contradicts {path}, which was trained with "
+def _resumed_run(values, explicit, lines, world_size):
+    """--resume PATH: its saved flags, with the ones given now that may change (epochs, paths, device,
+    output) -> (values, recipe line, Start). UserError for a given flag that contradicts the run, a
+    damaged file, or a run that has already trained its epochs."""
+    path = values["resume"]
+    model, checkpoint, state = load_training_state(path)
+    extra = checkpoint.get("extra", {})
+    saved = extra.get("args")
+    if not isinstance(saved, dict) or "data_path" not in extra:
+        raise UserError(f"{path} was not written by training.py: cannot resume from it")
+    for name in explicit:
+        if FLAG[name].fixed and values[name] != saved.get(name):
+            raise UserError(f"--{name} {values[name]} contradicts {path}, which was trained with "
                             f"--{name} {saved.get(name)}: leave it out to resume, or start a new run")
-    merged = argparse.Namespace(**{**{f.name: f.default for f in FLAGS}, **saved})
-    for name in args.explicit:
-        setattr(merged, name, getattr(args, name))
-    merged.resume, merged.explicit = str(path), args.explicit
-    merged.recipe_line = f"recipe {merged.recipe or 'default'} (as {Path(path).name} was trained)"
-    if "device" not in args.explicit:
-        merged.device = None  # the machine of this run decides, as for a new run
-    if "checkpoint" not in args.explicit:
-        merged.checkpoint = str(Path(path).with_name(Path(saved["checkpoint"]).name))
-    if paths and "out_dir" not in args.explicit:
+    merged = {**{f.name: f.default for f in FLAGS}, **{k: v for k, v in saved.items() if k in FLAG}}
+    merged.update({name: values[name] for name in explicit}, resume=str(path))
+    if "device" not in explicit:
+        merged["device"] = None  # the machine of this run decides, as for a new run
+    if "checkpoint" not in explicit:
+        merged["checkpoint"] = str(Path(path).with_name(Path(saved["checkpoint"]).name))
+    paths = extra.get("paths")
+    if paths and "out_dir" not in explicit:  # an out_dir inside the run's folder moves with a copied run
         was, now = Path(paths["checkpoint"]).parent, Path(path).resolve().parent
         try:
-            merged.out_dir = str(now / Path(paths["out_dir"]).relative_to(was))
+            merged["out_dir"] = str(now / Path(paths["out_dir"]).relative_to(was))
         except ValueError:  # an out_dir outside the run's folder stays where it was
-            merged.out_dir = paths["out_dir"]
-    return merged
+            merged["out_dir"] = paths["out_dir"]
+    if "data_dir" not in explicit:
+        merged["data_dir"] = extra["data_path"]
+    if state.epoch >= merged["epochs"] and not state.iteration:
+        raise UserError(f"{path} has already trained {state.epoch} of its {merged['epochs']} epochs: "
+                        f"pass --epochs larger than {state.epoch} to train more")
+    unit = "images" if merged["scst"] else "captions"
+    merged["batch_size"], note = resumed_batch_size(saved["batch_size"], state.world_size, world_size,
+                                                    values["batch_size"] if "batch_size" in explicit else None, unit)
+    if note:
+        lines.append(note)
+    return merged, f"recipe {merged['recipe'] or 'default'} (as {Path(path).name} was trained)", \
+        Start(str(path), model, checkpoint, state)
 
 
-def saved_flags(args):
-    """The flags to record in the checkpoints of a run (what --resume reads back)."""
-    return {f.name: getattr(args, f.name) for f in FLAGS}
+def _check_saved(values, path):
+    """UserError when a resumed file's saved flags are not a run training.py could have started."""
+    if values.get("model") not in MODEL_TYPES:
+        raise UserError(f"{path} holds a damaged training state (its model {values.get('model')!r} is not one of "
+                        f"{', '.join(MODEL_TYPES)}): not resumed; use an intact *_last file or start a new run")
+    for f in FLAGS:
+        if f.type in (int, float) and values[f.name] is not None and (
+                isinstance(values[f.name], bool) or not isinstance(values[f.name], (int, float))):
+            problem = f"--{f.name} must be a number, got {values[f.name]!r}"
+        else:
+            problem = flag_error(f.name, values[f.name])
+        if problem:
+            raise UserError(f"{path} holds a damaged training state (its {problem}): not resumed; use an intact "
+                            "*_last file or start a new run")
+
+
+def settle(argv=None, world_size=None):
+    """training.py's flags -> Settled (the frozen RunConfig, the lines to print first, the Start).
+
+    world_size: processes of this run (default: torchrun's WORLD_SIZE, else 1). Exits with a
+    one-line flag error (code 2) for a bad flag; UserError for a file that cannot be resumed or
+    fine-tuned from."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    explicit = set(given)
+    values = {**{f.name: f.default for f in FLAGS}, **given}
+    for name in given:
+        problem = flag_error(name, values[name])
+        if problem:
+            parser.error(problem)
+    if values["model"] is None and values["resume"] is None:
+        parser.error("--model is required (or --resume PATH)")
+    if values["resume"] is None and values["scst"] != (values["init_from"] is not None):
+        parser.error("--scst needs --init_from CHECKPOINT (and --init_from is for --scst)")
+    if values["scst"] and values["baseline"] == "mean" and values["scst_samples"] < 2:
+        parser.error("--baseline mean needs --scst_samples of at least 2 (the mean of an image's other samples)")
+    lines = []
+    if values["resume"] is not None:
+        world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        values, recipe_line, start = _resumed_run(values, explicit, lines, world_size)
+        _check_saved(values, values["resume"])
+    else:
+        values, recipe_line, start = _new_run(values, explicit, lines)
+    values["device"] = resolve_device(values["device"]) if MODEL_TYPES[values["model"]].uses_torch else "cpu"
+    config = RunConfig(**values, explicit=tuple(sorted(explicit)), recipe_line=recipe_line)
+    return Settled(config, (recipe_line, *lines), start)
 
 
 def resumed_batch_size(saved_batch, saved_world, world, given=None, unit="captions"):
@@ -250,17 +328,3 @@ def resumed_batch_size(saved_batch, saved_world, world, given=None, unit="captio
                    f"batch {batch} per process, the same {per_step} {unit} per step")
 
 
-def load_resume(args):
-    """--resume: the saved run's flags merged with the given ones, its model, config and training state."""
-    model, config, state = load_training_state(args.resume)
-    saved = config.get("extra", {}).get("args")
-    if saved is None:
-        raise UserError(f"{args.resume} was not written by training.py: cannot resume from it")
-    merged = resumed_args(args, saved, args.resume, config["extra"].get("paths"))
-    if "data_dir" not in args.explicit:
-        merged.data_dir = config["extra"]["data_path"]
-    done = state["loop"]["epoch"]
-    if merged.epochs <= done and not state["loop"]["iteration"]:
-        raise UserError(f"{args.resume} has already trained {done} of its {merged.epochs} epochs: "
-                        f"pass --epochs larger than {done} to train more")
-    return merged, model, config, state
