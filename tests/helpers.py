@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.model.registry import MODEL_TYPES, build_model
+from core.model.registry import BACKENDS, MODEL_TYPES, build_model, tiny_sizes
 
 
 def numeric_gradient(f, x, dout, h=1e-5):
@@ -50,8 +50,7 @@ def assert_gradients(f, args, grads, dout, tol=1e-7):
         assert error < tol, f"gradient {k}: relative error {error:.2e}"
 
 
-TINY_SIZES = {"wordvec_dim": 8, "hidden_dim": 12, "num_heads": 2, "num_layers": 1, "dim_feedforward": 16,
-              "dropout": 0.0, "attention_dim": 6, "alpha_c": 0.5}
+TINY_SIZES = tiny_sizes()  # each size flag's tiny value, from the registry
 
 
 def tiny_model(name, data, seed=0, **sizes):
@@ -75,7 +74,7 @@ def weights(model):
 
 def checkpoint_name(name, stem="last"):
     """A file name with the suffix of the model type's checkpoint format: ("rnn", "last") -> "last.npz"."""
-    return stem + Path(MODEL_TYPES[name].checkpoint).suffix
+    return stem + BACKENDS[MODEL_TYPES[name].backend].suffix
 
 
 def one_line_error(capsys, call, *fragments, code=2):

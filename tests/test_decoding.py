@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from core.model.decoding import beam_search, decode, greedy_search, sequence_logprob
-from core.model.attention_lstm import AttentionLSTM
-from core.model.region_transformer import RegionTransformer
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 from core.model.registry import MODEL_TYPES
+from tests.helpers import tiny_model
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "runs", "on", "mat"]
 VOCAB = {w: i for i, w in enumerate(WORDS)}
@@ -54,35 +53,38 @@ class RegionView:
         return decode(self, features, **kw)
 
 
-def _attention_lstm(vocab=VOCAB, seed=0):
-    model = AttentionLSTM(vocab, input_dim=3, num_regions=2, wordvec_dim=8, hidden_dim=10, attention_dim=5,
-                          alpha_c=0.0, seed=seed)
-    for k in model.params:
-        model.params[k] *= 3
-    return RegionView(model, lambda f: f.reshape(len(f), 2, 3))
-
-
 def _four_regions(features):
     """(N, 6) -> (N, 4, 6): the row scaled four ways."""
     f = torch.as_tensor(features)
     return torch.stack([f, -f, 0.5 * f, 2 * f], dim=1)
 
 
-def _region_transformer(vocab=VOCAB, seed=0):
+def _from_registry(name, vocab=VOCAB, seed=0):
+    """A tiny model of registry row `name` over (N, 6) features (seen as four regions by a decoder
+    that reads regions), its weights sharpened so that decoding choices matter."""
+    kind = MODEL_TYPES[name]
+    regions = kind.feature_kind.regions
+    idx_to_word = [w for w, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    data = {"train_features": np.zeros((1, 4, 6) if regions else (1, 6), np.float32), "idx_to_word": idx_to_word,
+            "train_captions": np.zeros((1, 7), np.int32)}
     torch.manual_seed(seed)
-    model = RegionTransformer(vocab, input_dim=6, wordvec_dim=16, num_regions=4, num_heads=2, num_layers=2,
-                              dim_feedforward=32, max_length=40)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(20)
-    return RegionView(model, _four_regions)
+    model = tiny_model(name, data, seed=seed, wordvec_dim=16, hidden_dim=10, dim_feedforward=32, num_layers=2,
+                       alpha_c=0.0)
+    if kind.uses_torch:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.mul_(20)
+    else:
+        for k in model.params:
+            model.params[k] *= 3
+    if not regions:
+        return model
+    to_regions = _four_regions if kind.uses_torch else lambda f: _four_regions(f).numpy()
+    return RegionView(model, to_regions)
 
 
-MODELS = {"rnn": lambda **kw: _rnn("rnn", **kw), "lstm": lambda **kw: _rnn("lstm", **kw),
-          "gru": lambda **kw: _rnn("gru", **kw), "transformer": _transformer, "attention_lstm": _attention_lstm,
-          "region_transformer": _region_transformer}
-assert set(MODELS) == set(MODEL_TYPES)
+MODELS = {name: (lambda name=name, **kw: _from_registry(name, **kw)) for name in MODEL_TYPES}
 FEATURES = np.random.default_rng(0).standard_normal((7, 6)).astype(np.float32)
 
 
@@ -219,7 +221,7 @@ def test_transformer_cache_gives_exactly_the_uncached_tokens(seed):
     features = np.random.default_rng(seed).standard_normal((16, 6)).astype(np.float32)
     cached = model.sample(features, max_length=30)
     np.testing.assert_array_equal(cached, model.sample_uncached(features, max_length=30))
-    regions = _region_transformer(seed=seed)
+    regions = MODELS["region_transformer"](seed=seed)
     cached_regions = regions.sample(features, max_length=30)
     np.testing.assert_array_equal(cached_regions, regions.model.sample_uncached(_four_regions(features), max_length=30))
     assert (cached_regions != VOCAB["<NULL>"]).sum() > 16

@@ -23,6 +23,7 @@ import numpy as np
 
 from core.data.vocab import (  # noqa: F401  (the CS231n names, importable here)
     SPECIAL_TOKENS, build_vocab, decode_captions, dropped_characters, encode_captions, index_vocabulary, tokenize)
+from core.data.feature_kinds import FEATURE_KINDS, GRID_HINT, feature_kind  # noqa: F401  (GRID_HINT: its old place)
 from core.util.errors import UserError
 
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
@@ -81,7 +82,6 @@ def _read_h5(path, names, rows=None):
         raise UserError(f"cannot read {path} as HDF5 ({e})") from None
 
 
-GRID_HINT = "build them from the COCO images with `features_extraction.py --grid` (see docs/data.md)"
 
 
 def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0, features="fc7"):
@@ -101,25 +101,23 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     hint = f"fetch it with `{FETCH_HINT}`" if base_dir.resolve() == COCO_DIR else "check --data_dir"
     if not base_dir.is_dir():
         raise UserError(f"data directory {base_dir} not found: {hint}")
-    suffix = "_pca" if pca_features else ""
     data = {}
     captions_path = _require(base_dir / "coco2014_captions.h5", hint)
     splits = SPLITS + tuple(s for s in OPTIONAL_SPLITS if _has_dataset(captions_path, f"{s}_captions"))
     data.update(_read_h5(captions_path, [f"{s}_{k}" for s in splits for k in ("captions", "image_idxs")]))
+    kind = feature_kind(features)
     for split in splits:
-        if features == "grid":
-            path = _require(base_dir / f"{split}2014_vgg16_grid_pca.h5",
-                            f"{base_dir} has no region features for the attention decoders: {GRID_HINT}")
-        else:
-            path = _require(base_dir / f"{split}2014_vgg16_fc7{suffix}.h5", hint)
-        data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path)
+        path = _require(kind.path(base_dir, split, pca_features),
+                        f"{base_dir} has no {kind.label}: {kind.missing}" if kind.missing else hint)
+        data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path, kind)
         urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
         data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
 
     _require(base_dir / "coco2014_vocab.json", hint)
     data["idx_to_word"], data["word_to_idx"] = load_vocab(base_dir)
-    if features == "grid" or not pca_features:  # the id is always that of the PCA features
-        first = _read_h5(_require(base_dir / "train2014_vgg16_fc7_pca.h5", hint), ["features"], rows=256)["features"]
+    if features != "fc7" or not pca_features:  # the id is always that of the fc7 PCA features
+        first = _read_h5(_require(FEATURE_KINDS["fc7"].path(base_dir, "train"), hint), ["features"],
+                         rows=256)["features"]
     else:
         first = data["train_features"]
     data["dataset_id"] = dataset_id(first, data["idx_to_word"])
@@ -163,9 +161,7 @@ def subset_rows(num_captions, size, seed):
 
 def describe_features(features):
     """"512-d features" or "49 regions of 64-d features", for what a run prints."""
-    if features.ndim == 3:
-        return f"{features.shape[1]} regions of {features.shape[2]}-d features"
-    return f"{features.shape[1]}-d features"
+    return next(k for k in FEATURE_KINDS.values() if k.regions == (features.ndim == 3)).describe(features)
 
 
 def data_splits(data):
@@ -182,10 +178,10 @@ def _has_dataset(path, name):
         return False
 
 
-def _check_features(features, path):
+def _check_features(features, path, kind):
     """features (Ni, D) or, region features, (Ni, R, G) float -> the same; UserError for another shape or
     dtype, or NaN/inf values."""
-    grid = path.name.endswith("_grid_pca.h5")
+    grid = kind.regions
     if features.ndim != (3 if grid else 2) or not np.issubdtype(features.dtype, np.floating):
         raise UserError(f"{path}: features must be a {3 if grid else 2}-D float array (images, "
                         f"{'regions, ' if grid else ''}dimensions), got shape {features.shape} of {features.dtype}")

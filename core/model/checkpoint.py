@@ -24,7 +24,7 @@ from core.model import compat
 from core.model.compat import ORIGINAL_RNN_ARRAYS
 from core.util.errors import UserError
 from core.util.fileio import atomic_write
-from core.model.registry import MODEL_TYPES, model_type
+from core.model.registry import BACKENDS, MODEL_TYPES, integer_sizes, model_type
 
 
 def _digest(obj, h=None):
@@ -113,15 +113,11 @@ def save_training_state(solver, path, extra=None):
     _write(solver.model, path, extra, solver.training_state())
 
 
-SIZES = ("input_dim", "wordvec_dim", "hidden_dim", "num_heads", "num_layers", "max_length", "dim_feedforward",
-         "attention_dim", "num_regions")
-
-
 def _build(config):
     """An untrained model of the type and sizes a config describes; ValueError for an unknown type or
     a size that is not a positive integer (a crafted or damaged config)."""
     kind = model_type(config.get("model"))
-    for key in SIZES:
+    for key in integer_sizes():
         value = config.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"its config's {key} is {value!r}, not a positive integer")

@@ -9,6 +9,7 @@ A recurrent cell of CaptioningRNN is a row of `core.model.rnn_model.CELLS` plus 
 import importlib
 from dataclasses import dataclass
 
+from core.data.feature_kinds import FEATURE_KINDS
 from core.util.errors import UserError
 from core.util.memory import check_fits
 from core.model.attention_lstm import AttentionLSTM
@@ -19,43 +20,58 @@ from core.model.transformer import CaptioningTransformer
 
 @dataclass(frozen=True)
 class SizeFlag:
-    """A size of a model, set by the training.py flag of the same name; check as core.training.config.Flag's."""
+    """A size of a model, set by the training.py flag of the same name; tiny: its value in the tests'
+    tiny models; check as core.training.config.Flag's."""
 
     type: type
     default: object
     help: str
+    tiny: object
     check: str = "positive"
 
 
 SIZE_FLAGS = {
-    "hidden_dim": SizeFlag(int, 512, "hidden state size H of the recurrent cell"),
-    "wordvec_dim": SizeFlag(int, 256, "word vector size W (the transformer's width E)"),
-    "num_heads": SizeFlag(int, 4, "attention heads of the transformer"),
-    "num_layers": SizeFlag(int, 2, "decoder layers of the transformer"),
-    "dim_feedforward": SizeFlag(int, 2048, "feed-forward width of the transformer's layers"),
-    "dropout": SizeFlag(float, 0.1, "dropout rate of the transformer", "fraction"),
-    "attention_dim": SizeFlag(int, 256, "attention size A of the attention LSTM (its regions' and h's projections)"),
+    "hidden_dim": SizeFlag(int, 512, "hidden state size H of the recurrent cell", 12),
+    "wordvec_dim": SizeFlag(int, 256, "word vector size W (the transformer's width E)", 8),
+    "num_heads": SizeFlag(int, 4, "attention heads of the transformer", 2),
+    "num_layers": SizeFlag(int, 2, "decoder layers of the transformer", 1),
+    "dim_feedforward": SizeFlag(int, 2048, "feed-forward width of the transformer's layers", 16),
+    "dropout": SizeFlag(float, 0.1, "dropout rate of the transformer", 0.0, "fraction"),
+    "attention_dim": SizeFlag(int, 256, "attention size A of the attention LSTM (its regions' and h's projections)",
+                              6),
     "alpha_c": SizeFlag(float, 1.0, "weight of the attention LSTM's doubly stochastic attention penalty "
-                                    "(every region looked at about once per caption; 0: off)", "nonnegative"),
+                                    "(every region looked at about once per caption; 0: off)", 0.5, "nonnegative"),
 }
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How the models of a backend are trained and saved: solver "module:Class" (imported when asked
+    for, so that loading a checkpoint does not import the training layer), the checkpoint suffix, and
+    whether --device and --amp apply."""
+
+    solver: str
+    suffix: str
+    uses_torch: bool
+
+
+BACKENDS = {"numpy": Backend("core.training.solver_numpy:NumpySolver", ".npz", False),
+            "torch": Backend("core.training.solver_torch:TorchSolver", ".pt", True)}
 
 
 @dataclass(frozen=True)
 class ModelType:
     """One decoder type.
 
-    model_class: builds and runs it; backend: "numpy" (weights are numpy arrays, saved as .npz,
-    trained by core.training.optim's update rules) or "torch" (an nn.Module, saved as .pt, trained by a
-    torch optimizer on --device); solver: "module:Class" of the solver that trains it (imported
-    when asked for, so that loading a checkpoint does not import the training layer);
-    default_lr: its learning rate unless --lr is given; checkpoint: its default file name;
-    size_flags: the names of SIZE_FLAGS that size it; features: "fc7" (one PCA vector per image,
-    (N, D)) or "grid" (region features, (N, R, D); core/data/coco_utils.py loads them).
+    model_class: builds and runs it; backend: a key of BACKENDS: "numpy" (weights are numpy arrays,
+    saved as .npz, trained by core.training.optim's update rules) or "torch" (an nn.Module, saved as
+    .pt, trained by a torch optimizer on --device); default_lr: its learning rate unless --lr is given; checkpoint: its default file name;
+    size_flags: the names of SIZE_FLAGS that size it; features: the key of the kind of features it
+    reads in core.data.feature_kinds.FEATURE_KINDS ("fc7": (N, D), "grid": (N, R, D)).
     """
 
     model_class: type
     backend: str
-    solver: str
     default_lr: float
     checkpoint: str
     size_flags: tuple
@@ -64,31 +80,46 @@ class ModelType:
     @property
     def uses_torch(self):
         """Whether the model is a torch module (--device and --amp apply)."""
-        return self.backend == "torch"
+        return BACKENDS[self.backend].uses_torch
 
     @property
     def solver_class(self):
-        """The solver class named by `solver`."""
-        module, name = self.solver.split(":")
+        """The solver class of its backend."""
+        module, name = BACKENDS[self.backend].solver.split(":")
         return getattr(importlib.import_module(module), name)
 
+    @property
+    def feature_kind(self):
+        """Its row of core.data.feature_kinds.FEATURE_KINDS."""
+        return FEATURE_KINDS[self.features]
 
-NUMPY_SOLVER = "core.training.solver_numpy:NumpySolver"
-TORCH_SOLVER = "core.training.solver_torch:TorchSolver"
+
 RECURRENT_SIZES = ("wordvec_dim", "hidden_dim")
 TRANSFORMER_SIZES = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")
 
 MODEL_TYPES = {
-    "rnn": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "rnn_checkpoint.npz", RECURRENT_SIZES),
-    "lstm": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "lstm_checkpoint.npz", RECURRENT_SIZES),
-    "gru": ModelType(CaptioningRNN, "numpy", NUMPY_SOLVER, 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES),
-    "transformer": ModelType(CaptioningTransformer, "torch", TORCH_SOLVER, 1e-3, "transformer_model.pt",
+    "rnn": ModelType(CaptioningRNN, "numpy", 5e-3, "rnn_checkpoint.npz", RECURRENT_SIZES),
+    "lstm": ModelType(CaptioningRNN, "numpy", 5e-3, "lstm_checkpoint.npz", RECURRENT_SIZES),
+    "gru": ModelType(CaptioningRNN, "numpy", 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES),
+    "transformer": ModelType(CaptioningTransformer, "torch", 1e-3, "transformer_model.pt",
                              TRANSFORMER_SIZES),
-    "attention_lstm": ModelType(AttentionLSTM, "numpy", NUMPY_SOLVER, 5e-3, "attention_lstm_checkpoint.npz",
+    "attention_lstm": ModelType(AttentionLSTM, "numpy", 5e-3, "attention_lstm_checkpoint.npz",
                                 RECURRENT_SIZES + ("attention_dim", "alpha_c"), features="grid"),
-    "region_transformer": ModelType(RegionTransformer, "torch", TORCH_SOLVER, 1e-3, "region_transformer_model.pt",
+    "region_transformer": ModelType(RegionTransformer, "torch", 1e-3, "region_transformer_model.pt",
                                     TRANSFORMER_SIZES, features="grid"),
 }
+
+
+def integer_sizes():
+    """Every whole-number size a checkpoint's config may hold (checked on load): the features' and
+    caption lengths, the integer size flags, and what each kind of features adds."""
+    return ("input_dim", "max_length", *(k for k, f in SIZE_FLAGS.items() if f.type is int),
+            *(k for kind in FEATURE_KINDS.values() for k in kind.sizes))
+
+
+def tiny_sizes():
+    """The sizes of the tests' tiny models: each size flag's `tiny`."""
+    return {k: f.tiny for k, f in SIZE_FLAGS.items()}
 
 
 def model_type(name):
@@ -106,8 +137,7 @@ def build_model(name, data, sizes, seed=None):
     config = {"model": name, "input_dim": data["train_features"].shape[-1], "idx_to_word": list(data["idx_to_word"]),
               "max_length": max(50, data["train_captions"].shape[1]), "dtype": "float32",
               **{k: sizes[k] for k in kind.size_flags}}
-    if kind.features == "grid":
-        config["num_regions"] = data["train_features"].shape[1]
+    config.update(kind.feature_kind.model_sizes(data["train_features"]))
     check_fits(kind.model_class.count_parameters(config), f"a {name} model of these sizes")
     try:
         return kind.model_class.from_config(config, seed=seed)
