@@ -26,7 +26,7 @@ import torch
 
 from core.data.coco_utils import describe_features, keep_captions, load_coco_data
 from core.evaluation.plots import save_loss_plot, save_scst_plot
-from core.model.checkpoint import check_checkpoint, save_checkpoint, save_training_state
+from core.model.checkpoint import check_against_data, save_checkpoint, save_training_state
 from core.model.registry import MODEL_TYPES, build_model
 from core.training.best import BestCheckpoint
 from core.training.config import saved_flags, settle
@@ -44,11 +44,8 @@ def starting_model(config, start, data):
     """The model to train: the resumed or --init_from one (checked against the data), or a new one."""
     if start is None:
         return build_model(config.model, data, saved_flags(config), seed=config.seed)
-    trained_on = start.checkpoint.get("extra", {})
-    if trained_on.get("dataset_id") not in (None, data["dataset_id"]):
-        raise UserError(f"{start.path} was trained on another dataset ({trained_on.get('data_path')}) than "
-                        f"{config.data_dir}: pass --data_dir {trained_on.get('data_path')}")
-    check_checkpoint(start.checkpoint, start.path, config.model, data["idx_to_word"])
+    check_against_data(start.checkpoint, start.path, config.model, data["idx_to_word"], data["dataset_id"],
+                       config.data_dir, data["train_features"].shape[-1])
     return start.model
 
 

@@ -342,6 +342,8 @@ def test_pca_dim_is_checked_before_any_image_is_read(rendered, tmp_path, capsys,
 
 @pytest.mark.slow
 def test_a_decompression_bomb_is_a_one_line_error(built, tmp_path, capsys, monkeypatch):
+    import core.data.features
+    import core.evaluation.captions
     import inference
     from PIL import Image
 
@@ -450,6 +452,8 @@ def test_a_failure_while_moving_the_new_dataset_in_puts_the_old_one_back(tmp_pat
 def test_own_images_run_vgg16_on_the_requested_device_for_every_decoder(built, tmp_path, capsys, monkeypatch):
     """Break caught: --device reaching VGG16 only for the torch decoders (a numpy decoder's images went
     through VGG16 on the CPU whatever --device said). The "meta" device stands in for a GPU."""
+    import core.data.features
+    import core.evaluation.captions
     import inference
     from core.model.checkpoint import save_checkpoint
     from core.model.rnn_model import CaptioningRNN
@@ -464,7 +468,7 @@ def test_own_images_run_vgg16_on_the_requested_device_for_every_decoder(built, t
         devices.append(device)
         return np.zeros((len(paths), 4096), dtype=np.float32), {}
 
-    monkeypatch.setattr(inference, "extract_fc7", fake_fc7)
+    monkeypatch.setattr(core.data.features, "extract_fc7", fake_fc7)
     image = next((built.parent / "images" / "val").glob("*.png"))
     inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(built), "--image",
                     str(image), "--device", "meta", "--out_dir", str(tmp_path)])
@@ -544,6 +548,8 @@ def test_a_transform_file_that_is_not_an_npz_is_named_without_suggesting_to_unpi
 def test_own_images_with_a_sample_dataset_model_say_what_it_knows(tmp_path, capsys, monkeypatch):
     """Break caught: a photograph captioned with confidence by a model that has only seen the sample
     dataset's rendered shapes, with no word that the caption means nothing."""
+    import core.data.features
+    import core.evaluation.captions
     import inference
     from core.model.checkpoint import save_checkpoint
     from core.data.coco_utils import load_vocab
@@ -552,8 +558,8 @@ def test_own_images_with_a_sample_dataset_model_say_what_it_knows(tmp_path, caps
     _, word_to_idx = load_vocab(SAMPLE_DIR)
     checkpoint = tmp_path / "m.npz"
     save_checkpoint(CaptioningRNN(word_to_idx, input_dim=512, wordvec_dim=4, hidden_dim=4, seed=0), checkpoint)
-    monkeypatch.setattr(inference, "extract_fc7", lambda paths, *a, **k: (np.zeros((len(paths), 4096), np.float32), {}))
-    monkeypatch.setattr(inference, "save_caption_grid", lambda images, titles, path, suptitle: shown.append(suptitle))
+    monkeypatch.setattr(core.data.features, "extract_fc7", lambda paths, *a, **k: (np.zeros((len(paths), 4096), np.float32), {}))
+    monkeypatch.setattr(core.evaluation.captions, "save_caption_grid", lambda images, titles, path, suptitle: shown.append(suptitle))
     shown = []
     photo = SAMPLE_DIR / "images" / "val" / "000000.png"
     inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(SAMPLE_DIR), "--image",

@@ -548,7 +548,7 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize("script, patched, argv, kept", [
     ("training", "load_coco_data", ["--model", "rnn", "--checkpoint", "{tmp}/r.npz", "--out_dir", "{tmp}"],
      "checkpoints of finished epochs) are kept"),
-    ("inference", "load_checkpoint", ["--model", "rnn", "--eval", "--out_dir", "{tmp}"], "files written before"),
+    ("inference", "core.evaluation.captions:load_checkpoint", ["--model", "rnn", "--eval", "--out_dir", "{tmp}"], "files written before"),
     ("features_extraction", "build_dataset", ["--train_annotations", "a", "--train_images", "b", "--val_annotations",
                                               "c", "--val_images", "d", "--out_dir", "{tmp}/ds"], "ds is as it was"),
 ])
@@ -558,7 +558,8 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(script, patch
     import importlib
 
     module = importlib.import_module(script)
-    monkeypatch.setattr(module, patched, _interrupt)
+    owner, _, patched = patched.rpartition(":")  # a function of the script, or "module:function"
+    monkeypatch.setattr(importlib.import_module(owner) if owner else module, patched, _interrupt)
     argv = [a.format(tmp=tmp_path) for a in argv]
     if script != "features_extraction":
         argv += ["--data_dir", str(fake_coco)]

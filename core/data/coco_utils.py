@@ -137,6 +137,15 @@ def count_training_captions(base_dir):
         return None
 
 
+def split_names(base_dir):
+    """The splits a data directory's captions file holds, read from its header (() when it cannot be
+    read, which load_coco_data then reports)."""
+    path = Path(base_dir) / "coco2014_captions.h5"
+    if not path.is_file():
+        return ()
+    return tuple(s for s in SPLITS + OPTIONAL_SPLITS if _has_dataset(path, f"{s}_captions"))
+
+
 def dataset_id(train_pca_features, idx_to_word):
     """Short fingerprint of a dataset: its vocabulary and the first rows of its training features."""
     h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())

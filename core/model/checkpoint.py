@@ -248,3 +248,19 @@ def check_checkpoint(config, path, model_type, idx_to_word):
         raise UserError(f"checkpoint {path} was trained with a different vocabulary "
                         f"({len(config['idx_to_word'])} words) than the data ({len(idx_to_word)} words): "
                         "use the --data_dir it was trained on")
+
+
+def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, feature_size, what=""):
+    """Raise UserError when a loaded checkpoint does not fit the data it is used with: another model
+    type, vocabulary, dataset (naming the folder it was trained on) or feature size. what: words
+    before data_dir in the feature-size message ("the transform of")."""
+    check_checkpoint(config, path, model_type, idx_to_word)
+    extra = config.get("extra", {})
+    trained_on = extra.get("dataset_id")
+    if trained_on and ident and trained_on != ident:
+        folder = extra.get("data_path", f"the one of dataset id {trained_on}")
+        raise UserError(f"checkpoint {path} was trained on another dataset ({folder}) than {data_dir}: "
+                        f"pass --data_dir {folder}")
+    if feature_size != config["input_dim"]:
+        makes = f"{what + ' ' if what else ''}{data_dir} {'makes' if what else 'has'}"
+        raise UserError(f"checkpoint {path} expects {config['input_dim']}-d features, {makes} {feature_size}-d")

@@ -1,0 +1,314 @@
+"""What inference.py does, behind its flags: the settled configuration of a run (the checkpoint,
+its data folder and split decided once), captioning dataset images or image files, scoring a whole
+split (`--eval`), and the caption and attention figures.
+
+Shape letters: N images, L words, R regions.
+"""
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from core.data.coco_utils import (
+    SAMPLE_DIR, data_splits, default_data_dir, load_coco_data, load_vocab, split_names, subset_rows)
+from core.data.image_utils import try_load_image
+from core.data.features import describe_weights, region_boxes
+from core.data.vocab import decode_captions
+from core.evaluation.metrics import caption_split, format_scores, raw_references, references_by_image, score_captions
+from core.evaluation.plots import panel_title, save_attention_figure, save_caption_grid
+from core.model.checkpoint import check_against_data, check_checkpoint, load_checkpoint
+from core.model.decoding import greedy_search
+from core.model.registry import MODEL_TYPES
+from core.util.cli import resolve_device
+from core.util.errors import UserError
+from core.util.fileio import atomic_write_text
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """inference.py's settled flags (frozen): every flag, with the checkpoint, the data folder, the
+    split (--eval: test when the dataset has one, else val) and the devices decided."""
+
+    model: str
+    checkpoint: str
+    data_dir: str
+    image: tuple
+    split: str
+    num_images: int
+    num_samples: int
+    num_heads: int
+    max_length: int
+    beam_size: int
+    length_penalty: float
+    attention: bool
+    eval: bool
+    references: str
+    seed: int
+    out_dir: str
+    device: str
+    feature_device: str
+
+
+def settle(args, ctx, say):
+    """The parsed flags -> (Settings, model, its checkpoint config), the checkpoint loaded once; the
+    data folder is --data_dir, else the one the checkpoint records (when it exists), else the
+    downloaded COCO data or the sample dataset, each said."""
+    values = dict(vars(args))
+    values["checkpoint"] = args.checkpoint or MODEL_TYPES[args.model].checkpoint
+    values["feature_device"] = ctx.local_device(resolve_device(args.device))  # VGG16 of --image runs there
+    values["device"] = values["feature_device"] if MODEL_TYPES[args.model].uses_torch else "cpu"
+    fallback = {}
+
+    def data_dir():
+        if "dir" not in fallback:
+            fallback["dir"] = args.data_dir or str(default_data_dir(log=say))
+        return fallback["dir"]
+
+    model, config = load_checkpoint(values["checkpoint"], device=values["device"], num_heads=args.num_heads,
+                                    vocabulary=lambda: load_vocab(data_dir())[0])
+    recorded = config.get("extra", {}).get("data_path")
+    if args.data_dir is None and "dir" not in fallback and recorded and Path(recorded).is_dir():
+        values["data_dir"] = recorded
+        say(f"data: {recorded}, the folder {values['checkpoint']} was trained on (--data_dir chooses another)")
+    else:
+        values["data_dir"] = data_dir()
+    if config.get("format") == "original":
+        sizes = ", ".join(f"{k} {config[k]}" for k in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers",
+                                                        "dim_feedforward", "max_length") if k in config)
+        say(f"read {values['checkpoint']} in the original repository's format (weights only): a "
+            f"{config['model']} with {sizes}, the vocabulary of {values['data_dir']}")
+    if config["model"] != args.model:
+        check_checkpoint(config, values["checkpoint"], args.model, config["idx_to_word"])
+    if args.max_length > config.get("max_length", args.max_length):  # models with a position limit
+        raise UserError(f"--max_length {args.max_length} is longer than checkpoint {values['checkpoint']} allows "
+                        f"({config['max_length']} words)")
+    splits = split_names(values["data_dir"])
+    if args.split and splits and args.split not in splits:
+        raise UserError(f"{values['data_dir']} has no {args.split} split (it has {', '.join(splits)})")
+    if args.eval and args.split is None:
+        values["split"] = "test" if "test" in splits else "val"
+        if values["split"] == "val":
+            say(f"{values['data_dir']} has no test split: scoring val, the split that chose the best checkpoint "
+                "(build a test split with features_extraction.py --split_file dataset_coco.json, Karpathy's)")
+    values["image"] = tuple(args.image) if args.image else None
+    return Settings(**values), model, config
+
+
+def check_split(settings, data):
+    """UserError when the split asked for is not in the loaded dataset (a test split is optional)."""
+    if settings.split and settings.split not in data_splits(data):
+        raise UserError(f"{settings.data_dir} has no {settings.split} split (it has {', '.join(data_splits(data))})")
+
+
+def load_checked_data(settings, config):
+    """The dataset of the settings' folder, checked against the checkpoint (vocabulary, dataset, size)."""
+    data = load_coco_data(settings.data_dir, features=MODEL_TYPES[settings.model].features)
+    check_against_data(config, settings.checkpoint, settings.model, data["idx_to_word"], data["dataset_id"],
+                       settings.data_dir, data["train_features"].shape[-1])
+    return data
+
+
+def resolve_location(url, data_dir):
+    """An entry of a *_urls.txt file -> URL or path; relative paths are relative to the data directory."""
+    if "://" in url or Path(url).is_absolute():
+        return url
+    return str(Path(data_dir) / url)
+
+
+def decoding_name(settings):
+    """"greedy", "beam3" or "beam3_lp0.7": the decoding, for file names and titles."""
+    if settings.beam_size == 1:
+        return "greedy"
+    return f"beam{settings.beam_size}" + (f"_lp{settings.length_penalty:g}" if settings.length_penalty else "")
+
+
+def sample(model, features, settings):
+    """features (N, ...) -> word indices (N, max_length) with the decoding flags, and with --attention
+    the attention (N, max_length, R) of each word (None without)."""
+    if settings.attention:
+        return greedy_search(model, features, settings.max_length, attention=True)
+    return model.sample(features, max_length=settings.max_length, beam_size=settings.beam_size,
+                        length_penalty=settings.length_penalty), None
+
+
+def figure_suffix(settings):
+    """The end of the figure's name: "greedy_captions.png", "beam3_captions.png" or "attention.png"."""
+    return "attention.png" if settings.attention else f"{decoding_name(settings)}_captions.png"
+
+
+def evaluate(settings, model, config, ctx):
+    """Caption every image of the split once, score it, print the table and write the JSON. Under
+    torchrun each process captions every K-th image and rank 0 gathers, scores and writes."""
+    data = load_checked_data(settings, config)
+    check_split(settings, data)
+    images = np.unique(data[f"{settings.split}_image_idxs"])
+    if settings.references:
+        refs = raw_references(settings.references, data[f"{settings.split}_urls"], images)
+        references = (f"the raw captions of {settings.references} ({sum(map(len, refs.values()))} for {len(refs)} "
+                      "images, lower-cased and split into words, not cut, rare words kept)")
+    else:
+        refs = references_by_image(data[f"{settings.split}_captions"], data[f"{settings.split}_image_idxs"],
+                                   data["idx_to_word"])
+        references = (f"the {settings.split} split's own captions ({sum(map(len, refs.values()))} for {len(refs)} "
+                      f"images, as tokenized and cut to {data[f'{settings.split}_captions'].shape[1]} tokens with rare "
+                      "words <UNK>)")
+    start = time.perf_counter()
+    mine = caption_split(model, data, settings.split, max_length=settings.max_length, beam_size=settings.beam_size,
+                         length_penalty=settings.length_penalty, progress=ctx.is_main, images=ctx.shard(images))
+    parts = ctx.gather(mine)
+    if not ctx.is_main:
+        return
+    predictions = {i: caption for part in parts for i, caption in part.items()}
+    seconds = time.perf_counter() - start
+    scores = score_captions(predictions, refs)
+    decoding = "greedy" if settings.beam_size == 1 else f"beam {settings.beam_size}"
+    print(f"scored: checkpoint {settings.checkpoint}, {settings.data_dir} split {settings.split} ({len(predictions)} images), "
+          f"{decoding} decoding ({seconds:.1f}s), against {references}")
+    print(format_scores(scores))
+    path = Path(settings.out_dir) / f"{Path(settings.checkpoint).stem}_{settings.split}_{decoding_name(settings)}_eval.json"
+    urls = data[f"{settings.split}_urls"]
+    atomic_write_text(path, json.dumps({
+        "model": settings.model, "checkpoint": str(settings.checkpoint), "data_dir": str(settings.data_dir), "split": settings.split,
+        "beam_size": settings.beam_size, "length_penalty": settings.length_penalty, "references": references, "scores": scores,
+        "decode_seconds": seconds,
+        "predictions": [{"image": i, "url": str(urls[i]), "caption": c, "references": refs[i]}
+                        for i, c in sorted(predictions.items())]}, indent=1))
+    print(f"saved scores and captions {path}")
+
+
+def trained_images(settings, config, data):
+    """Which train images the checkpoint was trained on and which to draw from.
+
+    -> (set of train image indices it was trained on, or None when the checkpoint does not say,
+        train image indices to draw from: the --num_samples subset, else the checkpoint's own).
+    The subset is recreated from the number of captions and the seed `training.py` recorded.
+    """
+    train_args = config.get("extra", {}).get("args") or {}
+    num_train, image_idxs = len(data["train_captions"]), data["train_image_idxs"]
+    seed = train_args.get("seed", settings.seed)
+    trained = None
+    if "num_samples" in train_args:
+        n = train_args["num_samples"]
+        rows = np.arange(num_train) if n is None else subset_rows(num_train, n, seed)
+        trained = np.unique(image_idxs[rows])
+    if settings.num_samples is not None:
+        if settings.num_samples > num_train:
+            raise UserError(f"--num_samples {settings.num_samples} is out of range: {settings.data_dir} has {num_train} "
+                            "training captions")
+        draw = np.unique(image_idxs[subset_rows(num_train, settings.num_samples, seed)])
+    else:
+        draw = trained if trained is not None else np.unique(image_idxs)
+    return (None if trained is None else set(trained.tolist())), draw
+
+
+def caption_dataset_images(settings, model, config):
+    """Caption --num_images distinct images of each split and compare with their references:
+    the one the prediction equals when there is one, else the first. -> list of panel dicts."""
+    data = load_checked_data(settings, config)
+    check_split(settings, data)
+    splits = [settings.split] if settings.split else ["train", "val"]
+    trained, train_draw = trained_images(settings, config, data) if "train" in splits else (None, None)
+    if "train" in splits:
+        print(f"train images drawn from {len(train_draw)} of the split's {len(np.unique(data['train_image_idxs']))}"
+              + ("" if trained is None else f"; the checkpoint was trained on the captions of {len(trained)} images"))
+    panels = []
+    for split in splits:
+        image_idxs = data[f"{split}_image_idxs"]
+        candidates = train_draw if split == "train" else np.unique(image_idxs)
+        rng = np.random.default_rng(settings.seed)
+        chosen = candidates[rng.choice(len(candidates), size=min(settings.num_images, len(candidates)), replace=False)]
+        rows = np.flatnonzero(np.isin(image_idxs, chosen))
+        refs = references_by_image(data[f"{split}_captions"][rows], image_idxs[rows], data["idx_to_word"])
+        words, alphas = sample(model, data[f"{split}_features"][chosen], settings)
+        predicted = decode_captions(words, data["idx_to_word"])
+        for k, (i, pred) in enumerate(zip(chosen, predicted)):
+            if split != "train":
+                status = "not trained on"
+            else:
+                status = None if trained is None else ("trained on" if int(i) in trained else "not trained on")
+            equal = pred in refs[int(i)]
+            panels.append({"location": resolve_location(data[f"{split}_urls"][i], settings.data_dir),
+                           "truth": pred if equal else refs[int(i)][0], "predicted": pred,
+                           "truth_label": ("GT (the reference it equals)" if equal
+                                           else f"GT (first of {len(refs[int(i)])} references)"),
+                           "label": split + (f", {status}" if status else ""),
+                           "alpha": None if alphas is None else alphas[k]})
+    return panels, f"{Path(settings.checkpoint).stem}_{'_'.join(splits)}_{figure_suffix(settings)}", None
+
+
+def caption_files(settings, model, config):
+    """Caption the --image files through the dataset's VGG16 weights and the PCA transform of the
+    kind of features the decoder reads -> panels, the figure's name, a note or None."""
+    for path in settings.image:
+        if Path(path).is_dir():
+            raise UserError(f"--image {path} is a directory: pass image files (e.g. {Path(path) / '*.jpg'})")
+        if not Path(path).is_file():
+            raise UserError(f"image file {path} not found")
+    idx_to_word, _ = load_vocab(settings.data_dir)
+    check_checkpoint(config, settings.checkpoint, settings.model, idx_to_word)
+    kind = MODEL_TYPES[settings.model].feature_kind
+    transform, info = kind.transform(settings.data_dir)
+    check_against_data(config, settings.checkpoint, settings.model, idx_to_word, info.get("dataset_id"),
+                       settings.data_dir, transform["components"].shape[0], what="the transform of")
+    print(f"image features: {describe_weights(info['vgg16'])}" + (f", {info['layer']} regions" if kind.regions
+                                                                   else ""))
+    if info.get("note"):
+        print(f"note: {info['note']}")
+    features, bad = kind.compute(list(settings.image), transform, info, device=settings.feature_device)
+    if bad:
+        first = min(bad)
+        raise UserError(f"cannot read image {settings.image[first]} ({bad[first]})")
+    words, alphas = sample(model, features, settings)
+    panels = [{"location": path, "truth": None, "predicted": pred, "label": "",
+               "alpha": None if alphas is None else alphas[k]}
+              for k, (path, pred) in enumerate(zip(settings.image, decode_captions(words, idx_to_word)))]
+    note = None
+    if Path(settings.data_dir).resolve() == SAMPLE_DIR.resolve():
+        note = ("this model knows only the sample dataset's rendered scenes (one or two large shapes of 6 colours "
+                "and 4 kinds on a grey background): captions of other images are not meaningful")
+        print(f"note: {note}")
+    return panels, f"{Path(settings.checkpoint).stem}_images_{figure_suffix(settings)}", note
+
+
+def attention_rows(panels, images, config):
+    """The rows of save_attention_figure: each panel's words up to and with <END>, their attention maps
+    and where the regions lie in its image (an image that cannot be fetched: the 96 x 96 sample size)."""
+    rows = []
+    grid_size = int(round(np.sqrt(config["num_regions"])))
+    for panel, image in zip(panels, images):
+        words = panel["predicted"].split() + ["<END>"]
+        height, width = image.shape[:2] if image is not None else (96, 96)
+        label = (f"{panel['label']}: " if panel["label"] else "") + panel["predicted"]
+        rows.append({"image": image, "label": label, "words": words, "alpha": panel["alpha"][:len(words)],
+                     "boxes": region_boxes(grid_size, height, width)})
+    return rows
+
+
+def caption_figure(settings, model, config):
+    """Caption dataset images (or --image files), print each, and save them as one figure."""
+    caption = caption_files if settings.image else caption_dataset_images
+    panels, figure_name, note = caption(settings, model, config)
+    images, titles = [], []
+    for k, panel in enumerate(panels):
+        print(f"[{k + 1}] " + (f"{panel['label']}: " if panel["label"] else "") + panel["location"]
+              + (f"\n    truth:     {panel['truth']}" if panel["truth"] is not None else "")
+              + f"\n    predicted: {panel['predicted']}")
+        images.append(try_load_image(panel["location"]))
+        titles.append(panel_title(panel, settings.model))
+    path = Path(settings.out_dir) / figure_name
+    trained_on = config.get("extra", {}).get("data_path")
+    if trained_on and not os.path.relpath(trained_on).startswith(".."):
+        trained_on = os.path.relpath(trained_on)  # the folder as the user sees it from here
+    origin = (" (the original repository's file)" if config.get("format") == "original"
+              else f" (trained on {trained_on or 'data it does not record'})")
+    suptitle = (f"{settings.model}: {settings.checkpoint}{origin}, "
+                f"{decoding_name(settings).replace('beam', 'beam ')} decoding")
+    if settings.attention:
+        save_attention_figure(attention_rows(panels, images, config), path, suptitle + (f". {note}" if note else ""))
+    else:
+        save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""))
+    missing = sum(image is None for image in images)
+    print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
