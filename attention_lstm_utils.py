@@ -20,7 +20,7 @@ compute the weight gradients as single products after the backward loop.
 import numpy as np
 
 from core.layers.rnn_layers import sigmoid
-from lstm_utils import _gates, _gates_backward, lstm_step_from_projection
+from lstm_utils import _gates_backward, lstm_cell, lstm_step_from_projection
 
 WEIGHTS = ("Wx", "Wz", "Wh", "b", "W_att_a", "b_att", "W_att_h", "w_att", "w_beta", "b_beta")
 
@@ -112,11 +112,8 @@ def att_lstm_step_from_projection(xa, a, a_proj, prev_h, prev_c, Wz, Wh_cat, bh_
     z = beta[:, None] * context  # (N, D)
     gates = h_all[:, :4 * H] + xa
     gates += z @ Wz
-    _gates(gates, H)
-    next_c = gates[:, H:2 * H] * prev_c
-    next_c += gates[:, :H] * gates[:, 3 * H:]
-    tanh_c = np.tanh(next_c)
-    return gates[:, 2 * H:3 * H] * tanh_c, next_c, alpha, (context, beta, z, gates, tanh_c, att_cache)
+    next_h, next_c, tanh_c = lstm_cell(gates, prev_c)  # the LSTM's equations, as lstm_utils.py writes them
+    return next_h, next_c, alpha, (context, beta, z, gates, tanh_c, att_cache)
 
 
 def stack_h_weights(Wh, W_att_h, w_beta, b_beta):

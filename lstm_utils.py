@@ -44,18 +44,33 @@ def _gates_backward(dh, dc_in, gates, tanh_c, prev_c, H):
     return da, dc
 
 
+def lstm_cell(a, prev_c, out=None):
+    """The LSTM's equations from the pre-activations on: the one place they are written, shared by
+    every LSTM step here, the attention LSTM and the decoders built on them.
+
+    a (N, 4H) = x Wx + h_{t-1} Wh + b (+ any other input's projection), overwritten with the gate
+    values i, f, o, g; prev_c (N, H); out: optional (next_h, next_c, tanh_c) arrays (N, H) to write
+    into -> next_h (N, H), next_c (N, H), tanh_c (N, H).
+    """
+    H = prev_c.shape[1]
+    _gates(a, H)
+    h, c, tanh_c = out if out is not None else (np.empty_like(prev_c) for _ in range(3))
+    np.multiply(a[:, H:2 * H], prev_c, out=c)
+    c += a[:, :H] * a[:, 3 * H:]
+    np.tanh(c, out=tanh_c)
+    np.multiply(a[:, 2 * H:3 * H], tanh_c, out=h)
+    return h, c, tanh_c
+
+
 def lstm_step_from_projection(xa, prev_h, prev_c, Wh):
     """The LSTM step after its input projection xa = x Wx + b (decoding looks it up per word).
 
     xa (N, 4H), prev_h (N, H), prev_c (N, H), Wh (H, 4H)
     -> next_h (N, H), next_c (N, H), gates (N, 4H) holding i, f, o, g, tanh_c (N, H).
     """
-    H = prev_h.shape[1]
-    gates = _gates(xa + prev_h @ Wh, H)
-    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
-    next_c = f * prev_c + i * g
-    tanh_c = np.tanh(next_c)
-    return o * tanh_c, next_c, gates, tanh_c
+    gates = xa + prev_h @ Wh
+    next_h, next_c, tanh_c = lstm_cell(gates, prev_c)
+    return next_h, next_c, gates, tanh_c
 
 
 def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
@@ -96,13 +111,8 @@ def lstm_forward(x, h0, Wx, Wh, b):
     prev_h = h0
     prev_c = np.zeros_like(h0)
     for t in range(T):
-        a = gates[t]
-        a += prev_h @ Wh
-        _gates(a, H)
-        np.multiply(a[:, H:2 * H], prev_c, out=cs[t])
-        cs[t] += a[:, :H] * a[:, 3 * H:]
-        np.tanh(cs[t], out=tanh_cs[t])
-        np.multiply(a[:, 2 * H:3 * H], tanh_cs[t], out=hs[t])
+        gates[t] += prev_h @ Wh
+        lstm_cell(gates[t], prev_c, out=(hs[t], cs[t], tanh_cs[t]))  # the buffers hold every step's values
         prev_h, prev_c = hs[t], cs[t]
     return hs.transpose(1, 0, 2), (xt, h0, Wx, Wh, gates, cs, tanh_cs, hs)
 

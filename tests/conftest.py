@@ -9,3 +9,14 @@ def fake_coco(tmp_path_factory):
     of 8-d grid features), with PNG images for the URLs."""
     root = tmp_path_factory.mktemp("fake_coco")
     return write_fake_coco(root / "data", fc7_dim=64, image_dir=root / "images", grid=(4, 8), seed=0)
+
+
+@pytest.fixture(autouse=True)
+def no_java_in_the_fast_subset(request, monkeypatch):
+    """The fast subset starts no Java: METEOR (a Java subprocess, seconds per scoring) is skipped in
+    tests not marked slow, which then check the other metrics; tests/test_evaluation.py's slow test
+    scores METEOR itself, and the scripts' subprocess tests run it as a user would."""
+    if request.node.get_closest_marker("slow") is None:
+        import core.evaluation.metrics
+
+        monkeypatch.setattr(core.evaluation.metrics, "java_available", lambda: False)

@@ -60,21 +60,13 @@ def test_the_penalty_is_the_doubly_stochastic_term_over_a_captions_words():
     assert model.loss(features, captions, np.ones(3))[0] == pytest.approx(plain, rel=1e-12)  # self-critical: off
 
 
-def test_float32_model_stays_float32():
-    rng = np.random.default_rng(2)
-    model = _model(dtype=np.float32)
-    _, grads = model.loss(rng.standard_normal((2, 3, 4)).astype(np.float16), _captions(rng, 2, 5))
-    assert {g.dtype for g in grads.values()} == {np.dtype(np.float32)}
-
-
-def test_checkpoint_round_trip_and_wrong_regions(tmp_path):
+def test_its_own_sizes_are_saved_and_other_regions_refused(tmp_path):
+    """(tests/test_registry.py round-trips every decoder; these are the attention LSTM's own sizes.)"""
     model = _model(dtype=np.float32, seed=3)
     save_checkpoint(model, tmp_path / "a.npz")
     loaded, config = load_checkpoint(tmp_path / "a.npz")
     assert config["model"] == "attention_lstm" and config["num_regions"] == 3 and config["features"] == "grid"
     assert loaded.alpha_c == pytest.approx(0.7) and loaded.attention_dim == 4
-    features = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
-    np.testing.assert_array_equal(loaded.sample(features, beam_size=2), model.sample(features, beam_size=2))
     with pytest.raises(ValueError, match=r"region features of shape \(5, 4\) per image do not fit .*\(3, 4\)"):
         model.sample(np.zeros((2, 5, 4), dtype=np.float32))
 

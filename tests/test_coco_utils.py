@@ -43,10 +43,17 @@ def test_decode_captions():
     assert decode_captions(np.array([[1, 4, 2], [4, 3, 0]]), idx_to_word) == ["a", "a <UNK>"]
 
 
-def test_sample_minibatch(fake_coco):
+def test_sample_minibatch_draws_distinct_rows_with_their_own_images(fake_coco):
+    """The CS231n function: B distinct caption rows, each with its image's features and URL.
+    Breaks caught: rows drawn with replacement, features or URLs of other images."""
     data = load_coco_data(fake_coco)
     caps, feats, urls = sample_coco_minibatch(data, batch_size=7, split="val", rng=np.random.default_rng(0))
-    assert caps.shape == (7, 17) and feats.shape == (7, 512) and urls.shape == (7,)
+    rows = np.random.default_rng(0).choice(len(data["val_captions"]), size=7, replace=False)
+    images = data["val_image_idxs"][rows]
+    np.testing.assert_array_equal(caps, data["val_captions"][rows])
+    np.testing.assert_array_equal(feats, data["val_features"][images])
+    np.testing.assert_array_equal(urls, data["val_urls"][images])
+    assert len(set(rows.tolist())) == 7
 
 
 def test_missing_and_broken_files_give_clear_errors(fake_coco, tmp_path):

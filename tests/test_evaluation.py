@@ -70,7 +70,7 @@ def test_an_interrupted_meteor_scoring_ends_its_java_process_and_does_not_hang(m
             raise KeyboardInterrupt
 
     monkeypatch.setattr(meteor, "Meteor", InterruptedMeteor)
-    monkeypatch.setattr(evaluation.shutil, "which", lambda name: "/usr/bin/java")
+    monkeypatch.setattr(evaluation, "java_available", lambda: True)
     with pytest.raises(KeyboardInterrupt):
         evaluation.score_captions({1: "a cat"}, {1: ["a cat", "a dog"]})
     scorer = made[0]

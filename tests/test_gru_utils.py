@@ -70,14 +70,3 @@ def test_gru_matches_torch_gru_with_the_weights_copied_as_they_are():
     np.testing.assert_allclose(dWh.T, ref.weight_hh_l0.grad.numpy(), **kw)
     np.testing.assert_allclose(db, ref.bias_ih_l0.grad.numpy(), **kw)
     np.testing.assert_allclose(dbh, ref.bias_hh_l0.grad.numpy(), **kw)
-
-
-def test_gru_keeps_float32():
-    rng = np.random.default_rng(4)
-    x, h0, Wx, Wh, b, bh = (a.astype(np.float32) for a in _params(rng))
-    h, cache = gru_forward(x, h0, Wx, Wh, b, bh)
-    assert h.dtype == np.float32
-    assert all(g.dtype == np.float32 for g in gru_backward(np.ones_like(h), cache))
-    step_h, step_cache = gru_step_forward(x[:, 0], h0, Wx, Wh, b, bh)
-    assert step_h.dtype == np.float32
-    assert all(g.dtype == np.float32 for g in gru_step_backward(np.ones_like(step_h), step_cache))

@@ -78,11 +78,3 @@ def test_lstm_matches_torch_lstm_forward_and_gradients():
     np.testing.assert_allclose(_to_torch_gates(dWx.T, H), ref.weight_ih_l0.grad.numpy(), **kw)
     np.testing.assert_allclose(_to_torch_gates(dWh.T, H), ref.weight_hh_l0.grad.numpy(), **kw)
     np.testing.assert_allclose(_to_torch_gates(db, H), ref.bias_ih_l0.grad.numpy(), **kw)
-
-
-def test_lstm_keeps_float32():
-    rng = np.random.default_rng(4)
-    x, h0, Wx, Wh, b = (a.astype(np.float32) for a in _params(rng))
-    h, cache = lstm_forward(x, h0, Wx, Wh, b)
-    assert h.dtype == np.float32
-    assert all(g.dtype == np.float32 for g in lstm_backward(np.ones_like(h), cache))

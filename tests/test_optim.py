@@ -43,12 +43,19 @@ def test_update_rules_match_torch_optimizers(rule, config, make_opt):
 
 
 @pytest.mark.parametrize("name", sorted(optim.UPDATE_RULES))
-def test_update_rules_keep_float32(name):
-    w = np.ones((3, 3), dtype=np.float32)
-    w, config = optim.UPDATE_RULES[name](w, np.full((3, 3), 0.5, dtype=np.float32), None)
-    w, config = optim.UPDATE_RULES[name](w, np.full((3, 3), 0.5, dtype=np.float32), config)
-    assert w.dtype == np.float32
-    assert np.all(w < 1)
+def test_update_rules_keep_float32_and_compute_the_float64_update(name):
+    """Breaks caught: a rule that upcasts float32 weights (or its state) to float64, and one that
+    returns the weights unchanged or wrongly updated in float32."""
+    rng = np.random.default_rng(0)
+    w0, grads = rng.standard_normal((3, 3)), [rng.standard_normal((3, 3)) for _ in range(3)]
+    w32, w64, config32, config64 = w0.astype(np.float32), w0.copy(), None, None
+    for g in grads:
+        w32, config32 = optim.UPDATE_RULES[name](w32, g.astype(np.float32), config32)
+        w64, config64 = optim.UPDATE_RULES[name](w64, g, config64)
+    assert w32.dtype == np.float32
+    assert all(v.dtype == np.float32 for v in config32.values() if isinstance(v, np.ndarray))
+    assert np.abs(w64 - w0).min() > 1e-4  # the updates moved every weight
+    np.testing.assert_allclose(w32, w64, rtol=1e-5, atol=1e-6)
 
 
 def test_the_numpy_solver_keeps_a_zero_learning_rate_and_decays_the_rules_own_default(fake_coco):

@@ -47,13 +47,12 @@ def test_it_reads_the_regions_in_turn_where_the_mean_region_cannot():
     assert (predicted == test_captions[:, 1:]).all(axis=1).mean() == 1.0
 
 
-def test_checkpoint_round_trip_and_wrong_regions(tmp_path):
+def test_its_own_sizes_are_saved_and_other_regions_refused(tmp_path):
+    """(tests/test_registry.py round-trips every decoder; these are the region transformer's own sizes.)"""
     model = _model(seed=3)
     save_checkpoint(model, tmp_path / "r.pt")
-    loaded, config = load_checkpoint(tmp_path / "r.pt")
+    _, config = load_checkpoint(tmp_path / "r.pt")
     assert config["model"] == "region_transformer" and config["num_regions"] == 4 and config["features"] == "grid"
-    features = np.random.default_rng(0).standard_normal((2, 4, 4)).astype(np.float32)
-    np.testing.assert_array_equal(loaded.sample(features, max_length=5), model.sample(features, max_length=5))
     with pytest.raises(ValueError, match=r"region features of shape \(9, 4\) per image do not fit"):
         model.sample(np.zeros((2, 9, 4), dtype=np.float32), max_length=5)
     with pytest.raises(ValueError, match="num_regions must be a square"):

@@ -1,5 +1,6 @@
 """Faults and bad inputs: each is a one-line error (exit 2) or a clean stop, and good files survive."""
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -567,13 +568,15 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(script, patch
     assert "Traceback" not in line
 
 
-def _craft(path, change_config=None, change_arrays=None):
-    """Rewrite a resumable .npz with its training state (in the config JSON) or arrays changed."""
+def _craft(path, change_config=None, change_arrays=None, change_flags=None):
+    """Rewrite a resumable .npz with its training state (in the config JSON), arrays or saved flags changed."""
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     config = json.loads(str(arrays.pop("config")))
     if change_config:
         change_config(config["training_state"])
+    if change_flags:
+        change_flags(config["extra"]["args"])
     if change_arrays:
         change_arrays(arrays)
     np.savez(path, config=np.array(json.dumps(config)), **arrays)
@@ -592,10 +595,23 @@ def _craft(path, change_config=None, change_arrays=None):
     ("no history", dict(change_config=lambda s: s["loop"].pop("history")), "loop state lacks history"),
     ("a short history", dict(change_config=lambda s: s["loop"]["history"].update(val_loss=[])),
      "history does not hold 1 epochs"),
+    ("no epoch", dict(change_config=lambda s: s["loop"].pop("epoch")), "loop state lacks epoch"),
+    ("no loop", dict(change_config=lambda s: s.pop("loop")), "no loop or optimizer state"),
+    ("a negative process count", dict(change_config=lambda s: s["loop"].update(world_size=-2)),
+     "loop world_size -2 is outside"),
+    ("no processes", dict(change_config=lambda s: s["loop"].update(world_size=0)), "loop world_size 0 is outside"),
+    ("integer moments", dict(change_arrays=lambda a: a.update({"state.optimizer.Wx.m": a["state.optimizer.Wx.m"]
+                                                              .astype(np.int64)})), "optimizer state Wx.m"),
+    ("a batch of 0", dict(change_flags=lambda f: f.update(batch_size=0)), "--batch_size must be positive, got 0"),
+    ("an unknown model", dict(change_flags=lambda f: f.update(model="cnn")), "its model 'cnn' is not one of"),
+    ("a negative val_samples", dict(change_flags=lambda f: f.update(val_samples=-5)),
+     "--val_samples must be positive, got -5"),
 ])
 def test_a_damaged_resumable_state_is_refused_in_one_line(what, craft, message, fake_coco, tmp_path, capsys):
     """Breaks caught: a *_last file trusted beyond its weights (a broadcast traceback, a diverged run
-    blamed on --lr, a run resumed at an impossible position, RNG and history tracebacks)."""
+    blamed on --lr, a run resumed at an impossible position, RNG and history tracebacks, KeyError
+    'epoch' from a state read before it was checked, `batch -100 per process` from world_size -2,
+    a ZeroDivisionError from world_size 0, saved flags no run could have)."""
     train(tmp_path, fake_coco, "--model", "rnn", "--epochs", 1)
     last = tmp_path / "r_last.npz"
     _craft(last, **craft)
@@ -710,3 +726,17 @@ def test_two_runs_and_two_evaluations_in_one_out_dir_keep_their_own_files(fake_c
     said = capsys.readouterr().out
     assert f"saved plot {out / 'first_loss.png'} and history {out / 'first_history.json'}" in said
     assert f"saved scores and captions {out / 'first_val_beam2_eval.json'}" in said
+
+
+def test_a_run_on_little_data_names_one_recipe(fake_coco):
+    """Break caught: a run on at most 1000 captions printed "recipe default" and then, after loading
+    the data, "recipe small-data (...)": the recipe is now settled once, before anything runs."""
+    from core.training.config import settle
+
+    settled = settle(["--model", "rnn", "--data_dir", str(fake_coco)])
+    recipes = [line for line in settled.lines if line.startswith("recipe")]
+    assert recipes == ["recipe small-data (the data has 300 training captions <= 1000; --recipe default turns it "
+                       "off): epochs 100, batch_size 50, lr_decay 1, val_samples 100, dropout 0"]
+    assert (settled.config.recipe, settled.config.epochs, settled.config.batch_size) == ("small-data", 100, 50)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settled.config.epochs = 3  # nothing changes the settled configuration

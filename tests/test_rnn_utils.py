@@ -72,14 +72,6 @@ def test_rnn_matches_torch_rnn_forward_and_gradients():
     np.testing.assert_allclose(db, ref.bias_ih_l0.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_rnn_keeps_float32():
-    rng = np.random.default_rng(4)
-    x, h0, Wx, Wh, b = (a.astype(np.float32) for a in _params(rng))
-    h, cache = rnn_forward(x, h0, Wx, Wh, b)
-    assert h.dtype == np.float32
-    assert all(g.dtype == np.float32 for g in rnn_backward(np.ones_like(h), cache))
-
-
 def test_word_embedding_gradient_accumulates_repeated_words():
     rng = np.random.default_rng(5)
     W = rng.standard_normal((5, 3))

@@ -300,3 +300,36 @@ def test_the_epoch_line_of_self_critical_training_names_what_it_reports(capsys):
     reward, baseline = solver.history["reward"][0], solver.history["baseline"][0]
     assert line.startswith(f"epoch 1/1  self-critical loss {solver.history['train_loss'][0]:.4f}  reward {reward:.4f}  "
                            f"baseline {baseline:.4f}  val loss (cross-entropy) {solver.history['val_loss'][0]:.4f}")
+
+
+def test_each_image_gets_its_own_draws_wherever_it_falls():
+    """Breaks caught: draws seeded by the step or the batch position instead of the image (two images
+    of a step sampling the same captions; an image's draws changing with its place in the batch or
+    with the process count), and draws that do not change with the epoch."""
+    rule = SelfCritical(TargetReward(constant=0.0), num_samples=3, max_length=5, seed=7)
+    draws = rule.draws(np.array([4, 9]), epoch=0).reshape(2, 3, 5)  # (images, K, L)
+    assert not np.array_equal(draws[0], draws[1])
+    np.testing.assert_array_equal(rule.draws(np.array([9, 4]), epoch=0).reshape(2, 3, 5)[::-1], draws)
+    np.testing.assert_array_equal(rule.draws(np.array([9]), epoch=0).reshape(3, 5), draws[1])
+    assert not np.array_equal(rule.draws(np.array([4]), epoch=1).reshape(3, 5), draws[0])
+    assert len(np.unique(draws)) == draws.size  # K distinct samples of each image, not one repeated
+
+
+def test_self_critical_steps_differentiate_in_the_mode_they_sample_in(fake_coco):
+    """Break caught: a torch decoder with dropout sampled in eval mode and differentiated in
+    training mode (dropout on), so the loss trained was not the sampled captions' (20.71 vs 20.64)."""
+    from core.training.solver_torch import TorchSolver
+    from tests.helpers import tiny_model
+
+    data = load_coco_data(fake_coco, max_train=20)
+    model = tiny_model("transformer", data, dropout=0.5)
+    modes = []
+    model.register_forward_pre_hook(lambda module, inputs: modes.append(module.training))
+    rule = SelfCritical(TargetReward(target="a"), num_samples=2, baseline="mean", max_length=5)
+    solver = TorchSolver(model, data, num_epochs=1, batch_size=4, verbose=False, step=rule)
+    solver.train()
+    assert modes and not any(modes)  # every forward of the self-critical steps ran without dropout
+    modes.clear()
+    plain = TorchSolver(model, data, num_epochs=1, batch_size=4, val_samples=1, verbose=False)
+    plain.gradients(*plain.batch("train", np.arange(4)))
+    assert modes == [True]  # cross-entropy trains with dropout

@@ -120,18 +120,6 @@ def test_overfits_tiny_data_and_samples_it_back():
     assert model.training  # sampling restores the mode it found
 
 
-def test_checkpoint_round_trip_with_weights_only(tmp_path):
-    model = _model().eval()
-    path = tmp_path / "t.pt"
-    save_checkpoint(model, path)
-    blob = torch.load(path, weights_only=True)
-    assert blob["config"]["model"] == "transformer"
-    loaded, config = load_checkpoint(path)
-    assert loaded.idx_to_word == model.idx_to_word
-    features = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
-    np.testing.assert_array_equal(loaded.sample(features, max_length=10), model.sample(features, max_length=10))
-
-
 def test_rejects_bad_sizes():
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(10, 3)
@@ -140,22 +128,21 @@ def test_rejects_bad_sizes():
 
 
 def test_solver_device_plumbing_on_cpu(fake_coco):
-    """What --device/--amp do, checked where CI can: amp changes nothing off CUDA (bfloat16 autocast
-    on the CPU would change every loss), batches follow the model, training lowers the loss."""
+    """What --device/--amp do, checked where CI can: amp is off off CUDA (bfloat16 autocast on the
+    CPU would change every loss), batches follow the model, training lowers the loss."""
     from core.data.coco_utils import load_coco_data
     from core.training.solver_torch import TorchSolver
 
     data = load_coco_data(fake_coco)
-    histories = []
-    for amp in (True, False):
-        torch.manual_seed(0)
-        model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=16, num_heads=2, num_layers=1,
-                                      dim_feedforward=32, seed=0)
-        solver = TorchSolver(model, data, learning_rate=1e-3, device="cpu", amp=amp, num_epochs=2, batch_size=100,
-                             val_samples=50, verbose=False)
-        histories.append(solver.train())
-    assert histories[0]["loss"] == histories[1]["loss"] and model.device.type == "cpu"
-    assert histories[1]["train_loss"][1] < histories[1]["train_loss"][0]
+    torch.manual_seed(0)
+    model = CaptioningTransformer(data["word_to_idx"], input_dim=512, wordvec_dim=16, num_heads=2, num_layers=1,
+                                  dim_feedforward=32, seed=0)
+    solver = TorchSolver(model, data, learning_rate=1e-3, device="cpu", amp=True, num_epochs=2, batch_size=100,
+                         val_samples=50, verbose=False)
+    assert solver.amp is False  # the break caught: autocast asked for on the CPU
+    history = solver.train()
+    assert model.device.type == "cpu"
+    assert history["train_loss"][1] < history["train_loss"][0]
     assert solver.learning_rate == pytest.approx(1e-3)  # lr_decay defaults to 1
     captions = model.sample(data["val_features"][:3], max_length=5)
     assert isinstance(captions, np.ndarray) and captions.shape == (3, 5)

@@ -67,6 +67,11 @@ def raw_references(path, urls, images):
     return refs
 
 
+def java_available():
+    """Whether a Java runtime is on PATH (METEOR is a Java program)."""
+    return shutil.which("java") is not None
+
+
 def score_captions(predictions, references, meteor=True):
     """predictions {image: str}, references {image: [str, ...]} over the same images
     -> {metric: float}; METEOR is None when skipped (no Java runtime, or meteor=False)."""
@@ -86,7 +91,7 @@ def score_captions(predictions, references, meteor=True):
     for n, value in enumerate(bleu, 1):
         scores[f"BLEU-{n}"] = float(value)
     scores["METEOR"] = None
-    if meteor and shutil.which("java"):
+    if meteor and java_available():
         from pycocoevalcap.meteor.meteor import Meteor
 
         scorer = Meteor()  # a Java subprocess

@@ -1,0 +1,69 @@
+"""What every decoder of the registry must do, whatever its backend or features: tests that
+enumerate core.model.registry.MODEL_TYPES, so a new row is tested here without a line added."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.model.checkpoint import load_checkpoint, save_checkpoint
+from core.model.registry import BACKENDS, MODEL_TYPES, integer_sizes, tiny_sizes
+from tests.helpers import tiny_model, weights
+
+WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "red", "green", "cat", "dog", "sits"]
+
+
+def _data(name, rng):
+    """Tiny data of the kind of features row `name` reads: 3 images (4 regions when it reads regions)."""
+    shape = (3, 4, 6) if MODEL_TYPES[name].feature_kind.regions else (3, 6)
+    captions = rng.integers(4, len(WORDS), size=(3, 7))
+    captions[:, 0], captions[:, -1] = 1, 2
+    return {"train_features": rng.standard_normal(shape).astype(np.float32), "train_captions": captions,
+            "idx_to_word": WORDS}
+
+
+@pytest.mark.parametrize("name", MODEL_TYPES)
+def test_every_decoder_keeps_float32(name):
+    """Break caught: a silent float64 temporary in a hot path (a gradient or weight upcast)."""
+    rng = np.random.default_rng(0)
+    data = _data(name, rng)
+    model = tiny_model(name, data)
+    features, captions = data["train_features"], data["train_captions"]
+    if MODEL_TYPES[name].uses_torch:
+        loss = model.loss(torch.from_numpy(features), torch.from_numpy(captions).long())
+        loss.backward()
+        assert loss.dtype == torch.float32
+        assert {p.grad.dtype for p in model.parameters() if p.grad is not None} == {torch.float32}
+    else:
+        _, grads = model.loss(features.astype(np.float16), captions)  # region files are float16
+        assert {g.dtype for g in grads.values()} == {np.dtype(np.float32)}
+    assert {v.dtype for v in weights(model).values()} == {np.dtype(np.float32)}
+
+
+@pytest.mark.parametrize("name", MODEL_TYPES)
+def test_every_decoder_round_trips_its_checkpoint_without_pickle(name, tmp_path):
+    """Breaks caught: a weight or size not saved, a config that does not rebuild the same model, a
+    file that needs pickle to load."""
+    rng = np.random.default_rng(1)
+    data = _data(name, rng)
+    model = tiny_model(name, data, seed=3)
+    path = tmp_path / f"m{BACKENDS[MODEL_TYPES[name].backend].suffix}"
+    save_checkpoint(model, path, extra={"note": "x"})
+    if MODEL_TYPES[name].uses_torch:
+        blob = torch.load(path, weights_only=True)  # refuses anything but tensors and plain values
+        config = blob["config"]
+    else:
+        with np.load(path, allow_pickle=False) as f:
+            config = json.loads(str(f["config"]))
+            assert set(f.files) == set(model.state_arrays()) | {"config"}
+    loaded, loaded_config = load_checkpoint(path)
+    assert loaded_config == config and config["model"] == name and config["extra"] == {"note": "x"}
+    assert {k: config[k] for k in tiny_sizes() if k in config} == {k: tiny_sizes()[k] for k in
+                                                                 MODEL_TYPES[name].size_flags}
+    assert set(integer_sizes()) >= {k for k, v in config.items() if isinstance(v, int) and k != "dtype"}
+    before, after = weights(model), weights(loaded)
+    assert set(before) == set(after)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    np.testing.assert_array_equal(loaded.sample(data["train_features"], max_length=6),
+                                  model.sample(data["train_features"], max_length=6))
