@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import inference
-from core.evaluation import captions
+from core.evaluation import captions as captioning
 import training
 from core.training.config import settle
 from core.model.checkpoint import load_checkpoint, save_checkpoint
@@ -50,7 +50,7 @@ def test_original_checkpoints_decode_as_the_original_does(model):
 
 @pytest.mark.parametrize("model", FILES)
 def test_original_checkpoints_through_inference_eval(model, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(captions, "score_captions", functools.partial(score_captions, meteor=False))
+    monkeypatch.setattr(captioning, "score_captions", functools.partial(score_captions, meteor=False))
     inference.main(["--model", model, "--checkpoint", str(ORIGINAL / FILES[model]), "--data_dir", str(SAMPLE_DIR),
                     "--eval", "--split", "val", "--out_dir", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
@@ -209,7 +209,7 @@ def test_inference_draws_train_images_from_the_checkpoints_own_subset(fake_coco,
     data = load_coco_data(fake_coco)
     subset = np.unique(data["train_image_idxs"][subset_rows(300, 12, 5)])
     assert f"12 training captions of {len(subset)} images (a seeded subset; the split has 60)" in out
-    image_of = {captions.resolve_location(url, fake_coco): i for i, url in enumerate(data["train_urls"])}
+    image_of = {captioning.resolve_location(url, fake_coco): i for i, url in enumerate(data["train_urls"])}
     trained = set(subset.tolist())
 
     def shown(*extra):
@@ -238,7 +238,7 @@ def test_inference_draws_train_images_from_the_checkpoints_own_subset(fake_coco,
 
 def test_long_captions_are_wrapped_and_cut_to_fit_their_panel():
     long = " ".join(["word"] * 60)
-    title = captions.panel_title({"label": "train, trained on", "truth": long, "predicted": long}, "lstm")
+    title = captioning.panel_title({"label": "train, trained on", "truth": long, "predicted": long}, "lstm")
     lines = title.splitlines()
     assert lines[0] == "train, trained on" and len(lines) == 1 + 3 + 3
     assert max(len(line) for line in lines) <= 40 and lines[3].endswith("...") and lines[6].endswith("...")

@@ -157,8 +157,8 @@ def test_a_mid_epoch_state_resumes_on_another_number_of_processes(tmp_path):
     stopped = torchrun(worker, "stop", small, 10, 2, tmp_path / "two_last.npz", cwd=ROOT)  # after 2 of 3 steps
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     model, config, state = load_training_state(tmp_path / "two_last.npz")
-    assert (state["loop"]["position"], state["loop"]["world_size"], state["loop"]["iteration"]) == (40, 2, 2)
-    batch, note = resumed_batch_size(10, state["loop"]["world_size"], 1)  # as training.py --resume maps it
+    assert (state.position, state.world_size, state.iteration) == (40, 2, 2)
+    batch, note = resumed_batch_size(10, state.world_size, 1)  # as training.py --resume maps it
     assert batch == 20 and note.endswith("batch 20 per process, the same 20 captions per step")
     alone = resume_solver(data, batch, model=model)
     alone.load_training_state(state)
@@ -168,7 +168,7 @@ def test_a_mid_epoch_state_resumes_on_another_number_of_processes(tmp_path):
     gradients = first.gradients
     first.gradients = lambda *batch, **kw: (signal.raise_signal(signal.SIGTERM), gradients(*batch, **kw))[1]
     first.train()  # stops after its first step: position 20 of 60
-    assert load_training_state(tmp_path / "one_last.npz")[2]["loop"]["position"] == 20
+    assert load_training_state(tmp_path / "one_last.npz")[2].position == 20
     batch, _ = resumed_batch_size(20, 1, 2)
     resumed = torchrun(worker, "resume", small, batch, tmp_path / "one_last.npz", tmp_path / "two.npz", cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import inference
-from core.util.distributed import Context
-from core.evaluation import captions
+from core.evaluation import captions as captioning
 import training
 from core.model.checkpoint import load_checkpoint
 from core.data.coco_utils import decode_captions, load_coco_data
@@ -273,15 +272,16 @@ def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypat
         out[-1, 0] = data["word_to_idx"]["<END>"]
         return out, None  # no attention maps
 
-    monkeypatch.setattr(captions, "load_checked_data", lambda settings, config: data)
-    monkeypatch.setattr(captions, "sample", second_reference_but_empty_last)
+    monkeypatch.setattr(captioning, "load_checked_data", lambda settings, config: data)
+    monkeypatch.setattr(captioning, "sample", second_reference_but_empty_last)
     args = inference.parse_args(["--model", "lstm", "--data_dir", str(fake_coco), "--num_images", "3", "--split", "val"])
-    settings, _, _ = captions.settle(args, Context(), print)
-    panels, _, note = captions.caption_dataset_images(settings, None, {})
+    settings = captioning.Settings(**{**vars(args), "checkpoint": "lstm_checkpoint.npz", "device": "cpu",
+                                      "feature_device": "cpu"})
+    panels, _, note = captioning.caption_dataset_images(settings, None, {})
     assert note is None  # the sample-dataset note is for --image only
     truth, predicted = [p["truth"] for p in panels], [p["predicted"] for p in panels]
     assert truth[:2] == predicted[:2] and predicted[2] == ""
     # labelled, so that a shown reference equal to the prediction does not read as cherry-picked
     assert [p["truth_label"] for p in panels] == ["GT (the reference it equals)"] * 2 + ["GT (first of 5 references)"]
-    assert captions.panel_title(panels[2], "lstm").splitlines()[1].startswith("GT (first of 5 references): ")
+    assert captioning.panel_title(panels[2], "lstm").splitlines()[1].startswith("GT (first of 5 references): ")
     assert truth[2] == decode_captions(captions[np.flatnonzero(image_idxs == chosen[2])[0]], data["idx_to_word"])

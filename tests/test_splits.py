@@ -9,7 +9,7 @@ import pytest
 
 import features_extraction
 import inference
-from core.evaluation import captions
+from core.evaluation import captions as captioning
 from core.data.coco_utils import SAMPLE_DIR, data_splits, decode_captions, load_coco_data
 from core.datasets import make_sample_dataset as sample
 from core.util.errors import UserError
@@ -197,7 +197,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_meteor(monkeypatch):
     """METEOR starts Java for each scoring; the references and splits tested here do not need it."""
-    monkeypatch.setattr(captions, "score_captions", functools.partial(score_captions, meteor=False))
+    monkeypatch.setattr(captioning, "score_captions", functools.partial(score_captions, meteor=False))
 
 
 def _eval(folder, data_dir, checkpoint, *extra):
