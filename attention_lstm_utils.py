@@ -6,8 +6,9 @@ H hidden. At each step the previous hidden state chooses where to look:
 
     e_ti  = w_att . tanh(a_i W_att_a + b_att + h_{t-1} W_att_h)      additive attention, per region
     alpha_t = softmax_i(e_t)                                          (N, R), sums to 1 over regions
-    z_t   = beta_t * sum_i alpha_ti a_i,  beta_t = sigmoid(h_{t-1} . w_beta + b_beta)   gated context
-    (h_t, c_t) = LSTM(x_t Wx + z_t Wz + h_{t-1} Wh + b)                gates i, f, o, g as lstm_utils.py
+    z_t   = beta_t * sum_i alpha_ti a_i,  beta_t = sigmoid(h_{t-1} . w_beta + b_beta)   gated
+    context (h_t, c_t) = LSTM(x_t Wx + z_t Wz + h_{t-1} Wh + b)                gates i, f, o, g as
+    lstm_utils.py
 
 a (N, R, D) regions, x (N, T, W) word vectors; Wx (W, 4H), Wz (D, 4H), Wh (H, 4H), b (4H,),
 W_att_a (D, A), b_att (A,), W_att_h (H, A), w_att (A,), w_beta (H,), b_beta (1,).
@@ -41,7 +42,8 @@ def attention_forward(a, a_proj, h_proj, w_att):
 
 
 def attention_backward(dcontext, dalpha, cache):
-    """dcontext (N, D), dalpha (N, R) gradient reaching alpha directly (the attention penalty), or None
+    """dcontext (N, D), dalpha (N, R) gradient reaching alpha directly (the attention penalty), or
+    None
     -> da (N, R, D), da_proj (N, R, A), dh_proj (N, A), dw_att (A,)."""
     a, _, alpha, _ = cache
     da = alpha[:, :, None] * dcontext[:, None, :]  # (N, R, D) through the weighted sum
@@ -60,9 +62,11 @@ def _attention_scores_backward(dcontext, dalpha, cache):
     return dpre, dpre.sum(axis=1), np.einsum("nra,nr->a", u, de)
 
 
-def att_lstm_step_forward(x, a, prev_h, prev_c, Wx, Wz, Wh, b, W_att_a, b_att, W_att_h, w_att, w_beta, b_beta):
+def att_lstm_step_forward(x, a, prev_h, prev_c, Wx, Wz, Wh, b, W_att_a, b_att, W_att_h, w_att,
+                          w_beta, b_beta):
     """One step, from the regions themselves (the CS231n-style reference API; the model runs
-    att_lstm_forward and, when decoding, att_lstm_step_from_projection; tests check both against this).
+    att_lstm_forward and, when decoding, att_lstm_step_from_projection; tests check both against
+    this).
 
     x (N, W), a (N, R, D), prev_h (N, H), prev_c (N, H), weights as in the module docstring
     -> next_h (N, H), next_c (N, H), alpha (N, R), cache.
@@ -71,8 +75,10 @@ def att_lstm_step_forward(x, a, prev_h, prev_c, Wx, Wz, Wh, b, W_att_a, b_att, W
     context, alpha, att_cache = attention_forward(a, a_proj, prev_h @ W_att_h, w_att)
     beta = sigmoid(prev_h @ w_beta + b_beta)  # (N,)
     z = beta[:, None] * context  # (N, D)
-    next_h, next_c, gates, tanh_c = lstm_step_from_projection(x @ Wx + z @ Wz + b, prev_h, prev_c, Wh)
-    cache = (x, a, prev_h, prev_c, Wx, Wz, Wh, W_att_a, W_att_h, w_beta, att_cache, context, beta, z, gates, tanh_c)
+    next_h, next_c, gates, tanh_c = lstm_step_from_projection(x @ Wx + z @ Wz + b, prev_h, prev_c,
+                                                              Wh)
+    cache = (x, a, prev_h, prev_c, Wx, Wz, Wh, W_att_a, W_att_h, w_beta, att_cache, context, beta,
+             z, gates, tanh_c)
     return next_h, next_c, alpha, cache
 
 
@@ -80,7 +86,8 @@ def att_lstm_step_backward(dnext_h, dnext_c, dalpha, cache):
     """dnext_h (N, H), dnext_c (N, H), dalpha (N, R) or None
     -> dx (N, W), da (N, R, D), dprev_h (N, H), dprev_c (N, H), then the weights' gradients in
        WEIGHTS order: dWx, dWz, dWh, db, dW_att_a, db_att, dW_att_h, dw_att, dw_beta, db_beta."""
-    x, a, prev_h, prev_c, Wx, Wz, Wh, W_att_a, W_att_h, w_beta, att_cache, context, beta, z, gates, tanh_c = cache
+    (x, a, prev_h, prev_c, Wx, Wz, Wh, W_att_a, W_att_h, w_beta, att_cache, context, beta, z, gates,
+     tanh_c) = cache
     H = prev_h.shape[1]
     dg, dc = _gates_backward(dnext_h, dnext_c, gates, tanh_c, prev_c, H)  # (N, 4H), (N, H)
     dz = dg @ Wz.T  # (N, D)
@@ -89,7 +96,8 @@ def att_lstm_step_backward(dnext_h, dnext_c, dalpha, cache):
     da += da_proj @ W_att_a.T
     dprev_h = dg @ Wh.T + dh_proj @ W_att_h.T + dbeta_pre[:, None] * w_beta
     R, D = a.shape[1:]
-    return (dg @ Wx.T, da, dprev_h, dc * gates[:, H:2 * H], x.T @ dg, z.T @ dg, prev_h.T @ dg, dg.sum(axis=0),
+    return (dg @ Wx.T, da, dprev_h, dc * gates[:, H:2 * H], x.T @ dg, z.T @ dg, prev_h.T @ dg,
+            dg.sum(axis=0),
             a.reshape(-1, D).T @ da_proj.reshape(-1, da_proj.shape[2]), da_proj.sum(axis=(0, 1)),
             prev_h.T @ dh_proj, dw_att, prev_h.T @ dbeta_pre, dbeta_pre.sum(keepdims=True))
 
@@ -112,7 +120,8 @@ def att_lstm_step_from_projection(xa, a, a_proj, prev_h, prev_c, Wz, Wh_cat, bh_
     z = beta[:, None] * context  # (N, D)
     gates = h_all[:, :4 * H] + xa
     gates += z @ Wz
-    next_h, next_c, tanh_c = lstm_cell(gates, prev_c)  # the LSTM's equations, as lstm_utils.py writes them
+    # the LSTM's equations, as lstm_utils.py writes them
+    next_h, next_c, tanh_c = lstm_cell(gates, prev_c)
     return next_h, next_c, alpha, (context, beta, z, gates, tanh_c, att_cache)
 
 
@@ -143,7 +152,8 @@ def att_lstm_forward(x, a, h0, c0, Wx, Wz, Wh, b, W_att_a, b_att, W_att_h, w_att
     steps = []
     prev_h, prev_c = h0, c0
     for t in range(T):
-        hs[t], cs[t], alphas[t], inner = att_lstm_step_from_projection(xa[t], a, a_proj, prev_h, prev_c, Wz,
+        hs[t], cs[t], alphas[t], inner = att_lstm_step_from_projection(xa[t], a, a_proj, prev_h,
+                                                                       prev_c, Wz,
                                                                        Wh_cat, bh_cat, w_att)
         steps.append(inner)
         prev_h, prev_c = hs[t], cs[t]
@@ -154,7 +164,8 @@ def att_lstm_forward(x, a, h0, c0, Wx, Wz, Wh, b, W_att_a, b_att, W_att_h, w_att
 def att_lstm_backward(dh, dalpha, cache):
     """dh (N, T, H) upstream gradients of every hidden state, dalpha (N, T, R) of every attention
     map (the attention penalty) or None
-    -> dx (N, T, W), da (N, R, D), dh0 (N, H), dc0 (N, H), then the weights' gradients in WEIGHTS order.
+    -> dx (N, T, W), da (N, R, D), dh0 (N, H), dc0 (N, H), then the weights' gradients in WEIGHTS
+    order.
     """
     xt, a, h0, c0, Wx, Wz, W_att_a, Wh_cat, w_att, hs, cs, alphas, steps = cache
     T, N, H = hs.shape
@@ -182,12 +193,15 @@ def att_lstm_backward(dh, dalpha, cache):
         dprev_c = dc * gates[:, H:2 * H]
     dg_all = dh_all[:, :, :4 * H].reshape(T * N, 4 * H)
     dx = (dg_all @ Wx.T).reshape(T, N, -1).transpose(1, 0, 2)
-    # the regions: through the attention weights of every step (one batched product) and the projection
+    # the regions: through the attention weights of every step (one batched product) and the
+    # projection
     da = np.matmul(alphas.transpose(1, 2, 0), dcontexts.transpose(1, 0, 2))  # (N, R, D)
     da += da_proj @ W_att_a.T
     prev_hs = np.concatenate([h0[None], hs[:-1]]).reshape(T * N, H)
     dWh_cat = prev_hs.T @ dh_all.reshape(T * N, -1)  # (H, 4H + A + 1)
     zs = np.stack([s[2] for s in steps]).reshape(T * N, D)
-    return (dx, da, dprev_h, dprev_c, xt.T @ dg_all, zs.T @ dg_all, dWh_cat[:, :4 * H], dg_all.sum(axis=0),
-            a.reshape(-1, D).T @ da_proj.reshape(-1, A), da_proj.sum(axis=(0, 1)), dWh_cat[:, 4 * H:-1], dw_att,
+    return (dx, da, dprev_h, dprev_c, xt.T @ dg_all, zs.T @ dg_all, dWh_cat[:, :4 * H],
+            dg_all.sum(axis=0),
+            a.reshape(-1, D).T @ da_proj.reshape(-1, A), da_proj.sum(axis=(0, 1)),
+            dWh_cat[:, 4 * H:-1], dw_att,
             dWh_cat[:, -1], dh_all[:, :, -1].sum(keepdims=True).reshape(1))

@@ -1,8 +1,9 @@
 """Turn images + COCO-format captions into a dataset in the CS231n COCO captioning layout.
 
 Usage:
-    python features_extraction.py --train_annotations captions_train2014.json --train_images train2014/ \
-        --val_annotations captions_val2014.json --val_images val2014/ --out_dir my_dataset
+    python features_extraction.py --train_annotations captions_train2014.json \
+        --train_images train2014/ --val_annotations captions_val2014.json --val_images val2014/ \
+        --out_dir my_dataset
     python features_extraction.py --split_file dataset_coco.json --train_images train2014/ \
         --val_images val2014/ --out_dir coco_karpathy          # Karpathy's train/val/test split
     python features_extraction.py ... --weights random --seed 0     # offline: seeded random VGG16
@@ -25,17 +26,23 @@ from core.data.karpathy import read_split_file
 
 def parse_args(argv=None):
     p = ArgumentParser(prog="features_extraction.py",
-                       description="Build a captioning dataset (CS231n COCO layout) from images and captions.")
+                       description="Build a captioning dataset (CS231n COCO layout) from images "
+                                   "and captions.")
     for split in ("train", "val", "test"):
-        p.add_argument(f"--{split}_annotations", default=None, help=f"COCO-format captions JSON of the {split} split"
-                       + (" (optional: scored by inference.py --eval only)" if split == "test" else ""))
+        p.add_argument(f"--{split}_annotations", default=None,
+                       help=f"COCO-format captions JSON of the {split} split"
+                       + (" (optional: scored by inference.py --eval only)" if split == "test"
+                          else ""))
         p.add_argument(f"--{split}_images", default=None, help=f"folder holding the {split} images"
-                       + (" (with --split_file: the train2014 images, and those of files without a filepath)"
-                          if split == "train" else " (with --split_file: the val2014 images)" if split == "val"
+                       + (" (with --split_file: the train2014 images, and those of files without a "
+                          "filepath)"
+                          if split == "train" else " (with --split_file: the val2014 images)"
+                          if split == "val"
                           else ""))
     p.add_argument("--split_file", default=None,
-                   help="Karpathy split file (dataset_coco.json): its train+restval, val and test images and raw "
-                        "captions make the splits, instead of the *_annotations files")
+                   help="Karpathy split file (dataset_coco.json): its train+restval, val and test "
+                        "images and raw captions make the splits, instead of the *_annotations "
+                        "files")
     p.add_argument("--out_dir", required=True, help="dataset folder to write")
     p.add_argument("--weights", default="imagenet",
                    help="VGG16 weights: imagenet (torchvision's, downloaded when online), random "
@@ -43,35 +50,43 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of --weights random")
     p.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    p.add_argument("--num_workers", type=int, default=0,
+                   help="DataLoader worker processes for image decoding")
     p.add_argument("--min_word_count", type=int, default=5,
                    help="words seen fewer times in the train captions become <UNK>")
-    p.add_argument("--max_length", type=int, default=17, help="caption length with <START> and <END>; longer are cut")
-    p.add_argument("--pca_dim", type=int, default=512, help="PCA dimensions of the *_pca.h5 features")
+    p.add_argument("--max_length", type=int, default=17,
+                   help="caption length with <START> and <END>; longer are cut")
+    p.add_argument("--pca_dim", type=int, default=512,
+                   help="PCA dimensions of the *_pca.h5 features")
     p.add_argument("--grid", action="store_true",
-                   help="also write region features for the attention decoders: <split>2014_vgg16_grid_pca.h5, "
-                        "(images, regions, --grid_pca_dim) float16")
+                   help="also write region features for the attention decoders: "
+                        "<split>2014_vgg16_grid_pca.h5, (images, regions, --grid_pca_dim) float16")
     p.add_argument("--grid_size", type=int, default=7, choices=GRID_SIZES,
                    help="--grid regions per side: 7 (pool5, 49 regions) or 14 (conv5_3, 196)")
     p.add_argument("--grid_pca_dim", type=int, default=64,
-                   help="--grid: PCA dimensions of a region's 512 channels (fitted on train regions); at 64, "
-                        "COCO's 82,783 train images take 0.5 GB and its 40,504 val images 0.25 GB")
+                   help="--grid: PCA dimensions of a region's 512 channels (fitted on train "
+                        "regions); at 64, COCO's 82,783 train images take 0.5 GB and its 40,504 "
+                        "val images 0.25 GB")
     p.add_argument("--skip_bad_images", action="store_true",
-                   help="drop (and report) missing or unreadable images and captions of unknown images "
-                        "instead of stopping")
+                   help="drop (and report) missing or unreadable images and captions of unknown "
+                        "images instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.split_file:
-        given = [f"--{s}_annotations" for s in ("train", "val", "test") if getattr(args, f"{s}_annotations")]
+        given = [f"--{s}_annotations" for s in ("train", "val", "test")
+                 if getattr(args, f"{s}_annotations")]
         if given or args.test_images:
-            p.error(f"--split_file gives the splits and their captions: drop {', '.join(given or ['--test_images'])}")
+            p.error(f"--split_file gives the splits and their captions: drop "
+                    f"{', '.join(given or ['--test_images'])}")
         if not args.train_images:
-            p.error("--split_file needs --train_images (and --val_images for COCO's val2014 images)")
+            p.error("--split_file needs --train_images (and --val_images for COCO's val2014 "
+                    "images)")
     else:
         for split in ("train", "val", "test"):
             ann, images = getattr(args, f"{split}_annotations"), getattr(args, f"{split}_images")
             if (split != "test" or ann or images) and not (ann and images):
-                p.error(f"--{split}_annotations and --{split}_images are needed together (or --split_file)")
+                p.error(f"--{split}_annotations and --{split}_images are needed together (or "
+                        f"--split_file)")
     sizes = (args.batch_size, args.pca_dim, args.min_word_count, args.grid_pca_dim)
     if min(sizes) <= 0 or args.max_length < 3 or args.num_workers < 0:
         p.error("--batch_size, --pca_dim, --grid_pca_dim and --min_word_count must be positive, "
@@ -82,20 +97,22 @@ def parse_args(argv=None):
 def splits(args, log):
     """The splits to build, as build_dataset takes them; says when there is no test split."""
     if args.split_file:
-        found = read_split_file(args.split_file, {"train2014": args.train_images, "val2014": args.val_images},
+        found = read_split_file(args.split_file,
+                                {"train2014": args.train_images, "val2014": args.val_images},
                                 args.train_images)
     else:
         found = {s: (getattr(args, f"{s}_annotations"), getattr(args, f"{s}_images"))
                  for s in ("train", "val", "test") if getattr(args, f"{s}_annotations")}
     if "test" not in found:
-        log("no test split (--split_file or --test_annotations): val will both choose the best checkpoint and be "
-            "the split scored, like the CS231n download's val2014 used whole")
+        log("no test split (--split_file or --test_annotations): val will both choose the best "
+            "checkpoint and be the split scored, like the CS231n download's val2014 used whole")
     return found
 
 
 def main(argv=None):
     args = parse_args(argv)
-    with interrupts("features_extraction.py", f"{args.out_dir} is as it was"), user_errors("features_extraction.py"):
+    with interrupts("features_extraction.py",
+                    f"{args.out_dir} is as it was"), user_errors("features_extraction.py"):
         device = resolve_device(args.device)
         ctx = distributed.init(torch.device(device).type)
         device = ctx.local_device(device)
@@ -103,10 +120,11 @@ def main(argv=None):
         try:
             build_dataset(splits(args, log), args.out_dir, parse_weights(args.weights, args.seed),
                           batch_size=args.batch_size,
-                          device=device, num_workers=args.num_workers, min_word_count=args.min_word_count,
+                          device=device, num_workers=args.num_workers,
+                          min_word_count=args.min_word_count,
                           max_length=args.max_length, pca_dim=args.pca_dim,
-                          grid_size=args.grid_size if args.grid else None, grid_pca_dim=args.grid_pca_dim,
-                          skip_bad_images=args.skip_bad_images,
+                          grid_size=args.grid_size if args.grid else None,
+                          grid_pca_dim=args.grid_pca_dim, skip_bad_images=args.skip_bad_images,
                           progress=not args.quiet and ctx.is_main, log=log, dist=ctx)
         finally:
             ctx.close()

@@ -1,4 +1,5 @@
-"""GRU cell with hand-written forward and backward passes, with the gates and equations of torch.nn.GRU.
+"""GRU cell with hand-written forward and backward passes, with the gates and equations of
+torch.nn.GRU.
 
 Shape letters: N batch, T time, D input, H hidden.
 Wx (D, 3H), Wh (H, 3H), b (3H,) the input bias, bh (3H,) the hidden bias; the 3H axis holds
@@ -71,7 +72,8 @@ def gru_step_forward(x, prev_h, Wx, Wh, b, bh):
 
 
 def gru_step_backward(dnext_h, cache):
-    """dnext_h (N, H) -> dx (N, D), dprev_h (N, H), dWx (D, 3H), dWh (H, 3H), db (3H,), dbh (3H,)."""
+    """dnext_h (N, H) -> dx (N, D), dprev_h (N, H), dWx (D, 3H), dWh (H, 3H), db (3H,), dbh
+    (3H,)."""
     x, prev_h, Wx, Wh, gates, ha_n = cache
     dxa, dha, dprev_h = _gates_backward(dnext_h, prev_h, gates, ha_n, prev_h.shape[1])
     dprev_h += dha @ Wh.T
@@ -110,7 +112,8 @@ def gru_backward(dh, cache):
     dprev_h = np.zeros_like(h0)
     for t in range(T - 1, -1, -1):
         prev_h = hs[t - 1] if t > 0 else h0
-        dxas[t], dhas[t], dprev_h = _gates_backward(dh_t[t] + dprev_h, prev_h, gates[t], ha_ns[t], H)
+        dxas[t], dhas[t], dprev_h = _gates_backward(dh_t[t] + dprev_h, prev_h, gates[t], ha_ns[t],
+                                                    H)
         dprev_h += dhas[t] @ Wh.T
     dxa2, dha2 = dxas.reshape(T * N, 3 * H), dhas.reshape(T * N, 3 * H)
     dx = (dxa2 @ Wx.T).reshape(T, N, -1).transpose(1, 0, 2)

@@ -1,28 +1,30 @@
 """Caption images with a trained decoder and compare with the ground truth.
 
 Usage:
-    python inference.py --model rnn                                  # train and val images, one figure
+    python inference.py --model rnn                      # train and val images, one figure
     python inference.py --model transformer --split train --num_images 9
-    python inference.py --model rnn --num_samples 300                # train images of that training subset
+    python inference.py --model rnn --num_samples 300    # train images of that training subset
     python inference.py --model lstm --image photo.jpg more.jpg      # your own images
     python inference.py --model attention_lstm --attention --split val  # where each word looked
-    python inference.py --model lstm --eval --beam_size 3            # COCO metrics on the test split
-    python inference.py --model lstm --eval --split val --references captions_val2014.json  # raw COCO captions
+    python inference.py --model lstm --eval --beam_size 3            # COCO metrics, test split
+    python inference.py --model lstm --eval --split val --references captions_val2014.json
+        # against the raw COCO captions
 
 The model is rebuilt from the checkpoint alone (this project's) or from the checkpoint and the
 vocabulary of --data_dir (the original repository's weight-only files). Prints the reference
 and the predicted caption of --num_images images of each split, marked as images the model was
-trained on or not, and saves them as one grid, <out_dir>/<stem>_<splits>_<decoding>_captions.png with
-the checkpoint's stem (e.g. rnn_checkpoint_train_val_greedy_captions.png; panels whose image cannot
-be fetched show the captions only). With --image, the files go through the dataset's own VGG16 weights and fc7 -> PCA
-transform, and the figure is <out_dir>/<stem>_images_<decoding>_captions.png. With --attention (a
-decoder that attends over image regions, greedy decoding), the figure shows each image with one
-panel per generated word and the attention that word was chosen with: <stem>_<splits>_attention.png
-(<stem>_images_attention.png with --image). With --eval,
-every image of the split (default: test when the dataset has one, else val, said) is captioned
-once and scored against all of its references (BLEU-1..4, METEOR when Java is present, ROUGE-L,
-CIDEr-D): the dataset's own captions, or with --references the raw captions of a COCO annotation
-file; the scores and every predicted caption go to <out_dir>/<stem>_<split>_<decoding>_eval.json.
+trained on or not, and saves them as one grid, <out_dir>/<stem>_<splits>_<decoding>_captions.png
+with the checkpoint's stem (e.g. rnn_checkpoint_train_val_greedy_captions.png; panels whose image
+cannot be fetched show the captions only). With --image, the files go through the dataset's own
+VGG16 weights and fc7 -> PCA transform, and the figure is
+<out_dir>/<stem>_images_<decoding>_captions.png. With --attention (a decoder that attends over image
+regions, greedy decoding), the figure shows each image with one panel per generated word and the
+attention that word was chosen with: <stem>_<splits>_attention.png (<stem>_images_attention.png with
+--image). With --eval, every image of the split (default: test when the dataset has one, else val,
+said) is captioned once and scored against all of its references (BLEU-1..4, METEOR when Java is
+present, ROUGE-L, CIDEr-D): the dataset's own captions, or with --references the raw captions of a
+COCO annotation file; the scores and every predicted caption go to
+<out_dir>/<stem>_<split>_<decoding>_eval.json.
 """
 import torch
 
@@ -31,45 +33,57 @@ from core.model.registry import MODEL_TYPES
 from core.util import distributed
 from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
 
-ATTENDING = tuple(m for m, t in MODEL_TYPES.items() if t.feature_kind.regions)  # decoders over image regions
+# decoders over image regions
+ATTENDING = tuple(m for m, t in MODEL_TYPES.items() if t.feature_kind.regions)
 
 
 def parse_args(argv=None):
     p = ArgumentParser(prog="inference.py", description="Caption images with a trained decoder.")
-    p.add_argument("--model", required=True, choices=tuple(MODEL_TYPES), help="decoder type the checkpoint must hold")
+    p.add_argument("--model", required=True, choices=tuple(MODEL_TYPES),
+                   help="decoder type the checkpoint must hold")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint to load (default: " + ", ".join(t.checkpoint for t in MODEL_TYPES.values()) + ")")
+                   help="checkpoint to load (default: "
+                   + ", ".join(t.checkpoint for t in MODEL_TYPES.values()) + ")")
     p.add_argument("--data_dir", default=None,
-                   help="dataset directory in the CS231n COCO layout (default: core/datasets/coco_captioning "
-                        "when downloaded, else the bundled core/datasets/sample_captioning)")
+                   help="dataset directory in the CS231n COCO layout (default: "
+                        "core/datasets/coco_captioning when downloaded, else the bundled "
+                        "core/datasets/sample_captioning)")
     p.add_argument("--image", nargs="+", default=None, metavar="PATH",
                    help="caption these image files instead of dataset images")
     p.add_argument("--split", default=None, choices=("train", "val", "test"),
-                   help="split to caption images of (default: both train and val, panels in one figure, each "
-                        "titled with its split and whether the model was trained on it; --eval: test when the "
-                        "dataset has one, else val)")
-    p.add_argument("--num_images", type=int, default=4, help="how many distinct images to caption per split")
+                   help="split to caption images of (default: both train and val, panels in one "
+                        "figure, each titled with its split and whether the model was trained on "
+                        "it; --eval: test when the dataset has one, else val)")
+    p.add_argument("--num_images", type=int, default=4,
+                   help="how many distinct images to caption per split")
     p.add_argument("--num_samples", type=int, default=None,
-                   help="draw the train images from the subset that `training.py --num_samples N` trained on "
-                        "(default: the checkpoint's own training subset when it records one)")
+                   help="draw the train images from the subset that `training.py --num_samples N` "
+                        "trained on (default: the checkpoint's own training subset when it records "
+                        "one)")
     p.add_argument("--num_heads", type=int, default=2,
-                   help="attention heads of an original-repository transformer_model.pt, which does not record "
-                        "them (the original trained with 2); ignored for this project's checkpoints")
-    p.add_argument("--max_length", type=int, default=30, help="longest caption to generate, in words")
+                   help="attention heads of an original-repository transformer_model.pt, which "
+                        "does not record them (the original trained with 2); ignored for this "
+                        "project's checkpoints")
+    p.add_argument("--max_length", type=int, default=30,
+                   help="longest caption to generate, in words")
     p.add_argument("--beam_size", type=int, default=1, help="beam width; 1 is greedy decoding")
     p.add_argument("--length_penalty", type=float, default=0.0,
-                   help="beam search ranks captions by log-probability / length ** this (0: no normalisation)")
+                   help="beam search ranks captions by log-probability / length ** this (0: no "
+                        "normalisation)")
     p.add_argument("--attention", action="store_true",
-                   help=f"draw where each word looked (decoders over image regions: {', '.join(ATTENDING)}), "
+                   help=f"draw where each word looked (decoders over image regions: "
+                        f"{', '.join(ATTENDING)}), "
                         "greedy decoding")
     p.add_argument("--eval", action="store_true",
                    help="caption every image of --split and report COCO caption metrics")
     p.add_argument("--references", default=None, metavar="ANNOTATIONS_JSON",
-                   help="--eval: score against the raw captions of this COCO annotation file (captions_val2014.json), "
-                        "as papers do, instead of the dataset's encoded ones (cut to 17 tokens, rare words <UNK>)")
+                   help="--eval: score against the raw captions of this COCO annotation file "
+                        "(captions_val2014.json), as papers do, instead of the dataset's encoded "
+                        "ones (cut to 17 tokens, rare words <UNK>)")
     p.add_argument("--seed", type=int, default=231, help="seed for choosing the images")
     p.add_argument("--out_dir", default="outputs", help="directory for the caption figure")
-    p.add_argument("--device", default=None, help="transformer device: cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None,
+                   help="transformer device: cpu or cuda (default: cuda when available)")
     args = p.parse_args(argv)
     if min(args.num_images, args.max_length, args.beam_size, args.num_heads) <= 0:
         p.error("--num_images, --max_length, --beam_size and --num_heads must be positive")
@@ -78,10 +92,11 @@ def parse_args(argv=None):
     if args.eval and args.image:
         p.error("--eval scores a dataset split; it cannot be combined with --image")
     if args.attention and (args.eval or args.beam_size != 1):
-        p.error("--attention draws the greedy captions of chosen images: drop --eval and --beam_size")
+        p.error("--attention draws the greedy captions of chosen images: drop --eval and "
+                "--beam_size")
     if args.attention and args.model not in ATTENDING:
-        p.error(f"--attention needs a decoder that attends over image regions ({', '.join(ATTENDING)}); "
-                f"{args.model} reads one feature vector per image")
+        p.error(f"--attention needs a decoder that attends over image regions "
+                f"({', '.join(ATTENDING)}); {args.model} reads one feature vector per image")
     if args.references and not args.eval:
         p.error("--references is the reference captions of --eval; add --eval")
     return args
@@ -89,13 +104,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    with interrupts("inference.py", "the files written before are kept"), user_errors("inference.py"):
-        # one process, or one per GPU under torchrun (--eval shares the decoding; the rest is rank 0's)
+    with interrupts("inference.py",
+                    "the files written before are kept"), user_errors("inference.py"):
+        # one process, or one per GPU under torchrun (--eval shares the decoding; the rest is rank
+        # 0's)
         uses_torch = MODEL_TYPES[args.model].uses_torch
-        ctx = distributed.init(torch.device(resolve_device(args.device) if uses_torch else "cpu").type)
+        ctx = distributed.init(torch.device(resolve_device(args.device) if uses_torch
+                                            else "cpu").type)
         try:
             say = print if ctx.is_main else (lambda *a, **k: None)
-            settings, model, config = settle(args, ctx, say)  # the checkpoint, data folder and split, once
+            # the checkpoint, data folder and split, once
+            settings, model, config = settle(args, ctx, say)
             torch.manual_seed(settings.seed)
             if settings.eval:
                 evaluate(settings, model, config, ctx)

@@ -112,7 +112,8 @@ def lstm_forward(x, h0, Wx, Wh, b):
     prev_c = np.zeros_like(h0)
     for t in range(T):
         gates[t] += prev_h @ Wh
-        lstm_cell(gates[t], prev_c, out=(hs[t], cs[t], tanh_cs[t]))  # the buffers hold every step's values
+        # the buffers hold every step's values
+        lstm_cell(gates[t], prev_c, out=(hs[t], cs[t], tanh_cs[t]))
         prev_h, prev_c = hs[t], cs[t]
     return hs.transpose(1, 0, 2), (xt, h0, Wx, Wh, gates, cs, tanh_cs, hs)
 

@@ -90,7 +90,8 @@ def word_embedding_backward(dout, cache):
     words = x.reshape(-1)
     order = np.argsort(words, kind="stable")  # group the rows of each word together
     sorted_words = words[order]
-    starts = np.flatnonzero(np.r_[True, sorted_words[1:] != sorted_words[:-1]])  # first row of each word
+    # first row of each word
+    starts = np.flatnonzero(np.r_[True, sorted_words[1:] != sorted_words[:-1]])
     dW = np.zeros(shape, dtype=dtype)
     dW[sorted_words[starts]] = np.add.reduceat(dout.reshape(-1, shape[1])[order], starts, axis=0)
     return dW

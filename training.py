@@ -2,18 +2,18 @@
 
 Usage:
     python training.py --model rnn
-    python training.py --model lstm --num_samples 300                 # recipe small-data: overfit a subset
+    python training.py --model lstm --num_samples 300    # recipe small-data: overfit a subset
     python training.py --model transformer --device cuda
     python training.py --resume lstm_checkpoint_last.npz [--epochs 20]
     python training.py --model lstm --scst --init_from lstm_checkpoint.npz   # recipe scst
-    torchrun --nproc_per_node 4 training.py --model transformer --device cuda   # --batch_size is per process
+    torchrun --nproc_per_node 4 training.py --model transformer --device cuda  # batch per process
 
 Reads the data, builds (or loads) the model, trains it with its solver, and writes the checkpoint
 (--checkpoint, final weights), *_best.* next to it (by validation loss, or by CIDEr with
 --eval_every), the resumable *_last.* after every epoch and on Ctrl-C/SIGTERM, and in --out_dir
 the loss plot <stem>_loss.png and the history <stem>_history.json, named after the checkpoint's stem
-(lstm_checkpoint_loss.png), so that runs sharing an --out_dir keep their own files. All writes are atomic; a
-second run writing the same checkpoint is refused. Every flag and its default: --help.
+(lstm_checkpoint_loss.png), so that runs sharing an --out_dir keep their own files. All writes are
+atomic; a second run writing the same checkpoint is refused. Every flag and its default: --help.
 """
 import contextlib
 import json
@@ -34,18 +34,20 @@ from core.training.solver_base import TrainingDiverged
 from core.training.steps import from_flags
 from core.training.tensorboard_log import TensorBoardLog, summary_writer
 from core.util import distributed
-from core.util.cli import best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, user_errors
+from core.util.cli import (
+    best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, user_errors)
 from core.util.errors import UserError
 from core.util.fileio import RunLock, atomic_write_text, check_writable
 from core.util.memory import keep_freed_memory
 
 
 def starting_model(config, start, data):
-    """The model to train: the resumed or --init_from one (checked against the data), or a new one."""
+    """The model to train: the resumed or --init_from one (checked against the data), or a new
+    one."""
     if start is None:
         return build_model(config.model, data, saved_flags(config), seed=config.seed)
-    check_against_data(start.checkpoint, start.path, config.model, data["idx_to_word"], data["dataset_id"],
-                       config.data_dir, data["train_features"].shape[-1])
+    check_against_data(start.checkpoint, start.path, config.model, data["idx_to_word"],
+                       data["dataset_id"], config.data_dir, data["train_features"].shape[-1])
     return start.model
 
 
@@ -60,7 +62,8 @@ def set_up(settled, ctx, stack):
     # every output location is checked, and the checkpoint locked, before the data is read
     checkpoint = Path(config.checkpoint)
     best_path, last_path = best_checkpoint_path(checkpoint), last_checkpoint_path(checkpoint)
-    check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)], [("--out_dir", config.out_dir)])
+    check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)],
+                   [("--out_dir", config.out_dir)])
     if ctx.is_main:
         stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
 
@@ -73,25 +76,27 @@ def set_up(settled, ctx, stack):
     images = len(np.unique(data["train_image_idxs"]))
     subset = ("" if config.num_samples is None
               else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
-    say(f"loaded {config.data_dir}: {data['train_captions'].shape[0]} training captions of {images} images"
-        f"{subset}, {describe_features(data['train_features'])}, {len(data['idx_to_word'])} words "
-        f"({time.perf_counter() - begin:.1f}s)", flush=True)
+    say(f"loaded {config.data_dir}: {data['train_captions'].shape[0]} training captions of "
+        f"{images} images{subset}, {describe_features(data['train_features'])}, "
+        f"{len(data['idx_to_word'])} words ({time.perf_counter() - begin:.1f}s)", flush=True)
 
     # what every checkpoint of the run records: the data, the settled flags, where it writes
     extra = {"data_path": str(Path(config.data_dir).resolve()), "dataset_id": data["dataset_id"],
              "args": saved_flags(config),
-             "paths": {"checkpoint": str(checkpoint.resolve()), "out_dir": str(Path(config.out_dir).resolve())}}
+             "paths": {"checkpoint": str(checkpoint.resolve()),
+                       "out_dir": str(Path(config.out_dir).resolve())}}
     if config.scst:
         extra["scst"] = {"init_from": str(config.init_from), "baseline": config.baseline,
                          "samples": config.scst_samples, "temperature": config.temperature}
-    best = BestCheckpoint(best_path, save_checkpoint, extra, data, config.eval_every, config.eval_images,
+    best = BestCheckpoint(best_path, save_checkpoint, extra, data, config.eval_every,
+                          config.eval_images,
                           final_epoch=config.epochs, seed=config.seed, verbose=not config.quiet)
     board = None
     if config.tensorboard and ctx.is_main:
         writer = summary_writer(config.tensorboard)
         if writer is None:
-            say("note: --tensorboard needs the tensorboard package (pip install tensorboard): not logging to "
-                "it; the JSON history is written as always")
+            say("note: --tensorboard needs the tensorboard package (pip install tensorboard): not "
+                "logging to it; the JSON history is written as always")
         board = writer and TensorBoardLog(writer, best)
 
     def on_epoch_end(solver, epoch):
@@ -100,7 +105,8 @@ def set_up(settled, ctx, stack):
             board.on_epoch_end(solver, epoch)
 
     def save_state(solver):
-        save_training_state(solver, last_path, dict(extra, epoch=solver.epoch, iteration=solver.iteration,
+        save_training_state(solver, last_path,
+                            dict(extra, epoch=solver.epoch, iteration=solver.iteration,
                                                     tracker=best.state()))
 
     # the solver of the model type, with the step strategy (cross-entropy or self-critical)
@@ -113,17 +119,18 @@ def set_up(settled, ctx, stack):
         num_epochs=config.epochs, batch_size=config.batch_size, lr_decay=config.lr_decay,
         val_samples=config.val_samples, seed=config.seed, max_iters=config.max_iters,
         verbose=not config.quiet and ctx.is_main, save_state=save_state,
-        divergence_factor=config.divergence_factor, on_epoch_end=on_epoch_end if ctx.is_main else None,
-        dist=ctx)
+        divergence_factor=config.divergence_factor, on_epoch_end=on_epoch_end if ctx.is_main
+        else None, dist=ctx)
     if start is not None and start.state is not None:
         try:
             solver.load_training_state(start.state)
             best.load_state(start.state.tracker)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise UserError(f"{config.resume} holds a damaged training state ({e}): not resumed; use an intact "
+            raise UserError(f"{config.resume} holds a damaged training state ({e}): not resumed; "
+                            f"use an intact "
                             "*_last file or start a new run") from None
-        say(f"resuming {config.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}; writing "
-            f"{checkpoint} and the plots and history in {config.out_dir}", flush=True)
+        say(f"resuming {config.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}; "
+            f"writing {checkpoint} and the plots and history in {config.out_dir}", flush=True)
     elif config.scst and config.eval_every and ctx.is_main:
         best.score_start(model)  # the first point of the val CIDEr curve
     return solver, best, extra, data
@@ -138,7 +145,8 @@ def train(settled, ctx):
         solver, best, extra, data = ctx.agreed(lambda: set_up(settled, ctx, stack))
         last_path = last_checkpoint_path(config.checkpoint)
         per_step = (f"batch {config.batch_size} per process x {ctx.world_size} processes = "
-                    f"{config.batch_size * ctx.world_size} {solver.step_rule.unit} per step" if ctx.enabled
+                    f"{config.batch_size * ctx.world_size} {solver.step_rule.unit} per step"
+                    if ctx.enabled
                     else f"batch {config.batch_size} {solver.step_rule.unit}")
         say(f"training {config.model} for {config.epochs} epoch{'s' * (config.epochs != 1)} on "
             f"{ctx.local_device(config.device)} ({per_step})", flush=True)
@@ -146,48 +154,57 @@ def train(settled, ctx):
         try:
             history = solver.train()
         except TrainingDiverged as e:
-            kept = (f"the last good state {last_path} (epoch {solver.epoch}) is kept" if solver.epoch
+            kept = (f"the last good state {last_path} (epoch {solver.epoch}) is kept"
+                    if solver.epoch
                     else "no checkpoint was written")
-            raise UserError(f"{e}: lower --lr (see --divergence_factor in --help); {kept}") from None
+            raise UserError(f"{e}: lower --lr (see --divergence_factor in --help); "
+                            f"{kept}") from None
         if solver.stop_requested:
-            say(f"interrupted at epoch {solver.epoch + 1}, iteration {solver.iteration}; continue with: "
-                f"python training.py --resume {last_path}", flush=True)
+            say(f"interrupted at epoch {solver.epoch + 1}, iteration {solver.iteration}; continue "
+                f"with: python training.py --resume {last_path}", flush=True)
             return 130
         if ctx.is_main:
-            save_final_files(config, solver.model, history, best, extra, time.perf_counter() - start, data,
-                             per_step)
+            save_final_files(config, solver.model, history, best, extra, time.perf_counter()
+                             - start, data, per_step)
     return 0
 
 
 def save_final_files(config, model, history, best, extra, seconds, data, per_step):
     """The final checkpoint, the loss (and reward) plots and the history, with a summary."""
     checkpoint = Path(config.checkpoint)
-    save_checkpoint(model, checkpoint, dict(extra, epoch=config.epochs, val_loss=history["val_loss"][-1]))
+    save_checkpoint(model, checkpoint,
+                    dict(extra, epoch=config.epochs, val_loss=history["val_loss"][-1]))
     history.update(best.metrics)
     out_dir = Path(config.out_dir)
     stem = checkpoint.stem  # every output is named after its run's checkpoint
     if config.scst:  # reward, CIDEr and cross-entropy val loss, each on its own axis
         plot_path = out_dir / f"{stem}_reward.png"
-        save_scst_plot(history, f"{config.model}: self-critical fine-tuning of {Path(config.init_from).name}", plot_path)
+        save_scst_plot(history, f"{config.model}: self-critical fine-tuning of "
+                                f"{Path(config.init_from).name}", plot_path)
     else:
         plot_path = out_dir / f"{stem}_loss.png"
-        save_loss_plot(history, f"{config.model}: {data['train_captions'].shape[0]} training captions", plot_path)
+        save_loss_plot(history, f"{config.model}: {data['train_captions'].shape[0]} training "
+                                f"captions", plot_path)
     history_path = out_dir / f"{stem}_history.json"
     atomic_write_text(history_path, json.dumps(dict(history, seconds=seconds), indent=1))
     its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
     print(f"{its:.1f} training iterations per second ({per_step})")
     print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
-          f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss {history['val_loss'][-1]:.4f}")
-    print(f"saved checkpoint {checkpoint}, the best ({best.describe()}) {best_checkpoint_path(checkpoint)} and the "
-          f"resumable state {last_checkpoint_path(checkpoint)}")
+          f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss "
+          f"{history['val_loss'][-1]:.4f}")
+    print(f"saved checkpoint {checkpoint}, the best ({best.describe()}) "
+          f"{best_checkpoint_path(checkpoint)} and the resumable state "
+          f"{last_checkpoint_path(checkpoint)}")
     print(f"saved plot {plot_path} and history {history_path}")
 
 
 def main(argv=None):
-    with interrupts("training.py", "the files written before (checkpoints of finished epochs) are kept"), \
+    with interrupts("training.py",
+                    "the files written before (checkpoints of finished epochs) are kept"), \
             user_errors("training.py"), out_of_memory_errors():
         settled = settle(argv)  # every setting, decided once
-        keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
+        # numpy steps reuse their large temporaries instead of page-faulting them in
+        keep_freed_memory()
         torch.manual_seed(settled.config.seed)
         ctx = distributed.init(torch.device(settled.config.device).type)
         try:

@@ -134,7 +134,8 @@ class TorchTransformer(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(V, E)
         self.proj = nn.Linear(D, E)
-        layer = nn.TransformerDecoderLayer(E, heads, dim_feedforward=2048, dropout=0.1, batch_first=True)
+        layer = nn.TransformerDecoderLayer(E, heads, dim_feedforward=2048, dropout=0.1,
+                                           batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.out = nn.Linear(E, V)
         self.register_buffer("pe", torch.randn(1, 50, E))
@@ -174,14 +175,16 @@ class TorchAttentionLSTM(nn.Module):
 
     def __init__(self, ours):
         super().__init__()
-        self.p = nn.ParameterDict({k: nn.Parameter(torch.from_numpy(v.copy())) for k, v in ours.params.items()})
+        self.p = nn.ParameterDict({k: nn.Parameter(torch.from_numpy(v.copy())) for k,
+                                   v in ours.params.items()})
         self.alpha_c = ours.alpha_c
 
     def loss(self, regions, captions):
         p = self.p
         a = regions + p["P"]
         mean = a.mean(dim=1)
-        h0, c0 = torch.tanh(mean @ p["W_init_h"] + p["b_init_h"]), torch.tanh(mean @ p["W_init_c"] + p["b_init_c"])
+        h0 = torch.tanh(mean @ p["W_init_h"] + p["b_init_h"])
+        c0 = torch.tanh(mean @ p["W_init_c"] + p["b_init_c"])
         h, alpha = torch_attention_lstm(p["W_embed"][captions[:, :-1]], a, h0, c0, p)
         mask = captions[:, 1:] != 0
         scores = h[mask] @ p["W_vocab"] + p["b_vocab"]
@@ -196,13 +199,16 @@ class TorchAttentionLSTM(nn.Module):
         a = regions + p["P"]
         a_proj = a @ p["W_att_a"] + p["b_att"]
         mean = a.mean(dim=1)
-        h, c = torch.tanh(mean @ p["W_init_h"] + p["b_init_h"]), torch.tanh(mean @ p["W_init_c"] + p["b_init_c"])
+        h = torch.tanh(mean @ p["W_init_h"] + p["b_init_h"])
+        c = torch.tanh(mean @ p["W_init_c"] + p["b_init_c"])
         words = torch.full((len(a),), 1, dtype=torch.long)
         H = h.shape[1]
         out = []
         for _ in range(max_length):
-            alpha = torch.softmax(torch.tanh(a_proj + (h @ p["W_att_h"])[:, None]) @ p["w_att"], dim=1)
-            z = torch.sigmoid(h @ p["w_beta"] + p["b_beta"])[:, None] * (alpha[:, :, None] * a).sum(1)
+            alpha = torch.softmax(torch.tanh(a_proj + (h @ p["W_att_h"])[:, None]) @ p["w_att"],
+                                  dim=1)
+            z = torch.sigmoid(h @ p["w_beta"]
+                              + p["b_beta"])[:, None] * (alpha[:, :, None] * a).sum(1)
             g = p["W_embed"][words] @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"]
             i, f, o = torch.sigmoid(g[:, :3 * H]).split(H, dim=1)
             c = f * c + i * torch.tanh(g[:, 3 * H:])
@@ -233,7 +239,8 @@ def plain_greedy(model, features, max_length):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 15")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args(argv)
@@ -253,10 +260,13 @@ def main(argv=None):
 
     a = rng.standard_normal((N * T, H), dtype=np.float32)
     b = rng.standard_normal((H, 4 * H), dtype=np.float32)
-    result["numpy_matmul_gflops"] = round(2 * N * T * H * 4 * H / median_seconds(lambda: a @ b, repeats * 5) / 1e9, 1)
+    result["numpy_matmul_gflops"] = round(2 * N * T * H * 4 * H / median_seconds(lambda: a @ b,
+                                                                                 repeats * 5) / 1e9,
+                                          1)
 
     for cell in CELLS:
-        ours = CaptioningRNN(vocab(), input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, seed=0)
+        ours = CaptioningRNN(vocab(), input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell,
+                             seed=0)
         theirs = TorchRecurrent(cell)
 
         def torch_step():
@@ -276,7 +286,8 @@ def main(argv=None):
             assert (plain_greedy(ours, features, 30) == ours.sample(features, max_length=30)).all()
             t_sample, t_plain = paired_seconds(lambda: ours.sample(features, max_length=30),
                                                lambda: plain_greedy(ours, features, 30), repeats)
-            result[f"{cell}_greedy_100x30"] = {"ours_s": round(t_sample, 4), "original_loop_s": round(t_plain, 4),
+            result[f"{cell}_greedy_100x30"] = {"ours_s": round(t_sample, 4),
+                                               "original_loop_s": round(t_plain, 4),
                                                "ratio": round(t_sample / t_plain, 2)}
         else:
             result[f"{cell}_greedy_100x30_s"] = round(median_seconds(lambda: ours.sample(features, max_length=30),
@@ -284,7 +295,8 @@ def main(argv=None):
 
     regions = (0.5 * rng.standard_normal((N, R, G))).astype(np.float32)
     regions_t = torch.from_numpy(regions)
-    ours_a = AttentionLSTM(vocab(), input_dim=G, num_regions=R, wordvec_dim=W, hidden_dim=H, attention_dim=A, seed=0)
+    ours_a = AttentionLSTM(vocab(), input_dim=G, num_regions=R, wordvec_dim=W, hidden_dim=H,
+                           attention_dim=A, seed=0)
     theirs_a = TorchAttentionLSTM(ours_a)
 
     def torch_attention_step():
@@ -293,15 +305,18 @@ def main(argv=None):
 
     mine = ours_a.loss(regions, captions)[0]
     assert abs(mine - theirs_a.loss(regions_t, caps_t).item()) < 1e-3 * abs(mine)  # the same model
-    t_ours, t_torch = paired_seconds(lambda: ours_a.loss(regions, captions), torch_attention_step, repeats)
-    result["attention_lstm_train_step"] = {"ours_s": round(t_ours, 4), "torch_autograd_s": round(t_torch, 4),
+    t_ours, t_torch = paired_seconds(lambda: ours_a.loss(regions, captions), torch_attention_step,
+                                     repeats)
+    result["attention_lstm_train_step"] = {"ours_s": round(t_ours, 4),
+                                           "torch_autograd_s": round(t_torch, 4),
                                            "ratio": round(t_ours / t_torch, 2)}
     ours_a.params["b_vocab"][2] = -1e4  # never <END>: every caption runs the full 30 steps
     theirs_a.p["b_vocab"].data[2] = -1e4
     assert (ours_a.sample(regions, max_length=30) == theirs_a.greedy(regions_t, 30)).mean() > 0.99
     t_sample, t_torch = paired_seconds(lambda: ours_a.sample(regions, max_length=30),
                                        lambda: theirs_a.greedy(regions_t, 30), repeats)
-    result["attention_lstm_greedy_100x30"] = {"ours_s": round(t_sample, 4), "torch_s": round(t_torch, 4),
+    result["attention_lstm_greedy_100x30"] = {"ours_s": round(t_sample, 4),
+                                              "torch_s": round(t_torch, 4),
                                               "ratio": round(t_sample / t_torch, 2)}
 
     torch.manual_seed(0)
@@ -324,15 +339,20 @@ def main(argv=None):
     with torch.no_grad():
         ours_t.output.bias[2] = -1e4  # never <END>: every caption runs the full 30 steps
     t_cached = median_seconds(lambda: ours_t.sample(features, max_length=30), repeats)
-    t_uncached = median_seconds(lambda: ours_t.sample_uncached(features, max_length=30), max(repeats // 2, 2), 1)
-    result["transformer_greedy_100x30"] = {"cached_s": round(t_cached, 4), "uncached_s": round(t_uncached, 4),
+    t_uncached = median_seconds(lambda: ours_t.sample_uncached(features, max_length=30),
+                                max(repeats // 2, 2), 1)
+    result["transformer_greedy_100x30"] = {"cached_s": round(t_cached, 4),
+                                           "uncached_s": round(t_uncached, 4),
                                            "speedup": round(t_uncached / t_cached, 2)}
-    ours_r = RegionTransformer(vocab(), input_dim=G, wordvec_dim=256, num_regions=R, num_heads=2, num_layers=2)
+    ours_r = RegionTransformer(vocab(), input_dim=G, wordvec_dim=256, num_regions=R, num_heads=2,
+                               num_layers=2)
     with torch.no_grad():
         ours_r.output.bias[2] = -1e4
     t_cached = median_seconds(lambda: ours_r.sample(regions, max_length=30), repeats)
-    t_uncached = median_seconds(lambda: ours_r.sample_uncached(regions, max_length=30), max(repeats // 2, 2), 1)
-    result["region_transformer_greedy_100x30"] = {"cached_s": round(t_cached, 4), "uncached_s": round(t_uncached, 4),
+    t_uncached = median_seconds(lambda: ours_r.sample_uncached(regions, max_length=30),
+                                max(repeats // 2, 2), 1)
+    result["region_transformer_greedy_100x30"] = {"cached_s": round(t_cached, 4),
+                                                  "uncached_s": round(t_uncached, 4),
                                                   "speedup": round(t_uncached / t_cached, 2)}
     print(json.dumps(result, indent=1))
 

@@ -45,10 +45,11 @@ def scene_slots(scene):
 
 
 def count_errors(predictions, split="val"):
-    """[{"image": i, "caption": str, "references": [...]}] of the split's images -> totals of mistakes
-    (the same for shifted or recoloured copies of its scenes, whose objects keep their slots)."""
-    totals = {"captions": 0, "exact": 0, "wrong_shape": 0, "wrong_colour": 0, "wrong_size": 0, "wrong_relation": 0,
-              "wrong_object_count": 0}
+    """[{"image": i, "caption": str, "references": [...]}] of the split's images -> totals of
+    mistakes (the same for shifted or recoloured copies of its scenes, whose objects keep their
+    slots)."""
+    totals = {"captions": 0, "exact": 0, "wrong_shape": 0, "wrong_colour": 0, "wrong_size": 0,
+              "wrong_relation": 0, "wrong_object_count": 0}
     for p in predictions:
         totals["captions"] += 1
         totals["exact"] += p["caption"] in p["references"]
@@ -65,16 +66,19 @@ def count_errors(predictions, split="val"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", nargs="+", help="*_eval.json files of the sample dataset's val or test split "
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+",
+                        help="*_eval.json files of the sample dataset's val or test split "
                                                    "written by inference.py --eval")
     args = parser.parse_args(argv)
     for path in args.reports:
         report = json.loads(Path(path).read_text())
         if report.get("split") not in ("val", "test"):
-            parser.exit(2, f"{path}: only val- or test-split reports of the sample dataset can be checked\n")
-        print(json.dumps(dict(count_errors(report["predictions"], report["split"]), report=str(path),
-                              beam_size=report["beam_size"])))
+            parser.exit(2, f"{path}: only val- or test-split reports of the sample dataset can be "
+                           f"checked\n")
+        print(json.dumps(dict(count_errors(report["predictions"], report["split"]),
+                              report=str(path), beam_size=report["beam_size"])))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ from core.model.registry import MODEL_TYPES  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--history_dir", default="outputs", help="folder holding the <checkpoint stem>_history.json files")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--history_dir", default="outputs",
+                        help="folder holding the <checkpoint stem>_history.json files")
     parser.add_argument("--out", default="outputs/loss_curves.png", help="where to save the figure")
     args = parser.parse_args(argv)
     fig, (ax_loss, ax_cider) = plt.subplots(1, 2, figsize=(11, 4))

@@ -31,18 +31,23 @@ from core.evaluation.metrics import references_by_image, score_captions  # noqa:
 def blind_baseline():
     """The most common training caption, said for every val image -> dict of its scores."""
     data = load_coco_data(SAMPLE_DIR)
-    caption, _ = Counter(decode_captions(data["train_captions"], data["idx_to_word"])).most_common(1)[0]
+    caption, _ = Counter(decode_captions(data["train_captions"],
+                                         data["idx_to_word"])).most_common(1)[0]
     refs = references_by_image(data["val_captions"], data["val_image_idxs"], data["idx_to_word"])
     scores = score_captions({i: caption for i in refs}, refs, meteor=False)
-    return {"caption": caption, "BLEU-4": round(scores["BLEU-4"], 3), "CIDEr": round(scores["CIDEr"], 3)}
+    return {"caption": caption, "BLEU-4": round(scores["BLEU-4"], 3),
+            "CIDEr": round(scores["CIDEr"], 3)}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", choices=("fc7", "grid"), default="fc7", help="which features to probe")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", choices=("fc7", "grid"), default="fc7",
+                        help="which features to probe")
     args = parser.parse_args(argv)
     name = "fc7_pca" if args.features == "fc7" else "grid_pca"
-    feats = {s: h5py.File(SAMPLE_DIR / f"{s}2014_vgg16_{name}.h5", "r")["features"][()] for s in ("train", "val")}
+    feats = {s: h5py.File(SAMPLE_DIR / f"{s}2014_vgg16_{name}.h5", "r")["features"][()]
+             for s in ("train", "val")}
     feats = {s: f.reshape(len(f), -1).astype(np.float32) for s, f in feats.items()}
     scenes = {s: [make_scene(s, i) for i in range(len(feats[s]))] for s in feats}
     scaler = StandardScaler().fit(feats["train"])
@@ -59,10 +64,13 @@ def main(argv=None):
             targets["relation"] = lambda sc: sc["relation"]
         scores = {}
         for name, target in targets.items():
-            y = {s: np.array([target(sc) for sc, keep in zip(scenes[s], rows[s]) if keep]) for s in feats}
-            probe = LogisticRegression(max_iter=3000, C=0.1).fit(X["train"][rows["train"]], y["train"])
+            y = {s: np.array([target(sc) for sc, keep in zip(scenes[s], rows[s]) if keep])
+                 for s in feats}
+            probe = LogisticRegression(max_iter=3000, C=0.1).fit(X["train"][rows["train"]],
+                                                                 y["train"])
             scores[name] = round(float(probe.score(X["val"][rows["val"]], y["val"])), 3)
-        result[kind] = dict(scores, train_scenes=int(rows["train"].sum()), val_scenes=int(rows["val"].sum()))
+        result[kind] = dict(scores, train_scenes=int(rows["train"].sum()),
+                            val_scenes=int(rows["val"].sum()))
     if args.features == "fc7":
         result["blind baseline"] = blind_baseline()
     print(json.dumps(result, indent=1))

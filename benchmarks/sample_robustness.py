@@ -1,5 +1,5 @@
-"""Robustness and attention on the sample dataset: exact scenes on shifted and recoloured val scenes,
-and whether the attention decoders look at the objects they name.
+"""Robustness and attention on the sample dataset: exact scenes on shifted and recoloured val
+scenes, and whether the attention decoders look at the objects they name.
 
 Usage:
     python benchmarks/sample_robustness.py lstm_checkpoint.npz attention_lstm_checkpoint.npz [--out FILE]
@@ -30,14 +30,16 @@ from core.data.vocab import decode_captions  # noqa: E402
 from core.datasets import make_sample_dataset as sample  # noqa: E402
 from core.model.decoding import greedy_search  # noqa: E402
 from core.data.features import (  # noqa: E402
-    GRID_TRANSFORM_FILE, TRANSFORM_FILE, extract_fc7, load_transform, project, project_grid, region_boxes)
+    GRID_TRANSFORM_FILE, TRANSFORM_FILE, extract_fc7, load_transform, project, project_grid,
+    region_boxes)
 from core.model.registry import MODEL_TYPES  # noqa: E402
 
 OTHER_BACKGROUND = (205, 222, 240)  # a light blue no object has
 
 
 def variant_features(scenes, variant, data_dir, batch_size):
-    """Render the scenes as `variant` ("val", "shifted", "background") and extract both kinds of features
+    """Render the scenes as `variant` ("val", "shifted", "background") and extract both kinds of
+    features
     -> {"fc7": (N, 512), "grid": (N, 49, G)}."""
     fc7_transform, info = load_transform(Path(data_dir) / TRANSFORM_FILE)
     grid_transform, grid_info = load_transform(Path(data_dir) / GRID_TRANSFORM_FILE)
@@ -45,22 +47,25 @@ def variant_features(scenes, variant, data_dir, batch_size):
         paths = []
         for i, scene in enumerate(scenes):
             image = sample.render(sample.shifted(scene) if variant == "shifted" else scene,
-                                  OTHER_BACKGROUND if variant == "background" else sample.BACKGROUND)
+                                  OTHER_BACKGROUND if variant == "background"
+                                  else sample.BACKGROUND)
             paths.append(Path(tmp) / f"{i:06d}.png")
             image.save(paths[-1])
-        fc7, bad, grid = extract_fc7(paths, info["vgg16"], batch_size=batch_size, grid_size=grid_info["grid_size"],
-                                     desc=variant)
+        fc7, bad, grid = extract_fc7(paths, info["vgg16"], batch_size=batch_size,
+                                     grid_size=grid_info["grid_size"], desc=variant)
     assert not bad, bad
     return {"fc7": project(fc7, fc7_transform), "grid": project_grid(grid, grid_transform)}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoints trained on the sample dataset")
     p.add_argument("--num_images", type=int, default=500, help="val scenes to use")
     p.add_argument("--batch_size", type=int, default=32, help="images per VGG16 forward pass")
     p.add_argument("--out", default=None, help="also write the figures to this JSON file")
-    p.add_argument("--cache", default=None, help="keep the rendered copies' features in this .npz (reused when it "
+    p.add_argument("--cache", default=None,
+                   help="keep the rendered copies' features in this .npz (reused when it "
                                                  "exists: --num_images must then be the same)")
     args = p.parse_args(argv)
     scenes = [sample.make_scene("val", i) for i in range(args.num_images)]
@@ -68,7 +73,8 @@ def main(argv=None):
     cache = Path(args.cache) if args.cache else None
     if cache and cache.is_file():
         with np.load(cache) as f:
-            features = {v: {k: f[f"{v}.{k}"] for k in ("fc7", "grid")} for v in ("val", "shifted", "background")}
+            features = {v: {k: f[f"{v}.{k}"] for k in ("fc7", "grid")}
+                        for v in ("val", "shifted", "background")}
     else:
         features = {v: variant_features(scenes, v, sample.SAMPLE_DIR, args.batch_size)
                     for v in ("val", "shifted", "background")}
@@ -86,8 +92,9 @@ def main(argv=None):
                 words, alphas = greedy_search(model, feats["fc7"], 30), None
             captions = decode_captions(words, config["idx_to_word"])
             row[variant] = float(np.mean([c in refs for c, refs in zip(captions, references)]))
-            row[f"{variant}_mistakes"] = count_errors([{"image": i, "caption": c, "references": sorted(r)}
-                                                       for i, (c, r) in enumerate(zip(captions, references))])
+            report = [{"image": i, "caption": c, "references": sorted(r)}
+                      for i, (c, r) in enumerate(zip(captions, references))]
+            row[f"{variant}_mistakes"] = count_errors(report)
             if alphas is not None and variant == "val":
                 boxes = region_boxes(int(round(np.sqrt(alphas.shape[2]))), sample.SIZE, sample.SIZE)
                 looks = [hit for s, c, a in zip(scenes, captions, alphas)
@@ -96,13 +103,15 @@ def main(argv=None):
                 row["attention_chance"] = float(np.mean([c for _, c in looks]))
                 row["object_words"] = len(looks)
         results.append(row)
-    print("| checkpoint | val | shifted by 10 px | other background | attention on the named object (chance) |")
+    print("| checkpoint | val | shifted by 10 px | other background | attention on the named "
+          "object (chance) |")
     print("|---|---|---|---|---|")
     for r in results:
-        looks = (f"{r['attention_on_object']:.1%} of {r['object_words']} words ({r['attention_chance']:.1%})"
+        looks = (f"{r['attention_on_object']:.1%} of {r['object_words']} words "
+                 f"({r['attention_chance']:.1%})"
                  if "attention_on_object" in r else "")
-        print(f"| {r['model']}: {r['checkpoint']} | {r['val']:.1%} | {r['shifted']:.1%} | {r['background']:.1%} | "
-              f"{looks} |")
+        print(f"| {r['model']}: {r['checkpoint']} | {r['val']:.1%} | {r['shifted']:.1%} | "
+              f"{r['background']:.1%} | {looks} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
         print(f"wrote {args.out}")

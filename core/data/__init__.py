@@ -1,1 +1,2 @@
-"""The data: the CS231n COCO layout, image features (VGG16 fc7, regions, PCA), building a dataset."""
+"""The data: the CS231n COCO layout, image features (VGG16 fc7, regions, PCA), building a
+dataset."""

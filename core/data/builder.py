@@ -19,22 +19,24 @@ import h5py
 import numpy as np
 
 from core.data.coco_utils import (
-    OPTIONAL_SPLITS, SPECIAL_TOKENS, SPLITS, build_vocab, dataset_id, dropped_characters, encode_captions, tokenize)
+    OPTIONAL_SPLITS, SPECIAL_TOKENS, SPLITS, build_vocab, dataset_id, dropped_characters,
+    encode_captions, tokenize)
 from core.util.distributed import Context, unshard
 from core.util.errors import UserError
 from core.data.features import (
-    FC7_DIM, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, extract_fc7, fit_grid_pca, fit_pca,
-    project, project_grid, save_transform)
+    FC7_DIM, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, extract_fc7, fit_grid_pca,
+    fit_pca, project, project_grid, save_transform)
 from core.util.fileio import describe_os_error
 
 PCA_CHUNK_BYTES = 2 << 30  # fit IncrementalPCA in chunks when train fc7 is larger than this
 
 
 def read_annotations(path, image_dir, skip_bad=False, log=print, content=None):
-    """-> image paths (Ni,), captions (Nc,) str, caption image indices (Nc,) int; images sorted by id,
-    only images with at least one caption. Unknown image ids and missing files are errors
+    """-> image paths (Ni,), captions (Nc,) str, caption image indices (Nc,) int; images sorted by
+    id, only images with at least one caption. Unknown image ids and missing files are errors
     (or, with skip_bad, dropped and reported). content: the file's parsed JSON when it was read
-    already (a split file's share, see core/data/karpathy.py); path then only names it in messages."""
+    already (a split file's share, see core/data/karpathy.py); path then only names it in
+    messages."""
     path, image_dir = Path(path), Path(image_dir)
     try:
         ann = json.loads(path.read_text(encoding="utf-8")) if content is None else content
@@ -47,31 +49,36 @@ def read_annotations(path, image_dir, skip_bad=False, log=print, content=None):
         bad = [a for a in annotations if not isinstance(a.get("caption"), str)]
         if bad:
             first = bad[0]
-            raise UserError(f"{path}: {len(bad)} caption(s) are not strings (annotation id {first.get('id')}, image "
-                            f"{first.get('image_id')}: {json.dumps(first.get('caption'))}): fix or remove them")
+            raise UserError(f"{path}: {len(bad)} caption(s) are not strings (annotation id "
+                            f"{first.get('id')}, image {first.get('image_id')}: "
+                            f"{json.dumps(first.get('caption'))}): fix or remove them")
         pairs = [(int(a["image_id"]), a["caption"]) for a in annotations]
     except OSError as e:
         raise UserError(f"cannot read annotation file {path} ({e})") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a COCO-format captions file ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path} is not a COCO-format captions file ({type(e).__name__}: "
+                        f"{e})") from None
     if conflicts:
         first = min(conflicts)
-        raise UserError(f"{path}: {len(conflicts)} image id(s) are listed with different file names, so their "
-                        f"captions cannot be attached (ids {', '.join(map(str, sorted(conflicts)[:10]))}; "
-                        f"id {first}: {', '.join(sorted(conflicts[first]))})")
+        raise UserError(f"{path}: {len(conflicts)} image id(s) are listed with different file "
+                        f"names, so their captions cannot be attached (ids "
+                        f"{', '.join(map(str, sorted(conflicts)[:10]))}; id {first}: "
+                        f"{', '.join(sorted(conflicts[first]))})")
     empty = sum(not tokenize(c) for _, c in pairs)
     if empty:
         log(f"{path}: dropped {empty} empty caption(s) (no letters or digits)")
         pairs = [(i, c) for i, c in pairs if tokenize(c)]
     if not pairs:
-        raise UserError(f"{path}: no captions" + (f" left after dropping {empty} empty ones" if empty else ""))
+        raise UserError(f"{path}: no captions"
+                        + (f" left after dropping {empty} empty ones" if empty else ""))
     unknown = sorted({i for i, _ in pairs if i not in images})
     if unknown:
         if not skip_bad:
             raise UserError(f"{path}: caption for unknown image id {unknown[0]}"
                             + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
         unknown_set = set(unknown)
-        log(f"skipping {sum(i in unknown_set for i, _ in pairs)} captions of {len(unknown)} unknown image ids")
+        log(f"skipping {sum(i in unknown_set for i, _ in pairs)} captions of {len(unknown)} "
+            f"unknown image ids")
         pairs = [(i, c) for i, c in pairs if i in images]
     missing = sorted(i for i in images if not (image_dir / images[i]).is_file())
     if missing:
@@ -89,7 +96,8 @@ def read_annotations(path, image_dir, skip_bad=False, log=print, content=None):
 
 
 def _url(path, out_dir):
-    """Image path as written to *_urls.txt: relative to the dataset folder when inside it, else absolute."""
+    """Image path as written to *_urls.txt: relative to the dataset folder when inside it, else
+    absolute."""
     path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
     try:
         return path.relative_to(out_dir).as_posix()
@@ -97,16 +105,18 @@ def _url(path, out_dir):
         return str(path)
 
 
-def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_workers=0, min_word_count=5,
-                  max_length=17, pca_dim=512, grid_size=None, grid_pca_dim=64, skip_bad_images=False, progress=True,
-                  log=print, dist=None):
-    """splits: {"train": (annotation_file, image_dir), "val": (...), optionally "test": (...)}; an entry
-    may also be (name, image_dir, parsed annotations) -> dict of counts (None on ranks > 0).
+def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_workers=0,
+                  min_word_count=5,
+                  max_length=17, pca_dim=512, grid_size=None, grid_pca_dim=64,
+                  skip_bad_images=False, progress=True, log=print, dist=None):
+    """splits: {"train": (annotation_file, image_dir), "val": (...), optionally "test": (...)}; an
+    entry may also be (name, image_dir, parsed annotations) -> dict of counts (None on ranks > 0).
 
-    spec: VGG16 weights spec from core.data.features.parse_weights. dist: a core.util.distributed.Context;
-    with K processes each runs VGG16 on every K-th image and rank 0 gathers the fc7 rows in the
-    original order, fits the PCA and writes the dataset. grid_size (7 or 14): also write the region
-    features, each region's 512 channels reduced to grid_pca_dim by a PCA fitted on train regions.
+    spec: VGG16 weights spec from core.data.features.parse_weights. dist: a
+    core.util.distributed.Context; with K processes each runs VGG16 on every K-th image and rank 0
+    gathers the fc7 rows in the original order, fits the PCA and writes the dataset. grid_size (7 or
+    14): also write the region features, each region's 512 channels reduced to grid_pca_dim by a PCA
+    fitted on train regions.
     """
     dist = dist or Context()
     if not set(SPLITS) <= set(splits) <= set(SPLITS + OPTIONAL_SPLITS):
@@ -121,16 +131,20 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             source, image_dir, skip_bad_images, log, content=content[0] if content else None)
         if len(paths[split]) == 0:
             raise UserError(f"the {split} split has no images with captions")
-    if len(build_vocab([tokenize(c) for c in raw_captions["train"]], min_word_count)) == len(SPECIAL_TOKENS):
-        raise UserError(f"no word of the train captions occurs {min_word_count} times (--min_word_count), so every "
+    if len(build_vocab([tokenize(c) for c in raw_captions["train"]],
+                       min_word_count)) == len(SPECIAL_TOKENS):
+        raise UserError(f"no word of the train captions occurs {min_word_count} times "
+                        f"(--min_word_count), so every "
                         "caption would be <UNK>: use a smaller --min_word_count")
     if pca_dim > min(len(paths["train"]), FC7_DIM):
-        raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at most {FC7_DIM}); "
-                        f"the train split has {len(paths['train'])}: use a smaller --pca_dim or more images")
+        raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at "
+                        f"most {FC7_DIM}); the train split has {len(paths['train'])}: use a "
+                        f"smaller --pca_dim or more images")
     for split in names:
         fc7[split], bad, grid[split] = _extract_sharded(
             paths[split], spec, dist, batch_size=batch_size, device=device, num_workers=num_workers,
-            progress=progress, desc=f"{split} fc7" + (" + grid" if grid_size else ""), grid_size=grid_size)
+            progress=progress, desc=f"{split} fc7" + (" + grid" if grid_size else ""),
+            grid_size=grid_size)
         if not dist.is_main:
             continue
         if bad:
@@ -138,7 +152,8 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             if not skip_bad_images:
                 raise UserError(f"cannot read image {paths[split][first]} ({bad[first]})"
                                 + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
-            log(f"skipping {len(bad)} unreadable {split} images, e.g. {paths[split][first]} ({bad[first]})")
+            log(f"skipping {len(bad)} unreadable {split} images, e.g. {paths[split][first]} "
+                f"({bad[first]})")
             keep = np.setdiff1d(np.arange(len(paths[split])), sorted(bad))
             new_index = np.full(len(paths[split]), -1)
             new_index[keep] = np.arange(len(keep))
@@ -155,7 +170,8 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     for split in names:
         dropped = sum(dropped_characters(c, t) for c, t in zip(raw_captions[split], tokens[split]))
         if dropped:
-            log(f"{split}: {dropped} punctuation/symbol characters dropped from the captions by the tokenizer")
+            log(f"{split}: {dropped} punctuation/symbol characters dropped from the captions by "
+                f"the tokenizer")
     idx_to_word = build_vocab(tokens["train"], min_word_count)
     word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
     chunk = 20000 if fc7["train"].nbytes > PCA_CHUNK_BYTES else None
@@ -164,17 +180,19 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     grids = None
     if grid_size:
         grid_transform = fit_grid_pca(grid["train"], grid_pca_dim)
-        grids = (grid_transform, {split: project_grid(grid[split], grid_transform) for split in names}, grid_size)
+        grids = (grid_transform,
+                 {split: project_grid(grid[split], grid_transform) for split in names}, grid_size)
         del grid
 
     try:
-        _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca, transform, spec,
-                       max_length, pca_dim, grids)
+        _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca,
+                       transform, spec, max_length, pca_dim, grids)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"cannot write the dataset into {out_dir}: {describe_os_error(e)}{where}; "
                         "nothing was changed there") from None
-    counts = {f"{s}_{k}": len(v[s]) for s in names for k, v in (("images", paths), ("captions", raw_captions))}
+    counts = {f"{s}_{k}": len(v[s]) for s in names for k,
+              v in (("images", paths), ("captions", raw_captions))}
     log(f"wrote {out_dir}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
         + f", {len(idx_to_word)} words")
     return counts
@@ -194,16 +212,18 @@ def _extract_sharded(paths, spec, dist, grid_size=None, **kwargs):
     return unshard([f for f, _, _ in parts], len(paths)), bad, regions
 
 
-def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca, transform, spec,
-                   max_length, pca_dim, grids=None):
-    """Write every file of the layout into a temporary folder inside out_dir, then move them into place."""
+def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca,
+                   transform, spec, max_length, pca_dim, grids=None):
+    """Write every file of the layout into a temporary folder inside out_dir, then move them into
+    place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".build_{os.getpid()}_", dir=out_dir))
     try:
         with h5py.File(tmp / "coco2014_captions.h5", "w") as f:
             for split in tokens:
-                f.create_dataset(f"{split}_captions", data=encode_captions(tokens[split], word_to_idx, max_length),
+                f.create_dataset(f"{split}_captions",
+                                 data=encode_captions(tokens[split], word_to_idx, max_length),
                                  compression="gzip")
                 f.create_dataset(f"{split}_image_idxs", data=image_idxs[split], compression="gzip")
         for split in tokens:
@@ -211,32 +231,38 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
                                 (f"{split}2014_vgg16_fc7_pca.h5", pca[split])):
                 with h5py.File(tmp / name, "w") as f:
                     f.create_dataset("features", data=array)
-            (tmp / f"{split}2014_urls.txt").write_text("".join(_url(p, out_dir) + "\n" for p in paths[split]),
+            urls = "".join(_url(p, out_dir) + "\n" for p in paths[split])
+            (tmp / f"{split}2014_urls.txt").write_text(urls,
                                                     encoding="utf-8")
-        (tmp / "coco2014_vocab.json").write_text(json.dumps({"idx_to_word": idx_to_word, "word_to_idx": word_to_idx}))
+        (tmp / "coco2014_vocab.json").write_text(json.dumps({"idx_to_word": idx_to_word,
+                                                             "word_to_idx": word_to_idx}))
         info = {"vgg16": spec, "pca_dim": pca_dim, "fitted_on": "train",
                 "dataset_id": dataset_id(pca["train"], idx_to_word),
-                "preprocessing": "resize 256, center crop 224, ImageNet mean/std", "layer": "fc7 after ReLU"}
+                "preprocessing": "resize 256, center crop 224, ImageNet mean/std",
+                "layer": "fc7 after ReLU"}
         save_transform(tmp / TRANSFORM_FILE, transform, info)
         if grids:
             grid_transform, grid_pca, grid_size = grids
             for split, array in grid_pca.items():
                 with h5py.File(tmp / f"{split}2014_vgg16_grid_pca.h5", "w") as f:
-                    f.create_dataset("features", data=array, chunks=(min(len(array), 256),) + array.shape[1:])
+                    f.create_dataset("features", data=array, chunks=(min(len(array), 256),)
+                                     + array.shape[1:])
             layer = "pool5" if grid_size == 7 else "conv5_3 after ReLU"
             save_transform(tmp / GRID_TRANSFORM_FILE, grid_transform, dict(
-                info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size, layer=layer))
+                info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size,
+                layer=layer))
         _replace_all(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale_builds(out_dir):
-    """Remove the temporary .build_<pid>_* folders that builds killed part-way left in out_dir (those
-    whose process no longer runs; up to a few GB at COCO size) -> their names."""
+    """Remove the temporary .build_<pid>_* folders that builds killed part-way left in out_dir
+    (those whose process no longer runs; up to a few GB at COCO size) -> their names."""
     removed = []
     for folder in Path(out_dir).glob(".build_*"):
-        pid = folder.name.split("_")[1] if folder.name.count("_") >= 2 else ""  # .build_<pid>_<random>
+        # .build_<pid>_<random>
+        pid = folder.name.split("_")[1] if folder.name.count("_") >= 2 else ""
         if pid.isdigit() and _running(int(pid)):
             continue
         shutil.rmtree(folder, ignore_errors=True)

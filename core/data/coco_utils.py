@@ -1,8 +1,8 @@
 """Reading captioning data in the CS231n COCO layout.
 
 A data directory holds:
-  coco2014_captions.h5         train_captions (Nc, L) int32, train_image_idxs (Nc,) int32, val_* alike
-  train2014_vgg16_fc7[_pca].h5 features (Ni, 4096) or (Ni, 512) float32, one row per image
+  coco2014_captions.h5         train_captions (Nc, L) int32, train_image_idxs (Nc,) int32, val_*
+  alike train2014_vgg16_fc7[_pca].h5 features (Ni, 4096) or (Ni, 512) float32, one row per image
   val2014_vgg16_fc7[_pca].h5
   coco2014_vocab.json          {"idx_to_word": [...], "word_to_idx": {...}}
   train2014_urls.txt           one image URL (or path) per line, in feature row order
@@ -22,8 +22,9 @@ import h5py
 import numpy as np
 
 from core.data.vocab import (  # noqa: F401  (the CS231n names, importable here)
-    SPECIAL_TOKENS, build_vocab, decode_captions, dropped_characters, encode_captions, index_vocabulary, tokenize)
-from core.data.feature_kinds import FEATURE_KINDS, GRID_HINT, feature_kind  # noqa: F401  (GRID_HINT: its old place)
+    SPECIAL_TOKENS, build_vocab, decode_captions, dropped_characters, encode_captions,
+    index_vocabulary, tokenize)
+from core.data.feature_kinds import FEATURE_KINDS, GRID_HINT, feature_kind  # noqa: F401 (GRID_HINT)
 from core.util.errors import UserError
 
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
@@ -35,11 +36,13 @@ OPTIONAL_SPLITS = ("test",)
 
 
 def default_data_dir(log=print):
-    """The downloaded COCO data when present, otherwise the bundled sample dataset (said in one line)."""
+    """The downloaded COCO data when present, otherwise the bundled sample dataset (said in one
+    line)."""
     if (COCO_DIR / "coco2014_captions.h5").is_file():
         return COCO_DIR
-    log(f"no COCO data in {COCO_DIR.relative_to(DATASETS_DIR.parent.parent)} (fetch it with `{FETCH_HINT}`): "
-        f"using the bundled sample dataset {SAMPLE_DIR.relative_to(DATASETS_DIR.parent.parent)}")
+    log(f"no COCO data in {COCO_DIR.relative_to(DATASETS_DIR.parent.parent)} (fetch it with "
+        f"`{FETCH_HINT}`): using the bundled sample dataset "
+        f"{SAMPLE_DIR.relative_to(DATASETS_DIR.parent.parent)}")
     return SAMPLE_DIR
 
 
@@ -53,12 +56,14 @@ def load_vocab(base_dir):
         raise UserError(f"{path} is not a vocabulary file ({type(e).__name__}: {e})") from None
     wrong = [w for i, w in enumerate(idx_to_word) if word_to_idx.get(w) != i]
     if wrong or len(word_to_idx) != len(idx_to_word):
-        example = f'"{wrong[0]}" is {idx_to_word.index(wrong[0])} in idx_to_word but {word_to_idx.get(wrong[0])} ' \
+        example = f'"{wrong[0]}" is {idx_to_word.index(wrong[0])} in idx_to_word but ' \
+                  f'{word_to_idx.get(wrong[0])} ' \
                   "in word_to_idx" if wrong else f"{len(idx_to_word)} vs {len(word_to_idx)} entries"
         raise UserError(f"{path}: idx_to_word and word_to_idx disagree ({example})")
     missing = [t for t in ("<NULL>", "<START>", "<END>") if t not in word_to_idx]
     if missing:
-        raise UserError(f"{path}: the vocabulary has no {', '.join(missing)} token, which captions need")
+        raise UserError(f"{path}: the vocabulary has no {', '.join(missing)} token, which captions "
+                        f"need")
     return idx_to_word, word_to_idx
 
 
@@ -70,8 +75,8 @@ def _require(path, hint):
 
 
 def _read_h5(path, names, rows=None):
-    """Read datasets `names` (their first `rows` rows when given) from one h5 file -> dict name -> array;
-    UserError when unreadable."""
+    """Read datasets `names` (their first `rows` rows when given) from one h5 file -> dict name ->
+    array; UserError when unreadable."""
     try:
         with h5py.File(path, "r") as f:
             missing = [n for n in names if n not in f]
@@ -103,13 +108,16 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
         raise UserError(f"data directory {base_dir} not found: {hint}")
     data = {}
     captions_path = _require(base_dir / "coco2014_captions.h5", hint)
-    splits = SPLITS + tuple(s for s in OPTIONAL_SPLITS if _has_dataset(captions_path, f"{s}_captions"))
-    data.update(_read_h5(captions_path, [f"{s}_{k}" for s in splits for k in ("captions", "image_idxs")]))
+    splits = SPLITS + tuple(s for s in OPTIONAL_SPLITS
+                            if _has_dataset(captions_path, f"{s}_captions"))
+    data.update(_read_h5(captions_path,
+                         [f"{s}_{k}" for s in splits for k in ("captions", "image_idxs")]))
     kind = feature_kind(features)
     for split in splits:
         path = _require(kind.path(base_dir, split, pca_features),
                         f"{base_dir} has no {kind.label}: {kind.missing}" if kind.missing else hint)
-        data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path, kind)
+        data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path,
+                                                    kind)
         urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
         data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
 
@@ -147,19 +155,23 @@ def split_names(base_dir):
 
 
 def dataset_id(train_pca_features, idx_to_word):
-    """Short fingerprint of a dataset: its vocabulary and the first rows of its training features."""
+    """Short fingerprint of a dataset: its vocabulary and the first rows of its training
+    features."""
     h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())
     h.update(np.ascontiguousarray(np.asarray(train_pca_features[:256], dtype=np.float32)).tobytes())
     return h.hexdigest()[:16]
 
 
 def keep_captions(data, max_train, seed, base_dir):
-    """The data with only `subset_rows(Nc, max_train, seed)` of its training captions (a new dict)."""
+    """The data with only `subset_rows(Nc, max_train, seed)` of its training captions (a new
+    dict)."""
     num_train = data["train_captions"].shape[0]
     if not 0 < max_train <= num_train:
-        raise UserError(f"--num_samples {max_train} is out of range: {base_dir} has {num_train} training captions")
+        raise UserError(f"--num_samples {max_train} is out of range: {base_dir} has {num_train} "
+                        f"training captions")
     rows = subset_rows(num_train, max_train, seed)
-    return dict(data, train_captions=data["train_captions"][rows], train_image_idxs=data["train_image_idxs"][rows])
+    return dict(data, train_captions=data["train_captions"][rows],
+                train_image_idxs=data["train_image_idxs"][rows])
 
 
 def subset_rows(num_captions, size, seed):
@@ -170,7 +182,8 @@ def subset_rows(num_captions, size, seed):
 
 def describe_features(features):
     """"512-d features" or "49 regions of 64-d features", for what a run prints."""
-    return next(k for k in FEATURE_KINDS.values() if k.regions == (features.ndim == 3)).describe(features)
+    return next(k for k in FEATURE_KINDS.values()
+                if k.regions == (features.ndim == 3)).describe(features)
 
 
 def data_splits(data):
@@ -179,7 +192,8 @@ def data_splits(data):
 
 
 def _has_dataset(path, name):
-    """Whether the h5 file holds a dataset of that name (False when it cannot be read: _read_h5 says why)."""
+    """Whether the h5 file holds a dataset of that name (False when it cannot be read: _read_h5 says
+    why)."""
     try:
         with h5py.File(path, "r") as f:
             return name in f
@@ -188,16 +202,17 @@ def _has_dataset(path, name):
 
 
 def _check_features(features, path, kind):
-    """features (Ni, D) or, region features, (Ni, R, G) float -> the same; UserError for another shape or
-    dtype, or NaN/inf values."""
+    """features (Ni, D) or, region features, (Ni, R, G) float -> the same; UserError for another
+    shape or dtype, or NaN/inf values."""
     grid = kind.regions
     if features.ndim != (3 if grid else 2) or not np.issubdtype(features.dtype, np.floating):
         raise UserError(f"{path}: features must be a {3 if grid else 2}-D float array (images, "
-                        f"{'regions, ' if grid else ''}dimensions), got shape {features.shape} of {features.dtype}")
+                        f"{'regions, ' if grid else ''}dimensions), got shape {features.shape} of "
+                        f"{features.dtype}")
     bad = ~np.isfinite(features).reshape(len(features), -1).all(axis=1)
     if bad.any():
-        raise UserError(f"{path}: {int(bad.sum())} of {len(features)} feature rows hold NaN or inf values "
-                        f"(first: row {int(np.argmax(bad))}); rebuild the features")
+        raise UserError(f"{path}: {int(bad.sum())} of {len(features)} feature rows hold NaN or inf "
+                        f"values (first: row {int(np.argmax(bad))}); rebuild the features")
     return features
 
 
@@ -206,24 +221,29 @@ def _check_consistent(data, base_dir):
     V = len(data["idx_to_word"])
     for split in data_splits(data)[1:]:
         if data["train_features"].shape[1:] != data[f"{split}_features"].shape[1:]:
-            raise UserError(f"{base_dir}: the train split has {describe_features(data['train_features'])} but the "
-                            f"{split} split {describe_features(data[f'{split}_features'])}")
+            raise UserError(f"{base_dir}: the train split has "
+                            f"{describe_features(data['train_features'])} but the {split} split "
+                            f"{describe_features(data[f'{split}_features'])}")
     for split in data_splits(data):
-        caps, idxs, feats = data[f"{split}_captions"], data[f"{split}_image_idxs"], data[f"{split}_features"]
+        caps, idxs = data[f"{split}_captions"], data[f"{split}_image_idxs"]
+        feats = data[f"{split}_features"]
         for name, array in (("captions", caps), ("image_idxs", idxs)):
             if not np.issubdtype(array.dtype, np.integer):
                 raise UserError(f"{base_dir}: {split}_{name} must hold integers, not {array.dtype}")
         if caps.shape[0] == 0:
             raise UserError(f"{base_dir}: the {split} split has no captions")
         if caps.ndim != 2 or idxs.shape != (caps.shape[0],):
-            raise UserError(f"{base_dir}: {split} captions {caps.shape} and image indices {idxs.shape} do not match")
+            raise UserError(f"{base_dir}: {split} captions {caps.shape} and image indices "
+                            f"{idxs.shape} do not match")
         if idxs.size and (idxs.min() < 0 or idxs.max() >= feats.shape[0]):
-            raise UserError(f"{base_dir}: {split} image indices go past the {feats.shape[0]} feature rows")
+            raise UserError(f"{base_dir}: {split} image indices go past the {feats.shape[0]} "
+                            f"feature rows")
         if caps.size and (caps.min() < 0 or caps.max() >= V):
-            raise UserError(f"{base_dir}: {split} captions hold word indices outside the {V}-word vocabulary")
+            raise UserError(f"{base_dir}: {split} captions hold word indices outside the {V}-word "
+                            f"vocabulary")
         if len(data[f"{split}_urls"]) != feats.shape[0]:
-            raise UserError(f"{base_dir}: {split}2014_urls.txt has {len(data[f'{split}_urls'])} lines "
-                            f"for {feats.shape[0]} feature rows")
+            raise UserError(f"{base_dir}: {split}2014_urls.txt has {len(data[f'{split}_urls'])} "
+                            f"lines for {feats.shape[0]} feature rows")
 
 
 def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
@@ -236,4 +256,5 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     num = data[f"{split}_captions"].shape[0]
     rows = rng.choice(num, size=min(batch_size, num), replace=False)
     image_idxs = data[f"{split}_image_idxs"][rows]
-    return data[f"{split}_captions"][rows], data[f"{split}_features"][image_idxs], data[f"{split}_urls"][image_idxs]
+    return (data[f"{split}_captions"][rows], data[f"{split}_features"][image_idxs],
+            data[f"{split}_urls"][image_idxs])

@@ -12,15 +12,17 @@ from pathlib import Path
 
 from core.util.errors import UserError
 
-GRID_HINT = "build them from the COCO images with `features_extraction.py --grid` (see docs/data.md)"
+GRID_HINT = ("build them from the COCO images with `features_extraction.py --grid` "
+             "(see docs/data.md)")
 
 
 @dataclass(frozen=True)
 class FeatureKind:
-    """One kind of features. label: what it is, in messages; file: the h5 of a split ({split}, and {pca}: "_pca" or "" for the
-    4096-d fc7); regions: (Ni, R, D) per split instead of (Ni, D); missing: what to do when a folder
-    lacks the files (None: the data folder's own hint); transform_file: the PCA transform of new
-    images' features, in the data folder; sizes: the model config keys this kind adds."""
+    """One kind of features. label: what it is, in messages; file: the h5 of a split ({split}, and
+    {pca}: "_pca" or "" for the 4096-d fc7); regions: (Ni, R, D) per split instead of (Ni, D);
+    missing: what to do when a folder lacks the files (None: the data folder's own hint);
+    transform_file: the PCA transform of new images' features, in the data folder; sizes: the model
+    config keys this kind adds."""
 
     name: str
     label: str
@@ -35,7 +37,8 @@ class FeatureKind:
         return Path(data_dir) / self.file.format(split=split, pca="_pca" if pca else "")
 
     def model_sizes(self, features):
-        """features (Ni, D) or (Ni, R, D) of the train split -> the sizes a model of this kind records."""
+        """features (Ni, D) or (Ni, R, D) of the train split -> the sizes a model of this kind
+        records."""
         return {"num_regions": int(features.shape[1])} if self.regions else {}
 
     def describe(self, features):
@@ -53,8 +56,8 @@ class FeatureKind:
             return ensure_transform(data_dir)
         path = Path(data_dir) / self.transform_file
         if not path.is_file():
-            raise UserError(f"{data_dir} has no {self.transform_file} for the {self.label} of new images: "
-                            f"{self.missing}")
+            raise UserError(f"{data_dir} has no {self.transform_file} for the {self.label} of new "
+                            f"images: {self.missing}")
         return load_transform(path)
 
     def compute(self, paths, transform, info, device="cpu"):
@@ -62,16 +65,20 @@ class FeatureKind:
         PCA transform, and {index: why} for files that could not be read."""
         from core.data.features import extract_fc7, project, project_grid
 
-        fc7, bad, *regions = extract_fc7(paths, info["vgg16"], batch_size=16, device=device, progress=False,
+        fc7, bad, *regions = extract_fc7(paths, info["vgg16"], batch_size=16, device=device,
+                                         progress=False,
                                          grid_size=info.get("grid_size") if self.regions else None)
         if bad:
             return None, bad
-        return (project_grid(regions[0], transform) if self.regions else project(fc7, transform)), bad
+        return (project_grid(regions[0], transform) if self.regions
+                else project(fc7, transform)), bad
 
 
 FEATURE_KINDS = {
-    "fc7": FeatureKind("fc7", "fc7 features", "{split}2014_vgg16_fc7{pca}.h5", False, None, "vgg16_fc7_pca_transform.npz"),
-    "grid": FeatureKind("grid", "region features for the attention decoders", "{split}2014_vgg16_grid_pca.h5", True,
+    "fc7": FeatureKind("fc7", "fc7 features", "{split}2014_vgg16_fc7{pca}.h5", False, None,
+                       "vgg16_fc7_pca_transform.npz"),
+    "grid": FeatureKind("grid", "region features for the attention decoders",
+                        "{split}2014_vgg16_grid_pca.h5", True,
                         GRID_HINT, "vgg16_grid_pca_transform.npz", sizes=("num_regions",)),
 }
 
@@ -79,5 +86,6 @@ FEATURE_KINDS = {
 def feature_kind(name):
     """The row of a kind of features; ValueError for an unknown one."""
     if name not in FEATURE_KINDS:
-        raise ValueError(f'unknown kind of features "{name}"; choose from {", ".join(FEATURE_KINDS)}')
+        raise ValueError(f'unknown kind of features "{name}"; choose from '
+                         f'{", ".join(FEATURE_KINDS)}')
     return FEATURE_KINDS[name]

@@ -33,7 +33,8 @@ TRANSFORM_FILE = "vgg16_fc7_pca_transform.npz"
 GRID_TRANSFORM_FILE = "vgg16_grid_pca_transform.npz"
 GRID_CHANNELS = 512
 GRID_SIZES = (7, 14)  # pool5 or conv5_3 (after ReLU)
-GRID_PCA_FIT_REGIONS = 200_000  # the grid PCA is fitted on at most this many train regions, drawn at random
+# the grid PCA is fitted on at most this many train regions, drawn at random
+GRID_PCA_FIT_REGIONS = 200_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -47,8 +48,10 @@ def parse_weights(value, seed=0):
         return {"weights": "random", "seed": int(seed)}
     path = Path(value)
     if not path.is_file():
-        raise UserError(f'--weights "{value}" is neither imagenet, random, nor an existing state_dict file')
-    return {"weights": "file", "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        raise UserError(f'--weights "{value}" is neither imagenet, random, nor an existing '
+                        f'state_dict file')
+    return {"weights": "file", "path": str(path),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def describe_weights(spec):
@@ -73,21 +76,25 @@ class VGG16FC7(torch.nn.Module):
         from torchvision.models import VGG16_Weights, vgg16
 
         if spec["weights"] == "random":
-            with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+            # seeded weights without touching the caller's RNG
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(spec["seed"])
                 vgg = vgg16(weights=None)
         elif spec["weights"] == "imagenet":
             try:
                 vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
             except Exception as e:  # offline or blocked: say how to get around it
-                raise UserError(f"cannot load torchvision's ImageNet VGG16 weights ({type(e).__name__}: {e}); "
-                                "download them once online, or pass --weights PATH or --weights random") from None
+                raise UserError(f"cannot load torchvision's ImageNet VGG16 weights "
+                                f"({type(e).__name__}: {e}); "
+                                "download them once online, or pass --weights PATH or --weights "
+                                "random") from None
         else:
             vgg = vgg16(weights=None)
             try:
                 vgg.load_state_dict(torch.load(spec["path"], map_location="cpu", weights_only=True))
             except Exception as e:
-                raise UserError(f"cannot load VGG16 weights from {spec['path']} ({type(e).__name__}: {e})") from None
+                raise UserError(f"cannot load VGG16 weights from {spec['path']} "
+                                f"({type(e).__name__}: {e})") from None
         self.features, self.avgpool = vgg.features, vgg.avgpool
         self.fc = vgg.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU
         self.eval()
@@ -106,7 +113,8 @@ def preprocess():
     """The standard ImageNet evaluation preprocessing: resize 256, center crop 224, normalise."""
     from torchvision import transforms
 
-    return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+    return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
+                               transforms.ToTensor(),
                                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
@@ -137,9 +145,11 @@ def extract_fc7(paths, spec, batch_size=32, device="cpu", num_workers=0, progres
     (N, grid_size ** 2, 512) float16 (see VGG16FC7; float16 keeps COCO's train grid at 4 GB).
     """
     model = VGG16FC7(spec).to(device)
-    loader = DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    loader = DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=num_workers,
+                        shuffle=False)
     out = np.zeros((len(paths), FC7_DIM), dtype=np.float32)
-    grid = None if grid_size is None else np.zeros((len(paths), grid_size ** 2, GRID_CHANNELS), dtype=np.float16)
+    grid = None if grid_size is None else np.zeros((len(paths), grid_size ** 2, GRID_CHANNELS),
+                                                   dtype=np.float16)
     bad = {}
     with torch.inference_mode():
         for images, idx, errors in tqdm(loader, desc=desc, unit="batch", disable=not progress):
@@ -164,14 +174,16 @@ def fit_pca(train_fc7, dim, chunk_rows=None, progress=True):
 
     N = train_fc7.shape[0]
     if dim > min(N, train_fc7.shape[1]):
-        raise UserError(f"cannot fit {dim} PCA components to {N} training images of {train_fc7.shape[1]} features: "
+        raise UserError(f"cannot fit {dim} PCA components to {N} training images of "
+                        f"{train_fc7.shape[1]} features: "
                         "use more training images or a smaller --pca_dim")
     if chunk_rows is None:
         pca = PCA(n_components=dim, svd_solver="full").fit(np.asarray(train_fc7, dtype=np.float32))
     else:
         chunk_rows = max(chunk_rows, dim)
         starts = list(range(0, N, chunk_rows))
-        if len(starts) > 1 and N - starts[-1] < dim:  # IncrementalPCA needs >= dim rows a call: merge the tail
+        # IncrementalPCA needs >= dim rows a call: merge the tail
+        if len(starts) > 1 and N - starts[-1] < dim:
             starts.pop()
         ends = starts[1:] + [N]
         pca = IncrementalPCA(n_components=dim)
@@ -182,27 +194,30 @@ def fit_pca(train_fc7, dim, chunk_rows=None, progress=True):
 
 
 def region_boxes(grid_size, height, width):
-    """Where the regions of an image lie in it: the grid covers the centre crop that `preprocess` takes
-    (shorter side scaled to 256, 224 x 224 cut from the middle) -> (R, 4) float boxes
+    """Where the regions of an image lie in it: the grid covers the centre crop that `preprocess`
+    takes (shorter side scaled to 256, 224 x 224 cut from the middle) -> (R, 4) float boxes
     (x0, y0, x1, y1) in the image's pixels, row-major like the regions."""
     side = min(height, width) * 224 / 256  # the crop, in the image's pixels
     x0, y0 = (width - side) / 2, (height - side) / 2
     cell = side / grid_size
     rows, cols = np.divmod(np.arange(grid_size ** 2), grid_size)
-    return np.stack([x0 + cols * cell, y0 + rows * cell, x0 + (cols + 1) * cell, y0 + (rows + 1) * cell], axis=1)
+    return np.stack([x0 + cols * cell, y0 + rows * cell, x0 + (cols + 1) * cell, y0
+                     + (rows + 1) * cell], axis=1)
 
 
 def fit_grid_pca(train_grid, dim, seed=0):
-    """PCA of the channels of a region, fitted on at most GRID_PCA_FIT_REGIONS train regions drawn at
-    random with `seed` (every region of the sample dataset; a 1.7% sample of COCO's 4 million).
+    """PCA of the channels of a region, fitted on at most GRID_PCA_FIT_REGIONS train regions drawn
+    at random with `seed` (every region of the sample dataset; a 1.7% sample of COCO's 4 million).
 
     train_grid (N, R, C) -> transform dict: mean (C,), components (dim, C), bias (dim,) zeros.
     """
     regions = train_grid.reshape(-1, train_grid.shape[-1])
     if dim > min(len(regions), regions.shape[1]):
-        raise UserError(f"--grid_pca_dim {dim} is larger than the {regions.shape[1]} channels of a region")
+        raise UserError(f"--grid_pca_dim {dim} is larger than the {regions.shape[1]} channels of a "
+                        f"region")
     if len(regions) > GRID_PCA_FIT_REGIONS:
-        regions = regions[np.sort(np.random.default_rng(seed).choice(len(regions), GRID_PCA_FIT_REGIONS, False))]
+        regions = regions[np.sort(np.random.default_rng(seed).choice(len(regions),
+                                                                     GRID_PCA_FIT_REGIONS, False))]
     return fit_pca(regions.astype(np.float32), dim, progress=False)
 
 
@@ -212,7 +227,8 @@ def project_grid(grid, transform, chunk=4096):
     out = np.empty(grid.shape[:2] + (transform["components"].shape[0],), dtype=np.float16)
     for s in range(0, len(grid), chunk):
         part = grid[s:s + chunk]
-        out[s:s + chunk] = project(part.reshape(-1, part.shape[-1]), transform).reshape(out[s:s + chunk].shape)
+        out[s:s + chunk] = project(part.reshape(-1, part.shape[-1]),
+                                   transform).reshape(out[s:s + chunk].shape)
     return out
 
 
@@ -235,10 +251,12 @@ def recover_projection(fc7, pca, chunk_rows=8192, progress=True):
     P = pca.shape[1]
     fit_rows = N - max(N // 10, 1)
     if fit_rows <= F:
-        raise UserError(f"{N} training images are too few to recover a linear map from {F} fc7 features")
+        raise UserError(f"{N} training images are too few to recover a linear map from {F} fc7 "
+                        f"features")
     sums_x, sums_y = np.zeros(F), np.zeros(P)
     xtx, xty = np.zeros((F, F)), np.zeros((F, P))
-    for s in tqdm(range(0, fit_rows, chunk_rows), desc="fitting fc7 -> PCA map", unit="chunk", disable=not progress):
+    for s in tqdm(range(0, fit_rows, chunk_rows), desc="fitting fc7 -> PCA map", unit="chunk",
+                  disable=not progress):
         x = np.asarray(fc7[s:min(s + chunk_rows, fit_rows)], dtype=np.float32)
         y = np.asarray(pca[s:min(s + chunk_rows, fit_rows)], dtype=np.float32)
         sums_x += x.sum(axis=0)
@@ -270,12 +288,14 @@ def load_transform(path):
     """-> transform dict (mean, components, bias), info dict."""
     try:
         if not zipfile.is_zipfile(path):
-            raise UserError(f"{path} is not a feature transform file (an .npz of mean, components, bias and info "
+            raise UserError(f"{path} is not a feature transform file (an .npz of mean, components, "
+                            f"bias and info "
                             "written by features_extraction.py): rebuild the dataset or remove it")
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in ("mean", "components", "bias")}, json.loads(str(f["info"]))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read the feature transform {path} ({type(e).__name__}: {e})") from None
+        raise UserError(f"cannot read the feature transform {path} ({type(e).__name__}: "
+                        f"{e})") from None
 
 
 def ensure_transform(data_dir, progress=True, log=print):
@@ -289,11 +309,14 @@ def ensure_transform(data_dir, progress=True, log=print):
     path = data_dir / TRANSFORM_FILE
     if path.is_file():
         return load_transform(path)
-    fc7_path, pca_path = data_dir / "train2014_vgg16_fc7.h5", data_dir / "train2014_vgg16_fc7_pca.h5"
+    fc7_path = data_dir / "train2014_vgg16_fc7.h5"
+    pca_path = data_dir / "train2014_vgg16_fc7_pca.h5"
     if not (fc7_path.is_file() and pca_path.is_file()):
-        raise UserError(f"{data_dir} has no {TRANSFORM_FILE} and no {fc7_path.name} to fit one from: "
+        raise UserError(f"{data_dir} has no {TRANSFORM_FILE} and no {fc7_path.name} to fit one "
+                        f"from: "
                         "build the dataset with features_extraction.py")
-    log(f"{data_dir} ships no fc7 -> PCA transform: fitting it once from {fc7_path.name} and {pca_path.name}")
+    log(f"{data_dir} ships no fc7 -> PCA transform: fitting it once from {fc7_path.name} and "
+        f"{pca_path.name}")
     try:
         with h5py.File(fc7_path, "r") as f, h5py.File(pca_path, "r") as g:
             transform, r2 = recover_projection(f["features"], g["features"], progress=progress)
@@ -301,9 +324,10 @@ def ensure_transform(data_dir, progress=True, log=print):
     except OSError as e:
         raise UserError(f"cannot read {fc7_path} / {pca_path} ({e})") from None
     info = {"vgg16": {"weights": "imagenet"}, "pca_dim": int(transform["components"].shape[0]),
-            "fitted_on": "least squares from train fc7 to the shipped PCA features", "held_out_r2": r2,
-            "dataset_id": ident,
-            "note": "the CS231n features were extracted with a different VGG16 port than torchvision's, so "
+            "fitted_on": "least squares from train fc7 to the shipped PCA features",
+            "held_out_r2": r2, "dataset_id": ident,
+            "note": "the CS231n features were extracted with a different VGG16 port than "
+            "torchvision's, so "
                     "features of new images only approximate the training features"}
     save_transform(path, transform, info)
     log(f"saved {path} (held-out R^2 of the fit: {r2:.4f})")

@@ -1,4 +1,5 @@
-"""Karpathy's split files (dataset_coco.json, dataset_flickr8k.json, ...): the standard captioning splits.
+"""Karpathy's split files (dataset_coco.json, dataset_flickr8k.json, ...): the standard captioning
+splits.
 
 A split file lists every image once: {"images": [{"filepath": "val2014", "filename":
 "COCO_val2014_000000391895.jpg", "cocoid": 391895, "split": "train" | "restval" | "val" | "test",
@@ -27,15 +28,19 @@ def read_split_file(path, image_dirs, default_dir):
         for k, im in enumerate(images):
             split = TO_SPLIT.get(im["split"])
             if split is None:
-                raise UserError(f"{path}: image {k} has split {im['split']!r}, not one of {', '.join(TO_SPLIT)}")
-            folder = image_dirs.get(im.get("filepath"), default_dir) if im.get("filepath") else default_dir
+                raise UserError(f"{path}: image {k} has split {im['split']!r}, not one of "
+                                f"{', '.join(TO_SPLIT)}")
+            folder = image_dirs.get(im.get("filepath"),
+                                    default_dir) if im.get("filepath") else default_dir
             if folder is None:
-                raise UserError(f"{path}: image {k} lies in {im['filepath']!r}, which no image folder was given for "
-                                f"(pass --{'val' if 'val' in im['filepath'] else 'train'}_images)")
+                raise UserError(f"{path}: image {k} lies in {im['filepath']!r}, which no image "
+                                f"folder was given for (pass "
+                                f"--{'val' if 'val' in im['filepath'] else 'train'}_images)")
             image_id = int(im.get("cocoid", im.get("imgid", k)))
             ann = out.setdefault(split, {"images": [], "annotations": []})
             ann["images"].append({"id": image_id, "file_name": str(Path(folder) / im["filename"])})
-            ann["annotations"] += [{"image_id": image_id, "caption": s["raw"]} for s in im["sentences"]]
+            ann["annotations"] += [{"image_id": image_id, "caption": s["raw"]}
+                                   for s in im["sentences"]]
     except OSError as e:
         raise UserError(f"cannot read split file {path} ({e})") from None
     except (ValueError, KeyError, TypeError) as e:

@@ -6,7 +6,7 @@ noise and the "PCA" features a fixed linear projection of them, as in the real d
 
 Usage:
     python -m core.datasets.make_fake_coco OUT_DIR                 # a few hundred captions
-    python -m core.datasets.make_fake_coco OUT_DIR --full_size     # COCO's sizes (400,135 train captions)
+    python -m core.datasets.make_fake_coco OUT_DIR --full_size     # COCO's sizes (400,135 captions)
 """
 import argparse
 import json
@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 SPECIAL = ["<NULL>", "<START>", "<END>", "<UNK>"]
-FULL_SIZE = {"train_images": 82783, "train_captions": 400135, "val_images": 40504, "val_captions": 195954}
+FULL_SIZE = {"train_images": 82783, "train_captions": 400135, "val_images": 40504,
+             "val_captions": 195954}
 
 
 def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=5, vocab_size=40,
@@ -47,10 +48,13 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
     F = fc7_dim or pca_dim  # fc7 features are written only with fc7_dim
     centroids = np.abs(rng.standard_normal((num_classes, F))).astype(np.float32)
     fc7_mean = centroids.mean(axis=0)
-    pca_map = (rng.standard_normal((pca_dim, F)) / np.sqrt(F)).astype(np.float32)  # linear, like a PCA
+    # linear, like a PCA
+    pca_map = (rng.standard_normal((pca_dim, F)) / np.sqrt(F)).astype(np.float32)
     counts = {"train": (train_images, train_captions), "val": (val_images, val_captions)}
-    grid_rng = np.random.default_rng([seed, 1])  # its own stream: the other files are the same with and without
-    grid_centroids = None if grid is None else grid_rng.standard_normal((num_classes, grid[1])).astype(np.float32)
+    # its own stream: the other files are the same with and without
+    grid_rng = np.random.default_rng([seed, 1])
+    grid_centroids = (None if grid is None
+                      else grid_rng.standard_normal((num_classes, grid[1])).astype(np.float32))
 
     with h5py.File(out_dir / "coco2014_captions.h5", "w") as caps_file:
         for split, (num_images, num_captions) in counts.items():
@@ -62,7 +66,8 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
             captions[:, 0] = SPECIAL.index("<START>")
             captions[:, 1:1 + body] = templates[cls]
             swap = rng.integers(1, 1 + body, size=num_captions)  # one word per caption varies
-            captions[np.arange(num_captions), swap] = rng.integers(len(SPECIAL), vocab_size, size=num_captions)
+            captions[np.arange(num_captions), swap] = rng.integers(len(SPECIAL), vocab_size,
+                                                                   size=num_captions)
             ends = 1 + lengths[cls]
             captions[np.arange(max_length)[None, :] > ends[:, None]] = SPECIAL.index("<NULL>")
             captions[np.arange(num_captions), ends] = SPECIAL.index("<END>")
@@ -73,16 +78,19 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
             with h5py.File(out_dir / f"{split}2014_vgg16_fc7_pca.h5", "w") as f, \
                     (h5py.File(fc7_path, "w") if fc7_dim else nullcontext()) as g:
                 feats = f.create_dataset("features", shape=(num_images, pca_dim), dtype=np.float32)
-                fc7 = g.create_dataset("features", shape=(num_images, fc7_dim), dtype=np.float32) if g else None
+                fc7 = g.create_dataset("features", shape=(num_images, fc7_dim),
+                                       dtype=np.float32) if g else None
                 for start in range(0, num_images, 8192):
                     block = classes[start:start + 8192]
                     noise = rng.standard_normal((len(block), F), dtype=np.float32)
-                    raw = np.maximum(centroids[block] + 0.1 * noise, 0)  # (B, F) non-negative, as after ReLU
+                    # (B, F) non-negative, as after ReLU
+                    raw = np.maximum(centroids[block] + 0.1 * noise, 0)
                     feats[start:start + len(block)] = (raw - fc7_mean) @ pca_map.T
                     if fc7 is not None:
                         fc7[start:start + len(block)] = raw
             if grid is not None:
-                _write_grid(out_dir / f"{split}2014_vgg16_grid_pca.h5", classes, grid, grid_centroids, grid_rng)
+                _write_grid(out_dir / f"{split}2014_vgg16_grid_pca.h5", classes, grid,
+                            grid_centroids, grid_rng)
 
             if image_dir is not None:
                 split_dir = Path(image_dir) / split
@@ -100,7 +108,8 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
 
 
 def _write_grid(path, classes, grid, centroids, rng, block=4096):
-    """Region features (images, R, G) float16: centroid of the class in region class % R, noise elsewhere."""
+    """Region features (images, R, G) float16: centroid of the class in region class % R, noise
+    elsewhere."""
     R, G = grid
     with h5py.File(path, "w") as f:
         out = f.create_dataset("features", shape=(len(classes), R, G), dtype=np.float16,
@@ -113,22 +122,28 @@ def _write_grid(path, classes, grid, centroids, rng, block=4096):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="directory to write the dataset into")
     parser.add_argument("--full_size", action="store_true",
-                        help="COCO 2014's sizes: 82,783/40,504 images, 400,135/195,954 captions, 1004 words")
-    parser.add_argument("--fc7", action="store_true", help="also write 4096-d non-PCA fc7 feature files")
-    parser.add_argument("--grid", action="store_true", help="also write region features (49 regions of 64)")
+                        help="COCO 2014's sizes: 82,783/40,504 images, 400,135/195,954 captions, "
+                             "1004 words")
+    parser.add_argument("--fc7", action="store_true",
+                        help="also write 4096-d non-PCA fc7 feature files")
+    parser.add_argument("--grid", action="store_true",
+                        help="also write region features (49 regions of 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
     if args.full_size:
-        write_fake_coco(args.out_dir, train_images=FULL_SIZE["train_images"], val_images=FULL_SIZE["val_images"],
-                        train_captions=FULL_SIZE["train_captions"], val_captions=FULL_SIZE["val_captions"],
+        write_fake_coco(args.out_dir, train_images=FULL_SIZE["train_images"],
+                        val_images=FULL_SIZE["val_images"],
+                        train_captions=FULL_SIZE["train_captions"],
+                        val_captions=FULL_SIZE["val_captions"],
                         vocab_size=1004, num_classes=500, fc7_dim=4096 if args.fc7 else None,
                         grid=(49, 64) if args.grid else None, seed=args.seed)
     else:
-        write_fake_coco(args.out_dir, fc7_dim=4096 if args.fc7 else None, grid=(49, 64) if args.grid else None,
-                        seed=args.seed)
+        write_fake_coco(args.out_dir, fc7_dim=4096 if args.fc7 else None, grid=(49, 64)
+                        if args.grid else None, seed=args.seed)
     print(f"wrote {args.out_dir}")
 
 

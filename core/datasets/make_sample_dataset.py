@@ -1,8 +1,9 @@
 """Build the bundled sample dataset: rendered scenes of coloured shapes with grammar-made captions.
 
 Usage (from the repository root):
-    python -m core.datasets.make_sample_dataset                # rebuild core/datasets/sample_captioning
-    python -m core.datasets.make_sample_dataset --out_dir DIR --train_images 50 --val_images 20 --test_images 0
+    python -m core.datasets.make_sample_dataset     # rebuild core/datasets/sample_captioning
+    python -m core.datasets.make_sample_dataset --out_dir DIR --train_images 50 --val_images 20 \
+        --test_images 0
 
 Each image shows one object in the middle or two objects side by side or one above the other
 (6 colours, 4 shapes, 2 sizes), and has five captions: the five phrasings of a small grammar,
@@ -30,8 +31,8 @@ from core.data.features import parse_weights
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_captioning"
 SIZE = 96
 BACKGROUND = (235, 235, 235)
-COLORS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 220), "yellow": (240, 210, 20),
-          "purple": (140, 50, 170), "orange": (245, 130, 20)}
+COLORS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 220),
+          "yellow": (240, 210, 20), "purple": (140, 50, 170), "orange": (245, 130, 20)}
 SHAPES = ("circle", "square", "triangle", "diamond")
 RADII = {"small": 13, "large": 21}
 JITTER = 3  # pixels, each coordinate
@@ -83,10 +84,12 @@ def make_scene(split, index, seed=0):
 
 
 def shifted(scene, pixels=10):
-    """The scene with every object moved by `pixels`: down for objects side by side, right for objects
-    one above the other and for a single object (the way that keeps them inside the image) -> new scene."""
+    """The scene with every object moved by `pixels`: down for objects side by side, right for
+    objects one above the other and for a single object (the way that keeps them inside the image)
+    -> new scene."""
     dx, dy = (0, pixels) if scene["relation"] == "left" else (pixels, 0)
-    return dict(scene, objects=[dict(o, center=[o["center"][0] + dx, o["center"][1] + dy]) for o in scene["objects"]])
+    return dict(scene, objects=[dict(o, center=[o["center"][0] + dx, o["center"][1] + dy])
+                                for o in scene["objects"]])
 
 
 def render(scene, background=BACKGROUND):
@@ -117,17 +120,19 @@ def captions(scene):
         return [t.format(d=describe(scene["objects"][0])) for t in ONE_OBJECT]
     a, b = scene["objects"]
     rel = scene["relation"]
-    fields = dict(A=describe(a), B=describe(b), rel=PHRASE[rel], inv=PHRASE[INVERSE[rel]], its=ITS[rel])
+    fields = dict(A=describe(a), B=describe(b), rel=PHRASE[rel], inv=PHRASE[INVERSE[rel]],
+                  its=ITS[rel])
     return [t.format(**fields) for t in TWO_OBJECTS]
 
 
 def attention_on_objects(scene, words, alphas, boxes):
     """Whether the attention of each object word looks at the object it names.
 
-    scene: make_scene's dict; words: the generated words (L,); alphas (L, R) the attention each word was
-    chosen with; boxes (R, 4) the regions' pixel boxes (core.data.features.region_boxes) -> list of
-    (hit: the word's most attended region overlaps the object's bounding box, chance: the share of
-    regions that overlap it) for every colour or shape word that names exactly one object of the scene.
+    scene: make_scene's dict; words: the generated words (L,); alphas (L, R) the attention each word
+    was chosen with; boxes (R, 4) the regions' pixel boxes (core.data.features.region_boxes) -> list
+    of (hit: the word's most attended region overlaps the object's bounding box, chance: the share
+    of regions that overlap it) for every colour or shape word that names exactly one object of the
+    scene.
     """
     out = []
     for word, alpha in zip(words, alphas):
@@ -136,13 +141,15 @@ def attention_on_objects(scene, words, alphas, boxes):
         if len(named) != 1:
             continue  # not an object word, a wrong one, or one that fits both objects
         (x, y), r = named[0]["center"], RADII[named[0]["size"]]
-        on = (boxes[:, 0] < x + r) & (boxes[:, 2] > x - r) & (boxes[:, 1] < y + r) & (boxes[:, 3] > y - r)
+        on = ((boxes[:, 0] < x + r) & (boxes[:, 2] > x - r)
+              & (boxes[:, 1] < y + r) & (boxes[:, 3] > y - r))
         out.append((bool(on[int(np.argmax(alpha))]), float(on.mean())))
     return out
 
 
 def write_split(out_dir, split, num_images, seed=0, start=0):
-    """Render images start..start+num_images-1 and write their COCO-format caption file -> its path."""
+    """Render images start..start+num_images-1 and write their COCO-format caption file -> its
+    path."""
     image_dir = out_dir / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -151,25 +158,33 @@ def write_split(out_dir, split, num_images, seed=0, start=0):
         name = f"{i:06d}.png"
         render(scene).save(image_dir / name, optimize=True)
         images.append({"id": i, "file_name": name, "width": SIZE, "height": SIZE})
-        annotations += [{"id": 5 * i + j + 1, "image_id": i, "caption": c} for j, c in enumerate(captions(scene))]
+        annotations += [{"id": 5 * i + j + 1, "image_id": i, "caption": c} for j,
+                        c in enumerate(captions(scene))]
     path = out_dir / "annotations" / f"captions_{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"images": images, "annotations": annotations}, separators=(",", ":")))
+    path.write_text(json.dumps({"images": images, "annotations": annotations},
+                               separators=(",", ":")))
     return path
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", default=str(SAMPLE_DIR), help="where to write the dataset")
     parser.add_argument("--train_images", type=int, default=2000, help="number of training images")
-    parser.add_argument("--val_images", type=int, default=500, help="number of validation images (chooses the best "
+    parser.add_argument("--val_images", type=int, default=500,
+                        help="number of validation images (chooses the best "
                         "checkpoint)")
     parser.add_argument("--test_images", type=int, default=500,
-                        help="number of test images (scored by inference.py --eval only; 0: no test split)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and of the random VGG16")
-    parser.add_argument("--pca_dim", type=int, default=512, help="PCA dimensions (512 in the CS231n layout)")
+                        help="number of test images (scored by inference.py --eval only; 0: no "
+                             "test split)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the scenes and of the random VGG16")
+    parser.add_argument("--pca_dim", type=int, default=512,
+                        help="PCA dimensions (512 in the CS231n layout)")
     parser.add_argument("--grid_pca_dim", type=int, default=64,
-                        help="PCA dimensions of the 7 x 7 pool5 region features (the attention decoders')")
+                        help="PCA dimensions of the 7 x 7 pool5 region features (the attention "
+                             "decoders')")
     parser.add_argument("--batch_size", type=int, default=32, help="images per VGG16 forward pass")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
@@ -177,7 +192,8 @@ def main(argv=None):
     counts = {split: n for split, n in counts.items() if n or split != "test"}
     ann = {split: write_split(out_dir, split, n, args.seed) for split, n in counts.items()}
     with user_errors("make_sample_dataset"):
-        build_dataset({split: (ann[split], out_dir / "images" / split) for split in counts}, out_dir,
+        build_dataset({split: (ann[split], out_dir / "images" / split) for split in counts},
+                      out_dir,
                       parse_weights("random", args.seed), batch_size=args.batch_size, device="cpu",
                       min_word_count=1, pca_dim=args.pca_dim,
                       grid_size=7, grid_pca_dim=args.grid_pca_dim)

@@ -1,1 +1,2 @@
-"""Evaluation: caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D), captioning a split, and every figure."""
+"""Evaluation: caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D), captioning a split, and every
+figure."""

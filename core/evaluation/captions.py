@@ -17,7 +17,8 @@ from core.data.coco_utils import (
 from core.data.image_utils import try_load_image
 from core.data.features import describe_weights, region_boxes
 from core.data.vocab import decode_captions
-from core.evaluation.metrics import caption_split, format_scores, raw_references, references_by_image, score_captions
+from core.evaluation.metrics import (
+    caption_split, format_scores, raw_references, references_by_image, score_captions)
 from core.evaluation.plots import panel_title, save_attention_figure, save_caption_grid
 from core.model.checkpoint import check_against_data, check_checkpoint, load_checkpoint
 from core.model.decoding import greedy_search
@@ -58,7 +59,8 @@ def settle(args, ctx, say):
     downloaded COCO data or the sample dataset, each said."""
     values = dict(vars(args))
     values["checkpoint"] = args.checkpoint or MODEL_TYPES[args.model].checkpoint
-    values["feature_device"] = ctx.local_device(resolve_device(args.device))  # VGG16 of --image runs there
+    # VGG16 of --image runs there
+    values["feature_device"] = ctx.local_device(resolve_device(args.device))
     values["device"] = values["feature_device"] if MODEL_TYPES[args.model].uses_torch else "cpu"
     fallback = {}
 
@@ -67,52 +69,63 @@ def settle(args, ctx, say):
             fallback["dir"] = args.data_dir or str(default_data_dir(log=say))
         return fallback["dir"]
 
-    model, config = load_checkpoint(values["checkpoint"], device=values["device"], num_heads=args.num_heads,
+    model, config = load_checkpoint(values["checkpoint"], device=values["device"],
+                                    num_heads=args.num_heads,
                                     vocabulary=lambda: load_vocab(data_dir())[0])
     recorded = config.get("extra", {}).get("data_path")
     if args.data_dir is None and "dir" not in fallback and recorded and Path(recorded).is_dir():
         values["data_dir"] = recorded
-        say(f"data: {recorded}, the folder {values['checkpoint']} was trained on (--data_dir chooses another)")
+        say(f"data: {recorded}, the folder {values['checkpoint']} was trained on (--data_dir "
+            f"chooses another)")
     else:
         values["data_dir"] = data_dir()
     if config.get("format") == "original":
-        sizes = ", ".join(f"{k} {config[k]}" for k in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers",
-                                                        "dim_feedforward", "max_length") if k in config)
+        sizes = ", ".join(f"{k} {config[k]}"
+                          for k in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers",
+                                                        "dim_feedforward", "max_length")
+                          if k in config)
         say(f"read {values['checkpoint']} in the original repository's format (weights only): a "
             f"{config['model']} with {sizes}, the vocabulary of {values['data_dir']}")
     if config["model"] != args.model:
         check_checkpoint(config, values["checkpoint"], args.model, config["idx_to_word"])
     if args.max_length > config.get("max_length", args.max_length):  # models with a position limit
-        raise UserError(f"--max_length {args.max_length} is longer than checkpoint {values['checkpoint']} allows "
-                        f"({config['max_length']} words)")
+        raise UserError(f"--max_length {args.max_length} is longer than checkpoint "
+                        f"{values['checkpoint']} allows ({config['max_length']} words)")
     splits = split_names(values["data_dir"])
     if args.split and splits and args.split not in splits:
-        raise UserError(f"{values['data_dir']} has no {args.split} split (it has {', '.join(splits)})")
+        raise UserError(f"{values['data_dir']} has no {args.split} split (it has "
+                        f"{', '.join(splits)})")
     if args.eval and args.split is None:
         values["split"] = "test" if "test" in splits else "val"
         if values["split"] == "val":
-            say(f"{values['data_dir']} has no test split: scoring val, the split that chose the best checkpoint "
-                "(build a test split with features_extraction.py --split_file dataset_coco.json, Karpathy's)")
+            say(f"{values['data_dir']} has no test split: scoring val, the split that chose the "
+                f"best checkpoint "
+                "(build a test split with features_extraction.py --split_file dataset_coco.json, "
+                "Karpathy's)")
     values["image"] = tuple(args.image) if args.image else None
     return Settings(**values), model, config
 
 
 def check_split(settings, data):
-    """UserError when the split asked for is not in the loaded dataset (a test split is optional)."""
+    """UserError when the split asked for is not in the loaded dataset (a test split is
+    optional)."""
     if settings.split and settings.split not in data_splits(data):
-        raise UserError(f"{settings.data_dir} has no {settings.split} split (it has {', '.join(data_splits(data))})")
+        raise UserError(f"{settings.data_dir} has no {settings.split} split (it has "
+                        f"{', '.join(data_splits(data))})")
 
 
 def load_checked_data(settings, config):
-    """The dataset of the settings' folder, checked against the checkpoint (vocabulary, dataset, size)."""
+    """The dataset of the settings' folder, checked against the checkpoint (vocabulary, dataset,
+    size)."""
     data = load_coco_data(settings.data_dir, features=MODEL_TYPES[settings.model].features)
-    check_against_data(config, settings.checkpoint, settings.model, data["idx_to_word"], data["dataset_id"],
-                       settings.data_dir, data["train_features"].shape[-1])
+    check_against_data(config, settings.checkpoint, settings.model, data["idx_to_word"],
+                       data["dataset_id"], settings.data_dir, data["train_features"].shape[-1])
     return data
 
 
 def resolve_location(url, data_dir):
-    """An entry of a *_urls.txt file -> URL or path; relative paths are relative to the data directory."""
+    """An entry of a *_urls.txt file -> URL or path; relative paths are relative to the data
+    directory."""
     if "://" in url or Path(url).is_absolute():
         return url
     return str(Path(data_dir) / url)
@@ -122,12 +135,13 @@ def decoding_name(settings):
     """"greedy", "beam3" or "beam3_lp0.7": the decoding, for file names and titles."""
     if settings.beam_size == 1:
         return "greedy"
-    return f"beam{settings.beam_size}" + (f"_lp{settings.length_penalty:g}" if settings.length_penalty else "")
+    return f"beam{settings.beam_size}" + (f"_lp{settings.length_penalty:g}"
+                                          if settings.length_penalty else "")
 
 
 def sample(model, features, settings):
-    """features (N, ...) -> word indices (N, max_length) with the decoding flags, and with --attention
-    the attention (N, max_length, R) of each word (None without)."""
+    """features (N, ...) -> word indices (N, max_length) with the decoding flags, and with
+    --attention the attention (N, max_length, R) of each word (None without)."""
     if settings.attention:
         return greedy_search(model, features, settings.max_length, attention=True)
     return model.sample(features, max_length=settings.max_length, beam_size=settings.beam_size,
@@ -135,7 +149,8 @@ def sample(model, features, settings):
 
 
 def figure_suffix(settings):
-    """The end of the figure's name: "greedy_captions.png", "beam3_captions.png" or "attention.png"."""
+    """The end of the figure's name: "greedy_captions.png", "beam3_captions.png" or
+    "attention.png"."""
     return "attention.png" if settings.attention else f"{decoding_name(settings)}_captions.png"
 
 
@@ -147,17 +162,21 @@ def evaluate(settings, model, config, ctx):
     images = np.unique(data[f"{settings.split}_image_idxs"])
     if settings.references:
         refs = raw_references(settings.references, data[f"{settings.split}_urls"], images)
-        references = (f"the raw captions of {settings.references} ({sum(map(len, refs.values()))} for {len(refs)} "
+        references = (f"the raw captions of {settings.references} ({sum(map(len, refs.values()))} "
+                      f"for {len(refs)} "
                       "images, lower-cased and split into words, not cut, rare words kept)")
     else:
-        refs = references_by_image(data[f"{settings.split}_captions"], data[f"{settings.split}_image_idxs"],
-                                   data["idx_to_word"])
-        references = (f"the {settings.split} split's own captions ({sum(map(len, refs.values()))} for {len(refs)} "
-                      f"images, as tokenized and cut to {data[f'{settings.split}_captions'].shape[1]} tokens with rare "
+        refs = references_by_image(data[f"{settings.split}_captions"],
+                                   data[f"{settings.split}_image_idxs"], data["idx_to_word"])
+        references = (f"the {settings.split} split's own captions ({sum(map(len, refs.values()))} "
+                      f"for {len(refs)} images, as tokenized and cut to "
+                      f"{data[f'{settings.split}_captions'].shape[1]} tokens with rare "
                       "words <UNK>)")
     start = time.perf_counter()
-    mine = caption_split(model, data, settings.split, max_length=settings.max_length, beam_size=settings.beam_size,
-                         length_penalty=settings.length_penalty, progress=ctx.is_main, images=ctx.shard(images))
+    mine = caption_split(model, data, settings.split, max_length=settings.max_length,
+                         beam_size=settings.beam_size,
+                         length_penalty=settings.length_penalty, progress=ctx.is_main,
+                         images=ctx.shard(images))
     parts = ctx.gather(mine)
     if not ctx.is_main:
         return
@@ -165,15 +184,18 @@ def evaluate(settings, model, config, ctx):
     seconds = time.perf_counter() - start
     scores = score_captions(predictions, refs)
     decoding = "greedy" if settings.beam_size == 1 else f"beam {settings.beam_size}"
-    print(f"scored: checkpoint {settings.checkpoint}, {settings.data_dir} split {settings.split} ({len(predictions)} images), "
-          f"{decoding} decoding ({seconds:.1f}s), against {references}")
+    print(f"scored: checkpoint {settings.checkpoint}, {settings.data_dir} split {settings.split} "
+          f"({len(predictions)} images), {decoding} decoding ({seconds:.1f}s), against "
+          f"{references}")
     print(format_scores(scores))
-    path = Path(settings.out_dir) / f"{Path(settings.checkpoint).stem}_{settings.split}_{decoding_name(settings)}_eval.json"
+    stem = Path(settings.checkpoint).stem
+    path = Path(settings.out_dir) / f"{stem}_{settings.split}_{decoding_name(settings)}_eval.json"
     urls = data[f"{settings.split}_urls"]
     atomic_write_text(path, json.dumps({
-        "model": settings.model, "checkpoint": str(settings.checkpoint), "data_dir": str(settings.data_dir), "split": settings.split,
-        "beam_size": settings.beam_size, "length_penalty": settings.length_penalty, "references": references, "scores": scores,
-        "decode_seconds": seconds,
+        "model": settings.model, "checkpoint": str(settings.checkpoint),
+        "data_dir": str(settings.data_dir), "split": settings.split,
+        "beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
+        "references": references, "scores": scores, "decode_seconds": seconds,
         "predictions": [{"image": i, "url": str(urls[i]), "caption": c, "references": refs[i]}
                         for i, c in sorted(predictions.items())]}, indent=1))
     print(f"saved scores and captions {path}")
@@ -196,7 +218,8 @@ def trained_images(settings, config, data):
         trained = np.unique(image_idxs[rows])
     if settings.num_samples is not None:
         if settings.num_samples > num_train:
-            raise UserError(f"--num_samples {settings.num_samples} is out of range: {settings.data_dir} has {num_train} "
+            raise UserError(f"--num_samples {settings.num_samples} is out of range: "
+                            f"{settings.data_dir} has {num_train} "
                             "training captions")
         draw = np.unique(image_idxs[subset_rows(num_train, settings.num_samples, seed)])
     else:
@@ -210,33 +233,42 @@ def caption_dataset_images(settings, model, config):
     data = load_checked_data(settings, config)
     check_split(settings, data)
     splits = [settings.split] if settings.split else ["train", "val"]
-    trained, train_draw = trained_images(settings, config, data) if "train" in splits else (None, None)
+    trained, train_draw = trained_images(settings, config,
+                                         data) if "train" in splits else (None, None)
     if "train" in splits:
-        print(f"train images drawn from {len(train_draw)} of the split's {len(np.unique(data['train_image_idxs']))}"
-              + ("" if trained is None else f"; the checkpoint was trained on the captions of {len(trained)} images"))
+        print(f"train images drawn from {len(train_draw)} of the split's "
+              f"{len(np.unique(data['train_image_idxs']))}"
+              + ("" if trained is None
+                 else f"; the checkpoint was trained on the captions of {len(trained)} images"))
     panels = []
     for split in splits:
         image_idxs = data[f"{split}_image_idxs"]
         candidates = train_draw if split == "train" else np.unique(image_idxs)
         rng = np.random.default_rng(settings.seed)
-        chosen = candidates[rng.choice(len(candidates), size=min(settings.num_images, len(candidates)), replace=False)]
+        chosen = candidates[rng.choice(len(candidates),
+                                       size=min(settings.num_images, len(candidates)),
+                                       replace=False)]
         rows = np.flatnonzero(np.isin(image_idxs, chosen))
-        refs = references_by_image(data[f"{split}_captions"][rows], image_idxs[rows], data["idx_to_word"])
+        refs = references_by_image(data[f"{split}_captions"][rows], image_idxs[rows],
+                                   data["idx_to_word"])
         words, alphas = sample(model, data[f"{split}_features"][chosen], settings)
         predicted = decode_captions(words, data["idx_to_word"])
         for k, (i, pred) in enumerate(zip(chosen, predicted)):
             if split != "train":
                 status = "not trained on"
             else:
-                status = None if trained is None else ("trained on" if int(i) in trained else "not trained on")
+                seen = trained is not None and int(i) in trained
+                status = None if trained is None else ("trained on" if seen else "not trained on")
             equal = pred in refs[int(i)]
-            panels.append({"location": resolve_location(data[f"{split}_urls"][i], settings.data_dir),
+            panels.append({"location": resolve_location(data[f"{split}_urls"][i],
+                                                        settings.data_dir),
                            "truth": pred if equal else refs[int(i)][0], "predicted": pred,
                            "truth_label": ("GT (the reference it equals)" if equal
                                            else f"GT (first of {len(refs[int(i)])} references)"),
                            "label": split + (f", {status}" if status else ""),
                            "alpha": None if alphas is None else alphas[k]})
-    return panels, f"{Path(settings.checkpoint).stem}_{'_'.join(splits)}_{figure_suffix(settings)}", None
+    name = f"{Path(settings.checkpoint).stem}_{'_'.join(splits)}_{figure_suffix(settings)}"
+    return panels, name, None
 
 
 def caption_files(settings, model, config):
@@ -244,45 +276,52 @@ def caption_files(settings, model, config):
     kind of features the decoder reads -> panels, the figure's name, a note or None."""
     for path in settings.image:
         if Path(path).is_dir():
-            raise UserError(f"--image {path} is a directory: pass image files (e.g. {Path(path) / '*.jpg'})")
+            raise UserError(f"--image {path} is a directory: pass image files (e.g. "
+                            f"{Path(path) / '*.jpg'})")
         if not Path(path).is_file():
             raise UserError(f"image file {path} not found")
     idx_to_word, _ = load_vocab(settings.data_dir)
     check_checkpoint(config, settings.checkpoint, settings.model, idx_to_word)
     kind = MODEL_TYPES[settings.model].feature_kind
     transform, info = kind.transform(settings.data_dir)
-    check_against_data(config, settings.checkpoint, settings.model, idx_to_word, info.get("dataset_id"),
-                       settings.data_dir, transform["components"].shape[0], what="the transform of")
-    print(f"image features: {describe_weights(info['vgg16'])}" + (f", {info['layer']} regions" if kind.regions
-                                                                   else ""))
+    check_against_data(config, settings.checkpoint, settings.model, idx_to_word,
+                       info.get("dataset_id"), settings.data_dir, transform["components"].shape[0],
+                       what="the transform of")
+    regions = f", {info['layer']} regions" if kind.regions else ""
+    print(f"image features: {describe_weights(info['vgg16'])}{regions}")
     if info.get("note"):
         print(f"note: {info['note']}")
-    features, bad = kind.compute(list(settings.image), transform, info, device=settings.feature_device)
+    features, bad = kind.compute(list(settings.image), transform, info,
+                                 device=settings.feature_device)
     if bad:
         first = min(bad)
         raise UserError(f"cannot read image {settings.image[first]} ({bad[first]})")
     words, alphas = sample(model, features, settings)
     panels = [{"location": path, "truth": None, "predicted": pred, "label": "",
                "alpha": None if alphas is None else alphas[k]}
-              for k, (path, pred) in enumerate(zip(settings.image, decode_captions(words, idx_to_word)))]
+              for k, (path, pred) in enumerate(zip(settings.image,
+                                                   decode_captions(words, idx_to_word)))]
     note = None
     if Path(settings.data_dir).resolve() == SAMPLE_DIR.resolve():
-        note = ("this model knows only the sample dataset's rendered scenes (one or two large shapes of 6 colours "
-                "and 4 kinds on a grey background): captions of other images are not meaningful")
+        note = ("this model knows only the sample dataset's rendered scenes (one or two large "
+                "shapes of 6 colours and 4 kinds on a grey background): captions of other images "
+                "are not meaningful")
         print(f"note: {note}")
     return panels, f"{Path(settings.checkpoint).stem}_images_{figure_suffix(settings)}", note
 
 
 def attention_rows(panels, images, config):
-    """The rows of save_attention_figure: each panel's words up to and with <END>, their attention maps
-    and where the regions lie in its image (an image that cannot be fetched: the 96 x 96 sample size)."""
+    """The rows of save_attention_figure: each panel's words up to and with <END>, their attention
+    maps and where the regions lie in its image (an image that cannot be fetched: the 96 x 96 sample
+    size)."""
     rows = []
     grid_size = int(round(np.sqrt(config["num_regions"])))
     for panel, image in zip(panels, images):
         words = panel["predicted"].split() + ["<END>"]
         height, width = image.shape[:2] if image is not None else (96, 96)
         label = (f"{panel['label']}: " if panel["label"] else "") + panel["predicted"]
-        rows.append({"image": image, "label": label, "words": words, "alpha": panel["alpha"][:len(words)],
+        rows.append({"image": image, "label": label, "words": words,
+                     "alpha": panel["alpha"][:len(words)],
                      "boxes": region_boxes(grid_size, height, width)})
     return rows
 
@@ -307,8 +346,10 @@ def caption_figure(settings, model, config):
     suptitle = (f"{settings.model}: {settings.checkpoint}{origin}, "
                 f"{decoding_name(settings).replace('beam', 'beam ')} decoding")
     if settings.attention:
-        save_attention_figure(attention_rows(panels, images, config), path, suptitle + (f". {note}" if note else ""))
+        save_attention_figure(attention_rows(panels, images, config), path, suptitle
+                              + (f". {note}" if note else ""))
     else:
         save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""))
     missing = sum(image is None for image in images)
-    print(f"saved figure {path}" + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
+    print(f"saved figure {path}"
+          + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))

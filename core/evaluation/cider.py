@@ -22,7 +22,8 @@ SIGMA = 6.0
 def ngram_counts(caption, n=N_GRAMS):
     """"a b a" -> Counter of its 1..n-gram tuples."""
     words = caption.split()
-    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1)
+                   for i in range(len(words) - k + 1))
 
 
 class CiderD:
@@ -46,7 +47,8 @@ class CiderD:
         length = 0
         for ngram, tf in counts.items():
             n = len(ngram) - 1
-            value = float(tf) * (self.log_num_docs - math.log(max(1.0, self.document_frequency[ngram])))
+            value = float(tf) * (self.log_num_docs
+                                 - math.log(max(1.0, self.document_frequency[ngram])))
             vec[n][ngram] = value
             norm[n] += value * value
             if n == 1:
@@ -55,7 +57,8 @@ class CiderD:
 
     def _references(self, image):
         if image not in self._ref_vectors:
-            self._ref_vectors[image] = [self._vector(ngram_counts(r)) for r in self.references[image]]
+            self._ref_vectors[image] = [self._vector(ngram_counts(r))
+                                        for r in self.references[image]]
         return self._ref_vectors[image]
 
     def score(self, caption, image):

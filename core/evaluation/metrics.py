@@ -51,7 +51,8 @@ def raw_references(path, urls, images):
     except OSError as e:
         raise UserError(f"cannot read --references {path} ({e})") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"--references {path} is not a COCO-format captions file ({type(e).__name__}: {e})") from None
+        raise UserError(f"--references {path} is not a COCO-format captions file "
+                        f"({type(e).__name__}: {e})") from None
     refs, missing = {}, []
     for i in images:
         url = str(urls[i])
@@ -61,8 +62,9 @@ def raw_references(path, urls, images):
         else:
             refs[int(i)] = captions[image_id]
     if missing:
-        raise UserError(f"--references {path} has no captions for {len(missing)} of the {len(images)} images scored "
-                        f"(e.g. {missing[0]}): pass the annotation file of this split (captions_val2014.json for "
+        raise UserError(f"--references {path} has no captions for {len(missing)} of the "
+                        f"{len(images)} images scored (e.g. {missing[0]}): pass the annotation "
+                        f"file of this split (captions_val2014.json for "
                         "val2014)")
     return refs
 
@@ -107,7 +109,8 @@ def score_captions(predictions, references, meteor=True):
 
 
 def _end_meteor(scorer):
-    """End a pycocoevalcap Meteor scorer's Java process now, also when scoring was interrupted (Ctrl-C):
+    """End a pycocoevalcap Meteor scorer's Java process now, also when scoring was interrupted
+    (Ctrl-C):
     its __del__ waits for the lock that an interrupted compute_score still holds, which hangs."""
     scorer.meteor_p.kill()
     scorer.meteor_p.wait()
@@ -120,12 +123,13 @@ def format_scores(scores):
     lines = []
     for name in METRICS:
         value = scores.get(name)
-        lines.append(f"{name:8s} {'skipped (no Java runtime)' if value is None else f'{value:.4f}'}")
+        shown = "skipped (no Java runtime)" if value is None else f"{value:.4f}"
+        lines.append(f"{name:8s} {shown}")
     return "\n".join(lines)
 
 
-def caption_split(model, data, split, max_length=30, batch_size=500, beam_size=1, length_penalty=0.0,
-                  progress=True, images=None):
+def caption_split(model, data, split, max_length=30, batch_size=500, beam_size=1,
+                  length_penalty=0.0, progress=True, images=None):
     """Caption every image of a split that has references (or the given `images`), once.
 
     -> {image index: predicted caption string}.
@@ -135,8 +139,8 @@ def caption_split(model, data, split, max_length=30, batch_size=500, beam_size=1
     for s in tqdm(range(0, len(images), batch_size), desc=f"captioning {split}", unit="batch",
                   disable=not progress):
         batch = images[s:s + batch_size]
-        words = decode(model, data[f"{split}_features"][batch], max_length=max_length, beam_size=beam_size,
-                       length_penalty=length_penalty)
+        words = decode(model, data[f"{split}_features"][batch], max_length=max_length,
+                       beam_size=beam_size, length_penalty=length_penalty)
         for i, text in zip(batch, decode_captions(words, data["idx_to_word"])):
             predictions[int(i)] = text
     return predictions

@@ -39,8 +39,10 @@ def save_scst_plot(history, title, path):
     teacher-forced (cross-entropy) val loss per epoch; saved as PNG."""
     fig = Figure(figsize=(15, 4))
     ax_reward, ax_cider, ax_loss = fig.subplots(1, 3)
-    ax_reward.plot(np.arange(1, len(history["reward"]) + 1), history["reward"], label="mean reward of the samples")
-    ax_reward.plot(np.arange(1, len(history["baseline"]) + 1), history["baseline"], label="mean baseline")
+    ax_reward.plot(np.arange(1, len(history["reward"]) + 1), history["reward"],
+                   label="mean reward of the samples")
+    ax_reward.plot(np.arange(1, len(history["baseline"]) + 1), history["baseline"],
+                   label="mean baseline")
     ax_reward.set_xlabel("iteration")
     ax_reward.set_ylabel("CIDEr-D (training references)")
     ax_reward.legend()
@@ -50,7 +52,8 @@ def save_scst_plot(history, title, path):
     ax_cider.plot(epochs, cider, "o-", color="tab:red")
     ax_cider.set_xlabel("epoch (0: the checkpoint it starts from)")
     ax_cider.set_ylabel("val CIDEr (greedy)")
-    ax_loss.plot(np.arange(1, len(history["val_loss"]) + 1), history["val_loss"], "s-", color="tab:orange")
+    ax_loss.plot(np.arange(1, len(history["val_loss"]) + 1), history["val_loss"], "s-",
+                 color="tab:orange")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("val loss (cross-entropy, summed over words)")
     fig.suptitle(title)
@@ -66,7 +69,8 @@ def panel_title(panel, model_name, width=40, max_lines=3):
     truth_label = panel.get("truth_label", "GT")
     for prefix, text in ((truth_label, panel["truth"]), (model_name, panel["predicted"])):
         if text is not None:
-            lines += textwrap.wrap(f"{prefix}: {text}", width, max_lines=max_lines, placeholder=" ...")
+            lines += textwrap.wrap(f"{prefix}: {text}", width, max_lines=max_lines,
+                                   placeholder=" ...")
     return "\n".join(lines)
 
 
@@ -87,17 +91,20 @@ def title_fonts(texts, log=print):
     for font in font_manager.fontManager.ttflist:
         if font.name.startswith("Last Resort"):  # matplotlib's own: a box for every character
             continue
-        if font.fname.lower().endswith((".ttf", ".otf")) and all(ord(c) in _charmap(font.fname) for c in lacking):
+        outline = font.fname.lower().endswith((".ttf", ".otf"))
+        if outline and all(ord(c) in _charmap(font.fname) for c in lacking):
             return ["DejaVu Sans", font.name], False
     shown = "".join(sorted(lacking)[:10])
-    log(f"note: no installed font has the characters {shown}{'...' if len(lacking) > 10 else ''} of these "
-        "captions, so the figure shows boxes for them (install a font that has them, e.g. Debian's fonts-noto-cjk)")
+    log(f"note: no installed font has the characters {shown}{'...' if len(lacking) > 10 else ''} "
+        f"of these "
+        "captions, so the figure shows boxes for them (install a font that has them, e.g. Debian's "
+        "fonts-noto-cjk)")
     return ["DejaVu Sans"], True
 
 
 def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
-    """images: list of uint8 (H, W, 3) arrays or None (a captions-only panel); titles: list of str -> PNG.
-    Titles use a font that has their characters when one is installed (title_fonts)."""
+    """images: list of uint8 (H, W, 3) arrays or None (a captions-only panel); titles: list of str
+    -> PNG. Titles use a font that has their characters when one is installed (title_fonts)."""
     families, missing = title_fonts([*titles, suptitle], log)
     rows = -(-len(titles) // cols)
     cols = min(cols, len(titles))
@@ -107,15 +114,18 @@ def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
         label, _, captions = title.partition("\n") if "\n" in title else ("", "", title)
-        if image is not None:  # the label above its image, the captions below it: each belongs to one image
+        # the label above its image, the captions below it: each belongs to one image
+        if image is not None:
             ax.imshow(image)
             ax.set_title(label, fontsize=9, loc="left", fontweight="bold", fontfamily=families)
-            ax.text(0.0, -0.03, captions, transform=ax.transAxes, fontsize=8, va="top", fontfamily=families)
+            ax.text(0.0, -0.03, captions, transform=ax.transAxes, fontsize=8, va="top",
+                    fontfamily=families)
         else:
-            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center", fontfamily=families)
+            ax.text(0.0, 0.5, "(image not available)\n\n" + title, fontsize=8, va="center",
+                    fontfamily=families)
     if suptitle:
-        fig.suptitle("\n".join(textwrap.fill(line, 45 * cols) for line in suptitle.splitlines()), fontsize=10,
-                     fontfamily=families)
+        fig.suptitle("\n".join(textwrap.fill(line, 45 * cols) for line in suptitle.splitlines()),
+                     fontsize=10, fontfamily=families)
     with warnings.catch_warnings():
         if missing:  # said once above, instead of matplotlib's warning per glyph
             warnings.filterwarnings("ignore", message="Glyph .* missing from font")
@@ -124,15 +134,17 @@ def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
 
 
 def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
-    """Where each word looked, as in "Show, Attend and Tell"'s figures: for each image one row of panels,
-    the image with its caption, then one panel per generated word (and <END>), the word under the
-    image overlaid with its attention map, upsampled over the regions' part of the image.
+    """Where each word looked, as in "Show, Attend and Tell"'s figures: for each image one row of
+    panels, the image with its caption, then one panel per generated word (and <END>), the word
+    under the image overlaid with its attention map, upsampled over the regions' part of the image.
 
-    rows: list of dicts with "image" (uint8 (H, W, 3) or None), "label" (str), "words" (list of L str),
-    "alpha" (L, R) with R = g * g, "boxes" (R, 4) pixel boxes of the regions (core.data.features.region_boxes),
-    saved as PNG; a caption longer than per_row - 1 words continues on a further row of panels.
+    rows: list of dicts with "image" (uint8 (H, W, 3) or None), "label" (str), "words" (list of L
+    str), "alpha" (L, R) with R = g * g, "boxes" (R, 4) pixel boxes of the regions
+    (core.data.features.region_boxes), saved as PNG; a caption longer than per_row - 1 words
+    continues on a further row of panels.
     """
-    families, _ = title_fonts([r["label"] for r in rows] + [w for r in rows for w in r["words"]] + [suptitle], log)
+    families, _ = title_fonts([r["label"] for r in rows] + [w for r in rows for w in r["words"]]
+                              + [suptitle], log)
     lines = []  # (row, slice of its words) per line of panels
     for r in rows:
         for start in range(0, max(len(r["words"]), 1), per_row - 1):
@@ -145,9 +157,11 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
         if start == 0:
             if r["image"] is not None:
                 line[0].imshow(r["image"])
-            line[0].set_title("\n".join(textwrap.wrap(r["label"], 24, max_lines=4, placeholder=" ...")), fontsize=7,
+            line[0].set_title("\n".join(textwrap.wrap(r["label"], 24, max_lines=4,
+                                                      placeholder=" ...")), fontsize=7,
                               loc="left", fontfamily=families)
-        for ax, word, alpha in zip(line[1:], r["words"][start:start + per_row - 1], r["alpha"][start:]):
+        for ax, word, alpha in zip(line[1:], r["words"][start:start + per_row - 1],
+                                   r["alpha"][start:]):
             g = int(round(np.sqrt(alpha.size)))
             (x0, y0), (x1, y1) = r["boxes"][0, :2], r["boxes"][-1, 2:]
             if r["image"] is not None:

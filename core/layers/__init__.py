@@ -1,1 +1,2 @@
-"""The layers the decoders are built from: numpy affine/softmax layers and torch attention layers."""
+"""The layers the decoders are built from: numpy affine/softmax layers and torch attention
+layers."""

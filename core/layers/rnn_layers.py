@@ -15,7 +15,8 @@ def sigmoid(x, out=None):
 
     x (any shape) -> same shape.
     """
-    out = np.multiply(x, 0.5, out=out, dtype=None if out is not None else np.result_type(x, np.float32))
+    out = np.multiply(x, 0.5, out=out, dtype=None if out is not None
+                      else np.result_type(x, np.float32))
     np.tanh(out, out=out)
     out += 1.0
     out *= 0.5
@@ -38,9 +39,9 @@ def affine_backward(dout, cache):
 
 
 def temporal_affine_forward(x, w, b):
-    """The same affine layer applied at every time step (the CS231n reference API: CaptioningRNN.loss
-    projects only the steps with a target word, and a test checks it against this and
-    temporal_softmax_loss).
+    """The same affine layer applied at every time step (the CS231n reference API:
+    CaptioningRNN.loss projects only the steps with a target word, and a test checks it against this
+    and temporal_softmax_loss).
 
     x (N, T, D), w (D, M), b (M,) -> out (N, T, M), cache.
     """

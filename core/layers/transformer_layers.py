@@ -22,7 +22,8 @@ class PositionalEncoding(nn.Module):
             raise ValueError(f"embed_dim must be even for the sin/cos code, got {embed_dim}")
         self.dropout = nn.Dropout(p=dropout)
         position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
-        inv_freq = torch.exp(torch.arange(0, embed_dim, 2, dtype=torch.float32) * (-math.log(10000.0) / embed_dim))
+        inv_freq = torch.exp(torch.arange(0, embed_dim, 2,
+                                          dtype=torch.float32) * (-math.log(10000.0) / embed_dim))
         pe = torch.zeros(1, max_len, embed_dim)
         pe[0, :, 0::2] = torch.sin(position * inv_freq)
         pe[0, :, 1::2] = torch.cos(position * inv_freq)
@@ -32,7 +33,8 @@ class PositionalEncoding(nn.Module):
         """x (N, T, E) -> (N, T, E); offset shifts the positions (for incremental decoding)."""
         T = x.shape[1]
         if offset + T > self.pe.shape[1]:
-            raise ValueError(f"sequence of {offset + T} positions exceeds max_len={self.pe.shape[1]}")
+            raise ValueError(f"sequence of {offset + T} positions exceeds "
+                             f"max_len={self.pe.shape[1]}")
         return self.dropout(x + self.pe[:, offset:offset + T])
 
 
@@ -144,7 +146,8 @@ class TransformerDecoderLayer(nn.Module):
         N = memory.shape[0]
         mem_k, mem_v = self.multihead_attn.project_kv(memory, memory)  # (N, nh, S, E/nh)
         shape = (N, self.self_attn.n_head, max_len, self.self_attn.head_dim)
-        return {"mem_k": mem_k, "mem_v": mem_v, "k": memory.new_zeros(shape), "v": memory.new_zeros(shape)}
+        return {"mem_k": mem_k, "mem_v": mem_v, "k": memory.new_zeros(shape),
+                "v": memory.new_zeros(shape)}
 
     def step(self, x, cache, t, weights_out=None):
         """One new position t, attending to the cached positions 0..t (eval mode).
@@ -155,8 +158,10 @@ class TransformerDecoderLayer(nn.Module):
         k, v = self.self_attn.project_kv(x, x)  # (N, nh, 1, E/nh)
         cache["k"][:, :, t:t + 1] = k
         cache["v"][:, :, t:t + 1] = v
-        x = self.norm1(x + self.self_attn.attend(x, cache["k"][:, :, :t + 1], cache["v"][:, :, :t + 1]))
-        x = self.norm2(x + self.multihead_attn.attend(x, cache["mem_k"], cache["mem_v"], weights_out=weights_out))
+        x = self.norm1(x + self.self_attn.attend(x, cache["k"][:, :, :t + 1],
+                                                 cache["v"][:, :, :t + 1]))
+        x = self.norm2(x + self.multihead_attn.attend(x, cache["mem_k"], cache["mem_v"],
+                                                      weights_out=weights_out))
         return self.norm3(x + self.linear2(F.relu(self.linear1(x))))
 
 
@@ -170,7 +175,8 @@ class TransformerDecoder(nn.Module):
     def __init__(self, input_dim, num_heads, num_layers, dim_feedforward=2048, dropout=0.1):
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerDecoderLayer(input_dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers))
+            TransformerDecoderLayer(input_dim, num_heads, dim_feedforward, dropout)
+            for _ in range(num_layers))
 
     def forward(self, tgt, memory, tgt_mask=None):
         for layer in self.layers:

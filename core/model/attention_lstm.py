@@ -4,9 +4,9 @@ Xu et al. 2015) in numpy, hand-written backward pass (the cell is attention_lstm
 Shape letters: N batch, T time (caption length - 1), R regions, D region feature, W word vector,
 A attention, H hidden, V vocabulary.
 
-The regions (N, R, D) (grid features, core/data/features.py) get a learned embedding of their place in
-the grid added, a = regions + P (P (R, D)), so that what the decoder reads from a region says where
-it is ("to the left of" needs that; a convolutional feature alone hardly does). They set the
+The regions (N, R, D) (grid features, core/data/features.py) get a learned embedding of their place
+in the grid added, a = regions + P (P (R, D)), so that what the decoder reads from a region says
+where it is ("to the left of" needs that; a convolutional feature alone hardly does). They set the
 initial state from their mean, h0 = tanh(mean_i a_i W_init_h + b_init_h) and c0 alike; at every
 step the previous hidden state weighs the regions (alpha, (N, R)) and the gated, weighted mean of
 the regions enters the LSTM with the word. The loss is the summed cross-entropy of the next words
@@ -17,25 +17,26 @@ with R = 49 regions and 10-word captions the sum outweighs the words.
 """
 import numpy as np
 
-from attention_lstm_utils import WEIGHTS, att_lstm_backward, att_lstm_forward, att_lstm_step_from_projection, \
-    stack_h_weights
+from attention_lstm_utils import (
+    WEIGHTS, att_lstm_backward, att_lstm_forward, att_lstm_step_from_projection, stack_h_weights)
 from core.layers.rnn_layers import affine_backward, affine_forward
 from core.model.rnn_model import NumpyDecoder
 from rnn_utils import word_embedding_backward, word_embedding_forward
 
 
 class AttentionLSTM(NumpyDecoder):
-    """word_to_idx: dict word -> index (V entries, with <NULL>, <START>, <END>); input_dim D (a region's
-    features), num_regions R, wordvec_dim W, hidden_dim H, attention_dim A, alpha_c: weight of the
-    attention penalty."""
+    """word_to_idx: dict word -> index (V entries, with <NULL>, <START>, <END>); input_dim D (a
+    region's features), num_regions R, wordvec_dim W, hidden_dim H, attention_dim A, alpha_c: weight
+    of the attention penalty."""
 
     model_type = "attention_lstm"
 
-    def __init__(self, word_to_idx, input_dim=64, num_regions=49, wordvec_dim=128, hidden_dim=128, attention_dim=128,
-                 alpha_c=1.0, dtype=np.float32, seed=None):
+    def __init__(self, word_to_idx, input_dim=64, num_regions=49, wordvec_dim=128, hidden_dim=128,
+                 attention_dim=128, alpha_c=1.0, dtype=np.float32, seed=None):
         self._set_vocabulary(word_to_idx, dtype)
         self.input_dim, self.num_regions, self.wordvec_dim = input_dim, num_regions, wordvec_dim
-        self.hidden_dim, self.attention_dim, self.alpha_c = hidden_dim, attention_dim, float(alpha_c)
+        self.hidden_dim, self.attention_dim = hidden_dim, attention_dim
+        self.alpha_c = float(alpha_c)
         rng = np.random.default_rng(seed)
         V, D, W, H, A = len(word_to_idx), input_dim, wordvec_dim, hidden_dim, attention_dim
         self.params = {
@@ -58,9 +59,10 @@ class AttentionLSTM(NumpyDecoder):
     def config(self):
         """Plain dict that rebuilds this model with `from_config` (weights not included)."""
         return {"model": self.model_type, "features": "grid", "input_dim": self.input_dim,
-                "num_regions": self.num_regions, "wordvec_dim": self.wordvec_dim, "hidden_dim": self.hidden_dim,
-                "attention_dim": self.attention_dim,
-                "alpha_c": self.alpha_c, "dtype": self.dtype.name, "idx_to_word": list(self.idx_to_word)}
+                "num_regions": self.num_regions, "wordvec_dim": self.wordvec_dim,
+                "hidden_dim": self.hidden_dim, "attention_dim": self.attention_dim,
+                "alpha_c": self.alpha_c, "dtype": self.dtype.name,
+                "idx_to_word": list(self.idx_to_word)}
 
     @classmethod
     def from_config(cls, config, seed=None):
@@ -69,22 +71,26 @@ class AttentionLSTM(NumpyDecoder):
         return cls(word_to_idx, input_dim=config["input_dim"], num_regions=config["num_regions"],
                    wordvec_dim=config["wordvec_dim"],
                    hidden_dim=config["hidden_dim"], attention_dim=config["attention_dim"],
-                   alpha_c=config.get("alpha_c", 1.0), dtype=np.dtype(config.get("dtype", "float32")), seed=seed)
+                   alpha_c=config.get("alpha_c", 1.0),
+                   dtype=np.dtype(config.get("dtype", "float32")), seed=seed)
 
     @staticmethod
     def count_parameters(config):
         """Number of weights of the model a `config()` dict describes, without building it."""
         V = sum(w is not None for w in config["idx_to_word"])
-        D, W, H, A = config["input_dim"], config["wordvec_dim"], config["hidden_dim"], config["attention_dim"]
+        D, W = config["input_dim"], config["wordvec_dim"]
+        H, A = config["hidden_dim"], config["attention_dim"]
         place, words, init = config["num_regions"] * D, V * W, 2 * (D * H + H)
-        lstm, attention, gate, output = (W + D + H + 1) * 4 * H, (D + 1 + H + 1) * A, H + 1, H * V + V
+        lstm, attention = (W + D + H + 1) * 4 * H, (D + 1 + H + 1) * A
+        gate, output = H + 1, H * V + V
         return place + words + init + lstm + attention + gate + output
 
     def _regions(self, features):
-        """features (N, R, D) -> the regions with their place embedded, a (N, R, D) in the model's dtype."""
+        """features (N, R, D) -> the regions with their place embedded, a (N, R, D) in the model's
+        dtype."""
         if features.shape[1:] != self.params["P"].shape:
-            raise ValueError(f"region features of shape {features.shape[1:]} per image do not fit this model's "
-                             f"{self.params['P'].shape} (regions, dimensions)")
+            raise ValueError(f"region features of shape {features.shape[1:]} per image do not fit "
+                             f"this model's {self.params['P'].shape} (regions, dimensions)")
         return features.astype(self.dtype, copy=False) + self.params["P"]
 
     def _initial_state(self, a):
@@ -109,43 +115,50 @@ class AttentionLSTM(NumpyDecoder):
         mask = captions_out != self.null_idx  # (N, T)
         h0, c0, init_cache = self._initial_state(a)
         x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
-        h, alpha, cache = att_lstm_forward(x, a, h0, c0, *(p[k] for k in WEIGHTS))  # (N, T, H), (N, T, R)
+        # (N, T, H), (N, T, R)
+        h, alpha, cache = att_lstm_forward(x, a, h0, c0, *(p[k] for k in WEIGHTS))
         grads = {}
         loss, dh = self._word_loss(h, captions_out, mask, weights, grads)
         dalpha = None
         if self.alpha_c and weights is None:
             m = mask.astype(self.dtype)
-            left = 1 - np.einsum("nt,ntr->nr", m, alpha)  # (N, R): how far each region is from one look
+            # (N, R): how far each region is from one look
+            left = 1 - np.einsum("nt,ntr->nr", m, alpha)
             loss += self.alpha_c * float((left * left).sum()) / (N * R)
             dalpha = (-2 * self.alpha_c / (N * R)) * left[:, None, :] * m[:, :, None]  # (N, T, R)
         dx, da, dh0, dc0, *dweights = att_lstm_backward(dh, dalpha, cache)
         grads.update(zip(WEIGHTS, dweights))
         grads["W_embed"] = word_embedding_backward(dx, embed_cache)
         h_cache, c_cache = init_cache
-        dmean_h, grads["W_init_h"], grads["b_init_h"] = affine_backward(dh0 * (1 - h0 * h0), h_cache)
-        dmean_c, grads["W_init_c"], grads["b_init_c"] = affine_backward(dc0 * (1 - c0 * c0), c_cache)
+        dmean_h, grads["W_init_h"], grads["b_init_h"] = affine_backward(dh0 * (1 - h0 * h0),
+                                                                        h_cache)
+        dmean_c, grads["W_init_c"], grads["b_init_c"] = affine_backward(dc0 * (1 - c0 * c0),
+                                                                        c_cache)
         grads["P"] = da.sum(axis=0) + (dmean_h + dmean_c).sum(axis=0) / R  # a = regions + P
         return loss, grads
 
     def init_state(self, features):
-        """features (N, R, D) -> decoder state before the first word: (h, c, a, a_proj, alpha, shared) with
-        the regions' attention projection a_proj (N, R, A) computed once per caption, alpha (N, R) the
-        last step's attention (zeros before the first) and `shared` what every row uses: each word's
-        input projection (V, 4H) = W_embed Wx + b and the stacked weights of h (stack_h_weights)."""
+        """features (N, R, D) -> decoder state before the first word: (h, c, a, a_proj, alpha,
+        shared) with the regions' attention projection a_proj (N, R, A) computed once per caption,
+        alpha (N, R) the last step's attention (zeros before the first) and `shared` what every row
+        uses: each word's input projection (V, 4H) = W_embed Wx + b and the stacked weights of h
+        (stack_h_weights)."""
         p = self.params
         a = self._regions(features)
         h0, c0, _ = self._initial_state(a)
-        shared = (p["W_embed"] @ p["Wx"] + p["b"], *stack_h_weights(p["Wh"], p["W_att_h"], p["w_beta"], p["b_beta"]))
-        return h0, c0, a, a @ p["W_att_a"] + p["b_att"], np.zeros(a.shape[:2], dtype=self.dtype), shared
+        shared = (p["W_embed"] @ p["Wx"] + p["b"],
+                  *stack_h_weights(p["Wh"], p["W_att_h"], p["w_beta"], p["b_beta"]))
+        return h0, c0, a, a @ p["W_att_a"] + p["b_att"], np.zeros(a.shape[:2],
+                                                                  dtype=self.dtype), shared
 
     def step(self, words, state, normalized=True):
-        """words (N,) int, state -> log-probabilities (N, V) (raw scores when not normalized), new state
-        (its alpha the attention (N, R) this word was predicted with)."""
+        """words (N,) int, state -> log-probabilities (N, V) (raw scores when not normalized), new
+        state (its alpha the attention (N, R) this word was predicted with)."""
         p = self.params
         h, c, a, a_proj, _, shared = state
         word_inputs, Wh_cat, bh_cat = shared
-        h, c, alpha, _ = att_lstm_step_from_projection(word_inputs[words], a, a_proj, h, c, p["Wz"], Wh_cat, bh_cat,
-                                                       p["w_att"])
+        h, c, alpha, _ = att_lstm_step_from_projection(word_inputs[words], a, a_proj, h, c, p["Wz"],
+                                                       Wh_cat, bh_cat, p["w_att"])
         return self._scores(h, p, normalized), (h, c, a, a_proj, alpha, shared)
 
     @staticmethod
@@ -154,6 +167,7 @@ class AttentionLSTM(NumpyDecoder):
         return state[4]
 
     def select_state(self, state, rows):
-        """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M rows."""
+        """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M
+        rows."""
         *per_row, shared = state
         return (*(s[rows] for s in per_row), shared)

@@ -2,9 +2,9 @@
 original repository's files (weights alone, read by core/model/compat.py), which load with a
 vocabulary from the data.
 
-A model's weights come from its `state_arrays()`; the format is its backend's (core/model/registry.py).
-numpy backend: an .npz with one array per parameter plus `config`, a JSON string.
-torch backend: `torch.save({"config": dict, "state_dict": ..., "sha256": str})`,
+A model's weights come from its `state_arrays()`; the format is its backend's
+(core/model/registry.py). numpy backend: an .npz with one array per parameter plus `config`, a JSON
+string. torch backend: `torch.save({"config": dict, "state_dict": ..., "sha256": str})`,
 loaded with `weights_only=True`; the digest covers every tensor and value in the file, so a
 flipped bit is found (the .npz has the zip format's CRC for that).
 A resumable checkpoint (`save_training_state`) is the same file plus the solver's training
@@ -75,7 +75,8 @@ def _join_arrays(tree, arrays):
 
 
 def _write_npz(path, config, arrays, training_state):
-    """numpy backend: one array per weight plus `config` (JSON, the training state's arrays by reference)."""
+    """numpy backend: one array per weight plus `config` (JSON, the training state's arrays by
+    reference)."""
     arrays = dict(arrays)
     if training_state is not None:
         config["training_state"] = _split_arrays(training_state, arrays)
@@ -83,7 +84,8 @@ def _write_npz(path, config, arrays, training_state):
 
 
 def _write_pt(path, config, arrays, training_state):
-    """torch backend: {"config", "state_dict", "training_state", "sha256"} of tensors and plain values."""
+    """torch backend: {"config", "state_dict", "training_state", "sha256"} of tensors and plain
+    values."""
     blob = {"config": config, "state_dict": arrays}
     if training_state is not None:
         blob["training_state"] = training_state
@@ -96,7 +98,8 @@ WRITERS = {"numpy": _write_npz, "torch": _write_pt}
 
 def _write(model, path, extra=None, training_state=None):
     config = dict(model.config(), **({"extra": extra} if extra else {}))
-    WRITERS[MODEL_TYPES[model.model_type].backend](path, config, model.state_arrays(), training_state)
+    WRITERS[MODEL_TYPES[model.model_type].backend](path, config, model.state_arrays(),
+                                                   training_state)
 
 
 def save_checkpoint(model, path, extra=None):
@@ -114,8 +117,8 @@ def save_training_state(solver, path, extra=None):
 
 
 def _build(config):
-    """An untrained model of the type and sizes a config describes; ValueError for an unknown type or
-    a size that is not a positive integer (a crafted or damaged config)."""
+    """An untrained model of the type and sizes a config describes; ValueError for an unknown type
+    or a size that is not a positive integer (a crafted or damaged config)."""
     kind = model_type(config.get("model"))
     for key in integer_sizes():
         value = config.get(key, 1)
@@ -131,9 +134,11 @@ def _build(config):
 
 def _check_finite(named_arrays, path):
     for name, value in named_arrays:
-        finite = torch.isfinite(value).all() if isinstance(value, torch.Tensor) else np.isfinite(value).all()
+        torch_value = isinstance(value, torch.Tensor)
+        finite = torch.isfinite(value).all() if torch_value else np.isfinite(value).all()
         if not bool(finite):
-            raise UserError(f"checkpoint {path} holds non-finite weights (NaN or inf in {name}): not loaded; "
+            raise UserError(f"checkpoint {path} holds non-finite weights (NaN or inf in {name}): "
+                            f"not loaded; "
                             "use an earlier checkpoint")
 
 
@@ -158,12 +163,14 @@ def _read_pt(path, vocabulary, num_heads):
     """-> model, config, training state (or None) of a .pt (this project's or the original's)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if compat.is_original_transformer(blob):
-        blob = {"config": compat.original_transformer_config(blob, path, vocabulary, num_heads), "state_dict": blob}
+        blob = {"config": compat.original_transformer_config(blob, path, vocabulary, num_heads),
+                "state_dict": blob}
     if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
         raise ValueError("it holds no config and state_dict")
     stored = blob.pop("sha256", None)
     if stored is not None and stored != _digest(blob):
-        raise UserError(f"checkpoint {path} is corrupt (its checksum does not match its contents): not loaded")
+        raise UserError(f"checkpoint {path} is corrupt (its checksum does not match its contents): "
+                        f"not loaded")
     config = blob["config"]
     model = _build(config)
     model.load_state_arrays(compat.renamed(blob["state_dict"]))
@@ -175,7 +182,8 @@ MISSING_HINT = "train one with `python training.py --model ...` or pass --checkp
 
 
 def _read(path, device, vocabulary=None, num_heads=2, missing_hint=MISSING_HINT):
-    """-> model, config, training state (or None) of a checkpoint file; UserError when unreadable."""
+    """-> model, config, training state (or None) of a checkpoint file; UserError when
+    unreadable."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory, not a checkpoint file")
@@ -200,7 +208,8 @@ def _read(path, device, vocabulary=None, num_heads=2, missing_hint=MISSING_HINT)
         raise UserError(f"{path} holds pickled Python objects, which could run code when loaded: "
                         "not loaded (this project reads only tensors and plain values)") from None
     except Exception as e:  # a corrupt or foreign file: say which and why, not a traceback
-        raise UserError(f"{path} is not a readable checkpoint of this project ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path} is not a readable checkpoint of this project ({type(e).__name__}: "
+                        f"{e})") from None
 
 
 def load_checkpoint(path, device="cpu", vocabulary=None, num_heads=2, missing_hint=MISSING_HINT):
@@ -223,34 +232,41 @@ def load_training_state(path, device="cpu"):
     parsed and checked once here; UserError naming what is wrong when it is damaged or crafted."""
     from core.training.state import TrainingState  # the training layer, only when resuming
 
-    model, config, raw = _read(path, device, missing_hint="pass the *_last file that a training run wrote "
+    model, config, raw = _read(path, device,
+                               missing_hint="pass the *_last file that a training run wrote "
                                                           "next to its checkpoint to --resume")
     if raw is None:
-        raise UserError(f"{path} holds weights but no training state, so training cannot resume from it: "
+        raise UserError(f"{path} holds weights but no training state, so training cannot resume "
+                        f"from it: "
                         "pass the *_last file that training.py writes after every epoch")
     extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
     saved = extra.get("args") if isinstance(extra.get("args"), dict) else {}
     try:
         state = TrainingState.parse(raw, model, MODEL_TYPES[config["model"]].solver_class,
-                                    tracker=extra.get("tracker", {"metrics": {}}), batch_size=saved.get("batch_size"))
+                                    tracker=extra.get("tracker", {"metrics": {}}),
+                                    batch_size=saved.get("batch_size"))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path} holds a damaged training state ({e}): not resumed; use an intact *_last file or "
+        raise UserError(f"{path} holds a damaged training state ({e}): not resumed; use an intact "
+                        f"*_last file or "
                         "start a new run") from None
     return model, config, state
 
 
 def check_checkpoint(config, path, model_type, idx_to_word):
-    """Raise UserError when a loaded checkpoint does not match the --model flag or the data's vocabulary."""
+    """Raise UserError when a loaded checkpoint does not match the --model flag or the data's
+    vocabulary."""
     if config["model"] != model_type:
         raise UserError(f'checkpoint {path} holds a "{config["model"]}" model, not "{model_type}": '
                         f"pass --model {config['model']} or another --checkpoint")
     if list(config["idx_to_word"]) != list(idx_to_word):
         raise UserError(f"checkpoint {path} was trained with a different vocabulary "
-                        f"({len(config['idx_to_word'])} words) than the data ({len(idx_to_word)} words): "
+                        f"({len(config['idx_to_word'])} words) than the data ({len(idx_to_word)} "
+                        f"words): "
                         "use the --data_dir it was trained on")
 
 
-def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, feature_size, what=""):
+def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, feature_size,
+                       what=""):
     """Raise UserError when a loaded checkpoint does not fit the data it is used with: another model
     type, vocabulary, dataset (naming the folder it was trained on) or feature size. what: words
     before data_dir in the feature-size message ("the transform of")."""
@@ -259,8 +275,9 @@ def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, f
     trained_on = extra.get("dataset_id")
     if trained_on and ident and trained_on != ident:
         folder = extra.get("data_path", f"the one of dataset id {trained_on}")
-        raise UserError(f"checkpoint {path} was trained on another dataset ({folder}) than {data_dir}: "
-                        f"pass --data_dir {folder}")
+        raise UserError(f"checkpoint {path} was trained on another dataset ({folder}) than "
+                        f"{data_dir}: pass --data_dir {folder}")
     if feature_size != config["input_dim"]:
         makes = f"{what + ' ' if what else ''}{data_dir} {'makes' if what else 'has'}"
-        raise UserError(f"checkpoint {path} expects {config['input_dim']}-d features, {makes} {feature_size}-d")
+        raise UserError(f"checkpoint {path} expects {config['input_dim']}-d features, {makes} "
+                        f"{feature_size}-d")

@@ -1,4 +1,5 @@
-"""Files of the original `image-captioning-bottom-up` repository, and of this project before a rename.
+"""Files of the original `image-captioning-bottom-up` repository, and of this project before a
+rename.
 
 The original saved weights alone: `rnn_checkpoint.npz` / `lstm_checkpoint.npz` hold the eight
 CaptioningRNN arrays (no config, no vocabulary), `transformer_model.pt` is a bare
@@ -10,7 +11,8 @@ from core.util.errors import UserError
 from core.model.rnn_model import CELLS
 
 ORIGINAL_RNN_ARRAYS = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
-ORIGINAL_TRANSFORMER_KEY = "transformer.layers.0.linear1.weight"  # in every original transformer state_dict
+# in every original transformer state_dict
+ORIGINAL_TRANSFORMER_KEY = "transformer.layers.0.linear1.weight"
 
 
 def is_original_rnn(names):
@@ -28,27 +30,32 @@ def original_vocabulary(vocabulary, V, path):
 
     vocabulary: idx_to_word, a callable returning it, or None."""
     if vocabulary is None:
-        raise UserError(f"{path} is an original-format checkpoint without a vocabulary: pass the --data_dir "
+        raise UserError(f"{path} is an original-format checkpoint without a vocabulary: pass the "
+                        f"--data_dir "
                         "it was trained with")
     idx_to_word = list(vocabulary() if callable(vocabulary) else vocabulary)
     if len(idx_to_word) != V:
-        raise UserError(f"original-format checkpoint {path} has a {V}-word vocabulary, the data's has "
-                        f"{len(idx_to_word)} words: pass the --data_dir it was trained with")
+        raise UserError(f"original-format checkpoint {path} has a {V}-word vocabulary, the data's "
+                        f"has {len(idx_to_word)} words: pass the --data_dir it was trained with")
     return idx_to_word
 
 
 def original_rnn_config(arrays, path, vocabulary):
-    """The config of an original rnn/lstm .npz (name -> array of the eight arrays); ValueError when Wh
-    fits no cell of three weights."""
+    """The config of an original rnn/lstm .npz (name -> array of the eight arrays); ValueError when
+    Wh fits no cell of three weights."""
     (V, W), (D, H) = arrays["W_embed"].shape, arrays["W_proj"].shape
     for name in ORIGINAL_RNN_ARRAYS:
         if arrays[name].dtype.kind != "f":
-            raise ValueError(f"parameter {name} has dtype {arrays[name].dtype}, not a floating-point type")
-    cells = {cell.gates * H: name for name, cell in CELLS.items() if len(cell.weights) == 3}  # rnn: H, lstm: 4H
+            raise ValueError(f"parameter {name} has dtype {arrays[name].dtype}, not a "
+                             f"floating-point type")
+    # rnn: H, lstm: 4H
+    cells = {cell.gates * H: name for name, cell in CELLS.items() if len(cell.weights) == 3}
     cell = cells.get(arrays["Wh"].shape[1]) if arrays["Wh"].shape[0] == H else None
     if cell is None:
-        raise ValueError(f"Wh has shape {arrays['Wh'].shape}: neither (H, H) for an rnn nor (H, 4H) for an lstm, H={H}")
-    return {"model": cell, "input_dim": D, "wordvec_dim": W, "hidden_dim": H, "dtype": arrays["W_embed"].dtype.name,
+        raise ValueError(f"Wh has shape {arrays['Wh'].shape}: neither (H, H) for an rnn nor (H, "
+                         f"4H) for an lstm, H={H}")
+    return {"model": cell, "input_dim": D, "wordvec_dim": W, "hidden_dim": H,
+            "dtype": arrays["W_embed"].dtype.name,
             "idx_to_word": original_vocabulary(vocabulary, V, path), "format": "original"}
 
 
@@ -57,12 +64,14 @@ def original_transformer_config(state, path, vocabulary, num_heads):
     E, D = state["visual_projection.weight"].shape
     layers = {int(k.split(".")[2]) for k in state if k.startswith("transformer.layers.")}
     if E % num_heads:
-        raise UserError(f"original-format transformer {path} has width {E}, which --num_heads {num_heads} "
+        raise UserError(f"original-format transformer {path} has width {E}, which --num_heads "
+                        f"{num_heads} "
                         "does not divide")
     return {"model": "transformer", "input_dim": D, "wordvec_dim": E, "num_heads": num_heads,
             "num_layers": len(layers), "max_length": state["positional_encoding.pe"].shape[1],
             "dim_feedforward": state[ORIGINAL_TRANSFORMER_KEY].shape[0], "dropout": 0.1,
-            "idx_to_word": original_vocabulary(vocabulary, state["embedding.weight"].shape[0], path),
+            "idx_to_word": original_vocabulary(vocabulary, state["embedding.weight"].shape[0],
+                                               path),
             "format": "original"}
 
 

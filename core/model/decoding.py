@@ -18,7 +18,8 @@ def require_start_end(model):
     """ValueError when the model's vocabulary lacks <START> or <END>, which decoding needs."""
     if model.start_idx is None or model.end_idx is None:
         raise ValueError("decoding needs <START> and <END> in the vocabulary; this model's has "
-                         + " and ".join(t for t, i in (("no <START>", model.start_idx), ("no <END>", model.end_idx))
+                         + " and ".join(t for t, i in (("no <START>", model.start_idx),
+                                                       ("no <END>", model.end_idx))
                                         if i is None))
 
 
@@ -60,13 +61,16 @@ def greedy_search(model, features, max_length=30, attention=False):
     return captions, alphas
 
 
-def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0, rng=None, draws=None):
+def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0, rng=None,
+                  draws=None):
     """Draw num_samples captions per image, each word from softmax(log-probabilities / temperature)
-    (temperature 0: the most likely word, i.e. greedy decoding), all images and samples as one batch.
+    (temperature 0: the most likely word, i.e. greedy decoding), all images and samples as one
+    batch.
 
     features (N, D) -> captions (N * num_samples, L) int64, image k's samples in rows
     k * num_samples ... (k + 1) * num_samples - 1; rng: a numpy Generator (seeded for reproducible
-    draws); draws: (N * num_samples, L) uniforms in [0, 1) to use instead, row r's word t drawn by draws[r, t].
+    draws); draws: (N * num_samples, L) uniforms in [0, 1) to use instead, row r's word t drawn by
+    draws[r, t].
     """
     require_start_end(model)
     if temperature < 0:
@@ -79,7 +83,8 @@ def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0
     words = np.full(B, model.start_idx, dtype=np.int64)
     done = np.zeros(B, dtype=bool)
     with model.decoding():
-        state = model.select_state(model.init_state(features), np.repeat(np.arange(len(features)), num_samples))
+        state = model.select_state(model.init_state(features),
+                                   np.repeat(np.arange(len(features)), num_samples))
         for t in range(max_length):
             logprobs, state = model.step(words, state)
             if temperature == 0:

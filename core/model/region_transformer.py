@@ -3,10 +3,10 @@
 Shape letters: N batch, T caption length, R = g * g regions of a g x g grid, D region feature,
 E model width, V vocabulary.
 
-Its memory is the regions (N, R, D) (grid features, core/data/features.py), each projected to E and given
-a learned 2-D position embedding, row[r] + column[c] for the region in row r and column c, so that
-what a word attends to says where it is. With R memory tokens the cross-attention is real: every
-query and key projection trains, and decoding projects the memory's keys and values once per
+Its memory is the regions (N, R, D) (grid features, core/data/features.py), each projected to E and
+given a learned 2-D position embedding, row[r] + column[c] for the region in row r and column c, so
+that what a word attends to says where it is. With R memory tokens the cross-attention is real:
+every query and key projection trains, and decoding projects the memory's keys and values once per
 caption (the key/value cache of the base class).
 """
 import math
@@ -35,25 +35,28 @@ class RegionTransformer(CaptioningTransformer):
         side = math.isqrt(self.num_regions)
         self.row_embedding = nn.Parameter(torch.randn(side, wordvec_dim) * 0.02)  # (g, E)
         self.column_embedding = nn.Parameter(torch.randn(side, wordvec_dim) * 0.02)  # (g, E)
-        for layer in self.transformer.layers:  # R memory tokens: the cross-attention's q and k matter
+        # R memory tokens: the cross-attention's q and k matter
+        for layer in self.transformer.layers:
             layer.multihead_attn.query.requires_grad_(True)
             layer.multihead_attn.key.requires_grad_(True)
 
     def config(self):
         """Plain dict that rebuilds this model with `from_config` (weights not included)."""
-        return dict(super().config(), model=self.model_type, features="grid", num_regions=self.num_regions)
+        return dict(super().config(), model=self.model_type, features="grid",
+                    num_regions=self.num_regions)
 
     @classmethod
     def from_config(cls, config, seed=None):
         """Build an untrained model from a `config()` dict."""
         word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"]) if w is not None}
-        keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length", "dim_feedforward", "dropout",
-                "num_regions")
+        keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length",
+                "dim_feedforward", "dropout", "num_regions")
         return cls(word_to_idx, seed=seed, **{k: config[k] for k in keys})
 
     @staticmethod
     def count_parameters(config):
-        """Number of trained weights of the model a `config()` dict describes, without building it."""
+        """Number of trained weights of the model a `config()` dict describes, without building
+        it."""
         E, L = config["wordvec_dim"], config["num_layers"]
         cross_query_key = L * 2 * (E * E + E)
         return CaptioningTransformer.count_parameters(config) + cross_query_key + 2 * math.isqrt(
@@ -62,7 +65,9 @@ class RegionTransformer(CaptioningTransformer):
     def memory(self, features):
         """features (N, R, D) -> the projected regions with their place in the grid (N, R, E)."""
         if features.shape[1:] != (self.num_regions, self.input_dim):
-            raise ValueError(f"region features of shape {tuple(features.shape[1:])} per image do not fit this "
-                             f"model's ({self.num_regions}, {self.input_dim}) (regions, dimensions)")
-        place = (self.row_embedding[:, None, :] + self.column_embedding[None, :, :]).reshape(self.num_regions, -1)
+            raise ValueError(f"region features of shape {tuple(features.shape[1:])} per image do "
+                             f"not fit this model's ({self.num_regions}, {self.input_dim}) "
+                             f"(regions, dimensions)")
+        place = (self.row_embedding[:, None, :]
+                 + self.column_embedding[None, :, :]).reshape(self.num_regions, -1)
         return self.visual_projection(features.float()) + place  # (N, R, E)

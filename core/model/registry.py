@@ -20,8 +20,8 @@ from core.model.transformer import CaptioningTransformer
 
 @dataclass(frozen=True)
 class SizeFlag:
-    """A size of a model, set by the training.py flag of the same name; tiny: its value in the tests'
-    tiny models; check as core.training.config.Flag's."""
+    """A size of a model, set by the training.py flag of the same name; tiny: its value in the
+    tests' tiny models; check as core.training.config.Flag's."""
 
     type: type
     default: object
@@ -37,18 +37,21 @@ SIZE_FLAGS = {
     "num_layers": SizeFlag(int, 2, "decoder layers of the transformer", 1),
     "dim_feedforward": SizeFlag(int, 2048, "feed-forward width of the transformer's layers", 16),
     "dropout": SizeFlag(float, 0.1, "dropout rate of the transformer", 0.0, "fraction"),
-    "attention_dim": SizeFlag(int, 256, "attention size A of the attention LSTM (its regions' and h's projections)",
+    "attention_dim": SizeFlag(int, 256, "attention size A of the attention LSTM (its regions' and "
+                                        "h's projections)",
                               6),
-    "alpha_c": SizeFlag(float, 1.0, "weight of the attention LSTM's doubly stochastic attention penalty "
-                                    "(every region looked at about once per caption; 0: off)", 0.5, "nonnegative"),
+    "alpha_c": SizeFlag(float, 1.0,
+                        "weight of the attention LSTM's doubly stochastic attention penalty "
+                                    "(every region looked at about once per caption; 0: off)", 0.5,
+                        "nonnegative"),
 }
 
 
 @dataclass(frozen=True)
 class Backend:
     """How the models of a backend are trained and saved: solver "module:Class" (imported when asked
-    for, so that loading a checkpoint does not import the training layer), the checkpoint suffix, and
-    whether --device and --amp apply."""
+    for, so that loading a checkpoint does not import the training layer), the checkpoint suffix,
+    and whether --device and --amp apply."""
 
     solver: str
     suffix: str
@@ -65,9 +68,10 @@ class ModelType:
 
     model_class: builds and runs it; backend: a key of BACKENDS: "numpy" (weights are numpy arrays,
     saved as .npz, trained by core.training.optim's update rules) or "torch" (an nn.Module, saved as
-    .pt, trained by a torch optimizer on --device); default_lr: its learning rate unless --lr is given; checkpoint: its default file name;
-    size_flags: the names of SIZE_FLAGS that size it; features: the key of the kind of features it
-    reads in core.data.feature_kinds.FEATURE_KINDS ("fc7": (N, D), "grid": (N, R, D)).
+    .pt, trained by a torch optimizer on --device); default_lr: its learning rate unless --lr is
+    given; checkpoint: its default file name; size_flags: the names of SIZE_FLAGS that size it;
+    features: the key of the kind of features it reads in core.data.feature_kinds.FEATURE_KINDS
+    ("fc7": (N, D), "grid": (N, R, D)).
     """
 
     model_class: type
@@ -134,7 +138,8 @@ def build_model(name, data, sizes, seed=None):
     holding at least the row's size_flags) -> model; UserError when the sizes do not fit together
     or the model cannot fit in this machine's memory."""
     kind = model_type(name)
-    config = {"model": name, "input_dim": data["train_features"].shape[-1], "idx_to_word": list(data["idx_to_word"]),
+    config = {"model": name, "input_dim": data["train_features"].shape[-1],
+              "idx_to_word": list(data["idx_to_word"]),
               "max_length": max(50, data["train_captions"].shape[1]), "dtype": "float32",
               **{k: sizes[k] for k in kind.size_flags}}
     config.update(kind.feature_kind.model_sizes(data["train_features"]))

@@ -61,21 +61,24 @@ class NumpyDecoder:
     def _set_vocabulary(self, word_to_idx, dtype):
         self.dtype = np.dtype(dtype)
         self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = index_vocabulary(word_to_idx)
+        vocabulary = index_vocabulary(word_to_idx)
+        self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = vocabulary
 
     def state_arrays(self):
         """The weights by name (name -> array), as a checkpoint stores them."""
         return {k: np.ascontiguousarray(v) for k, v in self.params.items()}
 
     def load_state_arrays(self, arrays):
-        """Set the weights from name -> array (as `state_arrays` gives them), each cast to the model's
-        dtype; ValueError for a missing, extra, wrongly shaped or non-float array."""
+        """Set the weights from name -> array (as `state_arrays` gives them), each cast to the
+        model's dtype; ValueError for a missing, extra, wrongly shaped or non-float array."""
         if set(arrays) != set(self.params):
-            raise ValueError(f"arrays {sorted(arrays)} do not match the parameters {sorted(self.params)}")
+            raise ValueError(f"arrays {sorted(arrays)} do not match the parameters "
+                             f"{sorted(self.params)}")
         for name, value in self.params.items():
             new = np.asarray(arrays[name])
             if new.dtype.kind != "f":
-                raise ValueError(f"parameter {name} has dtype {new.dtype}, not a floating-point type")
+                raise ValueError(f"parameter {name} has dtype {new.dtype}, not a floating-point "
+                                 f"type")
             if new.shape != value.shape:
                 raise ValueError(f"parameter {name} has shape {new.shape}, expected {value.shape}")
         self.params = {name: np.asarray(arrays[name]).astype(self.dtype) for name in self.params}
@@ -86,7 +89,8 @@ class NumpyDecoder:
 
     @staticmethod
     def _scores(h, p, normalized):
-        """h (N, H) -> the vocabulary scores h W_vocab + b_vocab (N, V), as log-probabilities when normalized."""
+        """h (N, H) -> the vocabulary scores h W_vocab + b_vocab (N, V), as log-probabilities when
+        normalized."""
         scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
         if normalized:
             scores -= scores.max(axis=1, keepdims=True)
@@ -96,7 +100,8 @@ class NumpyDecoder:
     def _word_loss(self, h, captions_out, mask, weights, grads):
         """The summed cross-entropy of the next words from the hidden states, divided by N.
 
-        h (N, T, H), captions_out (N, T) targets, mask (N, T) where there is one, weights (N,) or None
+        h (N, T, H), captions_out (N, T) targets, mask (N, T) where there is one, weights (N,) or
+        None
         -> loss (float), dh (N, T, H); sets grads["W_vocab"], grads["b_vocab"].
         Scores are needed only where there is a target word: just those rows are projected, which
         is the temporal affine + masked softmax loss without the masked-out work.
@@ -104,8 +109,10 @@ class NumpyDecoder:
         p = self.params
         N, T, H = h.shape
         rows = np.flatnonzero(mask.reshape(N * T))  # (M,)
-        scores, vocab_cache = affine_forward(h.reshape(N * T, H)[rows], p["W_vocab"], p["b_vocab"])  # (M, V)
-        row_weights = None if weights is None else np.repeat(np.asarray(weights), T)[rows]  # (M,) of each row's caption
+        # (M, V)
+        scores, vocab_cache = affine_forward(h.reshape(N * T, H)[rows], p["W_vocab"], p["b_vocab"])
+        # (M,) of each row's caption
+        row_weights = None if weights is None else np.repeat(np.asarray(weights), T)[rows]
         loss, dscores = softmax_loss(scores, captions_out.reshape(N * T)[rows], N, row_weights)
         dh_rows, grads["W_vocab"], grads["b_vocab"] = affine_backward(dscores, vocab_cache)
         dh = np.zeros((N * T, H), dtype=dh_rows.dtype)
@@ -116,7 +123,8 @@ class NumpyDecoder:
         """Decode captions (greedy with beam_size 1, else beam search; see core/model/decoding.py).
 
         features (N, ...) as the model's loss takes them -> captions (N, max_length) int64: each row
-        is the words after <START>, ending with <END> where the model produced it and <NULL> after that.
+        is the words after <START>, ending with <END> where the model produced it and <NULL> after
+        that.
         """
         return decode(self, features, max_length, beam_size, length_penalty)
 
@@ -147,7 +155,8 @@ class CaptioningRNN(NumpyDecoder):
             "Wx": rng.standard_normal((W, G)) / np.sqrt(W),
             "Wh": rng.standard_normal((H, G)) / np.sqrt(H),
             "b": np.zeros(G),
-            **{name: np.zeros(G) for name in self.cell.weights[3:]},  # further biases (the GRU's bh)
+            # further biases (the GRU's bh)
+            **{name: np.zeros(G) for name in self.cell.weights[3:]},
             "W_vocab": rng.standard_normal((H, V)) / np.sqrt(H),
             "b_vocab": np.zeros(V),
         }
@@ -197,7 +206,8 @@ class CaptioningRNN(NumpyDecoder):
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         mask = captions_out != self.null_idx
 
-        h0, proj_cache = affine_forward(features.astype(self.dtype, copy=False), p["W_proj"], p["b_proj"])
+        h0, proj_cache = affine_forward(features.astype(self.dtype, copy=False), p["W_proj"],
+                                        p["b_proj"])
         x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
         h, rnn_cache = self.cell.forward(x, h0, *(p[k] for k in self.cell.weights))  # (N, T, H)
         grads = {}
@@ -209,11 +219,13 @@ class CaptioningRNN(NumpyDecoder):
         return loss, grads
 
     def init_state(self, features):
-        """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H), word_inputs).
+        """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H),
+        word_inputs).
 
         word_inputs (V, G) = W_embed Wx + b is every word's input projection (G = H for the
-        RNN, 4H for the LSTM, 3H for the GRU), computed once per decoding: a step then looks its words' rows
-        up, since W_embed[w] Wx + b == word_inputs[w], instead of a matrix product per step.
+        RNN, 4H for the LSTM, 3H for the GRU), computed once per decoding: a step then looks its
+        words' rows up, since W_embed[w] Wx + b == word_inputs[w], instead of a matrix product per
+        step.
         """
         p = self.params
         h0 = features.astype(self.dtype, copy=False) @ p["W_proj"] + p["b_proj"]
@@ -227,10 +239,12 @@ class CaptioningRNN(NumpyDecoder):
         """
         p = self.params
         h, c, word_inputs = state
-        h, c = self.cell.step(word_inputs[words], h, c, p)  # word_inputs[words]: (N, G) input projections
+        # word_inputs[words]: (N, G) input projections
+        h, c = self.cell.step(word_inputs[words], h, c, p)
         return self._scores(h, p, normalized), (h, c, word_inputs)
 
     def select_state(self, state, rows):
-        """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M rows."""
+        """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M
+        rows."""
         h, c, word_inputs = state
         return h[rows], c[rows], word_inputs

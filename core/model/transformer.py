@@ -27,17 +27,19 @@ class CaptioningTransformer(nn.Module):
     def __init__(self, word_to_idx, input_dim, wordvec_dim, num_heads=4, num_layers=2,
                  max_length=50, dim_feedforward=2048, dropout=0.1, seed=None):
         super().__init__()
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):  # a seed leaves the global RNG alone
+        # a seed leaves the global RNG alone
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            self._build(word_to_idx, input_dim, wordvec_dim, num_heads, num_layers, max_length, dim_feedforward,
-                        dropout)
+            self._build(word_to_idx, input_dim, wordvec_dim, num_heads, num_layers, max_length,
+                        dim_feedforward, dropout)
 
-    def _build(self, word_to_idx, input_dim, wordvec_dim, num_heads, num_layers, max_length, dim_feedforward,
-               dropout):
+    def _build(self, word_to_idx, input_dim, wordvec_dim, num_heads, num_layers, max_length,
+               dim_feedforward, dropout):
         """Create and initialise the layers (weights N(0, 0.02), biases 0, LayerNorm 1/0)."""
         self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = index_vocabulary(word_to_idx)
+        vocabulary = index_vocabulary(word_to_idx)
+        self.idx_to_word, self.null_idx, self.start_idx, self.end_idx = vocabulary
         self.input_dim, self.wordvec_dim = input_dim, wordvec_dim
         self.num_heads, self.num_layers, self.max_length = num_heads, num_layers, max_length
         self.dim_feedforward, self.dropout = dim_feedforward, dropout
@@ -45,8 +47,10 @@ class CaptioningTransformer(nn.Module):
 
         self.visual_projection = nn.Linear(input_dim, wordvec_dim)
         self.embedding = nn.Embedding(V, wordvec_dim, padding_idx=self.null_idx)
-        self.positional_encoding = PositionalEncoding(wordvec_dim, dropout=dropout, max_len=max_length)
-        self.transformer = TransformerDecoder(wordvec_dim, num_heads, num_layers, dim_feedforward, dropout)
+        self.positional_encoding = PositionalEncoding(wordvec_dim, dropout=dropout,
+                                                      max_len=max_length)
+        self.transformer = TransformerDecoder(wordvec_dim, num_heads, num_layers, dim_feedforward,
+                                              dropout)
         self.output = nn.Linear(wordvec_dim, V)
         self.apply(self._init_weights)
         # one memory token: the cross-attention weights are softmax over one key, always 1, so its
@@ -86,12 +90,14 @@ class CaptioningTransformer(nn.Module):
     def from_config(cls, config, seed=None):
         """Build an untrained model from a `config()` dict."""
         word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"]) if w is not None}
-        keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length", "dim_feedforward", "dropout")
+        keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length",
+                "dim_feedforward", "dropout")
         return cls(word_to_idx, seed=seed, **{k: config[k] for k in keys})
 
     @staticmethod
     def count_parameters(config):
-        """Number of trained weights of the model a `config()` dict describes, without building it."""
+        """Number of trained weights of the model a `config()` dict describes, without building
+        it."""
         V = sum(w is not None for w in config["idx_to_word"])
         D, E = config["input_dim"], config["wordvec_dim"]
         F, L = config["dim_feedforward"], config["num_layers"]
@@ -104,18 +110,20 @@ class CaptioningTransformer(nn.Module):
         return {k: v.detach().cpu() for k, v in self.state_dict().items()}
 
     def load_state_arrays(self, arrays):
-        """Set the weights from name -> tensor (as `state_arrays` gives them); ValueError for a missing,
-        extra, wrongly shaped or non-float tensor."""
+        """Set the weights from name -> tensor (as `state_arrays` gives them); ValueError for a
+        missing, extra, wrongly shaped or non-float tensor."""
         own = self.state_dict()
         if set(arrays) != set(own):
             missing, extra = sorted(set(own) - set(arrays)), sorted(set(arrays) - set(own))
-            raise ValueError(f"tensors do not match the model's (missing {missing[:3]}, unexpected {extra[:3]})")
+            raise ValueError(f"tensors do not match the model's (missing {missing[:3]}, unexpected "
+                             f"{extra[:3]})")
         for name, value in arrays.items():
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
                 raise ValueError(f"parameter {name} has dtype {kind}, not a floating-point type")
             if value.shape != own[name].shape:
-                raise ValueError(f"parameter {name} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}")
+                raise ValueError(f"parameter {name} has shape {tuple(value.shape)}, expected "
+                                 f"{tuple(own[name].shape)}")
         self.load_state_dict(arrays)
 
     @property
@@ -138,23 +146,29 @@ class CaptioningTransformer(nn.Module):
 
     def loss(self, features, captions, weights=None):
         """Teacher-forced loss, as the numpy models define it: cross-entropy summed over
-        the non-<NULL> target words (each caption's times its weight, if given), averaged over the batch.
+        the non-<NULL> target words (each caption's times its weight, if given), averaged over the
+        batch.
 
         features (N, D), captions (N, T + 1), weights (N,) or None -> scalar tensor.
         """
         return self.loss_from_scores(self(features, captions[:, :-1]), captions, weights)
 
     def loss_from_scores(self, scores, captions, weights=None):
-        """The loss of `loss` from forward's scores (N, T, V) of captions (N, T + 1) -> scalar tensor
-        (so that a wrapper of forward, such as DistributedDataParallel, can compute the scores)."""
+        """The loss of `loss` from forward's scores (N, T, V) of captions (N, T + 1) -> scalar
+        tensor (so that a wrapper of forward, such as DistributedDataParallel, can compute the
+        scores)."""
         N, T = captions.shape[0], captions.shape[1] - 1
         if weights is None:
-            total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), captions[:, 1:].reshape(-1),
+            total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]),
+                                    captions[:, 1:].reshape(-1),
                                     ignore_index=self.null_idx, reduction="sum")
             return total / N
-        per_word = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), captions[:, 1:].reshape(-1),
-                                   ignore_index=self.null_idx, reduction="none").view(N, T)  # (N, T)
-        return (per_word.sum(dim=1) * torch.as_tensor(weights, dtype=per_word.dtype, device=per_word.device)).sum() / N
+        per_word = F.cross_entropy(scores.reshape(-1, scores.shape[-1]),
+                                   captions[:, 1:].reshape(-1),
+                                   # (N, T)
+                                   ignore_index=self.null_idx, reduction="none").view(N, T)
+        return (per_word.sum(dim=1) * torch.as_tensor(weights, dtype=per_word.dtype,
+                                                      device=per_word.device)).sum() / N
 
     @contextlib.contextmanager
     def decoding(self):
@@ -168,10 +182,12 @@ class CaptioningTransformer(nn.Module):
             self.train(was_training)
 
     def init_state(self, features):
-        """Decoding state before the first word: features (N, D) -> key/value caches and position 0."""
+        """Decoding state before the first word: features (N, D) -> key/value caches and position
+        0."""
         features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
         memory = self.memory(features)  # (N, S, E): its keys and values projected once per caption
-        return {"t": 0, "layers": [layer.init_cache(memory, self.max_length) for layer in self.transformer.layers]}
+        return {"t": 0, "layers": [layer.init_cache(memory, self.max_length)
+                                   for layer in self.transformer.layers]}
 
     def step(self, words, state, normalized=True):
         """One decoding step with the key/value cache (eval mode, no grad).
@@ -189,7 +205,8 @@ class CaptioningTransformer(nn.Module):
             x = layer.step(x, cache, t, weights_out=weights if k == self.num_layers - 1 else None)
         scores = self.output(x[:, 0]).float()  # (N, V)
         state["t"] = t + 1
-        state["attention"] = weights[0][:, :, 0].mean(dim=1)  # (N, S): the last layer's, mean over heads
+        # (N, S): the last layer's, mean over heads
+        state["attention"] = weights[0][:, :, 0].mean(dim=1)
         return (F.log_softmax(scores, dim=-1) if normalized else scores).cpu().numpy(), state
 
     def select_state(self, state, rows):
@@ -199,7 +216,8 @@ class CaptioningTransformer(nn.Module):
         layers = []
         for cache in state["layers"]:
             new = {k: cache[k].index_select(0, index) for k in ("mem_k", "mem_v")}
-            for k in ("k", "v"):  # only the t filled positions of the self-attention cache are copied
+            # only the t filled positions of the self-attention cache are copied
+            for k in ("k", "v"):
                 buffer = cache[k].new_empty((len(index),) + cache[k].shape[1:])
                 buffer[:, :, :t] = cache[k][index, :, :t]
                 new[k] = buffer
@@ -224,9 +242,11 @@ class CaptioningTransformer(nn.Module):
         return decode(self, features, max_length, beam_size, length_penalty)
 
     def _check_length(self, max_length):
-        """The decoder reads <START> and at most max_length - 1 words to produce max_length words."""
+        """The decoder reads <START> and at most max_length - 1 words to produce max_length
+        words."""
         if max_length > self.max_length:
-            raise ValueError(f"max_length={max_length} needs a model built with max_length >= {max_length}")
+            raise ValueError(f"max_length={max_length} needs a model built with max_length >= "
+                             f"{max_length}")
 
     @torch.no_grad()
     def sample_uncached(self, features, max_length=30):

@@ -1,1 +1,2 @@
-"""Training: the settled configuration, the one loop, the solvers, step strategies and update rules."""
+"""Training: the settled configuration, the one loop, the solvers, step strategies and update
+rules."""

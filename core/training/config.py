@@ -1,9 +1,9 @@
 """The configuration of a training run, settled once before anything runs.
 
     settled = settle(argv)      # the flags, the recipe, a resumed run's values, the data's size
-    settled.config              # a frozen RunConfig: every flag's value, printed once, saved with the run
+    settled.config              # a frozen RunConfig: every flag's value, saved with the run
     settled.lines               # what to print first (the recipe, notes), once, by rank 0
-    settled.start               # the model to train from: the resumed run's or --init_from's, or None
+    settled.start               # the model to start from: the resumed or --init_from one, or None
 
 Every flag of training.py is a row of FLAGS (type, default, help, check, whether a resumed run must
 keep it); RECIPES are the named sets of defaults. `settle` merges, in this order and only here:
@@ -28,7 +28,8 @@ from core.util.errors import UserError
 @dataclasses.dataclass(frozen=True)
 class Flag:
     """One training.py flag. check: "positive", "fraction" ([0, 1)), "nonnegative" or None (a float
-    must be finite whatever its check); fixed: a resumed run must keep the value it was trained with."""
+    must be finite whatever its check); fixed: a resumed run must keep the value it was trained
+    with."""
 
     name: str
     type: object
@@ -44,61 +45,85 @@ SMALL_DATA = 1000  # the small-data recipe is chosen for --num_samples up to thi
 RECIPES = {
     "default": {},
     # the original repository's small-subset overfitting: long, undecayed, no dropout
-    "small-data": {"epochs": 100, "batch_size": 50, "lr_decay": 1.0, "val_samples": 100, "dropout": 0.0},
-    # self-critical fine-tuning: a small step from a trained checkpoint, scored every pass over the images
+    "small-data": {"epochs": 100, "batch_size": 50, "lr_decay": 1.0, "val_samples": 100,
+                   "dropout": 0.0},
+    # self-critical fine-tuning: a small step from a trained checkpoint, scored every pass over the
+    # images
     "scst": {"lr": 5e-5, "lr_decay": 0.99, "eval_every": 1},
 }
 
 FLAGS = (
-    Flag("model", str, None, "decoder to train (required unless --resume)", choices=tuple(MODEL_TYPES)),
-    Flag("resume", str, None, "continue the run saved in PATH (the *_last checkpoint written after every epoch and "
-         "on Ctrl-C); its flags are read from it, --epochs may be raised, flags that contradict it are an error",
+    Flag("model", str, None, "decoder to train (required unless --resume)",
+         choices=tuple(MODEL_TYPES)),
+    Flag("resume", str, None,
+         "continue the run saved in PATH (the *_last checkpoint written after every epoch and "
+         "on Ctrl-C); its flags are read from it, --epochs may be raised, flags that contradict it "
+         "are an error",
          fixed=False, metavar="PATH"),
     Flag("recipe", str, None, "named defaults (given flags win): " + "; ".join(
         f"{name}: {', '.join(f'{k} {v:g}' for k, v in values.items()) or 'the defaults shown here'}"
-        for name, values in RECIPES.items()) + f". Unset: scst with --scst, small-data when --num_samples is at "
+        for name, values in RECIPES.items())
+         + f". Unset: scst with --scst, small-data when --num_samples is at "
         f"most {SMALL_DATA} and none of --epochs/--batch_size/--lr_decay is given, else default",
          choices=tuple(RECIPES)),
-    Flag("data_dir", str, None, "dataset directory in the CS231n COCO layout (unset: core/datasets/coco_captioning "
+    Flag("data_dir", str, None,
+         "dataset directory in the CS231n COCO layout (unset: core/datasets/coco_captioning "
          "when downloaded, else the bundled core/datasets/sample_captioning)", fixed=False),
-    Flag("num_samples", int, None, "train on a seeded random subset of this many captions (unset: all)", "positive"),
-    Flag("epochs", int, 10, "passes over the training captions (with --scst: over the training images)", "positive",
+    Flag("num_samples", int, None,
+         "train on a seeded random subset of this many captions (unset: all)", "positive"),
+    Flag("epochs", int, 10,
+         "passes over the training captions (with --scst: over the training images)", "positive",
          fixed=False),
-    Flag("batch_size", int, 100, "captions (with --scst: images) per step and process; a resumed run keeps its "
+    Flag("batch_size", int, 100,
+         "captions (with --scst: images) per step and process; a resumed run keeps its "
          "batch x processes per step, whatever the number of processes", "positive", fixed=False),
     Flag("lr", float, None, "learning rate (unset: " + ", ".join(
         f"{t.default_lr:g} for {m}" for m, t in MODEL_TYPES.items()) + ")", "positive"),
     Flag("lr_decay", float, 0.95, "learning rate multiplier after each epoch", "positive"),
-    Flag("update_rule", str, "adam", "update rule of the numpy models (the torch ones use torch Adam)",
+    Flag("update_rule", str, "adam",
+         "update rule of the numpy models (the torch ones use torch Adam)",
          choices=("sgd", "sgd_momentum", "rmsprop", "adam")),
     *(Flag(name, size.type, size.default, size.help, size.check)
       for name, size in SIZE_FLAGS.items()),
-    Flag("val_samples", int, 1000, "size of the fixed validation subset whose loss is reported each epoch",
-         "positive"),
-    Flag("eval_every", int, 0, "every this many epochs, score BLEU-4/CIDEr on --eval_images validation images and "
-         "keep the best checkpoint by CIDEr (the last epoch is scored too, and chooses only when no multiple was; "
-         "0: off, the best is then by validation loss)", "nonnegative"),
+    Flag("val_samples", int, 1000,
+         "size of the fixed validation subset whose loss is reported each epoch", "positive"),
+    Flag("eval_every", int, 0,
+         "every this many epochs, score BLEU-4/CIDEr on --eval_images validation images and "
+         "keep the best checkpoint by CIDEr (the last epoch is scored too, and chooses only when "
+         "no multiple was; 0: off, the best is then by validation loss)", "nonnegative"),
     Flag("eval_images", int, 500, "validation images scored by --eval_every", "positive"),
-    Flag("divergence_factor", float, 10.0, "stop with an error when a batch loss is NaN/inf or more than this many "
-         "times the run's first batch loss, or the validation loss is NaN/inf (the last good files are kept)",
+    Flag("divergence_factor", float, 10.0,
+         "stop with an error when a batch loss is NaN/inf or more than this many "
+         "times the run's first batch loss, or the validation loss is NaN/inf (the last good files "
+         "are kept)",
          "positive"),
-    Flag("seed", int, 231, "seed of the data subset, initialisation, shuffling and sampling", "nonnegative"),
+    Flag("seed", int, 231, "seed of the data subset, initialisation, shuffling and sampling",
+         "nonnegative"),
     Flag("checkpoint", str, None, "where to save the model (unset: " + ", ".join(
-        t.checkpoint for t in MODEL_TYPES.values()) + ", with _scst before the suffix for --scst); *_best and the "
+        t.checkpoint for t in MODEL_TYPES.values())
+         + ", with _scst before the suffix for --scst); *_best and the "
          "resumable *_last go next to it", fixed=False),
     Flag("out_dir", str, "outputs", "directory of the loss plot and history", fixed=False),
-    Flag("device", str, None, "device of the torch models: cpu or cuda (unset: cuda when available)", fixed=False),
+    Flag("device", str, None,
+         "device of the torch models: cpu or cuda (unset: cuda when available)", fixed=False),
     Flag("amp", bool, False, "bfloat16 mixed precision for the torch models on CUDA", fixed=False),
-    Flag("max_iters", int, None, "stop each epoch after this many steps (dry runs and timing; unset: whole epochs)",
+    Flag("max_iters", int, None,
+         "stop each epoch after this many steps (dry runs and timing; unset: whole epochs)",
          "positive"),
     Flag("quiet", bool, False, "no progress bars or per-epoch lines", fixed=False),
-    Flag("tensorboard", str, None, "also log scalars per iteration and per epoch to this TensorBoard folder (needs "
-         "the tensorboard package; the JSON history is written either way)", fixed=False, metavar="DIR"),
-    Flag("scst", bool, False, "self-critical sequence training: fine-tune the --init_from checkpoint by REINFORCE "
-         "with CIDEr-D (the training references' document frequencies) as the reward (recipe scst)"),
-    Flag("init_from", str, None, "the cross-entropy-trained checkpoint --scst starts from", metavar="CHECKPOINT"),
+    Flag("tensorboard", str, None,
+         "also log scalars per iteration and per epoch to this TensorBoard folder (needs "
+         "the tensorboard package; the JSON history is written either way)", fixed=False,
+         metavar="DIR"),
+    Flag("scst", bool, False,
+         "self-critical sequence training: fine-tune the --init_from checkpoint by REINFORCE "
+         "with CIDEr-D (the training references' document frequencies) as the reward (recipe "
+         "scst)"),
+    Flag("init_from", str, None, "the cross-entropy-trained checkpoint --scst starts from",
+         metavar="CHECKPOINT"),
     Flag("scst_samples", int, 5, "captions sampled per image by --scst", "positive"),
-    Flag("baseline", str, "greedy", "--scst baseline: the greedy caption's reward, or the mean reward of the "
+    Flag("baseline", str, "greedy",
+         "--scst baseline: the greedy caption's reward, or the mean reward of the "
          "image's other samples", choices=("greedy", "mean")),
     Flag("temperature", float, 1.0, "sampling temperature of --scst", "nonnegative"),
 )
@@ -118,7 +143,8 @@ def flag_error(name, value):
         return None
     ok, words = CHECKS.get(flag.check, (lambda v: True, None))
     if flag.type is float and not (math.isfinite(value) and ok(value)):
-        words = f"{words} and finite" if flag.check in ("positive", "nonnegative") else words or "finite"
+        signed = flag.check in ("positive", "nonnegative")
+        words = f"{words} and finite" if signed else words or "finite"
         return f"--{name} must be {words}, got {value}"
     if not ok(value):
         return f"--{name} must be {words}, got {value}"
@@ -128,22 +154,28 @@ def flag_error(name, value):
 
 
 def build_parser():
-    """The argument parser; its namespace holds only the flags given (defaults are merged in `settle`)."""
-    p = ArgumentParser(prog="training.py", description="Train a captioning decoder on precomputed image features.",
+    """The argument parser; its namespace holds only the flags given (defaults are merged in
+    `settle`)."""
+    p = ArgumentParser(prog="training.py",
+                       description="Train a captioning decoder on precomputed image features.",
                        argument_default=argparse.SUPPRESS)
     for f in FLAGS:
-        text = f.help + ("" if f.default is None or f.default is False else f" (default: {f.default})")
+        text = f.help + ("" if f.default is None or f.default is False
+                         else f" (default: {f.default})")
         if f.type is bool:
             p.add_argument(f"--{f.name}", action="store_true", help=text)
         else:
-            p.add_argument(f"--{f.name}", type=f.type, choices=f.choices, metavar=f.metavar, help=text)
+            p.add_argument(f"--{f.name}", type=f.type, choices=f.choices, metavar=f.metavar,
+                           help=text)
     return p
 
 
 RunConfig = dataclasses.make_dataclass(
-    "RunConfig", [(f.name, object) for f in FLAGS] + [("explicit", tuple), ("recipe_line", str)], frozen=True)
-RunConfig.__doc__ = ("The settled flags of a training run (frozen): one attribute per row of FLAGS, `explicit` "
-                     "(the flags given) and `recipe_line` (the recipe in force, as printed).")
+    "RunConfig", [(f.name, object) for f in FLAGS] + [("explicit", tuple), ("recipe_line", str)],
+    frozen=True)
+RunConfig.__doc__ = ("The settled flags of a training run (frozen): one attribute per row of "
+                     "FLAGS, `explicit` (the flags given) and `recipe_line` (the recipe in force, "
+                     "as printed).")
 
 
 def saved_flags(config):
@@ -153,7 +185,8 @@ def saved_flags(config):
 
 @dataclasses.dataclass(frozen=True)
 class Start:
-    """Where a run starts from: model and its checkpoint's config (and, resuming, its TrainingState)."""
+    """Where a run starts from: model and its checkpoint's config (and, resuming, its
+    TrainingState)."""
 
     path: str
     model: object
@@ -163,7 +196,8 @@ class Start:
 
 @dataclasses.dataclass(frozen=True)
 class Settled:
-    """config: the RunConfig; lines: what the run prints first; start: a Start, or None for a new model."""
+    """config: the RunConfig; lines: what the run prints first; start: a Start, or None for a new
+    model."""
 
     config: object
     lines: tuple
@@ -171,17 +205,20 @@ class Settled:
 
 
 def choose_recipe(values, explicit, num_items):
-    """-> (recipe name, why it was chosen or None). num_items: the training captions the run will see
-    (the data's, or --num_samples of them; None when the data cannot be read yet)."""
+    """-> (recipe name, why it was chosen or None). num_items: the training captions the run will
+    see (the data's, or --num_samples of them; None when the data cannot be read yet)."""
     if values["recipe"] is not None:
         return values["recipe"], "--recipe"
     if values["scst"]:
         return "scst", "--scst"
-    if num_items is not None and num_items <= SMALL_DATA and not {"epochs", "batch_size", "lr_decay"} & explicit:
+    if num_items is not None and num_items <= SMALL_DATA and not {"epochs", "batch_size",
+                                                                  "lr_decay"} & explicit:
         if values["num_samples"] is not None and values["num_samples"] <= SMALL_DATA:
-            return "small-data", (f"--num_samples {values['num_samples']} <= {SMALL_DATA} with no --epochs/"
+            return "small-data", (f"--num_samples {values['num_samples']} <= {SMALL_DATA} with no "
+                                  f"--epochs/"
                                   "--batch_size/--lr_decay; --recipe default turns it off")
-        return "small-data", (f"the data has {num_items} training captions <= {SMALL_DATA}; --recipe default "
+        return "small-data", (f"the data has {num_items} training captions <= {SMALL_DATA}; "
+                              f"--recipe default "
                               "turns it off")
     return "default", None
 
@@ -200,8 +237,10 @@ def _new_run(values, explicit, lines):
             + (": " + ", ".join(f"{k} {v:g}" for k, v in changed.items()) if changed else ""))
     start = None
     if values["init_from"]:
-        model, checkpoint = load_checkpoint(values["init_from"], vocabulary=lambda: load_vocab(values["data_dir"])[0],
-                                            missing_hint="pass the checkpoint to fine-tune to --init_from")
+        model, checkpoint = load_checkpoint(values["init_from"],
+                                            vocabulary=lambda: load_vocab(values["data_dir"])[0],
+                                            missing_hint="pass the checkpoint to fine-tune to "
+                                                         "--init_from")
         values.update({name: checkpoint[name] for name in MODEL_TYPES[values["model"]].size_flags})
         start = Start(values["init_from"], model, checkpoint)
     kind = MODEL_TYPES[values["model"]]
@@ -209,18 +248,19 @@ def _new_run(values, explicit, lines):
         values["lr"] = kind.default_lr
     if values["checkpoint"] is None:
         default = Path(kind.checkpoint)
-        values["checkpoint"] = str(default.with_name(f"{default.stem}_scst{default.suffix}")) if values["scst"] \
-            else kind.checkpoint
+        scst_name = default.with_name(f"{default.stem}_scst{default.suffix}")
+        values["checkpoint"] = str(scst_name) if values["scst"] else kind.checkpoint
     if num_items != math.inf and num_items < values["batch_size"]:
-        lines.append(f"note: the {num_items} training captions are fewer than one batch of {values['batch_size']}: "
+        lines.append(f"note: the {num_items} training captions are fewer than one batch of "
+                     f"{values['batch_size']}: "
                      "each epoch is a single step")
     return values, line, start
 
 
 def _resumed_run(values, explicit, lines, world_size):
-    """--resume PATH: its saved flags, with the ones given now that may change (epochs, paths, device,
-    output) -> (values, recipe line, Start). UserError for a given flag that contradicts the run, a
-    damaged file, or a run that has already trained its epochs."""
+    """--resume PATH: its saved flags, with the ones given now that may change (epochs, paths,
+    device, output) -> (values, recipe line, Start). UserError for a given flag that contradicts the
+    run, a damaged file, or a run that has already trained its epochs."""
     path = values["resume"]
     model, checkpoint, state = load_training_state(path)
     extra = checkpoint.get("extra", {})
@@ -230,7 +270,8 @@ def _resumed_run(values, explicit, lines, world_size):
     for name in explicit:
         if FLAG[name].fixed and values[name] != saved.get(name):
             raise UserError(f"--{name} {values[name]} contradicts {path}, which was trained with "
-                            f"--{name} {saved.get(name)}: leave it out to resume, or start a new run")
+                            f"--{name} {saved.get(name)}: leave it out to resume, or start a new "
+                            f"run")
     merged = {**{f.name: f.default for f in FLAGS}, **{k: v for k, v in saved.items() if k in FLAG}}
     merged.update({name: values[name] for name in explicit}, resume=str(path))
     if "device" not in explicit:
@@ -238,7 +279,8 @@ def _resumed_run(values, explicit, lines, world_size):
     if "checkpoint" not in explicit:
         merged["checkpoint"] = str(Path(path).with_name(Path(saved["checkpoint"]).name))
     paths = extra.get("paths")
-    if paths and "out_dir" not in explicit:  # an out_dir inside the run's folder moves with a copied run
+    # an out_dir inside the run's folder moves with a copied run
+    if paths and "out_dir" not in explicit:
         was, now = Path(paths["checkpoint"]).parent, Path(path).resolve().parent
         try:
             merged["out_dir"] = str(now / Path(paths["out_dir"]).relative_to(was))
@@ -247,11 +289,12 @@ def _resumed_run(values, explicit, lines, world_size):
     if "data_dir" not in explicit:
         merged["data_dir"] = extra["data_path"]
     if state.epoch >= merged["epochs"] and not state.iteration:
-        raise UserError(f"{path} has already trained {state.epoch} of its {merged['epochs']} epochs: "
-                        f"pass --epochs larger than {state.epoch} to train more")
+        raise UserError(f"{path} has already trained {state.epoch} of its {merged['epochs']} "
+                        f"epochs: pass --epochs larger than {state.epoch} to train more")
     unit = "images" if merged["scst"] else "captions"
-    merged["batch_size"], note = resumed_batch_size(saved["batch_size"], state.world_size, world_size,
-                                                    values["batch_size"] if "batch_size" in explicit else None, unit)
+    given = values["batch_size"] if "batch_size" in explicit else None
+    merged["batch_size"], note = resumed_batch_size(saved["batch_size"], state.world_size,
+                                                    world_size, given, unit)
     if note:
         lines.append(note)
     return merged, f"recipe {merged['recipe'] or 'default'} (as {Path(path).name} was trained)", \
@@ -261,8 +304,9 @@ def _resumed_run(values, explicit, lines, world_size):
 def _check_saved(values, path):
     """UserError when a resumed file's saved flags are not a run training.py could have started."""
     if values.get("model") not in MODEL_TYPES:
-        raise UserError(f"{path} holds a damaged training state (its model {values.get('model')!r} is not one of "
-                        f"{', '.join(MODEL_TYPES)}): not resumed; use an intact *_last file or start a new run")
+        raise UserError(f"{path} holds a damaged training state (its model {values.get('model')!r} "
+                        f"is not one of {', '.join(MODEL_TYPES)}): not resumed; use an intact "
+                        f"*_last file or start a new run")
     for f in FLAGS:
         if f.type in (int, float) and values[f.name] is not None and (
                 isinstance(values[f.name], bool) or not isinstance(values[f.name], (int, float))):
@@ -270,7 +314,8 @@ def _check_saved(values, path):
         else:
             problem = flag_error(f.name, values[f.name])
         if problem:
-            raise UserError(f"{path} holds a damaged training state (its {problem}): not resumed; use an intact "
+            raise UserError(f"{path} holds a damaged training state (its {problem}): not resumed; "
+                            f"use an intact "
                             "*_last file or start a new run")
 
 
@@ -293,7 +338,8 @@ def settle(argv=None, world_size=None):
     if values["resume"] is None and values["scst"] != (values["init_from"] is not None):
         parser.error("--scst needs --init_from CHECKPOINT (and --init_from is for --scst)")
     if values["scst"] and values["baseline"] == "mean" and values["scst_samples"] < 2:
-        parser.error("--baseline mean needs --scst_samples of at least 2 (the mean of an image's other samples)")
+        parser.error("--baseline mean needs --scst_samples of at least 2 (the mean of an image's "
+                     "other samples)")
     lines = []
     if values["resume"] is not None:
         world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
@@ -301,7 +347,8 @@ def settle(argv=None, world_size=None):
         _check_saved(values, values["resume"])
     else:
         values, recipe_line, start = _new_run(values, explicit, lines)
-    values["device"] = resolve_device(values["device"]) if MODEL_TYPES[values["model"]].uses_torch else "cpu"
+    uses_torch = MODEL_TYPES[values["model"]].uses_torch
+    values["device"] = resolve_device(values["device"]) if uses_torch else "cpu"
     config = RunConfig(**values, explicit=tuple(sorted(explicit)), recipe_line=recipe_line)
     return Settled(config, (recipe_line, *lines), start)
 
@@ -314,17 +361,19 @@ def resumed_batch_size(saved_batch, saved_world, world, given=None, unit="captio
     per_step = saved_batch * saved_world
     fits = [k for k in range(1, per_step + 1) if per_step % k == 0]
     if per_step % world:
-        raise UserError(f"the run was saved with {per_step} {unit} per step ({saved_world} process(es) x batch "
-                        f"{saved_batch}), which {world} processes cannot share evenly: resume it on "
+        raise UserError(f"the run was saved with {per_step} {unit} per step ({saved_world} "
+                        f"process(es) x batch {saved_batch}), which {world} processes cannot share "
+                        f"evenly: resume it on "
                         f"{' or '.join(map(str, [k for k in fits if k <= 64][:8]))} processes")
     batch = per_step // world
     if given is not None and given != batch:
-        raise UserError(f"--batch_size {given} contradicts the run's {per_step} {unit} per step ({saved_world} "
-                        f"process(es) x batch {saved_batch}): on {world} process(es) its batch is {batch}; leave "
+        raise UserError(f"--batch_size {given} contradicts the run's {per_step} {unit} per step "
+                        f"({saved_world} process(es) x batch {saved_batch}): on {world} "
+                        f"process(es) its batch is {batch}; leave "
                         "--batch_size out to resume, or start a new run")
     if world == saved_world:
         return batch, None
-    return batch, (f"resuming a run of {saved_world} process(es) x batch {saved_batch} on {world} process(es): "
-                   f"batch {batch} per process, the same {per_step} {unit} per step")
+    return batch, (f"resuming a run of {saved_world} process(es) x batch {saved_batch} on {world} "
+                   f"process(es): batch {batch} per process, the same {per_step} {unit} per step")
 
 

@@ -7,7 +7,8 @@ next step. Updates are done in place on w and keep its dtype.
 """
 import numpy as np
 
-DEFAULT_LEARNING_RATES = {"sgd": 1e-2, "sgd_momentum": 1e-2, "rmsprop": 1e-2, "adam": 1e-3}  # each rule's default
+# each rule's default
+DEFAULT_LEARNING_RATES = {"sgd": 1e-2, "sgd_momentum": 1e-2, "rmsprop": 1e-2, "adam": 1e-3}
 
 
 def sgd(w, dw, config=None):

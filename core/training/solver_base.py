@@ -42,9 +42,10 @@ class SolverBase:
     the validation loss and stop requests are the same on every rank.
     """
 
-    def __init__(self, model, data, *, num_epochs=10, batch_size=100, lr_decay=1.0, val_samples=1000,
-                 seed=0, verbose=True, on_epoch_end=None, save_state=None, max_iters=None, divergence_factor=10.0,
-                 dist=None, step=None):
+    def __init__(self, model, data, *, num_epochs=10, batch_size=100, lr_decay=1.0,
+                 val_samples=1000,
+                 seed=0, verbose=True, on_epoch_end=None, save_state=None, max_iters=None,
+                 divergence_factor=10.0, dist=None, step=None):
         self.model, self.data, self.dist = model, data, dist or Context()
         self.step_rule = step or CrossEntropy()
         self.num_epochs, self.batch_size, self.lr_decay = num_epochs, batch_size, lr_decay
@@ -52,18 +53,21 @@ class SolverBase:
         self.max_iters, self.divergence_factor = max_iters, divergence_factor
         self.rng = np.random.default_rng(seed)
         num_val = data["val_captions"].shape[0]
-        self.val_rows = np.sort(self.rng.choice(num_val, size=min(val_samples, num_val), replace=False))
-        self.history = {"loss": [], "train_loss": [], "val_loss": [], "learning_rate": [], "train_seconds": [],
-                        **{k: [] for k in self.step_rule.history_keys}}
+        self.val_rows = np.sort(self.rng.choice(num_val, size=min(val_samples, num_val),
+                                                replace=False))
+        self.history = {"loss": [], "train_loss": [], "val_loss": [], "learning_rate": [],
+                        "train_seconds": [], **{k: [] for k in self.step_rule.history_keys}}
         self.epoch = 0  # epochs completed
         self.iteration = 0  # steps done in the epoch in progress
         self.position = 0  # items of the epoch's permutation done (all processes together)
         self.epoch_seconds = 0.0  # training time spent in the epoch in progress
-        self.epoch_rng_state = self.rng.bit_generator.state  # before the permutation of the epoch in progress
+        # before the permutation of the epoch in progress
+        self.epoch_rng_state = self.rng.bit_generator.state
         self.stop_requested = None  # why the run stopped early (a signal's name), else None
 
     def batch(self, split, rows):
-        """rows (B,) caption indices -> features (B, D) or (B, R, D) float32, captions (B, L) int."""
+        """rows (B,) caption indices -> features (B, D) or (B, R, D) float32, captions (B, L)
+        int."""
         captions = self.data[f"{split}_captions"][rows]
         features = self.data[f"{split}_features"][self.data[f"{split}_image_idxs"][rows]]
         return features, captions
@@ -89,12 +93,14 @@ class SolverBase:
         raise NotImplementedError
 
     def _optimizer_state(self):
-        """The optimizer's state (and any RNG the step uses) as a nested dict of arrays/tensors and plain values."""
+        """The optimizer's state (and any RNG the step uses) as a nested dict of arrays/tensors and
+        plain values."""
         raise NotImplementedError
 
     @staticmethod
     def check_optimizer_state(model, state):
-        """ValueError when a saved `_optimizer_state()` does not fit the model (read before it is loaded)."""
+        """ValueError when a saved `_optimizer_state()` does not fit the model (read before it is
+        loaded)."""
         raise NotImplementedError
 
     def _load_optimizer_state(self, state):
@@ -107,7 +113,8 @@ class SolverBase:
         raise NotImplementedError
 
     def training_state(self):
-        """Everything needed to continue this run exactly: {"loop": JSON-able dict, "optimizer": ...}."""
+        """Everything needed to continue this run exactly: {"loop": JSON-able dict, "optimizer":
+        ...}."""
         loop = {"epoch": self.epoch, "iteration": self.iteration, "position": self.position,
                 "world_size": self.dist.world_size, "epoch_seconds": self.epoch_seconds,
                 "rng": self.epoch_rng_state, "history": self.history, "num_epochs": self.num_epochs,
@@ -122,10 +129,11 @@ class SolverBase:
             state = TrainingState.parse(state, self.model, type(self), batch_size=self.batch_size)
         num_items = self.step_rule.num_items(self.data)
         if state.num_items not in (None, num_items) or state.position > num_items:
-            raise ValueError(f"it stopped at item {state.position} of an epoch of {state.num_items}, this run's "
-                             f"epochs hold {num_items}")
+            raise ValueError(f"it stopped at item {state.position} of an epoch of "
+                             f"{state.num_items}, this run's epochs hold {num_items}")
         if state.num_epochs is not None and state.epoch > self.num_epochs:
-            raise ValueError(f"its loop epoch {state.epoch} is outside this run's 0..{self.num_epochs}")
+            raise ValueError(f"its loop epoch {state.epoch} is outside this run's "
+                             f"0..{self.num_epochs}")
         lacking = set(self.history) - set(state.history)
         if lacking:
             raise ValueError(f"its history lacks {', '.join(sorted(lacking))}")
@@ -151,21 +159,24 @@ class SolverBase:
         return (mine, len(mine) / len(items)) if len(mine) else (items[:1], 0.0)
 
     def _check_loss(self, loss, where):
-        """Raise TrainingDiverged when a batch loss is non-finite or far above the run's first one."""
+        """Raise TrainingDiverged when a batch loss is non-finite or far above the run's first
+        one."""
         first = self.history["loss"][0] if self.history["loss"] else loss
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss} at {where}")
         if self.step_rule.positive_loss and loss > self.divergence_factor * abs(first):
             raise TrainingDiverged(f"the training loss grew to {loss:.4g} at {where}, more than "
-                                   f"{self.divergence_factor:g} times the first batch loss {first:.4g}")
+                                   f"{self.divergence_factor:g} times the first batch loss "
+                                   f"{first:.4g}")
 
     def _agree(self, stop):
         """Whether any process was asked to stop (the same answer on every rank)."""
         return bool(self.dist.all_reduce_sum(np.array([bool(stop)], dtype=np.float64))[0])
 
     def train(self):
-        """Run the remaining epochs -> the history dict (per-iteration `loss`, per-epoch `train_loss`,
-        `val_loss`, `learning_rate`, `train_seconds` spent in training steps, and the step strategy's keys).
+        """Run the remaining epochs -> the history dict (per-iteration `loss`, per-epoch
+        `train_loss`, `val_loss`, `learning_rate`, `train_seconds` spent in training steps, and the
+        step strategy's keys).
 
         On a requested stop (Ctrl-C, SIGTERM) it finishes the current step, calls save_state and
         returns early with `self.stop_requested` set. Raises TrainingDiverged.
@@ -181,7 +192,8 @@ class SolverBase:
                     return self.history
                 self._end_epoch()
                 self._save_state()
-                if self.epoch < self.num_epochs and self._agree(stop):  # a stop after the last epoch: done
+                # a stop after the last epoch: done
+                if self.epoch < self.num_epochs and self._agree(stop):
                     self.stop_requested = stop.reason or "a signal to another process"
                     return self.history
         return self.history
@@ -191,7 +203,8 @@ class SolverBase:
         iters = math.ceil(len(order) / step_size)
         if self.max_iters is not None:
             iters = min(iters, self.max_iters)
-        bar = tqdm(total=iters, initial=self.iteration, desc=f"epoch {self.epoch + 1}/{self.num_epochs}",
+        bar = tqdm(total=iters, initial=self.iteration,
+                   desc=f"epoch {self.epoch + 1}/{self.num_epochs}",
                    leave=False, disable=not self.verbose, mininterval=1.0)
         try:
             while self.iteration < iters and self.position < len(order):
@@ -199,20 +212,24 @@ class SolverBase:
                 start = time.perf_counter()
                 result = self.step_rule.step(self, items, weight)  # what the step computed
                 self.apply(result.gradients)
-                # the step's loss and metrics and whether any rank was asked to stop, the same on every rank
+                # the step's loss and metrics and whether any rank was asked to stop, the same on
+                # every rank
                 keys = self.step_rule.history_keys
                 agreed = self.dist.all_reduce_sum(np.array(
-                    [result.loss * weight, *(result.metrics[k] * weight for k in keys), bool(stop)]))
+                    [result.loss * weight, *(result.metrics[k] * weight for k in keys),
+                     bool(stop)]))
                 loss, stopping = float(agreed[0]), agreed[-1]
                 self.epoch_seconds += time.perf_counter() - start
                 self._check_loss(loss, f"epoch {self.epoch + 1}, iteration {self.iteration + 1}")
                 self.history["loss"].append(loss)
                 for k, value in zip(keys, agreed[1:-1]):
                     self.history[k].append(float(value))
-                self.iteration, self.position = self.iteration + 1, min(self.position + step_size, len(order))
+                self.iteration, self.position = self.iteration + 1, min(self.position + step_size,
+                                                                        len(order))
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False,
-                                **{k: f"{self.history[k][-1]:.3f}" for k in self.step_rule.history_keys})
+                                **{k: f"{self.history[k][-1]:.3f}"
+                                   for k in self.step_rule.history_keys})
                 if stopping:
                     self.stop_requested = stop.reason or "a signal to another process"
                     return False
@@ -226,7 +243,8 @@ class SolverBase:
             self.save_state(self)
 
     def _end_epoch(self):
-        """Validation, history, logging, callback and learning-rate decay after an epoch's last step."""
+        """Validation, history, logging, callback and learning-rate decay after an epoch's last
+        step."""
         epoch = self.epoch + 1
         self.history["train_seconds"].append(self.epoch_seconds)
         self.history["train_loss"].append(float(np.mean(self.history["loss"][-self.iteration:])))
@@ -236,10 +254,12 @@ class SolverBase:
             raise TrainingDiverged(f"the validation loss became {val} after epoch {epoch}")
         self.history["val_loss"].append(val)
         if self.verbose:
-            keys = self.step_rule.history_keys  # e.g. the self-critical reward and baseline: their epoch means
+            # e.g. the self-critical reward and baseline: their epoch means
+            keys = self.step_rule.history_keys
             means = "".join(f"  {k} {np.mean(self.history[k][-self.iteration:]):.4f}" for k in keys)
-            print(f"epoch {epoch}/{self.num_epochs}  {self.step_rule.loss_name} {self.history['train_loss'][-1]:.4f}"
-                  f"{means}  val loss (cross-entropy) {val:.4f}  lr {self.learning_rate:.2e}", flush=True)
+            print(f"epoch {epoch}/{self.num_epochs}  {self.step_rule.loss_name} "
+                  f"{self.history['train_loss'][-1]:.4f}{means}  val loss (cross-entropy) "
+                  f"{val:.4f}  lr {self.learning_rate:.2e}", flush=True)
         if self.on_epoch_end is not None:
             self.on_epoch_end(self, epoch)
         self._decay_lr(self.lr_decay)

@@ -1,4 +1,5 @@
-"""NumpySolver: trains a numpy model (CaptioningRNN) with the update rules of core/training/optim.py."""
+"""NumpySolver: trains a numpy model (CaptioningRNN, AttentionLSTM) with the update rules of
+core/training/optim.py."""
 import numpy as np
 
 from core.training import optim
@@ -15,10 +16,12 @@ class NumpySolver(SolverBase):
 
     OPTIONS = ("update_rule",)  # what training.py passes from its flags besides learning_rate
 
-    def __init__(self, model, data, update_rule="adam", optim_config=None, learning_rate=None, **kwargs):
+    def __init__(self, model, data, update_rule="adam", optim_config=None, learning_rate=None,
+                 **kwargs):
         super().__init__(model, data, **kwargs)
         if update_rule not in optim.UPDATE_RULES:
-            raise ValueError(f'unknown update rule "{update_rule}"; choose from {sorted(optim.UPDATE_RULES)}')
+            raise ValueError(f'unknown update rule "{update_rule}"; choose from '
+                             f'{sorted(optim.UPDATE_RULES)}')
         self.update_rule = optim.UPDATE_RULES[update_rule]
         optim_config = dict(optim_config or {})
         if learning_rate is not None:
@@ -33,8 +36,9 @@ class NumpySolver(SolverBase):
 
     def apply(self, gradients):
         for name, w in self.model.params.items():
-            self.model.params[name], self.optim_configs[name] = self.update_rule(w, gradients[name],
-                                                                                 self.optim_configs[name])
+            config = self.optim_configs[name]
+            w, self.optim_configs[name] = self.update_rule(w, gradients[name], config)
+            self.model.params[name] = w
 
     def _average(self, grads, weight):
         """Each rank's gradients times its weight, summed over the ranks in one all_reduce of one
@@ -65,22 +69,26 @@ class NumpySolver(SolverBase):
         names, moments of another shape or not finite, settings that are not finite numbers >= 0."""
         if not isinstance(state, dict) or set(state) != set(model.params):
             names = sorted(state) if isinstance(state, dict) else state
-            raise ValueError(f"optimizer state for parameters {names}, expected {sorted(model.params)}")
+            raise ValueError(f"optimizer state for parameters {names}, expected "
+                             f"{sorted(model.params)}")
         for name, config in state.items():
             if not isinstance(config, dict) or "learning_rate" not in config:
                 raise ValueError(f"optimizer state {name} has no learning_rate")
             for key, value in config.items():
                 if isinstance(value, np.ndarray):
-                    if value.shape != model.params[name].shape or not np.issubdtype(value.dtype, np.floating) \
+                    if value.shape != model.params[name].shape or not np.issubdtype(value.dtype,
+                                                                                    np.floating) \
                             or not np.isfinite(value).all():
-                        raise ValueError(f"optimizer state {name}.{key} of shape {value.shape} does not fit the "
-                                         f"weight's {model.params[name].shape}, or is not finite floats ({value.dtype})")
-                elif isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
-                        or value < 0:
+                        raise ValueError(f"optimizer state {name}.{key} of shape {value.shape} "
+                                         f"does not fit the weight's {model.params[name].shape}, "
+                                         f"or is not finite floats ({value.dtype})")
+                elif (isinstance(value, bool) or not isinstance(value, (int, float))
+                      or not np.isfinite(value) or value < 0):
                     raise ValueError(f"optimizer setting {name}.{key} is {value!r}")
 
     def _load_optimizer_state(self, state):
-        self.optim_configs = {name: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in config.items()}
+        self.optim_configs = {name: {k: v.copy() if isinstance(v, np.ndarray) else v for k,
+                                     v in config.items()}
                               for name, config in state.items()}
 
     @property

@@ -17,7 +17,8 @@ class TorchSolver(SolverBase):
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=learning_rate)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
+                                          lr=learning_rate)
         # under torchrun the training forward goes through DistributedDataParallel, which averages
         # the gradients in backward(); validation and decoding use the model itself
         self.net = self.model
@@ -31,15 +32,17 @@ class TorchSolver(SolverBase):
                 torch.as_tensor(captions, dtype=torch.long).to(self.device, non_blocking=True))
 
     def _loss(self, net, features, captions, caption_weights=None):
-        """Loss of a minibatch through net's forward (scalar tensor), under bfloat16 autocast when amp is on."""
+        """Loss of a minibatch through net's forward (scalar tensor), under bfloat16 autocast when
+        amp is on."""
         features, captions = self._tensors(features, captions)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model.loss_from_scores(net(features, captions[:, :-1]), captions, caption_weights)
+            return self.model.loss_from_scores(net(features, captions[:, :-1]), captions,
+                                               caption_weights)
 
     def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True):
-        """-> (loss, None): the gradients are left in the parameters' .grad, where `apply` reads them.
-        dropout False: the model in eval mode (self-critical steps differentiate the captions they
-        sampled in that mode)."""
+        """-> (loss, None): the gradients are left in the parameters' .grad, where `apply` reads
+        them. dropout False: the model in eval mode (self-critical steps differentiate the captions
+        they sampled in that mode)."""
         self.model.train(dropout)
         loss = self._loss(self.net, features, captions, caption_weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -76,15 +79,18 @@ class TorchSolver(SolverBase):
             raise ValueError("its optimizer state lacks adam or torch_rng")
         params = [p for p in model.parameters() if p.requires_grad]
         for index, moments in state["adam"].get("state", {}).items():
-            if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(moments, dict):
+            if not (isinstance(index, int) and 0 <= index < len(params)
+                    and isinstance(moments, dict)):
                 raise ValueError(f"its Adam state names parameter {index!r} of {len(params)}")
             for key in ("exp_avg", "exp_avg_sq"):
                 value = moments.get(key)
                 if not isinstance(value, torch.Tensor) or value.shape != params[index].shape \
                         or not value.is_floating_point() or not bool(torch.isfinite(value).all()):
-                    raise ValueError(f"its Adam {key} of parameter {index} does not fit the weight's shape "
-                                     f"{tuple(params[index].shape)} or is not finite")
-        if not isinstance(state["torch_rng"], torch.Tensor) or state["torch_rng"].dtype != torch.uint8:
+                    raise ValueError(f"its Adam {key} of parameter {index} does not fit the "
+                                     f"weight's shape {tuple(params[index].shape)} or is not "
+                                     f"finite")
+        if not isinstance(state["torch_rng"],
+                          torch.Tensor) or state["torch_rng"].dtype != torch.uint8:
             raise ValueError("its torch RNG state is not a byte tensor")
 
     def _load_optimizer_state(self, state):

@@ -17,7 +17,8 @@ PER_EPOCH = ("train_loss", "val_loss", "learning_rate", "train_seconds")
 def _count(loop, name, top=None, low=0):
     """A whole number of the loop state in [low, top] -> int; ValueError otherwise."""
     value = loop[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (top is not None and value > top):
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole or value < low or (top is not None and value > top):
         span = f"{low}..{top}" if top is not None else f"at least {low}"
         raise ValueError(f"its loop {name} {value!r} is outside this run's {span}")
     return value
@@ -66,9 +67,10 @@ class TrainingState:
         else:  # files written before the position was recorded: whole steps of the saved batch
             position = iteration * (batch_size or 0) * world_size
         seconds = loop["epoch_seconds"]
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
-                or seconds < 0:
-            raise ValueError(f"its loop epoch_seconds {seconds!r} is not a finite number of seconds")
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds) or seconds < 0):
+            raise ValueError(f"its loop epoch_seconds {seconds!r} is not a finite number of "
+                             f"seconds")
         try:
             np.random.PCG64().state = loop["rng"]
         except (TypeError, ValueError, KeyError) as e:
@@ -84,9 +86,10 @@ class TrainingState:
         for key, values in history.items():
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 raise ValueError(f"its history {key} holds values that are not numbers")
-        if tracker is not None and not (isinstance(tracker, dict) and isinstance(tracker.get("metrics"), dict)):
+        if tracker is not None and not (isinstance(tracker, dict)
+                                        and isinstance(tracker.get("metrics"), dict)):
             raise ValueError("its best-checkpoint state is not a dict of metrics")
         solver_class.check_optimizer_state(model, raw["optimizer"])
         return cls(epoch, iteration, position, world_size, float(seconds), loop["rng"],
-                   {k: list(v) for k, v in history.items()}, num_epochs, num_items, raw["optimizer"],
-                   tracker)
+                   {k: list(v) for k, v in history.items()}, num_epochs, num_items,
+                   raw["optimizer"], tracker)

@@ -1,5 +1,5 @@
-"""What one training step does, for the shared loop of core/training/solver_base.py: cross-entropy on the
-ground-truth captions, or self-critical training (Rennie et al., CVPR 2017) on sampled ones.
+"""What one training step does, for the shared loop of core/training/solver_base.py: cross-entropy
+on the ground-truth captions, or self-critical training (Rennie et al., CVPR 2017) on sampled ones.
 
 A step strategy says which items an epoch permutes (`num_items`: caption rows, or images),
 computes one step on this process's items through the solver's public `batch` and `gradients`
@@ -51,12 +51,12 @@ class CrossEntropy:
 class SelfCritical:
     """Self-critical sequence training: an epoch is one pass over the training images.
 
-    cider: a core.evaluation.cider.CiderD over the training references; num_samples K: captions sampled per
-    image; baseline: "greedy" (the reward of the greedy caption) or "mean" (the mean reward of the
-    image's other samples); temperature: of the sampling; max_length L: longest sampled caption;
-    seed: with the epoch and the image index it seeds that image's draws, so the samples do not
-    depend on which process or step an image falls in (K processes of batch B sample as one
-    process of batch K*B; a resumed run draws what a straight run draws).
+    cider: a core.evaluation.cider.CiderD over the training references; num_samples K: captions
+    sampled per image; baseline: "greedy" (the reward of the greedy caption) or "mean" (the mean
+    reward of the image's other samples); temperature: of the sampling; max_length L: longest
+    sampled caption; seed: with the epoch and the image index it seeds that image's draws, so the
+    samples do not depend on which process or step an image falls in (K processes of batch B sample
+    as one process of batch K*B; a resumed run draws what a straight run draws).
 
     Dropout is off both when the captions are sampled and when their loss is differentiated (the
     model's eval mode), so the log-probabilities trained are those the captions were drawn with.
@@ -69,7 +69,8 @@ class SelfCritical:
     unit = "images"
     positive_loss = False  # (r - b) * cross-entropy may be ~0 or negative
 
-    def __init__(self, cider, num_samples=5, baseline="greedy", temperature=1.0, max_length=16, seed=0):
+    def __init__(self, cider, num_samples=5, baseline="greedy", temperature=1.0, max_length=16,
+                 seed=0):
         if baseline not in ("greedy", "mean"):
             raise ValueError(f'baseline must be "greedy" or "mean", got "{baseline}"')
         if baseline == "mean" and num_samples < 2:
@@ -86,7 +87,8 @@ class SelfCritical:
     def draws(self, images, epoch):
         """The uniform draws of each image's K samples: images (n,) -> (n K, L) in [0, 1)."""
         K, L = self.num_samples, self.max_length
-        return np.concatenate([np.random.default_rng([self.seed, epoch, int(i)]).random((K, L)) for i in images])
+        return np.concatenate([np.random.default_rng([self.seed, epoch, int(i)]).random((K, L))
+                               for i in images])
 
     def step(self, solver, items, weight):
         """The self-critical loss and gradients of the images self.images[items] -> StepResult.
@@ -100,25 +102,31 @@ class SelfCritical:
         features = solver.data["train_features"][images]
         sampled = sample_search(model, features, self.max_length, K, self.temperature,
                                 draws=self.draws(images, solver.epoch))  # (n K, L)
-        rewards = self.cider.scores(decode_captions(sampled, model.idx_to_word), np.repeat(images, K))
+        rewards = self.cider.scores(decode_captions(sampled, model.idx_to_word),
+                                    np.repeat(images, K))
         if self.baseline == "greedy":
-            greedy = decode_captions(greedy_search(model, features, self.max_length), model.idx_to_word)
+            greedy = decode_captions(greedy_search(model, features, self.max_length),
+                                     model.idx_to_word)
             baseline = np.repeat(self.cider.scores(greedy, images), K)
         else:  # the mean reward of the image's other samples
             per_image = rewards.reshape(-1, K)
             baseline = ((per_image.sum(axis=1, keepdims=True) - per_image) / (K - 1)).reshape(-1)
-        captions = np.concatenate([np.full((len(sampled), 1), model.start_idx), sampled], axis=1)  # (n K, L + 1)
-        loss, gradients = solver.gradients(np.repeat(features, K, axis=0), captions, rewards - baseline, weight,
-                                           dropout=False)
-        return StepResult(loss, gradients, {"reward": float(rewards.mean()), "baseline": float(baseline.mean())})
+        # (n K, L + 1)
+        captions = np.concatenate([np.full((len(sampled), 1), model.start_idx), sampled], axis=1)
+        loss, gradients = solver.gradients(np.repeat(features, K, axis=0), captions, rewards
+                                           - baseline, weight, dropout=False)
+        return StepResult(loss, gradients,
+                          {"reward": float(rewards.mean()), "baseline": float(baseline.mean())})
 
 
 def from_flags(args, model, data):
-    """training.py's step strategy: cross-entropy, or (--scst) self-critical with the training references'
-    CIDEr-D; max_length: the captions' length, or less for a model with a position limit."""
+    """training.py's step strategy: cross-entropy, or (--scst) self-critical with the training
+    references' CIDEr-D; max_length: the captions' length, or less for a model with a position
+    limit."""
     if not args.scst:
         return CrossEntropy()
     T = data["train_captions"].shape[1] - 1  # words after <START>, <END> included
-    refs = references_by_image(data["train_captions"], data["train_image_idxs"], data["idx_to_word"])
+    refs = references_by_image(data["train_captions"], data["train_image_idxs"],
+                               data["idx_to_word"])
     return SelfCritical(CiderD(refs), args.scst_samples, args.baseline, args.temperature,
                         max_length=min(T, model.max_length or T), seed=args.seed)

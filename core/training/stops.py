@@ -6,7 +6,8 @@ import threading
 
 
 class StopRequest:
-    """reason: None until a stop is asked for, then the signal's name (or why another process stopped)."""
+    """reason: None until a stop is asked for, then the signal's name (or why another process
+    stopped)."""
 
     def __init__(self):
         self.reason = None
@@ -30,7 +31,8 @@ def clean_stops(verbose=True):
             raise KeyboardInterrupt
         request.reason = signal.Signals(signum).name
         if verbose:
-            print(f"\n{request.reason}: stopping after the current step (again to stop at once)", flush=True)
+            print(f"\n{request.reason}: stopping after the current step (again to stop at once)",
+                  flush=True)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -19,7 +19,8 @@ def summary_writer(log_dir):
 class TensorBoardLog:
     """writer: an object with add_scalar(tag, value, step) and flush() (a SummaryWriter); scores: an
     object whose `metrics` dict (eval_epoch, val_bleu4, val_cider) holds the val scores, e.g. the
-    core.training.best.BestCheckpoint of the run. Use `on_epoch_end` as a callback after the best checkpoint's."""
+    core.training.best.BestCheckpoint of the run. Use `on_epoch_end` as a callback after the best
+    checkpoint's."""
 
     def __init__(self, writer, scores=None):
         self.writer, self.scores = writer, scores

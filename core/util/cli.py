@@ -13,7 +13,7 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        unset = action.default in (None, False) or action.default == argparse.SUPPRESS
         if not unset and "default" not in text:
             text += " (default: %(default)s)"
         return text
@@ -53,7 +53,8 @@ def user_errors(prog):
 @contextlib.contextmanager
 def interrupts(prog, kept):
     """Ctrl-C (KeyboardInterrupt) inside the block: one line on stderr (rank 0 only) saying what was
-    kept, and exit code 130, instead of a traceback. Writes are atomic, so nothing is half-written."""
+    kept, and exit code 130, instead of a traceback. Writes are atomic, so nothing is
+    half-written."""
     try:
         yield
     except KeyboardInterrupt:
@@ -63,13 +64,15 @@ def interrupts(prog, kept):
 
 
 def resolve_device(name):
-    """--device value (None, "cpu", "cuda", "cuda:1") -> a torch device string; UserError when unavailable."""
+    """--device value (None, "cpu", "cuda", "cuda:1") -> a torch device string; UserError when
+    unavailable."""
     import torch
 
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for, but PyTorch sees no CUDA device here: use --device cpu")
+        raise UserError(f"--device {name} was asked for, but PyTorch sees no CUDA device here: use "
+                        f"--device cpu")
     try:
         torch.device(name)
     except RuntimeError:
@@ -101,9 +104,12 @@ def out_of_memory_errors():
         raise UserError(f"out of memory ({e}): use a smaller model (--hidden_dim, --wordvec_dim, "
                         "--dim_feedforward), --batch_size or --num_samples") from None
     except RuntimeError as e:
-        # torch.cuda.OutOfMemoryError exists in every torch this project allows (torch.OutOfMemoryError
-        # only in newer ones); a CPU allocation failure is a plain RuntimeError naming the allocation
+        # torch.cuda.OutOfMemoryError exists in every torch this project allows
+        # (torch.OutOfMemoryError
+        # only in newer ones); a CPU allocation failure is a plain RuntimeError naming the
+        # allocation
         if not isinstance(e, torch.cuda.OutOfMemoryError) and "allocate" not in str(e):
             raise
         raise UserError(f"out of memory ({str(e).splitlines()[0][:200]}): use a smaller model "
-                        "(--wordvec_dim, --dim_feedforward, --num_layers) or --batch_size") from None
+                        "(--wordvec_dim, --dim_feedforward, --num_layers) or "
+                        "--batch_size") from None

@@ -24,7 +24,8 @@ class Context:
     """rank, world_size, local_rank of this process; group: the gloo group for CPU collectives."""
 
     def __init__(self, rank=0, world_size=1, local_rank=0, group=None):
-        self.rank, self.world_size, self.local_rank, self.group = rank, world_size, local_rank, group
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.group = group
 
     @property
     def enabled(self):
@@ -84,13 +85,16 @@ class Context:
             for rank, message in enumerate(errors):
                 if message:
                     by_message.setdefault(message, []).append(str(rank))
-            raise UserError("; ".join(f"on rank{'s' if len(r) > 1 else ''} {', '.join(r)} of {self.world_size}: {m}"
+            raise UserError("; ".join(f"on rank{'s' if len(r) > 1 else ''} {', '.join(r)} of "
+                                      f"{self.world_size}: {m}"
                                       for m, r in by_message.items()))
         return result
 
     def local_device(self, device):
-        """The device this process uses for `device`: its own GPU (cuda:LOCAL_RANK) under torchrun."""
-        return f"cuda:{self.local_rank}" if self.enabled and str(device).startswith("cuda") else device
+        """The device this process uses for `device`: its own GPU (cuda:LOCAL_RANK) under
+        torchrun."""
+        gpu = self.enabled and str(device).startswith("cuda")
+        return f"cuda:{self.local_rank}" if gpu else device
 
     def shard(self, items):
         """This process's share of a sequence: items[rank::world_size]."""
@@ -104,7 +108,8 @@ class Context:
 
 
 def init(device_type="cpu"):
-    """Join the process group torchrun describes -> Context (the single-process one without torchrun).
+    """Join the process group torchrun describes -> Context (the single-process one without
+    torchrun).
 
     device_type: "cuda" uses NCCL for the model's collectives (and a gloo group beside it),
     anything else gloo.
@@ -120,9 +125,9 @@ def init(device_type="cpu"):
 
 def exit_after(main):
     """Run a script's main(); under torchrun, then end the process with os._exit once its output is
-    flushed. torch 2.14's gloo threads can abort the interpreter's normal shutdown after all the work
-    is done ("terminate called without an active exception", exit code -6, in about one run in four
-    of a bare two-process all_reduce here), which torchrun reports as a failed run."""
+    flushed. torch 2.14's gloo threads can abort the interpreter's normal shutdown after all the
+    work is done ("terminate called without an active exception", exit code -6, in about one run in
+    four of a bare two-process all_reduce here), which torchrun reports as a failed run."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return main()
     code = 0
@@ -139,8 +144,8 @@ def exit_after(main):
 
 
 def unshard(parts, total):
-    """Inverse of Context.shard: parts (list in rank order of arrays of items[r::K]) -> the (total, ...)
-    array in the original order."""
+    """Inverse of Context.shard: parts (list in rank order of arrays of items[r::K]) -> the (total,
+    ...) array in the original order."""
     out = np.empty((total,) + parts[0].shape[1:], dtype=parts[0].dtype)
     for r, part in enumerate(parts):
         out[r::len(parts)] = part

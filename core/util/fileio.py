@@ -43,7 +43,8 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {describe_os_error(e)}; the previous file, if any, is kept") from None
+        raise UserError(f"cannot write {path}: {describe_os_error(e)}; the previous file, if any, "
+                        f"is kept") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -53,16 +54,19 @@ def check_writable(files=(), folders=()):
     """Before any work: UserError naming the first output that could not be written later: a file
     path that is a directory (or a folder path that is a file), or one whose nearest existing folder
     is not writable. files and folders: (flag, path) pairs; the flag is for the message."""
-    for flag, path, is_file in [(f, Path(p), True) for f, p in files] + [(f, Path(p), False) for f, p in folders]:
+    for flag, path, is_file in [(f, Path(p), True) for f, p in files] + [(f, Path(p), False) for f,
+                                                                         p in folders]:
         if is_file and path.is_dir():
-            raise UserError(f"{flag} {path} is a directory: pass a file name (e.g. {path / 'model.npz'})")
+            raise UserError(f"{flag} {path} is a directory: pass a file name (e.g. "
+                            f"{path / 'model.npz'})")
         if not is_file and path.exists() and not path.is_dir():
             raise UserError(f"{flag} {path} is a file, not a folder")
         existing = path.parent if is_file else path
         while not existing.exists():
             existing = existing.parent
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"{flag} {path} cannot be written ({existing} is not a writable folder): "
+            raise UserError(f"{flag} {path} cannot be written ({existing} is not a writable "
+                            f"folder): "
                             "choose another location")
 
 
@@ -97,15 +101,18 @@ class RunLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 f = open(self.path, "a+")
             except OSError as e:
-                raise UserError(f"cannot create the lock file {self.path}: {describe_os_error(e)}") from None
+                raise UserError(f"cannot create the lock file {self.path}: "
+                                f"{describe_os_error(e)}") from None
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip()
                 f.close()
-                raise UserError(f"another training run is writing {self.checkpoint} (it holds the lock {self.path}"
-                                + (f", pid {holder}" if holder else "") + "): wait for it or pass another --checkpoint")
+                raise UserError(f"another training run is writing {self.checkpoint} (it holds the "
+                                f"lock {self.path}"
+                                + (f", pid {holder}" if holder else "")
+                                + "): wait for it or pass another --checkpoint")
             try:
                 same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
             except FileNotFoundError:

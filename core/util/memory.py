@@ -29,7 +29,8 @@ def keep_freed_memory(mmap_threshold=32 << 20, trim_threshold=1 << 30, top_pad=6
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return all(mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad)))
+        (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold),
+        (_M_TOP_PAD, top_pad)))
 
 
 def check_fits(num_weights, what):
@@ -38,6 +39,7 @@ def check_fits(num_weights, what):
     need = 16 * num_weights
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > total:
-        raise UserError(f"{what} has {num_weights:,} weights, which with their gradients and optimizer state need "
-                        f"about {need / 2**30:,.0f} GiB; this machine has {total / 2**30:,.0f} GiB: use smaller "
+        raise UserError(f"{what} has {num_weights:,} weights, which with their gradients and "
+                        f"optimizer state need about {need / 2**30:,.0f} GiB; this machine has "
+                        f"{total / 2**30:,.0f} GiB: use smaller "
                         "--hidden_dim/--wordvec_dim/--dim_feedforward")
