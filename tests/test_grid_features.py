@@ -6,12 +6,15 @@ import pytest
 import features_extraction
 import inference
 import training
+from core.model.registry import MODEL_TYPES
 from core.data.coco_utils import load_coco_data
 from core.datasets import make_sample_dataset as sample
 from core.util.errors import UserError
 from core.data.features import GRID_TRANSFORM_FILE, extract_fc7, load_transform, project_grid, region_boxes
-from tests.helpers import one_line_error
+from tests.helpers import checkpoint_name, one_line_error
 from tests.test_splits import COMMON, _split_flags
+
+REGIONS = [m for m, t in MODEL_TYPES.items() if t.feature_kind.regions]  # the decoders over regions
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +57,16 @@ def test_a_folder_without_region_features_says_how_to_build_them(fake_coco, tmp_
 
 def test_the_attention_flag_is_for_decoders_over_regions(capsys):
     one_line_error(capsys, lambda: inference.parse_args(["--model", "lstm", "--attention"]),
-                   "--attention needs a decoder that attends over image regions (attention_lstm, region_transformer)")
+                   f"--attention needs a decoder that attends over image regions ({', '.join(REGIONS)})")
     one_line_error(capsys, lambda: inference.parse_args(["--model", "attention_lstm", "--attention",
                                                          "--beam_size", "3"]), "drop --eval and --beam_size")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["attention_lstm", "region_transformer"])
+@pytest.mark.parametrize("model", REGIONS)
 def test_attention_decoders_train_caption_own_images_and_draw_their_attention(built, model, tmp_path, capsys):
     src, out = built
-    checkpoint = tmp_path / ("a.npz" if model == "attention_lstm" else "a.pt")
+    checkpoint = tmp_path / checkpoint_name(model, "a")
     training.main(["--model", model, "--data_dir", str(out), "--epochs", "2", "--batch_size", "20", "--checkpoint",
                    str(checkpoint), "--out_dir", str(tmp_path), "--wordvec_dim", "8", "--hidden_dim", "8",
                    "--attention_dim", "4", "--dim_feedforward", "16", "--num_heads", "2", "--num_layers", "1",
