@@ -32,7 +32,7 @@ from core.training.best import BestCheckpoint
 from core.training.config import saved_flags, settle
 from core.training.solver_base import TrainingDiverged
 from core.training.steps import from_flags
-from core.training.tensorboard_log import TensorBoardLog, summary_writer
+from core.training.tensorboard_log import epoch_callbacks
 from core.util import distributed
 from core.util.cli import (
     best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, user_errors)
@@ -91,19 +91,6 @@ def set_up(settled, ctx, stack):
     best = BestCheckpoint(best_path, save_checkpoint, extra, data, config.eval_every,
                           config.eval_images,
                           final_epoch=config.epochs, seed=config.seed, verbose=not config.quiet)
-    board = None
-    if config.tensorboard and ctx.is_main:
-        writer = summary_writer(config.tensorboard)
-        if writer is None:
-            say("note: --tensorboard needs the tensorboard package (pip install tensorboard): not "
-                "logging to it; the JSON history is written as always")
-        board = writer and TensorBoardLog(writer, best)
-
-    def on_epoch_end(solver, epoch):
-        best.on_epoch_end(solver, epoch)
-        if board:
-            board.on_epoch_end(solver, epoch)
-
     def save_state(solver):
         save_training_state(solver, last_path,
                             dict(extra, epoch=solver.epoch, iteration=solver.iteration,
@@ -119,8 +106,8 @@ def set_up(settled, ctx, stack):
         num_epochs=config.epochs, batch_size=config.batch_size, lr_decay=config.lr_decay,
         val_samples=config.val_samples, seed=config.seed, max_iters=config.max_iters,
         verbose=not config.quiet and ctx.is_main, save_state=save_state,
-        divergence_factor=config.divergence_factor, on_epoch_end=on_epoch_end if ctx.is_main
-        else None, dist=ctx)
+        divergence_factor=config.divergence_factor, dist=ctx,
+        on_epoch_end=epoch_callbacks(best, config.tensorboard, say) if ctx.is_main else None)
     if start is not None and start.state is not None:
         try:
             solver.load_training_state(start.state)

@@ -324,7 +324,9 @@ def test_tensorboard_mirrors_each_epoch_once_with_global_iteration_steps():
 def test_tensorboard_without_the_package_is_one_note(fake_coco, tmp_path, capsys, monkeypatch):
     import training
 
-    monkeypatch.setattr(training, "summary_writer", lambda log_dir: None)  # as without the tensorboard package
+    import core.training.tensorboard_log
+
+    monkeypatch.setattr(core.training.tensorboard_log, "summary_writer", lambda log_dir: None)  # as without the tensorboard package
     training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--hidden_dim", "8", "--wordvec_dim", "8",
                    "--epochs", "1", "--max_iters", "1", "--quiet", "--checkpoint", str(tmp_path / "r.npz"),
                    "--out_dir", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])

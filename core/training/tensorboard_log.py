@@ -39,3 +39,21 @@ class TensorBoardLog:
             self.writer.add_scalar("epoch/val_bleu4", metrics["val_bleu4"][-1], epoch)
             self.writer.add_scalar("epoch/val_cider", metrics["val_cider"][-1], epoch)
         self.writer.flush()
+
+
+def epoch_callbacks(best, log_dir, say=print):
+    """The callback after each epoch of a run: the best checkpoint's, then (with a --tensorboard
+    log_dir) TensorBoard's; a missing tensorboard package is said once and skipped."""
+    board = None
+    if log_dir:
+        writer = summary_writer(log_dir)
+        if writer is None:
+            say("note: --tensorboard needs the tensorboard package (pip install tensorboard): not "
+                "logging to it; the JSON history is written as always")
+        board = writer and TensorBoardLog(writer, best)
+
+    def on_epoch_end(solver, epoch):
+        best.on_epoch_end(solver, epoch)
+        if board:
+            board.on_epoch_end(solver, epoch)
+    return on_epoch_end
