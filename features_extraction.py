@@ -19,8 +19,9 @@ import torch
 
 from core.util import distributed
 from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
+from core.util.fileio import check_writable
 from core.data.builder import build_dataset
-from core.data.features import GRID_SIZES, parse_weights
+from core.data.features import FC7_DIM, GRID_CHANNELS, GRID_SIZES, parse_weights
 from core.data.karpathy import read_split_file
 
 
@@ -91,6 +92,9 @@ def parse_args(argv=None):
     if min(sizes) <= 0 or args.max_length < 3 or args.num_workers < 0:
         p.error("--batch_size, --pca_dim, --grid_pca_dim and --min_word_count must be positive, "
                 "--max_length at least 3")
+    if args.pca_dim > FC7_DIM or args.grid_pca_dim > GRID_CHANNELS:
+        p.error(f"--pca_dim must be at most {FC7_DIM} (fc7's size) and --grid_pca_dim at most "
+                f"{GRID_CHANNELS} (a region's channels)")
     return args
 
 
@@ -113,6 +117,7 @@ def main(argv=None):
     args = parse_args(argv)
     with interrupts("features_extraction.py",
                     f"{args.out_dir} is as it was"), user_errors("features_extraction.py"):
+        check_writable(folders=[("--out_dir", args.out_dir)])  # before hours of VGG16
         device = resolve_device(args.device)
         ctx = distributed.init(torch.device(device).type)
         device = ctx.local_device(device)

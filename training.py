@@ -47,7 +47,9 @@ def starting_model(config, start, data):
     if start is None:
         return build_model(config.model, data, saved_flags(config), seed=config.seed)
     check_against_data(start.checkpoint, start.path, config.model, data["idx_to_word"],
-                       data["dataset_id"], config.data_dir, data["train_features"].shape[-1])
+                       data["dataset_id"], config.data_dir, data["train_features"].shape[-1],
+                       sizes=MODEL_TYPES[config.model].feature_kind.model_sizes(
+                           data["train_features"]))
     return start.model
 
 
@@ -63,7 +65,8 @@ def set_up(settled, ctx, stack):
     checkpoint = Path(config.checkpoint)
     best_path, last_path = best_checkpoint_path(checkpoint), last_checkpoint_path(checkpoint)
     check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)],
-                   [("--out_dir", config.out_dir)])
+                   [("--out_dir", config.out_dir)]
+                   + ([("--tensorboard", config.tensorboard)] if config.tensorboard else []))
     if ctx.is_main:
         stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
 

@@ -567,3 +567,27 @@ def test_own_images_with_a_sample_dataset_model_say_what_it_knows(tmp_path, caps
     out = capsys.readouterr().out
     assert "note: this model knows only the sample dataset's rendered scenes" in out
     assert "knows only the sample dataset's rendered scenes" in shown[0]  # and on the figure
+
+
+def test_a_rebuild_removes_every_file_of_the_older_build_it_does_not_write(tmp_path):
+    """Breaks caught: a folder rebuilt without --grid kept the old images' region files (an attention
+    decoder then trained on regions of other images), and one rebuilt without a test split kept the
+    old test2014_* files; the user's own files stay."""
+    import core.data.builder as builder
+
+    out, new = tmp_path / "out", tmp_path / "new"
+    out.mkdir(), new.mkdir()
+    old_build = ["coco2014_captions.h5", "train2014_vgg16_fc7_pca.h5", "train2014_vgg16_grid_pca.h5",
+                 "val2014_vgg16_grid_pca.h5", "vgg16_grid_pca_transform.npz", "test2014_urls.txt",
+                 "test2014_vgg16_fc7_pca.h5"]
+    for name in old_build + ["notes.txt"]:
+        (out / name).write_text(f"old {name}")
+    for name in ("coco2014_captions.h5", "train2014_vgg16_fc7_pca.h5"):
+        (new / name).write_text(f"new {name}")
+    removed = builder._replace_all(new, out)
+    assert removed == sorted(set(old_build) - {"coco2014_captions.h5", "train2014_vgg16_fc7_pca.h5"})
+    assert sorted(p.name for p in out.iterdir()) == ["coco2014_captions.h5", "notes.txt",
+                                                      "train2014_vgg16_fc7_pca.h5"]
+    assert (out / "coco2014_captions.h5").read_text() == "new coco2014_captions.h5"
+    assert {"train2014_vgg16_grid_pca.h5", "test2014_vgg16_fc7.h5", "val2014_urls.txt",
+            "vgg16_fc7_pca_transform.npz"} <= builder.layout_files()

@@ -59,3 +59,33 @@ def test_a_bad_archive_leaves_nothing(tmp_path):
     result = run(bogus.as_uri(), dest, cwd=tmp_path)
     assert result.returncode != 0 and "not a readable zip" in result.stderr
     assert list(dest.parent.iterdir()) == []
+
+
+def test_a_download_into_a_folder_with_other_files_keeps_them(fake_coco, tmp_path):
+    """Break caught: the script ran `rm -rf` on a destination without coco2014_captions.h5 and
+    deleted the user's own files there (their train2014/ images, notes), then said all was ready."""
+    archive = tmp_path / "coco_captioning.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in fake_coco.iterdir():
+            z.write(f, f"coco_captioning/{f.name}")
+    dest = tmp_path / "mine"
+    (dest / "train2014").mkdir(parents=True)
+    (dest / "train2014" / "COCO_train2014_000000000009.jpg").write_bytes(b"an image of mine")
+    (dest / "notes.txt").write_text("my notes")
+    (dest / "coco2014_vocab.json").write_text("an older copy of the archive's own file")
+    result = run(archive.as_uri(), dest, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (dest / "train2014" / "COCO_train2014_000000000009.jpg").read_bytes() == b"an image of mine"
+    assert (dest / "notes.txt").read_text() == "my notes"
+    for f in fake_coco.iterdir():  # every file of the archive, the older copy replaced
+        assert (dest / f.name).read_bytes() == f.read_bytes(), f.name
+    assert "the 3 entries already there were kept" in result.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".coco_download")] == []
+
+
+def test_a_destination_that_is_a_file_is_refused(tmp_path):
+    dest = tmp_path / "coco_captioning"
+    dest.write_text("not a folder")
+    result = run("http://127.0.0.1:9/never-fetched.zip", dest, cwd=tmp_path)
+    assert result.returncode != 0 and "is not a folder" in result.stderr
+    assert dest.read_text() == "not a folder"

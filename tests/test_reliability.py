@@ -740,3 +740,172 @@ def test_a_run_on_little_data_names_one_recipe(fake_coco):
     assert (settled.config.recipe, settled.config.epochs, settled.config.batch_size) == ("small-data", 100, 50)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settled.config.epochs = 3  # nothing changes the settled configuration
+
+
+def test_a_run_stopped_after_its_last_step_resumes_into_writing_its_final_files(fake_coco, tmp_path,
+                                                                                capsys):
+    """Break caught: a Ctrl-C just after the last epoch (the final checkpoint, plot and history not
+    yet written) left a run whose printed resume command was refused as "already trained"."""
+    train(tmp_path, fake_coco, "--model", "rnn", "--epochs", 1)
+    history = (tmp_path / "out" / "r_history.json").read_text()
+    final = (tmp_path / "r.npz").read_bytes()
+    for written in (tmp_path / "r.npz", tmp_path / "out" / "r_history.json", tmp_path / "out" / "r_loss.png"):
+        written.unlink()  # as if the stop came before they were written
+    capsys.readouterr()
+    assert training.main(["--resume", str(tmp_path / "r_last.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "writing its final files" in out
+    assert (tmp_path / "out" / "r_loss.png").is_file()
+    assert _history(tmp_path / "out" / "r_history.json") == _history_text(history)
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "r.npz")[0].params["Wx"],
+                                  load_checkpoint_bytes(final, tmp_path)["Wx"])
+    one_line_error(capsys, lambda: training.main(["--resume", str(tmp_path / "r_last.npz")]),
+                   "has already trained 1 of its 1 epochs")
+
+
+def _history_text(text):
+    history = json.loads(text)
+    return {k: v for k, v in history.items() if k not in ("train_seconds", "seconds")}
+
+
+def load_checkpoint_bytes(data, tmp_path):
+    (tmp_path / "before.npz").write_bytes(data)
+    return load_checkpoint(tmp_path / "before.npz")[0].params
+
+
+@pytest.fixture
+def other_regions(fake_coco, tmp_path):
+    """The same dataset with its regions rebuilt at another grid size (9 regions instead of 4): the
+    dataset id, which the fc7 PCA features fix, is the same."""
+    import h5py
+
+    copy = tmp_path / "nine"
+    shutil.copytree(fake_coco, copy)
+    for split in ("train", "val"):
+        path = copy / f"{split}2014_vgg16_grid_pca.h5"
+        with h5py.File(path, "r") as f:
+            n = f["features"].shape[0]
+        with h5py.File(path, "w") as f:
+            f.create_dataset("features", data=np.zeros((n, 9, 8), np.float16))
+    return copy
+
+
+def test_a_checkpoint_of_other_regions_is_one_line_at_every_entry_point(fake_coco, other_regions,
+                                                                        tmp_path, capsys):
+    """Break caught: `ValueError: region features of shape (196, 8) per image do not fit this model's
+    (49, 8)` from captions, --eval, --resume and --scst --init_from."""
+    train(tmp_path, fake_coco, "--model", "attention_lstm", "--epochs", 1, "--checkpoint", tmp_path / "a.npz")
+    checkpoint = str(tmp_path / "a.npz")
+    message = "reads 4 regions per image"
+    for argv in (["--split", "val"], ["--eval"]):
+        one_line_error(capsys, lambda: inference.main(["--model", "attention_lstm", "--checkpoint", checkpoint,
+                                                       "--data_dir", str(other_regions), "--out_dir",
+                                                       str(tmp_path), *argv]),
+                       message, f"{other_regions} has 9")
+    one_line_error(capsys, lambda: training.main(["--resume", str(tmp_path / "a_last.npz"), "--epochs", "2",
+                                                  "--data_dir", str(other_regions)]), message)
+    one_line_error(capsys, lambda: training.main(["--model", "attention_lstm", "--scst", "--init_from", checkpoint,
+                                                  "--data_dir", str(other_regions), "--checkpoint",
+                                                  str(tmp_path / "s.npz")]), message)
+
+
+@pytest.mark.parametrize("what, change, message", [
+    ("NaN components", lambda t, i: t["components"].fill(np.nan), "components holds values that are not finite"),
+    ("a mean of the wrong length", lambda t, i: t.update(mean=np.zeros(7, np.float32)), "mean has shape (7,)"),
+    ("a grid size of 5", lambda t, i: i.update(grid_size=5), "grid_size 5 is not one of (7, 14)"),
+    ("an info that is a list", lambda t, i: i.clear() or None, "its info is a list"),
+])
+def test_a_damaged_grid_transform_is_refused_naming_the_file_and_the_array(what, change, message, tmp_path):
+    """Breaks caught: a grid transform with NaN components captioned anyway; a mean of the wrong
+    length was a broadcast ValueError, a grid size of 5 went on, an info list an AttributeError."""
+    from core.data.features import GRID_TRANSFORM_FILE, load_transform, save_transform
+    from core.util.errors import UserError
+
+    transform = {"mean": np.zeros(512, np.float32), "components": np.ones((8, 512), np.float32),
+                 "bias": np.zeros(8, np.float32)}
+    info = {"vgg16": {"weights": "random", "seed": 0}, "grid_size": 7}
+    path = tmp_path / GRID_TRANSFORM_FILE
+    save_transform(path, transform, info)
+    load_transform(path)  # intact: read
+    change(transform, info)
+    save_transform(path, transform, [info] if what == "an info that is a list" else info)
+    with pytest.raises(UserError, match="damaged") as e:
+        load_transform(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_every_output_location_is_checked_before_the_work(fake_coco, tmp_path, capsys, monkeypatch):
+    """Breaks caught: features_extraction.py ran VGG16 over every image before finding its --out_dir
+    a file (hours at COCO size), and --grid_pca_dim 513 failed only after extraction;
+    inference.py --eval captioned and scored a split, then lost the JSON to an --out_dir that is a
+    file; --tensorboard at a file was a FileExistsError traceback after the data loaded."""
+    import core.data.coco_utils
+    import core.evaluation.captions
+    import features_extraction
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    monkeypatch.setattr(features_extraction, "build_dataset", lambda *a, **k: pytest.fail("extracted"))
+    flags = ["--train_annotations", "a", "--train_images", "b", "--val_annotations", "c", "--val_images", "d"]
+    one_line_error(capsys, lambda: features_extraction.main([*flags, "--out_dir", str(blocker)]),
+                   f"--out_dir {blocker} is a file, not a folder")
+    one_line_error(capsys, lambda: features_extraction.parse_args([*flags, "--out_dir", "o", "--grid",
+                                                                   "--grid_pca_dim", "513"]),
+                   "--grid_pca_dim at most 512")
+    train(tmp_path, fake_coco, "--model", "rnn", "--epochs", 1)
+    monkeypatch.setattr(core.evaluation.captions, "caption_split", lambda *a, **k: pytest.fail("captioned"))
+    one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "r.npz"),
+                                                   "--eval", "--out_dir", str(blocker)]),
+                   f"--out_dir {blocker} is a file, not a folder")
+    monkeypatch.setattr(training, "load_coco_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    one_line_error(capsys, lambda: training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--checkpoint",
+                                                  str(tmp_path / "t.npz"), "--tensorboard", str(blocker)]),
+                   f"--tensorboard {blocker} is a file, not a folder")
+
+
+def _grid_rows(split, rows):
+    def edit(d):
+        path = d / f"{split}2014_vgg16_grid_pca.h5"
+        with h5py.File(path) as f:
+            features = f["features"][()]
+        _rewrite_h5(path, "features", np.resize(features, (rows,) + features.shape[1:]))
+    return edit
+
+
+def _grid_group(d):
+    path = d / "train2014_vgg16_grid_pca.h5"
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f.create_group("features")
+
+
+def _grid_huge_header(d):
+    path = d / "train2014_vgg16_grid_pca.h5"
+    path.unlink()
+    with h5py.File(path, "w") as f:  # 16 TiB declared, a few bytes written
+        f.create_dataset("features", shape=(2 ** 38, 4, 8), dtype="f2", chunks=(1, 4, 8))
+
+
+BAD_GRIDS = {
+    "more region rows than images": (_grid_rows("train", 61), [
+        "train2014_vgg16_grid_pca.h5 has 61 rows but train2014_urls.txt lists 60 images", "different builds"]),
+    "fewer region rows than images": (_grid_rows("val", 10), [
+        "val image indices of coco2014_captions.h5 go past the 10 rows of val2014_vgg16_grid_pca.h5"]),
+    "a group, not an array": (_grid_group, ["train2014_vgg16_grid_pca.h5: features is an HDF5 group"]),
+    "a crafted 16 TiB header": (_grid_huge_header, ["features of shape (274877906944, 4, 8) would take 16,384 GiB",
+                                                    "a damaged file"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GRIDS)
+def test_bad_region_files_are_named_at_load_time(fake_coco, tmp_path, case):
+    """Breaks caught: a grid file with more rows than fc7 blamed train2014_urls.txt, one with fewer
+    named no file, a crafted 11 TiB header was reported as a model too large for memory, and a
+    `features` group was a TypeError."""
+    edit, fragments = BAD_GRIDS[case]
+    data = _copy(fake_coco, tmp_path)
+    edit(data)
+    with pytest.raises(UserError) as e:
+        load_coco_data(data, features="grid")
+    for fragment in fragments:
+        assert fragment in str(e.value), str(e.value)

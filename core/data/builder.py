@@ -21,6 +21,7 @@ import numpy as np
 from core.data.coco_utils import (
     OPTIONAL_SPLITS, SPECIAL_TOKENS, SPLITS, build_vocab, dataset_id, dropped_characters,
     encode_captions, tokenize)
+from core.data.feature_kinds import FEATURE_KINDS
 from core.util.distributed import Context, unshard
 from core.util.errors import UserError
 from core.data.features import (
@@ -185,8 +186,8 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         del grid
 
     try:
-        _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca,
-                       transform, spec, max_length, pca_dim, grids)
+        removed = _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7,
+                                 pca, transform, spec, max_length, pca_dim, grids)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"cannot write the dataset into {out_dir}: {describe_os_error(e)}{where}; "
@@ -195,6 +196,8 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
               v in (("images", paths), ("captions", raw_captions))}
     log(f"wrote {out_dir}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
         + f", {len(idx_to_word)} words")
+    if removed:
+        log(f"removed the older build's {', '.join(removed)} (this build does not write them)")
     return counts
 
 
@@ -215,7 +218,7 @@ def _extract_sharded(paths, spec, dist, grid_size=None, **kwargs):
 def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca,
                    transform, spec, max_length, pca_dim, grids=None):
     """Write every file of the layout into a temporary folder inside out_dir, then move them into
-    place."""
+    place -> the names of an older build's files removed without a replacement."""
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".build_{os.getpid()}_", dir=out_dir))
@@ -251,7 +254,7 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
             save_transform(tmp / GRID_TRANSFORM_FILE, grid_transform, dict(
                 info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size,
                 layer=layer))
-        _replace_all(tmp, out_dir)
+        return _replace_all(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -281,16 +284,31 @@ def _running(pid):
     return True
 
 
+def layout_files():
+    """Every file name a build may write into a dataset folder (a split's files for train, val and
+    the optional test split, each kind of features, both transforms): a rebuild replaces or
+    removes all of them, so no file of an older build is read with the new one."""
+    names = {"coco2014_captions.h5", "coco2014_vocab.json"}
+    for kind in FEATURE_KINDS.values():
+        names.add(kind.transform_file)
+        for split in SPLITS + OPTIONAL_SPLITS:
+            names.update(kind.path("", split, pca).name for pca in (True, False))
+    names.update(f"{split}2014_urls.txt" for split in SPLITS + OPTIONAL_SPLITS)
+    return names
+
+
 def _replace_all(new_dir, out_dir):
-    """Move every file of new_dir into out_dir as one change: the files they replace are set aside
-    first, and a failure part-way puts them back (and takes the new ones out), so out_dir holds
-    either the whole old dataset or the whole new one, never a mix."""
+    """Move every file of new_dir into out_dir as one change: the files of the layout already there
+    (those it replaces, and those of an older build it does not write again, such as region files
+    of a build with --grid, or a test split) are set aside first, and a failure part-way puts them
+    back (and takes the new ones out), so out_dir holds either the whole old dataset or the whole
+    new one, never a mix. -> the names of the old files removed without a replacement."""
     new = sorted(f.name for f in new_dir.iterdir())
     old_dir = new_dir / ".previous"
     old_dir.mkdir()
     set_aside, placed = [], []
     try:
-        for name in new:
+        for name in sorted(set(new) | layout_files()):
             if (out_dir / name).exists():
                 os.replace(out_dir / name, old_dir / name)
                 set_aside.append(name)
@@ -303,3 +321,4 @@ def _replace_all(new_dir, out_dir):
         for name in set_aside:
             os.replace(old_dir / name, out_dir / name)
         raise
+    return sorted(set(set_aside) - set(new))

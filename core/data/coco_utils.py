@@ -15,6 +15,7 @@ dataset and datasets built with a test split (features_extraction.py --split_fil
 chooses the best checkpoint; test is scored only by `inference.py --eval`.
 """
 import hashlib
+import os
 import json
 from pathlib import Path
 
@@ -76,12 +77,25 @@ def _require(path, hint):
 
 def _read_h5(path, names, rows=None):
     """Read datasets `names` (their first `rows` rows when given) from one h5 file -> dict name ->
-    array; UserError when unreadable."""
+    array; UserError when unreadable, when a name is a group rather than an array, or when an
+    array is larger than this machine's memory (a damaged or crafted header)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
         with h5py.File(path, "r") as f:
             missing = [n for n in names if n not in f]
             if missing:
                 raise UserError(f"{path} has no dataset(s) {', '.join(missing)}")
+            for n in names:
+                if not isinstance(f[n], h5py.Dataset):
+                    raise UserError(f"{path}: {n} is an HDF5 {type(f[n]).__name__.lower()}, not an "
+                                    "array: rebuild the file")
+                size = f[n].nbytes if rows is None or not f[n].shape else \
+                    f[n].nbytes // max(f[n].shape[0], 1) * min(rows, f[n].shape[0])
+                if size > memory:
+                    raise UserError(f"{path}: {n} of shape {f[n].shape} would take "
+                                    f"{size / 2**30:,.0f} GiB, more than this machine's "
+                                    f"{memory / 2**30:,.0f} GiB: a damaged file, or data too large "
+                                    "to load whole")
             return {n: f[n][()] if rows is None else f[n][:rows] for n in names}
     except OSError as e:
         raise UserError(f"cannot read {path} as HDF5 ({e})") from None
@@ -106,7 +120,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     hint = f"fetch it with `{FETCH_HINT}`" if base_dir.resolve() == COCO_DIR else "check --data_dir"
     if not base_dir.is_dir():
         raise UserError(f"data directory {base_dir} not found: {hint}")
-    data = {}
+    data, files = {}, {}  # files: each split's features file, for messages
     captions_path = _require(base_dir / "coco2014_captions.h5", hint)
     splits = SPLITS + tuple(s for s in OPTIONAL_SPLITS
                             if _has_dataset(captions_path, f"{s}_captions"))
@@ -118,6 +132,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
                         f"{base_dir} has no {kind.label}: {kind.missing}" if kind.missing else hint)
         data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path,
                                                     kind)
+        files[split] = path.name
         urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
         data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
 
@@ -129,7 +144,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     else:
         first = data["train_features"]
     data["dataset_id"] = dataset_id(first, data["idx_to_word"])
-    _check_consistent(data, base_dir)
+    _check_consistent(data, base_dir, files)
 
     return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
 
@@ -216,8 +231,9 @@ def _check_features(features, path, kind):
     return features
 
 
-def _check_consistent(data, base_dir):
-    """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts)."""
+def _check_consistent(data, base_dir, files):
+    """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts),
+    naming the files; files: each split's features file name."""
     V = len(data["idx_to_word"])
     for split in data_splits(data)[1:]:
         if data["train_features"].shape[1:] != data[f"{split}_features"].shape[1:]:
@@ -236,14 +252,16 @@ def _check_consistent(data, base_dir):
             raise UserError(f"{base_dir}: {split} captions {caps.shape} and image indices "
                             f"{idxs.shape} do not match")
         if idxs.size and (idxs.min() < 0 or idxs.max() >= feats.shape[0]):
-            raise UserError(f"{base_dir}: {split} image indices go past the {feats.shape[0]} "
-                            f"feature rows")
+            raise UserError(f"{base_dir}: {split} image indices of coco2014_captions.h5 go past the "
+                            f"{feats.shape[0]} rows of {files[split]}: the two come from different "
+                            "builds; rebuild the folder")
         if caps.size and (caps.min() < 0 or caps.max() >= V):
             raise UserError(f"{base_dir}: {split} captions hold word indices outside the {V}-word "
                             f"vocabulary")
         if len(data[f"{split}_urls"]) != feats.shape[0]:
-            raise UserError(f"{base_dir}: {split}2014_urls.txt has {len(data[f'{split}_urls'])} "
-                            f"lines for {feats.shape[0]} feature rows")
+            raise UserError(f"{base_dir}: {files[split]} has {feats.shape[0]} rows but "
+                            f"{split}2014_urls.txt lists {len(data[f'{split}_urls'])} images: the "
+                            "two come from different builds; rebuild the folder")
 
 
 def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):

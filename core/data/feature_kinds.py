@@ -41,6 +41,10 @@ class FeatureKind:
         records."""
         return {"num_regions": int(features.shape[1])} if self.regions else {}
 
+    def transform_sizes(self, info):
+        """The sizes a transform's info gives the features of new images (as model_sizes does)."""
+        return {"num_regions": int(info["grid_size"]) ** 2} if self.regions else {}
+
     def describe(self, features):
         """"512-d features" or "49 regions of 64-d features", for what a run prints."""
         if self.regions:

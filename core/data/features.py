@@ -285,17 +285,44 @@ def save_transform(path, transform, info):
 
 
 def load_transform(path):
-    """-> transform dict (mean, components, bias), info dict."""
+    """-> transform dict (mean (F,), components (P, F), bias (P,)), info dict; UserError naming the
+    file and the array when it is not one (unreadable, arrays of the wrong shape or not finite, an
+    info that is not a dict, a grid size that is not one of GRID_SIZES)."""
     try:
         if not zipfile.is_zipfile(path):
             raise UserError(f"{path} is not a feature transform file (an .npz of mean, components, "
-                            f"bias and info "
-                            "written by features_extraction.py): rebuild the dataset or remove it")
+                            "bias and info written by features_extraction.py): rebuild the dataset "
+                            "or remove it")
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in ("mean", "components", "bias")}, json.loads(str(f["info"]))
+            transform = {k: f[k] for k in ("mean", "components", "bias")}
+            info = json.loads(str(f["info"]))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read the feature transform {path} ({type(e).__name__}: "
-                        f"{e})") from None
+        raise UserError(f"cannot read the feature transform {path} ({type(e).__name__}: {e})") \
+            from None
+    problem = transform_problem(transform, info)
+    if problem:
+        raise UserError(f"the feature transform {path} is damaged ({problem}): rebuild the dataset "
+                        "with features_extraction.py")
+    return transform, info
+
+
+def transform_problem(transform, info):
+    """What is wrong with a transform and its info, or None."""
+    if not isinstance(info, dict):
+        return f"its info is a {type(info).__name__}, not a dict"
+    if "grid_size" in info and info["grid_size"] not in GRID_SIZES:
+        return f"its info's grid_size {info['grid_size']!r} is not one of {GRID_SIZES}"
+    components = transform["components"]
+    if components.ndim != 2:
+        return f"components has shape {components.shape}, not (P, F)"
+    P, F = components.shape  # P output dimensions of F input channels
+    shapes = {"mean": (F,), "components": (P, F), "bias": (P,)}
+    for name, array in transform.items():
+        if array.shape != shapes[name]:
+            return f"{name} has shape {array.shape}, expected {shapes[name]} (components {(P, F)})"
+        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+            return f"{name} holds values that are not finite floats"
+    return None
 
 
 def ensure_transform(data_dir, progress=True, log=print):

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Download the CS231n COCO captioning data (~1 GB zip) into core/datasets/coco_captioning/.
-# Skips the download when the folder is already there. Works from any directory.
+# Skips the download when the data is already there. Works from any directory.
 # COCO_CAPTIONING_URL and COCO_CAPTIONING_DIR override the source and the destination.
+# Only the archive's own files are added (or replace files of the same name); whatever else the
+# destination holds is left as it was. The archive is downloaded and unpacked beside the
+# destination, then each file is moved in (a rename), coco2014_captions.h5 last: it marks the data
+# as present, so a run interrupted before it is redone by the next run.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,6 +16,10 @@ parent="$(dirname "$dest")"
 if [ -f "$dest/coco2014_captions.h5" ]; then
   echo "COCO captioning data already in $dest; nothing to do."
   exit 0
+fi
+if [ -e "$dest" ] && [ ! -d "$dest" ]; then
+  echo "error: $dest exists and is not a folder; nothing was written." >&2
+  exit 1
 fi
 
 mkdir -p "$parent"
@@ -56,6 +64,20 @@ if [ ! -f "$src/coco2014_captions.h5" ]; then
   echo "error: the archive from $url has no coco2014_captions.h5; nothing was written to $dest." >&2
   exit 1
 fi
-rm -rf "$dest"
-mv "$src" "$dest"
-echo "COCO captioning data ready in $dest"
+mkdir -p "$dest"
+kept=$(find "$dest" -mindepth 1 -maxdepth 1 | wc -l | tr -d ' ')
+added=0
+while IFS= read -r -d '' f; do
+  rel="${f#"$src"/}"
+  [ "$rel" = "coco2014_captions.h5" ] && continue
+  mkdir -p "$dest/$(dirname "$rel")"
+  mv -f "$f" "$dest/$rel"
+  added=$((added + 1))
+done < <(find "$src" -type f -print0)
+mv -f "$src/coco2014_captions.h5" "$dest/coco2014_captions.h5"
+added=$((added + 1))
+if [ "$kept" -gt 0 ]; then
+  echo "COCO captioning data ready in $dest ($added files added; the $kept entries already there were kept)"
+else
+  echo "COCO captioning data ready in $dest"
+fi

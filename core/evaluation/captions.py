@@ -25,7 +25,7 @@ from core.model.decoding import greedy_search
 from core.model.registry import MODEL_TYPES
 from core.util.cli import resolve_device
 from core.util.errors import UserError
-from core.util.fileio import atomic_write_text
+from core.util.fileio import atomic_write_text, check_writable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +103,7 @@ def settle(args, ctx, say):
                 "(build a test split with features_extraction.py --split_file dataset_coco.json, "
                 "Karpathy's)")
     values["image"] = tuple(args.image) if args.image else None
+    check_writable(folders=[("--out_dir", values["out_dir"])])  # before any image is captioned
     return Settings(**values), model, config
 
 
@@ -118,8 +119,10 @@ def load_checked_data(settings, config):
     """The dataset of the settings' folder, checked against the checkpoint (vocabulary, dataset,
     size)."""
     data = load_coco_data(settings.data_dir, features=MODEL_TYPES[settings.model].features)
+    kind = MODEL_TYPES[settings.model].feature_kind
     check_against_data(config, settings.checkpoint, settings.model, data["idx_to_word"],
-                       data["dataset_id"], settings.data_dir, data["train_features"].shape[-1])
+                       data["dataset_id"], settings.data_dir, data["train_features"].shape[-1],
+                       sizes=kind.model_sizes(data["train_features"]))
     return data
 
 
@@ -286,7 +289,7 @@ def caption_files(settings, model, config):
     transform, info = kind.transform(settings.data_dir)
     check_against_data(config, settings.checkpoint, settings.model, idx_to_word,
                        info.get("dataset_id"), settings.data_dir, transform["components"].shape[0],
-                       what="the transform of")
+                       what="the transform of", sizes=kind.transform_sizes(info))
     regions = f", {info['layer']} regions" if kind.regions else ""
     print(f"image features: {describe_weights(info['vgg16'])}{regions}")
     if info.get("note"):

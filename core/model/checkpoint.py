@@ -266,10 +266,11 @@ def check_checkpoint(config, path, model_type, idx_to_word):
 
 
 def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, feature_size,
-                       what=""):
+                       what="", sizes=None):
     """Raise UserError when a loaded checkpoint does not fit the data it is used with: another model
-    type, vocabulary, dataset (naming the folder it was trained on) or feature size. what: words
-    before data_dir in the feature-size message ("the transform of")."""
+    type, vocabulary, dataset (naming the folder it was trained on), the sizes its kind of
+    features adds (`sizes`, e.g. {"num_regions": 196}) or feature size. what: words before
+    data_dir in the messages ("the transform of")."""
     check_checkpoint(config, path, model_type, idx_to_word)
     extra = config.get("extra", {})
     trained_on = extra.get("dataset_id")
@@ -277,6 +278,11 @@ def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, f
         folder = extra.get("data_path", f"the one of dataset id {trained_on}")
         raise UserError(f"checkpoint {path} was trained on another dataset ({folder}) than "
                         f"{data_dir}: pass --data_dir {folder}")
+    for key, value in (sizes or {}).items():  # what the kind of features adds: regions per image
+        if config.get(key, value) != value:
+            makes = f"{what + ' ' if what else ''}{data_dir} {'makes' if what else 'has'}"
+            raise UserError(f"checkpoint {path} reads {config[key]} {key.replace('num_', '')} per "
+                            f"image, {makes} {value}: use the --data_dir it was trained on")
     if feature_size != config["input_dim"]:
         makes = f"{what + ' ' if what else ''}{data_dir} {'makes' if what else 'has'}"
         raise UserError(f"checkpoint {path} expects {config['input_dim']}-d features, {makes} "

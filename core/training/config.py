@@ -260,7 +260,8 @@ def _new_run(values, explicit, lines):
 def _resumed_run(values, explicit, lines, world_size):
     """--resume PATH: its saved flags, with the ones given now that may change (epochs, paths,
     device, output) -> (values, recipe line, Start). UserError for a given flag that contradicts the
-    run, a damaged file, or a run that has already trained its epochs."""
+    run, a damaged file, or a run that has already trained its epochs and written its final files
+    (one stopped after its last step resumes into writing them)."""
     path = values["resume"]
     model, checkpoint, state = load_training_state(path)
     extra = checkpoint.get("extra", {})
@@ -289,8 +290,15 @@ def _resumed_run(values, explicit, lines, world_size):
     if "data_dir" not in explicit:
         merged["data_dir"] = extra["data_path"]
     if state.epoch >= merged["epochs"] and not state.iteration:
-        raise UserError(f"{path} has already trained {state.epoch} of its {merged['epochs']} "
-                        f"epochs: pass --epochs larger than {state.epoch} to train more")
+        final = Path(merged["checkpoint"])
+        history = Path(merged["out_dir"]) / f"{final.stem}_history.json"
+        if final.is_file() and history.is_file():
+            raise UserError(f"{path} has already trained {state.epoch} of its {merged['epochs']} "
+                            f"epochs: pass --epochs larger than {state.epoch} to train more")
+        # stopped after its last step, before the final files were written: resuming writes them
+        lines.append(f"{path} has trained all its {state.epoch} epochs, but {final} or {history} "
+                     f"is "
+                     "missing (the run stopped before writing them): writing its final files")
     unit = "images" if merged["scst"] else "captions"
     given = values["batch_size"] if "batch_size" in explicit else None
     merged["batch_size"], note = resumed_batch_size(saved["batch_size"], state.world_size,
