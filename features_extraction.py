@@ -15,6 +15,8 @@ features, image lists and the fc7 -> PCA transform (for captioning new images la
 A test split (--test_annotations and --test_images, or the test images of --split_file) is
 scored by `inference.py --eval`, never used to choose a checkpoint; without one, val does both.
 """
+from pathlib import Path
+
 import torch
 
 from core.util import distributed
@@ -92,6 +94,13 @@ def parse_args(argv=None):
     if min(sizes) <= 0 or args.max_length < 3 or args.num_workers < 0:
         p.error("--batch_size, --pca_dim, --grid_pca_dim and --min_word_count must be positive, "
                 "--max_length at least 3")
+    given = {s: Path(getattr(args, f"{s}_annotations")) for s in ("train", "val", "test")
+             if getattr(args, f"{s}_annotations")}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if a in given and b in given and given[a].is_file() and given[b].is_file() \
+                and given[a].read_bytes() == given[b].read_bytes():
+            p.error(f"--{a}_annotations and --{b}_annotations are the same file ({given[b]}): each "
+                    "split needs its own images and captions")
     if args.pca_dim > FC7_DIM or args.grid_pca_dim > GRID_CHANNELS:
         p.error(f"--pca_dim must be at most {FC7_DIM} (fc7's size) and --grid_pca_dim at most "
                 f"{GRID_CHANNELS} (a region's channels)")

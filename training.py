@@ -37,7 +37,7 @@ from core.util import distributed
 from core.util.cli import (
     best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, user_errors)
 from core.util.errors import UserError
-from core.util.fileio import RunLock, atomic_write_text, check_writable
+from core.util.fileio import RunLock, atomic_write_text, check_owner, check_writable
 from core.util.memory import keep_freed_memory
 
 
@@ -67,6 +67,9 @@ def set_up(settled, ctx, stack):
     check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)],
                    [("--out_dir", config.out_dir)]
                    + ([("--tensorboard", config.tensorboard)] if config.tensorboard else []))
+    first_written = start.checkpoint.get("extra", {}).get("paths", {}) if config.resume else {}
+    check_owner(Path(config.out_dir) / f"{checkpoint.stem}_history.json", checkpoint,
+                "--checkpoint", same_run=first_written.get("checkpoint"))
     if ctx.is_main:
         stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
 
@@ -176,7 +179,8 @@ def save_final_files(config, model, history, best, extra, seconds, data, per_ste
         save_loss_plot(history, f"{config.model}: {data['train_captions'].shape[0]} training "
                                 f"captions", plot_path)
     history_path = out_dir / f"{stem}_history.json"
-    atomic_write_text(history_path, json.dumps(dict(history, seconds=seconds), indent=1))
+    atomic_write_text(history_path, json.dumps(dict(
+        history, seconds=seconds, checkpoint_path=str(checkpoint.resolve())), indent=1))
     its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
     print(f"{its:.1f} training iterations per second ({per_step})")
     print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "

@@ -40,7 +40,7 @@ def train(tmp_path, data_dir, *args):
 
 def _history(path):
     history = json.loads(path.read_text())
-    return {k: v for k, v in history.items() if k not in ("train_seconds", "seconds")}
+    return {k: v for k, v in history.items() if k not in ("train_seconds", "seconds", "checkpoint_path")}
 
 
 def test_resume_through_the_script_equals_a_straight_run(fake_coco, tmp_path, capsys):
@@ -765,7 +765,7 @@ def test_a_run_stopped_after_its_last_step_resumes_into_writing_its_final_files(
 
 def _history_text(text):
     history = json.loads(text)
-    return {k: v for k, v in history.items() if k not in ("train_seconds", "seconds")}
+    return {k: v for k, v in history.items() if k not in ("train_seconds", "seconds", "checkpoint_path")}
 
 
 def load_checkpoint_bytes(data, tmp_path):
@@ -909,3 +909,29 @@ def test_bad_region_files_are_named_at_load_time(fake_coco, tmp_path, case):
         load_coco_data(data, features="grid")
     for fragment in fragments:
         assert fragment in str(e.value), str(e.value)
+
+
+def test_two_runs_whose_checkpoints_share_a_name_refuse_to_share_outputs(fake_coco, tmp_path, capsys):
+    """Break caught: runs/a/lstm_checkpoint.npz and runs/b/lstm_checkpoint.npz trained with one
+    --out_dir: the second replaced the first's history and plot (and evaluations) without a word."""
+    out = tmp_path / "out"
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+    training.main(["--data_dir", str(fake_coco), *TINY, "--model", "rnn", "--epochs", "1", "--checkpoint",
+                   str(tmp_path / "a" / "r.npz"), "--out_dir", str(out)])
+    first = (out / "r_history.json").read_bytes()
+    capsys.readouterr()
+    one_line_error(capsys, lambda: training.main(["--data_dir", str(fake_coco), *TINY, "--model", "rnn", "--epochs",
+                                                  "1", "--checkpoint", str(tmp_path / "b" / "r.npz"),
+                                                  "--out_dir", str(out)]),
+                   f"{out / 'r_history.json'} belongs to the run of {tmp_path / 'a' / 'r.npz'}",
+                   "pass another --out_dir")
+    assert (out / "r_history.json").read_bytes() == first and not (tmp_path / "b" / "r.npz").exists()
+    training.main(["--data_dir", str(fake_coco), *TINY, "--model", "rnn", "--epochs", "1", "--checkpoint",
+                   str(tmp_path / "a" / "r.npz"), "--out_dir", str(out)])  # the same run again: its own files
+    inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "a" / "r.npz"), "--eval", "--out_dir", str(out)])
+    shutil.copy(tmp_path / "a" / "r.npz", tmp_path / "b" / "r.npz")
+    capsys.readouterr()
+    one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "b" / "r.npz"),
+                                                   "--eval", "--out_dir", str(out)]),
+                   "r_val_greedy_eval.json belongs to the run of", "a/r.npz")

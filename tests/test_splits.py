@@ -250,9 +250,66 @@ def test_eval_against_raw_references_scores_those_captions(trained, capsys):
     capsys.readouterr()
     _eval(folder, data_dir, checkpoint, "--split", "test", "--references", str(path))
     assert f"against the raw captions of {path} (8 for 8 images" in capsys.readouterr().out
-    raw = json.loads((folder / "out" / "rnn_test_greedy_eval.json").read_text())
+    raw = json.loads((folder / "out" / "rnn_test_greedy_captions_test_eval.json").read_text())
+    # the plain --eval's file is its own (break caught: --references replaced it)
+    assert json.loads((folder / "out" / "rnn_test_greedy_eval.json").read_text()) == own
     assert [p["references"] for p in raw["predictions"]] == [[p["references"][0]] for p in own["predictions"]]
     assert raw["references"].startswith("the raw captions of")
     assert raw["scores"]["BLEU-4"] != own["scores"]["BLEU-4"]  # one reference instead of five
     one_line_error(capsys, lambda: inference.parse_args(["--model", "rnn", "--references", str(path)]),
                    "--references is the reference captions of --eval")
+
+
+def test_raw_references_without_a_caption_or_of_another_split_are_refused(tmp_path):
+    """Breaks caught: a null caption scored as the reference word "none", an empty one kept as '',
+    and the references of another split accepted because file names repeat across splits (the
+    bundled dataset's 000000.png is in train, val and test): CIDEr 0.0005 with exit 0."""
+    urls = np.array(["images/val/000000.png", "images/val/000001.png"])
+    own = {0: ["a large red circle"], 1: ["a small blue square on the left"]}
+    right = _raw_annotations(tmp_path / "val.json", [(1, "000000.png", None, ["A large red circle."]),
+                                                     (2, "000001.png", None, ["A small blue square on the left"])])
+    assert raw_references(right, urls, [0, 1], own) == {0: ["a large red circle"],
+                                                        1: ["a small blue square on the left"]}
+    other = _raw_annotations(tmp_path / "test.json", [(1, "000000.png", None, ["A green diamond."]),
+                                                      (2, "000001.png", None, ["A small purple triangle"])])
+    with pytest.raises(UserError, match="is not this split's: only 0 of the 2 images"):
+        raw_references(other, urls, [0, 1], own)
+    for caption, shown in ((None, "null"), ("", '""'), (" . ", '" . "')):
+        bad = _raw_annotations(tmp_path / "bad.json", [(1, "000000.png", None, ["A large red circle", caption]),
+                                                       (2, "000001.png", None, ["A small blue square"])])
+        with pytest.raises(UserError, match=f"annotation 11 .image 1. has no caption .{shown}."):
+            raw_references(bad, urls, [0, 1], own)
+
+
+def _karpathy(path, entries):
+    """A split file of entries [(split, filename, cocoid)], one caption each."""
+    path.write_text(json.dumps({"images": [
+        {"split": s, "filepath": "val2014", "filename": f, "cocoid": i, "sentences": [{"raw": f"a cat {i}"}]}
+        for s, f, i in entries]}))
+    return path
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([("train", "a.jpg", 1), ("test", "a.jpg", 1), ("val", "b.jpg", 2)],
+     "image a.jpg .id 1. is listed under both train and test"),
+    ([("train", "a.jpg", 1), ("train", "a.jpg", 1), ("val", "b.jpg", 2)], "image a.jpg .id 1. is listed twice under train"),
+    ([("restval", "a.jpg", 1), ("train", "c.jpg", 1), ("val", "b.jpg", 2)],
+     "image c.jpg .id 1. is listed under both restval and train"),
+])
+def test_a_split_file_listing_an_image_twice_is_refused(entries, message, tmp_path):
+    """Breaks caught: an image in both train and test built a test split of training images; one
+    listed twice under train had its captions trained twice."""
+    path = _karpathy(tmp_path / "dataset_coco.json", entries)
+    with pytest.raises(UserError, match=message):
+        read_split_file(path, {"val2014": "images", "train2014": "images"}, None)
+
+
+def test_the_same_annotations_for_two_splits_are_refused(tmp_path, capsys):
+    """Break caught: the val annotations passed again as --test_annotations were accepted."""
+    val = _raw_annotations(tmp_path / "captions_val2014.json", [(1, "a.jpg", None, ["A cat."])])
+    copy = tmp_path / "copy_of_val.json"
+    copy.write_bytes(val.read_bytes())
+    one_line_error(capsys, lambda: features_extraction.parse_args([
+        "--train_annotations", "t.json", "--train_images", "t", "--val_annotations", str(val), "--val_images", "v",
+        "--test_annotations", str(copy), "--test_images", "v", "--out_dir", "o"]),
+        f"--val_annotations and --test_annotations are the same file ({copy})")

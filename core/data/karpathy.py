@@ -24,7 +24,7 @@ def read_split_file(path, image_dirs, default_dir):
     path = Path(path)
     try:
         images = json.loads(path.read_text(encoding="utf-8"))["images"]
-        out = {}
+        out, seen = {}, {}  # seen: image (id and file) -> the split entry that listed it first
         for k, im in enumerate(images):
             split = TO_SPLIT.get(im["split"])
             if split is None:
@@ -37,6 +37,14 @@ def read_split_file(path, image_dirs, default_dir):
                                 f"folder was given for (pass "
                                 f"--{'val' if 'val' in im['filepath'] else 'train'}_images)")
             image_id = int(im.get("cocoid", im.get("imgid", k)))
+            for key in (("id", image_id), ("file", str(Path(folder) / im["filename"]))):
+                if key in seen:  # one image in two splits, or twice in one: refused
+                    first = seen[key]
+                    where = (f"twice under {im['split']}" if first == im["split"]
+                             else f"under both {first} and {im['split']}")
+                    raise UserError(f"{path}: image {im['filename']} (id {image_id}) is listed "
+                                    f"{where}: each image must be in one split, once")
+                seen[key] = im["split"]
             ann = out.setdefault(split, {"images": [], "annotations": []})
             ann["images"].append({"id": image_id, "file_name": str(Path(folder) / im["filename"])})
             ann["annotations"] += [{"image_id": image_id, "caption": s["raw"]}

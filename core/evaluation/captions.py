@@ -25,7 +25,7 @@ from core.model.decoding import greedy_search
 from core.model.registry import MODEL_TYPES
 from core.util.cli import resolve_device
 from core.util.errors import UserError
-from core.util.fileio import atomic_write_text, check_writable
+from core.util.fileio import atomic_write_text, check_owner, check_writable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +162,17 @@ def evaluate(settings, model, config, ctx):
     torchrun each process captions every K-th image and rank 0 gathers, scores and writes."""
     data = load_checked_data(settings, config)
     check_split(settings, data)
+    # the scores' file, named after the checkpoint, split, decoding and references; refused up
+    # front when another checkpoint's run wrote it
+    against = f"_{Path(settings.references).stem}" if settings.references else ""
+    path = (Path(settings.out_dir) / f"{Path(settings.checkpoint).stem}_{settings.split}_"
+            f"{decoding_name(settings)}{against}_eval.json")
+    check_owner(path, settings.checkpoint, "--checkpoint")
     images = np.unique(data[f"{settings.split}_image_idxs"])
     if settings.references:
-        refs = raw_references(settings.references, data[f"{settings.split}_urls"], images)
+        own = references_by_image(data[f"{settings.split}_captions"],
+                                  data[f"{settings.split}_image_idxs"], data["idx_to_word"])
+        refs = raw_references(settings.references, data[f"{settings.split}_urls"], images, own)
         references = (f"the raw captions of {settings.references} ({sum(map(len, refs.values()))} "
                       f"for {len(refs)} "
                       "images, lower-cased and split into words, not cut, rare words kept)")
@@ -191,11 +199,10 @@ def evaluate(settings, model, config, ctx):
           f"({len(predictions)} images), {decoding} decoding ({seconds:.1f}s), against "
           f"{references}")
     print(format_scores(scores))
-    stem = Path(settings.checkpoint).stem
-    path = Path(settings.out_dir) / f"{stem}_{settings.split}_{decoding_name(settings)}_eval.json"
     urls = data[f"{settings.split}_urls"]
     atomic_write_text(path, json.dumps({
         "model": settings.model, "checkpoint": str(settings.checkpoint),
+        "checkpoint_path": str(Path(settings.checkpoint).resolve()),
         "data_dir": str(settings.data_dir), "split": settings.split,
         "beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
         "references": references, "scores": scores, "decode_seconds": seconds,

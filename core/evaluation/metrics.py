@@ -27,14 +27,17 @@ def references_by_image(captions, image_idxs, idx_to_word):
     return refs
 
 
-def raw_references(path, urls, images):
+def raw_references(path, urls, images, own=None):
     """The raw captions of a COCO annotation file (captions_val2014.json) for dataset images.
 
     path: the annotation file; urls (Ni,): the split's *_urls.txt entries; images: the image
     indices to find. An entry matches an annotation image by its coco_url, flickr_url or file
     name, or by their last path component (the CS231n files list Flickr URLs, datasets built
-    here image paths). -> {image index: [reference strings, tokenized like the decoders' words,
-    never cut, no <UNK>]}; UserError naming an image the file does not have.
+    here image paths). own: {image index: [the dataset's own references]}, to check that the
+    file's captions are this split's (file names repeat across splits: a file of another split
+    can match every name). -> {image index: [reference strings, tokenized like the decoders'
+    words, never cut, no <UNK>]}; UserError naming an image the file does not have, an
+    annotation without a caption (null or empty), or a file whose captions are not the split's.
     """
     path = Path(path)
     try:
@@ -47,7 +50,12 @@ def raw_references(path, urls, images):
                     by_key.setdefault(str(key).rstrip("/").rsplit("/", 1)[-1], im["id"])
         captions = {}
         for a in ann["annotations"]:
-            captions.setdefault(a["image_id"], []).append(" ".join(tokenize(str(a["caption"]))))
+            words = tokenize(a["caption"]) if isinstance(a["caption"], str) else []
+            if not words:
+                raise UserError(f"--references {path}: annotation {a.get('id')} (image "
+                                f"{a['image_id']}) has no caption ({json.dumps(a['caption'])}): "
+                                "fix or drop it")
+            captions.setdefault(a["image_id"], []).append(" ".join(words))
     except OSError as e:
         raise UserError(f"cannot read --references {path} ({e})") from None
     except (ValueError, KeyError, TypeError) as e:
@@ -66,7 +74,22 @@ def raw_references(path, urls, images):
                         f"{len(images)} images scored (e.g. {missing[0]}): pass the annotation "
                         f"file of this split (captions_val2014.json for "
                         "val2014)")
+    if own:
+        agree = sum(any(_same_caption(o, raw) for o in own[i] for raw in refs[i]) for i in refs)
+        if agree < len(refs) / 2:
+            raise UserError(f"--references {path} is not this split's: only {agree} of the "
+                            f"{len(refs)} images it matched (by file name) have a caption of the "
+                            "dataset's own among its captions; pass the annotation file of the "
+                            "split scored")
     return refs
+
+
+def _same_caption(own, raw):
+    """Whether a dataset's own reference (cut to its length, rare words <UNK>) is the raw
+    caption."""
+    own, raw = own.split(), raw.split()
+    return len(own) <= len(raw) and len(own) >= min(len(raw), 15) and all(
+        o == "<UNK>" or o == w for o, w in zip(own, raw))
 
 
 def java_available():

@@ -7,6 +7,7 @@ cause; the temporary file is removed and the previous target, if any, is untouch
 `RunLock` keeps two training runs from writing the same checkpoint.
 """
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -68,6 +69,22 @@ def check_writable(files=(), folders=()):
             raise UserError(f"{flag} {path} cannot be written ({existing} is not a writable "
                             f"folder): "
                             "choose another location")
+
+
+def check_owner(path, checkpoint, flag, same_run=None):
+    """Before any work: UserError when `path`, a JSON output this project writes (a history, an
+    evaluation), records that it belongs to the run of another checkpoint (`checkpoint_path`), so
+    that two runs whose checkpoints share a name keep each other's files. Files that record none
+    (older ones) or cannot be read are left to be replaced. same_run: where the checkpoint of the
+    run being resumed was first written (a copied run folder's files name that one)."""
+    try:
+        other = json.loads(Path(path).read_text()).get("checkpoint_path")
+    except (OSError, ValueError, AttributeError):
+        return
+    mine = str(Path(checkpoint).resolve())
+    if other and other not in (mine, same_run):
+        raise UserError(f"{path} belongs to the run of {other}, not {mine}: pass another "
+                        f"--out_dir, or a {flag} of another name")
 
 
 def atomic_write_text(path, text):
