@@ -26,6 +26,8 @@ present, ROUGE-L, CIDEr-D): the dataset's own captions, or with --references the
 COCO annotation file; the scores and every predicted caption go to
 <out_dir>/<stem>_<split>_<decoding>_eval.json.
 """
+import math
+
 import torch
 
 from core.evaluation.captions import caption_figure, evaluate, settle
@@ -87,6 +89,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if min(args.num_images, args.max_length, args.beam_size, args.num_heads) <= 0:
         p.error("--num_images, --max_length, --beam_size and --num_heads must be positive")
+    if not math.isfinite(args.length_penalty):
+        p.error(f"--length_penalty must be finite, got {args.length_penalty}")
     if args.num_samples is not None and args.num_samples <= 0:
         p.error("--num_samples must be positive")
     if args.eval and args.image:

@@ -935,3 +935,33 @@ def test_two_runs_whose_checkpoints_share_a_name_refuse_to_share_outputs(fake_co
     one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "b" / "r.npz"),
                                                    "--eval", "--out_dir", str(out)]),
                    "r_val_greedy_eval.json belongs to the run of", "a/r.npz")
+
+
+def test_a_grid_transform_with_a_pickle_payload_is_refused_unrun(tmp_path):
+    """Kept from round two: a crafted grid transform whose array is a pickled object is refused in
+    one line, and the payload never runs."""
+    from core.data.features import GRID_TRANSFORM_FILE, load_transform
+    from core.util.errors import UserError
+
+    ran = tmp_path / "payload_ran"
+    payload = np.empty(1, dtype=object)
+    payload[0] = Payload(str(ran))
+    path = tmp_path / GRID_TRANSFORM_FILE
+    np.savez(path, mean=payload, components=np.ones((2, 3), np.float32), bias=np.zeros(2, np.float32),
+             info=np.array(json.dumps({"grid_size": 7})))
+    with pytest.raises(UserError, match="cannot read the feature transform"):
+        load_transform(path)
+    assert not ran.exists()
+
+
+class Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_inference_float_flags_must_be_finite(capsys):
+    one_line_error(capsys, lambda: inference.parse_args(["--model", "lstm", "--length_penalty", "nan"]),
+                   "--length_penalty must be finite, got nan")
