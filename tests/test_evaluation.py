@@ -76,3 +76,37 @@ def test_an_interrupted_meteor_scoring_ends_its_java_process_and_does_not_hang(m
     scorer = made[0]
     assert scorer.meteor_p.poll() is not None  # the process is ended
     assert scorer.lock.acquire(timeout=1)  # and its lock is free: pycocoevalcap's __del__ would not hang
+
+
+def test_the_coco_results_file_is_keyed_by_coco_image_id(tmp_path, capsys):
+    """Break caught: --eval wrote only its own JSON, keyed by row index and URL, which the COCO
+    evaluation server and other toolkits cannot read."""
+    import json
+
+    import numpy as np
+
+    from core.evaluation.captions import coco_ids, write_coco_results
+
+    urls = np.array(["val2014/COCO_val2014_000000391895.jpg", "images/val/000000522418.jpg",
+                     "http://farm4.staticflickr.com/3153/2970773875_164f0c0b83_z.jpg"])
+    assert coco_ids(urls, [0, 1]) == {0: 391895, 1: 522418}
+    assert coco_ids(urls, [0, 2]) is None  # a Flickr URL carries no COCO id
+    assert coco_ids(urls, [2], known={2: 42}) == {2: 42}  # what --references matched
+    path = tmp_path / "r_val_greedy_results.json"
+    write_coco_results(path, {1: "a dog", 0: "a cat"}, urls)
+    assert json.loads(path.read_text()) == [{"image_id": 391895, "caption": "a cat"},
+                                            {"image_id": 522418, "caption": "a dog"}]
+    write_coco_results(tmp_path / "none.json", {2: "a bird"}, urls)
+    assert not (tmp_path / "none.json").exists()
+    assert "--references captions_val2014.json supplies them" in capsys.readouterr().out
+
+
+def test_figures_name_folders_relative_to_the_repository(tmp_path, monkeypatch):
+    """Break caught: the committed attention figure's title showed the absolute path of the machine
+    that drew it (/work/main/core/datasets/sample_captioning)."""
+    from core.data.coco_utils import SAMPLE_DIR
+    from core.evaluation.captions import shown_path
+
+    monkeypatch.chdir(tmp_path)  # wherever the figure is drawn from
+    assert shown_path(SAMPLE_DIR) == "core/datasets/sample_captioning"
+    assert shown_path(tmp_path / "mine") == "mine"

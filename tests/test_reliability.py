@@ -721,8 +721,8 @@ def test_two_runs_and_two_evaluations_in_one_out_dir_keep_their_own_files(fake_c
         inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "first.npz"), "--data_dir", str(fake_coco),
                         "--eval", "--beam_size", beam, "--out_dir", str(out)])
     assert sorted(p.name for p in out.iterdir()) == [
-        "first_history.json", "first_loss.png", "first_val_beam2_eval.json", "first_val_greedy_eval.json",
-        "second_history.json", "second_loss.png"]
+        "first_history.json", "first_loss.png", "first_val_beam2_eval.json", "first_val_beam2_results.json",
+        "first_val_greedy_eval.json", "first_val_greedy_results.json", "second_history.json", "second_loss.png"]
     said = capsys.readouterr().out
     assert f"saved plot {out / 'first_loss.png'} and history {out / 'first_history.json'}" in said
     assert f"saved scores and captions {out / 'first_val_beam2_eval.json'}" in said

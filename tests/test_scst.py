@@ -189,7 +189,9 @@ def test_the_script_fine_tunes_a_checkpoint_and_records_it(fake_coco, tmp_path, 
         training.main(["--model", "gru", "--scst", "--data_dir", str(fake_coco)])
     assert "--scst needs --init_from" in capsys.readouterr().err
     args = settle(["--model", "gru", "--scst", "--init_from", str(xe)]).config
-    assert (args.checkpoint, args.lr, args.eval_every) == ("gru_checkpoint_scst.npz", 5e-5, 1)  # the XE file is kept
+    # named after the checkpoint it starts from, next to it (break caught: ./gru_checkpoint_scst.npz
+    # whatever --init_from was, so a second fine-tuning from another checkpoint replaced the first)
+    assert (args.checkpoint, args.lr, args.eval_every) == (str(tmp_path / "gru_xe_scst.npz"), 5e-5, 1)
     tuned = tmp_path / "tuned.npz"
     training.main(["--model", "gru", "--scst", "--init_from", str(xe), "--data_dir", str(fake_coco), "--epochs", "2",
                    "--batch_size", "25", "--max_iters", "2", "--scst_samples", "3", "--baseline", "mean", "--out_dir", str(tmp_path),

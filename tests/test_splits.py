@@ -157,7 +157,8 @@ def test_raw_references_are_found_by_flickr_url_coco_url_or_file_name(tmp_path):
     urls = np.array(["http://farm1.staticflickr.com/2/def_z.jpg",  # the CS231n files list Flickr URLs
                      "images/val2014/COCO_val2014_000000000001.jpg",  # a built dataset lists paths
                      "http://images.cocodataset.org/val2014/COCO_val2014_000000000002.jpg"])
-    refs = raw_references(path, urls, [0, 1, 2])
+    refs, ids = raw_references(path, urls, [0, 1, 2])
+    assert ids == {0: 2, 1: 1, 2: 2}  # the file's image ids, for the COCO results file
     assert refs[0] == refs[2] == ["two cats", "a cat"]
     assert refs[1] == ["a dog running on the beach in the morning light near the water's edge with a red ball"]
     assert len(refs[1][0].split()) == 18  # not cut to 15 words
@@ -268,8 +269,8 @@ def test_raw_references_without_a_caption_or_of_another_split_are_refused(tmp_pa
     own = {0: ["a large red circle"], 1: ["a small blue square on the left"]}
     right = _raw_annotations(tmp_path / "val.json", [(1, "000000.png", None, ["A large red circle."]),
                                                      (2, "000001.png", None, ["A small blue square on the left"])])
-    assert raw_references(right, urls, [0, 1], own) == {0: ["a large red circle"],
-                                                        1: ["a small blue square on the left"]}
+    assert raw_references(right, urls, [0, 1], own)[0] == {0: ["a large red circle"],
+                                                           1: ["a small blue square on the left"]}
     other = _raw_annotations(tmp_path / "test.json", [(1, "000000.png", None, ["A green diamond."]),
                                                       (2, "000001.png", None, ["A small purple triangle"])])
     with pytest.raises(UserError, match="is not this split's: only 0 of the 2 images"):

@@ -6,7 +6,7 @@ Shape letters: N images, L words, R regions.
 """
 import dataclasses
 import json
-import os
+import re
 import time
 from pathlib import Path
 
@@ -26,6 +26,9 @@ from core.model.registry import MODEL_TYPES
 from core.util.cli import resolve_device
 from core.util.errors import UserError
 from core.util.fileio import atomic_write_text, check_owner, check_writable
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,11 +175,13 @@ def evaluate(settings, model, config, ctx):
     if settings.references:
         own = references_by_image(data[f"{settings.split}_captions"],
                                   data[f"{settings.split}_image_idxs"], data["idx_to_word"])
-        refs = raw_references(settings.references, data[f"{settings.split}_urls"], images, own)
+        refs, ids = raw_references(settings.references, data[f"{settings.split}_urls"], images,
+                                   own)
         references = (f"the raw captions of {settings.references} ({sum(map(len, refs.values()))} "
                       f"for {len(refs)} "
                       "images, lower-cased and split into words, not cut, rare words kept)")
     else:
+        ids = None
         refs = references_by_image(data[f"{settings.split}_captions"],
                                    data[f"{settings.split}_image_idxs"], data["idx_to_word"])
         references = (f"the {settings.split} split's own captions ({sum(map(len, refs.values()))} "
@@ -209,6 +214,38 @@ def evaluate(settings, model, config, ctx):
         "predictions": [{"image": i, "url": str(urls[i]), "caption": c, "references": refs[i]}
                         for i, c in sorted(predictions.items())]}, indent=1))
     print(f"saved scores and captions {path}")
+    write_coco_results(path.with_name(path.name.replace("_eval.json", "_results.json")), predictions,
+                       urls, ids)
+
+
+def coco_ids(urls, images, known=None):
+    """The COCO image ids of dataset images -> {image index: id}, or None when some image has none.
+
+    known: ids an annotation file gave (--references); otherwise the trailing digits of the file
+    name (COCO_val2014_000000391895.jpg, 000000391895.jpg, the sample dataset's 000007.png);
+    CS231n's Flickr URLs carry none."""
+    if known is not None:
+        return {int(i): int(known[int(i)]) for i in images}
+    ids = {}
+    for i in images:
+        digits = re.search(r"(\d+)\.[A-Za-z]+$", str(urls[i]).rstrip("/").rsplit("/", 1)[-1])
+        if digits is None or "staticflickr" in str(urls[i]):
+            return None
+        ids[int(i)] = int(digits.group(1))
+    return ids if len(set(ids.values())) == len(ids) else None
+
+
+def write_coco_results(path, predictions, urls, known_ids=None):
+    """The captions in the COCO results format, [{"image_id", "caption"}] by image id, which the
+    COCO evaluation server and other toolkits read; a line saying why when the images have no ids."""
+    ids = coco_ids(urls, sorted(predictions), known_ids)
+    if ids is None:
+        print(f"no COCO results file: these images' names give no COCO image ids (e.g. "
+              f"{urls[min(predictions)]}); --references captions_val2014.json supplies them")
+        return
+    results = [{"image_id": ids[i], "caption": caption} for i, caption in predictions.items()]
+    atomic_write_text(path, json.dumps(sorted(results, key=lambda r: r["image_id"]), indent=1))
+    print(f"saved COCO results {path}")
 
 
 def trained_images(settings, config, data):
@@ -336,6 +373,16 @@ def attention_rows(panels, images, config):
     return rows
 
 
+def shown_path(path):
+    """A path as figures name it: relative to the repository when inside it (whatever machine drew
+    the figure), else relative to the working folder when below it, else absolute."""
+    path = Path(path).resolve()
+    for base in (REPOSITORY, Path.cwd()):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
 def caption_figure(settings, model, config):
     """Caption dataset images (or --image files), print each, and save them as one figure."""
     caption = caption_files if settings.image else caption_dataset_images
@@ -349,8 +396,7 @@ def caption_figure(settings, model, config):
         titles.append(panel_title(panel, settings.model))
     path = Path(settings.out_dir) / figure_name
     trained_on = config.get("extra", {}).get("data_path")
-    if trained_on and not os.path.relpath(trained_on).startswith(".."):
-        trained_on = os.path.relpath(trained_on)  # the folder as the user sees it from here
+    trained_on = trained_on and shown_path(trained_on)
     origin = (" (the original repository's file)" if config.get("format") == "original"
               else f" (trained on {trained_on or 'data it does not record'})")
     suptitle = (f"{settings.model}: {settings.checkpoint}{origin}, "

@@ -35,9 +35,10 @@ def raw_references(path, urls, images, own=None):
     name, or by their last path component (the CS231n files list Flickr URLs, datasets built
     here image paths). own: {image index: [the dataset's own references]}, to check that the
     file's captions are this split's (file names repeat across splits: a file of another split
-    can match every name). -> {image index: [reference strings, tokenized like the decoders'
-    words, never cut, no <UNK>]}; UserError naming an image the file does not have, an
-    annotation without a caption (null or empty), or a file whose captions are not the split's.
+    can match every name). -> ({image index: [reference strings, tokenized like the decoders'
+    words, never cut, no <UNK>]}, {image index: the file's image id}); UserError naming an image
+    the file does not have, an annotation without a caption (null or empty), or a file whose
+    captions are not the split's.
     """
     path = Path(path)
     try:
@@ -61,14 +62,14 @@ def raw_references(path, urls, images, own=None):
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"--references {path} is not a COCO-format captions file "
                         f"({type(e).__name__}: {e})") from None
-    refs, missing = {}, []
+    refs, ids, missing = {}, {}, []
     for i in images:
         url = str(urls[i])
         image_id = by_key.get(url, by_key.get(url.rstrip("/").rsplit("/", 1)[-1]))
         if image_id is None or image_id not in captions:
             missing.append(url)
         else:
-            refs[int(i)] = captions[image_id]
+            refs[int(i)], ids[int(i)] = captions[image_id], image_id
     if missing:
         raise UserError(f"--references {path} has no captions for {len(missing)} of the "
                         f"{len(images)} images scored (e.g. {missing[0]}): pass the annotation "
@@ -81,7 +82,7 @@ def raw_references(path, urls, images, own=None):
                             f"{len(refs)} images it matched (by file name) have a caption of the "
                             "dataset's own among its captions; pass the annotation file of the "
                             "split scored")
-    return refs
+    return refs, ids
 
 
 def _same_caption(own, raw):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.data.coco_utils import count_training_captions, default_data_dir, load_vocab
 from core.model.checkpoint import load_checkpoint, load_training_state
-from core.model.registry import MODEL_TYPES, SIZE_FLAGS
+from core.model.registry import BACKENDS, MODEL_TYPES, SIZE_FLAGS
 from core.util.cli import ArgumentParser, resolve_device
 from core.util.errors import UserError
 
@@ -101,8 +101,9 @@ FLAGS = (
          "nonnegative"),
     Flag("checkpoint", str, None, "where to save the model (unset: " + ", ".join(
         t.checkpoint for t in MODEL_TYPES.values())
-         + ", with _scst before the suffix for --scst); *_best and the "
-         "resumable *_last go next to it", fixed=False),
+         + "; with --scst: the --init_from file's name with _scst, next to it, so that runs from "
+         "different starting checkpoints keep their own files); *_best and the resumable *_last "
+         "go next to it", fixed=False),
     Flag("out_dir", str, "outputs", "directory of the loss plot and history", fixed=False),
     Flag("device", str, None,
          "device of the torch models: cpu or cuda (unset: cuda when available)", fixed=False),
@@ -246,10 +247,12 @@ def _new_run(values, explicit, lines):
     kind = MODEL_TYPES[values["model"]]
     if values["lr"] is None:
         values["lr"] = kind.default_lr
-    if values["checkpoint"] is None:
-        default = Path(kind.checkpoint)
-        scst_name = default.with_name(f"{default.stem}_scst{default.suffix}")
-        values["checkpoint"] = str(scst_name) if values["scst"] else kind.checkpoint
+    if values["checkpoint"] is None and values["scst"]:  # next to the checkpoint it starts from
+        start_file = Path(values["init_from"])
+        values["checkpoint"] = str(start_file.with_name(f"{start_file.stem}_scst"
+                                                        f"{BACKENDS[kind.backend].suffix}"))
+    elif values["checkpoint"] is None:
+        values["checkpoint"] = kind.checkpoint
     if num_items != math.inf and num_items < values["batch_size"]:
         lines.append(f"note: the {num_items} training captions are fewer than one batch of "
                      f"{values['batch_size']}: "
