@@ -33,7 +33,7 @@ import torch
 from core.evaluation.captions import caption_figure, evaluate, settle
 from core.model.registry import MODEL_TYPES
 from core.util import distributed
-from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
+from core.util.cli import ArgumentParser, interrupts, limit_threads, resolve_device, user_errors
 
 # decoders over image regions
 ATTENDING = tuple(m for m, t in MODEL_TYPES.items() if t.feature_kind.regions)
@@ -84,11 +84,16 @@ def parse_args(argv=None):
                         "ones (cut to 17 tokens, rare words <UNK>)")
     p.add_argument("--seed", type=int, default=231, help="seed for choosing the images")
     p.add_argument("--out_dir", default="outputs", help="directory for the caption figure")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of numpy's BLAS and torch (unset: one per core; fewer on a "
+                        "machine busy with other jobs, see training.py --help)")
     p.add_argument("--device", default=None,
                    help="transformer device: cpu or cuda (default: cuda when available)")
     args = p.parse_args(argv)
     if min(args.num_images, args.max_length, args.beam_size, args.num_heads) <= 0:
         p.error("--num_images, --max_length, --beam_size and --num_heads must be positive")
+    if args.threads is not None and args.threads <= 0:
+        p.error("--threads must be positive")
     if not math.isfinite(args.length_penalty):
         p.error(f"--length_penalty must be finite, got {args.length_penalty}")
     if args.num_samples is not None and args.num_samples <= 0:
@@ -110,6 +115,7 @@ def main(argv=None):
     args = parse_args(argv)
     with interrupts("inference.py",
                     "the files written before are kept"), user_errors("inference.py"):
+        limit_threads(args.threads)
         # one process, or one per GPU under torchrun (--eval shares the decoding; the rest is rank
         # 0's)
         uses_torch = MODEL_TYPES[args.model].uses_torch

@@ -35,7 +35,8 @@ from core.training.steps import from_flags
 from core.training.tensorboard_log import epoch_callbacks
 from core.util import distributed
 from core.util.cli import (
-    best_checkpoint_path, interrupts, last_checkpoint_path, out_of_memory_errors, user_errors)
+    best_checkpoint_path, interrupts, last_checkpoint_path, limit_threads, out_of_memory_errors,
+    user_errors)
 from core.util.errors import UserError
 from core.util.fileio import RunLock, atomic_write_text, check_owner, check_writable
 from core.util.memory import keep_freed_memory
@@ -197,6 +198,7 @@ def main(argv=None):
                     "the files written before (checkpoints of finished epochs) are kept"), \
             user_errors("training.py"), out_of_memory_errors():
         settled = settle(argv)  # every setting, decided once
+        limit_threads(settled.config.threads)
         # numpy steps reuse their large temporaries instead of page-faulting them in
         keep_freed_memory()
         torch.manual_seed(settled.config.seed)

@@ -333,3 +333,29 @@ def test_tensorboard_without_the_package_is_one_note(fake_coco, tmp_path, capsys
     out = capsys.readouterr().out
     assert out.count("note: --tensorboard needs the tensorboard package") == 1
     assert (tmp_path / "r_history.json").is_file() and not (tmp_path / "tb").exists()
+
+
+def test_threads_limit_numpys_blas_and_torch(fake_coco, tmp_path, monkeypatch):
+    """Breaks caught: --threads not reaching the libraries (numpy's BLAS kept one thread per core,
+    the oversubscription that made the LSTM 1.7x slower on a busy machine), or not passed on."""
+    import threadpoolctl
+
+    import training
+    from core.util.cli import limit_threads
+
+    before = torch.get_num_threads()
+    limiter = limit_threads(1)
+    try:
+        assert torch.get_num_threads() == 1
+        assert {pool["num_threads"] for pool in threadpoolctl.threadpool_info()
+                if pool["user_api"] == "blas"} == {1}
+    finally:
+        limiter.restore_original_limits()
+        torch.set_num_threads(before)
+    assert limit_threads(None) is None
+    asked = []
+    monkeypatch.setattr(training, "limit_threads", asked.append)
+    training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--hidden_dim", "8", "--wordvec_dim", "8",
+                   "--epochs", "1", "--max_iters", "1", "--quiet", "--threads", "1", "--checkpoint",
+                   str(tmp_path / "r.npz"), "--out_dir", str(tmp_path)])
+    assert asked == [1]

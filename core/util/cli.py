@@ -80,6 +80,19 @@ def resolve_device(name):
     return name
 
 
+def limit_threads(threads):
+    """Use at most `threads` CPU threads in numpy's BLAS (and any other threadpool threadpoolctl
+    knows) and in torch -> the threadpoolctl limiter (whose restore_original_limits() undoes it);
+    None: leave the libraries' defaults (one thread per core, or OMP_NUM_THREADS)."""
+    if threads is None:
+        return None
+    import threadpoolctl
+    import torch
+
+    torch.set_num_threads(threads)
+    return threadpoolctl.threadpool_limits(limits=threads)
+
+
 def best_checkpoint_path(path):
     """rnn_checkpoint.npz -> rnn_checkpoint_best.npz"""
     path = Path(path)
