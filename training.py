@@ -114,6 +114,7 @@ def set_up(settled, ctx, stack):
         val_samples=config.val_samples, seed=config.seed, max_iters=config.max_iters,
         verbose=not config.quiet and ctx.is_main, save_state=save_state,
         divergence_factor=config.divergence_factor, dist=ctx,
+        stop_early=best.patience_rule(config.patience) if config.patience else None,
         on_epoch_end=epoch_callbacks(best, config.tensorboard, say) if ctx.is_main else None)
     if start is not None and start.state is not None:
         try:
@@ -153,6 +154,8 @@ def train(settled, ctx):
                     else "no checkpoint was written")
             raise UserError(f"{e}: lower --lr (see --divergence_factor in --help); "
                             f"{kept}") from None
+        if solver.stopped_early:
+            say(f"stopped early after epoch {solver.epoch}: {solver.stopped_early}", flush=True)
         if solver.stop_requested:
             say(f"interrupted at epoch {solver.epoch + 1}, iteration {solver.iteration}; continue "
                 f"with: python training.py --resume {last_path}", flush=True)

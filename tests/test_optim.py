@@ -78,3 +78,50 @@ def test_the_numpy_solver_keeps_a_zero_learning_rate_and_decays_the_rules_own_de
     default.train()
     assert default.history["learning_rate"] == [1e-3, 5e-4] and default.learning_rate == 2.5e-4
     assert {c["learning_rate"] for c in default.optim_configs.values()} == {2.5e-4}  # what the updates read
+
+
+def test_clipping_and_weight_decay_match_torch():
+    """Breaks caught: clipping each gradient by its own norm instead of all together, weight decay
+    added before clipping (torch clips .grad, then Adam adds the decay), or left out."""
+    rng = np.random.default_rng(1)
+    params = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+    grads = [{k: 3 * rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(4)]
+    ours = {k: v.copy() for k, v in params.items()}
+    configs = {k: {"learning_rate": 0.01} for k in params}
+    for g in grads:
+        g = optim.clip_and_decay(g, ours, grad_clip=1.5, weight_decay=0.1)
+        for k in ours:
+            ours[k], configs[k] = optim.adam(ours[k], g[k], configs[k])
+    theirs = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    opt = torch.optim.Adam(theirs.values(), lr=0.01, weight_decay=0.1)
+    for g in grads:
+        opt.zero_grad()
+        for k, t in theirs.items():
+            t.grad = torch.tensor(g[k])
+        torch.nn.utils.clip_grad_norm_(list(theirs.values()), 1.5)
+        opt.step()
+    for k in params:
+        np.testing.assert_allclose(ours[k], theirs[k].detach().numpy(), rtol=1e-10, atol=1e-12)
+    small = {k: v * 1e-3 for k, v in grads[0].items()}  # below the norm: unchanged
+    assert all(np.array_equal(optim.clip_and_decay(small, params, grad_clip=1.5)[k], small[k]) for k in small)
+
+
+def test_the_torch_warmup_rises_linearly_then_decays_and_resumes(fake_coco):
+    """Breaks caught: warm-up ignored, counted per epoch, or restarting from 0 after a resume."""
+    from core.data.coco_utils import load_coco_data
+    from core.training.solver_torch import TorchSolver
+    from tests.helpers import tiny_model
+
+    data = load_coco_data(fake_coco, max_train=40)
+    seen = []
+    solver = TorchSolver(tiny_model("transformer", data), data, learning_rate=1e-2, warmup=4, num_epochs=2,
+                         batch_size=10, lr_decay=0.5, val_samples=10, verbose=False)
+    step = solver.optimizer.step
+    solver.optimizer.step = lambda: (seen.append(solver.optimizer.param_groups[0]["lr"]), step())[1]
+    solver.train()
+    np.testing.assert_allclose(seen, [2.5e-3, 5e-3, 7.5e-3, 1e-2, 5e-3, 5e-3, 5e-3, 5e-3])
+    assert solver.history["learning_rate"] == [1e-2, 5e-3]
+    resumed = TorchSolver(tiny_model("transformer", data), data, learning_rate=1e-2, warmup=4, num_epochs=3,
+                          batch_size=10, lr_decay=0.5, val_samples=10, verbose=False)
+    resumed.load_training_state(solver.training_state())
+    assert resumed.learning_rate == pytest.approx(2.5e-3)

@@ -66,3 +66,43 @@ def test_temporal_softmax_loss_handles_huge_scores_in_float32():
         loss, dx = temporal_softmax_loss(x, np.array([[2]]), np.array([[True]]))
     assert np.isfinite(loss) and loss > 1e3
     assert dx.dtype == np.float32
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_label_smoothing_matches_torch_and_its_gradient(weighted):
+    """Breaks caught: the smoothed targets' uniform part left out of the loss or its gradient, or
+    spread over V - 1 words instead of torch's V."""
+    import torch
+    import torch.nn.functional as F
+
+    from core.layers.rnn_layers import softmax_loss
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((6, 5)), rng.integers(0, 5, size=6)
+    weights = rng.uniform(-1, 2, size=6) if weighted else None
+    loss, dx = softmax_loss(x.copy(), y, norm=2.0, weights=weights, smoothing=0.2)
+    xt = torch.tensor(x, requires_grad=True)
+    per_row = F.cross_entropy(xt, torch.tensor(y), reduction="none", label_smoothing=0.2)
+    expected = (per_row * torch.tensor(weights if weighted else np.ones(6))).sum() / 2.0
+    expected.backward()
+    np.testing.assert_allclose(loss, expected.item(), rtol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    plain, _ = softmax_loss(x.copy(), y, norm=2.0, weights=weights)
+    assert loss != plain
+
+
+def test_a_smoothed_caption_loss_passes_the_gradient_check():
+    from core.model.rnn_model import CaptioningRNN
+    from tests.helpers import numeric_gradient, rel_error
+
+    vocab = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "cat", "dog"])}
+    model = CaptioningRNN(vocab, input_dim=4, wordvec_dim=3, hidden_dim=5, cell_type="lstm", dtype=np.float64,
+                          seed=0)
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((2, 4))
+    captions = np.array([[1, 3, 4, 2, 0], [1, 4, 2, 0, 0]])
+    _, grads = model.loss(features, captions, smoothing=0.1)
+    for name in ("W_vocab", "b_vocab", "Wx", "W_proj"):
+        numeric = numeric_gradient(lambda: model.loss(features, captions, smoothing=0.1)[0], model.params[name],
+                                   None)
+        assert rel_error(grads[name], numeric) < 1e-7, name

@@ -359,3 +359,39 @@ def test_threads_limit_numpys_blas_and_torch(fake_coco, tmp_path, monkeypatch):
                    "--epochs", "1", "--max_iters", "1", "--quiet", "--threads", "1", "--checkpoint",
                    str(tmp_path / "r.npz"), "--out_dir", str(tmp_path)])
     assert asked == [1]
+
+
+def test_help_groups_every_flag_once():
+    """Break caught: a flag added to FLAGS but to no --help group (argparse would then not know it),
+    or to two."""
+    from core.training.config import FLAGS, GROUPS, build_parser
+
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in FLAGS)
+    text = build_parser().format_help()
+    positions = [text.index(f"\n{title}:") for title in GROUPS]
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize("eval_every", [0, 1])
+def test_early_stopping_after_patience_epochs_without_a_better_score(eval_every, tmp_path, monkeypatch):
+    """Breaks caught: --patience ignored (all 10 epochs trained), counted from the run's start
+    instead of the best epoch, or by epochs rather than scored epochs with --eval_every."""
+    import core.training.best
+    from core.training.best import BestCheckpoint
+
+    val = iter([5.0, 4.0, 4.5, 3.9, 4.2, 4.3, 4.4, 4.5, 4.6, 4.7])
+    cider = {1: 0.1, 2: 0.3, 3: 0.2, 4: 0.4, 5: 0.35, 6: 0.3, 7: 0.2, 8: 0.1, 9: 0.1, 10: 0.1}
+    monkeypatch.setattr(core.training.best, "caption_split", lambda model, data, split, **k: {"epoch": 0})
+    data = dict(_data(), idx_to_word=["<NULL>", "<START>", "<END>"] + [f"w{i}" for i in range(30)])
+    best = BestCheckpoint(tmp_path / "best.npz", lambda *a: None, data=data, eval_every=eval_every,
+                          eval_images=2, final_epoch=10, verbose=False)
+    monkeypatch.setattr(core.training.best, "score_captions",
+                        lambda predictions, refs, meteor: {"BLEU-4": 0.5,
+                                                           "CIDEr": cider[len(best.metrics["eval_epoch"]) + 1]})
+    solver = FakeSolver(data, num_epochs=10, batch_size=10, verbose=False, on_epoch_end=best.on_epoch_end,
+                        stop_early=best.patience_rule(2))
+    solver.val_loss = lambda: next(val)
+    solver.train()
+    assert solver.epoch == 6 and len(solver.history["val_loss"]) == 6  # best at 4, then 5 and 6 not better
+    assert solver.stopped_early.startswith("2 ") and "(epoch 4)" in solver.stopped_early

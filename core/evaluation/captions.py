@@ -52,6 +52,7 @@ class Settings:
     references: str
     seed: int
     out_dir: str
+    threads: int
     device: str
     feature_device: str
 
@@ -214,8 +215,8 @@ def evaluate(settings, model, config, ctx):
         "predictions": [{"image": i, "url": str(urls[i]), "caption": c, "references": refs[i]}
                         for i, c in sorted(predictions.items())]}, indent=1))
     print(f"saved scores and captions {path}")
-    write_coco_results(path.with_name(path.name.replace("_eval.json", "_results.json")), predictions,
-                       urls, ids)
+    write_coco_results(path.with_name(path.name.replace("_eval.json", "_results.json")),
+                       predictions, urls, ids)
 
 
 def coco_ids(urls, images, known=None):
@@ -237,7 +238,8 @@ def coco_ids(urls, images, known=None):
 
 def write_coco_results(path, predictions, urls, known_ids=None):
     """The captions in the COCO results format, [{"image_id", "caption"}] by image id, which the
-    COCO evaluation server and other toolkits read; a line saying why when the images have no ids."""
+    COCO evaluation server and other toolkits read; a line saying why when the images have no
+    ids."""
     ids = coco_ids(urls, sorted(predictions), known_ids)
     if ids is None:
         print(f"no COCO results file: these images' names give no COCO image ids (e.g. "

@@ -60,29 +60,36 @@ def temporal_affine_backward(dout, cache):
     return dx, dw, dout2.sum(axis=0)
 
 
-def softmax_loss(x, y, norm=1.0, weights=None):
+def softmax_loss(x, y, norm=1.0, weights=None, smoothing=0.0):
     """Softmax cross-entropy summed over rows (each times its weight) and divided by norm.
 
-    x (M, V) scores, y (M,) int targets in [0, V), weights (M,) or None (all 1)
-    -> loss (float), dx (M, V).
+    x (M, V) scores, y (M,) int targets in [0, V), weights (M,) or None (all 1), smoothing e:
+    label smoothing, the target distribution (1 - e) one-hot + e / V, as torch's cross_entropy
+    defines it -> loss (float), dx (M, V).
     """
-    M = x.shape[0]
+    M, V = x.shape
     shifted = x - x.max(axis=1, keepdims=True)  # (M, V), max 0 per row
     rows = np.arange(M)
-    picked = shifted[rows, y]  # (M,) shifted score of the target word
+    target = shifted[rows, y]  # (M,) shifted score of the target word
+    if smoothing:  # the target distribution's expected shifted score
+        target = (1 - smoothing) * target + smoothing * shifted.mean(axis=1)
     probs = np.exp(shifted, out=shifted)
     sums = probs.sum(axis=1)
     if weights is None:
-        loss = -np.sum(picked - np.log(sums)) / norm
+        loss = -np.sum(target - np.log(sums)) / norm
         probs /= (sums * norm)[:, None]
         dx = probs
-        dx[rows, y] -= 1 / norm
+        dx[rows, y] -= (1 - smoothing) / norm
+        if smoothing:
+            dx -= smoothing / (V * norm)
         return float(loss), dx
     scale = (weights / norm).astype(x.dtype, copy=False)  # (M,)
-    loss = np.sum((np.log(sums) - picked) * scale)
+    loss = np.sum((np.log(sums) - target) * scale)
     probs *= (scale / sums)[:, None]
     dx = probs
-    dx[rows, y] -= scale
+    dx[rows, y] -= (1 - smoothing) * scale
+    if smoothing:
+        dx -= (smoothing / V) * scale[:, None]
     return float(loss), dx
 
 

@@ -101,12 +101,13 @@ class AttentionLSTM(NumpyDecoder):
         c_pre, c_cache = affine_forward(mean, p["W_init_c"], p["b_init_c"])
         return np.tanh(h_pre), np.tanh(c_pre), (h_cache, c_cache)
 
-    def loss(self, features, captions, weights=None):
+    def loss(self, features, captions, weights=None, smoothing=0.0):
         """Teacher-forced loss and gradients.
 
         features (N, R, D) regions, captions (N, T + 1) int, weights (N,) or None: each caption's
         cross-entropy times its weight (self-critical training; the attention penalty is then left
-        out, as it is not part of the reward) -> loss (float), grads (name -> array like params).
+        out, as it is not part of the reward); smoothing: label smoothing of the targets
+        -> loss (float), grads (name -> array like params).
         """
         p = self.params
         a = self._regions(features)
@@ -118,7 +119,7 @@ class AttentionLSTM(NumpyDecoder):
         # (N, T, H), (N, T, R)
         h, alpha, cache = att_lstm_forward(x, a, h0, c0, *(p[k] for k in WEIGHTS))
         grads = {}
-        loss, dh = self._word_loss(h, captions_out, mask, weights, grads)
+        loss, dh = self._word_loss(h, captions_out, mask, weights, grads, smoothing)
         dalpha = None
         if self.alpha_c and weights is None:
             m = mask.astype(self.dtype)

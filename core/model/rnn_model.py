@@ -97,11 +97,11 @@ class NumpyDecoder:
             scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))
         return scores
 
-    def _word_loss(self, h, captions_out, mask, weights, grads):
+    def _word_loss(self, h, captions_out, mask, weights, grads, smoothing=0.0):
         """The summed cross-entropy of the next words from the hidden states, divided by N.
 
         h (N, T, H), captions_out (N, T) targets, mask (N, T) where there is one, weights (N,) or
-        None
+        None, smoothing: label smoothing (core.layers.rnn_layers.softmax_loss)
         -> loss (float), dh (N, T, H); sets grads["W_vocab"], grads["b_vocab"].
         Scores are needed only where there is a target word: just those rows are projected, which
         is the temporal affine + masked softmax loss without the masked-out work.
@@ -113,7 +113,8 @@ class NumpyDecoder:
         scores, vocab_cache = affine_forward(h.reshape(N * T, H)[rows], p["W_vocab"], p["b_vocab"])
         # (M,) of each row's caption
         row_weights = None if weights is None else np.repeat(np.asarray(weights), T)[rows]
-        loss, dscores = softmax_loss(scores, captions_out.reshape(N * T)[rows], N, row_weights)
+        loss, dscores = softmax_loss(scores, captions_out.reshape(N * T)[rows], N, row_weights,
+                                     smoothing)
         dh_rows, grads["W_vocab"], grads["b_vocab"] = affine_backward(dscores, vocab_cache)
         dh = np.zeros((N * T, H), dtype=dh_rows.dtype)
         dh[rows] = dh_rows
@@ -195,11 +196,12 @@ class CaptioningRNN(NumpyDecoder):
         G = cell.gates * H
         return V * W + D * H + H + (W + H + len(cell.weights) - 2) * G + H * V + V
 
-    def loss(self, features, captions, weights=None):
+    def loss(self, features, captions, weights=None, smoothing=0.0):
         """Teacher-forced loss and gradients.
 
         features (N, D), captions (N, T + 1) int, weights (N,) or None: each caption's
-        cross-entropy is multiplied by its weight (self-critical training passes reward - baseline)
+        cross-entropy is multiplied by its weight (self-critical training passes reward - baseline);
+        smoothing: label smoothing of the targets (0: plain cross-entropy)
         -> loss (float), grads (name -> array like params).
         """
         p = self.params
@@ -211,7 +213,7 @@ class CaptioningRNN(NumpyDecoder):
         x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
         h, rnn_cache = self.cell.forward(x, h0, *(p[k] for k in self.cell.weights))  # (N, T, H)
         grads = {}
-        loss, dh = self._word_loss(h, captions_out, mask, weights, grads)
+        loss, dh = self._word_loss(h, captions_out, mask, weights, grads, smoothing)
         dx, dh0, *dweights = self.cell.backward(dh, rnn_cache)
         grads.update(zip(self.cell.weights, dweights))
         grads["W_embed"] = word_embedding_backward(dx, embed_cache)

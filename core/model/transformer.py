@@ -144,29 +144,27 @@ class CaptioningTransformer(nn.Module):
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # (T, T)
         return self.output(self.transformer(x, memory, tgt_mask=mask))  # (N, T, V)
 
-    def loss(self, features, captions, weights=None):
+    def loss(self, features, captions, weights=None, smoothing=0.0):
         """Teacher-forced loss, as the numpy models define it: cross-entropy summed over
         the non-<NULL> target words (each caption's times its weight, if given), averaged over the
-        batch.
+        batch; smoothing: label smoothing of the targets.
 
         features (N, D), captions (N, T + 1), weights (N,) or None -> scalar tensor.
         """
-        return self.loss_from_scores(self(features, captions[:, :-1]), captions, weights)
+        return self.loss_from_scores(self(features, captions[:, :-1]), captions, weights, smoothing)
 
-    def loss_from_scores(self, scores, captions, weights=None):
+    def loss_from_scores(self, scores, captions, weights=None, smoothing=0.0):
         """The loss of `loss` from forward's scores (N, T, V) of captions (N, T + 1) -> scalar
         tensor (so that a wrapper of forward, such as DistributedDataParallel, can compute the
         scores)."""
         N, T = captions.shape[0], captions.shape[1] - 1
+        flat_scores, targets = scores.reshape(-1, scores.shape[-1]), captions[:, 1:].reshape(-1)
         if weights is None:
-            total = F.cross_entropy(scores.reshape(-1, scores.shape[-1]),
-                                    captions[:, 1:].reshape(-1),
-                                    ignore_index=self.null_idx, reduction="sum")
+            total = F.cross_entropy(flat_scores, targets, ignore_index=self.null_idx,
+                                    reduction="sum", label_smoothing=smoothing)
             return total / N
-        per_word = F.cross_entropy(scores.reshape(-1, scores.shape[-1]),
-                                   captions[:, 1:].reshape(-1),
-                                   # (N, T)
-                                   ignore_index=self.null_idx, reduction="none").view(N, T)
+        per_word = F.cross_entropy(flat_scores, targets, ignore_index=self.null_idx,
+                                   reduction="none", label_smoothing=smoothing).view(N, T)  # (N, T)
         return (per_word.sum(dim=1) * torch.as_tensor(weights, dtype=per_word.dtype,
                                                       device=per_word.device)).sum() / N
 

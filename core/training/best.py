@@ -99,6 +99,22 @@ class BestCheckpoint:
         self.best = info
         self.save(model, self.path, info)
 
+    def patience_rule(self, patience):
+        """The loop's stop_early rule: stop once `patience` epochs (with eval_every, scored
+        epochs) passed after the best one without beating it -> callable(solver) -> str or None."""
+        def stop_early(solver):
+            if self.best is None:
+                return None
+            best = self.best["epoch"]
+            since = (sum(e > best for e in self.metrics["eval_epoch"]) if self.eval_every
+                     else solver.epoch - best)
+            if since < patience:
+                return None
+            unit = "scored epochs" if self.eval_every else "epochs"
+            return (f"{since} {unit} after the best (epoch {best}) without a better one "
+                    f"(--patience {patience})")
+        return stop_early
+
     def describe(self):
         """One line about the best epoch, e.g. "epoch 4, val loss 12.3456"."""
         if self.best is None:

@@ -80,6 +80,19 @@ FLAGS = (
     Flag("lr", float, None, "learning rate (unset: " + ", ".join(
         f"{t.default_lr:g} for {m}" for m, t in MODEL_TYPES.items()) + ")", "positive"),
     Flag("lr_decay", float, 0.95, "learning rate multiplier after each epoch", "positive"),
+    Flag("grad_clip", float, None, "clip the gradients to this global L2 norm before each update "
+         "(by norm, as torch's clip_grad_norm_; self-critical.pytorch's grad_clip clips by value; "
+         "unset: off)", "positive"),
+    Flag("weight_decay", float, 0.0, "L2 weight decay on every weight, added to the gradient "
+         "(as torch.optim.Adam's weight_decay)", "nonnegative"),
+    Flag("label_smoothing", float, 0.0, "cross-entropy against (1 - e) one-hot + e / V targets, "
+         "as torch's label_smoothing (cross-entropy steps only; the val loss stays plain)",
+         "fraction"),
+    Flag("warmup", int, 0, "the torch decoders' learning rate rises linearly over this many first "
+         "steps (0: off)", "nonnegative"),
+    Flag("patience", int, 0, "stop early when this many epochs (scored epochs with --eval_every) "
+         "pass without a better validation score (CIDEr with --eval_every, else the val loss); "
+         "0: off", "nonnegative", fixed=False),
     Flag("update_rule", str, "adam",
          "update rule of the numpy models (the torch ones use torch Adam)",
          choices=("sgd", "sgd_momentum", "rmsprop", "adam")),
@@ -133,6 +146,19 @@ FLAGS = (
     Flag("temperature", float, 1.0, "sampling temperature of --scst", "nonnegative"),
 )
 FLAG = {f.name: f for f in FLAGS}
+GROUPS = {  # --help lists the flags in these groups, in this order; every flag is in one
+    "what to train": ("model", "resume", "recipe", "seed"),
+    "model sizes": tuple(SIZE_FLAGS),
+    "data": ("data_dir", "num_samples"),
+    "optimisation": ("epochs", "batch_size", "lr", "lr_decay", "update_rule", "grad_clip",
+                     "weight_decay", "label_smoothing", "warmup", "divergence_factor", "max_iters"),
+    "validation and the best checkpoint": ("val_samples", "eval_every", "eval_images", "patience"),
+    "self-critical training (--scst)": ("scst", "init_from", "scst_samples", "baseline",
+                                        "temperature"),
+    "outputs": ("checkpoint", "out_dir", "tensorboard", "quiet"),
+    "machine and processes (torchrun --nproc_per_node K training.py ...: --batch_size is per "
+    "process)": ("device", "amp", "threads"),
+}
 
 
 CHECKS = {"positive": (lambda v: v > 0, "positive"),
@@ -164,14 +190,16 @@ def build_parser():
     p = ArgumentParser(prog="training.py",
                        description="Train a captioning decoder on precomputed image features.",
                        argument_default=argparse.SUPPRESS)
-    for f in FLAGS:
-        text = f.help + ("" if f.default is None or f.default is False
-                         else f" (default: {f.default})")
-        if f.type is bool:
-            p.add_argument(f"--{f.name}", action="store_true", help=text)
-        else:
-            p.add_argument(f"--{f.name}", type=f.type, choices=f.choices, metavar=f.metavar,
-                           help=text)
+    for title, names in GROUPS.items():
+        group = p.add_argument_group(title)
+        for f in (FLAG[name] for name in names):
+            text = f.help + ("" if f.default is None or f.default is False
+                             else f" (default: {f.default})")
+            if f.type is bool:
+                group.add_argument(f"--{f.name}", action="store_true", help=text)
+            else:
+                group.add_argument(f"--{f.name}", type=f.type, choices=f.choices,
+                                   metavar=f.metavar, help=text)
     return p
 
 
@@ -352,6 +380,9 @@ def settle(argv=None, world_size=None):
         parser.error("--model is required (or --resume PATH)")
     if values["resume"] is None and values["scst"] != (values["init_from"] is not None):
         parser.error("--scst needs --init_from CHECKPOINT (and --init_from is for --scst)")
+    if values["warmup"] and values["model"] and not MODEL_TYPES[values["model"]].uses_torch:
+        parser.error(f"--warmup is for the torch decoders ("
+                     f"{', '.join(m for m, t in MODEL_TYPES.items() if t.uses_torch)})")
     if values["scst"] and values["baseline"] == "mean" and values["scst_samples"] < 2:
         parser.error("--baseline mean needs --scst_samples of at least 2 (the mean of an image's "
                      "other samples)")

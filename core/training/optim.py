@@ -78,4 +78,23 @@ def adam(w, dw, config=None):
     return w, config
 
 
+def clip_and_decay(grads, params, grad_clip=None, weight_decay=0.0):
+    """The gradients an update rule takes, as torch trains: clipped to a global L2 norm of at most
+    grad_clip (torch.nn.utils.clip_grad_norm_: every gradient times grad_clip / (norm + 1e-6) when
+    the norm of all of them together is larger), then weight_decay * w added to each (L2 weight
+    decay, as torch.optim.Adam's weight_decay, on every weight).
+
+    grads, params: name -> array of the same shapes -> name -> array (new arrays when changed).
+    """
+    if grad_clip is not None:
+        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+        if norm > grad_clip:
+            scale = grad_clip / (norm + 1e-6)
+            grads = {k: g * np.asarray(scale, dtype=g.dtype) for k, g in grads.items()}
+    if weight_decay:
+        grads = {k: g + np.asarray(weight_decay, dtype=g.dtype) * params[k] for k,
+                 g in grads.items()}
+    return grads
+
+
 UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}

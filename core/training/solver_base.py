@@ -36,7 +36,9 @@ class SolverBase:
     each epoch and when a stop is requested (rank 0 only). max_iters: stop each epoch after this
     many steps (dry runs and timing). divergence_factor: TrainingDiverged when a batch loss is not
     finite or exceeds this many times the run's first one (cross-entropy only). step: the step
-    strategy (default CrossEntropy()). dist: a core.util.distributed.Context; with K processes every
+    strategy (default CrossEntropy()). stop_early: optional callable(solver) -> why to stop
+    before the next epoch (a string) or None; asked before every epoch, also the first of a
+    resumed run. dist: a core.util.distributed.Context; with K processes every
     rank draws the same permutation, a step takes K * batch_size items, each rank trains on its
     batch_size of them, the gradients are averaged weighted by each rank's share, and the losses,
     the validation loss and stop requests are the same on every rank.
@@ -45,7 +47,7 @@ class SolverBase:
     def __init__(self, model, data, *, num_epochs=10, batch_size=100, lr_decay=1.0,
                  val_samples=1000,
                  seed=0, verbose=True, on_epoch_end=None, save_state=None, max_iters=None,
-                 divergence_factor=10.0, dist=None, step=None):
+                 divergence_factor=10.0, dist=None, step=None, stop_early=None):
         self.model, self.data, self.dist = model, data, dist or Context()
         self.step_rule = step or CrossEntropy()
         self.num_epochs, self.batch_size, self.lr_decay = num_epochs, batch_size, lr_decay
@@ -64,6 +66,7 @@ class SolverBase:
         # before the permutation of the epoch in progress
         self.epoch_rng_state = self.rng.bit_generator.state
         self.stop_requested = None  # why the run stopped early (a signal's name), else None
+        self.stop_early, self.stopped_early = stop_early, None  # early stopping: the rule, why
 
     def batch(self, split, rows):
         """rows (B,) caption indices -> features (B, D) or (B, R, D) float32, captions (B, L)
@@ -185,6 +188,10 @@ class SolverBase:
         step_size = self.batch_size * self.dist.world_size  # items per step, over all ranks
         with clean_stops(self.verbose) as stop:
             while self.epoch < self.num_epochs:
+                if self.stop_early is not None and not self.iteration:
+                    self.stopped_early = self.dist.broadcast(self.stop_early(self))
+                    if self.stopped_early:
+                        break
                 self.rng.bit_generator.state = self.epoch_rng_state
                 order = self.rng.permutation(num_items)
                 if not self._run_epoch(order, step_size, stop):

@@ -10,15 +10,18 @@ class NumpySolver(SolverBase):
     """update_rule: a name in core.training.optim.UPDATE_RULES; optim_config: its hyperparameters
     (e.g. {"learning_rate": 5e-3}, the CS231n interface), copied once per parameter;
     learning_rate: sets optim_config's (default: the update rule's own, 1e-3 for adam, 1e-2 for
-    the others). Other keyword arguments go to SolverBase (num_epochs, batch_size, lr_decay,
-    val_samples, seed, verbose, on_epoch_end, ...).
+    the others); grad_clip, weight_decay: core.training.optim.clip_and_decay's. Other keyword
+    arguments go to SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose,
+    on_epoch_end, ...).
     """
 
-    OPTIONS = ("update_rule",)  # what training.py passes from its flags besides learning_rate
+    # what training.py passes from its flags besides learning_rate
+    OPTIONS = ("update_rule", "grad_clip", "weight_decay")
 
     def __init__(self, model, data, update_rule="adam", optim_config=None, learning_rate=None,
-                 **kwargs):
+                 grad_clip=None, weight_decay=0.0, **kwargs):
         super().__init__(model, data, **kwargs)
+        self.grad_clip, self.weight_decay = grad_clip, weight_decay
         if update_rule not in optim.UPDATE_RULES:
             raise ValueError(f'unknown update rule "{update_rule}"; choose from '
                              f'{sorted(optim.UPDATE_RULES)}')
@@ -29,12 +32,18 @@ class NumpySolver(SolverBase):
         optim_config.setdefault("learning_rate", optim.DEFAULT_LEARNING_RATES[update_rule])
         self.optim_configs = {name: dict(optim_config) for name in model.params}
 
-    def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True):
+    def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True,
+                  smoothing=0.0):
         """The numpy models have no dropout: `dropout` changes nothing."""
-        loss, grads = self.model.loss(features, captions, caption_weights)
+        if smoothing:
+            loss, grads = self.model.loss(features, captions, caption_weights, smoothing=smoothing)
+        else:  # the CS231n models' loss takes no smoothing
+            loss, grads = self.model.loss(features, captions, caption_weights)
         return loss, (self._average(grads, weight) if self.dist.enabled else grads)
 
     def apply(self, gradients):
+        gradients = optim.clip_and_decay(gradients, self.model.params, self.grad_clip,
+                                         self.weight_decay)
         for name, w in self.model.params.items():
             config = self.optim_configs[name]
             w, self.optim_configs[name] = self.update_rule(w, gradients[name], config)

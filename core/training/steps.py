@@ -31,12 +31,16 @@ class StepResult:
 
 
 class CrossEntropy:
-    """Teacher forcing: an epoch is one pass over the training captions."""
+    """Teacher forcing: an epoch is one pass over the training captions. label_smoothing e: the
+    targets are (1 - e) one-hot + e / V (0: plain cross-entropy)."""
 
     history_keys = ()
     loss_name = "train loss"
     unit = "captions"
     positive_loss = True  # so a loss far above the first one means divergence
+
+    def __init__(self, label_smoothing=0.0):
+        self.label_smoothing = label_smoothing
 
     def num_items(self, data):
         """Caption rows in an epoch."""
@@ -45,7 +49,9 @@ class CrossEntropy:
     def step(self, solver, rows, weight):
         """The teacher-forced loss and gradients of the caption rows (B,) -> StepResult."""
         features, captions = solver.batch("train", rows)
-        return StepResult(*solver.gradients(features, captions, weight=weight))
+        return StepResult(*solver.gradients(features, captions, weight=weight,
+                                            **({"smoothing": self.label_smoothing}
+                                               if self.label_smoothing else {})))
 
 
 class SelfCritical:
@@ -124,7 +130,7 @@ def from_flags(args, model, data):
     references' CIDEr-D; max_length: the captions' length, or less for a model with a position
     limit."""
     if not args.scst:
-        return CrossEntropy()
+        return CrossEntropy(args.label_smoothing)
     T = data["train_captions"].shape[1] - 1  # words after <START>, <END> included
     refs = references_by_image(data["train_captions"], data["train_image_idxs"],
                                data["idx_to_word"])
