@@ -175,8 +175,8 @@ class TorchAttentionLSTM(nn.Module):
 
     def __init__(self, ours):
         super().__init__()
-        self.p = nn.ParameterDict({k: nn.Parameter(torch.from_numpy(v.copy())) for k,
-                                   v in ours.params.items()})
+        self.p = nn.ParameterDict({k: nn.Parameter(torch.from_numpy(v.copy()))
+                                   for k, v in ours.params.items()})
         self.alpha_c = ours.alpha_c
 
     def loss(self, regions, captions):

@@ -192,8 +192,8 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"cannot write the dataset into {out_dir}: {describe_os_error(e)}{where}; "
                         "nothing was changed there") from None
-    counts = {f"{s}_{k}": len(v[s]) for s in names for k,
-              v in (("images", paths), ("captions", raw_captions))}
+    counts = {f"{s}_{k}": len(v[s])
+              for s in names for k, v in (("images", paths), ("captions", raw_captions))}
     log(f"wrote {out_dir}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
         + f", {len(idx_to_word)} words")
     if removed:

@@ -56,8 +56,8 @@ class BestCheckpoint:
     def load_state(self, state):
         """Continue from `state()`; the score of a last epoch that a straight run would not have
         scored (the run now goes on past it) is dropped."""
-        self.metrics = {k: (list(v) if isinstance(v, list) else v) for k,
-                        v in state["metrics"].items()}
+        self.metrics = {k: (list(v) if isinstance(v, list) else v)
+                        for k, v in state["metrics"].items()}
         self.best = state["best"]
         final_only = state.get("final_only")
         dropped = final_only is not None and final_only != self.final_epoch

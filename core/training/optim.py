@@ -92,8 +92,8 @@ def clip_and_decay(grads, params, grad_clip=None, weight_decay=0.0):
             scale = grad_clip / (norm + 1e-6)
             grads = {k: g * np.asarray(scale, dtype=g.dtype) for k, g in grads.items()}
     if weight_decay:
-        grads = {k: g + np.asarray(weight_decay, dtype=g.dtype) * params[k] for k,
-                 g in grads.items()}
+        grads = {k: g + np.asarray(weight_decay, dtype=g.dtype) * params[k]
+                 for k, g in grads.items()}
     return grads
 
 

@@ -96,8 +96,8 @@ class NumpySolver(SolverBase):
                     raise ValueError(f"optimizer setting {name}.{key} is {value!r}")
 
     def _load_optimizer_state(self, state):
-        self.optim_configs = {name: {k: v.copy() if isinstance(v, np.ndarray) else v for k,
-                                     v in config.items()}
+        self.optim_configs = {name: {k: v.copy() if isinstance(v, np.ndarray) else v
+                                     for k, v in config.items()}
                               for name, config in state.items()}
 
     @property
