@@ -52,6 +52,10 @@ def parse_args(argv=None):
                         "core/datasets/sample_captioning)")
     p.add_argument("--image", nargs="+", default=None, metavar="PATH",
                    help="caption these image files instead of dataset images")
+    p.add_argument("--image_folder", default=None, metavar="DIR",
+                   help="caption every image of this folder (in batches, with a progress bar): "
+                        "all captions to <stem>_<folder>_<decoding>_captions.json and the COCO "
+                        "results file, the first --num_images in the figure")
     p.add_argument("--split", default=None, choices=("train", "val", "test"),
                    help="split to caption images of (default: both train and val, panels in one "
                         "figure, each titled with its split and whether the model was trained on "
@@ -98,8 +102,10 @@ def parse_args(argv=None):
         p.error(f"--length_penalty must be finite, got {args.length_penalty}")
     if args.num_samples is not None and args.num_samples <= 0:
         p.error("--num_samples must be positive")
-    if args.eval and args.image:
-        p.error("--eval scores a dataset split; it cannot be combined with --image")
+    if args.image and args.image_folder:
+        p.error("--image and --image_folder: pass one of them")
+    if args.eval and (args.image or args.image_folder):
+        p.error("--eval scores a dataset split; it cannot be combined with --image or --image_folder")
     if args.attention and (args.eval or args.beam_size != 1):
         p.error("--attention draws the greedy captions of chosen images: drop --eval and "
                 "--beam_size")

@@ -591,3 +591,47 @@ def test_a_rebuild_removes_every_file_of_the_older_build_it_does_not_write(tmp_p
     assert (out / "coco2014_captions.h5").read_text() == "new coco2014_captions.h5"
     assert {"train2014_vgg16_grid_pca.h5", "test2014_vgg16_fc7.h5", "val2014_urls.txt",
             "vgg16_fc7_pca_transform.npz"} <= builder.layout_files()
+
+
+def test_a_folder_of_images_is_captioned_whole_with_its_results_files(tmp_path, capsys, monkeypatch):
+    """Breaks caught: no way to caption a folder (neuraltalk2's -image_folder); a folder's captions
+    not written, or not in the COCO results format; an unreadable file stopping the whole folder;
+    other files taken for images."""
+    import json
+    import shutil
+
+    import core.data.features
+    import core.evaluation.captions
+    import inference
+    from core.data.coco_utils import load_vocab
+    from core.model.checkpoint import save_checkpoint
+    from core.model.rnn_model import CaptioningRNN
+
+    _, word_to_idx = load_vocab(SAMPLE_DIR)
+    checkpoint = tmp_path / "m.npz"
+    save_checkpoint(CaptioningRNN(word_to_idx, input_dim=512, wordvec_dim=4, hidden_dim=4, seed=0), checkpoint)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, name in enumerate(["000000391895.png", "000000522418.PNG", "broken.jpg"]):
+        shutil.copy(SAMPLE_DIR / "images" / "val" / f"{k:06d}.png", folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    calls = []
+
+    def fake_fc7(paths, *a, progress=False, **k):
+        calls.append((len(paths), progress))
+        bad = {i: "cannot identify image file" for i, p in enumerate(paths) if p.endswith("broken.jpg")}
+        return np.zeros((len(paths), 4096), np.float32), bad
+
+    monkeypatch.setattr(core.data.features, "extract_fc7", fake_fc7)
+    monkeypatch.setattr(core.evaluation.captions, "save_caption_grid", lambda images, titles, path, suptitle: None)
+    inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(SAMPLE_DIR),
+                    "--image_folder", str(folder), "--num_images", "1", "--device", "cpu", "--out_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert calls[0] == (3, True)  # the three images, with a progress bar
+    assert "skipped 1 unreadable file(s) of the folder" in out and "broken.jpg" in out
+    captions = json.loads((tmp_path / "m_photos_greedy_captions.json").read_text())
+    assert [c["file_name"] for c in captions] == ["000000391895.png", "000000522418.PNG"]
+    results = json.loads((tmp_path / "m_photos_greedy_results.json").read_text())
+    assert [r["image_id"] for r in results] == [391895, 522418]
+    assert [r["caption"] for r in results] == [c["caption"] for c in captions]
+    assert out.count("predicted:") == 1  # --num_images of them in the figure and printed

@@ -40,6 +40,7 @@ class Settings:
     checkpoint: str
     data_dir: str
     image: tuple
+    image_folder: str
     split: str
     num_images: int
     num_samples: int
@@ -107,6 +108,8 @@ def settle(args, ctx, say):
                 "(build a test split with features_extraction.py --split_file dataset_coco.json, "
                 "Karpathy's)")
     values["image"] = tuple(args.image) if args.image else None
+    if args.image_folder:
+        values["image"] = folder_images(args.image_folder)
     check_writable(folders=[("--out_dir", values["out_dir"])])  # before any image is captioned
     return Settings(**values), model, config
 
@@ -117,6 +120,22 @@ def check_split(settings, data):
     if settings.split and settings.split not in data_splits(data):
         raise UserError(f"{settings.data_dir} has no {settings.split} split (it has "
                         f"{', '.join(data_splits(data))})")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def folder_images(folder):
+    """--image_folder DIR -> its image files (by suffix, any case), sorted; UserError when it is not
+    a folder or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--image_folder {folder} is not a folder")
+    files = sorted(str(p) for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"--image_folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return tuple(files)
 
 
 def load_checked_data(settings, config):
@@ -340,23 +359,49 @@ def caption_files(settings, model, config):
     print(f"image features: {describe_weights(info['vgg16'])}{regions}")
     if info.get("note"):
         print(f"note: {info['note']}")
-    features, bad = kind.compute(list(settings.image), transform, info,
-                                 device=settings.feature_device)
-    if bad:
+    paths = list(settings.image)
+    features, bad = kind.compute(paths, transform, info, device=settings.feature_device,
+                                 progress=bool(settings.image_folder))
+    if bad and not settings.image_folder:
         first = min(bad)
-        raise UserError(f"cannot read image {settings.image[first]} ({bad[first]})")
+        raise UserError(f"cannot read image {paths[first]} ({bad[first]})")
+    if bad:  # a folder's unreadable files are skipped and said
+        first = min(bad)
+        print(f"skipped {len(bad)} unreadable file(s) of the folder, e.g. {paths[first]} "
+              f"({bad[first]})")
+        paths = [p for k, p in enumerate(paths) if k not in bad]
+        features, _ = kind.compute(paths, transform, info, device=settings.feature_device)
     words, alphas = sample(model, features, settings)
+    captions = decode_captions(words, idx_to_word)
+    stem = Path(settings.checkpoint).stem
+    if settings.image_folder:
+        write_folder_captions(settings, paths, captions)
     panels = [{"location": path, "truth": None, "predicted": pred, "label": "",
                "alpha": None if alphas is None else alphas[k]}
-              for k, (path, pred) in enumerate(zip(settings.image,
-                                                   decode_captions(words, idx_to_word)))]
+              for k, (path, pred) in enumerate(zip(paths, captions))]
+    if settings.image_folder:
+        panels = panels[:settings.num_images]
     note = None
     if Path(settings.data_dir).resolve() == SAMPLE_DIR.resolve():
         note = ("this model knows only the sample dataset's rendered scenes (one or two large "
                 "shapes of 6 colours and 4 kinds on a grey background): captions of other images "
                 "are not meaningful")
         print(f"note: {note}")
-    return panels, f"{Path(settings.checkpoint).stem}_images_{figure_suffix(settings)}", note
+    name = Path(settings.image_folder).resolve().name if settings.image_folder else "images"
+    return panels, f"{stem}_{name}_{figure_suffix(settings)}", note
+
+
+def write_folder_captions(settings, paths, captions):
+    """--image_folder: every caption to <stem>_<folder>_<decoding>_captions.json ([{file_name,
+    caption}]) and, when the file names give COCO ids, the COCO results file beside it."""
+    folder = Path(settings.image_folder).resolve().name
+    path = (Path(settings.out_dir) / f"{Path(settings.checkpoint).stem}_{folder}_"
+            f"{decoding_name(settings)}_captions.json")
+    atomic_write_text(path, json.dumps([{"file_name": Path(p).name, "caption": c}
+                                        for p, c in zip(paths, captions)], indent=1))
+    print(f"saved {len(captions)} captions {path}")
+    write_coco_results(path.with_name(path.name.replace("_captions.json", "_results.json")),
+                       dict(enumerate(captions)), np.array(paths))
 
 
 def attention_rows(panels, images, config):
