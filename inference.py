@@ -106,9 +106,8 @@ def parse_args(argv=None):
         p.error("--image and --image_folder: pass one of them")
     if args.eval and (args.image or args.image_folder):
         p.error("--eval scores a dataset split; it cannot be combined with --image or --image_folder")
-    if args.attention and (args.eval or args.beam_size != 1):
-        p.error("--attention draws the greedy captions of chosen images: drop --eval and "
-                "--beam_size")
+    if args.attention and args.eval:
+        p.error("--attention draws the captions of chosen images: drop --eval")
     if args.attention and args.model not in ATTENDING:
         p.error(f"--attention needs a decoder that attends over image regions "
                 f"({', '.join(ATTENDING)}); {args.model} reads one feature vector per image")

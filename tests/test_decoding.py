@@ -242,3 +242,24 @@ def test_the_raw_step_scores_greedy_decoding_reads_are_the_log_probabilities_unn
         scores, _ = model.step(start, model.init_state(FEATURES), normalized=False)
     assert not np.allclose(scores, logprobs)
     np.testing.assert_allclose(log_softmax(scores.astype(np.float64), axis=1), logprobs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [m for m, t in MODEL_TYPES.items() if t.feature_kind.regions])
+def test_beam_search_returns_the_attention_its_chosen_caption_was_written_with(name):
+    """Breaks caught: the attention of another beam (not reordered with the beams), or the one after
+    the word's choice instead of the one it was chosen with; beam 1 equals greedy's maps."""
+    model = MODELS[name]()
+    captions, _, alphas = beam_search(model, FEATURES, max_length=8, beam_size=3, attention=True)
+    with model.decoding():  # the chosen captions fed back word by word: the maps they were chosen with
+        state = model.init_state(FEATURES)
+        words = np.full(len(FEATURES), model.start_idx)
+        for t in range(8):
+            _, state = model.step(words, state)
+            alive = (captions[:, :t] != model.end_idx).all(axis=1) & (captions[:, t] != model.null_idx)
+            np.testing.assert_allclose(alphas[alive, t], model.attention(state)[alive], rtol=1e-5, atol=1e-6)
+            words = captions[:, t]
+    greedy_words, greedy_maps = greedy_search(model, FEATURES, max_length=8, attention=True)
+    beam_words, _, beam_maps = beam_search(model, FEATURES, max_length=8, beam_size=1, attention=True)
+    np.testing.assert_array_equal(beam_words, greedy_words)
+    ended = np.cumsum(greedy_words == model.end_idx, axis=1) - (greedy_words == model.end_idx) == 0
+    np.testing.assert_allclose(beam_maps[ended], greedy_maps[ended], rtol=1e-5, atol=1e-6)

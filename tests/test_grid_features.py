@@ -59,7 +59,7 @@ def test_the_attention_flag_is_for_decoders_over_regions(capsys):
     one_line_error(capsys, lambda: inference.parse_args(["--model", "lstm", "--attention"]),
                    f"--attention needs a decoder that attends over image regions ({', '.join(REGIONS)})")
     one_line_error(capsys, lambda: inference.parse_args(["--model", "attention_lstm", "--attention",
-                                                         "--beam_size", "3"]), "drop --eval and --beam_size")
+                                                         "--eval"]), "drop --eval")
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from core.evaluation.metrics import (
     caption_split, format_scores, raw_references, references_by_image, score_captions)
 from core.evaluation.plots import panel_title, save_attention_figure, save_caption_grid
 from core.model.checkpoint import check_against_data, check_checkpoint, load_checkpoint
-from core.model.decoding import greedy_search
+from core.model.decoding import beam_search, greedy_search
 from core.model.registry import MODEL_TYPES
 from core.util.cli import resolve_device
 from core.util.errors import UserError
@@ -168,6 +168,10 @@ def decoding_name(settings):
 def sample(model, features, settings):
     """features (N, ...) -> word indices (N, max_length) with the decoding flags, and with
     --attention the attention (N, max_length, R) of each word (None without)."""
+    if settings.attention and settings.beam_size > 1:  # the attention of the chosen beam
+        captions, _, alphas = beam_search(model, features, settings.max_length, settings.beam_size,
+                                          settings.length_penalty, attention=True)
+        return captions, alphas
     if settings.attention:
         return greedy_search(model, features, settings.max_length, attention=True)
     return model.sample(features, max_length=settings.max_length, beam_size=settings.beam_size,
@@ -175,9 +179,11 @@ def sample(model, features, settings):
 
 
 def figure_suffix(settings):
-    """The end of the figure's name: "greedy_captions.png", "beam3_captions.png" or
-    "attention.png"."""
-    return "attention.png" if settings.attention else f"{decoding_name(settings)}_captions.png"
+    """The end of the figure's name: "greedy_captions.png", "beam3_captions.png",
+    "attention.png" (greedy) or "beam3_attention.png"."""
+    if settings.attention:
+        return "attention.png" if settings.beam_size == 1 else f"{decoding_name(settings)}_attention.png"
+    return f"{decoding_name(settings)}_captions.png"
 
 
 def evaluate(settings, model, config, ctx):

@@ -103,14 +103,16 @@ def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0
     return captions
 
 
-def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0):
+def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0,
+                attention=False):
     """Batched beam search over all images at once.
 
     Keeps the beam_size best partial captions per image by summed log-probability; a beam
     that emits <END> is finished and carried along unchanged. Beams are ranked by
     score / length ** length_penalty (0: plain sum of log-probabilities).
     features (N, D) -> captions (N, L) int64, scores (N,) the summed log-probability of
-    each returned caption.
+    each returned caption; with attention (a decoder over R regions) also the attention
+    (N, L, R) each word of the returned caption was chosen with (its beam's, step by step).
     """
     N, K = len(features), beam_size
     seqs = np.full((N, K, max_length), model.null_idx, dtype=np.int64)
@@ -119,10 +121,15 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0)
     lengths = np.zeros((N, K), dtype=np.int64)
     done = np.zeros((N, K), dtype=bool)
     words = np.full(N * K, model.start_idx, dtype=np.int64)
+    maps = None
     with model.decoding():
         state = model.select_state(model.init_state(features), np.repeat(np.arange(N), K))
         for t in range(max_length):
             logprobs, state = model.step(words, state)
+            if attention:
+                alpha = model.attention(state).reshape(N, K, -1)  # (N, K, R): before the choice
+                if maps is None:
+                    maps = np.zeros((N, K, max_length, alpha.shape[2]), dtype=np.float32)
             logprobs = logprobs.reshape(N, K, -1).astype(np.float64)
             V = logprobs.shape[2]
             logprobs[done] = -np.inf  # a finished beam extends only with <NULL>, at no cost
@@ -136,6 +143,9 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0)
             rows = np.arange(N)[:, None]
             seqs = seqs[rows, beam]
             seqs[:, :, t] = word
+            if attention:  # each kept beam's history, and the attention its parent chose with
+                maps = maps[rows, beam]
+                maps[:, :, t] = alpha[rows, beam]
             scores = total[rows, beam, word]
             lengths = new_len[rows, beam, 0]
             done = done[rows, beam] | (word == model.end_idx)
@@ -146,7 +156,10 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0)
     final = scores / np.maximum(lengths, 1) ** length_penalty if length_penalty else scores
     best = np.argmax(final, axis=1)
     picked = seqs[np.arange(N), best]
-    return _pad_after_end(picked, model.end_idx, model.null_idx), scores[np.arange(N), best]
+    captions = _pad_after_end(picked, model.end_idx, model.null_idx)
+    if attention:
+        return captions, scores[np.arange(N), best], maps[np.arange(N), best]
+    return captions, scores[np.arange(N), best]
 
 
 def _pad_after_end(captions, end, null):
