@@ -105,7 +105,8 @@ def parse_args(argv=None):
     if args.image and args.image_folder:
         p.error("--image and --image_folder: pass one of them")
     if args.eval and (args.image or args.image_folder):
-        p.error("--eval scores a dataset split; it cannot be combined with --image or --image_folder")
+        p.error("--eval scores a dataset split; it cannot be combined with --image or "
+                "--image_folder")
     if args.attention and args.eval:
         p.error("--attention draws the captions of chosen images: drop --eval")
     if args.attention and args.model not in ATTENDING:

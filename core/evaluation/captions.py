@@ -182,7 +182,8 @@ def figure_suffix(settings):
     """The end of the figure's name: "greedy_captions.png", "beam3_captions.png",
     "attention.png" (greedy) or "beam3_attention.png"."""
     if settings.attention:
-        return "attention.png" if settings.beam_size == 1 else f"{decoding_name(settings)}_attention.png"
+        beam = "" if settings.beam_size == 1 else f"{decoding_name(settings)}_"
+        return f"{beam}attention.png"
     return f"{decoding_name(settings)}_captions.png"
 
 
