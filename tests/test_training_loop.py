@@ -395,3 +395,38 @@ def test_early_stopping_after_patience_epochs_without_a_better_score(eval_every,
     solver.train()
     assert solver.epoch == 6 and len(solver.history["val_loss"]) == 6  # best at 4, then 5 and 6 not better
     assert solver.stopped_early.startswith("2 ") and "(epoch 4)" in solver.stopped_early
+
+
+def test_scheduled_sampling_feeds_the_models_own_words_at_the_scheduled_rate():
+    """Breaks caught: scheduled sampling ignored (the inputs always the ground truth), <START> or
+    <NULL> positions replaced, the probability not rising from 0 in the first epoch to P in the
+    last, draws depending on the batch instead of the caption row."""
+    from core.model.rnn_model import CaptioningRNN
+    from core.training.steps import CrossEntropy
+
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "cat": 3, "dog": 4}
+    model = CaptioningRNN(vocab, input_dim=3, wordvec_dim=4, hidden_dim=5, cell_type="lstm", seed=0)
+    model.params["b_vocab"][:] = [-50, -50, -50, 50, -50]  # every sampled word is "cat"
+    captions = np.array([[1, 4, 4, 4, 2, 0], [1, 4, 2, 0, 0, 0]])
+    features = np.zeros((2, 3), np.float32)
+    rule = CrossEntropy(scheduled_sampling=0.5, seed=3)
+    assert [rule.sampling_probability(e, 5) for e in range(5)] == [0.0, 0.125, 0.25, 0.375, 0.5]
+    always = rule.mixed_inputs(model, features, captions, np.array([7, 8]), 1.0, epoch=0)
+    np.testing.assert_array_equal(always, [[1, 3, 3, 3, 3], [1, 3, 3, 0, 0]])  # targets <NULL> stay
+    np.testing.assert_array_equal(rule.mixed_inputs(model, features, captions, np.array([7, 8]), 0.0, 0),
+                                  captions[:, :-1])
+    half = rule.mixed_inputs(model, features, captions, np.array([7, 8]), 0.5, epoch=2)
+    swapped = rule.mixed_inputs(model, features, captions[::-1], np.array([8, 7]), 0.5, epoch=2)
+    np.testing.assert_array_equal(swapped[::-1], half)  # each caption row's own draws
+    seen = []
+    loss = model.loss
+    model.loss = lambda *a, **k: (seen.append(k.get("inputs")), loss(*a, **k))[1]
+    data = {"train_captions": captions, "train_image_idxs": np.array([0, 1]), "train_features": np.zeros((2, 3)),
+            "val_captions": captions, "val_image_idxs": np.array([0, 1]), "val_features": np.zeros((2, 3))}
+    from core.training.solver_numpy import NumpySolver
+
+    NumpySolver(model, data, num_epochs=2, batch_size=2, val_samples=2, verbose=False,
+                step=CrossEntropy(scheduled_sampling=1.0)).train()
+    train_steps = seen[0::2]  # each epoch: one training step, then the validation loss (plain)
+    assert seen[1::2] == [None, None] and train_steps[0] is None  # epoch 1: probability 0
+    assert (train_steps[1][:, 1] == 3).all()  # epoch 2: probability 1, every input the model's

@@ -101,18 +101,21 @@ class AttentionLSTM(NumpyDecoder):
         c_pre, c_cache = affine_forward(mean, p["W_init_c"], p["b_init_c"])
         return np.tanh(h_pre), np.tanh(c_pre), (h_cache, c_cache)
 
-    def loss(self, features, captions, weights=None, smoothing=0.0):
+    def loss(self, features, captions, weights=None, smoothing=0.0, inputs=None):
         """Teacher-forced loss and gradients.
 
         features (N, R, D) regions, captions (N, T + 1) int, weights (N,) or None: each caption's
         cross-entropy times its weight (self-critical training; the attention penalty is then left
-        out, as it is not part of the reward); smoothing: label smoothing of the targets
+        out, as it is not part of the reward); smoothing: label smoothing of the targets; inputs
+        (N, T) or None: the words fed in instead of captions[:, :-1]
         -> loss (float), grads (name -> array like params).
         """
         p = self.params
         a = self._regions(features)
         N, R, _ = a.shape
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        if inputs is not None:  # scheduled sampling: some inputs are the model's own words
+            captions_in = inputs
         mask = captions_out != self.null_idx  # (N, T)
         h0, c0, init_cache = self._initial_state(a)
         x, embed_cache = word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)

@@ -196,16 +196,19 @@ class CaptioningRNN(NumpyDecoder):
         G = cell.gates * H
         return V * W + D * H + H + (W + H + len(cell.weights) - 2) * G + H * V + V
 
-    def loss(self, features, captions, weights=None, smoothing=0.0):
+    def loss(self, features, captions, weights=None, smoothing=0.0, inputs=None):
         """Teacher-forced loss and gradients.
 
         features (N, D), captions (N, T + 1) int, weights (N,) or None: each caption's
         cross-entropy is multiplied by its weight (self-critical training passes reward - baseline);
-        smoothing: label smoothing of the targets (0: plain cross-entropy)
+        smoothing: label smoothing of the targets (0: plain cross-entropy); inputs (N, T) or None:
+        the words fed in instead of captions[:, :-1] (the targets stay captions[:, 1:])
         -> loss (float), grads (name -> array like params).
         """
         p = self.params
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        if inputs is not None:  # scheduled sampling: some inputs are the model's own words
+            captions_in = inputs
         mask = captions_out != self.null_idx
 
         h0, proj_cache = affine_forward(features.astype(self.dtype, copy=False), p["W_proj"],

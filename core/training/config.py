@@ -88,6 +88,9 @@ FLAGS = (
     Flag("label_smoothing", float, 0.0, "cross-entropy against (1 - e) one-hot + e / V targets, "
          "as torch's label_smoothing (cross-entropy steps only; the val loss stays plain)",
          "fraction"),
+    Flag("scheduled_sampling", float, 0.0, "the recurrent decoders' scheduled sampling: the "
+         "probability that an input word is the model's own sampled word rises from 0 in the first "
+         "epoch to this in the last (0: off)", "fraction"),
     Flag("warmup", int, 0, "the torch decoders' learning rate rises linearly over this many first "
          "steps (0: off)", "nonnegative"),
     Flag("patience", int, 0, "stop early when this many epochs (scored epochs with --eval_every) "
@@ -151,7 +154,8 @@ GROUPS = {  # --help lists the flags in these groups, in this order; every flag 
     "model sizes": tuple(SIZE_FLAGS),
     "data": ("data_dir", "num_samples"),
     "optimisation": ("epochs", "batch_size", "lr", "lr_decay", "update_rule", "grad_clip",
-                     "weight_decay", "label_smoothing", "warmup", "divergence_factor", "max_iters"),
+                     "weight_decay", "label_smoothing", "scheduled_sampling", "warmup",
+                     "divergence_factor", "max_iters"),
     "validation and the best checkpoint": ("val_samples", "eval_every", "eval_images", "patience"),
     "self-critical training (--scst)": ("scst", "init_from", "scst_samples", "baseline",
                                         "temperature"),
@@ -380,6 +384,9 @@ def settle(argv=None, world_size=None):
         parser.error("--model is required (or --resume PATH)")
     if values["resume"] is None and values["scst"] != (values["init_from"] is not None):
         parser.error("--scst needs --init_from CHECKPOINT (and --init_from is for --scst)")
+    if values["scheduled_sampling"] and values["model"] and MODEL_TYPES[values["model"]].uses_torch:
+        parser.error(f"--scheduled_sampling is for the recurrent decoders ("
+                     f"{', '.join(m for m, t in MODEL_TYPES.items() if not t.uses_torch)})")
     if values["warmup"] and values["model"] and not MODEL_TYPES[values["model"]].uses_torch:
         parser.error(f"--warmup is for the torch decoders ("
                      f"{', '.join(m for m, t in MODEL_TYPES.items() if t.uses_torch)})")

@@ -33,12 +33,10 @@ class NumpySolver(SolverBase):
         self.optim_configs = {name: dict(optim_config) for name in model.params}
 
     def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True,
-                  smoothing=0.0):
-        """The numpy models have no dropout: `dropout` changes nothing."""
-        if smoothing:
-            loss, grads = self.model.loss(features, captions, caption_weights, smoothing=smoothing)
-        else:  # the CS231n models' loss takes no smoothing
-            loss, grads = self.model.loss(features, captions, caption_weights)
+                  **loss_options):
+        """The numpy models have no dropout: `dropout` changes nothing. loss_options: the model
+        loss's own (smoothing, inputs), given only when used (the CS231n models take none)."""
+        loss, grads = self.model.loss(features, captions, caption_weights, **loss_options)
         return loss, (self._average(grads, weight) if self.dist.enabled else grads)
 
     def apply(self, gradients):

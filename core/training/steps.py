@@ -32,15 +32,44 @@ class StepResult:
 
 class CrossEntropy:
     """Teacher forcing: an epoch is one pass over the training captions. label_smoothing e: the
-    targets are (1 - e) one-hot + e / V (0: plain cross-entropy)."""
+    targets are (1 - e) one-hot + e / V (0: plain cross-entropy). scheduled_sampling P
+    (Bengio et al. 2015; the recurrent decoders): in epoch e of E each input word after <START> is,
+    with probability P * e / (E - 1) (0 in the first epoch, P in the last), replaced by a word
+    sampled from the model's distribution at the step before; two passes, as in parallel
+    scheduled sampling: the teacher-forced pass gives the distributions, the second trains on the
+    mixed inputs (targets unchanged). seed: with the epoch and the caption row it seeds each
+    caption's draws, so they do not depend on the batch or the process."""
 
     history_keys = ()
     loss_name = "train loss"
     unit = "captions"
     positive_loss = True  # so a loss far above the first one means divergence
 
-    def __init__(self, label_smoothing=0.0):
-        self.label_smoothing = label_smoothing
+    def __init__(self, label_smoothing=0.0, scheduled_sampling=0.0, seed=0):
+        self.label_smoothing, self.scheduled_sampling, self.seed = (label_smoothing,
+                                                                    scheduled_sampling, seed)
+
+    def sampling_probability(self, epoch, num_epochs):
+        """The probability that an input word is the model's own in epoch `epoch` (0-based)."""
+        return self.scheduled_sampling * epoch / max(num_epochs - 1, 1)
+
+    def mixed_inputs(self, model, features, captions, rows, probability, epoch):
+        """Scheduled sampling's inputs: captions (B, T + 1), rows (B,) their caption rows -> (B, T)
+        the words fed in, each after <START> the model's sampled word with `probability`."""
+        B, T = captions.shape[0], captions.shape[1] - 1
+        draws = np.stack([np.random.default_rng([self.seed, epoch, int(r)]).random((2, T))
+                          for r in rows])  # (B, 2, T): whether to replace, which word
+        inputs = captions[:, :-1].copy()
+        with model.decoding():  # the teacher-forced pass: the distribution before each word
+            state = model.init_state(features)
+            for t in range(T - 1):
+                logprobs, state = model.step(captions[:, t], state)
+                cumulative = np.cumsum(np.exp(logprobs.astype(np.float64)), axis=1)  # (B, V)
+                sampled = (cumulative < (draws[:, 1, t] * cumulative[:, -1])[:, None]).sum(axis=1)
+                sampled = np.minimum(sampled, cumulative.shape[1] - 1)
+                replace = (draws[:, 0, t] < probability) & (captions[:, t + 1] != model.null_idx)
+                inputs[replace, t + 1] = sampled[replace]
+        return inputs
 
     def num_items(self, data):
         """Caption rows in an epoch."""
@@ -49,9 +78,12 @@ class CrossEntropy:
     def step(self, solver, rows, weight):
         """The teacher-forced loss and gradients of the caption rows (B,) -> StepResult."""
         features, captions = solver.batch("train", rows)
-        return StepResult(*solver.gradients(features, captions, weight=weight,
-                                            **({"smoothing": self.label_smoothing}
-                                               if self.label_smoothing else {})))
+        options = {"smoothing": self.label_smoothing} if self.label_smoothing else {}
+        probability = self.sampling_probability(solver.epoch, solver.num_epochs)
+        if probability:
+            options["inputs"] = self.mixed_inputs(solver.model, features, captions, rows,
+                                                  probability, solver.epoch)
+        return StepResult(*solver.gradients(features, captions, weight=weight, **options))
 
 
 class SelfCritical:
@@ -130,7 +162,7 @@ def from_flags(args, model, data):
     references' CIDEr-D; max_length: the captions' length, or less for a model with a position
     limit."""
     if not args.scst:
-        return CrossEntropy(args.label_smoothing)
+        return CrossEntropy(args.label_smoothing, args.scheduled_sampling, seed=args.seed)
     T = data["train_captions"].shape[1] - 1  # words after <START>, <END> included
     refs = references_by_image(data["train_captions"], data["train_image_idxs"],
                                data["idx_to_word"])
