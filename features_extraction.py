@@ -23,7 +23,7 @@ from core.util import distributed
 from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
 from core.util.fileio import check_writable
 from core.data.builder import build_dataset
-from core.data.features import FC7_DIM, GRID_CHANNELS, GRID_SIZES, parse_weights
+from core.data.features import ENCODERS, GRID_SIZES, parse_weights
 from core.data.karpathy import read_split_file
 
 
@@ -51,6 +51,11 @@ def parse_args(argv=None):
                    help="VGG16 weights: imagenet (torchvision's, downloaded when online), random "
                         "(seeded random init, for offline use), or PATH to a state_dict file")
     p.add_argument("--seed", type=int, default=0, help="seed of --weights random")
+    p.add_argument("--encoder", default="vgg16", choices=tuple(ENCODERS),
+                   help="image encoder: vgg16 (fc7, 4096-d, and its 512-channel grid: the CS231n "
+                        "layout) or resnet101 (the 2048-d mean of its last block and that block's "
+                        "2048-channel grid, as self-critical.pytorch's prepro_feats.py); the "
+                        "dataset's info names it")
     p.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--num_workers", type=int, default=0,
@@ -60,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--max_length", type=int, default=17,
                    help="caption length with <START> and <END>; longer are cut")
     p.add_argument("--pca_dim", type=int, default=512,
-                   help="PCA dimensions of the *_pca.h5 features")
+                   help="PCA dimensions of the *_pca.h5 features (0: no PCA, the encoder's own "
+                        "vectors)")
     p.add_argument("--grid", action="store_true",
                    help="also write region features for the attention decoders: "
                         "<split>2014_vgg16_grid_pca.h5, (images, regions, --grid_pca_dim) float16")
@@ -90,10 +96,10 @@ def parse_args(argv=None):
             if (split != "test" or ann or images) and not (ann and images):
                 p.error(f"--{split}_annotations and --{split}_images are needed together (or "
                         f"--split_file)")
-    sizes = (args.batch_size, args.pca_dim, args.min_word_count, args.grid_pca_dim)
-    if min(sizes) <= 0 or args.max_length < 3 or args.num_workers < 0:
-        p.error("--batch_size, --pca_dim, --grid_pca_dim and --min_word_count must be positive, "
-                "--max_length at least 3")
+    sizes = (args.batch_size, args.min_word_count, args.grid_pca_dim)
+    if min(sizes) <= 0 or args.pca_dim < 0 or args.max_length < 3 or args.num_workers < 0:
+        p.error("--batch_size, --grid_pca_dim and --min_word_count must be positive, --pca_dim "
+                "positive or 0 (no PCA), --max_length at least 3")
     given = {s: Path(getattr(args, f"{s}_annotations")) for s in ("train", "val", "test")
              if getattr(args, f"{s}_annotations")}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -101,9 +107,10 @@ def parse_args(argv=None):
                 and given[a].read_bytes() == given[b].read_bytes():
             p.error(f"--{a}_annotations and --{b}_annotations are the same file ({given[b]}): each "
                     "split needs its own images and captions")
-    if args.pca_dim > FC7_DIM or args.grid_pca_dim > GRID_CHANNELS:
-        p.error(f"--pca_dim must be at most {FC7_DIM} (fc7's size) and --grid_pca_dim at most "
-                f"{GRID_CHANNELS} (a region's channels)")
+    encoder = ENCODERS[args.encoder]
+    if args.pca_dim > encoder.pooled_dim or args.grid_pca_dim > encoder.grid_channels:
+        p.error(f"--pca_dim must be at most {encoder.pooled_dim} ({args.encoder}'s vector) and "
+                f"--grid_pca_dim at most {encoder.grid_channels} (a region's channels)")
     return args
 
 
@@ -132,7 +139,7 @@ def main(argv=None):
         device = ctx.local_device(device)
         log = print if ctx.is_main else lambda *a: None
         try:
-            build_dataset(splits(args, log), args.out_dir, parse_weights(args.weights, args.seed),
+            build_dataset(splits(args, log), args.out_dir, parse_weights(args.weights, args.seed, args.encoder),
                           batch_size=args.batch_size,
                           device=device, num_workers=args.num_workers,
                           min_word_count=args.min_word_count,

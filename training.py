@@ -50,7 +50,7 @@ def starting_model(config, start, data):
     check_against_data(start.checkpoint, start.path, config.model, data["idx_to_word"],
                        data["dataset_id"], config.data_dir, data["train_features"].shape[-1],
                        sizes=MODEL_TYPES[config.model].feature_kind.model_sizes(
-                           data["train_features"]))
+                           data["train_features"]), encoder=data["encoder"])
     return start.model
 
 
@@ -89,6 +89,7 @@ def set_up(settled, ctx, stack):
 
     # what every checkpoint of the run records: the data, the settled flags, where it writes
     extra = {"data_path": str(Path(config.data_dir).resolve()), "dataset_id": data["dataset_id"],
+             "encoder": data["encoder"],
              "args": saved_flags(config),
              "paths": {"checkpoint": str(checkpoint.resolve()),
                        "out_dir": str(Path(config.out_dir).resolve())}}

@@ -635,3 +635,50 @@ def test_a_folder_of_images_is_captioned_whole_with_its_results_files(tmp_path, 
     assert [r["image_id"] for r in results] == [391895, 522418]
     assert [r["caption"] for r in results] == [c["caption"] for c in captions]
     assert out.count("predicted:") == 1  # --num_images of them in the figure and printed
+
+
+@pytest.mark.slow
+def test_resnet101_features_are_its_last_blocks_mean_and_cells(rendered):
+    """Breaks caught: the pooled vector not the mean of the grid cells it is read with, a 14 x 14
+    grid read from a 224-pixel crop (7 x 7 cells), the encoder of the spec ignored (VGG16's 4096)."""
+    from core.data.features import extract_fc7, parse_weights
+
+    paths = sorted((rendered / "images" / "val").glob("*.png"))[:2]
+    spec = parse_weights("random", 0, encoder="resnet101")
+    assert spec == {"weights": "random", "seed": 0, "encoder": "resnet101"}
+    for grid_size in (7, 14):
+        pooled, bad, grid = extract_fc7(paths, spec, grid_size=grid_size, progress=False)
+        assert not bad and pooled.shape == (2, 2048) and grid.shape == (2, grid_size ** 2, 2048)
+        np.testing.assert_allclose(pooled, grid.astype(np.float32).mean(axis=1), rtol=2e-3, atol=2e-3)
+    alone, _ = extract_fc7(paths, spec, progress=False)
+    np.testing.assert_allclose(alone, extract_fc7(paths, spec, grid_size=7, progress=False)[0], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_resnet101_dataset_without_pca_names_its_encoder_and_refuses_vgg16_checkpoints(rendered, built,
+                                                                                        tmp_path, capsys):
+    """Breaks caught: --encoder ignored, --pca_dim 0 refused or still reduced, the dataset's info not
+    naming the encoder, a checkpoint trained on VGG16 features taken on ResNet-101 ones."""
+    import inference
+    import training
+    from core.model.checkpoint import load_checkpoint
+    from tests.helpers import one_line_error
+
+    out = tmp_path / "resnet"
+    build(rendered, out, "--encoder", "resnet101", "--pca_dim", "0")
+    with h5py.File(out / "train2014_vgg16_fc7_pca.h5") as f:
+        assert f["features"].shape == (12, 2048)
+    _, info = load_transform(out / TRANSFORM_FILE)
+    assert info["encoder"] == "resnet101" and info["vgg16"]["encoder"] == "resnet101"
+    data = load_coco_data(out)
+    assert data["encoder"] == "resnet101" and load_coco_data(built)["encoder"] == "vgg16"
+    flags = ["--model", "rnn", "--epochs", "1", "--hidden_dim", "8", "--wordvec_dim", "8", "--quiet",
+             "--recipe", "default", "--out_dir", str(tmp_path)]
+    training.main([*flags, "--data_dir", str(built), "--checkpoint", str(tmp_path / "vgg.npz")])
+    training.main([*flags, "--data_dir", str(out), "--checkpoint", str(tmp_path / "resnet.npz")])
+    assert load_checkpoint(tmp_path / "resnet.npz")[1]["extra"]["encoder"] == "resnet101"
+    capsys.readouterr()
+    one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "vgg.npz"),
+                                                   "--data_dir", str(out), "--split", "val", "--out_dir",
+                                                   str(tmp_path)]),
+                   "was trained on vgg16 features", f"{out} holds resnet101 features")

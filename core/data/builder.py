@@ -25,7 +25,7 @@ from core.data.feature_kinds import FEATURE_KINDS
 from core.util.distributed import Context, unshard
 from core.util.errors import UserError
 from core.data.features import (
-    FC7_DIM, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, extract_fc7, fit_grid_pca,
+    GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of, extract_fc7, fit_grid_pca,
     fit_pca, project, project_grid, save_transform)
 from core.util.fileio import describe_os_error
 
@@ -113,7 +113,9 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     """splits: {"train": (annotation_file, image_dir), "val": (...), optionally "test": (...)}; an
     entry may also be (name, image_dir, parsed annotations) -> dict of counts (None on ranks > 0).
 
-    spec: VGG16 weights spec from core.data.features.parse_weights. dist: a
+    spec: the encoder's weights spec from core.data.features.parse_weights (VGG16 unless it names
+    another). pca_dim 0: no PCA (the *_pca.h5 files hold the encoder's vectors, an identity
+    transform beside them). dist: a
     core.util.distributed.Context; with K processes each runs VGG16 on every K-th image and rank 0
     gathers the fc7 rows in the original order, fits the PCA and writes the dataset. grid_size (7 or
     14): also write the region features, each region's 512 channels reduced to grid_pca_dim by a PCA
@@ -137,9 +139,10 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         raise UserError(f"no word of the train captions occurs {min_word_count} times "
                         f"(--min_word_count), so every "
                         "caption would be <UNK>: use a smaller --min_word_count")
-    if pca_dim > min(len(paths["train"]), FC7_DIM):
+    F = encoder_of(spec).pooled_dim
+    if pca_dim > min(len(paths["train"]), F):
         raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at "
-                        f"most {FC7_DIM}); the train split has {len(paths['train'])}: use a "
+                        f"most {F}); the train split has {len(paths['train'])}: use a "
                         f"smaller --pca_dim or more images")
     for split in names:
         fc7[split], bad, grid[split] = _extract_sharded(
@@ -176,7 +179,11 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     idx_to_word = build_vocab(tokens["train"], min_word_count)
     word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
     chunk = 20000 if fc7["train"].nbytes > PCA_CHUNK_BYTES else None
-    transform = fit_pca(fc7["train"], pca_dim, chunk_rows=chunk, progress=progress)
+    if pca_dim:
+        transform = fit_pca(fc7["train"], pca_dim, chunk_rows=chunk, progress=progress)
+    else:  # no PCA: the encoder's own vectors
+        transform = {"mean": np.zeros(F, np.float32), "components": np.eye(F, dtype=np.float32),
+                     "bias": np.zeros(F, np.float32)}
     pca = {split: project(fc7[split], transform) for split in names}
     grids = None
     if grid_size:
@@ -239,10 +246,12 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
                                                     encoding="utf-8")
         (tmp / "coco2014_vocab.json").write_text(json.dumps({"idx_to_word": idx_to_word,
                                                              "word_to_idx": word_to_idx}))
-        info = {"vgg16": spec, "pca_dim": pca_dim, "fitted_on": "train",
+        info = {"vgg16": spec, "encoder": encoder_of(spec).name, "pca_dim": pca_dim,
+                "fitted_on": "train",
                 "dataset_id": dataset_id(pca["train"], idx_to_word),
                 "preprocessing": "resize 256, center crop 224, ImageNet mean/std",
-                "layer": "fc7 after ReLU"}
+                "layer": ("fc7 after ReLU" if encoder_of(spec).name == "vgg16"
+                          else "layer4, mean over its cells")}
         save_transform(tmp / TRANSFORM_FILE, transform, info)
         if grids:
             grid_transform, grid_pca, grid_size = grids
@@ -250,7 +259,8 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
                 with h5py.File(tmp / f"{split}2014_vgg16_grid_pca.h5", "w") as f:
                     f.create_dataset("features", data=array, chunks=(min(len(array), 256),)
                                      + array.shape[1:])
-            layer = "pool5" if grid_size == 7 else "conv5_3 after ReLU"
+            layer = (("pool5" if grid_size == 7 else "conv5_3 after ReLU")
+                     if encoder_of(spec).name == "vgg16" else f"layer4, {grid_size} x {grid_size}")
             save_transform(tmp / GRID_TRANSFORM_FILE, grid_transform, dict(
                 info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size,
                 layer=layer))

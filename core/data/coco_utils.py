@@ -144,6 +144,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     else:
         first = data["train_features"]
     data["dataset_id"] = dataset_id(first, data["idx_to_word"])
+    data["encoder"] = dataset_encoder(base_dir)
     _check_consistent(data, base_dir, files)
 
     return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
@@ -167,6 +168,17 @@ def split_names(base_dir):
     if not path.is_file():
         return ()
     return tuple(s for s in SPLITS + OPTIONAL_SPLITS if _has_dataset(path, f"{s}_captions"))
+
+
+def dataset_encoder(base_dir):
+    """The image encoder a data directory's features come from, as its transform's info names it
+    ("vgg16" for the CS231n download, which ships no transform, and for older builds)."""
+    try:
+        with np.load(Path(base_dir) / FEATURE_KINDS["fc7"].transform_file, allow_pickle=False) as f:
+            info = json.loads(str(f["info"]))
+    except (OSError, KeyError, ValueError):
+        return "vgg16"
+    return str(info.get("encoder", "vgg16")) if isinstance(info, dict) else "vgg16"
 
 
 def dataset_id(train_pca_features, idx_to_word):

@@ -14,6 +14,7 @@ as the training images were.
 import hashlib
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -39,28 +40,60 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def parse_weights(value, seed=0):
+def parse_weights(value, seed=0, encoder="vgg16"):
     """--weights value -> spec dict: {"weights": "imagenet"}, {"weights": "random", "seed": S}
-    or {"weights": "file", "path": ..., "sha256": ...}."""
+    or {"weights": "file", "path": ..., "sha256": ...}, with "encoder" (a key of ENCODERS) when it
+    is not the default VGG16 (the CS231n layout's)."""
     if value == "imagenet":
-        return {"weights": "imagenet"}
-    if value == "random":
-        return {"weights": "random", "seed": int(seed)}
-    path = Path(value)
-    if not path.is_file():
-        raise UserError(f'--weights "{value}" is neither imagenet, random, nor an existing '
-                        f'state_dict file')
-    return {"weights": "file", "path": str(path),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        spec = {"weights": "imagenet"}
+    elif value == "random":
+        spec = {"weights": "random", "seed": int(seed)}
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise UserError(f'--weights "{value}" is neither imagenet, random, nor an existing '
+                            f'state_dict file')
+        spec = {"weights": "file", "path": str(path),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return spec if encoder == "vgg16" else dict(spec, encoder=encoder)
+
+
+def encoder_of(spec):
+    """The ENCODERS row of a weights spec (VGG16 when it names none)."""
+    return ENCODERS[spec.get("encoder", "vgg16")]
 
 
 def describe_weights(spec):
     """One line for logs and READMEs."""
+    name = encoder_of(spec).label
     if spec["weights"] == "random":
-        return f"VGG16 with RANDOM weights (seed {spec['seed']}), not ImageNet-trained"
+        return f"{name} with RANDOM weights (seed {spec['seed']}), not ImageNet-trained"
     if spec["weights"] == "file":
-        return f"VGG16 weights from {spec['path']}"
-    return "VGG16 with torchvision's ImageNet weights"
+        return f"{name} weights from {spec['path']}"
+    return f"{name} with torchvision's ImageNet weights"
+
+
+def _torchvision_network(build, imagenet_weights, spec, name):
+    """A torchvision classifier with the weights a spec names: seeded random ones (without
+    touching the caller's RNG), torchvision's ImageNet ones, or a state_dict file."""
+    if spec["weights"] == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec["seed"])
+            return build(weights=None)
+    if spec["weights"] == "imagenet":
+        try:
+            return build(weights=imagenet_weights)
+        except Exception as e:  # offline or blocked: say how to get around it
+            raise UserError(f"cannot load torchvision's ImageNet {name} weights "
+                            f"({type(e).__name__}: {e}); download them once online, or pass "
+                            "--weights PATH or --weights random") from None
+    network = build(weights=None)
+    try:
+        network.load_state_dict(torch.load(spec["path"], map_location="cpu", weights_only=True))
+    except Exception as e:
+        raise UserError(f"cannot load {name} weights from {spec['path']} "
+                        f"({type(e).__name__}: {e})") from None
+    return network
 
 
 class VGG16FC7(torch.nn.Module):
@@ -75,26 +108,7 @@ class VGG16FC7(torch.nn.Module):
         super().__init__()
         from torchvision.models import VGG16_Weights, vgg16
 
-        if spec["weights"] == "random":
-            # seeded weights without touching the caller's RNG
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(spec["seed"])
-                vgg = vgg16(weights=None)
-        elif spec["weights"] == "imagenet":
-            try:
-                vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
-            except Exception as e:  # offline or blocked: say how to get around it
-                raise UserError(f"cannot load torchvision's ImageNet VGG16 weights "
-                                f"({type(e).__name__}: {e}); "
-                                "download them once online, or pass --weights PATH or --weights "
-                                "random") from None
-        else:
-            vgg = vgg16(weights=None)
-            try:
-                vgg.load_state_dict(torch.load(spec["path"], map_location="cpu", weights_only=True))
-            except Exception as e:
-                raise UserError(f"cannot load VGG16 weights from {spec['path']} "
-                                f"({type(e).__name__}: {e})") from None
+        vgg = _torchvision_network(vgg16, VGG16_Weights.IMAGENET1K_V1, spec, "VGG16")
         self.features, self.avgpool = vgg.features, vgg.avgpool
         self.fc = vgg.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU
         self.eval()
@@ -109,21 +123,75 @@ class VGG16FC7(torch.nn.Module):
         return fc7, grid.flatten(2).transpose(1, 2)  # (N, R, 512)
 
 
-def preprocess():
-    """The standard ImageNet evaluation preprocessing: resize 256, center crop 224, normalise."""
+class ResNet101Features(torch.nn.Module):
+    """ResNet-101 up to its last convolutional block, as self-critical.pytorch's prepro_feats.py
+    reads it: forward: images (N, 3, S, S) normalised -> the block's mean over its cells (N, 2048)
+    (the pooled vector the fc7-style decoders read); with grid_size also the cells themselves
+    (N, R = grid_size ** 2, 2048), row-major: 7 x 7 at S = 224, 14 x 14 at S = 448."""
+
+    def __init__(self, spec):
+        super().__init__()
+        from torchvision.models import ResNet101_Weights, resnet101
+
+        # random weights start every residual branch at zero (torchvision's zero_init_residual):
+        # with the eval-mode batch norm of a network never trained, 33 random blocks would grow
+        # the activations past float16's range, in which the regions are stored
+        net = _torchvision_network(lambda weights: resnet101(weights=weights,
+                                                             zero_init_residual=True),
+                                   ResNet101_Weights.IMAGENET1K_V1, spec, "ResNet-101")
+        self.body = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1,
+                                        net.layer2, net.layer3, net.layer4)
+        self.eval()
+
+    def forward(self, images, grid_size=None):
+        cells = self.body(images)  # (N, 2048, S / 32, S / 32)
+        pooled = cells.mean(dim=(2, 3))  # (N, 2048)
+        if grid_size is None:
+            return pooled
+        if cells.shape[-1] != grid_size:
+            raise ValueError(f"a {images.shape[-1]}-pixel image gives {cells.shape[-1]} cells a "
+                             f"side, not {grid_size}")
+        return pooled, cells.flatten(2).transpose(1, 2)  # (N, R, 2048)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """An image encoder: label (for messages); pooled_dim F, the vector per image; grid_channels C
+    of a region; network: spec -> torch module (forward(images, grid_size)); crop(grid_size):
+    the side of the centre crop it reads (the ImageNet resize-then-crop, at 256:224)."""
+
+    name: str
+    label: str
+    pooled_dim: int
+    grid_channels: int
+    network: object
+    crop: object
+
+
+ENCODERS = {
+    "vgg16": Encoder("vgg16", "VGG16", FC7_DIM, GRID_CHANNELS, VGG16FC7, lambda grid: 224),
+    "resnet101": Encoder("resnet101", "ResNet-101", 2048, 2048, ResNet101Features,
+                         lambda grid: 448 if grid == 14 else 224),
+}
+
+
+def preprocess(crop=224):
+    """The standard ImageNet evaluation preprocessing: resize the shorter side to crop * 256 / 224
+    (256 for 224), center crop, normalise."""
     from torchvision import transforms
 
-    return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
+    return transforms.Compose([transforms.Resize(crop * 256 // 224), transforms.CenterCrop(crop),
                                transforms.ToTensor(),
                                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class _ImageFiles(Dataset):
-    """Image paths -> (tensor (3, 224, 224), index, error message or "")."""
+    """Image paths -> (tensor (3, crop, crop), index, error message or "")."""
 
-    def __init__(self, paths):
+    def __init__(self, paths, crop=224):
         self.paths = [str(p) for p in paths]
-        self.transform = preprocess()
+        self.crop = crop
+        self.transform = preprocess(crop)
 
     def __len__(self):
         return len(self.paths)
@@ -133,23 +201,26 @@ class _ImageFiles(Dataset):
             with Image.open(self.paths[i]) as image:
                 return self.transform(to_rgb8(image)), i, ""
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            return torch.zeros(3, 224, 224), i, f"{type(e).__name__}: {e}"
+            return torch.zeros(3, self.crop, self.crop), i, f"{type(e).__name__}: {e}"
 
 
 def extract_fc7(paths, spec, batch_size=32, device="cpu", num_workers=0, progress=True, desc="fc7",
                 grid_size=None):
-    """fc7 features of image files.
+    """The image features of image files, by the encoder the spec names (VGG16's fc7 unless it
+    names another).
 
-    paths: N image paths -> features (N, 4096) float32, bad {index: error} for images that
-    could not be read (their rows are zero); with grid_size (7 or 14) also the regions
-    (N, grid_size ** 2, 512) float16 (see VGG16FC7; float16 keeps COCO's train grid at 4 GB).
+    paths: N image paths -> features (N, F) float32 (F = 4096 for VGG16, 2048 for ResNet-101), bad
+    {index: error} for images that could not be read (their rows are zero); with grid_size (7 or
+    14) also the regions (N, grid_size ** 2, C) float16 (C = 512 for VGG16, 2048 for ResNet-101;
+    float16 keeps COCO's VGG16 train grid at 4 GB).
     """
-    model = VGG16FC7(spec).to(device)
-    loader = DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=num_workers,
-                        shuffle=False)
-    out = np.zeros((len(paths), FC7_DIM), dtype=np.float32)
-    grid = None if grid_size is None else np.zeros((len(paths), grid_size ** 2, GRID_CHANNELS),
-                                                   dtype=np.float16)
+    encoder = encoder_of(spec)
+    model = encoder.network(spec).to(device)
+    loader = DataLoader(_ImageFiles(paths, encoder.crop(grid_size)), batch_size=batch_size,
+                        num_workers=num_workers, shuffle=False)
+    out = np.zeros((len(paths), encoder.pooled_dim), dtype=np.float32)
+    grid = None if grid_size is None else np.zeros(
+        (len(paths), grid_size ** 2, encoder.grid_channels), dtype=np.float16)
     bad = {}
     with torch.inference_mode():
         for images, idx, errors in tqdm(loader, desc=desc, unit="batch", disable=not progress):

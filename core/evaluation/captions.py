@@ -145,7 +145,7 @@ def load_checked_data(settings, config):
     kind = MODEL_TYPES[settings.model].feature_kind
     check_against_data(config, settings.checkpoint, settings.model, data["idx_to_word"],
                        data["dataset_id"], settings.data_dir, data["train_features"].shape[-1],
-                       sizes=kind.model_sizes(data["train_features"]))
+                       sizes=kind.model_sizes(data["train_features"]), encoder=data["encoder"])
     return data
 
 
@@ -361,7 +361,8 @@ def caption_files(settings, model, config):
     transform, info = kind.transform(settings.data_dir)
     check_against_data(config, settings.checkpoint, settings.model, idx_to_word,
                        info.get("dataset_id"), settings.data_dir, transform["components"].shape[0],
-                       what="the transform of", sizes=kind.transform_sizes(info))
+                       what="the transform of", sizes=kind.transform_sizes(info),
+                       encoder=info.get("encoder", "vgg16"))
     regions = f", {info['layer']} regions" if kind.regions else ""
     print(f"image features: {describe_weights(info['vgg16'])}{regions}")
     if info.get("note"):

@@ -266,13 +266,20 @@ def check_checkpoint(config, path, model_type, idx_to_word):
 
 
 def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, feature_size,
-                       what="", sizes=None):
+                       what="", sizes=None, encoder=None):
     """Raise UserError when a loaded checkpoint does not fit the data it is used with: another model
     type, vocabulary, dataset (naming the folder it was trained on), the sizes its kind of
-    features adds (`sizes`, e.g. {"num_regions": 196}) or feature size. what: words before
-    data_dir in the messages ("the transform of")."""
+    features adds (`sizes`, e.g. {"num_regions": 196}), image encoder (`encoder`, e.g.
+    "resnet101"; None: not checked) or feature size. what: words before data_dir in the messages
+    ("the transform of")."""
     check_checkpoint(config, path, model_type, idx_to_word)
     extra = config.get("extra", {})
+    trained_encoder = extra.get("encoder", "vgg16")
+    if encoder is not None and trained_encoder != encoder:
+        raise UserError(f"checkpoint {path} was trained on {trained_encoder} features, "
+                        f"{what + ' ' if what else ''}{data_dir} holds {encoder} features: use the "
+                        "--data_dir it was trained on (or build one with features_extraction.py "
+                        f"--encoder {trained_encoder})")
     trained_on = extra.get("dataset_id")
     if trained_on and ident and trained_on != ident:
         folder = extra.get("data_path", f"the one of dataset id {trained_on}")
