@@ -139,8 +139,8 @@ def main(argv=None):
         device = ctx.local_device(device)
         log = print if ctx.is_main else lambda *a: None
         try:
-            build_dataset(splits(args, log), args.out_dir, parse_weights(args.weights, args.seed, args.encoder),
-                          batch_size=args.batch_size,
+            spec = parse_weights(args.weights, args.seed, args.encoder)
+            build_dataset(splits(args, log), args.out_dir, spec, batch_size=args.batch_size,
                           device=device, num_workers=args.num_workers,
                           min_word_count=args.min_word_count,
                           max_length=args.max_length, pca_dim=args.pca_dim,
