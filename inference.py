@@ -28,12 +28,9 @@ COCO annotation file; the scores and every predicted caption go to
 """
 import math
 
-import torch
-
-from core.evaluation.captions import caption_figure, evaluate, settle
 from core.model.registry import MODEL_TYPES
-from core.util import distributed
-from core.util.cli import ArgumentParser, interrupts, limit_threads, resolve_device, user_errors
+from core.util.cli import (
+    ArgumentParser, exit_after, interrupts, limit_threads, resolve_device, user_errors)
 
 # decoders over image regions
 ATTENDING = tuple(m for m, t in MODEL_TYPES.items() if t.feature_kind.regions)
@@ -121,6 +118,12 @@ def main(argv=None):
     args = parse_args(argv)
     with interrupts("inference.py",
                     "the files written before are kept"), user_errors("inference.py"):
+        # the captioning stack, torch included, only once the flags are read (--help stays instant)
+        import torch
+
+        from core.evaluation.captions import caption_figure, evaluate, settle
+        from core.util import distributed
+
         limit_threads(args.threads)
         # one process, or one per GPU under torchrun (--eval shares the decoding; the rest is rank
         # 0's)
@@ -142,4 +145,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    distributed.exit_after(main)
+    exit_after(main)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import inference
+import core.training.run as run_module
 import training
 from core.model.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from core.util.cli import out_of_memory_errors
@@ -430,7 +431,7 @@ def test_a_full_disk_keeps_every_previous_file(full_disk, tmp_path):
     good = {}
     for name, write in [("r.npz", lambda p: save_checkpoint(rnn, p)), ("t.pt", lambda p: save_checkpoint(transformer, p)),
                         ("h.json", lambda p: atomic_write_text(p, "{}")),
-                        ("rnn_loss.png", lambda p: training.save_loss_plot(
+                        ("rnn_loss.png", lambda p: run_module.save_loss_plot(
                             {"loss": [3, 2, 1], "train_loss": [2], "val_loss": [2]}, "t", p))]:
         write(full_disk / name)
         good[name] = ((full_disk / name).read_bytes(), write)
@@ -440,7 +441,7 @@ def test_a_full_disk_keeps_every_previous_file(full_disk, tmp_path):
             write(full_disk / name)
         assert (full_disk / name).read_bytes() == before, name
     with pytest.raises(UserError, match="cannot write .*new_loss.png: No space left on device"):
-        training.save_loss_plot({"loss": [3, 2, 1], "train_loss": [2], "val_loss": [2]}, "t", full_disk / "new_loss.png")
+        run_module.save_loss_plot({"loss": [3, 2, 1], "train_loss": [2], "val_loss": [2]}, "t", full_disk / "new_loss.png")
     assert not (full_disk / "new_loss.png").exists()
     assert sorted(p.name for p in full_disk.iterdir()) == sorted([*good, "filler"])  # no partial or temporary file
 
@@ -523,7 +524,7 @@ def test_resuming_on_another_number_of_processes_keeps_the_captions_per_step_or_
 def test_output_locations_are_checked_before_the_data_is_loaded(fake_coco, tmp_path, capsys, monkeypatch):
     """Breaks caught: --checkpoint naming a directory trained a whole epoch and wrote stray files
     before failing; an --out_dir that cannot be written failed only at the loss plot, after the run."""
-    monkeypatch.setattr(training, "load_coco_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    monkeypatch.setattr(run_module, "load_coco_data", lambda *a, **k: pytest.fail("the data was loaded"))
     (tmp_path / "good").mkdir()
     one_line_error(capsys, lambda: training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--checkpoint",
                                                   str(tmp_path / "good"), "--out_dir", str(tmp_path)]),
@@ -547,7 +548,7 @@ def _interrupt(*args, **kwargs):
 
 
 @pytest.mark.parametrize("script, patched, argv, kept", [
-    ("training", "load_coco_data", ["--model", "rnn", "--checkpoint", "{tmp}/r.npz", "--out_dir", "{tmp}"],
+    ("training", "core.training.run:load_coco_data", ["--model", "rnn", "--checkpoint", "{tmp}/r.npz", "--out_dir", "{tmp}"],
      "checkpoints of finished epochs) are kept"),
     ("inference", "core.evaluation.captions:load_checkpoint", ["--model", "rnn", "--eval", "--out_dir", "{tmp}"], "files written before"),
     ("features_extraction", "build_dataset", ["--train_annotations", "a", "--train_images", "b", "--val_annotations",
@@ -692,7 +693,7 @@ def test_data_smaller_than_a_batch_is_said_and_takes_the_small_data_recipe(tmp_p
         built_with.append((args.dropout, args.epochs, args.batch_size))
         raise KeyboardInterrupt  # enough: stop before training
 
-    monkeypatch.setattr(training, "starting_model", starting_model)
+    monkeypatch.setattr(run_module, "starting_model", starting_model)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         training.main(["--model", "transformer", "--data_dir", str(small), "--checkpoint", str(tmp_path / "t.pt"),
@@ -857,7 +858,7 @@ def test_every_output_location_is_checked_before_the_work(fake_coco, tmp_path, c
     one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "r.npz"),
                                                    "--eval", "--out_dir", str(blocker)]),
                    f"--out_dir {blocker} is a file, not a folder")
-    monkeypatch.setattr(training, "load_coco_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    monkeypatch.setattr(run_module, "load_coco_data", lambda *a, **k: pytest.fail("the data was loaded"))
     one_line_error(capsys, lambda: training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--checkpoint",
                                                   str(tmp_path / "t.npz"), "--tensorboard", str(blocker)]),
                    f"--tensorboard {blocker} is a file, not a folder")

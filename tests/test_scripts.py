@@ -285,3 +285,17 @@ def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypat
     assert [p["truth_label"] for p in panels] == ["GT (the reference it equals)"] * 2 + ["GT (first of 5 references)"]
     assert captioning.panel_title(panels[2], "lstm").splitlines()[1].startswith("GT (first of 5 references): ")
     assert truth[2] == decode_captions(captions[np.flatnonzero(image_idxs == chosen[2])[0]], data["idx_to_word"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["training.py", "inference.py"])
+def test_help_and_flag_errors_import_no_torch(script):
+    """Break caught: --help took 2-3 s idle (about 20 s on a loaded machine) because torch was
+    imported before the flags were read."""
+    code = (f"import runpy, sys; sys.argv = [{script!r}, '--help']\n"
+            "try:\n    runpy.run_path(" + repr(str(ROOT / script)) + ", run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.stdout.strip().endswith("no torch"), result.stdout[-300:] + result.stderr[-300:]
+    assert "usage:" in result.stdout

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import core.training.run as run_module
 from core.training.best import BestCheckpoint
 from core.model.registry import MODEL_TYPES
 from core.training.solver_base import SolverBase
@@ -354,7 +355,7 @@ def test_threads_limit_numpys_blas_and_torch(fake_coco, tmp_path, monkeypatch):
         torch.set_num_threads(before)
     assert limit_threads(None) is None
     asked = []
-    monkeypatch.setattr(training, "limit_threads", asked.append)
+    monkeypatch.setattr(run_module, "limit_threads", asked.append)
     training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--hidden_dim", "8", "--wordvec_dim", "8",
                    "--epochs", "1", "--max_iters", "1", "--quiet", "--threads", "1", "--checkpoint",
                    str(tmp_path / "r.npz"), "--out_dir", str(tmp_path)])

@@ -12,10 +12,6 @@ from dataclasses import dataclass
 from core.data.feature_kinds import FEATURE_KINDS
 from core.util.errors import UserError
 from core.util.memory import check_fits
-from core.model.attention_lstm import AttentionLSTM
-from core.model.region_transformer import RegionTransformer
-from core.model.rnn_model import CaptioningRNN
-from core.model.transformer import CaptioningTransformer
 
 
 @dataclass(frozen=True)
@@ -66,20 +62,28 @@ BACKENDS = {"numpy": Backend("core.training.solver_numpy:NumpySolver", ".npz", F
 class ModelType:
     """One decoder type.
 
-    model_class: builds and runs it; backend: a key of BACKENDS: "numpy" (weights are numpy arrays,
-    saved as .npz, trained by core.training.optim's update rules) or "torch" (an nn.Module, saved as
-    .pt, trained by a torch optimizer on --device); default_lr: its learning rate unless --lr is
+    model: "module:Class" of the class that builds and runs it (`model_class`); backend: a key of
+    BACKENDS: "numpy" (weights are numpy arrays, saved as .npz, trained by core.training.optim's
+    update rules) or "torch" (an nn.Module, saved as .pt, trained by a torch optimizer on
+    --device); default_lr: its learning rate unless --lr is
     given; checkpoint: its default file name; size_flags: the names of SIZE_FLAGS that size it;
     features: the key of the kind of features it reads in core.data.feature_kinds.FEATURE_KINDS
     ("fc7": (N, D), "grid": (N, R, D)).
     """
 
-    model_class: type
+    model: str
     backend: str
     default_lr: float
     checkpoint: str
     size_flags: tuple
     features: str = "fc7"
+
+    @property
+    def model_class(self):
+        """The class named by `model` ("module:Class", imported when asked for, so that reading
+        the table, as --help does, imports no torch)."""
+        module, name = self.model.split(":")
+        return getattr(importlib.import_module(module), name)
 
     @property
     def uses_torch(self):
@@ -98,19 +102,22 @@ class ModelType:
         return FEATURE_KINDS[self.features]
 
 
+RNN_MODEL = "core.model.rnn_model:CaptioningRNN"  # one class, one row per cell type
 RECURRENT_SIZES = ("wordvec_dim", "hidden_dim")
 TRANSFORMER_SIZES = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")
 
 MODEL_TYPES = {
-    "rnn": ModelType(CaptioningRNN, "numpy", 5e-3, "rnn_checkpoint.npz", RECURRENT_SIZES),
-    "lstm": ModelType(CaptioningRNN, "numpy", 5e-3, "lstm_checkpoint.npz", RECURRENT_SIZES),
-    "gru": ModelType(CaptioningRNN, "numpy", 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES),
-    "transformer": ModelType(CaptioningTransformer, "torch", 1e-3, "transformer_model.pt",
-                             TRANSFORMER_SIZES),
-    "attention_lstm": ModelType(AttentionLSTM, "numpy", 5e-3, "attention_lstm_checkpoint.npz",
+    "rnn": ModelType(RNN_MODEL, "numpy", 5e-3, "rnn_checkpoint.npz", RECURRENT_SIZES),
+    "lstm": ModelType(RNN_MODEL, "numpy", 5e-3, "lstm_checkpoint.npz", RECURRENT_SIZES),
+    "gru": ModelType(RNN_MODEL, "numpy", 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES),
+    "transformer": ModelType("core.model.transformer:CaptioningTransformer", "torch", 1e-3,
+                             "transformer_model.pt", TRANSFORMER_SIZES),
+    "attention_lstm": ModelType("core.model.attention_lstm:AttentionLSTM", "numpy", 5e-3,
+                                "attention_lstm_checkpoint.npz",
                                 RECURRENT_SIZES + ("attention_dim", "alpha_c"), features="grid"),
-    "region_transformer": ModelType(RegionTransformer, "torch", 1e-3, "region_transformer_model.pt",
-                                    TRANSFORMER_SIZES, features="grid"),
+    "region_transformer": ModelType("core.model.region_transformer:RegionTransformer", "torch",
+                                    1e-3, "region_transformer_model.pt", TRANSFORMER_SIZES,
+                                    features="grid"),
 }
 
 

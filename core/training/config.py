@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 from core.data.coco_utils import count_training_captions, default_data_dir, load_vocab
-from core.model.checkpoint import load_checkpoint, load_training_state
 from core.model.registry import BACKENDS, MODEL_TYPES, SIZE_FLAGS
 from core.util.cli import ArgumentParser, resolve_device
 from core.util.errors import UserError
@@ -274,6 +273,8 @@ def _new_run(values, explicit, lines):
             + (": " + ", ".join(f"{k} {v:g}" for k, v in changed.items()) if changed else ""))
     start = None
     if values["init_from"]:
+        from core.model.checkpoint import load_checkpoint  # torch, only for a file to load
+
         model, checkpoint = load_checkpoint(values["init_from"],
                                             vocabulary=lambda: load_vocab(values["data_dir"])[0],
                                             missing_hint="pass the checkpoint to fine-tune to "
@@ -301,6 +302,8 @@ def _resumed_run(values, explicit, lines, world_size):
     device, output) -> (values, recipe line, Start). UserError for a given flag that contradicts the
     run, a damaged file, or a run that has already trained its epochs and written its final files
     (one stopped after its last step resumes into writing them)."""
+    from core.model.checkpoint import load_training_state  # torch, only for a file to load
+
     path = values["resume"]
     model, checkpoint, state = load_training_state(path)
     extra = checkpoint.get("extra", {})

@@ -3,6 +3,7 @@ import argparse
 import contextlib
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from core.util.errors import UserError
@@ -126,3 +127,23 @@ def out_of_memory_errors():
         raise UserError(f"out of memory ({str(e).splitlines()[0][:200]}): use a smaller model "
                         "(--wordvec_dim, --dim_feedforward, --num_layers) or "
                         "--batch_size") from None
+
+
+def exit_after(main):
+    """Run a script's main(); under torchrun, then end the process with os._exit once its output is
+    flushed. torch 2.14's gloo threads can abort the interpreter's normal shutdown after all the
+    work is done ("terminate called without an active exception", exit code -6, in about one run in
+    four of a bare two-process all_reduce here), which torchrun reports as a failed run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return main()
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 (printed as Python would, then the same hard exit)
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

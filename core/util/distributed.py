@@ -10,13 +10,12 @@ decoders' gradients travel as CPU tensors that share memory with the arrays, ove
 (also when the main backend is NCCL).
 """
 import os
-import sys
-import traceback
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from core.util.cli import exit_after  # noqa: F401  (the scripts' and workers' import path)
 from core.util.errors import UserError
 
 
@@ -121,26 +120,6 @@ def init(device_type="cpu"):
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     return Context(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")), group)
-
-
-def exit_after(main):
-    """Run a script's main(); under torchrun, then end the process with os._exit once its output is
-    flushed. torch 2.14's gloo threads can abort the interpreter's normal shutdown after all the
-    work is done ("terminate called without an active exception", exit code -6, in about one run in
-    four of a bare two-process all_reduce here), which torchrun reports as a failed run."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return main()
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:  # noqa: BLE001 (printed as Python would, then the same hard exit)
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def unshard(parts, total):

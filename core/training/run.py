@@ -1,0 +1,197 @@
+"""A training run as training.py starts it, once its settings are settled: the data, the model
+checked against it, the solver with its step strategy, the loop, and the final files. Split from
+the script so that `training.py --help` and its flag errors import none of it (torch included).
+
+    code = run(settled)   # settled: core.training.config.settle(argv) -> exit code (0, or 130)
+"""
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.data.coco_utils import describe_features, keep_captions, load_coco_data
+from core.evaluation.plots import save_loss_plot, save_scst_plot
+from core.model.checkpoint import check_against_data, save_checkpoint, save_training_state
+from core.model.registry import MODEL_TYPES, build_model
+from core.training.best import BestCheckpoint
+from core.training.config import saved_flags
+from core.training.solver_base import TrainingDiverged
+from core.training.steps import from_flags
+from core.training.tensorboard_log import epoch_callbacks
+from core.util import distributed
+from core.util.cli import best_checkpoint_path, last_checkpoint_path, limit_threads
+from core.util.errors import UserError
+from core.util.fileio import RunLock, atomic_write_text, check_owner, check_writable
+from core.util.memory import keep_freed_memory
+
+
+def starting_model(config, start, data):
+    """The model to train: the resumed or --init_from one (checked against the data), or a new
+    one."""
+    if start is None:
+        return build_model(config.model, data, saved_flags(config), seed=config.seed)
+    check_against_data(start.checkpoint, start.path, config.model, data["idx_to_word"],
+                       data["dataset_id"], config.data_dir, data["train_features"].shape[-1],
+                       sizes=MODEL_TYPES[config.model].feature_kind.model_sizes(
+                           data["train_features"]), encoder=data["encoder"])
+    return start.model
+
+
+def set_up(settled, ctx, stack):
+    """Data, model, best-checkpoint tracker and solver of the run (the run lock entered on `stack`,
+    rank 0) -> solver, best, extra (what the checkpoints record), data."""
+    config, start = settled.config, settled.start
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    for line in settled.lines:  # the recipe in force and notes, said once
+        say(line, flush=True)
+
+    # every output location is checked, and the checkpoint locked, before the data is read
+    checkpoint = Path(config.checkpoint)
+    best_path, last_path = best_checkpoint_path(checkpoint), last_checkpoint_path(checkpoint)
+    check_writable([("--checkpoint", p) for p in (checkpoint, best_path, last_path)],
+                   [("--out_dir", config.out_dir)]
+                   + ([("--tensorboard", config.tensorboard)] if config.tensorboard else []))
+    first_written = start.checkpoint.get("extra", {}).get("paths", {}) if config.resume else {}
+    check_owner(Path(config.out_dir) / f"{checkpoint.stem}_history.json", checkpoint,
+                "--checkpoint", same_run=first_written.get("checkpoint"))
+    if ctx.is_main:
+        stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
+
+    # the data, the model checked against it, then the training subset
+    begin = time.perf_counter()
+    data = load_coco_data(config.data_dir, features=MODEL_TYPES[config.model].features)
+    model = starting_model(config, start, data)
+    if config.num_samples is not None:
+        data = keep_captions(data, config.num_samples, config.seed, config.data_dir)
+    images = len(np.unique(data["train_image_idxs"]))
+    subset = ("" if config.num_samples is None
+              else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
+    say(f"loaded {config.data_dir}: {data['train_captions'].shape[0]} training captions of "
+        f"{images} images{subset}, {describe_features(data['train_features'])}, "
+        f"{len(data['idx_to_word'])} words ({time.perf_counter() - begin:.1f}s)", flush=True)
+
+    # what every checkpoint of the run records: the data, the settled flags, where it writes
+    extra = {"data_path": str(Path(config.data_dir).resolve()), "dataset_id": data["dataset_id"],
+             "encoder": data["encoder"],
+             "args": saved_flags(config),
+             "paths": {"checkpoint": str(checkpoint.resolve()),
+                       "out_dir": str(Path(config.out_dir).resolve())}}
+    if config.scst:
+        extra["scst"] = {"init_from": str(config.init_from), "baseline": config.baseline,
+                         "samples": config.scst_samples, "temperature": config.temperature}
+    best = BestCheckpoint(best_path, save_checkpoint, extra, data, config.eval_every,
+                          config.eval_images,
+                          final_epoch=config.epochs, seed=config.seed, verbose=not config.quiet)
+    def save_state(solver):
+        save_training_state(solver, last_path,
+                            dict(extra, epoch=solver.epoch, iteration=solver.iteration,
+                                                    tracker=best.state()))
+
+    # the solver of the model type, with the step strategy (cross-entropy or self-critical)
+    kind = MODEL_TYPES[config.model]
+    options = {k: getattr(config, k) for k in kind.solver_class.OPTIONS}  # the solver's own flags
+    if "device" in options:
+        options["device"] = ctx.local_device(config.device)
+    solver = kind.solver_class(
+        model, data, learning_rate=config.lr, **options, step=from_flags(config, model, data),
+        num_epochs=config.epochs, batch_size=config.batch_size, lr_decay=config.lr_decay,
+        val_samples=config.val_samples, seed=config.seed, max_iters=config.max_iters,
+        verbose=not config.quiet and ctx.is_main, save_state=save_state,
+        divergence_factor=config.divergence_factor, dist=ctx,
+        stop_early=best.patience_rule(config.patience) if config.patience else None,
+        on_epoch_end=epoch_callbacks(best, config.tensorboard, say) if ctx.is_main else None)
+    if start is not None and start.state is not None:
+        try:
+            solver.load_training_state(start.state)
+            best.load_state(start.state.tracker)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"{config.resume} holds a damaged training state ({e}): not resumed; "
+                            f"use an intact "
+                            "*_last file or start a new run") from None
+        say(f"resuming {config.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}; "
+            f"writing {checkpoint} and the plots and history in {config.out_dir}", flush=True)
+    elif config.scst and config.eval_every and ctx.is_main:
+        best.score_start(model)  # the first point of the val CIDEr curve
+    return solver, best, extra, data
+
+
+def train(settled, ctx):
+    """The run in each process; rank 0 alone prints, holds the lock and writes files -> exit code
+    (0, or 130 after a clean stop)."""
+    config = settled.config
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    with contextlib.ExitStack() as stack:  # the run lock, held until the end
+        solver, best, extra, data = ctx.agreed(lambda: set_up(settled, ctx, stack))
+        last_path = last_checkpoint_path(config.checkpoint)
+        per_step = (f"batch {config.batch_size} per process x {ctx.world_size} processes = "
+                    f"{config.batch_size * ctx.world_size} {solver.step_rule.unit} per step"
+                    if ctx.enabled
+                    else f"batch {config.batch_size} {solver.step_rule.unit}")
+        say(f"training {config.model} for {config.epochs} epoch{'s' * (config.epochs != 1)} on "
+            f"{ctx.local_device(config.device)} ({per_step})", flush=True)
+        start = time.perf_counter()
+        try:
+            history = solver.train()
+        except TrainingDiverged as e:
+            kept = (f"the last good state {last_path} (epoch {solver.epoch}) is kept"
+                    if solver.epoch
+                    else "no checkpoint was written")
+            raise UserError(f"{e}: lower --lr (see --divergence_factor in --help); "
+                            f"{kept}") from None
+        if solver.stopped_early:
+            say(f"stopped early after epoch {solver.epoch}: {solver.stopped_early}", flush=True)
+        if solver.stop_requested:
+            say(f"interrupted at epoch {solver.epoch + 1}, iteration {solver.iteration}; continue "
+                f"with: python training.py --resume {last_path}", flush=True)
+            return 130
+        if ctx.is_main:
+            save_final_files(config, solver.model, history, best, extra, time.perf_counter()
+                             - start, data, per_step)
+    return 0
+
+
+def save_final_files(config, model, history, best, extra, seconds, data, per_step):
+    """The final checkpoint, the loss (and reward) plots and the history, with a summary."""
+    checkpoint = Path(config.checkpoint)
+    save_checkpoint(model, checkpoint,
+                    dict(extra, epoch=config.epochs, val_loss=history["val_loss"][-1]))
+    history.update(best.metrics)
+    out_dir = Path(config.out_dir)
+    stem = checkpoint.stem  # every output is named after its run's checkpoint
+    if config.scst:  # reward, CIDEr and cross-entropy val loss, each on its own axis
+        plot_path = out_dir / f"{stem}_reward.png"
+        save_scst_plot(history, f"{config.model}: self-critical fine-tuning of "
+                                f"{Path(config.init_from).name}", plot_path)
+    else:
+        plot_path = out_dir / f"{stem}_loss.png"
+        save_loss_plot(history, f"{config.model}: {data['train_captions'].shape[0]} training "
+                                f"captions", plot_path)
+    history_path = out_dir / f"{stem}_history.json"
+    atomic_write_text(history_path, json.dumps(dict(
+        history, seconds=seconds, checkpoint_path=str(checkpoint.resolve())), indent=1))
+    its = len(history["loss"]) / max(sum(history["train_seconds"]), 1e-9)
+    print(f"{its:.1f} training iterations per second ({per_step})")
+    print(f"done in {seconds:.1f}s: final train loss {history['loss'][-1]:.4f} (last batch), "
+          f"{history['train_loss'][-1]:.4f} (last epoch mean), val loss "
+          f"{history['val_loss'][-1]:.4f}")
+    print(f"saved checkpoint {checkpoint}, the best ({best.describe()}) "
+          f"{best_checkpoint_path(checkpoint)} and the resumable state "
+          f"{last_checkpoint_path(checkpoint)}")
+    print(f"saved plot {plot_path} and history {history_path}")
+
+
+def run(settled):
+    """Train as the settled configuration says -> the process exit code (0, or 130 after a clean
+    stop). One process, or one of torchrun's: the same code."""
+    limit_threads(settled.config.threads)
+    keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
+    torch.manual_seed(settled.config.seed)
+    ctx = distributed.init(torch.device(settled.config.device).type)
+    try:
+        return train(settled, ctx)
+    finally:
+        ctx.close()
