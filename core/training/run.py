@@ -188,7 +188,8 @@ def run(settled):
     """Train as the settled configuration says -> the process exit code (0, or 130 after a clean
     stop). One process, or one of torchrun's: the same code."""
     limit_threads(settled.config.threads)
-    keep_freed_memory()  # numpy steps reuse their large temporaries instead of page-faulting them in
+    # numpy steps reuse their large temporaries instead of page-faulting them in
+    keep_freed_memory()
     torch.manual_seed(settled.config.seed)
     ctx = distributed.init(torch.device(settled.config.device).type)
     try:
