@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.util.memory import keep_freed_memory  # noqa: E402
 from core.model.attention_lstm import AttentionLSTM  # noqa: E402
+from core.model.updown import UpDown  # noqa: E402
 from core.model.region_transformer import RegionTransformer  # noqa: E402
 from core.model.rnn_model import CELLS, CaptioningRNN  # noqa: E402
 from core.model.transformer import CaptioningTransformer  # noqa: E402
@@ -218,6 +219,74 @@ class TorchAttentionLSTM(nn.Module):
         return torch.stack(out, dim=1).numpy()
 
 
+def torch_updown(x, v, p):
+    """updown_utils.py's equations in torch autograd, the reference of its tests and of the speed
+    rows: tensors as updown_forward's arguments, p a dict of its WEIGHTS -> (h2 (N, T, H), alpha
+    (N, T, R)). The regions', mean region's and words' projections are computed once, as ours
+    are."""
+    N, T, _ = x.shape
+    H = p["W1h"].shape[0]
+    h1 = c1 = h2 = c2 = torch.zeros(N, H, dtype=x.dtype)
+    xa1 = x @ p["W1x"] + (v.mean(dim=1) @ p["W1v"] + p["b1"])[:, None]  # (N, T, 4H)
+    v_proj = v @ p["W_va"]
+    outs, alphas = [], []
+
+    def lstm(g, c):
+        i, f, o = torch.sigmoid(g[:, :3 * H]).split(H, dim=1)
+        c = f * c + i * torch.tanh(g[:, 3 * H:])
+        return o * torch.tanh(c), c
+
+    for t in range(T):
+        h1, c1 = lstm(xa1[:, t] + h2 @ p["W1h2"] + h1 @ p["W1h"], c1)
+        alpha = torch.softmax(torch.tanh(v_proj + (h1 @ p["W_ha"])[:, None]) @ p["w_a"], dim=1)
+        context = (alpha[:, :, None] * v).sum(dim=1)
+        h2, c2 = lstm(context @ p["W2v"] + h1 @ p["W2h1"] + h2 @ p["W2h"] + p["b2"], c2)
+        outs.append(h2)
+        alphas.append(alpha)
+    return torch.stack(outs, dim=1), torch.stack(alphas, dim=1)
+
+
+class TorchUpDown(nn.Module):
+    """core/model/updown.py's model in torch autograd, same weights and shapes."""
+
+    def __init__(self, ours):
+        super().__init__()
+        self.p = nn.ParameterDict({k: nn.Parameter(torch.from_numpy(v.copy()))
+                                   for k, v in ours.params.items()})
+
+    def loss(self, regions, captions):
+        p = self.p
+        h2, _ = torch_updown(p["W_embed"][captions[:, :-1]], regions + p["P"], p)
+        mask = captions[:, 1:] != 0
+        scores = h2[mask] @ p["W_vocab"] + p["b_vocab"]
+        return F.cross_entropy(scores, captions[:, 1:][mask], reduction="sum") / len(captions)
+
+    @torch.no_grad()
+    def greedy(self, regions, max_length):
+        """The same greedy decoding as ours, step by step in torch."""
+        p = self.p
+        v = regions + p["P"]
+        v_proj, v_part = v @ p["W_va"], v.mean(dim=1) @ p["W1v"] + p["b1"]
+        H = p["W1h"].shape[0]
+        h1 = c1 = h2 = c2 = torch.zeros(len(v), H)
+        words = torch.full((len(v),), 1, dtype=torch.long)
+        out = []
+        for _ in range(max_length):
+            g1 = p["W_embed"][words] @ p["W1x"] + v_part + h2 @ p["W1h2"] + h1 @ p["W1h"]
+            i, f, o = torch.sigmoid(g1[:, :3 * H]).split(H, dim=1)
+            c1 = f * c1 + i * torch.tanh(g1[:, 3 * H:])
+            h1 = o * torch.tanh(c1)
+            alpha = torch.softmax(torch.tanh(v_proj + (h1 @ p["W_ha"])[:, None]) @ p["w_a"], dim=1)
+            context = (alpha[:, :, None] * v).sum(1)
+            g2 = context @ p["W2v"] + h1 @ p["W2h1"] + h2 @ p["W2h"] + p["b2"]
+            i, f, o = torch.sigmoid(g2[:, :3 * H]).split(H, dim=1)
+            c2 = f * c2 + i * torch.tanh(g2[:, 3 * H:])
+            h2 = o * torch.tanh(c2)
+            words = (h2 @ p["W_vocab"] + p["b_vocab"]).argmax(dim=1)
+            out.append(words)
+        return torch.stack(out, dim=1).numpy()
+
+
 def plain_greedy(model, features, max_length):
     """Greedy decoding written the way the original repository's (CS231n's) sample loop decodes:
     embed the previous word, one full step of the cell, an affine to the scores, their argmax;
@@ -318,6 +387,29 @@ def main(argv=None):
     result["attention_lstm_greedy_100x30"] = {"ours_s": round(t_sample, 4),
                                               "torch_s": round(t_torch, 4),
                                               "ratio": round(t_sample / t_torch, 2)}
+
+    ours_u = UpDown(vocab(), input_dim=G, num_regions=R, wordvec_dim=W, hidden_dim=H,
+                    attention_dim=A, seed=0)
+    theirs_u = TorchUpDown(ours_u)
+
+    def torch_updown_step():
+        theirs_u.zero_grad(set_to_none=True)
+        theirs_u.loss(regions_t, caps_t).backward()
+
+    mine = ours_u.loss(regions, captions)[0]
+    assert abs(mine - theirs_u.loss(regions_t, caps_t).item()) < 1e-3 * abs(mine)  # the same model
+    t_ours, t_torch = paired_seconds(lambda: ours_u.loss(regions, captions), torch_updown_step,
+                                     repeats)
+    result["updown_train_step"] = {"ours_s": round(t_ours, 4),
+                                   "torch_autograd_s": round(t_torch, 4),
+                                   "ratio": round(t_ours / t_torch, 2)}
+    ours_u.params["b_vocab"][2] = -1e4  # never <END>: every caption runs the full 30 steps
+    theirs_u.p["b_vocab"].data[2] = -1e4
+    assert (ours_u.sample(regions, max_length=30) == theirs_u.greedy(regions_t, 30)).mean() > 0.99
+    t_sample, t_torch = paired_seconds(lambda: ours_u.sample(regions, max_length=30),
+                                       lambda: theirs_u.greedy(regions_t, 30), repeats)
+    result["updown_greedy_100x30"] = {"ours_s": round(t_sample, 4), "torch_s": round(t_torch, 4),
+                                      "ratio": round(t_sample / t_torch, 2)}
 
     torch.manual_seed(0)
     ours_t = CaptioningTransformer(vocab(), input_dim=D, wordvec_dim=256, num_heads=2, num_layers=2)

@@ -115,6 +115,8 @@ MODEL_TYPES = {
     "attention_lstm": ModelType("core.model.attention_lstm:AttentionLSTM", "numpy", 5e-3,
                                 "attention_lstm_checkpoint.npz",
                                 RECURRENT_SIZES + ("attention_dim", "alpha_c"), features="grid"),
+    "updown": ModelType("core.model.updown:UpDown", "numpy", 5e-3, "updown_checkpoint.npz",
+                        RECURRENT_SIZES + ("attention_dim",), features="grid"),
     "region_transformer": ModelType("core.model.region_transformer:RegionTransformer", "torch",
                                     1e-3, "region_transformer_model.pt", TRANSFORMER_SIZES,
                                     features="grid"),
