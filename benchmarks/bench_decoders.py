@@ -287,6 +287,30 @@ class TorchUpDown(nn.Module):
         return torch.stack(out, dim=1).numpy()
 
 
+def region_decoder_rows(name, ours, theirs, regions, captions, caps_t, repeats):
+    """A numpy decoder over regions against the same model in torch autograd: the training step
+    and greedy decoding of 100 captions of 30 words -> the two result rows."""
+    regions_t = torch.from_numpy(regions)
+
+    def torch_step():
+        theirs.zero_grad(set_to_none=True)
+        theirs.loss(regions_t, caps_t).backward()
+
+    mine = ours.loss(regions, captions)[0]
+    assert abs(mine - theirs.loss(regions_t, caps_t).item()) < 1e-3 * abs(mine)  # the same model
+    t_ours, t_torch = paired_seconds(lambda: ours.loss(regions, captions), torch_step, repeats)
+    rows = {f"{name}_train_step": {"ours_s": round(t_ours, 4), "torch_autograd_s": round(t_torch, 4),
+                                   "ratio": round(t_ours / t_torch, 2)}}
+    ours.params["b_vocab"][2] = -1e4  # never <END>: every caption runs the full 30 steps
+    theirs.p["b_vocab"].data[2] = -1e4
+    assert (ours.sample(regions, max_length=30) == theirs.greedy(regions_t, 30)).mean() > 0.99
+    t_sample, t_torch = paired_seconds(lambda: ours.sample(regions, max_length=30),
+                                       lambda: theirs.greedy(regions_t, 30), repeats)
+    rows[f"{name}_greedy_100x30"] = {"ours_s": round(t_sample, 4), "torch_s": round(t_torch, 4),
+                                     "ratio": round(t_sample / t_torch, 2)}
+    return rows
+
+
 def plain_greedy(model, features, max_length):
     """Greedy decoding written the way the original repository's (CS231n's) sample loop decodes:
     embed the previous word, one full step of the cell, an affine to the scores, their argmax;
@@ -364,52 +388,12 @@ def main(argv=None):
 
     regions = (0.5 * rng.standard_normal((N, R, G))).astype(np.float32)
     regions_t = torch.from_numpy(regions)
-    ours_a = AttentionLSTM(vocab(), input_dim=G, num_regions=R, wordvec_dim=W, hidden_dim=H,
+    for name, model_class, oracle in (("attention_lstm", AttentionLSTM, TorchAttentionLSTM),
+                                      ("updown", UpDown, TorchUpDown)):
+        ours = model_class(vocab(), input_dim=G, num_regions=R, wordvec_dim=W, hidden_dim=H,
                            attention_dim=A, seed=0)
-    theirs_a = TorchAttentionLSTM(ours_a)
-
-    def torch_attention_step():
-        theirs_a.zero_grad(set_to_none=True)
-        theirs_a.loss(regions_t, caps_t).backward()
-
-    mine = ours_a.loss(regions, captions)[0]
-    assert abs(mine - theirs_a.loss(regions_t, caps_t).item()) < 1e-3 * abs(mine)  # the same model
-    t_ours, t_torch = paired_seconds(lambda: ours_a.loss(regions, captions), torch_attention_step,
-                                     repeats)
-    result["attention_lstm_train_step"] = {"ours_s": round(t_ours, 4),
-                                           "torch_autograd_s": round(t_torch, 4),
-                                           "ratio": round(t_ours / t_torch, 2)}
-    ours_a.params["b_vocab"][2] = -1e4  # never <END>: every caption runs the full 30 steps
-    theirs_a.p["b_vocab"].data[2] = -1e4
-    assert (ours_a.sample(regions, max_length=30) == theirs_a.greedy(regions_t, 30)).mean() > 0.99
-    t_sample, t_torch = paired_seconds(lambda: ours_a.sample(regions, max_length=30),
-                                       lambda: theirs_a.greedy(regions_t, 30), repeats)
-    result["attention_lstm_greedy_100x30"] = {"ours_s": round(t_sample, 4),
-                                              "torch_s": round(t_torch, 4),
-                                              "ratio": round(t_sample / t_torch, 2)}
-
-    ours_u = UpDown(vocab(), input_dim=G, num_regions=R, wordvec_dim=W, hidden_dim=H,
-                    attention_dim=A, seed=0)
-    theirs_u = TorchUpDown(ours_u)
-
-    def torch_updown_step():
-        theirs_u.zero_grad(set_to_none=True)
-        theirs_u.loss(regions_t, caps_t).backward()
-
-    mine = ours_u.loss(regions, captions)[0]
-    assert abs(mine - theirs_u.loss(regions_t, caps_t).item()) < 1e-3 * abs(mine)  # the same model
-    t_ours, t_torch = paired_seconds(lambda: ours_u.loss(regions, captions), torch_updown_step,
-                                     repeats)
-    result["updown_train_step"] = {"ours_s": round(t_ours, 4),
-                                   "torch_autograd_s": round(t_torch, 4),
-                                   "ratio": round(t_ours / t_torch, 2)}
-    ours_u.params["b_vocab"][2] = -1e4  # never <END>: every caption runs the full 30 steps
-    theirs_u.p["b_vocab"].data[2] = -1e4
-    assert (ours_u.sample(regions, max_length=30) == theirs_u.greedy(regions_t, 30)).mean() > 0.99
-    t_sample, t_torch = paired_seconds(lambda: ours_u.sample(regions, max_length=30),
-                                       lambda: theirs_u.greedy(regions_t, 30), repeats)
-    result["updown_greedy_100x30"] = {"ours_s": round(t_sample, 4), "torch_s": round(t_torch, 4),
-                                      "ratio": round(t_sample / t_torch, 2)}
+        result.update(region_decoder_rows(name, ours, oracle(ours), regions, captions, caps_t,
+                                          repeats))
 
     torch.manual_seed(0)
     ours_t = CaptioningTransformer(vocab(), input_dim=D, wordvec_dim=256, num_heads=2, num_layers=2)

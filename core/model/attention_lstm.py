@@ -30,6 +30,7 @@ class AttentionLSTM(NumpyDecoder):
     of the attention penalty."""
 
     model_type = "attention_lstm"
+    penalty = True  # alpha_c is one of its sizes
 
     def __init__(self, word_to_idx, input_dim=64, num_regions=49, wordvec_dim=128, hidden_dim=128,
                  attention_dim=128, alpha_c=1.0, dtype=np.float32, seed=None):
@@ -68,11 +69,11 @@ class AttentionLSTM(NumpyDecoder):
     def from_config(cls, config, seed=None):
         """Build an untrained model from a `config()` dict."""
         word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"]) if w is not None}
-        return cls(word_to_idx, input_dim=config["input_dim"], num_regions=config["num_regions"],
-                   wordvec_dim=config["wordvec_dim"],
-                   hidden_dim=config["hidden_dim"], attention_dim=config["attention_dim"],
-                   alpha_c=config.get("alpha_c", 1.0),
-                   dtype=np.dtype(config.get("dtype", "float32")), seed=seed)
+        sizes = {k: config[k] for k in ("input_dim", "num_regions", "wordvec_dim", "hidden_dim",
+                                        "attention_dim")}
+        if cls.penalty:  # the doubly stochastic attention penalty's weight
+            sizes["alpha_c"] = config.get("alpha_c", 1.0)
+        return cls(word_to_idx, **sizes, dtype=np.dtype(config.get("dtype", "float32")), seed=seed)
 
     @staticmethod
     def count_parameters(config):

@@ -21,10 +21,11 @@ from updown_utils import WEIGHTS, updown_backward, updown_forward, updown_step_f
 class UpDown(AttentionLSTM):
     """word_to_idx: dict word -> index (V entries, with <NULL>, <START>, <END>); input_dim D (a
     region's features), num_regions R, wordvec_dim W, hidden_dim H (both LSTMs), attention_dim A.
-    The region handling (`_regions`), decoding state reordering and checkpoint arrays are the
-    attention LSTM's."""
+    The region handling (`_regions`), building from a config, decoding state reordering and
+    checkpoint arrays are the attention LSTM's."""
 
     model_type = "updown"
+    penalty = False  # no attention penalty: alpha_c is not one of its sizes
 
     def __init__(self, word_to_idx, input_dim=64, num_regions=49, wordvec_dim=128, hidden_dim=128,
                  attention_dim=128, dtype=np.float32, seed=None):
@@ -49,15 +50,6 @@ class UpDown(AttentionLSTM):
         config = super().config()
         del config["alpha_c"]
         return config
-
-    @classmethod
-    def from_config(cls, config, seed=None):
-        """Build an untrained model from a `config()` dict."""
-        word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"]) if w is not None}
-        return cls(word_to_idx, input_dim=config["input_dim"], num_regions=config["num_regions"],
-                   wordvec_dim=config["wordvec_dim"], hidden_dim=config["hidden_dim"],
-                   attention_dim=config["attention_dim"],
-                   dtype=np.dtype(config.get("dtype", "float32")), seed=seed)
 
     @staticmethod
     def count_parameters(config):
