@@ -26,14 +26,18 @@ from lstm_utils import _gates_backward, lstm_cell, lstm_step_from_projection
 WEIGHTS = ("Wx", "Wz", "Wh", "b", "W_att_a", "b_att", "W_att_h", "w_att", "w_beta", "b_beta")
 
 
-def attention_forward(a, a_proj, h_proj, w_att):
+def attention_forward(a, a_proj, h_proj, w_att, mask=None):
     """Soft attention over regions from a projected hidden state (no gate).
 
-    a (N, R, D) regions, a_proj (N, R, A) = a W_att_a + b_att, h_proj (N, A) = h W_att_h, w_att (A,)
+    a (N, R, D) regions, a_proj (N, R, A) = a W_att_a + b_att, h_proj (N, A) = h W_att_h,
+    w_att (A,), mask (N, R) bool or None: which regions are an image's own (the rest pad a batch of images with
+    fewer regions: they get exactly zero attention, so zero gradient too)
     -> context (N, D) = sum_i alpha_i a_i, alpha (N, R), cache.
     """
     u = np.tanh(a_proj + h_proj[:, None, :])  # (N, R, A)
     e = u @ w_att  # (N, R)
+    if mask is not None:
+        e = np.where(mask, e, -np.inf)  # exp(-inf) = 0: a padded region's weight
     e -= e.max(axis=1, keepdims=True)
     alpha = np.exp(e)
     alpha /= alpha.sum(axis=1, keepdims=True)
@@ -102,7 +106,8 @@ def att_lstm_step_backward(dnext_h, dnext_c, dalpha, cache):
             prev_h.T @ dh_proj, dw_att, prev_h.T @ dbeta_pre, dbeta_pre.sum(keepdims=True))
 
 
-def att_lstm_step_from_projection(xa, a, a_proj, prev_h, prev_c, Wz, Wh_cat, bh_cat, w_att):
+def att_lstm_step_from_projection(xa, a, a_proj, prev_h, prev_c, Wz, Wh_cat, bh_cat, w_att,
+                                  mask=None):
     """The step after the projections that do not depend on h (decoding looks xa up per word and
     projects the regions once per caption).
 
@@ -115,7 +120,7 @@ def att_lstm_step_from_projection(xa, a, a_proj, prev_h, prev_c, Wz, Wh_cat, bh_
     H = prev_h.shape[1]
     h_all = prev_h @ Wh_cat  # (N, 4H + A + 1): gate part, attention part, gate scalar
     h_all += bh_cat
-    context, alpha, att_cache = attention_forward(a, a_proj, h_all[:, 4 * H:-1], w_att)
+    context, alpha, att_cache = attention_forward(a, a_proj, h_all[:, 4 * H:-1], w_att, mask)
     beta = sigmoid(h_all[:, -1])  # (N,)
     z = beta[:, None] * context  # (N, D)
     gates = h_all[:, :4 * H] + xa
@@ -134,10 +139,12 @@ def stack_h_weights(Wh, W_att_h, w_beta, b_beta):
     return Wh_cat, bias
 
 
-def att_lstm_forward(x, a, h0, c0, Wx, Wz, Wh, b, W_att_a, b_att, W_att_h, w_att, w_beta, b_beta):
+def att_lstm_forward(x, a, h0, c0, Wx, Wz, Wh, b, W_att_a, b_att, W_att_h, w_att, w_beta, b_beta,
+                     mask=None):
     """Run the cell over a whole sequence from (h0, c0).
 
-    x (N, T, W), a (N, R, D), h0 (N, H), c0 (N, H), weights as in the module docstring
+    x (N, T, W), a (N, R, D), h0 (N, H), c0 (N, H), weights as in the module docstring, mask
+    (N, R) bool or None (attention_forward's: padded regions get zero attention)
     -> h (N, T, H), alpha (N, T, R), cache.
     """
     N, T, Wd = x.shape
@@ -152,9 +159,8 @@ def att_lstm_forward(x, a, h0, c0, Wx, Wz, Wh, b, W_att_a, b_att, W_att_h, w_att
     steps = []
     prev_h, prev_c = h0, c0
     for t in range(T):
-        hs[t], cs[t], alphas[t], inner = att_lstm_step_from_projection(xa[t], a, a_proj, prev_h,
-                                                                       prev_c, Wz,
-                                                                       Wh_cat, bh_cat, w_att)
+        hs[t], cs[t], alphas[t], inner = att_lstm_step_from_projection(
+            xa[t], a, a_proj, prev_h, prev_c, Wz, Wh_cat, bh_cat, w_att, mask)
         steps.append(inner)
         prev_h, prev_c = hs[t], cs[t]
     cache = (xt, a, h0, c0, Wx, Wz, W_att_a, Wh_cat, w_att, hs, cs, alphas, steps)

@@ -31,19 +31,20 @@ WEIGHTS = ("W1x", "W1v", "W1h2", "W1h", "b1", "W_va", "W_ha", "w_a", "W2v", "W2h
 
 
 def updown_step_from_projection(xa1, v, v_proj, prev_h1, prev_c1, prev_h2, prev_c2, W1h2, W1h, W_ha,
-                                w_a, W2v, W2h1, W2h, b2):
+                                w_a, W2v, W2h1, W2h, b2, mask=None):
     """One step after the projections that do not depend on the state (decoding looks the word's
     up and projects the regions once per caption).
 
     xa1 (N, 4H) = x W1x + v_bar W1v + b1, v (N, R, D), v_proj (N, R, A) = v W_va, prev_h1, prev_c1,
-    prev_h2, prev_c2 (N, H), weights as in the module docstring
+    prev_h2, prev_c2 (N, H), weights as in the module docstring, mask (N, R) bool or None (the
+    image's own regions; padded ones get zero attention)
     -> h1, c1, h2, c2 (N, H), alpha (N, R), and the step's intermediate values (gates1, tanh_c1,
        context, gates2, tanh_c2, attention cache).
     """
     gates1 = xa1 + prev_h2 @ W1h2
     gates1 += prev_h1 @ W1h
     h1, c1, tanh_c1 = lstm_cell(gates1, prev_c1)  # (3)
-    context, alpha, att_cache = attention_forward(v, v_proj, h1 @ W_ha, w_a)  # (4), (5)
+    context, alpha, att_cache = attention_forward(v, v_proj, h1 @ W_ha, w_a, mask)  # (4), (5)
     gates2 = context @ W2v + h1 @ W2h1  # (6)
     gates2 += prev_h2 @ W2h
     gates2 += b2
@@ -51,10 +52,12 @@ def updown_step_from_projection(xa1, v, v_proj, prev_h1, prev_c1, prev_h2, prev_
     return h1, c1, h2, c2, alpha, (gates1, tanh_c1, context, gates2, tanh_c2, att_cache)
 
 
-def updown_forward(x, v, W1x, W1v, W1h2, W1h, b1, W_va, W_ha, w_a, W2v, W2h1, W2h, b2):
+def updown_forward(x, v, W1x, W1v, W1h2, W1h, b1, W_va, W_ha, w_a, W2v, W2h1, W2h, b2, mask=None):
     """Run the decoder over a whole sequence from zero states.
 
-    x (N, T, W) word vectors, v (N, R, D) regions, weights as in the module docstring
+    x (N, T, W) word vectors, v (N, R, D) regions, weights as in the module docstring, mask (N, R)
+    bool or None: the image's own regions (padded ones get zero attention and are left out of
+    the mean region)
     -> h2 (N, T, H) the language LSTM's states (the word scores come from them), alpha (N, T, R),
        cache.
     """
@@ -62,7 +65,9 @@ def updown_forward(x, v, W1x, W1v, W1h2, W1h, b1, W_va, W_ha, w_a, W2v, W2h1, W2
     H = W1h.shape[0]
     dtype = np.result_type(x, W1h)
     xt = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(T * N, Wd)
-    v_bar = v.mean(axis=1)  # (N, D)
+    weights = (np.full(v.shape[:2], 1 / v.shape[1], dtype=dtype) if mask is None
+               else (mask / mask.sum(axis=1, keepdims=True)).astype(dtype))  # (N, R): the mean's
+    v_bar = np.einsum("nr,nrd->nd", weights, v)  # (N, D), the mean of the image's own regions
     xa1 = (xt @ W1x).reshape(T, N, 4 * H)  # (T, N, 4H): every word's projection at once
     xa1 += v_bar @ W1v + b1  # the mean region's part, the same at every step
     v_proj = v @ W_va  # (N, R, A), once for every step
@@ -73,19 +78,19 @@ def updown_forward(x, v, W1x, W1v, W1h2, W1h, b1, W_va, W_ha, w_a, W2v, W2h1, W2
     h1, c1, h2, c2 = zeros, zeros, zeros, zeros
     for t in range(T):
         h1, c1, h2, c2, alphas[t], inner = updown_step_from_projection(
-            xa1[t], v, v_proj, h1, c1, h2, c2, W1h2, W1h, W_ha, w_a, W2v, W2h1, W2h, b2)
+            xa1[t], v, v_proj, h1, c1, h2, c2, W1h2, W1h, W_ha, w_a, W2v, W2h1, W2h, b2, mask)
         h1s[t], c1s[t], h2s[t], c2s[t] = h1, c1, h2, c2
         steps.append(inner)
-    cache = (xt, v, v_bar, W1x, W1v, W1h2, W1h, W_va, W_ha, W2v, W2h1, W2h, h1s, c1s, h2s, c2s,
-             alphas, steps)
+    cache = (xt, v, v_bar, weights, W1x, W1v, W1h2, W1h, W_va, W_ha, W2v, W2h1, W2h, h1s, c1s, h2s,
+             c2s, alphas, steps)
     return h2s.transpose(1, 0, 2), alphas.transpose(1, 0, 2), cache
 
 
 def updown_backward(dh2, cache):
     """dh2 (N, T, H) upstream gradients of the language LSTM's states
     -> dx (N, T, W), dv (N, R, D), then the weights' gradients in WEIGHTS order."""
-    xt, v, v_bar, W1x, W1v, W1h2, W1h, W_va, W_ha, W2v, W2h1, W2h, h1s, c1s, h2s, c2s, alphas, \
-        steps = cache
+    xt, v, v_bar, weights, W1x, W1v, W1h2, W1h, W_va, W_ha, W2v, W2h1, W2h, h1s, c1s, h2s, c2s, \
+        alphas, steps = cache
     T, N, H = h2s.shape
     R, D = v.shape[1:]
     A = W_va.shape[1]
@@ -127,7 +132,7 @@ def updown_backward(dh2, cache):
     # the regions: the attention's weighted sum, their projection, and the mean region
     dv = np.matmul(alphas.transpose(1, 2, 0), dcontexts.transpose(1, 0, 2))  # (N, R, D)
     dv += dv_proj @ W_va.T
-    dv += (dg1_sum @ W1v.T)[:, None, :] / R
+    dv += weights[:, :, None] * (dg1_sum @ W1v.T)[:, None, :]  # the mean region's share
     return (dx, dv, xt.T @ dg1, v_bar.T @ dg1_sum, prev_h2.T @ dg1, prev_h1.T @ dg1,
             dg1.sum(axis=0), v.reshape(-1, D).T @ dv_proj.reshape(-1, A),
             h1s.reshape(T * N, H).T @ dh_projs.reshape(T * N, A), dw_a, contexts.T @ dg2,

@@ -101,3 +101,26 @@ def test_matches_the_same_equations_in_torch_autograd():
     np.testing.assert_allclose(alpha, talpha.detach().numpy(), rtol=1e-10, atol=1e-12)
     for name, mine, theirs in zip(("x", "a", "h0", "c0") + WEIGHTS, grads, inputs):
         np.testing.assert_allclose(mine, theirs.grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def test_masked_attention_gradients_with_padded_regions():
+    """Break caught: padded regions weighted by the attention (or their gradient nonzero) when a
+    batch pads images of fewer regions."""
+    rng = np.random.default_rng(11)
+    x, a, h0, c0, params = _inputs(rng)
+    mask = np.ones(a.shape[:2], dtype=bool)
+    mask[0, 3:], mask[2, 1:] = False, False  # image 0 has 3 regions, image 2 one
+    a[~mask] = 30 * rng.standard_normal((int((~mask).sum()), a.shape[2]))
+    args = [x, a, h0, c0, *params]
+    dh, dalpha = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
+    _, alpha, cache = att_lstm_forward(*args, mask=mask)
+    assert (alpha[~np.repeat(mask[:, None], 4, axis=1)] == 0).all()
+    np.testing.assert_allclose(alpha.sum(axis=2), 1.0)
+    grads = att_lstm_backward(dh, dalpha, cache)
+    assert (grads[1][~mask] == 0).all()  # nothing reaches a padded region
+
+    def both():
+        h, alpha, _ = att_lstm_forward(*args, mask=mask)
+        return np.concatenate([h, alpha], axis=2)
+
+    assert_gradients(both, args, grads, np.concatenate([dh, dalpha], axis=2), TOL)

@@ -54,8 +54,8 @@ def test_it_reads_the_regions_in_turn_where_the_mean_region_cannot(monkeypatch):
     assert (first[:, 0] > 0.5).all() and second[:, 1].mean() > first[:, 1].mean() + 0.2
     attend = updown_utils.attention_forward
 
-    def mean_region(a, a_proj, h_proj, w_att):
-        context, alpha, cache = attend(a, a_proj, h_proj, w_att)
+    def mean_region(a, a_proj, h_proj, w_att, mask=None):
+        context, alpha, cache = attend(a, a_proj, h_proj, w_att, mask)
         alpha = np.full_like(alpha, 1 / alpha.shape[1])
         return np.einsum("nr,nrd->nd", alpha, a), alpha, (cache[0], cache[1], alpha, cache[3])
 
