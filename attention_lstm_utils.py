@@ -30,8 +30,8 @@ def attention_forward(a, a_proj, h_proj, w_att, mask=None):
     """Soft attention over regions from a projected hidden state (no gate).
 
     a (N, R, D) regions, a_proj (N, R, A) = a W_att_a + b_att, h_proj (N, A) = h W_att_h,
-    w_att (A,), mask (N, R) bool or None: which regions are an image's own (the rest pad a batch of images with
-    fewer regions: they get exactly zero attention, so zero gradient too)
+    w_att (A,), mask (N, R) bool or None: which regions are an image's own (the rest pad a batch of
+    images with fewer regions: they get exactly zero attention, so zero gradient too)
     -> context (N, D) = sum_i alpha_i a_i, alpha (N, R), cache.
     """
     u = np.tanh(a_proj + h_proj[:, None, :])  # (N, R, A)
