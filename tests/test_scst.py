@@ -335,3 +335,13 @@ def test_self_critical_steps_differentiate_in_the_mode_they_sample_in(fake_coco)
     plain = TorchSolver(model, data, num_epochs=1, batch_size=4, val_samples=1, verbose=False)
     plain.gradients(*plain.batch("train", np.arange(4)))
     assert modes == [True]  # cross-entropy trains with dropout
+
+
+def test_a_starting_checkpoint_of_another_model_type_is_one_line(tmp_path, capsys):
+    """Break caught: --init_from's sizes read before its model type was checked: a KeyError
+    traceback for --model transformer --init_from an LSTM file."""
+    model = CaptioningRNN(VOCAB, input_dim=3, wordvec_dim=4, hidden_dim=6, cell_type="lstm", seed=0)
+    save_checkpoint(model, tmp_path / "lstm.npz")
+    one_line_error(capsys, lambda: training.main(["--model", "transformer", "--scst", "--init_from",
+                                                  str(tmp_path / "lstm.npz")]),
+                   'holds a "lstm" model, not "transformer"', "pass --model lstm")

@@ -247,15 +247,13 @@ def choose_recipe(values, explicit, num_items):
         return values["recipe"], "--recipe"
     if values["scst"]:
         return "scst", "--scst"
-    if num_items is not None and num_items <= SMALL_DATA and not {"epochs", "batch_size",
-                                                                  "lr_decay"} & explicit:
+    recipe_flags = {"epochs", "batch_size", "lr_decay"}
+    if num_items is not None and num_items <= SMALL_DATA and not recipe_flags & explicit:
         if values["num_samples"] is not None and values["num_samples"] <= SMALL_DATA:
             return "small-data", (f"--num_samples {values['num_samples']} <= {SMALL_DATA} with no "
-                                  f"--epochs/"
-                                  "--batch_size/--lr_decay; --recipe default turns it off")
+                                  "--epochs/--batch_size/--lr_decay; --recipe default turns it off")
         return "small-data", (f"the data has {num_items} training captions <= {SMALL_DATA}; "
-                              f"--recipe default "
-                              "turns it off")
+                              "--recipe default turns it off")
     return "default", None
 
 
@@ -273,12 +271,15 @@ def _new_run(values, explicit, lines):
             + (": " + ", ".join(f"{k} {v:g}" for k, v in changed.items()) if changed else ""))
     start = None
     if values["init_from"]:
-        from core.model.checkpoint import load_checkpoint  # torch, only for a file to load
+        from core.model.checkpoint import check_checkpoint, load_checkpoint  # torch: a file to read
 
         model, checkpoint = load_checkpoint(values["init_from"],
                                             vocabulary=lambda: load_vocab(values["data_dir"])[0],
                                             missing_hint="pass the checkpoint to fine-tune to "
                                                          "--init_from")
+        # its sizes become the run's: first, it must be a model of the type asked for
+        check_checkpoint(checkpoint, values["init_from"], values["model"],
+                         checkpoint["idx_to_word"])
         values.update({name: checkpoint[name] for name in MODEL_TYPES[values["model"]].size_flags})
         start = Start(values["init_from"], model, checkpoint)
     kind = MODEL_TYPES[values["model"]]
@@ -292,8 +293,7 @@ def _new_run(values, explicit, lines):
         values["checkpoint"] = kind.checkpoint
     if num_items != math.inf and num_items < values["batch_size"]:
         lines.append(f"note: the {num_items} training captions are fewer than one batch of "
-                     f"{values['batch_size']}: "
-                     "each epoch is a single step")
+                     f"{values['batch_size']}: each epoch is a single step")
     return values, line, start
 
 
