@@ -75,8 +75,7 @@ def parse_args(argv=None):
                         "normalisation)")
     p.add_argument("--attention", action="store_true",
                    help=f"draw where each word looked (decoders over image regions: "
-                        f"{', '.join(ATTENDING)}), "
-                        "greedy decoding")
+                        f"{', '.join(ATTENDING)}), greedy decoding")
     p.add_argument("--eval", action="store_true",
                    help="caption every image of --split and report COCO caption metrics")
     p.add_argument("--references", default=None, metavar="ANNOTATIONS_JSON",

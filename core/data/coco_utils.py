@@ -266,8 +266,7 @@ def _check_consistent(data, base_dir, files):
         if idxs.size and (idxs.min() < 0 or idxs.max() >= feats.shape[0]):
             raise UserError(f"{base_dir}: {split} image indices of coco2014_captions.h5 go past "
                             f"the {feats.shape[0]} rows of {files[split]}: the two come from "
-                            f"different "
-                            "builds; rebuild the folder")
+                            f"different builds; rebuild the folder")
         if caps.size and (caps.min() < 0 or caps.max() >= V):
             raise UserError(f"{base_dir}: {split} captions hold word indices outside the {V}-word "
                             f"vocabulary")

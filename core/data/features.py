@@ -411,8 +411,7 @@ def ensure_transform(data_dir, progress=True, log=print):
     pca_path = data_dir / "train2014_vgg16_fc7_pca.h5"
     if not (fc7_path.is_file() and pca_path.is_file()):
         raise UserError(f"{data_dir} has no {TRANSFORM_FILE} and no {fc7_path.name} to fit one "
-                        f"from: "
-                        "build the dataset with features_extraction.py")
+                        f"from: build the dataset with features_extraction.py")
     log(f"{data_dir} ships no fc7 -> PCA transform: fitting it once from {fc7_path.name} and "
         f"{pca_path.name}")
     try:
@@ -425,8 +424,7 @@ def ensure_transform(data_dir, progress=True, log=print):
             "fitted_on": "least squares from train fc7 to the shipped PCA features",
             "held_out_r2": r2, "dataset_id": ident,
             "note": "the CS231n features were extracted with a different VGG16 port than "
-            "torchvision's, so "
-                    "features of new images only approximate the training features"}
+            "torchvision's, so features of new images only approximate the training features"}
     save_transform(path, transform, info)
     log(f"saved {path} (held-out R^2 of the fit: {r2:.4f})")
     return transform, info

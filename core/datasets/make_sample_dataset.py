@@ -173,8 +173,7 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=str(SAMPLE_DIR), help="where to write the dataset")
     parser.add_argument("--train_images", type=int, default=2000, help="number of training images")
     parser.add_argument("--val_images", type=int, default=500,
-                        help="number of validation images (chooses the best "
-                        "checkpoint)")
+                        help="number of validation images (chooses the best checkpoint)")
     parser.add_argument("--test_images", type=int, default=500,
                         help="number of test images (scored by inference.py --eval only; 0: no "
                              "test split)")

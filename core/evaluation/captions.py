@@ -294,8 +294,7 @@ def trained_images(settings, config, data):
     if settings.num_samples is not None:
         if settings.num_samples > num_train:
             raise UserError(f"--num_samples {settings.num_samples} is out of range: "
-                            f"{settings.data_dir} has {num_train} "
-                            "training captions")
+                            f"{settings.data_dir} has {num_train} training captions")
         draw = np.unique(image_idxs[subset_rows(num_train, settings.num_samples, seed)])
     else:
         draw = trained if trained is not None else np.unique(image_idxs)

@@ -73,8 +73,7 @@ def raw_references(path, urls, images, own=None):
     if missing:
         raise UserError(f"--references {path} has no captions for {len(missing)} of the "
                         f"{len(images)} images scored (e.g. {missing[0]}): pass the annotation "
-                        f"file of this split (captions_val2014.json for "
-                        "val2014)")
+                        f"file of this split (captions_val2014.json for val2014)")
     if own:
         agree = sum(any(_same_caption(o, raw) for o in own[i] for raw in refs[i]) for i in refs)
         if agree < len(refs) / 2:

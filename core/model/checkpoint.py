@@ -138,8 +138,7 @@ def _check_finite(named_arrays, path):
         finite = torch.isfinite(value).all() if torch_value else np.isfinite(value).all()
         if not bool(finite):
             raise UserError(f"checkpoint {path} holds non-finite weights (NaN or inf in {name}): "
-                            f"not loaded; "
-                            "use an earlier checkpoint")
+                            f"not loaded; use an earlier checkpoint")
 
 
 def _read_npz(path, vocabulary, names):
@@ -237,8 +236,7 @@ def load_training_state(path, device="cpu"):
                                                           "next to its checkpoint to --resume")
     if raw is None:
         raise UserError(f"{path} holds weights but no training state, so training cannot resume "
-                        f"from it: "
-                        "pass the *_last file that training.py writes after every epoch")
+                        f"from it: pass the *_last file that training.py writes after every epoch")
     extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
     saved = extra.get("args") if isinstance(extra.get("args"), dict) else {}
     try:
@@ -247,8 +245,7 @@ def load_training_state(path, device="cpu"):
                                     batch_size=saved.get("batch_size"))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path} holds a damaged training state ({e}): not resumed; use an intact "
-                        f"*_last file or "
-                        "start a new run") from None
+                        f"*_last file or start a new run") from None
     return model, config, state
 
 
@@ -261,8 +258,7 @@ def check_checkpoint(config, path, model_type, idx_to_word):
     if list(config["idx_to_word"]) != list(idx_to_word):
         raise UserError(f"checkpoint {path} was trained with a different vocabulary "
                         f"({len(config['idx_to_word'])} words) than the data ({len(idx_to_word)} "
-                        f"words): "
-                        "use the --data_dir it was trained on")
+                        f"words): use the --data_dir it was trained on")
 
 
 def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, feature_size,

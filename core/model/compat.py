@@ -31,8 +31,7 @@ def original_vocabulary(vocabulary, V, path):
     vocabulary: idx_to_word, a callable returning it, or None."""
     if vocabulary is None:
         raise UserError(f"{path} is an original-format checkpoint without a vocabulary: pass the "
-                        f"--data_dir "
-                        "it was trained with")
+                        f"--data_dir it was trained with")
     idx_to_word = list(vocabulary() if callable(vocabulary) else vocabulary)
     if len(idx_to_word) != V:
         raise UserError(f"original-format checkpoint {path} has a {V}-word vocabulary, the data's "
@@ -65,8 +64,7 @@ def original_transformer_config(state, path, vocabulary, num_heads):
     layers = {int(k.split(".")[2]) for k in state if k.startswith("transformer.layers.")}
     if E % num_heads:
         raise UserError(f"original-format transformer {path} has width {E}, which --num_heads "
-                        f"{num_heads} "
-                        "does not divide")
+                        f"{num_heads} does not divide")
     return {"model": "transformer", "input_dim": D, "wordvec_dim": E, "num_heads": num_heads,
             "num_layers": len(layers), "max_length": state["positional_encoding.pe"].shape[1],
             "dim_feedforward": state[ORIGINAL_TRANSFORMER_KEY].shape[0], "dropout": 0.1,

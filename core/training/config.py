@@ -339,8 +339,7 @@ def _resumed_run(values, explicit, lines, world_size):
                             f"epochs: pass --epochs larger than {state.epoch} to train more")
         # stopped after its last step, before the final files were written: resuming writes them
         lines.append(f"{path} has trained all its {state.epoch} epochs, but {final} or {history} "
-                     f"is "
-                     "missing (the run stopped before writing them): writing its final files")
+                     f"is missing (the run stopped before writing them): writing its final files")
     unit = "images" if merged["scst"] else "captions"
     given = values["batch_size"] if "batch_size" in explicit else None
     merged["batch_size"], note = resumed_batch_size(saved["batch_size"], state.world_size,
@@ -365,8 +364,7 @@ def _check_saved(values, path):
             problem = flag_error(f.name, values[f.name])
         if problem:
             raise UserError(f"{path} holds a damaged training state (its {problem}): not resumed; "
-                            f"use an intact "
-                            "*_last file or start a new run")
+                            f"use an intact *_last file or start a new run")
 
 
 def settle(argv=None, world_size=None):

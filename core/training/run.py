@@ -110,8 +110,7 @@ def set_up(settled, ctx, stack):
             best.load_state(start.state.tracker)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise UserError(f"{config.resume} holds a damaged training state ({e}): not resumed; "
-                            f"use an intact "
-                            "*_last file or start a new run") from None
+                            f"use an intact *_last file or start a new run") from None
         say(f"resuming {config.resume} at epoch {solver.epoch + 1}, iteration {solver.iteration}; "
             f"writing {checkpoint} and the plots and history in {config.out_dir}", flush=True)
     elif config.scst and config.eval_every and ctx.is_main:

@@ -67,8 +67,7 @@ def check_writable(files=(), folders=()):
             existing = existing.parent
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(f"{flag} {path} cannot be written ({existing} is not a writable "
-                            f"folder): "
-                            "choose another location")
+                            f"folder): choose another location")
 
 
 def check_owner(path, checkpoint, flag, same_run=None):
