@@ -627,7 +627,7 @@ def test_a_folder_of_images_is_captioned_whole_with_its_results_files(tmp_path, 
     inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(SAMPLE_DIR),
                     "--image_folder", str(folder), "--num_images", "1", "--device", "cpu", "--out_dir", str(tmp_path)])
     out = capsys.readouterr().out
-    assert calls[0] == (3, True)  # the three images, with a progress bar
+    assert calls == [(3, True)]  # the three images once, with a progress bar
     assert "skipped 1 unreadable file(s) of the folder" in out and "broken.jpg" in out
     captions = json.loads((tmp_path / "m_photos_greedy_captions.json").read_text())
     assert [c["file_name"] for c in captions] == ["000000391895.png", "000000522418.PNG"]

@@ -66,14 +66,13 @@ class FeatureKind:
 
     def compute(self, paths, transform, info, device="cpu", progress=False):
         """Image files -> their features (N, D) or (N, R, D) through the dataset's VGG16 weights and
-        PCA transform, and {index: why} for files that could not be read."""
+        PCA transform (the rows of unreadable files project zeros), and {index: why} for files
+        that could not be read."""
         from core.data.features import extract_fc7, project, project_grid
 
         fc7, bad, *regions = extract_fc7(paths, info["vgg16"], batch_size=16, device=device,
                                          progress=progress,
                                          grid_size=info.get("grid_size") if self.regions else None)
-        if bad:
-            return None, bad
         return (project_grid(regions[0], transform) if self.regions
                 else project(fc7, transform)), bad
 

@@ -85,10 +85,9 @@ def settle(args, ctx, say):
     else:
         values["data_dir"] = data_dir()
     if config.get("format") == "original":
-        sizes = ", ".join(f"{k} {config[k]}"
-                          for k in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers",
-                                                        "dim_feedforward", "max_length")
-                          if k in config)
+        shown = ("wordvec_dim", "hidden_dim", "num_heads", "num_layers", "dim_feedforward",
+                 "max_length")
+        sizes = ", ".join(f"{k} {config[k]}" for k in shown if k in config)
         say(f"read {values['checkpoint']} in the original repository's format (weights only): a "
             f"{config['model']} with {sizes}, the vocabulary of {values['data_dir']}")
     if config["model"] != args.model:
@@ -376,8 +375,8 @@ def caption_files(settings, model, config):
         first = min(bad)
         print(f"skipped {len(bad)} unreadable file(s) of the folder, e.g. {paths[first]} "
               f"({bad[first]})")
-        paths = [p for k, p in enumerate(paths) if k not in bad]
-        features, _ = kind.compute(paths, transform, info, device=settings.feature_device)
+        keep = [k for k in range(len(paths)) if k not in bad]
+        paths, features = [paths[k] for k in keep], features[keep]
     words, alphas = sample(model, features, settings)
     captions = decode_captions(words, idx_to_word)
     stem = Path(settings.checkpoint).stem

@@ -90,17 +90,22 @@ def sample_search(model, features, max_length=30, num_samples=1, temperature=1.0
             if temperature == 0:
                 words = logprobs.argmax(axis=1)
             else:
-                scaled = logprobs.astype(np.float64) / temperature  # (B, V)
-                probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-                cumulative = np.cumsum(probs, axis=1)
-                uniform = rng.random(B) if draws is None else draws[:, t]
-                target = uniform * cumulative[:, -1]  # inverse CDF, one uniform draw per row
-                words = np.minimum((cumulative < target[:, None]).sum(axis=1), probs.shape[1] - 1)
+                words = draw_words(logprobs, rng.random(B) if draws is None else draws[:, t],
+                                   temperature)
             captions[~done, t] = words[~done]
             done |= words == model.end_idx
             if done.all():
                 break
     return captions
+
+
+def draw_words(logprobs, uniform, temperature=1.0):
+    """One word per row from softmax(logprobs / temperature), by the inverse CDF of one uniform
+    draw per row: logprobs (B, V), uniform (B,) in [0, 1) -> words (B,) int."""
+    scaled = logprobs.astype(np.float64) / temperature  # (B, V)
+    cumulative = np.cumsum(np.exp(scaled - scaled.max(axis=1, keepdims=True)), axis=1)
+    target = uniform * cumulative[:, -1]
+    return np.minimum((cumulative < target[:, None]).sum(axis=1), logprobs.shape[1] - 1)
 
 
 def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0,

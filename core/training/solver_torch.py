@@ -62,10 +62,10 @@ class TorchSolver(SolverBase):
     def apply(self, gradients):
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.grad_clip)
-        step = len(self.history["loss"]) + 1  # this run's steps so far, this one included
-        factor = min(1.0, step / self.warmup) if self.warmup else 1.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * factor
+        if self.warmup:  # step k of the run (this one included) at k / warmup of the rate
+            factor = min(1.0, (len(self.history["loss"]) + 1) / self.warmup)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.base_lr * factor
         self.optimizer.step()
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ import numpy as np
 
 from core.evaluation.cider import CiderD
 from core.data.vocab import decode_captions
-from core.model.decoding import greedy_search, sample_search
+from core.model.decoding import draw_words, greedy_search, sample_search
 from core.evaluation.metrics import references_by_image
 
 
@@ -64,9 +64,7 @@ class CrossEntropy:
             state = model.init_state(features)
             for t in range(T - 1):
                 logprobs, state = model.step(captions[:, t], state)
-                cumulative = np.cumsum(np.exp(logprobs.astype(np.float64)), axis=1)  # (B, V)
-                sampled = (cumulative < (draws[:, 1, t] * cumulative[:, -1])[:, None]).sum(axis=1)
-                sampled = np.minimum(sampled, cumulative.shape[1] - 1)
+                sampled = draw_words(logprobs, draws[:, 1, t])
                 replace = (draws[:, 0, t] < probability) & (captions[:, t + 1] != model.null_idx)
                 inputs[replace, t + 1] = sampled[replace]
         return inputs
