@@ -22,6 +22,7 @@ import torch
 from core.util import distributed
 from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
 from core.util.fileio import check_writable
+from core.data.boxes import BOX_SIDE, BOX_THRESHOLD, MAX_BOXES, MIN_BOXES, BoxSource
 from core.data.builder import build_dataset
 from core.data.features import ENCODERS, GRID_SIZES, parse_weights
 from core.data.karpathy import read_split_file
@@ -76,6 +77,28 @@ def parse_args(argv=None):
                    help="--grid: PCA dimensions of a region's 512 channels (fitted on train "
                         "regions); at 64, COCO's 82,783 train images take 0.5 GB and its 40,504 "
                         "val images 0.25 GB")
+    p.add_argument("--boxes", default=None, metavar="SOURCE",
+                   help="also write object regions for the attention decoders (bottom-up "
+                        "attention): <split>2014_vgg16_boxes_pca.h5 with each box's feature, the "
+                        "box and a count per image. SOURCE: detector (torchvision's Faster R-CNN, "
+                        "class-agnostic, the adaptive count below; COCO-trained weights when "
+                        "--weights imagenet, else random), a COCO detection-results JSON of any "
+                        "detector ([{image_id, bbox: [x, y, w, h], score}]), or plain (the parts "
+                        "that differ from a plain background: rendered scenes only, such as the "
+                        "sample dataset's; photographs need a detector)")
+    p.add_argument("--box_threshold", type=float, default=BOX_THRESHOLD,
+                   help="--boxes: keep the boxes scoring at least this ...")
+    p.add_argument("--min_boxes", type=int, default=MIN_BOXES,
+                   help="... but at least this many (the best scoring) ...")
+    p.add_argument("--max_boxes", type=int, default=MAX_BOXES,
+                   help="... and at most this many (Anderson et al.'s 0.2, 10 and 100; "
+                        "--min_boxes 36 --max_boxes 36 is their fixed 36)")
+    p.add_argument("--box_pca_dim", type=int, default=128,
+                   help="--boxes: PCA dimensions of a box's features (VGG16 4608, ResNet-101 2048; "
+                        "fitted on train boxes)")
+    p.add_argument("--box_side", type=int, default=BOX_SIDE,
+                   help="--boxes: the image is scaled to this longer side (and padded to a square, "
+                        "nothing cut) for the feature map the boxes are pooled from")
     p.add_argument("--skip_bad_images", action="store_true",
                    help="drop (and report) missing or unreadable images and captions of unknown "
                         "images instead of stopping")
@@ -96,10 +119,15 @@ def parse_args(argv=None):
             if (split != "test" or ann or images) and not (ann and images):
                 p.error(f"--{split}_annotations and --{split}_images are needed together (or "
                         f"--split_file)")
-    sizes = (args.batch_size, args.min_word_count, args.grid_pca_dim)
+    sizes = (args.batch_size, args.min_word_count, args.grid_pca_dim, args.box_pca_dim,
+             args.box_side, args.min_boxes, args.max_boxes)
     if min(sizes) <= 0 or args.pca_dim < 0 or args.max_length < 3 or args.num_workers < 0:
-        p.error("--batch_size, --grid_pca_dim and --min_word_count must be positive, --pca_dim "
-                "positive or 0 (no PCA), --max_length at least 3")
+        p.error("--batch_size, --grid_pca_dim, --box_pca_dim, --box_side, --min_boxes, "
+                "--max_boxes and --min_word_count must be positive, --pca_dim positive or 0 (no "
+                "PCA), --max_length at least 3")
+    if args.min_boxes > args.max_boxes or not 0 <= args.box_threshold <= 1:
+        p.error(f"--min_boxes {args.min_boxes} must be at most --max_boxes {args.max_boxes}, and "
+                f"--box_threshold a score in [0, 1] (got {args.box_threshold})")
     given = {s: Path(getattr(args, f"{s}_annotations")) for s in ("train", "val", "test")
              if getattr(args, f"{s}_annotations")}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -107,6 +135,10 @@ def parse_args(argv=None):
                 and given[a].read_bytes() == given[b].read_bytes():
             p.error(f"--{a}_annotations and --{b}_annotations are the same file ({given[b]}): each "
                     "split needs its own images and captions")
+    if args.boxes == "detector" and args.weights not in ("imagenet", "random"):
+        p.error("--boxes detector takes torchvision's COCO-trained Faster R-CNN (with --weights "
+                "imagenet) or a seeded random one (--weights random); --weights PATH names the "
+                "encoder's weights only: give the detector's boxes as a detections file instead")
     encoder = ENCODERS[args.encoder]
     if args.pca_dim > encoder.pooled_dim or args.grid_pca_dim > encoder.grid_channels:
         p.error(f"--pca_dim must be at most {encoder.pooled_dim} ({args.encoder}'s vector) and "
@@ -145,7 +177,12 @@ def main(argv=None):
                           min_word_count=args.min_word_count,
                           max_length=args.max_length, pca_dim=args.pca_dim,
                           grid_size=args.grid_size if args.grid else None,
-                          grid_pca_dim=args.grid_pca_dim, skip_bad_images=args.skip_bad_images,
+                          grid_pca_dim=args.grid_pca_dim,
+                          boxes=None if args.boxes is None else BoxSource.parse(
+                              args.boxes, threshold=args.box_threshold, min_boxes=args.min_boxes,
+                              max_boxes=args.max_boxes),
+                          box_pca_dim=args.box_pca_dim, box_side=args.box_side,
+                          skip_bad_images=args.skip_bad_images,
                           progress=not args.quiet and ctx.is_main, log=log, dist=ctx)
         finally:
             ctx.close()

@@ -219,15 +219,17 @@ class TorchAttentionLSTM(nn.Module):
         return torch.stack(out, dim=1).numpy()
 
 
-def torch_updown(x, v, p):
+def torch_updown(x, v, p, mask=None):
     """updown_utils.py's equations in torch autograd, the reference of its tests and of the speed
-    rows: tensors as updown_forward's arguments, p a dict of its WEIGHTS -> (h2 (N, T, H), alpha
-    (N, T, R)). The regions', mean region's and words' projections are computed once, as ours
-    are."""
+    rows: tensors as updown_forward's arguments (mask (N, R) bool or None: an image's own regions),
+    p a dict of its WEIGHTS -> (h2 (N, T, H), alpha (N, T, R)). The regions', mean region's and
+    words' projections are computed once, as ours are."""
     N, T, _ = x.shape
     H = p["W1h"].shape[0]
     h1 = c1 = h2 = c2 = torch.zeros(N, H, dtype=x.dtype)
-    xa1 = x @ p["W1x"] + (v.mean(dim=1) @ p["W1v"] + p["b1"])[:, None]  # (N, T, 4H)
+    mean = v.mean(dim=1) if mask is None else (
+        (v * mask[:, :, None]).sum(dim=1) / mask.sum(dim=1, keepdim=True))
+    xa1 = x @ p["W1x"] + (mean @ p["W1v"] + p["b1"])[:, None]  # (N, T, 4H)
     v_proj = v @ p["W_va"]
     outs, alphas = [], []
 
@@ -238,7 +240,10 @@ def torch_updown(x, v, p):
 
     for t in range(T):
         h1, c1 = lstm(xa1[:, t] + h2 @ p["W1h2"] + h1 @ p["W1h"], c1)
-        alpha = torch.softmax(torch.tanh(v_proj + (h1 @ p["W_ha"])[:, None]) @ p["w_a"], dim=1)
+        scores = torch.tanh(v_proj + (h1 @ p["W_ha"])[:, None]) @ p["w_a"]  # (N, R)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=1)
         context = (alpha[:, :, None] * v).sum(dim=1)
         h2, c2 = lstm(context @ p["W2v"] + h1 @ p["W2h1"] + h2 @ p["W2h"] + p["b2"], c2)
         outs.append(h2)
@@ -255,8 +260,14 @@ class TorchUpDown(nn.Module):
                                    for k, v in ours.params.items()})
 
     def loss(self, regions, captions):
+        """regions (N, R, D) of a grid, or boxes (N, K, D + 5) when the model reads boxes."""
         p = self.p
-        h2, _ = torch_updown(p["W_embed"][captions[:, :-1]], regions + p["P"], p)
+        if "W_geo" in p:  # boxes: the geometry's projection, the zero-area rows masked
+            D = p["W_geo"].shape[1]
+            v, mask = regions[..., :D] + regions[..., D:] @ p["W_geo"], regions[..., -1] > 0
+        else:
+            v, mask = regions + p["P"], None
+        h2, _ = torch_updown(p["W_embed"][captions[:, :-1]], v, p, mask)
         mask = captions[:, 1:] != 0
         scores = h2[mask] @ p["W_vocab"] + p["b_vocab"]
         return F.cross_entropy(scores, captions[:, 1:][mask], reduction="sum") / len(captions)

@@ -1,17 +1,20 @@
-"""Robustness and attention on the sample dataset: exact scenes on shifted and recoloured val
-scenes, and whether the attention decoders look at the objects they name.
+"""Robustness and attention on the sample dataset: exact scenes on copies of the test scenes drawn
+differently, and whether the attention decoders look at the objects they name.
 
 Usage:
-    python benchmarks/sample_robustness.py lstm_checkpoint.npz attention_lstm_checkpoint.npz [--out FILE]
+    python benchmarks/sample_robustness.py lstm_checkpoint.npz updown_checkpoint.npz [--out FILE]
 
-The 500 val scenes are rendered three ways: as in the dataset, with every object moved by 10
-pixels (make_sample_dataset.shifted) and on another background colour; each goes through the
-dataset's own random VGG16 and PCA transforms (fc7, and the 7 x 7 regions for the decoders that
-attend). Every checkpoint captions every copy greedily; a caption is an exact scene when it is one
-of the scene's five references (the JSON also counts the mistakes by attribute, as
-benchmarks/caption_errors.py does). For decoders over regions, every colour or shape word that names
-one object of the scene counts as looking at it when its most attended region overlaps the object
-(chance: the share of regions that overlap it). Prints a markdown table and writes the figures as
+The 500 test scenes are rendered four ways: as in the dataset; with every object moved by 10
+pixels (make_sample_dataset.shifted); with the objects placed again independently
+(make_sample_dataset.moved: the same objects and relation, new places); and on background colours
+no training scene has (make_sample_dataset.HELD_OUT_BACKGROUNDS, in turn). Each copy goes through
+the dataset's own random VGG16 and PCA transforms: fc7, the 7 x 7 regions and the object boxes
+(found by the dataset's proposer). Every checkpoint captions every copy greedily; a caption is an
+exact scene when it is one of the scene's five references (the JSON also counts the mistakes by
+attribute, as benchmarks/caption_errors.py does). For decoders over regions, every colour or shape
+word that names one object of the scene counts as looking at it when its most attended region is
+on the object: a grid cell that overlaps its bounding box, or a box of IoU at least 0.5 with it
+(chance: the share of the regions that are). Prints a markdown table and writes the figures as
 JSON (--out).
 """
 import argparse
@@ -32,62 +35,84 @@ from core.model.decoding import greedy_search  # noqa: E402
 from core.data.features import (  # noqa: E402
     GRID_TRANSFORM_FILE, TRANSFORM_FILE, extract_fc7, load_transform, project, project_grid,
     region_boxes)
-from core.model.registry import MODEL_TYPES  # noqa: E402
+from core.data.boxes import box_mask, compute_box_inputs, geometry_boxes  # noqa: E402
+from core.data.feature_kinds import FEATURE_KINDS  # noqa: E402
+from core.model.registry import checkpoint_features  # noqa: E402
 
-OTHER_BACKGROUND = (205, 222, 240)  # a light blue no object has
+VARIANTS = ("test", "shifted", "moved", "backgrounds")
+KINDS = ("fc7", "grid", "boxes")
+
+
+def render_variant(scene, i, variant):
+    """Scene i of the test split drawn as `variant` -> PIL image."""
+    if variant == "shifted":
+        return sample.render(sample.shifted(scene))
+    if variant == "moved":
+        return sample.render(sample.moved(scene, np.random.default_rng([7, i])))
+    if variant == "backgrounds":
+        colours = list(sample.HELD_OUT_BACKGROUNDS.values())
+        return sample.render(scene, colours[i % len(colours)])
+    return sample.render(scene)
 
 
 def variant_features(scenes, variant, data_dir, batch_size):
-    """Render the scenes as `variant` ("val", "shifted", "background") and extract both kinds of
-    features
-    -> {"fc7": (N, 512), "grid": (N, 49, G)}."""
+    """Render the scenes as `variant` and extract every kind of features -> ({"fc7": (N, 512),
+    "grid": (N, 49, G), "boxes": (N, K, D + 5)}, the rendered scenes' object centres as moved)."""
     fc7_transform, info = load_transform(Path(data_dir) / TRANSFORM_FILE)
     grid_transform, grid_info = load_transform(Path(data_dir) / GRID_TRANSFORM_FILE)
+    box_transform, box_info = FEATURE_KINDS["boxes"].transform(data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, scene in enumerate(scenes):
-            image = sample.render(sample.shifted(scene) if variant == "shifted" else scene,
-                                  OTHER_BACKGROUND if variant == "background"
-                                  else sample.BACKGROUND)
             paths.append(Path(tmp) / f"{i:06d}.png")
-            image.save(paths[-1])
+            render_variant(scene, i, variant).save(paths[-1])
         fc7, bad, grid = extract_fc7(paths, info["vgg16"], batch_size=batch_size,
                                      grid_size=grid_info["grid_size"], desc=variant)
-    assert not bad, bad
-    return {"fc7": project(fc7, fc7_transform), "grid": project_grid(grid, grid_transform)}
+        boxes, bad_boxes = compute_box_inputs(paths, box_transform, box_info)
+    assert not bad and not bad_boxes, (bad, bad_boxes)
+    return {"fc7": project(fc7, fc7_transform), "grid": project_grid(grid, grid_transform),
+            "boxes": boxes}
+
+
+def drawn_scenes(scenes, variant):
+    """The scenes as `variant` draws them (where the objects stand), for attention on objects."""
+    if variant == "shifted":
+        return [sample.shifted(s) for s in scenes]
+    if variant == "moved":
+        return [sample.moved(s, np.random.default_rng([7, i])) for i, s in enumerate(scenes)]
+    return scenes
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoints trained on the sample dataset")
-    p.add_argument("--num_images", type=int, default=500, help="val scenes to use")
+    p.add_argument("--num_images", type=int, default=500, help="test scenes to use")
     p.add_argument("--batch_size", type=int, default=32, help="images per VGG16 forward pass")
     p.add_argument("--out", default=None, help="also write the figures to this JSON file")
     p.add_argument("--cache", default=None,
                    help="keep the rendered copies' features in this .npz (reused when it "
                                                  "exists: --num_images must then be the same)")
     args = p.parse_args(argv)
-    scenes = [sample.make_scene("val", i) for i in range(args.num_images)]
+    scenes = [sample.make_scene("test", i) for i in range(args.num_images)]
     references = [set(sample.captions(s)) for s in scenes]
     cache = Path(args.cache) if args.cache else None
     if cache and cache.is_file():
         with np.load(cache) as f:
-            features = {v: {k: f[f"{v}.{k}"] for k in ("fc7", "grid")}
-                        for v in ("val", "shifted", "background")}
+            features = {v: {k: f[f"{v}.{k}"] for k in KINDS} for v in VARIANTS}
     else:
         features = {v: variant_features(scenes, v, sample.SAMPLE_DIR, args.batch_size)
-                    for v in ("val", "shifted", "background")}
+                    for v in VARIANTS}
         if cache:
             np.savez(cache, **{f"{v}.{k}": a for v, d in features.items() for k, a in d.items()})
     results = []
     for path in args.checkpoints:
         model, config = load_checkpoint(path)
-        kind = MODEL_TYPES[config["model"]].features
-        row = {"checkpoint": path, "model": config["model"]}
+        kind = checkpoint_features(config)
+        row = {"checkpoint": path, "model": config["model"], "features": kind}
         for variant, feats in features.items():
-            if kind == "grid":
-                words, alphas = greedy_search(model, feats["grid"], 30, attention=True)
+            if kind != "fc7":
+                words, alphas = greedy_search(model, feats[kind], 30, attention=True)
             else:
                 words, alphas = greedy_search(model, feats["fc7"], 30), None
             captions = decode_captions(words, config["idx_to_word"])
@@ -95,26 +120,41 @@ def main(argv=None):
             report = [{"image": i, "caption": c, "references": sorted(r)}
                       for i, (c, r) in enumerate(zip(captions, references))]
             row[f"{variant}_mistakes"] = count_errors(report)
-            if alphas is not None and variant == "val":
-                boxes = region_boxes(int(round(np.sqrt(alphas.shape[2]))), sample.SIZE, sample.SIZE)
-                looks = [hit for s, c, a in zip(scenes, captions, alphas)
-                         for hit in sample.attention_on_objects(s, c.split(), a, boxes)]
-                row["attention_on_object"] = float(np.mean([h for h, _ in looks]))
-                row["attention_chance"] = float(np.mean([c for _, c in looks]))
-                row["object_words"] = len(looks)
+            if alphas is not None:
+                looks = attention_looks(drawn_scenes(scenes, variant), captions, alphas,
+                                        feats[kind], kind)
+                row[f"{variant}_attention_on_object"] = float(np.mean([h for h, _ in looks]))
+                row[f"{variant}_attention_chance"] = float(np.mean([c for _, c in looks]))
+                row[f"{variant}_object_words"] = len(looks)
         results.append(row)
-    print("| checkpoint | val | shifted by 10 px | other background | attention on the named "
-          "object (chance) |")
-    print("|---|---|---|---|---|")
+    print("| checkpoint | features | test | shifted by 10 px | moved independently | unseen "
+          "backgrounds | attention on the named object (chance), test |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        looks = (f"{r['attention_on_object']:.1%} of {r['object_words']} words "
-                 f"({r['attention_chance']:.1%})"
-                 if "attention_on_object" in r else "")
-        print(f"| {r['model']}: {r['checkpoint']} | {r['val']:.1%} | {r['shifted']:.1%} | "
-              f"{r['background']:.1%} | {looks} |")
+        looks = (f"{r['test_attention_on_object']:.1%} of {r['test_object_words']} words "
+                 f"({r['test_attention_chance']:.1%})"
+                 if "test_attention_on_object" in r else "")
+        print(f"| {r['model']}: {r['checkpoint']} | {r['features']} | "
+              + " | ".join(f"{r[v]:.1%}" for v in VARIANTS) + f" | {looks} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
         print(f"wrote {args.out}")
+
+
+def attention_looks(scenes, captions, alphas, regions, kind):
+    """(hit, chance) of every object word of the captions (make_sample_dataset.
+    attention_on_objects): alphas (N, L, R); regions the features the decoder read (N, R, ...)."""
+    looks = []
+    for k, (scene, caption, alpha) in enumerate(zip(scenes, captions, alphas)):
+        if kind == "boxes":
+            own = box_mask(regions[k])
+            boxes = geometry_boxes(regions[k][own], sample.SIZE, sample.SIZE)
+            looks += sample.attention_on_objects(scene, caption.split(), alpha[:, own], boxes,
+                                                 iou=0.5)
+        else:
+            boxes = region_boxes(int(round(np.sqrt(alpha.shape[1]))), sample.SIZE, sample.SIZE)
+            looks += sample.attention_on_objects(scene, caption.split(), alpha, boxes)
+    return looks
 
 
 if __name__ == "__main__":

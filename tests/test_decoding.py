@@ -9,7 +9,7 @@ from core.model.decoding import beam_search, decode, greedy_search, sequence_log
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 from core.model.registry import MODEL_TYPES
-from tests.helpers import tiny_model
+from tests.helpers import DECODER_IDS, DECODERS, box_rows, tiny_model
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "runs", "on", "mat"]
 VOCAB = {w: i for i, w in enumerate(WORDS)}
@@ -59,14 +59,24 @@ def _four_regions(features):
     return torch.stack([f, -f, 0.5 * f, 2 * f], dim=1)
 
 
-def _from_registry(name, vocab=VOCAB, seed=0):
-    """A tiny model of registry row `name` over (N, 6) features (seen as four regions by a decoder
-    that reads regions), its weights sharpened so that decoding choices matter."""
+def _four_boxes(features):
+    """(N, 6) -> (N, 4, 6 + 5): the four regions as boxes, a row's boxes past 1 + (the place of its
+    largest feature) % 4 padding (a count that the row's content decides, as an image's does)."""
+    features = np.asarray(features)
+    return box_rows(_four_regions(features).numpy(), 1 + np.argmax(features, axis=1) % 4)
+
+
+def _from_registry(name, features=None, vocab=VOCAB, seed=0):
+    """A tiny model of registry row `name` over (N, 6) features (seen as four regions, or four
+    boxes some of them padding, by a decoder that reads regions), its weights sharpened so that
+    decoding choices matter."""
     kind = MODEL_TYPES[name]
-    regions = kind.feature_kind.regions
+    features = features or kind.features
+    regions = features != "fc7"
     idx_to_word = [w for w, _ in sorted(vocab.items(), key=lambda item: item[1])]
-    data = {"train_features": np.zeros((1, 4, 6) if regions else (1, 6), np.float32), "idx_to_word": idx_to_word,
-            "train_captions": np.zeros((1, 7), np.int32)}
+    shape = (1, 6) if not regions else (1, 4, 11) if features == "boxes" else (1, 4, 6)
+    data = {"train_features": np.zeros(shape, np.float32), "idx_to_word": idx_to_word,
+            "train_captions": np.zeros((1, 7), np.int32), "features_kind": features}
     torch.manual_seed(seed)
     model = tiny_model(name, data, seed=seed, wordvec_dim=16, hidden_dim=10, dim_feedforward=32, num_layers=2,
                        alpha_c=0.0)
@@ -80,11 +90,15 @@ def _from_registry(name, vocab=VOCAB, seed=0):
             model.params[k] *= 3
     if not regions:
         return model
-    to_regions = _four_regions if kind.uses_torch else lambda f: _four_regions(f).numpy()
+    if features == "boxes":
+        to_regions = (lambda f: torch.from_numpy(_four_boxes(f))) if kind.uses_torch else _four_boxes
+    else:
+        to_regions = _four_regions if kind.uses_torch else lambda f: _four_regions(f).numpy()
     return RegionView(model, to_regions)
 
 
-MODELS = {name: (lambda name=name, **kw: _from_registry(name, **kw)) for name in MODEL_TYPES}
+MODELS = {label: (lambda name=name, kind=kind, **kw: _from_registry(name, kind, **kw))
+          for (name, kind), label in zip(DECODERS, DECODER_IDS)}
 FEATURES = np.random.default_rng(0).standard_normal((7, 6)).astype(np.float32)
 
 
@@ -101,7 +115,7 @@ def test_step_by_step_log_probabilities_match_the_teacher_forced_loss(name):
     """The decoding path (init_state/step, e.g. the RNNs' per-word input table) computes the
     same distributions as the training path."""
     model = MODELS[name]()
-    torch_model = MODEL_TYPES[name].uses_torch
+    torch_model = MODEL_TYPES[name.split("-")[0]].uses_torch
     if not torch_model:
         for k in ("b", "b_proj", "b_vocab", "bh", "b_att", "b_beta", "w_beta", "b_init_h", "b_init_c"):  # zero at init
             if k in model.params:
@@ -221,10 +235,11 @@ def test_transformer_cache_gives_exactly_the_uncached_tokens(seed):
     features = np.random.default_rng(seed).standard_normal((16, 6)).astype(np.float32)
     cached = model.sample(features, max_length=30)
     np.testing.assert_array_equal(cached, model.sample_uncached(features, max_length=30))
-    regions = MODELS["region_transformer"](seed=seed)
-    cached_regions = regions.sample(features, max_length=30)
-    np.testing.assert_array_equal(cached_regions, regions.model.sample_uncached(_four_regions(features), max_length=30))
-    assert (cached_regions != VOCAB["<NULL>"]).sum() > 16
+    for kind, to_regions in (("grid", _four_regions), ("boxes", lambda f: torch.from_numpy(_four_boxes(f)))):
+        regions = MODELS[f"region_transformer-{kind}"](seed=seed)
+        cached_regions = regions.sample(features, max_length=30)
+        np.testing.assert_array_equal(cached_regions, regions.model.sample_uncached(to_regions(features), max_length=30))
+        assert (cached_regions != VOCAB["<NULL>"]).sum() > 16
     assert (cached != VOCAB["<NULL>"]).sum() > 16  # non-trivial captions were compared
 
 
@@ -244,7 +259,8 @@ def test_the_raw_step_scores_greedy_decoding_reads_are_the_log_probabilities_unn
     np.testing.assert_allclose(log_softmax(scores.astype(np.float64), axis=1), logprobs, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [m for m, t in MODEL_TYPES.items() if t.feature_kind.regions])
+@pytest.mark.parametrize("name", [label for (_, kind), label in zip(DECODERS, DECODER_IDS)
+                                  if kind != "fc7"])
 def test_beam_search_returns_the_attention_its_chosen_caption_was_written_with(name):
     """Breaks caught: the attention of another beam (not reordered with the beams), or the one after
     the word's choice instead of the one it was chosen with; beam 1 equals greedy's maps."""

@@ -90,17 +90,17 @@ def test_shifted_scenes_move_every_object_and_keep_it_inside():
         for before, after in zip(scene["objects"], moved["objects"]):
             assert np.hypot(*np.subtract(after["center"], before["center"])) == 10
             r = sample.RADII[after["size"]]
-            assert all(r <= c <= sample.SIZE - r for c in after["center"])
+            assert all(sample.MARGIN + r <= c <= sample.SIZE - sample.MARGIN - r for c in after["center"])
 
 
 def test_attention_on_objects_counts_the_peak_on_the_named_object():
     scene = {"relation": "left", "objects": [
-        {"color": "red", "shape": "circle", "size": "large", "center": [24, 48]},
-        {"color": "blue", "shape": "circle", "size": "small", "center": [72, 48]}]}
+        {"color": "red", "shape": "circle", "size": "large", "center": [32, 64]},
+        {"color": "blue", "shape": "circle", "size": "small", "center": [96, 64]}]}
     boxes = region_boxes(7, sample.SIZE, sample.SIZE)
     left, right = np.zeros(49), np.zeros(49)
-    left[3 * 7 + 1] = 1  # row 3, column 1: x 18-30 px, on the left object
-    right[3 * 7 + 5] = 1  # column 5: x 66-78 px, on the right one
+    left[3 * 7 + 1] = 1  # row 3, column 1: x 24-40 px, on the left object (cells of 16 px from 8)
+    right[3 * 7 + 5] = 1  # column 5: x 88-104 px, on the right one
     words = "a large red circle to the left of a small blue circle".split()
     alphas = [right if w == "red" else left if w == "blue" else left for w in words]
     result = sample.attention_on_objects(scene, words, alphas, boxes)
@@ -109,4 +109,22 @@ def test_attention_on_objects_counts_the_peak_on_the_named_object():
     result = sample.attention_on_objects(scene, words, alphas, boxes)
     assert [hit for hit, _ in result] == [True, True]
     # chance: the share of regions overlapping each object's bounding box
-    assert [round(c * 49) for _, c in result] == [20, 9]  # 4 x 5 and 3 x 3 of the 12-pixel cells
+    assert [round(c * 49) for _, c in result] == [9, 9]  # x 14-50 and 84-108: 3 x 3 cells each
+
+
+def test_attention_on_objects_by_box_overlap():
+    """Object boxes count by intersection over union with the named object's bounding box: the box
+    of the object itself (IoU 1), not a box that only touches it (IoU below 0.5)."""
+    scene = {"relation": "left", "objects": [
+        {"color": "red", "shape": "circle", "size": "large", "center": [32, 64]},
+        {"color": "blue", "shape": "square", "size": "small", "center": [96, 64]}]}
+    boxes = np.array([[14, 46, 50, 82], [84, 52, 108, 76], [40, 46, 76, 82]])  # red, blue, beside red
+    words = "a large red circle to the left of a small blue square".split()
+    on_red, on_blue, beside = np.eye(3)
+    alphas = [on_red if w in ("red", "circle") else on_blue if w in ("blue", "square") else beside
+              for w in words]
+    assert sample.attention_on_objects(scene, words, alphas, boxes, iou=0.5) == [(True, 1 / 3)] * 4
+    alphas = [beside] * len(words)  # overlaps red (IoU 10 / 62 of the width), not blue
+    result = sample.attention_on_objects(scene, words, alphas, boxes, iou=0.5)
+    assert [hit for hit, _ in result] == [False] * 4
+    assert [hit for hit, _ in sample.attention_on_objects(scene, words, alphas, boxes)] == [True, True, False, False]

@@ -8,25 +8,21 @@ import torch
 
 from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.model.registry import BACKENDS, MODEL_TYPES, integer_sizes, tiny_sizes
-from tests.helpers import tiny_model, weights
+from tests.helpers import DECODER_IDS, DECODERS, tiny_data, tiny_model, weights
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "red", "green", "cat", "dog", "sits"]
 
 
-def _data(name, rng):
-    """Tiny data of the kind of features row `name` reads: 3 images (4 regions when it reads regions)."""
-    shape = (3, 4, 6) if MODEL_TYPES[name].feature_kind.regions else (3, 6)
-    captions = rng.integers(4, len(WORDS), size=(3, 7))
-    captions[:, 0], captions[:, -1] = 1, 2
-    return {"train_features": rng.standard_normal(shape).astype(np.float32), "train_captions": captions,
-            "idx_to_word": WORDS}
+def _data(kind, rng):
+    """Tiny data of a kind of features: 3 images (4 regions or boxes when it has regions)."""
+    return dict(tiny_data(kind, rng, words=len(WORDS)), idx_to_word=WORDS)
 
 
-@pytest.mark.parametrize("name", MODEL_TYPES)
-def test_every_decoder_keeps_float32(name):
+@pytest.mark.parametrize("name,kind", DECODERS, ids=DECODER_IDS)
+def test_every_decoder_keeps_float32(name, kind):
     """Break caught: a silent float64 temporary in a hot path (a gradient or weight upcast)."""
     rng = np.random.default_rng(0)
-    data = _data(name, rng)
+    data = _data(kind, rng)
     model = tiny_model(name, data)
     features, captions = data["train_features"], data["train_captions"]
     if MODEL_TYPES[name].uses_torch:
@@ -40,12 +36,12 @@ def test_every_decoder_keeps_float32(name):
     assert {v.dtype for v in weights(model).values()} == {np.dtype(np.float32)}
 
 
-@pytest.mark.parametrize("name", MODEL_TYPES)
-def test_every_decoder_round_trips_its_checkpoint_without_pickle(name, tmp_path):
-    """Breaks caught: a weight or size not saved, a config that does not rebuild the same model, a
-    file that needs pickle to load."""
+@pytest.mark.parametrize("name,kind", DECODERS, ids=DECODER_IDS)
+def test_every_decoder_round_trips_its_checkpoint_without_pickle(name, kind, tmp_path):
+    """Breaks caught: a weight or size not saved, a config that does not rebuild the same model (its
+    kind of features included), a file that needs pickle to load."""
     rng = np.random.default_rng(1)
-    data = _data(name, rng)
+    data = _data(kind, rng)
     model = tiny_model(name, data, seed=3)
     path = tmp_path / f"m{BACKENDS[MODEL_TYPES[name].backend].suffix}"
     save_checkpoint(model, path, extra={"note": "x"})
@@ -58,6 +54,7 @@ def test_every_decoder_round_trips_its_checkpoint_without_pickle(name, tmp_path)
             assert set(f.files) == set(model.state_arrays()) | {"config"}
     loaded, loaded_config = load_checkpoint(path)
     assert loaded_config == config and config["model"] == name and config["extra"] == {"note": "x"}
+    assert config.get("features", "fc7") == kind
     assert {k: config[k] for k in tiny_sizes() if k in config} == {k: tiny_sizes()[k] for k in
                                                                  MODEL_TYPES[name].size_flags}
     assert set(integer_sizes()) >= {k for k, v in config.items() if isinstance(v, int) and k != "dtype"}

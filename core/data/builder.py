@@ -24,8 +24,9 @@ from core.data.coco_utils import (
 from core.data.feature_kinds import FEATURE_KINDS
 from core.util.distributed import Context, unshard
 from core.util.errors import UserError
+from core.data.boxes import BOX_SIDE, extract_box_features, pad_boxes
 from core.data.features import (
-    GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of, extract_fc7, fit_grid_pca,
+    GRID_PCA_FIT_REGIONS, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of, extract_fc7, fit_grid_pca,
     fit_pca, project, project_grid, save_transform)
 from core.util.fileio import describe_os_error
 
@@ -108,8 +109,9 @@ def _url(path, out_dir):
 
 def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_workers=0,
                   min_word_count=5,
-                  max_length=17, pca_dim=512, grid_size=None, grid_pca_dim=64,
-                  skip_bad_images=False, progress=True, log=print, dist=None):
+                  max_length=17, pca_dim=512, grid_size=None, grid_pca_dim=64, boxes=None,
+                  box_pca_dim=128, box_side=BOX_SIDE, skip_bad_images=False, progress=True,
+                  log=print, dist=None):
     """splits: {"train": (annotation_file, image_dir), "val": (...), optionally "test": (...)}; an
     entry may also be (name, image_dir, parsed annotations) -> dict of counts (None on ranks > 0).
 
@@ -119,7 +121,9 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     core.util.distributed.Context; with K processes each runs VGG16 on every K-th image and rank 0
     gathers the fc7 rows in the original order, fits the PCA and writes the dataset. grid_size (7 or
     14): also write the region features, each region's 512 channels reduced to grid_pca_dim by a PCA
-    fitted on train regions.
+    fitted on train regions. boxes (a core.data.boxes.BoxSource): also write the object regions,
+    each box's feature (core/data/boxes.py, images scaled to a longer side of box_side) reduced to
+    box_pca_dim by a PCA fitted on the train boxes.
     """
     dist = dist or Context()
     if not set(SPLITS) <= set(splits) <= set(SPLITS + OPTIONAL_SPLITS):
@@ -127,7 +131,7 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     names = [s for s in SPLITS + OPTIONAL_SPLITS if s in splits]
     out_dir = Path(out_dir)
     log(f"image features: {describe_weights(spec)}")
-    paths, raw_captions, image_idxs, fc7, grid = {}, {}, {}, {}, {}
+    paths, raw_captions, image_idxs, fc7, grid, regions = {}, {}, {}, {}, {}, {}
     for split in names:
         source, image_dir, *content = splits[split]
         paths[split], raw_captions[split], image_idxs[split] = read_annotations(
@@ -149,6 +153,10 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             paths[split], spec, dist, batch_size=batch_size, device=device, num_workers=num_workers,
             progress=progress, desc=f"{split} fc7" + (" + grid" if grid_size else ""),
             grid_size=grid_size)
+        if boxes is not None:
+            regions[split] = _boxes_sharded(paths[split], image_ids(paths[split], splits[split]),
+                                            boxes, spec, dist, box_side, batch_size, device,
+                                            progress, split)
         if not dist.is_main:
             continue
         if bad:
@@ -165,6 +173,9 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             paths[split], fc7[split] = paths[split][keep], fc7[split][keep]
             if grid_size:
                 grid[split] = grid[split][keep]
+            if boxes is not None:
+                regions[split] = [[part[k] for k in keep] if isinstance(part, list) else part[keep]
+                                  for part in regions[split]]
             raw_captions[split] = [c for c, r in zip(raw_captions[split], rows) if r]
             image_idxs[split] = new_index[image_idxs[split][rows]].astype(np.int32)
 
@@ -191,10 +202,13 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         grids = (grid_transform,
                  {split: project_grid(grid[split], grid_transform) for split in names}, grid_size)
         del grid
+    if boxes is not None:
+        regions = _project_boxes(regions, box_pca_dim) + (dict(boxes.info(), side=box_side),)
 
     try:
         removed = _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7,
-                                 pca, transform, spec, max_length, pca_dim, grids)
+                                 pca, transform, spec, max_length, pca_dim, grids,
+                                 regions if boxes is not None else None)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"cannot write the dataset into {out_dir}: {describe_os_error(e)}{where}; "
@@ -222,8 +236,53 @@ def _extract_sharded(paths, spec, dist, grid_size=None, **kwargs):
     return unshard([f for f, _, _ in parts], len(paths)), bad, regions
 
 
+def image_ids(paths, split):
+    """The COCO image ids of a split's image paths (sorted by id, as read_annotations orders them)
+    -> (Ni,) int: those of the annotation file's images (what a detections file names)."""
+    source, image_dir, *content = split
+    ann = content[0] if content else json.loads(Path(source).read_text(encoding="utf-8"))
+    by_path = {str(Path(image_dir) / str(im["file_name"])): int(im["id"]) for im in ann["images"]}
+    return np.array([by_path[str(p)] for p in paths], dtype=np.int64)
+
+
+def _boxes_sharded(paths, ids, source, spec, dist, side, batch_size, device, progress, split):
+    """This rank's share of the boxes and their features; on rank 0 -> (a list of Ni features
+    (k, F) float16, a list of Ni boxes (k, 4), sizes (Ni, 2)) in the paths' order, elsewhere
+    None."""
+    mine, my_ids = dist.shard(paths), dist.shard(ids)
+    found, sizes, _ = source.boxes(mine, my_ids, spec, device, progress)
+    features = extract_box_features(mine, found, spec, side=side, batch_size=batch_size,
+                                    device=device, progress=progress, desc=f"{split} boxes")
+    parts = dist.gather((features, found, sizes))
+    if not dist.is_main:
+        return None
+    K = len(parts)  # image i was rank i % K's (i // K)-th
+    return ([parts[i % K][0][i // K] for i in range(len(paths))],
+            [parts[i % K][1][i // K] for i in range(len(paths))],
+            unshard([p[2] for p in parts], len(paths)))
+
+
+def _project_boxes(regions, dim, seed=0):
+    """Each split's (features list, boxes list, sizes) -> (PCA transform fitted on at most
+    GRID_PCA_FIT_REGIONS train boxes, {split: (features (Ni, K, D) float16, boxes (Ni, K, 4),
+    counts (Ni,), sizes (Ni, 2))})."""
+    train = np.concatenate(regions["train"][0])  # (all boxes, F)
+    if dim > min(len(train), train.shape[1]):
+        raise UserError(f"--box_pca_dim {dim} needs at least {dim} train boxes and at most "
+                        f"{train.shape[1]} (a box's features); the train split has {len(train)}")
+    if len(train) > GRID_PCA_FIT_REGIONS:
+        train = train[np.sort(np.random.default_rng(seed).choice(len(train), GRID_PCA_FIT_REGIONS,
+                                                                 False))]
+    transform = fit_pca(train.astype(np.float32), dim, progress=False)
+    out = {}
+    for split, (features, found, sizes) in regions.items():
+        padded, padded_boxes, counts = pad_boxes([project(f, transform) for f in features], found)
+        out[split] = (padded, padded_boxes, counts, sizes)
+    return transform, out
+
+
 def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca,
-                   transform, spec, max_length, pca_dim, grids=None):
+                   transform, spec, max_length, pca_dim, grids=None, regions=None):
     """Write every file of the layout into a temporary folder inside out_dir, then move them into
     place -> the names of an older build's files removed without a replacement."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +323,8 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
             save_transform(tmp / GRID_TRANSFORM_FILE, grid_transform, dict(
                 info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size,
                 layer=layer))
+        if regions:
+            write_box_files(tmp, *regions, info)
         return _replace_all(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -305,6 +366,27 @@ def layout_files():
             names.update(kind.path("", split, pca).name for pca in (True, False))
     names.update(f"{split}2014_urls.txt" for split in SPLITS + OPTIONAL_SPLITS)
     return names
+
+
+def write_box_files(folder, transform, splits, box_info, info):
+    """Write each split's <split>2014_vgg16_boxes_pca.h5 (features (Ni, K, D) float16, boxes
+    (Ni, K, 4) float32 in image pixels, counts (Ni,) int32, image_sizes (Ni, 2) float32 width and
+    height) and the box PCA transform into folder; splits: {split: (features, boxes, counts,
+    sizes)}; box_info: where the boxes came from (BoxSource.info, with the side); info: the
+    dataset's transform info."""
+    kind = FEATURE_KINDS["boxes"]
+    for split, (features, boxes, counts, sizes) in splits.items():
+        with h5py.File(kind.path(folder, split), "w") as f:
+            f.create_dataset("features", data=features,
+                             chunks=(min(len(features), 256),) + features.shape[1:])
+            f.create_dataset("boxes", data=boxes.astype(np.float32))
+            f.create_dataset("counts", data=counts.astype(np.int32))
+            f.create_dataset("image_sizes", data=np.asarray(sizes, dtype=np.float32))
+    encoder = info.get("encoder", "vgg16")
+    layer = "conv5_3 after ReLU, RoIAlign 3 x 3" if encoder == "vgg16" else "layer4, RoIAlign 1 x 1"
+    save_transform(Path(folder) / kind.transform_file, transform, dict(
+        info, pca_dim=int(transform["components"].shape[0]), boxes=box_info,
+        side=box_info.get("side"), layer=box_info.get("layer", layer)))
 
 
 def _replace_all(new_dir, out_dir):

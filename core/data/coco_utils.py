@@ -130,8 +130,8 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     for split in splits:
         path = _require(kind.path(base_dir, split, pca_features),
                         f"{base_dir} has no {kind.label}: {kind.missing}" if kind.missing else hint)
-        data[f"{split}_features"] = _check_features(_read_h5(path, ["features"])["features"], path,
-                                                    kind)
+        data[f"{split}_features"] = _check_features(
+            kind.assemble(_read_h5(path, list(kind.datasets)), path), path, kind)
         files[split] = path.name
         urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
         data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
@@ -145,6 +145,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
         first = data["train_features"]
     data["dataset_id"] = dataset_id(first, data["idx_to_word"])
     data["encoder"] = dataset_encoder(base_dir)
+    data["features_kind"] = kind.name
     _check_consistent(data, base_dir, files)
 
     return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
@@ -207,10 +208,10 @@ def subset_rows(num_captions, size, seed):
     return np.sort(np.random.default_rng(seed).choice(num_captions, size=size, replace=False))
 
 
-def describe_features(features):
-    """"512-d features" or "49 regions of 64-d features", for what a run prints."""
-    return next(k for k in FEATURE_KINDS.values()
-                if k.regions == (features.ndim == 3)).describe(features)
+def describe_features(data, split="train"):
+    """"512-d features", "49 regions of 64-d features" or "up to 36 boxes of 128-d features": a
+    loaded dataset's features of a split, for what a run prints."""
+    return feature_kind(data.get("features_kind", "fc7")).describe(data[f"{split}_features"])
 
 
 def data_splits(data):
@@ -247,11 +248,11 @@ def _check_consistent(data, base_dir, files):
     """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts),
     naming the files; files: each split's features file name."""
     V = len(data["idx_to_word"])
+    per_image = 2 if feature_kind(data["features_kind"]).boxes else 1  # any number of boxes
     for split in data_splits(data)[1:]:
-        if data["train_features"].shape[1:] != data[f"{split}_features"].shape[1:]:
-            raise UserError(f"{base_dir}: the train split has "
-                            f"{describe_features(data['train_features'])} but the {split} split "
-                            f"{describe_features(data[f'{split}_features'])}")
+        if data["train_features"].shape[per_image:] != data[f"{split}_features"].shape[per_image:]:
+            raise UserError(f"{base_dir}: the train split has {describe_features(data)} but the "
+                            f"{split} split {describe_features(data, split)}")
     for split in data_splits(data):
         caps, idxs = data[f"{split}_captions"], data[f"{split}_image_idxs"]
         feats = data[f"{split}_features"]

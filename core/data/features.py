@@ -122,6 +122,11 @@ class VGG16FC7(torch.nn.Module):
         grid = pool5 if grid_size == 7 else conv5
         return fc7, grid.flatten(2).transpose(1, 2)  # (N, R, 512)
 
+    def box_map(self, images):
+        """images (N, 3, S, S) -> conv5_3 after its ReLU (N, 512, S / 16, S / 16): the map boxes
+        are pooled from (core/data/boxes.py)."""
+        return self.features[:-1](images)
+
 
 class ResNet101Features(torch.nn.Module):
     """ResNet-101 up to its last convolutional block, as self-critical.pytorch's prepro_feats.py
@@ -153,12 +158,19 @@ class ResNet101Features(torch.nn.Module):
                              f"side, not {grid_size}")
         return pooled, cells.flatten(2).transpose(1, 2)  # (N, R, 2048)
 
+    def box_map(self, images):
+        """images (N, 3, S, S) -> layer4 (N, 2048, S / 32, S / 32): the map boxes are pooled
+        from."""
+        return self.body(images)
+
 
 @dataclass(frozen=True)
 class Encoder:
     """An image encoder: label (for messages); pooled_dim F, the vector per image; grid_channels C
-    of a region; network: spec -> torch module (forward(images, grid_size)); crop(grid_size):
-    the side of the centre crop it reads (the ImageNet resize-then-crop, at 256:224)."""
+    of a region; network: spec -> torch module (forward(images, grid_size), box_map(images));
+    crop(grid_size): the side of the centre crop it reads (the ImageNet resize-then-crop, at
+    256:224); box_bins, box_stride: the RoIAlign bins a side of a box and the stride of box_map
+    (core/data/boxes.py)."""
 
     name: str
     label: str
@@ -166,12 +178,14 @@ class Encoder:
     grid_channels: int
     network: object
     crop: object
+    box_bins: int
+    box_stride: int
 
 
 ENCODERS = {
-    "vgg16": Encoder("vgg16", "VGG16", FC7_DIM, GRID_CHANNELS, VGG16FC7, lambda grid: 224),
+    "vgg16": Encoder("vgg16", "VGG16", FC7_DIM, GRID_CHANNELS, VGG16FC7, lambda grid: 224, 3, 16),
     "resnet101": Encoder("resnet101", "ResNet-101", 2048, 2048, ResNet101Features,
-                         lambda grid: 448 if grid == 14 else 224),
+                         lambda grid: 448 if grid == 14 else 224, 1, 32),
 }
 
 

@@ -5,17 +5,17 @@ Usage (from the repository root):
     python -m core.datasets.make_sample_dataset --out_dir DIR --train_images 50 --val_images 20 \
         --test_images 0
 
-Each image shows one object in the middle or two objects side by side or one above the other
-(6 colours, 4 shapes, 2 sizes), and has five captions: the five phrasings of a small grammar,
-so that the references of an image depend on what it shows and not on a random choice of
-words. The images and COCO-format caption files are written first, then the dataset builder
-that features_extraction.py runs (core/data/builder.py) turns them into the CS231n layout
-with a seeded RANDOM VGG16
-(--weights random): ImageNet weights cannot be downloaded everywhere. Random convolutional
-features keep colour, size and a coarse map of where things are, but blur the shape of small
-objects in arbitrary places; so objects are large and stand in fixed slots (a few pixels of
-jitter), which keeps every attribute recoverable from the features
-(benchmarks/probe_sample_features.py).
+Each image shows one object or two, one to the left of or above the other (6 colours, 4 shapes,
+2 sizes), anywhere in the image, on a background whose colour changes from image to image (a dark
+or light grey, tinted); each has five captions: the five phrasings of a small grammar, so that the
+references of an image depend on what it shows and not on a random choice of words. The images
+and COCO-format caption files are written first, then the dataset builder that
+features_extraction.py runs (core/data/builder.py) turns them into the CS231n layout with a seeded
+RANDOM VGG16 (--weights random: ImageNet weights cannot be downloaded everywhere): fc7, the 7 x 7
+grid, and object regions (--boxes plain: the parts that differ from the plain background, each
+box's feature pooled from conv5_3). Random convolutional features keep colour, size and a coarse
+map of where things are; the shape of an object in an arbitrary place is kept by its box's
+feature, hardly by a grid cell's (benchmarks/probe_sample_features.py).
 """
 import argparse
 import json
@@ -25,22 +25,30 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.util.cli import user_errors
+from core.data.boxes import BoxSource
 from core.data.builder import build_dataset
 from core.data.features import parse_weights
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_captioning"
-SIZE = 96
-BACKGROUND = (235, 235, 235)
+SIZE = 128
+BACKGROUND = (235, 235, 235)  # the background of scenes that name none
+# training backgrounds: a dark or a light grey (levels drawn from these ranges), tinted by up to
+# TINT per channel; HELD_OUT_BACKGROUNDS lie outside them (benchmarks/sample_robustness.py)
+BACKGROUND_LEVELS = ((40, 100), (150, 230))
+TINT = 12
+HELD_OUT_BACKGROUNDS = {"white": (255, 255, 255), "black": (10, 10, 10),
+                        "mid grey": (125, 125, 125), "blue grey": (120, 130, 150)}
 COLORS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 220),
           "yellow": (240, 210, 20), "purple": (140, 50, 170), "orange": (245, 130, 20)}
 SHAPES = ("circle", "square", "triangle", "diamond")
-RADII = {"small": 13, "large": 21}
-JITTER = 3  # pixels, each coordinate
-SLOTS = {"left": ((24, 48), (72, 48)), "above": ((48, 24), (48, 72))}  # first, second object centre
+RADII = {"small": 12, "large": 18}
+MARGIN = 9  # pixels between an object and the image's edge (the centre crop of fc7 cuts 8)
+GAP = 6  # the least space between two objects along their relation's axis
 INVERSE = {"left": "right", "above": "below"}
 PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 ITS = {"left": "to its right", "above": "below it"}
 SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
+BOX_SIDE = 224  # the boxes' feature map: the 128-pixel scenes scaled 1.75 times (conv5_3 14 x 14)
 
 ONE_OBJECT = (
     "a {d}",
@@ -58,42 +66,76 @@ TWO_OBJECTS = (  # A stands left of / above B
 )
 
 
+def _place(objects, relation, rng):
+    """Centre each object (dicts with size) anywhere MARGIN inside the image, so that the first
+    stands `relation` ("left", "above" or None) to the second: farther apart along that axis than
+    across it, with GAP pixels or more between them (sets "center" in place)."""
+    while True:
+        for o in objects:
+            r = RADII[o["size"]]
+            o["center"] = [int(c) for c in rng.integers(MARGIN + r, SIZE - MARGIN - r + 1, size=2)]
+        if relation is None:
+            return
+        a, b = objects
+        axis = 0 if relation == "left" else 1
+        along = b["center"][axis] - a["center"][axis]
+        if (along >= RADII[a["size"]] + RADII[b["size"]] + GAP
+                and abs(b["center"][1 - axis] - a["center"][1 - axis]) < along):
+            return
+
+
 def make_scene(split, index, seed=0):
     """The deterministic content of image `index` of a split -> dict with "objects" (one or two:
-    colour, shape, size, centre) and "relation" (None, "left" or "above": how the first object
-    stands to the second)."""
+    colour, shape, size, centre anywhere in the image: see _place), "relation" (None, "left" or
+    "above": how the first object stands to the second) and "background" (RGB, a training
+    background: a dark or light grey, tinted)."""
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split], index])
 
     def obj():
         return {"color": str(rng.choice(list(COLORS))), "shape": str(rng.choice(SHAPES)),
                 "size": str(rng.choice(list(RADII)))}
 
-    def place(centre):
-        return [int(c + j) for c, j in zip(centre, rng.integers(-JITTER, JITTER + 1, size=2))]
-
+    low, high = BACKGROUND_LEVELS[int(rng.integers(len(BACKGROUND_LEVELS)))]
+    level = int(rng.integers(low, high + 1))
+    background = [int(np.clip(level + t, 0, 255)) for t in rng.integers(-TINT, TINT + 1, size=3)]
     if rng.random() < 0.35:
-        a = obj()
-        a["center"] = place((SIZE // 2, SIZE // 2))
-        return {"objects": [a], "relation": None}
-    a, b = obj(), obj()
-    while (b["color"], b["shape"], b["size"]) == (a["color"], a["shape"], a["size"]):
-        b = obj()
-    relation = str(rng.choice(list(SLOTS)))
-    a["center"], b["center"] = (place(c) for c in SLOTS[relation])
-    return {"objects": [a, b], "relation": relation}
+        objects, relation = [obj()], None
+    else:
+        a, b = obj(), obj()
+        while (b["color"], b["shape"], b["size"]) == (a["color"], a["shape"], a["size"]):
+            b = obj()
+        objects, relation = [a, b], str(rng.choice(["left", "above"]))
+    _place(objects, relation, rng)
+    return {"objects": objects, "relation": relation, "background": background}
 
 
 def shifted(scene, pixels=10):
-    """The scene with every object moved by `pixels`: down for objects side by side, right for
-    objects one above the other and for a single object (the way that keeps them inside the image)
-    -> new scene."""
+    """The scene with every object moved by `pixels` (its relation kept): down for objects side by
+    side, right for objects one above the other and for a single object, or the other way where
+    that would cross the image's margin -> new scene."""
+    def inside(o, dx, dy):
+        low, high = MARGIN + RADII[o["size"]], SIZE - MARGIN - RADII[o["size"]]
+        return low <= o["center"][0] + dx <= high and low <= o["center"][1] + dy <= high
+
     dx, dy = (0, pixels) if scene["relation"] == "left" else (pixels, 0)
+    if not all(inside(o, dx, dy) for o in scene["objects"]):
+        dx, dy = -dx, -dy
     return dict(scene, objects=[dict(o, center=[o["center"][0] + dx, o["center"][1] + dy])
                                 for o in scene["objects"]])
 
 
-def render(scene, background=BACKGROUND):
-    """scene -> PIL RGB image (SIZE x SIZE) on the background colour (RGB)."""
+def moved(scene, rng):
+    """The scene with its objects placed again, independently of where they stood (the objects and
+    their relation kept; see _place) -> new scene; rng a numpy Generator."""
+    objects = [dict(o) for o in scene["objects"]]
+    _place(objects, scene["relation"], rng)
+    return dict(scene, objects=objects)
+
+
+def render(scene, background=None):
+    """scene -> PIL RGB image (SIZE x SIZE) on the background colour (RGB; default the scene's own,
+    or BACKGROUND for a scene that names none)."""
+    background = background or scene.get("background", BACKGROUND)
     image = Image.new("RGB", (SIZE, SIZE), tuple(background))
     draw = ImageDraw.Draw(image)
     for o in scene["objects"]:
@@ -125,15 +167,18 @@ def captions(scene):
     return [t.format(**fields) for t in TWO_OBJECTS]
 
 
-def attention_on_objects(scene, words, alphas, boxes):
+def attention_on_objects(scene, words, alphas, boxes, iou=None):
     """Whether the attention of each object word looks at the object it names.
 
     scene: make_scene's dict; words: the generated words (L,); alphas (L, R) the attention each word
-    was chosen with; boxes (R, 4) the regions' pixel boxes (core.data.features.region_boxes) -> list
-    of (hit: the word's most attended region overlaps the object's bounding box, chance: the share
-    of regions that overlap it) for every colour or shape word that names exactly one object of the
-    scene.
+    was chosen with; boxes (R, 4) the regions' pixel boxes (a grid's cells, core.data.features.
+    region_boxes, or an image's object boxes); iou: None (a grid) or the least intersection over
+    union with the object's bounding box that counts a box as on it (0.5 for object boxes)
+    -> list of (hit: the word's most attended region is on the object, chance: the share of regions
+    on it) for every colour or shape word that names exactly one object of the scene; a region is
+    on an object when it overlaps the object's bounding box (iou None), else by iou.
     """
+    boxes = np.asarray(boxes, dtype=np.float64)
     out = []
     for word, alpha in zip(words, alphas):
         attribute = "color" if word in COLORS else "shape" if word in SHAPES else None
@@ -141,8 +186,16 @@ def attention_on_objects(scene, words, alphas, boxes):
         if len(named) != 1:
             continue  # not an object word, a wrong one, or one that fits both objects
         (x, y), r = named[0]["center"], RADII[named[0]["size"]]
-        on = ((boxes[:, 0] < x + r) & (boxes[:, 2] > x - r)
-              & (boxes[:, 1] < y + r) & (boxes[:, 3] > y - r))
+        if iou is None:
+            on = ((boxes[:, 0] < x + r) & (boxes[:, 2] > x - r)
+                  & (boxes[:, 1] < y + r) & (boxes[:, 3] > y - r))
+        else:
+            width = (np.minimum(boxes[:, 2], x + r) - np.maximum(boxes[:, 0], x - r)).clip(0)
+            height = (np.minimum(boxes[:, 3], y + r) - np.maximum(boxes[:, 1], y - r)).clip(0)
+            both = width * height
+            union = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + 4 * r * r
+                     - both)
+            on = both / union >= iou
         out.append((bool(on[int(np.argmax(alpha))]), float(on.mean())))
     return out
 
@@ -184,6 +237,8 @@ def main(argv=None):
     parser.add_argument("--grid_pca_dim", type=int, default=64,
                         help="PCA dimensions of the 7 x 7 pool5 region features (the attention "
                              "decoders')")
+    parser.add_argument("--box_pca_dim", type=int, default=128,
+                        help="PCA dimensions of the object regions' features (the box decoders')")
     parser.add_argument("--batch_size", type=int, default=32, help="images per VGG16 forward pass")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
@@ -195,7 +250,8 @@ def main(argv=None):
                       out_dir,
                       parse_weights("random", args.seed), batch_size=args.batch_size, device="cpu",
                       min_word_count=1, pca_dim=args.pca_dim,
-                      grid_size=7, grid_pca_dim=args.grid_pca_dim)
+                      grid_size=7, grid_pca_dim=args.grid_pca_dim, boxes=BoxSource("plain"),
+                      box_pca_dim=args.box_pca_dim, box_side=BOX_SIDE)
 
 
 if __name__ == "__main__":

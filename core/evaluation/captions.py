@@ -15,6 +15,7 @@ import numpy as np
 from core.data.coco_utils import (
     SAMPLE_DIR, data_splits, default_data_dir, load_coco_data, load_vocab, split_names, subset_rows)
 from core.data.image_utils import try_load_image
+from core.data.boxes import box_mask, geometry_boxes
 from core.data.features import describe_weights, region_boxes
 from core.data.vocab import decode_captions
 from core.evaluation.metrics import (
@@ -22,7 +23,8 @@ from core.evaluation.metrics import (
 from core.evaluation.plots import panel_title, save_attention_figure, save_caption_grid
 from core.model.checkpoint import check_against_data, check_checkpoint, load_checkpoint
 from core.model.decoding import beam_search, greedy_search
-from core.model.registry import MODEL_TYPES
+from core.data.feature_kinds import FEATURE_KINDS
+from core.model.registry import MODEL_TYPES, checkpoint_features
 from core.util.cli import resolve_device
 from core.util.errors import UserError
 from core.util.fileio import atomic_write_text, check_owner, check_writable
@@ -140,10 +142,11 @@ def folder_images(folder):
 def load_checked_data(settings, config):
     """The dataset of the settings' folder, checked against the checkpoint (vocabulary, dataset,
     size)."""
-    data = load_coco_data(settings.data_dir, features=MODEL_TYPES[settings.model].features)
-    kind = MODEL_TYPES[settings.model].feature_kind
+    kind = FEATURE_KINDS[checkpoint_features(config)]
+    data = load_coco_data(settings.data_dir, features=kind.name)
     check_against_data(config, settings.checkpoint, settings.model, data["idx_to_word"],
-                       data["dataset_id"], settings.data_dir, data["train_features"].shape[-1],
+                       data["dataset_id"], settings.data_dir,
+                       kind.feature_size(data["train_features"]),
                        sizes=kind.model_sizes(data["train_features"]), encoder=data["encoder"])
     return data
 
@@ -339,7 +342,8 @@ def caption_dataset_images(settings, model, config):
                            "truth_label": ("GT (the reference it equals)" if equal
                                            else f"GT (first of {len(refs[int(i)])} references)"),
                            "label": split + (f", {status}" if status else ""),
-                           "alpha": None if alphas is None else alphas[k]})
+                           "alpha": None if alphas is None else alphas[k],
+                           "regions": data[f"{split}_features"][i]})
     name = f"{Path(settings.checkpoint).stem}_{'_'.join(splits)}_{figure_suffix(settings)}"
     return panels, name, None
 
@@ -355,7 +359,7 @@ def caption_files(settings, model, config):
             raise UserError(f"image file {path} not found")
     idx_to_word, _ = load_vocab(settings.data_dir)
     check_checkpoint(config, settings.checkpoint, settings.model, idx_to_word)
-    kind = MODEL_TYPES[settings.model].feature_kind
+    kind = FEATURE_KINDS[checkpoint_features(config)]
     transform, info = kind.transform(settings.data_dir)
     check_against_data(config, settings.checkpoint, settings.model, idx_to_word,
                        info.get("dataset_id"), settings.data_dir, transform["components"].shape[0],
@@ -383,7 +387,7 @@ def caption_files(settings, model, config):
     if settings.image_folder:
         write_folder_captions(settings, paths, captions)
     panels = [{"location": path, "truth": None, "predicted": pred, "label": "",
-               "alpha": None if alphas is None else alphas[k]}
+               "alpha": None if alphas is None else alphas[k], "regions": features[k]}
               for k, (path, pred) in enumerate(zip(paths, captions))]
     if settings.image_folder:
         panels = panels[:settings.num_images]
@@ -412,17 +416,24 @@ def write_folder_captions(settings, paths, captions):
 
 def attention_rows(panels, images, config):
     """The rows of save_attention_figure: each panel's words up to and with <END>, their attention
-    maps and where the regions lie in its image (an image that cannot be fetched: the 96 x 96 sample
-    size)."""
+    over the regions and where the regions lie in its image: the grid's cells, or an image's own
+    boxes (from their geometry, so in the pixels of the image as drawn; an image that cannot be
+    fetched: the sample scenes' 128 x 128)."""
     rows = []
-    grid_size = int(round(np.sqrt(config["num_regions"])))
+    boxes = checkpoint_features(config) == "boxes"
     for panel, image in zip(panels, images):
         words = panel["predicted"].split() + ["<END>"]
-        height, width = image.shape[:2] if image is not None else (96, 96)
+        height, width = image.shape[:2] if image is not None else (128, 128)
         label = (f"{panel['label']}: " if panel["label"] else "") + panel["predicted"]
-        rows.append({"image": image, "label": label, "words": words,
-                     "alpha": panel["alpha"][:len(words)],
-                     "boxes": region_boxes(grid_size, height, width)})
+        alpha = panel["alpha"][:len(words)]
+        if boxes:
+            own = box_mask(panel["regions"])
+            where = geometry_boxes(panel["regions"][own], width, height)
+            alpha = alpha[:, own]
+        else:
+            where = region_boxes(int(round(np.sqrt(config["num_regions"]))), height, width)
+        rows.append({"image": image, "label": label, "words": words, "alpha": alpha,
+                     "boxes": where, "grid": not boxes})
     return rows
 
 

@@ -133,15 +133,41 @@ def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
         save_figure(fig, path)
 
 
+def draw_attended_boxes(ax, boxes, alpha, image):
+    """Draw boxes (K, 4) in pixels on ax with their attention alpha (K,): a dark veil over the image
+    that each box lifts by its weight (relative to the most attended), and its outline, wider and
+    more opaque with its weight; the most attended box yellow."""
+    from matplotlib.patches import Rectangle
+
+    height, width = image.shape[:2] if image is not None else (128, 128)
+    ax.add_patch(Rectangle((0, 0), width, height, color="black", alpha=0.55, linewidth=0))
+    top = max(float(alpha.max()), 1e-6)
+    for k in np.argsort(alpha):  # the most attended drawn last, on top
+        x0, y0, x1, y1 = (float(c) for c in boxes[k])
+        share = float(alpha[k]) / top
+        if image is not None and share > 0.05:
+            ax.imshow(image[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))],
+                      extent=(int(x0), int(np.ceil(x1)), int(np.ceil(y1)), int(y0)),
+                      alpha=share)
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=0.5 + 2 * share,
+                               edgecolor="yellow" if k == int(np.argmax(alpha)) else "white",
+                               alpha=0.3 + 0.7 * share))
+    ax.text(2, 2, f"{float(alpha.max()):.2f}", color="yellow", fontsize=6, va="top")
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+
+
 def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
     """Where each word looked, as in "Show, Attend and Tell"'s figures: for each image one row of
     panels, the image with its caption, then one panel per generated word (and <END>), the word
     under the image overlaid with its attention map, upsampled over the regions' part of the image.
 
     rows: list of dicts with "image" (uint8 (H, W, 3) or None), "label" (str), "words" (list of L
-    str), "alpha" (L, R) with R = g * g, "boxes" (R, 4) pixel boxes of the regions
-    (core.data.features.region_boxes), saved as PNG; a caption longer than per_row - 1 words
-    continues on a further row of panels.
+    str), "alpha" (L, R), "boxes" (R, 4) pixel boxes of the regions, "grid" (bool): R = g * g
+    cells of a grid (core.data.features.region_boxes), drawn as a heat map, or else an image's
+    object boxes, each drawn as Anderson et al.'s figures do, brighter and bolder the more it is
+    attended to (the image darkened where no box looks); saved as PNG; a caption longer than
+    per_row - 1 words continues on a further row of panels.
     """
     families, _ = title_fonts([r["label"] for r in rows] + [w for r in rows for w in r["words"]]
                               + [suptitle], log)
@@ -162,12 +188,15 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
                               loc="left", fontfamily=families)
         for ax, word, alpha in zip(line[1:], r["words"][start:start + per_row - 1],
                                    r["alpha"][start:]):
-            g = int(round(np.sqrt(alpha.size)))
-            (x0, y0), (x1, y1) = r["boxes"][0, :2], r["boxes"][-1, 2:]
             if r["image"] is not None:
                 ax.imshow(r["image"])
-            ax.imshow(alpha.reshape(g, g), extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.6,
-                      interpolation="bilinear", vmin=0, vmax=max(float(alpha.max()), 1e-6))
+            if r.get("grid", True):
+                g = int(round(np.sqrt(alpha.size)))
+                (x0, y0), (x1, y1) = r["boxes"][0, :2], r["boxes"][-1, 2:]
+                ax.imshow(alpha.reshape(g, g), extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.6,
+                          interpolation="bilinear", vmin=0, vmax=max(float(alpha.max()), 1e-6))
+            else:
+                draw_attended_boxes(ax, r["boxes"], alpha, r["image"])
             if r["image"] is not None:
                 ax.set_xlim(0, r["image"].shape[1])
                 ax.set_ylim(r["image"].shape[0], 0)

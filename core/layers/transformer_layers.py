@@ -64,8 +64,9 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query, key, value, attn_mask=None):
         """query (N, T, E), key (N, S, E), value (N, S, E),
-        attn_mask (T, S) where attn_mask[i, j] == 0 forbids target i to attend to source j
-        -> output (N, T, E).
+        attn_mask (T, S) where attn_mask[i, j] == 0 forbids target i to attend to source j, or
+        (N, 1, 1, S) where attn_mask[n, 0, 0, j] == 0 forbids every target of row n to attend to
+        source j (a key padding mask) -> output (N, T, E).
         """
         if query is key and key is value:  # self-attention: q, k and v from one matrix product
             weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3E, E)
@@ -97,7 +98,8 @@ class MultiHeadAttention(nn.Module):
         return self._attend(self._heads(self.query(query)), k, v, attn_mask, weights_out)
 
     def _attend(self, q, k, v, attn_mask, weights_out=None):
-        """q (N, nh, T, E/nh), k and v (N, nh, S, E/nh), attn_mask (T, S) or None -> (N, T, E)."""
+        """q (N, nh, T, E/nh), k and v (N, nh, S, E/nh), attn_mask (T, S), (N, 1, 1, S) or None
+        -> (N, T, E)."""
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, nh, T, S)
         if attn_mask is not None:
             scores = scores.masked_fill(attn_mask == 0, float("-inf"))
@@ -133,21 +135,27 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt, memory, tgt_mask=None):
-        """tgt (N, T, E), memory (N, S, E), tgt_mask (T, T) -> (N, T, E)."""
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None):
+        """tgt (N, T, E), memory (N, S, E), tgt_mask (T, T), memory_mask (N, 1, 1, S) bool or None
+        (False: a padded memory token) -> (N, T, E)."""
         x = self.norm1(tgt + self.dropout1(self.self_attn(tgt, tgt, tgt, attn_mask=tgt_mask)))
-        x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, memory)))
+        x = self.norm2(x + self.dropout2(self.multihead_attn(x, memory, memory,
+                                                             attn_mask=memory_mask)))
         ff = self.linear2(self.dropout(F.relu(self.linear1(x))))  # (N, T, E)
         return self.norm3(x + self.dropout3(ff))
 
-    def init_cache(self, memory, max_len):
-        """Cache for incremental decoding: the projected memory and room for max_len
-        self-attention keys/values. memory (N, S, E) -> dict of tensors."""
+    def init_cache(self, memory, max_len, memory_mask=None):
+        """Cache for incremental decoding: the projected memory (and its mask) and room for max_len
+        self-attention keys/values. memory (N, S, E), memory_mask (N, 1, 1, S) or None -> dict of
+        tensors."""
         N = memory.shape[0]
         mem_k, mem_v = self.multihead_attn.project_kv(memory, memory)  # (N, nh, S, E/nh)
         shape = (N, self.self_attn.n_head, max_len, self.self_attn.head_dim)
-        return {"mem_k": mem_k, "mem_v": mem_v, "k": memory.new_zeros(shape),
-                "v": memory.new_zeros(shape)}
+        cache = {"mem_k": mem_k, "mem_v": mem_v, "k": memory.new_zeros(shape),
+                 "v": memory.new_zeros(shape)}
+        if memory_mask is not None:
+            cache["mem_mask"] = memory_mask
+        return cache
 
     def step(self, x, cache, t, weights_out=None):
         """One new position t, attending to the cached positions 0..t (eval mode).
@@ -161,6 +169,7 @@ class TransformerDecoderLayer(nn.Module):
         x = self.norm1(x + self.self_attn.attend(x, cache["k"][:, :, :t + 1],
                                                  cache["v"][:, :, :t + 1]))
         x = self.norm2(x + self.multihead_attn.attend(x, cache["mem_k"], cache["mem_v"],
+                                                      attn_mask=cache.get("mem_mask"),
                                                       weights_out=weights_out))
         return self.norm3(x + self.linear2(F.relu(self.linear1(x))))
 
@@ -169,7 +178,8 @@ class TransformerDecoder(nn.Module):
     """A stack of num_layers decoder layers, held in `layers` (the original repository's
     `transformer.layers.{i}` parameter names).
 
-    forward: tgt (N, T, E), memory (N, S, E), tgt_mask (T, T) -> (N, T, E).
+    forward: tgt (N, T, E), memory (N, S, E), tgt_mask (T, T), memory_mask (N, 1, 1, S) or None
+    -> (N, T, E).
     """
 
     def __init__(self, input_dim, num_heads, num_layers, dim_feedforward=2048, dropout=0.1):
@@ -178,7 +188,7 @@ class TransformerDecoder(nn.Module):
             TransformerDecoderLayer(input_dim, num_heads, dim_feedforward, dropout)
             for _ in range(num_layers))
 
-    def forward(self, tgt, memory, tgt_mask=None):
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None):
         for layer in self.layers:
-            tgt = layer(tgt, memory, tgt_mask=tgt_mask)
+            tgt = layer(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask)
         return tgt

@@ -282,6 +282,10 @@ def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, f
         raise UserError(f"checkpoint {path} was trained on another dataset ({folder}) than "
                         f"{data_dir}: pass --data_dir {folder}")
     for key, value in (sizes or {}).items():  # what the kind of features adds: regions per image
+        if key == "features" and config.get(key, value) != value:
+            raise UserError(f"checkpoint {path} was trained on {config[key]} features, not "
+                            f"{value}: train with --features {config[key]} (or a new model with "
+                            f"--features {value})")
         if config.get(key, value) != value:
             makes = f"{what + ' ' if what else ''}{data_dir} {'makes' if what else 'has'}"
             raise UserError(f"checkpoint {path} reads {config[key]} {key.replace('num_', '')} per "

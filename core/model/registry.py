@@ -68,7 +68,8 @@ class ModelType:
     --device); default_lr: its learning rate unless --lr is
     given; checkpoint: its default file name; size_flags: the names of SIZE_FLAGS that size it;
     features: the key of the kind of features it reads in core.data.feature_kinds.FEATURE_KINDS
-    ("fc7": (N, D), "grid": (N, R, D)).
+    ("fc7": (N, D), "grid": (N, R, D), "boxes": (N, K, D + 5)), unless training.py's --features
+    names one of `alternatives`, the other kinds it can read (a checkpoint records its kind).
     """
 
     model: str
@@ -77,6 +78,7 @@ class ModelType:
     checkpoint: str
     size_flags: tuple
     features: str = "fc7"
+    alternatives: tuple = ()
 
     @property
     def model_class(self):
@@ -98,10 +100,16 @@ class ModelType:
 
     @property
     def feature_kind(self):
-        """Its row of core.data.feature_kinds.FEATURE_KINDS."""
+        """The row of core.data.feature_kinds.FEATURE_KINDS it reads unless told otherwise."""
         return FEATURE_KINDS[self.features]
 
+    @property
+    def feature_kinds(self):
+        """Every kind of features it can read, its default first."""
+        return (self.features, *self.alternatives)
 
+
+REGIONS = ("boxes",)  # what a grid decoder can read instead: the same regions, masked, with boxes
 RNN_MODEL = "core.model.rnn_model:CaptioningRNN"  # one class, one row per cell type
 RECURRENT_SIZES = ("wordvec_dim", "hidden_dim")
 TRANSFORMER_SIZES = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")
@@ -114,12 +122,14 @@ MODEL_TYPES = {
                              "transformer_model.pt", TRANSFORMER_SIZES),
     "attention_lstm": ModelType("core.model.attention_lstm:AttentionLSTM", "numpy", 5e-3,
                                 "attention_lstm_checkpoint.npz",
-                                RECURRENT_SIZES + ("attention_dim", "alpha_c"), features="grid"),
+                                RECURRENT_SIZES + ("attention_dim", "alpha_c"), features="grid",
+                                alternatives=REGIONS),
     "updown": ModelType("core.model.updown:UpDown", "numpy", 5e-3, "updown_checkpoint.npz",
-                        RECURRENT_SIZES + ("attention_dim",), features="grid"),
+                        RECURRENT_SIZES + ("attention_dim",), features="grid",
+                        alternatives=REGIONS),
     "region_transformer": ModelType("core.model.region_transformer:RegionTransformer", "torch",
                                     1e-3, "region_transformer_model.pt", TRANSFORMER_SIZES,
-                                    features="grid"),
+                                    features="grid", alternatives=REGIONS),
 }
 
 
@@ -135,6 +145,12 @@ def tiny_sizes():
     return {k: f.tiny for k, f in SIZE_FLAGS.items()}
 
 
+def checkpoint_features(config):
+    """The kind of features a checkpoint's model reads: its config's "features", else (older
+    checkpoints) its model type's."""
+    return config.get("features") or model_type(config["model"]).features
+
+
 def model_type(name):
     """The row of a model type name; ValueError for an unknown one."""
     if name not in MODEL_TYPES:
@@ -147,11 +163,12 @@ def build_model(name, data, sizes, seed=None):
     holding at least the row's size_flags) -> model; UserError when the sizes do not fit together
     or the model cannot fit in this machine's memory."""
     kind = model_type(name)
-    config = {"model": name, "input_dim": data["train_features"].shape[-1],
+    features = FEATURE_KINDS[data.get("features_kind", kind.features)]
+    config = {"model": name, "input_dim": features.feature_size(data["train_features"]),
               "idx_to_word": list(data["idx_to_word"]),
               "max_length": max(50, data["train_captions"].shape[1]), "dtype": "float32",
               **{k: sizes[k] for k in kind.size_flags}}
-    config.update(kind.feature_kind.model_sizes(data["train_features"]))
+    config.update(features.model_sizes(data["train_features"]))
     check_fits(kind.model_class.count_parameters(config), f"a {name} model of these sizes")
     try:
         return kind.model_class.from_config(config, seed=seed)

@@ -135,6 +135,10 @@ class CaptioningTransformer(nn.Module):
         """What the decoder cross-attends to: features (N, D) -> one token (N, 1, E)."""
         return self.visual_projection(features)[:, None, :]
 
+    def memory_mask(self, features):
+        """Which memory tokens a row may attend to: (N, 1, 1, S) bool, or None (all: here one)."""
+        return None
+
     def forward(self, features, captions):
         """features (N, D) float (a subclass's memory may read other shapes), captions (N, T) long
         -> scores (N, T, V)."""
@@ -142,7 +146,8 @@ class CaptioningTransformer(nn.Module):
         memory = self.memory(features)  # (N, S, E)
         x = self.positional_encoding(self.embedding(captions))  # (N, T, E)
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # (T, T)
-        return self.output(self.transformer(x, memory, tgt_mask=mask))  # (N, T, V)
+        return self.output(self.transformer(x, memory, tgt_mask=mask,
+                                            memory_mask=self.memory_mask(features)))  # (N, T, V)
 
     def loss(self, features, captions, weights=None, smoothing=0.0):
         """Teacher-forced loss, as the numpy models define it: cross-entropy summed over
@@ -184,7 +189,8 @@ class CaptioningTransformer(nn.Module):
         0."""
         features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
         memory = self.memory(features)  # (N, S, E): its keys and values projected once per caption
-        return {"t": 0, "layers": [layer.init_cache(memory, self.max_length)
+        mask = self.memory_mask(features)
+        return {"t": 0, "layers": [layer.init_cache(memory, self.max_length, mask)
                                    for layer in self.transformer.layers]}
 
     def step(self, words, state, normalized=True):
@@ -213,7 +219,8 @@ class CaptioningTransformer(nn.Module):
         t = state["t"]
         layers = []
         for cache in state["layers"]:
-            new = {k: cache[k].index_select(0, index) for k in ("mem_k", "mem_v")}
+            new = {k: cache[k].index_select(0, index) for k in ("mem_k", "mem_v", "mem_mask")
+                   if k in cache}
             # only the t filled positions of the self-attention cache are copied
             for k in ("k", "v"):
                 buffer = cache[k].new_empty((len(index),) + cache[k].shape[1:])

@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 
 from core.data.coco_utils import count_training_captions, default_data_dir, load_vocab
-from core.model.registry import BACKENDS, MODEL_TYPES, SIZE_FLAGS
+from core.data.feature_kinds import FEATURE_KINDS
+from core.model.registry import BACKENDS, MODEL_TYPES, SIZE_FLAGS, checkpoint_features
 from core.util.cli import ArgumentParser, resolve_device
 from core.util.errors import UserError
 
@@ -59,6 +60,12 @@ FLAGS = (
          "on Ctrl-C); its flags are read from it, --epochs may be raised, flags that contradict it "
          "are an error",
          fixed=False, metavar="PATH"),
+    Flag("features", str, None, "the kind of features the decoder reads: a region decoder's grid "
+         "(VGG16's 7 x 7 cells, features_extraction.py --grid) or boxes (object regions, "
+         "features_extraction.py --boxes: bottom-up attention); unset: " + ", ".join(
+             f"{m} {t.features}" for m, t in MODEL_TYPES.items() if t.alternatives)
+         + ", the others fc7 (an --init_from checkpoint's own)",
+         choices=tuple(FEATURE_KINDS)),
     Flag("recipe", str, None, "named defaults (given flags win): " + "; ".join(
         f"{name}: {', '.join(f'{k} {v:g}' for k, v in values.items()) or 'the defaults shown here'}"
         for name, values in RECIPES.items())
@@ -151,7 +158,7 @@ FLAG = {f.name: f for f in FLAGS}
 GROUPS = {  # --help lists the flags in these groups, in this order; every flag is in one
     "what to train": ("model", "resume", "recipe", "seed"),
     "model sizes": tuple(SIZE_FLAGS),
-    "data": ("data_dir", "num_samples"),
+    "data": ("data_dir", "features", "num_samples"),
     "optimisation": ("epochs", "batch_size", "lr", "lr_decay", "update_rule", "grad_clip",
                      "weight_decay", "label_smoothing", "scheduled_sampling", "warmup",
                      "divergence_factor", "max_iters"),
@@ -281,6 +288,8 @@ def _new_run(values, explicit, lines):
         check_checkpoint(checkpoint, values["init_from"], values["model"],
                          checkpoint["idx_to_word"])
         values.update({name: checkpoint[name] for name in MODEL_TYPES[values["model"]].size_flags})
+        if values["features"] is None:
+            values["features"] = checkpoint_features(checkpoint)
         start = Start(values["init_from"], model, checkpoint)
     kind = MODEL_TYPES[values["model"]]
     if values["lr"] is None:
@@ -401,6 +410,12 @@ def settle(argv=None, world_size=None):
         _check_saved(values, values["resume"])
     else:
         values, recipe_line, start = _new_run(values, explicit, lines)
+    kinds = MODEL_TYPES[values["model"]].feature_kinds
+    if values["features"] is None:
+        values["features"] = kinds[0]
+    elif values["features"] not in kinds:
+        raise UserError(f"--features {values['features']}: a {values['model']} reads "
+                        f"{' or '.join(kinds)} features")
     uses_torch = MODEL_TYPES[values["model"]].uses_torch
     values["device"] = resolve_device(values["device"]) if uses_torch else "cpu"
     config = RunConfig(**values, explicit=tuple(sorted(explicit)), recipe_line=recipe_line)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from core.data.coco_utils import describe_features, keep_captions, load_coco_data
+from core.data.feature_kinds import FEATURE_KINDS
 from core.evaluation.plots import save_loss_plot, save_scst_plot
 from core.model.checkpoint import check_against_data, save_checkpoint, save_training_state
 from core.model.registry import MODEL_TYPES, build_model
@@ -35,8 +36,9 @@ def starting_model(config, start, data):
     if start is None:
         return build_model(config.model, data, saved_flags(config), seed=config.seed)
     check_against_data(start.checkpoint, start.path, config.model, data["idx_to_word"],
-                       data["dataset_id"], config.data_dir, data["train_features"].shape[-1],
-                       sizes=MODEL_TYPES[config.model].feature_kind.model_sizes(
+                       data["dataset_id"], config.data_dir,
+                       FEATURE_KINDS[data["features_kind"]].feature_size(data["train_features"]),
+                       sizes=FEATURE_KINDS[data["features_kind"]].model_sizes(
                            data["train_features"]), encoder=data["encoder"])
     return start.model
 
@@ -63,7 +65,7 @@ def set_up(settled, ctx, stack):
 
     # the data, the model checked against it, then the training subset
     begin = time.perf_counter()
-    data = load_coco_data(config.data_dir, features=MODEL_TYPES[config.model].features)
+    data = load_coco_data(config.data_dir, features=config.features)
     model = starting_model(config, start, data)
     if config.num_samples is not None:
         data = keep_captions(data, config.num_samples, config.seed, config.data_dir)
@@ -71,7 +73,7 @@ def set_up(settled, ctx, stack):
     subset = ("" if config.num_samples is None
               else f" (a seeded subset; the split has {data['train_features'].shape[0]})")
     say(f"loaded {config.data_dir}: {data['train_captions'].shape[0]} training captions of "
-        f"{images} images{subset}, {describe_features(data['train_features'])}, "
+        f"{images} images{subset}, {describe_features(data)}, "
         f"{len(data['idx_to_word'])} words ({time.perf_counter() - begin:.1f}s)", flush=True)
 
     # what every checkpoint of the run records: the data, the settled flags, where it writes

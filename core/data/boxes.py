@@ -1,0 +1,375 @@
+"""Object regions ("bottom-up" attention, Anderson et al. 2018): where the objects of an image are,
+and one feature vector per object, pooled over its box from the encoder's convolutional map.
+
+Shape letters: Ni images, K boxes of an image (the most of any image in a file; fewer are padded),
+C channels of the map, F = C * b * b a box's feature (4608 for VGG16, 2048 for ResNet-101), D after
+PCA.
+
+Where the boxes come from (`features_extraction.py --boxes`, recorded in the transform's info):
+
+    plain     the connected parts of the image that differ from its background colour (the median
+              of the border pixels): exact on renders of objects on a plain background, such as
+              the sample scenes; photographs need a detector
+    detector  torchvision's Faster R-CNN (ResNet-50 FPN, COCO-trained weights; `--weights random`
+              offline): class-agnostic boxes after non-maximum suppression, an adaptive count
+    FILE      a detection-results file of any detector, COCO's format:
+              [{"image_id": int, "bbox": [x, y, w, h], "score": float}, ...]
+
+The adaptive count is Anderson's: the boxes scoring at least BOX_THRESHOLD, but no fewer than
+MIN_BOXES and no more than MAX_BOXES (0.2, 10 and 100 in the paper; the top 36 is its fixed
+variant). An image where a source finds nothing gets one box, the whole image.
+
+The features: the image is scaled so that its longer side is `side` pixels and padded to a square
+(nothing of it is cut, unlike the fc7 and grid features' centre crop, which loses the sides of a
+wide photograph), one forward pass of the encoder's convolutional layers gives the map (VGG16:
+conv5_3 after its ReLU, stride 16, finer than pool5's 32; ResNet-101: layer4, stride 32), and
+RoIAlign (torchvision.ops.roi_align) pools each box to b x b bins, flattened to F: VGG16 3 x 3 of
+512 channels (4608), which keeps where in the box the object's parts lie, the difference between a
+triangle and a diamond (a linear probe of the sample scenes' box shapes, 600 images, random VGG16:
+63% from 1 x 1 bins, 87% from 2 x 2, 95% from 3 x 3 and from 4 x 4); ResNet-101 1 x 1 of 2048,
+Anderson's mean-pooled vector.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from core.data.image_utils import to_rgb8
+from core.util.errors import UserError
+
+BOX_THRESHOLD, MIN_BOXES, MAX_BOXES = 0.2, 10, 100  # Anderson et al.'s adaptive count
+NMS_IOU = 0.3  # class-agnostic suppression, as Anderson's feature extraction
+PLAIN_TOLERANCE = 40  # a pixel differs from the background by more than this in some channel
+PLAIN_MIN_AREA = 0.002  # parts smaller than this share of the image are noise
+BOX_SIDE = 448  # default --box_side: the longer side of the image the map is computed on
+GEOMETRY = 5  # x0 / W, y0 / H, x1 / W, y1 / H, area / (W H): the place a box adds to its feature
+
+
+def select_boxes(scores, threshold=BOX_THRESHOLD, min_boxes=MIN_BOXES, max_boxes=MAX_BOXES):
+    """The adaptive count: scores (n,) -> indices of the boxes kept, best first: those scoring at
+    least threshold, at least min_boxes and at most max_boxes of them (fewer when there are
+    fewer)."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    above = int((np.asarray(scores)[order] >= threshold).sum())
+    return order[:min(max(above, min_boxes), max_boxes)]
+
+
+def plain_background_boxes(image, tolerance=PLAIN_TOLERANCE, min_area=PLAIN_MIN_AREA):
+    """The objects of an image on a plain background.
+
+    image (H, W, 3) uint8 -> boxes (K, 4) float32 (x0, y0, x1, y1) in pixels, one per connected
+    part (8-neighbours) of the pixels differing from the background colour (the median of the
+    border pixels) by more than tolerance in some channel, parts smaller than min_area of the image
+    dropped, ordered left to right (then top to bottom); K = 0 when nothing stands out.
+    """
+    from scipy import ndimage
+
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])  # (2W + 2H, 3)
+    background = np.median(border, axis=0)
+    differs = (np.abs(image.astype(np.int16) - background).max(axis=2) > tolerance)  # (H, W)
+    labels, _ = ndimage.label(differs, structure=np.ones((3, 3)))
+    boxes = []
+    for part, where in enumerate(ndimage.find_objects(labels), start=1):
+        ys, xs = where
+        if (labels[where] == part).sum() >= min_area * image.shape[0] * image.shape[1]:
+            boxes.append((xs.start, ys.start, xs.stop, ys.stop))
+    return np.array(sorted(boxes), dtype=np.float32).reshape(-1, 4)
+
+
+def read_detections(path, image_ids):
+    """A COCO detection-results file -> {image_id: (boxes (n, 4) float32 x0, y0, x1, y1, scores
+    (n,) float32)} for the given image ids; UserError naming the entry for a malformed one, an
+    image id that is not one of the dataset's, or a box of no area."""
+    path, wanted = Path(path), set(int(i) for i in image_ids)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the detections file {path} ({type(e).__name__}: {e})") \
+            from None
+    if not isinstance(entries, list):
+        raise UserError(f"{path} is not a COCO detection-results file (a list of {{image_id, "
+                        f"bbox, score}}), it holds a {type(entries).__name__}")
+    found = {}
+    for n, entry in enumerate(entries):
+        try:
+            image_id, (x, y, w, h), score = int(entry["image_id"]), entry["bbox"], entry["score"]
+            box = np.array([x, y, x + w, y + h], dtype=np.float32)
+            score = float(score)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: entry {n} is not {{image_id, bbox: [x, y, w, h], score}} "
+                            f"({type(e).__name__}: {e})") from None
+        if image_id not in wanted:
+            raise UserError(f"{path}: entry {n} is for image id {image_id}, which is not one of "
+                            "the dataset's images")
+        if not (np.isfinite(box).all() and np.isfinite(score) and w > 0 and h > 0):
+            raise UserError(f"{path}: entry {n} (image {image_id}) has the box {entry['bbox']} "
+                            f"with score {entry['score']}: boxes need a positive width and height")
+        found.setdefault(image_id, []).append((box, score))
+    return {i: (np.stack([b for b, _ in d]), np.array([s for _, s in d], dtype=np.float32))
+            for i, d in found.items()}
+
+
+class Detector:
+    """torchvision's Faster R-CNN (ResNet-50 FPN) as a class-agnostic box proposer: image (H, W, 3)
+    uint8 -> boxes (n, 4) float32, scores (n,) float32, all classes together after non-maximum
+    suppression at NMS_IOU (its own suppression is per class)."""
+
+    def __init__(self, spec, device="cpu"):
+        from torchvision.models.detection import (
+            FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn)
+
+        from core.data.features import _torchvision_network
+
+        def build(weights):
+            return fasterrcnn_resnet50_fpn(weights=weights, weights_backbone=None,
+                                           box_score_thresh=0.0, box_detections_per_img=300)
+
+        self.device = device
+        self.model = _torchvision_network(build, FasterRCNN_ResNet50_FPN_Weights.COCO_V1, spec,
+                                          "Faster R-CNN").to(device).eval()
+
+    def __call__(self, image):
+        import torch
+        from torchvision.ops import nms
+
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+        with torch.inference_mode():
+            out = self.model([tensor.to(self.device)])[0]
+        keep = nms(out["boxes"], out["scores"], NMS_IOU)
+        return out["boxes"][keep].cpu().numpy(), out["scores"][keep].cpu().numpy()
+
+
+@dataclass(frozen=True)
+class BoxSource:
+    """Where an image's boxes come from: kind "plain", "detector" or "file" (path: the detections
+    file), and the adaptive count's threshold, min_boxes and max_boxes (not used by "plain")."""
+
+    kind: str
+    path: str = None
+    threshold: float = BOX_THRESHOLD
+    min_boxes: int = MIN_BOXES
+    max_boxes: int = MAX_BOXES
+
+    @classmethod
+    def parse(cls, value, **count):
+        """--boxes value -> BoxSource ("plain", "detector", or a detections file that exists)."""
+        if value in ("plain", "detector"):
+            return cls(value, **count)
+        if not Path(value).is_file():
+            raise UserError(f'--boxes "{value}" is neither plain, detector, nor an existing COCO '
+                            "detection-results file")
+        return cls("file", str(value), **count)
+
+    def info(self):
+        """What the dataset's info records of it (JSON-able)."""
+        if self.kind == "plain":
+            return {"source": "plain", "tolerance": PLAIN_TOLERANCE, "min_area": PLAIN_MIN_AREA}
+        return {"source": self.kind, **({"path": self.path} if self.path else {}),
+                "threshold": self.threshold, "min_boxes": self.min_boxes,
+                "max_boxes": self.max_boxes}
+
+    def boxes(self, paths, image_ids, spec, device="cpu", progress=False):
+        """Image files (Ni,) and their COCO ids -> a list of Ni boxes (k, 4) float32 in pixels, each
+        clipped to its image (an image of no box gets the whole image as one), the images' sizes
+        (Ni, 2) (width, height), and {index: why} of files that could not be read (their box
+        (0, 0, 1, 1) of a 1 x 1 image)."""
+        detections = read_detections(self.path, image_ids) if self.kind == "file" else None
+        detector = Detector(spec, device) if self.kind == "detector" else None
+        out, bad, sizes = [], {}, np.ones((len(paths), 2), dtype=np.float32)
+        for n, (path, image_id) in enumerate(tqdm(list(zip(paths, image_ids)), desc="boxes",
+                                                  unit="image", disable=not progress)):
+            try:
+                with Image.open(path) as opened:
+                    image = np.asarray(to_rgb8(opened))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                bad[n] = f"{type(e).__name__}: {e}"
+                out.append(np.array([[0, 0, 1, 1]], np.float32))
+                continue
+            sizes[n] = image.shape[1], image.shape[0]
+            if self.kind == "plain":
+                boxes = plain_background_boxes(image)
+            else:
+                boxes, scores = (detector(image) if detector else
+                                 detections.get(int(image_id), (np.zeros((0, 4)), np.zeros(0))))
+                boxes = boxes[select_boxes(scores, self.threshold, self.min_boxes, self.max_boxes)]
+            out.append(clip_boxes(boxes, *image.shape[:2]))
+        return out, sizes, bad
+
+
+def clip_boxes(boxes, height, width):
+    """boxes (k, 4) in pixels -> (k', 4) float32 inside the image, those of less than a pixel a side
+    dropped; the whole image as one box when none is left."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    boxes = boxes[(boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)]
+    return boxes if len(boxes) else np.array([[0, 0, width, height]], dtype=np.float32)
+
+
+def geometry(boxes, sizes):
+    """boxes (..., K, 4) in pixels, sizes (..., 2) each image's (width, height) -> (..., K, 5)
+    float32: (x0 / W, y0 / H, x1 / W, y1 / H, box area / image area), what a decoder adds to a
+    box's feature to know where it is."""
+    W = np.asarray(sizes, dtype=np.float32)[..., None, 0:1]
+    H = np.asarray(sizes, dtype=np.float32)[..., None, 1:2]
+    b = np.asarray(boxes, dtype=np.float32)
+    x0, x1, y0, y1 = b[..., 0:1] / W, b[..., 2:3] / W, b[..., 1:2] / H, b[..., 3:4] / H
+    return np.concatenate([x0, y0, x1, y1, (x1 - x0) * (y1 - y0)], axis=-1)
+
+
+def geometry_boxes(inputs, width, height):
+    """Rows (K, D + 5) of box_inputs -> their boxes (K, 4) in the pixels of an image of that width
+    and height (the inverse of geometry)."""
+    g = np.asarray(inputs[:, -GEOMETRY:-1], dtype=np.float32)  # (K, 4), fractions of the image
+    return g * np.array([width, height, width, height], dtype=np.float32)
+
+
+def box_inputs(features, boxes, counts, sizes):
+    """What a box decoder reads: features (Ni, K, D), boxes (Ni, K, 4), counts (Ni,), sizes (Ni, 2)
+    -> (Ni, K, D + 5) float16: each box's feature and then its geometry; the rows past an image's
+    count are all zero (a zero area marks padding: see `box_mask`)."""
+    out = np.zeros(features.shape[:2] + (features.shape[2] + GEOMETRY,), dtype=np.float16)
+    real = np.arange(features.shape[1]) < np.asarray(counts)[:, None]  # (Ni, K)
+    out[..., :-GEOMETRY] = np.where(real[..., None], features, 0)
+    out[..., -GEOMETRY:] = np.where(real[..., None], geometry(boxes, sizes), 0)
+    return out
+
+
+def box_mask(inputs):
+    """inputs (N, K, D + 5) of box_inputs -> (N, K) bool: which boxes are an image's own (a positive
+    area; padding has none)."""
+    return inputs[..., -1] > 0
+
+
+class _SquareImages:
+    """A map-style dataset of image paths -> (tensor (3, side, side): the image scaled to a longer
+    side of `side` pixels, normalised, padded with zeros at its right and bottom, its scale, its
+    index)."""
+
+    def __init__(self, paths, side):
+        from torchvision import transforms
+
+        from core.data.features import IMAGENET_MEAN, IMAGENET_STD
+
+        self.paths, self.side = [str(p) for p in paths], side
+        self.normalise = transforms.Compose([transforms.ToTensor(),
+                                             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        import torch
+
+        try:
+            with Image.open(self.paths[i]) as image:
+                image = to_rgb8(image)
+        except (OSError, ValueError, Image.DecompressionBombError):  # said by BoxSource.boxes
+            return torch.zeros(3, self.side, self.side), 1.0, i
+        scale = self.side / max(image.size)
+        size = tuple(max(1, round(s * scale)) for s in image.size)
+        out = torch.zeros(3, self.side, self.side)
+        resized = self.normalise(image.resize(size, Image.BILINEAR))  # (3, h, w)
+        out[:, :size[1], :size[0]] = resized
+        return out, scale, i
+
+
+def extract_box_features(paths, boxes, spec, side=BOX_SIDE, batch_size=16, device="cpu",
+                         progress=True, desc="box features"):
+    """The encoder's feature of every box: paths (Ni,) readable image files, boxes a list of Ni
+    (k, 4) in their pixels -> a list of Ni (k, F) float16 (F = C * b * b, see the module
+    docstring)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision.ops import roi_align
+
+    from core.data.features import encoder_of
+
+    encoder = encoder_of(spec)
+    network = encoder.network(spec).to(device)
+    bins, stride = encoder.box_bins, encoder.box_stride
+    out = [None] * len(paths)
+    loader = DataLoader(_SquareImages(paths, side), batch_size=batch_size, shuffle=False)
+    with torch.inference_mode():
+        for images, scales, idx in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+            feature_map = network.box_map(images.to(device))  # (n, C, side / s, side / s)
+            rois = [torch.as_tensor(boxes[i] * float(s), dtype=torch.float32, device=device)
+                    for i, s in zip(idx.tolist(), scales.tolist())]
+            pooled = roi_align(feature_map, rois, output_size=bins, spatial_scale=1 / stride,
+                               sampling_ratio=2, aligned=True)  # (sum k, C, b, b)
+            pooled = pooled.flatten(1).half().cpu().numpy()  # (sum k, F)
+            for i, part in zip(idx.tolist(), np.split(pooled, np.cumsum(
+                    [len(r) for r in rois])[:-1])):
+                out[i] = part
+    return out
+
+
+def pad_boxes(features, boxes):
+    """Lists of Ni per-image features (k_i, F) and boxes (k_i, 4) -> features (Ni, K, F) float16,
+    boxes (Ni, K, 4) float32, counts (Ni,) int32, K the most boxes of any image (padding zero)."""
+    counts = np.array([len(b) for b in boxes], dtype=np.int32)
+    K, F = int(counts.max()), features[0].shape[1]
+    out_f = np.zeros((len(boxes), K, F), dtype=np.float16)
+    out_b = np.zeros((len(boxes), K, 4), dtype=np.float32)
+    for i, (f, b) in enumerate(zip(features, boxes)):
+        out_f[i, :len(f)], out_b[i, :len(b)] = f, b
+    return out_f, out_b, counts
+
+
+def check_boxes(arrays, path):
+    """UserError naming the file and the first bad image when a split's box arrays (features
+    (Ni, K, D), boxes (Ni, K, 4), counts (Ni,), image_sizes (Ni, 2)) do not fit together: shapes,
+    a count outside 1..K, an image size that is not positive, or one of an image's own boxes not
+    finite or of no area."""
+    features, boxes, counts, sizes = (arrays[k] for k in ("features", "boxes", "counts",
+                                                          "image_sizes"))
+    if features.ndim != 3 or boxes.shape != features.shape[:2] + (4,) \
+            or counts.shape != features.shape[:1] or sizes.shape != (len(features), 2):
+        raise UserError(f"{path}: features {features.shape}, boxes {boxes.shape}, counts "
+                        f"{counts.shape} and image_sizes {sizes.shape} do not fit (Ni, K, D), "
+                        "(Ni, K, 4), (Ni,), (Ni, 2): rebuild the file")
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise UserError(f"{path}: counts must hold integers, not {counts.dtype}")
+    problems = (("a count outside 1..K", (counts < 1) | (counts > features.shape[1])),
+                ("an image size that is not positive", ~(np.asarray(sizes) > 0).all(axis=1)))
+    for what, bad in problems:
+        if bad.any():
+            raise UserError(f"{path}: image row {int(np.argmax(bad))} has {what} "
+                            f"({int(bad.sum())} rows do): rebuild the file")
+    real = np.arange(features.shape[1]) < counts.clip(0, features.shape[1])[:, None]  # (Ni, K)
+    with np.errstate(invalid="ignore"):
+        good = (np.isfinite(boxes).all(axis=2) & (boxes[..., 2] > boxes[..., 0])
+                & (boxes[..., 3] > boxes[..., 1]))
+    bad = (real & ~good).any(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        box = int(np.argmax(real[row] & ~good[row]))
+        raise UserError(f"{path}: image row {row}, box {box} is {boxes[row, box].tolist()}: an "
+                        "image's boxes need finite corners x0 < x1, y0 < y1; rebuild the file")
+
+
+def compute_box_inputs(paths, transform, info, device="cpu", progress=False):
+    """Image files -> what a box decoder reads of them (Ni, K, D + 5) (box_inputs; an unreadable
+    file gets one zero box over the image), and {index: why} for files that could not be read; the
+    boxes come from the source the dataset's info names, UserError when it cannot find boxes in new
+    images (a detections file, imported features)."""
+    from core.data.features import project
+
+    source = info.get("boxes", {})
+    if source.get("source") not in ("plain", "detector"):
+        raise UserError(f"this dataset's boxes came from {source.get('source', 'elsewhere')} "
+                        f"({source.get('path', 'no detector of this repository')}), which has none "
+                        "for new images: build the dataset with --boxes detector (or plain) to "
+                        "caption new images")
+    count = {k: source[k] for k in ("threshold", "min_boxes", "max_boxes") if k in source}
+    boxes, sizes, bad = BoxSource(source["source"], **count).boxes(
+        paths, [0] * len(paths), info["vgg16"], device, progress)
+    found = extract_box_features(paths, boxes, info["vgg16"], side=info.get("side", BOX_SIDE),
+                                 device=device, progress=False)
+    features = [np.zeros((1, transform["components"].shape[0]), np.float32) if k in bad
+                else project(f, transform) for k, f in enumerate(found)]
+    padded, padded_boxes, counts = pad_boxes(features, boxes)
+    return box_inputs(padded, padded_boxes, counts, sizes), bad
