@@ -23,6 +23,7 @@ from core.util import distributed
 from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
 from core.util.fileio import check_writable
 from core.data.boxes import BOX_SIDE, BOX_THRESHOLD, MAX_BOXES, MIN_BOXES, BoxSource
+from core.data.bottom_up import tsv_source
 from core.data.builder import build_dataset
 from core.data.features import ENCODERS, GRID_SIZES, parse_weights
 from core.data.karpathy import read_split_file
@@ -86,6 +87,11 @@ def parse_args(argv=None):
                         "detector ([{image_id, bbox: [x, y, w, h], score}]), or plain (the parts "
                         "that differ from a plain background: rendered scenes only, such as the "
                         "sample dataset's; photographs need a detector)")
+    p.add_argument("--bottom_up_tsv", nargs="+", default=None, metavar="FILE",
+                   help="also write object regions, imported from the precomputed bottom-up "
+                        "features (peteanderson80/bottom-up-attention's trainval tsv files: 36 or "
+                        "10-100 boxes of 2048-d per COCO image), matched to the images by COCO id; "
+                        "with --box_pca_dim 0 the 2048-d features are kept as they are")
     p.add_argument("--box_threshold", type=float, default=BOX_THRESHOLD,
                    help="--boxes: keep the boxes scoring at least this ...")
     p.add_argument("--min_boxes", type=int, default=MIN_BOXES,
@@ -119,11 +125,11 @@ def parse_args(argv=None):
             if (split != "test" or ann or images) and not (ann and images):
                 p.error(f"--{split}_annotations and --{split}_images are needed together (or "
                         f"--split_file)")
-    sizes = (args.batch_size, args.min_word_count, args.grid_pca_dim, args.box_pca_dim,
-             args.box_side, args.min_boxes, args.max_boxes)
-    if min(sizes) <= 0 or args.pca_dim < 0 or args.max_length < 3 or args.num_workers < 0:
-        p.error("--batch_size, --grid_pca_dim, --box_pca_dim, --box_side, --min_boxes, "
-                "--max_boxes and --min_word_count must be positive, --pca_dim positive or 0 (no "
+    sizes = (args.batch_size, args.min_word_count, args.grid_pca_dim, args.box_side,
+             args.min_boxes, args.max_boxes)
+    if min(sizes) <= 0 or args.box_pca_dim < 0 or args.pca_dim < 0 or args.max_length < 3 or args.num_workers < 0:
+        p.error("--batch_size, --grid_pca_dim, --box_side, --min_boxes, --max_boxes and "
+                "--min_word_count must be positive, --pca_dim and --box_pca_dim positive or 0 (no "
                 "PCA), --max_length at least 3")
     if args.min_boxes > args.max_boxes or not 0 <= args.box_threshold <= 1:
         p.error(f"--min_boxes {args.min_boxes} must be at most --max_boxes {args.max_boxes}, and "
@@ -135,6 +141,10 @@ def parse_args(argv=None):
                 and given[a].read_bytes() == given[b].read_bytes():
             p.error(f"--{a}_annotations and --{b}_annotations are the same file ({given[b]}): each "
                     "split needs its own images and captions")
+    if args.boxes and args.bottom_up_tsv:
+        p.error("--boxes and --bottom_up_tsv both give the object regions: choose one")
+    if args.box_pca_dim == 0 and args.boxes:
+        p.error("--box_pca_dim 0 (no PCA) is for --bottom_up_tsv; --boxes needs a PCA")
     if args.boxes == "detector" and args.weights not in ("imagenet", "random"):
         p.error("--boxes detector takes torchvision's COCO-trained Faster R-CNN (with --weights "
                 "imagenet) or a seeded random one (--weights random); --weights PATH names the "
@@ -182,6 +192,7 @@ def main(argv=None):
                               args.boxes, threshold=args.box_threshold, min_boxes=args.min_boxes,
                               max_boxes=args.max_boxes),
                           box_pca_dim=args.box_pca_dim, box_side=args.box_side,
+                          bottom_up_tsv=args.bottom_up_tsv and tsv_source(args.bottom_up_tsv),
                           skip_bad_images=args.skip_bad_images,
                           progress=not args.quiet and ctx.is_main, log=log, dist=ctx)
         finally:

@@ -79,11 +79,13 @@ def plain_background_boxes(image, tolerance=PLAIN_TOLERANCE, min_area=PLAIN_MIN_
     return np.array(sorted(boxes), dtype=np.float32).reshape(-1, 4)
 
 
-def read_detections(path, image_ids):
+def read_detections(path, image_ids, all_ids=None):
     """A COCO detection-results file -> {image_id: (boxes (n, 4) float32 x0, y0, x1, y1, scores
-    (n,) float32)} for the given image ids; UserError naming the entry for a malformed one, an
-    image id that is not one of the dataset's, or a box of no area."""
+    (n,) float32)} for the given image ids (entries of the dataset's other images, all_ids, are
+    skipped: one file may cover every split); UserError naming the entry for a malformed one, an
+    image id that is none of the dataset's, or a box of no area."""
     path, wanted = Path(path), set(int(i) for i in image_ids)
+    known = wanted if all_ids is None else wanted | set(int(i) for i in all_ids)
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -101,13 +103,14 @@ def read_detections(path, image_ids):
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: entry {n} is not {{image_id, bbox: [x, y, w, h], score}} "
                             f"({type(e).__name__}: {e})") from None
-        if image_id not in wanted:
+        if image_id not in known:
             raise UserError(f"{path}: entry {n} is for image id {image_id}, which is not one of "
                             "the dataset's images")
         if not (np.isfinite(box).all() and np.isfinite(score) and w > 0 and h > 0):
             raise UserError(f"{path}: entry {n} (image {image_id}) has the box {entry['bbox']} "
                             f"with score {entry['score']}: boxes need a positive width and height")
-        found.setdefault(image_id, []).append((box, score))
+        if image_id in wanted:
+            found.setdefault(image_id, []).append((box, score))
     return {i: (np.stack([b for b, _ in d]), np.array([s for _, s in d], dtype=np.float32))
             for i, d in found.items()}
 
@@ -171,12 +174,14 @@ class BoxSource:
                 "threshold": self.threshold, "min_boxes": self.min_boxes,
                 "max_boxes": self.max_boxes}
 
-    def boxes(self, paths, image_ids, spec, device="cpu", progress=False):
+    def boxes(self, paths, image_ids, spec, device="cpu", progress=False, all_ids=None):
         """Image files (Ni,) and their COCO ids -> a list of Ni boxes (k, 4) float32 in pixels, each
         clipped to its image (an image of no box gets the whole image as one), the images' sizes
         (Ni, 2) (width, height), and {index: why} of files that could not be read (their box
-        (0, 0, 1, 1) of a 1 x 1 image)."""
-        detections = read_detections(self.path, image_ids) if self.kind == "file" else None
+        (0, 0, 1, 1) of a 1 x 1 image); all_ids: every image id of the dataset (a detections file's
+        entries for the other splits' images are skipped, those of no image refused)."""
+        detections = (read_detections(self.path, image_ids, all_ids) if self.kind == "file"
+                      else None)
         detector = Detector(spec, device) if self.kind == "detector" else None
         out, bad, sizes = [], {}, np.ones((len(paths), 2), dtype=np.float32)
         for n, (path, image_id) in enumerate(tqdm(list(zip(paths, image_ids)), desc="boxes",

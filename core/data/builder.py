@@ -9,6 +9,7 @@ fc7 -> PCA transform (core/data/features.py); with a grid size also <split>2014_
 moved into place at the end as one change (the old files are put back if a move fails), so a
 failure leaves the folder as it was.
 """
+import functools
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from core.data.coco_utils import (
 from core.data.feature_kinds import FEATURE_KINDS
 from core.util.distributed import Context, unshard
 from core.util.errors import UserError
+from core.data.bottom_up import import_bottom_up
 from core.data.boxes import BOX_SIDE, extract_box_features, pad_boxes
 from core.data.features import (
     GRID_PCA_FIT_REGIONS, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of, extract_fc7, fit_grid_pca,
@@ -110,8 +112,8 @@ def _url(path, out_dir):
 def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_workers=0,
                   min_word_count=5,
                   max_length=17, pca_dim=512, grid_size=None, grid_pca_dim=64, boxes=None,
-                  box_pca_dim=128, box_side=BOX_SIDE, skip_bad_images=False, progress=True,
-                  log=print, dist=None):
+                  box_pca_dim=128, box_side=BOX_SIDE, bottom_up_tsv=None, skip_bad_images=False,
+                  progress=True, log=print, dist=None):
     """splits: {"train": (annotation_file, image_dir), "val": (...), optionally "test": (...)}; an
     entry may also be (name, image_dir, parsed annotations) -> dict of counts (None on ranks > 0).
 
@@ -123,7 +125,9 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     14): also write the region features, each region's 512 channels reduced to grid_pca_dim by a PCA
     fitted on train regions. boxes (a core.data.boxes.BoxSource): also write the object regions,
     each box's feature (core/data/boxes.py, images scaled to a longer side of box_side) reduced to
-    box_pca_dim by a PCA fitted on the train boxes.
+    box_pca_dim by a PCA fitted on the train boxes. bottom_up_tsv (a list of files): the object
+    regions from the precomputed bottom-up features instead (core/data/bottom_up.py; box_pca_dim 0:
+    their 2048-d features as they are).
     """
     dist = dist or Context()
     if not set(SPLITS) <= set(splits) <= set(SPLITS + OPTIONAL_SPLITS):
@@ -148,15 +152,16 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at "
                         f"most {F}); the train split has {len(paths['train'])}: use a "
                         f"smaller --pca_dim or more images")
+    ids = {split: image_ids(paths[split], splits[split]) for split in names}
+    all_ids = np.concatenate(list(ids.values()))
     for split in names:
         fc7[split], bad, grid[split] = _extract_sharded(
             paths[split], spec, dist, batch_size=batch_size, device=device, num_workers=num_workers,
             progress=progress, desc=f"{split} fc7" + (" + grid" if grid_size else ""),
             grid_size=grid_size)
         if boxes is not None:
-            regions[split] = _boxes_sharded(paths[split], image_ids(paths[split], splits[split]),
-                                            boxes, spec, dist, box_side, batch_size, device,
-                                            progress, split)
+            regions[split] = _boxes_sharded(paths[split], ids[split], all_ids, boxes, spec, dist,
+                                            box_side, batch_size, device, progress, split)
         if not dist.is_main:
             continue
         if bad:
@@ -204,11 +209,14 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         del grid
     if boxes is not None:
         regions = _project_boxes(regions, box_pca_dim) + (dict(boxes.info(), side=box_side),)
+    elif bottom_up_tsv:  # written into the build's folder, row by row
+        ids = {split: image_ids(paths[split], splits[split]) for split in names}  # images kept
+        regions = functools.partial(_import_tsv, bottom_up_tsv, ids, box_pca_dim, progress)
 
     try:
         removed = _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7,
                                  pca, transform, spec, max_length, pca_dim, grids,
-                                 regions if boxes is not None else None)
+                                 regions if boxes is not None or bottom_up_tsv else None)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"cannot write the dataset into {out_dir}: {describe_os_error(e)}{where}; "
@@ -245,12 +253,13 @@ def image_ids(paths, split):
     return np.array([by_path[str(p)] for p in paths], dtype=np.int64)
 
 
-def _boxes_sharded(paths, ids, source, spec, dist, side, batch_size, device, progress, split):
+def _boxes_sharded(paths, ids, all_ids, source, spec, dist, side, batch_size, device, progress,
+                   split):
     """This rank's share of the boxes and their features; on rank 0 -> (a list of Ni features
     (k, F) float16, a list of Ni boxes (k, 4), sizes (Ni, 2)) in the paths' order, elsewhere
     None."""
     mine, my_ids = dist.shard(paths), dist.shard(ids)
-    found, sizes, _ = source.boxes(mine, my_ids, spec, device, progress)
+    found, sizes, _ = source.boxes(mine, my_ids, spec, device, progress, all_ids)
     features = extract_box_features(mine, found, spec, side=side, batch_size=batch_size,
                                     device=device, progress=progress, desc=f"{split} boxes")
     parts = dist.gather((features, found, sizes))
@@ -323,7 +332,9 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
             save_transform(tmp / GRID_TRANSFORM_FILE, grid_transform, dict(
                 info, pca_dim=int(grid_transform["components"].shape[0]), grid_size=grid_size,
                 layer=layer))
-        if regions:
+        if callable(regions):  # imported
+            regions(tmp, info)
+        elif regions:
             write_box_files(tmp, *regions, info)
         return _replace_all(tmp, out_dir)
     finally:
@@ -387,6 +398,17 @@ def write_box_files(folder, transform, splits, box_info, info):
     save_transform(Path(folder) / kind.transform_file, transform, dict(
         info, pca_dim=int(transform["components"].shape[0]), boxes=box_info,
         side=box_info.get("side"), layer=box_info.get("layer", layer)))
+
+
+def _import_tsv(files, ids, pca_dim, progress, folder, info):
+    """Write the boxes files of the bottom-up tsv files into folder (core/data/bottom_up.py) and
+    their transform, whose info says where they came from."""
+    kind = FEATURE_KINDS["boxes"]
+    transform = import_bottom_up(files, ids, folder, pca_dim, lambda s: kind.path(folder, s),
+                                 progress)
+    save_transform(Path(folder) / kind.transform_file, transform, dict(
+        info, pca_dim=pca_dim, boxes={"source": "bottom-up tsv", "path": ", ".join(files)},
+        layer="Faster R-CNN ResNet-101 (Visual Genome) pool5, peteanderson80/bottom-up-attention"))
 
 
 def _replace_all(new_dir, out_dir):

@@ -1,0 +1,353 @@
+"""Object regions as data (core/data/boxes.py, core/data/bottom_up.py): where boxes come from, their
+features, the boxes layout, importing the precomputed bottom-up tsv files, and every bad input as
+one line."""
+import base64
+import json
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+import features_extraction
+from core.data import boxes as B
+from core.data.bottom_up import import_bottom_up
+from core.data.coco_utils import load_coco_data
+from core.data.feature_kinds import FEATURE_KINDS
+from core.data.features import load_transform, parse_weights
+from core.datasets import make_sample_dataset as sample
+from core.util.errors import UserError
+from tests.helpers import one_line_error
+
+
+def _image(background, rects, size=(60, 40)):
+    """An RGB image (H, W, 3) uint8 of that background with filled rectangles (x0, y0, x1, y1,
+    colour), x1 and y1 exclusive."""
+    image = np.zeros((size[1], size[0], 3), np.uint8) + np.array(background, np.uint8)
+    for x0, y0, x1, y1, colour in rects:
+        image[y0:y1, x0:x1] = colour
+    return image
+
+
+@pytest.mark.parametrize("background", [(20, 20, 20), (235, 230, 240), (120, 128, 125)])
+def test_the_plain_background_proposer_finds_each_object_exactly(background):
+    """Break caught: the background taken as a fixed colour (a dark or mid-grey one would then be
+    all object), 4-connected parts (a diagonal object split), noise kept."""
+    diagonal = [(30 + k, 5 + k, 31 + k, 6 + k, (250, 40, 40)) for k in range(8)]  # a thin stroke
+    image = _image(background, [(5, 10, 15, 30, (40, 200, 40))] + diagonal
+                   + [(50, 35, 51, 36, (0, 0, 255))])  # one pixel: noise below min_area
+    np.testing.assert_array_equal(B.plain_background_boxes(image),
+                                  [[5, 10, 15, 30], [30, 5, 38, 13]])
+    assert B.plain_background_boxes(_image(background, [])).shape == (0, 4)
+
+
+def test_the_proposer_boxes_the_sample_scenes_objects():
+    for i in range(40):
+        scene = sample.make_scene("train", i)
+        found = B.plain_background_boxes(np.asarray(sample.render(scene)))
+        assert len(found) == len(scene["objects"])
+        for o in scene["objects"]:  # each object's box holds it and no more than its circle
+            (x, y), r = o["center"], sample.RADII[o["size"]]
+            assert sum((b[0] >= x - r) & (b[2] <= x + r + 1) & (b[0] < x < b[2])
+                       & (b[1] >= y - r) & (b[3] <= y + r + 1) & (b[1] < y < b[3])
+                       for b in found) == 1
+
+
+def test_the_adaptive_count():
+    scores = np.array([0.1, 0.9, 0.3, 0.25, 0.05, 0.5])
+    np.testing.assert_array_equal(B.select_boxes(scores, 0.2, 2, 10), [1, 5, 2, 3])  # above 0.2
+    np.testing.assert_array_equal(B.select_boxes(scores, 0.2, 5, 10), [1, 5, 2, 3, 0])  # min 5
+    np.testing.assert_array_equal(B.select_boxes(scores, 0.2, 1, 2), [1, 5])  # max 2
+    np.testing.assert_array_equal(B.select_boxes(scores, 0.95, 10, 20), [1, 5, 2, 3, 0, 4])
+
+
+def test_boxes_are_clipped_to_the_image_and_an_image_of_none_gets_itself():
+    clipped = B.clip_boxes([[-5, 2, 30, 50], [10, 10, 10.5, 20], [70, 0, 90, 10]], 40, 60)
+    np.testing.assert_array_equal(clipped, [[0, 2, 30, 40]])  # thin and outside ones dropped
+    np.testing.assert_array_equal(B.clip_boxes(np.zeros((0, 4)), 40, 60), [[0, 0, 60, 40]])
+
+
+def test_geometry_and_the_decoders_inputs():
+    features = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    boxes = np.array([[[0, 0, 50, 20], [10, 5, 30, 25], [0, 0, 0, 0]],
+                      [[25, 10, 100, 40], [1, 1, 2, 2], [3, 3, 4, 4]]], np.float32)
+    inputs = B.box_inputs(features, boxes, np.array([2, 1]), np.array([[100, 50], [100, 40]]))
+    np.testing.assert_allclose(inputs[0, 0, 2:], [0, 0, 0.5, 0.4, 0.2], rtol=1e-3)
+    np.testing.assert_allclose(inputs[1, 0, 2:], [0.25, 0.25, 1, 1, 0.5625], rtol=1e-3)
+    assert not inputs[0, 2].any() and not inputs[1, 1:].any()  # past the counts: all zero
+    np.testing.assert_array_equal(B.box_mask(inputs), [[True, True, False], [True, False, False]])
+    np.testing.assert_allclose(B.geometry_boxes(inputs[0, :2], 100, 50), boxes[0, :2], atol=0.05)
+
+
+def _detections(tmp_path, entries):
+    path = tmp_path / "detections.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_a_detections_file_in_cocos_results_format(tmp_path):
+    path = _detections(tmp_path, [{"image_id": 7, "bbox": [1, 2, 10, 20], "score": 0.9},
+                                  {"image_id": 7, "bbox": [5, 5, 3, 3], "score": 0.1},
+                                  {"image_id": 9, "bbox": [0, 0, 4, 4], "score": 0.5}])
+    found = B.read_detections(path, [7, 9, 11])
+    np.testing.assert_array_equal(found[7][0], [[1, 2, 11, 22], [5, 5, 8, 8]])
+    np.testing.assert_array_equal(found[7][1], np.float32([0.9, 0.1]))
+    assert 11 not in found
+    assert set(B.read_detections(path, [7], all_ids=[7, 9])) == {7}  # 9: another split's image
+    with pytest.raises(UserError, match="entry 2 is for image id 9, which is not one of"):
+        B.read_detections(path, [7], all_ids=[7, 11])
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"image_id": 8, "bbox": [1, 2, 3, 4], "score": 0.5}, "entry 0 is for image id 8, which is not"),
+    ({"image_id": 7, "bbox": [1, 2, 3], "score": 0.5}, "entry 0 is not {image_id, bbox"),
+    ({"image_id": 7, "bbox": [1, 2, 0, 4], "score": 0.5}, "entry 0 (image 7) has the box"),
+    ({"image_id": 7, "bbox": [1, 2, 3, 4]}, "entry 0 is not {image_id"),
+    ({"image_id": 7, "bbox": [1, 2, 3, 4], "score": "nan"}, "entry 0 (image 7)"),
+])
+def test_a_bad_detection_is_one_line_naming_it(tmp_path, entry, message):
+    with pytest.raises(UserError, match=message.replace("{", r"\{").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        B.read_detections(_detections(tmp_path, [entry]), [7])
+
+
+def test_a_boxs_feature_depends_on_its_image_and_box_only(tmp_path):
+    """The same box gives the same feature whatever other boxes or images share the batch, and a
+    box moved with its object by a whole map cell (16 pixels at scale 1; far enough from the edges
+    that conv5_3's 196-pixel view stays inside) gives the same feature. Breaks caught: the boxes'
+    scale to the map (spatial_scale, the image's resize) wrong, rows of a batch mixed up."""
+    a = _image((30, 30, 30), [(144, 136, 176, 184, (200, 60, 60))], size=(320, 320))
+    b = _image((30, 30, 30), [(160, 136, 192, 184, (200, 60, 60))], size=(320, 320))  # +16 px
+    paths = []
+    for name, image in (("a.png", a), ("b.png", b)):
+        Image.fromarray(image).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    spec = parse_weights("random", 0)
+    box_a, box_b = np.float32([[144, 136, 176, 184]]), np.float32([[160, 136, 192, 184]])
+    together = B.extract_box_features(paths, [np.concatenate([box_a, [[0, 0, 320, 320]]]), box_b],
+                                      spec, side=320, batch_size=2, progress=False)
+    alone = B.extract_box_features(paths[:1], [box_a], spec, side=320, batch_size=1,
+                                   progress=False)
+    scale = float(np.abs(alone[0]).max())  # a batch of one and of two round alike to 0.1%
+    np.testing.assert_allclose(together[0][:1], alone[0], rtol=5e-3, atol=1e-3 * scale)
+    assert together[0].shape == (2, 512 * 9) and together[0].dtype == np.float16
+    np.testing.assert_allclose(together[1].astype(np.float32), alone[0].astype(np.float32),
+                               rtol=0.02, atol=0.02 * scale)
+    assert not np.allclose(together[0][1], together[0][0])
+
+
+def _tsv(path, rows):
+    """Write a bottom-up tsv in peteanderson80's format: rows of (image_id, w, h, boxes (k, 4),
+    features (k, 2048)), or a raw list of fields."""
+    lines = []
+    for row in rows:
+        if isinstance(row, list):
+            lines.append("\t".join(row))
+            continue
+        image_id, w, h, boxes, features = row
+        fields = [str(image_id), str(w), str(h), str(len(boxes)),
+                  base64.b64encode(np.float32(boxes).tobytes()).decode(),
+                  base64.b64encode(np.float32(features).tobytes()).decode()]
+        lines.append("\t".join(fields))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _rows(rng, ids, counts):
+    return [(i, 640, 480, np.tile([[10, 20, 110, 220]], (k, 1)) + 3 * np.arange(k)[:, None],
+             rng.standard_normal((k, 2048))) for i, k in zip(ids, counts)]
+
+
+def test_the_bottom_up_tsv_import_matches_images_by_id_and_pads(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = _rows(rng, [42, 7, 99, 5], [3, 1, 2, 36])  # 99: not an image of the dataset
+    tsv = _tsv(tmp_path / "trainval.tsv", rows)
+    kind = FEATURE_KINDS["boxes"]
+    transform = import_bottom_up([tsv], {"train": np.array([5, 7]), "val": np.array([42])},
+                                 tmp_path, 0, lambda s: kind.path(tmp_path, s), progress=False)
+    np.testing.assert_array_equal(transform["components"], np.eye(2048))
+    with h5py.File(kind.path(tmp_path, "train")) as f:
+        np.testing.assert_array_equal(f["counts"][()], [36, 1])
+        assert f["features"].shape == (2, 36, 2048) and f["features"].dtype == np.float16
+        np.testing.assert_array_equal(f["features"][1, 0], np.float16(rows[1][4][0]))
+        assert not f["features"][1, 1:].any() and not f["boxes"][1, 1:].any()
+        np.testing.assert_array_equal(f["boxes"][0], np.float32(rows[3][3]))
+        np.testing.assert_array_equal(f["image_sizes"][()], [[640, 480], [640, 480]])
+    with h5py.File(kind.path(tmp_path, "val")) as f:
+        assert f["features"].shape == (1, 3, 2048) and f["counts"][0] == 3
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda r: r[:4] + [r[4][:-8], r[5]], "boxes holds"),
+    (lambda r: r[:3] + ["2"] + r[4:], "num_boxes 2 needs"),
+    (lambda r: r[:5], "5 fields, not the 6"),
+    (lambda r: r[:4] + ["!!!!"] + r[5:], "line 1 (image 7)"),
+])
+def test_a_bad_tsv_row_is_one_line_naming_it(tmp_path, bad, message):
+    rng = np.random.default_rng(1)
+    _tsv(tmp_path / "good.tsv", _rows(rng, [7], [3]))
+    fields = (tmp_path / "good.tsv").read_text().strip().split("\t")
+    tsv = _tsv(tmp_path / "bad.tsv", [bad(fields)])
+    kind = FEATURE_KINDS["boxes"]
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        import_bottom_up([tsv], {"train": np.array([7])}, tmp_path, 0,
+                         lambda s: kind.path(tmp_path, s), progress=False)
+
+
+def test_an_image_without_a_tsv_row_or_with_two_is_one_line(tmp_path):
+    rng = np.random.default_rng(2)
+    kind = FEATURE_KINDS["boxes"]
+    tsv = _tsv(tmp_path / "a.tsv", _rows(rng, [7, 8, 7], [2, 2, 2]))
+    with pytest.raises(UserError, match="image 7 again"):
+        import_bottom_up([tsv], {"train": np.array([7, 8])}, tmp_path, 0,
+                         lambda s: kind.path(tmp_path, s), progress=False)
+    tsv = _tsv(tmp_path / "b.tsv", _rows(rng, [7], [2]))
+    with pytest.raises(UserError, match="no bottom-up row for image 8 of the train split"):
+        import_bottom_up([tsv], {"train": np.array([7, 8])}, tmp_path, 0,
+                         lambda s: kind.path(tmp_path, s), progress=False)
+
+
+@pytest.mark.slow
+def test_a_build_imports_the_bottom_up_features_and_trains_on_them(tmp_path):
+    """features_extraction.py --bottom_up_tsv end to end, without PCA: the rows of the dataset's
+    images (ids from the captions files), an updown trains on them and captions with --eval."""
+    import inference
+    import training
+
+    rng = np.random.default_rng(3)
+    splits = {"train": (sample.write_split(tmp_path, "train", 6), tmp_path / "images" / "train"),
+              "val": (sample.write_split(tmp_path, "val", 2, start=100),
+                      tmp_path / "images" / "val")}
+    tsv = _tsv(tmp_path / "trainval.tsv", _rows(rng, [101, 0, 1, 2, 3, 4, 5, 100, 555],
+                                                [2, 3, 36, 1, 5, 4, 2, 3, 7]))
+    out = tmp_path / "data"
+    features_extraction.main(
+        ["--train_annotations", str(splits["train"][0]), "--train_images", str(splits["train"][1]),
+         "--val_annotations", str(splits["val"][0]), "--val_images", str(splits["val"][1]),
+         "--out_dir", str(out), "--weights", "random", "--pca_dim", "2", "--min_word_count", "1",
+         "--bottom_up_tsv", str(tsv), "--box_pca_dim", "0", "--quiet"])
+    data = load_coco_data(out, features="boxes")
+    assert data["train_features"].shape == (6, 36, 2048 + 5)
+    np.testing.assert_array_equal(B.box_mask(data["val_features"]).sum(axis=1), [3, 2])
+    _, info = load_transform(out / FEATURE_KINDS["boxes"].transform_file)
+    assert info["boxes"]["source"] == "bottom-up tsv"
+    checkpoint = tmp_path / "updown.npz"
+    training.main(["--model", "updown", "--features", "boxes", "--data_dir", str(out), "--epochs",
+                   "1", "--hidden_dim", "8", "--wordvec_dim", "8", "--attention_dim", "4",
+                   "--checkpoint", str(checkpoint), "--out_dir", str(tmp_path), "--quiet"])
+    inference.main(["--model", "updown", "--checkpoint", str(checkpoint), "--data_dir", str(out),
+                    "--eval", "--out_dir", str(tmp_path)])
+    assert (tmp_path / "updown_val_greedy_eval.json").is_file()
+
+
+def _box_file(tmp_path, **changes):
+    arrays = {"features": np.ones((2, 3, 4), np.float16),
+              "boxes": np.tile(np.float32([1, 1, 5, 5]), (2, 3, 1)),
+              "counts": np.array([3, 1], np.int32), "image_sizes": np.full((2, 2), 10, np.float32)}
+    arrays.update(changes)
+    return arrays
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"counts": np.array([0, 1], np.int32)}, "image row 0 has a count outside 1..K"),
+    ({"counts": np.array([3, 4], np.int32)}, "image row 1 has a count outside 1..K"),
+    ({"counts": np.array([3.0, 1.0])}, "counts must hold integers"),
+    ({"image_sizes": np.zeros((2, 2), np.float32)}, "an image size that is not positive"),
+    ({"boxes": np.tile(np.float32([5, 1, 5, 5]), (2, 3, 1))}, "image row 0, box 0 is"),
+    ({"boxes": np.zeros((2, 3, 5), np.float32)}, "do not fit (Ni, K, D)"),
+])
+def test_a_damaged_boxes_file_is_one_line(tmp_path, changes, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        B.check_boxes(_box_file(tmp_path, **changes), "train2014_vgg16_boxes_pca.h5")
+    B.check_boxes(_box_file(tmp_path, boxes=np.tile(np.float32([1, 1, 5, 5]), (2, 3, 1))), "ok")
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--boxes", "plain", "--bottom_up_tsv", "x.tsv"], "choose one"),
+    (["--boxes", "plain", "--min_boxes", "20", "--max_boxes", "10"], "--min_boxes 20 must be"),
+    (["--boxes", "detector", "--weights", "w.pt"], "--boxes detector takes"),
+    (["--boxes", "plain", "--box_pca_dim", "0"], "--box_pca_dim 0 (no PCA) is for"),
+    (["--boxes", "plain", "--box_threshold", "2"], "--box_threshold a score in [0, 1]"),
+])
+def test_bad_box_flags_are_one_line(capsys, tmp_path, argv, fragment):
+    ann = tmp_path / "a.json"
+    ann.write_text("{}")
+    one_line_error(capsys, lambda: features_extraction.main(
+        ["--train_annotations", str(ann), "--train_images", str(tmp_path), "--val_annotations",
+         str(tmp_path / "b.json"), "--val_images", str(tmp_path), "--out_dir",
+         str(tmp_path / "out")] + argv), fragment)
+
+
+def _scenes(tmp_path, counts=(("train", 12), ("val", 4))):
+    """Render sample scenes and their COCO captions files -> {split: (annotations, images)}."""
+    return {split: (sample.write_split(tmp_path, split, n), tmp_path / "images" / split)
+            for split, n in counts}
+
+
+@pytest.mark.slow
+def test_a_build_with_plain_boxes_writes_the_boxes_layout(tmp_path):
+    """features_extraction.py --boxes plain end to end: per split the proposer's boxes, a count per
+    image, padded features; the transform says where the boxes came from; loading them gives the
+    decoders' inputs."""
+    splits = _scenes(tmp_path)
+    out = tmp_path / "data"
+    features_extraction.main(
+        ["--train_annotations", str(splits["train"][0]), "--train_images", str(splits["train"][1]),
+         "--val_annotations", str(splits["val"][0]), "--val_images", str(splits["val"][1]),
+         "--out_dir", str(out), "--weights", "random", "--pca_dim", "8", "--min_word_count", "1",
+         "--boxes", "plain", "--box_pca_dim", "6", "--box_side", "64", "--quiet"])
+    kind = FEATURE_KINDS["boxes"]
+    with h5py.File(kind.path(out, "train")) as f:
+        scenes = [sample.make_scene("train", i) for i in range(12)]
+        np.testing.assert_array_equal(f["counts"][()], [len(s["objects"]) for s in scenes])
+        assert f["features"].shape == (12, 2, 6) and f["features"].dtype == np.float16
+        first = B.plain_background_boxes(np.asarray(sample.render(scenes[0])))
+        np.testing.assert_array_equal(f["boxes"][0, :len(first)], first)
+        np.testing.assert_array_equal(f["image_sizes"][0], [sample.SIZE, sample.SIZE])
+    _, info = load_transform(out / kind.transform_file)
+    assert info["boxes"]["source"] == "plain" and info["side"] == 64
+    data = load_coco_data(out, features="boxes")
+    assert data["train_features"].shape == (12, 2, 6 + 5) and data["features_kind"] == "boxes"
+    single = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
+    assert not data["train_features"][single, 1].any()
+
+
+@pytest.mark.slow
+def test_a_build_from_a_detections_file_keeps_the_adaptive_count(tmp_path):
+    splits = _scenes(tmp_path, (("train", 4), ("val", 2)))
+    # the sample's splits number their images from 0 alike: val's images 0-1 are train's ids 0-1
+    entries = [{"image_id": i, "bbox": [k, k, 20, 20], "score": s}
+               for i in range(4) for k, s in enumerate((0.9, 0.5, 0.1, 0.05))]
+    entries += [{"image_id": 1, "bbox": [2, 2, 30, 30], "score": 0.3}]
+    detections = _detections(tmp_path, entries)
+    out = tmp_path / "data"
+    features_extraction.main(
+        ["--train_annotations", str(splits["train"][0]), "--train_images", str(splits["train"][1]),
+         "--val_annotations", str(splits["val"][0]), "--val_images", str(splits["val"][1]),
+         "--out_dir", str(out), "--weights", "random", "--pca_dim", "2", "--min_word_count", "1",
+         "--boxes", str(detections), "--box_threshold", "0.4", "--min_boxes", "3",
+         "--max_boxes", "10", "--box_pca_dim", "4", "--box_side", "64", "--quiet"])
+    kind = FEATURE_KINDS["boxes"]
+    with h5py.File(kind.path(out, "train")) as f:
+        np.testing.assert_array_equal(f["counts"][()], [3, 3, 3, 3])  # 2 above 0.4, at least 3
+        np.testing.assert_array_equal(f["boxes"][0], [[0, 0, 20, 20], [1, 1, 21, 21],
+                                                      [2, 2, 22, 22]])  # the best three
+        np.testing.assert_array_equal(f["boxes"][1], [[0, 0, 20, 20], [1, 1, 21, 21],
+                                                      [2, 2, 32, 32]])  # 0.3 beats 0.1
+    with h5py.File(kind.path(out, "val")) as f:
+        np.testing.assert_array_equal(f["counts"][()], [3, 3])
+
+
+@pytest.mark.slow
+def test_the_detector_proposes_class_agnostic_boxes_within_the_count(tmp_path):
+    """torchvision's Faster R-CNN with seeded random weights (offline): it runs, its boxes are
+    clipped to the image and their number is the adaptive count's (at most max_boxes; fewer only
+    when it proposes fewer, and the whole image when none)."""
+    path = tmp_path / "scene.png"
+    sample.render(sample.make_scene("train", 0)).save(path)
+    source = B.BoxSource("detector", threshold=0.2, min_boxes=2, max_boxes=5)
+    (found,), sizes, bad = source.boxes([path], [0], parse_weights("random", 0))
+    assert not bad and sizes.tolist() == [[sample.SIZE, sample.SIZE]]
+    assert 1 <= len(found) <= 5 and found.shape[1] == 4
+    assert (found[:, :2] >= 0).all() and (found[:, 2:] <= sample.SIZE).all()
+    assert (found[:, 2] > found[:, 0]).all() and (found[:, 3] > found[:, 1]).all()
