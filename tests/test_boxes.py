@@ -3,6 +3,7 @@ features, the boxes layout, importing the precomputed bottom-up tsv files, and e
 one line."""
 import base64
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -205,6 +206,9 @@ def test_an_image_without_a_tsv_row_or_with_two_is_one_line(tmp_path):
     with pytest.raises(UserError, match="no bottom-up row for image 8 of the train split"):
         import_bottom_up([tsv], {"train": np.array([7, 8])}, tmp_path, 0,
                          lambda s: kind.path(tmp_path, s), progress=False)
+    with pytest.raises(UserError, match="image id 7 is in the train and the val splits"):
+        import_bottom_up([tsv], {"train": np.array([7]), "val": np.array([7])}, tmp_path, 0,
+                         lambda s: kind.path(tmp_path, s), progress=False)
 
 
 @pytest.mark.slow
@@ -351,3 +355,41 @@ def test_the_detector_proposes_class_agnostic_boxes_within_the_count(tmp_path):
     assert 1 <= len(found) <= 5 and found.shape[1] == 4
     assert (found[:, :2] >= 0).all() and (found[:, 2:] <= sample.SIZE).all()
     assert (found[:, 2] > found[:, 0]).all() and (found[:, 3] > found[:, 1]).all()
+
+
+def test_region_files_larger_than_memory_are_read_per_minibatch_to_the_same_run(tmp_path,
+                                                                                monkeypatch):
+    """A run whose region files are read per minibatch from disk (RegionFile: what a file larger
+    than LAZY_SHARE of the memory gets) trains bitwise as the run that loads them whole, and a
+    NaN in the file is one line naming its row when that row is read. Break caught: rows given in
+    the sorted order h5py reads them in rather than the batch's."""
+    import training
+    from core.data import coco_utils
+    from core.datasets.make_fake_coco import write_fake_coco
+    from core.model.checkpoint import load_checkpoint
+
+    data_dir = write_fake_coco(tmp_path / "data", train_images=24, val_images=8, vocab_size=12,
+                               pca_dim=6, boxes=(12, 5))
+    lazy = coco_utils.load_coco_data(data_dir, features="boxes", lazy=True)
+    whole = coco_utils.load_coco_data(data_dir, features="boxes", lazy=False)
+    assert isinstance(lazy["train_features"], coco_utils.RegionFile)
+    rows = np.array([[5, 2], [5, 0], [23, 2]])
+    np.testing.assert_array_equal(lazy["train_features"][rows], whole["train_features"][rows])
+    weights = {}
+    for share in (0.25, 0.0):  # 0: every region file is read per minibatch
+        monkeypatch.setattr(coco_utils, "LAZY_SHARE", share)
+        checkpoint = tmp_path / f"updown_{share}.npz"
+        training.main(["--model", "updown", "--features", "boxes", "--data_dir", str(data_dir),
+                       "--epochs", "2", "--batch_size", "16", "--hidden_dim", "8",
+                       "--wordvec_dim", "8", "--attention_dim", "4", "--checkpoint",
+                       str(checkpoint), "--out_dir", str(tmp_path / str(share)), "--quiet"])
+        weights[share] = load_checkpoint(checkpoint)[0].params
+    for k in weights[0.0]:
+        np.testing.assert_array_equal(weights[0.0][k], weights[0.25][k], err_msg=k)
+    broken_dir = shutil.copytree(data_dir, tmp_path / "broken")  # the runs' files are still open
+    with h5py.File(broken_dir / "train2014_vgg16_boxes_pca.h5", "r+") as f:
+        f["features"][7, 0, 0] = np.nan
+    broken = coco_utils.load_coco_data(broken_dir, features="boxes", lazy=True)
+    broken["train_features"][[1, 2]]
+    with pytest.raises(UserError, match="feature row 7 holds NaN"):
+        broken["train_features"][[1, 7]]

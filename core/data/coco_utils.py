@@ -103,13 +103,17 @@ def _read_h5(path, names, rows=None):
 
 
 
-def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0, features="fc7"):
+def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0, features="fc7",
+                   lazy=None):
     """Load a captioning dataset into memory.
 
     base_dir: data directory; max_train: keep a random subset of that many training
     captions, drawn without replacement with `seed`; pca_features: 512-d PCA features
     instead of the 4096-d fc7; features "grid": the region features (Ni, R, G) float16 instead
-    (the attention decoders'; UserError saying how to build them when the folder has none).
+    (the attention decoders'; UserError saying how to build them when the folder has none), "boxes"
+    the object regions (Ni, K, D + 5) (core/data/boxes.py: box_inputs). lazy: region features are
+    read per minibatch from disk (a RegionFile) instead of loaded whole; None: when a split's file
+    is larger than LAZY_SHARE of this machine's memory (COCO's 36 boxes of 2048-d are 18 GB).
     -> dict with train_captions (Nc, L) int32, train_image_idxs (Nc,) int32,
        train_features (Ni, D) float32, train_urls (Ni,) str, the same for val (and test when the
        folder has one; `data_splits(data)` lists them), idx_to_word (list), word_to_idx (dict),
@@ -130,8 +134,11 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     for split in splits:
         path = _require(kind.path(base_dir, split, pca_features),
                         f"{base_dir} has no {kind.label}: {kind.missing}" if kind.missing else hint)
-        data[f"{split}_features"] = _check_features(
-            kind.assemble(_read_h5(path, list(kind.datasets)), path), path, kind)
+        if kind.regions and _too_large(path, lazy):
+            data[f"{split}_features"] = RegionFile(path, kind)
+        else:
+            data[f"{split}_features"] = _check_features(
+                kind.assemble(_read_h5(path, list(kind.datasets)), path), path, kind)
         files[split] = path.name
         urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
         data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
@@ -149,6 +156,66 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     _check_consistent(data, base_dir, files)
 
     return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
+
+
+LAZY_SHARE = 0.25  # region files larger than this share of the memory are read per minibatch
+
+
+def _too_large(path, lazy):
+    """Whether to read a region file per minibatch: lazy if given, else whether its features are
+    larger than LAZY_SHARE of this machine's memory."""
+    if lazy is not None:
+        return lazy
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("features"), h5py.Dataset) and \
+                f["features"].nbytes > LAZY_SHARE * memory
+    except OSError:
+        return False  # _read_h5 says why
+
+
+class RegionFile:
+    """A split's region features read from disk per minibatch, for files larger than memory:
+    indexing it as an array, features[rows] with rows int or (B,) ints, reads those images only
+    (the small arrays, a box file's boxes, counts and sizes, are read and checked once) and gives
+    what load_coco_data would have held: (B, R, D) or (B, K, D + 5); UserError naming the file and
+    row for NaN/inf in what it reads."""
+
+    def __init__(self, path, kind):
+        self.path, self.kind = Path(path), kind
+        self.file = h5py.File(path, "r")
+        small = [n for n in kind.datasets if n != "features"]
+        self.small = _read_h5(path, small) if small else {}
+        first = _read_h5(path, ["features"], rows=1)["features"]  # checks it is an array
+        if first.ndim != 3 or not np.issubdtype(first.dtype, np.floating):
+            raise UserError(f"{path}: features must be a 3-D float array (images, regions, "
+                            f"dimensions), got {first.ndim}-D {first.dtype}")
+        self.stored = self.file["features"]
+        self.dtype = np.dtype(np.float16 if kind.boxes else first.dtype)
+        self.shape = self.stored.shape[:2] + (self.stored.shape[2] + (5 if kind.boxes else 0),)
+        self.ndim = 3
+        if kind.boxes:  # the shapes and boxes checked once, with the first rows' features
+            from core.data.boxes import check_boxes
+
+            check_boxes(dict(self.small, features=self.stored), path)  # reads only its shape
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        rows = np.asarray(rows)
+        flat = rows.reshape(-1)
+        unique, inverse = np.unique(flat, return_inverse=True)
+        arrays = {"features": self.stored[unique] if len(unique) else
+                  np.zeros((0,) + self.stored.shape[1:], self.stored.dtype)}
+        arrays.update({k: v[unique] for k, v in self.small.items()})
+        out = self.kind.assemble(arrays, self.path) if self.kind.boxes else arrays["features"]
+        bad = ~np.isfinite(out).reshape(len(out), -1).all(axis=1)
+        if bad.any():
+            raise UserError(f"{self.path}: feature row {int(unique[np.argmax(bad)])} holds NaN or "
+                            "inf values; rebuild the features")
+        return out[inverse].reshape(rows.shape + out.shape[1:])
 
 
 def count_training_captions(base_dir):

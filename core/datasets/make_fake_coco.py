@@ -24,7 +24,7 @@ FULL_SIZE = {"train_images": 82783, "train_captions": 400135, "val_images": 4050
 
 def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=5, vocab_size=40,
                     num_classes=6, pca_dim=512, fc7_dim=None, max_length=17, image_dir=None,
-                    train_captions=None, val_captions=None, grid=None, seed=0):
+                    train_captions=None, val_captions=None, grid=None, boxes=None, seed=0):
     """Write coco2014_captions.h5, {train,val}2014_vgg16_fc7_pca.h5 (and _fc7.h5 with fc7_dim),
     coco2014_vocab.json and {train,val}2014_urls.txt into out_dir; with grid (R, G) also
     {train,val}2014_vgg16_grid_pca.h5, (images, R, G) float16 region features: the image's class
@@ -91,6 +91,9 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
             if grid is not None:
                 _write_grid(out_dir / f"{split}2014_vgg16_grid_pca.h5", classes, grid,
                             grid_centroids, grid_rng)
+            if boxes is not None:
+                _write_boxes(out_dir / f"{split}2014_vgg16_boxes_pca.h5", classes, boxes,
+                             np.random.default_rng([seed, 2, len(classes)]))
 
             if image_dir is not None:
                 split_dir = Path(image_dir) / split
@@ -121,6 +124,33 @@ def _write_grid(path, classes, grid, centroids, rng, block=4096):
             out[start:start + len(c)] = regions.astype(np.float16)
 
 
+def _write_boxes(path, classes, boxes, rng, block=4096):
+    """Object regions in the boxes layout: features (images, K, D) float16, boxes (images, K, 4) in
+    640 x 480 images, counts (images,), image_sizes (images, 2); the class's centroid (a fixed
+    pattern of the class) in the first box."""
+    K, D = boxes
+    counts = rng.integers(min(10, K), K + 1, size=len(classes)).astype(np.int32)
+    with h5py.File(path, "w") as f:
+        features = f.create_dataset("features", shape=(len(classes), K, D), dtype=np.float16,
+                                    chunks=(min(len(classes), 8), K, D), fillvalue=0)
+        corners = f.create_dataset("boxes", shape=(len(classes), K, 4), dtype=np.float32,
+                                   fillvalue=0)
+        f.create_dataset("counts", data=counts)
+        f.create_dataset("image_sizes", data=np.tile(np.float32([640, 480]), (len(classes), 1)))
+        centroids = np.random.default_rng(7).standard_normal((int(classes.max()) + 1, D))
+        for start in range(0, len(classes), block):
+            c, n = classes[start:start + block], counts[start:start + block]
+            own = np.arange(K)[None, :] < n[:, None]  # (B, K)
+            values = 0.3 * rng.standard_normal((len(c), K, D), dtype=np.float32)
+            values[:, 0] += centroids[c]
+            features[start:start + len(c)] = np.where(own[..., None], values, 0).astype(np.float16)
+            x0 = rng.uniform(0, 500, size=(len(c), K, 1))
+            y0 = rng.uniform(0, 380, size=(len(c), K, 1))
+            wh = rng.uniform(20, 100, size=(len(c), K, 2))
+            xyxy = np.concatenate([x0, y0, x0 + wh[..., :1], y0 + wh[..., 1:]], axis=2)
+            corners[start:start + len(c)] = np.where(own[..., None], xyxy, 0).astype(np.float32)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +162,9 @@ def main(argv=None):
                         help="also write 4096-d non-PCA fc7 feature files")
     parser.add_argument("--grid", action="store_true",
                         help="also write region features (49 regions of 64)")
+    parser.add_argument("--boxes", type=int, nargs=2, default=None, metavar=("K", "D"),
+                        help="also write object regions: up to K boxes an image of D-d features "
+                             "(36 2048: the standard bottom-up features, 18 GB at full size)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
     if args.full_size:
@@ -140,10 +173,10 @@ def main(argv=None):
                         train_captions=FULL_SIZE["train_captions"],
                         val_captions=FULL_SIZE["val_captions"],
                         vocab_size=1004, num_classes=500, fc7_dim=4096 if args.fc7 else None,
-                        grid=(49, 64) if args.grid else None, seed=args.seed)
+                        grid=(49, 64) if args.grid else None, boxes=args.boxes, seed=args.seed)
     else:
         write_fake_coco(args.out_dir, fc7_dim=4096 if args.fc7 else None, grid=(49, 64)
-                        if args.grid else None, seed=args.seed)
+                        if args.grid else None, boxes=args.boxes, seed=args.seed)
     print(f"wrote {args.out_dir}")
 
 
