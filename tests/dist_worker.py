@@ -13,18 +13,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.util import distributed  # noqa: E402
 from core.data.coco_utils import load_coco_data  # noqa: E402
-from core.model.registry import MODEL_TYPES  # noqa: E402
 from tests.test_distributed import BATCH, CASES, make_solver, weights  # noqa: E402
 
 
 def main():
     data_dir, out = sys.argv[1], sys.argv[2]
     ctx = distributed.init("cpu")
-    data = {kind: load_coco_data(data_dir, features=kind) for kind in ("fc7", "grid")}
+    data = {kind: load_coco_data(data_dir, features=kind) for kind in ("fc7", "grid", "boxes")}
     saved, mismatches = {}, []
-    for name, scst in CASES:
-        case = f"{name}{'_scst' if scst else ''}"
-        solver = make_solver(name, data[MODEL_TYPES[name].features], BATCH, ctx, scst=scst)
+    for name, kind, scst in CASES:
+        case = f"{name}-{kind}{'_scst' if scst else ''}"
+        solver = make_solver(name, data[kind], BATCH, ctx, scst=scst)
         apply = solver.apply
 
         def checked_apply(gradients, solver=solver, apply=apply, case=case):

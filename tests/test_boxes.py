@@ -18,7 +18,8 @@ from core.data.feature_kinds import FEATURE_KINDS
 from core.data.features import load_transform, parse_weights
 from core.datasets import make_sample_dataset as sample
 from core.util.errors import UserError
-from tests.helpers import one_line_error
+from tests.helpers import checkpoint_name, one_line_error
+from tests.test_box_decoders import BOX_DECODERS
 
 
 def _image(background, rects, size=(60, 40)):
@@ -212,9 +213,10 @@ def test_an_image_without_a_tsv_row_or_with_two_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_build_imports_the_bottom_up_features_and_trains_on_them(tmp_path):
+def test_a_build_imports_the_bottom_up_features_and_trains_on_them(tmp_path, capsys):
     """features_extraction.py --bottom_up_tsv end to end, without PCA: the rows of the dataset's
-    images (ids from the captions files), an updown trains on them and captions with --eval."""
+    images (ids from the captions files), an updown trains on them and captions with --eval; a new
+    image (--image) is one line: no detector here gives those boxes."""
     import inference
     import training
 
@@ -242,6 +244,11 @@ def test_a_build_imports_the_bottom_up_features_and_trains_on_them(tmp_path):
     inference.main(["--model", "updown", "--checkpoint", str(checkpoint), "--data_dir", str(out),
                     "--eval", "--out_dir", str(tmp_path)])
     assert (tmp_path / "updown_val_greedy_eval.json").is_file()
+    capsys.readouterr()
+    one_line_error(capsys, lambda: inference.main(
+        ["--model", "updown", "--checkpoint", str(checkpoint), "--data_dir", str(out), "--image",
+         str(splits["val"][1] / "000100.png"), "--out_dir", str(tmp_path)]),
+        "this dataset's boxes came from bottom-up tsv", "which has none for new images")
 
 
 def _box_file(tmp_path, **changes):
@@ -288,18 +295,26 @@ def _scenes(tmp_path, counts=(("train", 12), ("val", 4))):
             for split, n in counts}
 
 
-@pytest.mark.slow
-def test_a_build_with_plain_boxes_writes_the_boxes_layout(tmp_path):
-    """features_extraction.py --boxes plain end to end: per split the proposer's boxes, a count per
-    image, padded features; the transform says where the boxes came from; loading them gives the
-    decoders' inputs."""
-    splits = _scenes(tmp_path)
-    out = tmp_path / "data"
+@pytest.fixture(scope="module")
+def plain_built(tmp_path_factory):
+    """A dataset of 12 + 4 sample scenes built with --boxes plain (and the grid)."""
+    src = tmp_path_factory.mktemp("plain")
+    splits = _scenes(src)
+    out = src / "data"
     features_extraction.main(
         ["--train_annotations", str(splits["train"][0]), "--train_images", str(splits["train"][1]),
          "--val_annotations", str(splits["val"][0]), "--val_images", str(splits["val"][1]),
          "--out_dir", str(out), "--weights", "random", "--pca_dim", "8", "--min_word_count", "1",
          "--boxes", "plain", "--box_pca_dim", "6", "--box_side", "64", "--quiet"])
+    return src, out
+
+
+@pytest.mark.slow
+def test_a_build_with_plain_boxes_writes_the_boxes_layout(plain_built):
+    """features_extraction.py --boxes plain end to end: per split the proposer's boxes, a count per
+    image, padded features; the transform says where the boxes came from; loading them gives the
+    decoders' inputs."""
+    _, out = plain_built
     kind = FEATURE_KINDS["boxes"]
     with h5py.File(kind.path(out, "train")) as f:
         scenes = [sample.make_scene("train", i) for i in range(12)]
@@ -314,6 +329,40 @@ def test_a_build_with_plain_boxes_writes_the_boxes_layout(tmp_path):
     assert data["train_features"].shape == (12, 2, 6 + 5) and data["features_kind"] == "boxes"
     single = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
     assert not data["train_features"][single, 1].any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", BOX_DECODERS)
+def test_box_decoders_train_caption_new_images_and_draw_their_boxes(plain_built, model, tmp_path,
+                                                                    capsys, monkeypatch):
+    """Each region decoder with --features boxes: trains, captions a new image through the
+    dataset's proposer and box transform (--image), and draws its attention over the image's own
+    boxes (the figure's boxes are the proposer's)."""
+    import inference
+    import training
+    from core.evaluation import captions as captions_module
+
+    src, out = plain_built
+    checkpoint = tmp_path / checkpoint_name(model, "b")
+    training.main(["--model", model, "--features", "boxes", "--data_dir", str(out), "--epochs", "2",
+                   "--batch_size", "20", "--checkpoint", str(checkpoint), "--out_dir",
+                   str(tmp_path), "--wordvec_dim", "8", "--hidden_dim", "8", "--attention_dim", "4",
+                   "--dim_feedforward", "16", "--num_heads", "2", "--num_layers", "1", "--recipe",
+                   "default", "--quiet"])
+    assert "up to 2 boxes of 6-d features" in capsys.readouterr().out
+    drawn = []
+    real = captions_module.save_attention_figure
+    monkeypatch.setattr(captions_module, "save_attention_figure",
+                        lambda rows, *a, **k: (drawn.extend(rows), real(rows, *a, **k)))
+    image = src / "images" / "val" / "000002.png"
+    inference.main(["--model", model, "--checkpoint", str(checkpoint), "--image", str(image),
+                    "--attention", "--out_dir", str(tmp_path), "--device", "cpu"])
+    assert "RoIAlign 3 x 3 regions" in capsys.readouterr().out
+    assert (tmp_path / f"{checkpoint.stem}_images_attention.png").stat().st_size > 5000
+    proposed = B.plain_background_boxes(np.asarray(Image.open(image).convert("RGB")))
+    assert not drawn[0]["grid"]
+    np.testing.assert_allclose(drawn[0]["boxes"], proposed, atol=0.1)
+    assert drawn[0]["alpha"].shape[1] == len(proposed)  # a weight for each of the image's boxes
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from core.evaluation.metrics import references_by_image
 from core.model.registry import MODEL_TYPES
 from core.training.config import resumed_batch_size
 from core.training.steps import SelfCritical
-from tests.helpers import rel_error, tiny_solver, weights
+from tests.helpers import DECODERS, rel_error, tiny_solver, weights
 
 pytestmark = pytest.mark.slow  # subprocesses, torchrun or VGG16 throughout
 
@@ -56,23 +56,25 @@ def make_solver(name, data, batch_size, dist=None, scst=False):
                        max_iters=STEPS, val_samples=20, seed=5, verbose=False, dist=dist, step=step)
 
 
-CASES = [(name, False) for name in MODEL_TYPES] + [("rnn", True), ("transformer", True)]  # (model type, scst)
+# (model type, its kind of features, self-critical): every decoder over every kind it reads, three self-critically
+CASES = [(name, kind, False) for name, kind in DECODERS] + [("rnn", "fc7", True), ("transformer", "fc7", True),
+                                                             ("updown", "boxes", True)]
 
 
 def test_two_processes_of_batch_b_train_as_one_of_batch_2b(fake_coco, tmp_path):
-    """Every decoder, by cross-entropy and (rnn, transformer) self-critically: the same weights and
+    """Every decoder, by cross-entropy and (rnn, transformer, box updown) self-critically: the same weights and
     losses as one process with twice the batch, and identical weights on both ranks after every
     step. Breaks caught: gradients summed instead of averaged, a rank training on the other's
     slice, self-critical images sampled on both ranks or with the same draws for different images."""
     out = tmp_path / "two.npz"
     result = torchrun(ROOT / "tests" / "dist_worker.py", fake_coco, out, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    data = {kind: load_coco_data(fake_coco, features=kind) for kind in ("fc7", "grid")}
+    data = {kind: load_coco_data(fake_coco, features=kind) for kind in ("fc7", "grid", "boxes")}
     with np.load(out) as two:
         assert list(two["mismatches"]) == []
-        for name, scst in CASES:
-            case = f"{name}{'_scst' if scst else ''}"
-            solver = make_solver(name, data[MODEL_TYPES[name].features], 2 * BATCH, scst=scst)
+        for name, kind, scst in CASES:
+            case = f"{name}-{kind}{'_scst' if scst else ''}"
+            solver = make_solver(name, data[kind], 2 * BATCH, scst=scst)
             solver.train()
             np.testing.assert_allclose(two[f"{case}.loss"], solver.history["loss"], rtol=1e-5, atol=1e-7)
             if scst:

@@ -12,7 +12,7 @@ from core.model.checkpoint import load_training_state, save_training_state
 from core.data.coco_utils import load_coco_data
 from core.model.registry import MODEL_TYPES
 from core.training.solver_base import TrainingDiverged
-from tests.helpers import checkpoint_name, tiny_model, tiny_solver, weights
+from tests.helpers import DECODER_IDS, DECODERS, checkpoint_name, tiny_model, tiny_solver, weights
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def data(fake_coco):
 
 @pytest.fixture(scope="module")
 def datasets(fake_coco, data):
-    """The data as each model type reads it: {"fc7": ..., "grid": ...}."""
-    return {"fc7": data, "grid": load_coco_data(fake_coco, max_train=120, seed=0, features="grid")}
+    """The data of each kind of features: {"fc7": ..., "grid": ..., "boxes": ...}."""
+    return {"fc7": data, **{kind: load_coco_data(fake_coco, max_train=120, seed=0, features=kind)
+                            for kind in ("grid", "boxes")}}
 
 
 def _solver(name, data, model=None, **kw):
@@ -67,11 +68,11 @@ def _resume(name, data, path, **kw):
     return fresh
 
 
-@pytest.mark.parametrize("name", list(MODEL_TYPES))
-def test_two_epochs_resumed_for_three_more_equal_five(name, datasets, tmp_path):
+@pytest.mark.parametrize("name,kind", DECODERS, ids=DECODER_IDS)
+def test_two_epochs_resumed_for_three_more_equal_five(name, kind, datasets, tmp_path):
     """Breaks caught: optimizer state, learning rate, RNG state (shuffling or dropout), history or
     best-so-far not saved or not restored."""
-    data = datasets[MODEL_TYPES[name].features]
+    data = datasets[kind]
     straight = _solver(name, data)
     straight.train()
 
