@@ -127,7 +127,8 @@ def parse_args(argv=None):
                         f"--split_file)")
     sizes = (args.batch_size, args.min_word_count, args.grid_pca_dim, args.box_side,
              args.min_boxes, args.max_boxes)
-    if min(sizes) <= 0 or args.box_pca_dim < 0 or args.pca_dim < 0 or args.max_length < 3 or args.num_workers < 0:
+    if (min(sizes) <= 0 or args.box_pca_dim < 0 or args.pca_dim < 0 or args.max_length < 3
+            or args.num_workers < 0):
         p.error("--batch_size, --grid_pca_dim, --box_side, --min_boxes, --max_boxes and "
                 "--min_word_count must be positive, --pca_dim and --box_pca_dim positive or 0 (no "
                 "PCA), --max_length at least 3")

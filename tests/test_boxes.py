@@ -165,8 +165,12 @@ def test_the_bottom_up_tsv_import_matches_images_by_id_and_pads(tmp_path):
     rows = _rows(rng, [42, 7, 99, 5], [3, 1, 2, 36])  # 99: not an image of the dataset
     tsv = _tsv(tmp_path / "trainval.tsv", rows)
     kind = FEATURE_KINDS["boxes"]
+    said = []
     transform = import_bottom_up([tsv], {"train": np.array([5, 7]), "val": np.array([42])},
-                                 tmp_path, 0, lambda s: kind.path(tmp_path, s), progress=False)
+                                 tmp_path, 0, lambda s: kind.path(tmp_path, s), progress=False,
+                                 log=said.append)
+    assert said == [f"skipped 1 bottom-up row(s) of images this dataset does not have, e.g. {tsv}, "
+                    "line 3 (image 99)"]
     np.testing.assert_array_equal(transform["components"], np.eye(2048))
     with h5py.File(kind.path(tmp_path, "train")) as f:
         np.testing.assert_array_equal(f["counts"][()], [36, 1])
@@ -184,6 +188,7 @@ def test_the_bottom_up_tsv_import_matches_images_by_id_and_pads(tmp_path):
     (lambda r: r[:3] + ["2"] + r[4:], "num_boxes 2 needs"),
     (lambda r: r[:5], "5 fields, not the 6"),
     (lambda r: r[:4] + ["!!!!"] + r[5:], "line 1 (image 7)"),
+    (lambda r: ["x7"] + r[1:], "line 1: image_id 'x7' is not a COCO image id"),
 ])
 def test_a_bad_tsv_row_is_one_line_naming_it(tmp_path, bad, message):
     rng = np.random.default_rng(1)

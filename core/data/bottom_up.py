@@ -73,14 +73,24 @@ def parse_row(path, n, row):
     return image_id, width, height, boxes, features
 
 
-def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True):
+def _image_id(path, n, row):
+    """A row's image id; UserError naming the row when it is not a whole number."""
+    try:
+        return int(row["image_id"])
+    except ValueError:
+        raise UserError(f"{path}, line {n}: image_id {row['image_id']!r} is not a COCO image id") \
+            from None
+
+
+def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=print):
     """Write the boxes files of every split from the tsv files.
 
     paths: the tsv files; ids: {split: (Ni,) COCO image ids of the split's feature rows};
     folder: where to write; pca_dim: PCA dimensions (0: the 2048-d features as they are);
     file_of: split -> the h5 path in folder -> the transform dict (identity without PCA).
     UserError for a bad row (naming it), an image of the dataset that no row gives, or an image
-    given twice.
+    given twice; rows of images the dataset does not have (the files cover all of train2014 and
+    val2014, a dataset may hold fewer) are skipped and counted in one line.
     """
     where = {}
     for split, split_ids in ids.items():
@@ -92,13 +102,14 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True):
             where[int(i)] = (split, r)
     counts = {split: np.zeros(len(split_ids), np.int32) for split, split_ids in ids.items()}
     sizes = {split: np.zeros((len(split_ids), 2), np.float32) for split, split_ids in ids.items()}
-    sample, seen = [], {}
+    sample, seen, others = [], {}, []
     # every stride-th box of a train image (36 a image assumed) is kept for the PCA
     stride = max(1, -(-len(ids.get("train", ())) * 36 // PCA_FIT_BOXES))
     for path, n, row in tqdm(read_rows(paths), desc="bottom-up rows (1/2)", unit="row",
                              disable=not progress):
-        image_id = int(row["image_id"]) if row["image_id"].isdigit() else None
+        image_id = _image_id(path, n, row)
         if image_id not in where:
+            others.append(f"{path}, line {n} (image {image_id})")
             continue
         if image_id in seen:
             raise UserError(f"{path}, line {n}: image {image_id} again (first at "
@@ -109,6 +120,9 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True):
         counts[split][r], sizes[split][r] = len(boxes), (width, height)
         if split == "train":
             sample.append(features[r % stride::stride])
+    if others:
+        log(f"skipped {len(others)} bottom-up row(s) of images this dataset does not have, e.g. "
+            f"{others[0]}")
     missing = [i for i in where if i not in seen]
     if missing:
         raise UserError(f"no bottom-up row for image {missing[0]} of the {where[missing[0]][0]} "
@@ -124,13 +138,13 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True):
             f = h5py.File(file_of(split), "w")
             files[split] = f
             f.create_dataset("features", (len(ids[split]), K, D), dtype=np.float16,
-                             chunks=(min(len(ids[split]), 64), K, D), fillvalue=0)
+                             chunks=(min(len(ids[split]), 8), K, D), fillvalue=0)
             f.create_dataset("boxes", (len(ids[split]), K, 4), dtype=np.float32, fillvalue=0)
             f.create_dataset("counts", data=counts[split])
             f.create_dataset("image_sizes", data=sizes[split])
         for path, n, row in tqdm(read_rows(paths), desc="bottom-up rows (2/2)", unit="row",
                                  disable=not progress):
-            image_id = int(row["image_id"]) if row["image_id"].isdigit() else None
+            image_id = _image_id(path, n, row)
             if image_id not in where:
                 continue
             _, _, _, boxes, features = parse_row(path, n, row)

@@ -28,8 +28,8 @@ from core.util.errors import UserError
 from core.data.bottom_up import import_bottom_up
 from core.data.boxes import BOX_SIDE, extract_box_features, pad_boxes
 from core.data.features import (
-    GRID_PCA_FIT_REGIONS, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of, extract_fc7, fit_grid_pca,
-    fit_pca, project, project_grid, save_transform)
+    GRID_PCA_FIT_REGIONS, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of,
+    extract_fc7, fit_grid_pca, fit_pca, project, project_grid, save_transform)
 from core.util.fileio import describe_os_error
 
 PCA_CHUNK_BYTES = 2 << 30  # fit IncrementalPCA in chunks when train fc7 is larger than this
@@ -211,7 +211,7 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         regions = _project_boxes(regions, box_pca_dim) + (dict(boxes.info(), side=box_side),)
     elif bottom_up_tsv:  # written into the build's folder, row by row
         ids = {split: image_ids(paths[split], splits[split]) for split in names}  # images kept
-        regions = functools.partial(_import_tsv, bottom_up_tsv, ids, box_pca_dim, progress)
+        regions = functools.partial(_import_tsv, bottom_up_tsv, ids, box_pca_dim, progress, log)
 
     try:
         removed = _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7,
@@ -389,7 +389,7 @@ def write_box_files(folder, transform, splits, box_info, info):
     for split, (features, boxes, counts, sizes) in splits.items():
         with h5py.File(kind.path(folder, split), "w") as f:
             f.create_dataset("features", data=features,
-                             chunks=(min(len(features), 256),) + features.shape[1:])
+                             chunks=(min(len(features), 8),) + features.shape[1:])
             f.create_dataset("boxes", data=boxes.astype(np.float32))
             f.create_dataset("counts", data=counts.astype(np.int32))
             f.create_dataset("image_sizes", data=np.asarray(sizes, dtype=np.float32))
@@ -400,12 +400,12 @@ def write_box_files(folder, transform, splits, box_info, info):
         side=box_info.get("side"), layer=box_info.get("layer", layer)))
 
 
-def _import_tsv(files, ids, pca_dim, progress, folder, info):
+def _import_tsv(files, ids, pca_dim, progress, log, folder, info):
     """Write the boxes files of the bottom-up tsv files into folder (core/data/bottom_up.py) and
     their transform, whose info says where they came from."""
     kind = FEATURE_KINDS["boxes"]
     transform = import_bottom_up(files, ids, folder, pca_dim, lambda s: kind.path(folder, s),
-                                 progress)
+                                 progress, log)
     save_transform(Path(folder) / kind.transform_file, transform, dict(
         info, pca_dim=pca_dim, boxes={"source": "bottom-up tsv", "path": ", ".join(files)},
         layer="Faster R-CNN ResNet-101 (Visual Genome) pool5, peteanderson80/bottom-up-attention"))

@@ -393,8 +393,8 @@ def caption_files(settings, model, config):
         panels = panels[:settings.num_images]
     note = None
     if Path(settings.data_dir).resolve() == SAMPLE_DIR.resolve():
-        note = ("this model knows only the sample dataset's rendered scenes (one or two large "
-                "shapes of 6 colours and 4 kinds on a grey background): captions of other images "
+        note = ("this model knows only the sample dataset's rendered scenes (one or two shapes "
+                "of 6 colours and 4 kinds on a plain grey background): captions of other images "
                 "are not meaningful")
         print(f"note: {note}")
     name = Path(settings.image_folder).resolve().name if settings.image_folder else "images"

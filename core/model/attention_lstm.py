@@ -10,12 +10,13 @@ The regions get their place added, so that what the decoder reads from a region 
 regions (N, K, D + 5) (core/data/boxes.py: each box's feature, then its geometry g = (x0 / W,
 y0 / H, x1 / W, y1 / H, area)) a projection of their box, a = features + g W_geo (W_geo (5, D)), and
 a mask: an image's padded boxes (all zero) get no attention, no gradient and no part in the mean.
-The regions set the initial state from their mean, h0 = tanh(mean_i a_i W_init_h + b_init_h) and c0 alike; at every
-step the previous hidden state weighs the regions (alpha, (N, R)) and the gated, weighted mean of
-the regions enters the LSTM with the word. The loss is the summed cross-entropy of the next words
-per caption plus the doubly stochastic attention penalty alpha_c * mean_i (1 - sum_t alpha_ti) ** 2
-(t over a caption's words, i over the regions), which asks every region to be looked at about
-once over the caption. The mean rather than the paper's sum, as in the widely used PyTorch port:
+The regions set the initial state from their mean, h0 = tanh(mean_i a_i W_init_h + b_init_h) and c0
+alike; at every step the previous hidden state weighs the regions (alpha, (N, R)) and the gated,
+weighted mean of the regions enters the LSTM with the word. The loss is the summed cross-entropy of
+the next words per caption plus the doubly stochastic attention penalty alpha_c * mean_i (1 - sum_t
+alpha_ti) ** 2 (t over a caption's words, i over the regions), which asks every region to be looked
+at about once over the caption. The mean rather than the paper's sum, as in the widely used PyTorch
+port:
 with R = 49 regions and 10-word captions the sum outweighs the words.
 """
 import numpy as np
@@ -220,8 +221,8 @@ def regions_with_place(features, kind, params, D, dtype):
     padding), mask (N, R) bool (None for a grid); ValueError when the shape does not fit."""
     if kind == "boxes":
         if features.ndim != 3 or features.shape[2] != D + GEOMETRY:
-            raise ValueError(f"box features of shape {features.shape[1:]} per image do not fit this "
-                             f"model's (boxes, {D} + {GEOMETRY}) (features, then geometry)")
+            raise ValueError(f"box features of shape {features.shape[1:]} per image do not fit "
+                             f"this model's (boxes, {D} + {GEOMETRY}) (features, then geometry)")
         f = features.astype(dtype, copy=False)
         return f[..., :D] + f[..., D:] @ params["W_geo"], box_mask(f)
     if features.shape[1:] != params["P"].shape:

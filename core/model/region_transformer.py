@@ -7,9 +7,10 @@ Its memory is the regions, each projected to E and given its place, so that what
 says where it is: grid regions (N, R, D) (core/data/features.py) a learned 2-D position embedding,
 row[r] + column[c] for the region in row r and column c; object regions (N, K, D + 5)
 (core/data/boxes.py: each box's feature, then its geometry g) a projection of the geometry,
-g W_geo (W_geo (5, E)), and a key padding mask: an image's padded boxes are never attended to. With R memory tokens the cross-attention is real:
-every query and key projection trains, and decoding projects the memory's keys and values once per
-caption (the key/value cache of the base class).
+g W_geo (W_geo (5, E)), and a key padding mask: an image's padded boxes are never attended to.
+With R memory tokens the cross-attention is real: every query and key projection trains, and
+decoding projects the memory's keys and values once per caption (the key/value cache of the base
+class).
 """
 import math
 
