@@ -3,8 +3,10 @@ CS231n layer API."""
 import functools
 import json
 import re
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -48,11 +50,35 @@ def test_original_checkpoints_decode_as_the_original_does(model):
     assert captions == _expected(model)
 
 
+@pytest.fixture(scope="module")
+def original_data(tmp_path_factory):
+    """The sample dataset as the original checkpoints met it: its vocabulary's word order (the captions re-encoded
+    into it) and the first 20 val images' features those checkpoints captioned (tests/data/original; the sample
+    scenes have been drawn anew since)."""
+    folder = tmp_path_factory.mktemp("original_data")
+    new_words = load_coco_data(SAMPLE_DIR)["idx_to_word"]
+    assert sorted(new_words) == sorted(VOCAB)  # the same words, in another order
+    recode = np.array([VOCAB.index(w) for w in new_words])
+    (folder / "coco2014_vocab.json").write_text(json.dumps({"idx_to_word": VOCAB,
+                                                            "word_to_idx": {w: i for i, w in enumerate(VOCAB)}}))
+    with h5py.File(SAMPLE_DIR / "coco2014_captions.h5") as f, h5py.File(folder / "coco2014_captions.h5", "w") as g:
+        for name in f:
+            g[name] = recode[f[name][()]] if name.endswith("_captions") else f[name][()]
+    for split in ("train", "val", "test"):
+        shutil.copy(SAMPLE_DIR / f"{split}2014_urls.txt", folder)
+        features = h5py.File(SAMPLE_DIR / f"{split}2014_vgg16_fc7_pca.h5")["features"][()]
+        if split == "val":
+            features[:20] = np.load(ORIGINAL / "val_features.npy")
+        with h5py.File(folder / f"{split}2014_vgg16_fc7_pca.h5", "w") as g:
+            g["features"] = features
+    return folder
+
+
 @pytest.mark.parametrize("model", FILES)
-def test_original_checkpoints_through_inference_eval(model, tmp_path, capsys, monkeypatch):
+def test_original_checkpoints_through_inference_eval(model, original_data, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(captioning, "score_captions", functools.partial(score_captions, meteor=False))
-    inference.main(["--model", model, "--checkpoint", str(ORIGINAL / FILES[model]), "--data_dir", str(SAMPLE_DIR),
-                    "--eval", "--split", "val", "--out_dir", str(tmp_path), "--device", "cpu"])
+    inference.main(["--model", model, "--checkpoint", str(ORIGINAL / FILES[model]), "--data_dir",
+                    str(original_data), "--eval", "--split", "val", "--out_dir", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "in the original repository's format (weights only)" in out
     report = json.loads((tmp_path / f"{Path(FILES[model]).stem}_val_greedy_eval.json").read_text())

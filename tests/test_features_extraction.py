@@ -229,11 +229,17 @@ def test_sample_dataset_content():
     assert len(set(texts)) == 5  # five different phrasings of one image
     files = [p for p in SAMPLE_DIR.rglob("*") if p.is_file() and not p.name.endswith("_fc7.h5")]
     grid = sum(p.stat().st_size for p in files if "_grid_" in p.name)
-    assert sum(p.stat().st_size for p in files) - grid <= 16 * 2 ** 20
+    boxes = sum(p.stat().st_size for p in files if "_boxes_" in p.name)
+    assert sum(p.stat().st_size for p in files) - grid - boxes <= 16 * 2 ** 20
     assert grid <= 20 * 2 ** 20  # the attention decoders' region features: 3,000 images x 49 x 64 float16
+    assert boxes <= 4 * 2 ** 20  # up to 2 boxes of 128 float16 each, and their PCA (128 x 4608)
+    assert sum(p.stat().st_size for p in files) <= 40 * 2 ** 20  # the whole committed dataset
     regions = load_coco_data(SAMPLE_DIR, features="grid")
     assert regions["train_features"].shape == (2000, 49, 64) and regions["train_features"].dtype == np.float16
     assert regions["dataset_id"] == data["dataset_id"]  # the same dataset, whichever features are read
+    objects = load_coco_data(SAMPLE_DIR, features="boxes")
+    counts = (objects["train_features"][..., -1] > 0).sum(axis=1)  # the proposer found every object
+    np.testing.assert_array_equal(counts, [len(sample.make_scene("train", i)["objects"]) for i in range(2000)])
 
 
 def test_incremental_pca_spans_the_same_subspace_as_full_pca():
