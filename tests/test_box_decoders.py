@@ -161,3 +161,19 @@ def test_a_model_of_one_kind_of_features_refuses_the_other(tmp_path):
     box_model = tiny_model("updown", dict(tiny_data("boxes", rng), idx_to_word=WORDS))
     with pytest.raises(ValueError, match="do not fit this model's"):
         box_model.loss(data["train_features"], data["train_captions"])
+
+
+def test_the_features_flag_is_checked_against_the_model_type(capsys, fake_coco):
+    """--features names a kind the decoder reads; unset, the row's default (or the --init_from
+    checkpoint's own kind)."""
+    import training
+    from core.training.config import settle
+    from tests.helpers import one_line_error
+
+    one_line_error(capsys, lambda: training.main(["--model", "lstm", "--features", "boxes",
+                                                  "--data_dir", str(fake_coco)]),
+                   "--features boxes: a lstm reads fc7 features")
+    assert settle(["--model", "updown", "--data_dir", str(fake_coco)]).config.features == "grid"
+    assert settle(["--model", "updown", "--features", "boxes",
+                   "--data_dir", str(fake_coco)]).config.features == "boxes"
+    assert settle(["--model", "gru", "--data_dir", str(fake_coco)]).config.features == "fc7"
