@@ -148,11 +148,11 @@ def draw_attended_boxes(ax, boxes, alpha, image):
         if image is not None and share > 0.05:
             ax.imshow(image[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))],
                       extent=(int(x0), int(np.ceil(x1)), int(np.ceil(y1)), int(y0)),
-                      alpha=share)
+                      alpha=share, zorder=2)  # above the veil
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=0.5 + 2 * share,
                                edgecolor="yellow" if k == int(np.argmax(alpha)) else "white",
-                               alpha=0.3 + 0.7 * share))
-    ax.text(2, 2, f"{float(alpha.max()):.2f}", color="yellow", fontsize=6, va="top")
+                               alpha=0.3 + 0.7 * share, zorder=3))
+    ax.text(2, 2, f"{float(alpha.max()):.2f}", color="yellow", fontsize=6, va="top", zorder=4)
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
 
