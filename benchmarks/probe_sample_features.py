@@ -3,12 +3,16 @@
 Usage:
     python benchmarks/probe_sample_features.py                  # the fc7 PCA features
     python benchmarks/probe_sample_features.py --features grid  # the 7 x 7 region features, flattened
+    python benchmarks/probe_sample_features.py --features boxes # each object box's feature
 
 Fits a logistic regression per attribute (colour, shape and size of each object, and for two
 objects whether they stand side by side or one above the other) on the train features and
 prints val accuracy as JSON, separately for one-object and two-object scenes. Chance is 1/6
 for colour, 1/4 for shape, 1/2 for size and relation. Also scores a blind baseline: the most
-common training caption given for every val image (BLEU-4 and CIDEr-D).
+common training caption given for every val image (BLEU-4 and CIDEr-D). With --features boxes the
+probe reads one box at a time (its 128-d feature, not its geometry): the colour, shape and size of
+the object the box holds (the one whose centre is nearest the box's), fitted on the train boxes and
+scored on the test split's.
 """
 import argparse
 import json
@@ -24,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data.coco_utils import decode_captions, load_coco_data  # noqa: E402
-from core.datasets.make_sample_dataset import SAMPLE_DIR, make_scene  # noqa: E402
+from core.datasets.make_sample_dataset import SAMPLE_DIR, SIZE, make_scene  # noqa: E402
 from core.evaluation.metrics import references_by_image, score_captions  # noqa: E402
 
 
@@ -42,9 +46,12 @@ def blind_baseline():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", choices=("fc7", "grid"), default="fc7",
+    parser.add_argument("--features", choices=("fc7", "grid", "boxes"), default="fc7",
                         help="which features to probe")
     args = parser.parse_args(argv)
+    if args.features == "boxes":
+        print(json.dumps(probe_boxes(), indent=1))
+        return
     name = "fc7_pca" if args.features == "fc7" else "grid_pca"
     feats = {s: h5py.File(SAMPLE_DIR / f"{s}2014_vgg16_{name}.h5", "r")["features"][()]
              for s in ("train", "val")}
@@ -74,6 +81,28 @@ def main(argv=None):
     if args.features == "fc7":
         result["blind baseline"] = blind_baseline()
     print(json.dumps(result, indent=1))
+
+
+def probe_boxes():
+    """Linear probes of each box's feature (the object it holds), train boxes -> test boxes."""
+    data = load_coco_data(SAMPLE_DIR, features="boxes")
+
+    def boxes(split):
+        X, y = [], {k: [] for k in ("color", "shape", "size")}
+        for i, regions in enumerate(data[f"{split}_features"]):
+            scene = make_scene(split, i)
+            for box in regions[regions[:, -1] > 0].astype(np.float32):
+                x0, y0, x1, y1 = box[-5:-1] * SIZE  # the geometry is in fractions of the image
+                nearest = min(scene["objects"], key=lambda o: (o["center"][0] - (x0 + x1) / 2) ** 2
+                              + (o["center"][1] - (y0 + y1) / 2) ** 2)
+                X.append(box[:-5])
+                for k in y:
+                    y[k].append(nearest[k])
+        return np.array(X), y
+
+    (X, y), (X_test, y_test) = boxes("train"), boxes("test")
+    return {k: round(float(LogisticRegression(max_iter=3000).fit(X, y[k]).score(X_test, y_test[k])),
+                     4) for k in y} | {"train_boxes": len(X), "test_boxes": len(X_test)}
 
 
 if __name__ == "__main__":
