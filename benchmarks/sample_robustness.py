@@ -119,7 +119,7 @@ def main(argv=None):
             row[variant] = float(np.mean([c in refs for c, refs in zip(captions, references)]))
             report = [{"image": i, "caption": c, "references": sorted(r)}
                       for i, (c, r) in enumerate(zip(captions, references))]
-            row[f"{variant}_mistakes"] = count_errors(report)
+            row[f"{variant}_mistakes"] = count_errors(report, split="test")
             if alphas is not None:
                 looks = attention_looks(drawn_scenes(scenes, variant), captions, alphas,
                                         feats[kind], kind)
