@@ -486,11 +486,14 @@ def test_the_sample_dataset_builder_writes_a_loadable_dataset(tmp_path):
     """make_sample_dataset renders the scenes and builds the layout through core/data/builder.py
     (not through the features_extraction script)."""
     sample.main(["--out_dir", str(tmp_path), "--train_images", "6", "--val_images", "3", "--test_images", "2",
-                 "--pca_dim", "4", "--grid_pca_dim", "3"])
+                 "--pca_dim", "4", "--grid_pca_dim", "3", "--box_pca_dim", "3"])
     data = load_coco_data(tmp_path)
     assert data["train_features"].shape == (6, 4) and data["val_captions"].shape == (15, 17)
     assert data["test_captions"].shape == (10, 17)
     assert load_coco_data(tmp_path, features="grid")["test_features"].shape == (2, 49, 3)
+    boxes = load_coco_data(tmp_path, features="boxes")["test_features"]  # the proposer's: every object
+    np.testing.assert_array_equal((boxes[..., -1] > 0).sum(axis=1),
+                                  [len(sample.make_scene("test", i)["objects"]) for i in range(2)])
     assert len(data["train_urls"]) == 6 and (tmp_path / TRANSFORM_FILE).is_file()
 
 

@@ -138,7 +138,7 @@ class Detector:
         import torch
         from torchvision.ops import nms
 
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255  # a writable copy
         with torch.inference_mode():
             out = self.model([tensor.to(self.device)])[0]
         keep = nms(out["boxes"], out["scores"], NMS_IOU)
