@@ -112,8 +112,9 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     instead of the 4096-d fc7; features "grid": the region features (Ni, R, G) float16 instead
     (the attention decoders'; UserError saying how to build them when the folder has none), "boxes"
     the object regions (Ni, K, D + 5) (core/data/boxes.py: box_inputs). lazy: region features are
-    read per minibatch from disk (a RegionFile) instead of loaded whole; None: when a split's file
-    is larger than LAZY_SHARE of this machine's memory (COCO's 36 boxes of 2048-d are 18 GB).
+    read per minibatch from disk (a RegionFile) instead of loaded whole; None: when the splits'
+    region files together are larger than LAZY_SHARE of this machine's memory (COCO's 36 boxes of
+    2048-d are 18 GB).
     -> dict with train_captions (Nc, L) int32, train_image_idxs (Nc,) int32,
        train_features (Ni, D) float32, train_urls (Ni,) str, the same for val (and test when the
        folder has one; `data_splits(data)` lists them), idx_to_word (list), word_to_idx (dict),
@@ -131,10 +132,13 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     data.update(_read_h5(captions_path,
                          [f"{s}_{k}" for s in splits for k in ("captions", "image_idxs")]))
     kind = feature_kind(features)
+    paths = {split: _require(kind.path(base_dir, split, pca_features),
+                             f"{base_dir} has no {kind.label}: {kind.missing}" if kind.missing
+                             else hint) for split in splits}
+    per_minibatch = kind.regions and _too_large(paths.values(), lazy)
     for split in splits:
-        path = _require(kind.path(base_dir, split, pca_features),
-                        f"{base_dir} has no {kind.label}: {kind.missing}" if kind.missing else hint)
-        if kind.regions and _too_large(path, lazy):
+        path = paths[split]
+        if per_minibatch:
             data[f"{split}_features"] = RegionFile(path, kind)
         else:
             data[f"{split}_features"] = _check_features(
@@ -158,21 +162,26 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     return data if max_train is None else keep_captions(data, max_train, seed, base_dir)
 
 
-LAZY_SHARE = 0.25  # region files larger than this share of the memory are read per minibatch
+# region files larger together than this share of the memory are read per minibatch (loaded whole,
+# a box file takes about three times its size while its arrays are put together)
+LAZY_SHARE = 0.25
 
 
-def _too_large(path, lazy):
-    """Whether to read a region file per minibatch: lazy if given, else whether its features are
-    larger than LAZY_SHARE of this machine's memory."""
+def _too_large(paths, lazy):
+    """Whether to read the splits' region files per minibatch: lazy if given, else whether their
+    features together are larger than LAZY_SHARE of this machine's memory."""
     if lazy is not None:
         return lazy
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        with h5py.File(path, "r") as f:
-            return isinstance(f.get("features"), h5py.Dataset) and \
-                f["features"].nbytes > LAZY_SHARE * memory
-    except OSError:
-        return False  # _read_h5 says why
+    total = 0
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as f:
+                if isinstance(f.get("features"), h5py.Dataset):
+                    total += f["features"].nbytes
+        except OSError:
+            pass  # _read_h5 says why
+    return total > LAZY_SHARE * memory
 
 
 class RegionFile:
