@@ -486,7 +486,7 @@ def test_the_sample_dataset_builder_writes_a_loadable_dataset(tmp_path):
     """make_sample_dataset renders the scenes and builds the layout through core/data/builder.py
     (not through the features_extraction script)."""
     sample.main(["--out_dir", str(tmp_path), "--train_images", "6", "--val_images", "3", "--test_images", "2",
-                 "--pca_dim", "4", "--grid_pca_dim", "3", "--box_pca_dim", "3"])
+                 "--pca_dim", "4", "--grid_pca_dim", "3", "--box_pca_dim", "3", "--box_side", "64"])
     data = load_coco_data(tmp_path)
     assert data["train_features"].shape == (6, 4) and data["val_captions"].shape == (15, 17)
     assert data["test_captions"].shape == (10, 17)

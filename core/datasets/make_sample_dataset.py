@@ -239,6 +239,8 @@ def main(argv=None):
                              "decoders')")
     parser.add_argument("--box_pca_dim", type=int, default=128,
                         help="PCA dimensions of the object regions' features (the box decoders')")
+    parser.add_argument("--box_side", type=int, default=BOX_SIDE,
+                        help="the longer side the scenes are scaled to for the boxes' feature map")
     parser.add_argument("--batch_size", type=int, default=32, help="images per VGG16 forward pass")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
@@ -251,7 +253,7 @@ def main(argv=None):
                       parse_weights("random", args.seed), batch_size=args.batch_size, device="cpu",
                       min_word_count=1, pca_dim=args.pca_dim,
                       grid_size=7, grid_pca_dim=args.grid_pca_dim, boxes=BoxSource("plain"),
-                      box_pca_dim=args.box_pca_dim, box_side=BOX_SIDE)
+                      box_pca_dim=args.box_pca_dim, box_side=args.box_side)
 
 
 if __name__ == "__main__":
