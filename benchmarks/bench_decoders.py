@@ -210,13 +210,19 @@ class TorchAttentionLSTM(nn.Module):
                                   dim=1)
             z = torch.sigmoid(h @ p["w_beta"]
                               + p["b_beta"])[:, None] * (alpha[:, :, None] * a).sum(1)
-            g = p["W_embed"][words] @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"]
-            i, f, o = torch.sigmoid(g[:, :3 * H]).split(H, dim=1)
-            c = f * c + i * torch.tanh(g[:, 3 * H:])
-            h = o * torch.tanh(c)
+            h, c = torch_lstm(p["W_embed"][words] @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"], c)
             words = (h @ p["W_vocab"] + p["b_vocab"]).argmax(dim=1)
             out.append(words)
         return torch.stack(out, dim=1).numpy()
+
+
+def torch_lstm(g, c):
+    """The LSTM update of lstm_utils.py's gate order (i, f, o, g) in torch: gate pre-activations
+    g (N, 4H), c (N, H) -> h, c (N, H)."""
+    H = c.shape[1]
+    i, f, o = torch.sigmoid(g[:, :3 * H]).split(H, dim=1)
+    c = f * c + i * torch.tanh(g[:, 3 * H:])
+    return o * torch.tanh(c), c
 
 
 def torch_updown(x, v, p, mask=None):
@@ -233,19 +239,14 @@ def torch_updown(x, v, p, mask=None):
     v_proj = v @ p["W_va"]
     outs, alphas = [], []
 
-    def lstm(g, c):
-        i, f, o = torch.sigmoid(g[:, :3 * H]).split(H, dim=1)
-        c = f * c + i * torch.tanh(g[:, 3 * H:])
-        return o * torch.tanh(c), c
-
     for t in range(T):
-        h1, c1 = lstm(xa1[:, t] + h2 @ p["W1h2"] + h1 @ p["W1h"], c1)
+        h1, c1 = torch_lstm(xa1[:, t] + h2 @ p["W1h2"] + h1 @ p["W1h"], c1)
         scores = torch.tanh(v_proj + (h1 @ p["W_ha"])[:, None]) @ p["w_a"]  # (N, R)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         alpha = torch.softmax(scores, dim=1)
         context = (alpha[:, :, None] * v).sum(dim=1)
-        h2, c2 = lstm(context @ p["W2v"] + h1 @ p["W2h1"] + h2 @ p["W2h"] + p["b2"], c2)
+        h2, c2 = torch_lstm(context @ p["W2v"] + h1 @ p["W2h1"] + h2 @ p["W2h"] + p["b2"], c2)
         outs.append(h2)
         alphas.append(alpha)
     return torch.stack(outs, dim=1), torch.stack(alphas, dim=1)
@@ -283,16 +284,11 @@ class TorchUpDown(nn.Module):
         words = torch.full((len(v),), 1, dtype=torch.long)
         out = []
         for _ in range(max_length):
-            g1 = p["W_embed"][words] @ p["W1x"] + v_part + h2 @ p["W1h2"] + h1 @ p["W1h"]
-            i, f, o = torch.sigmoid(g1[:, :3 * H]).split(H, dim=1)
-            c1 = f * c1 + i * torch.tanh(g1[:, 3 * H:])
-            h1 = o * torch.tanh(c1)
+            h1, c1 = torch_lstm(p["W_embed"][words] @ p["W1x"] + v_part + h2 @ p["W1h2"]
+                                + h1 @ p["W1h"], c1)
             alpha = torch.softmax(torch.tanh(v_proj + (h1 @ p["W_ha"])[:, None]) @ p["w_a"], dim=1)
             context = (alpha[:, :, None] * v).sum(1)
-            g2 = context @ p["W2v"] + h1 @ p["W2h1"] + h2 @ p["W2h"] + p["b2"]
-            i, f, o = torch.sigmoid(g2[:, :3 * H]).split(H, dim=1)
-            c2 = f * c2 + i * torch.tanh(g2[:, 3 * H:])
-            h2 = o * torch.tanh(c2)
+            h2, c2 = torch_lstm(context @ p["W2v"] + h1 @ p["W2h1"] + h2 @ p["W2h"] + p["b2"], c2)
             words = (h2 @ p["W_vocab"] + p["b_vocab"]).argmax(dim=1)
             out.append(words)
         return torch.stack(out, dim=1).numpy()

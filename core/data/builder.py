@@ -152,8 +152,9 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at "
                         f"most {F}); the train split has {len(paths['train'])}: use a "
                         f"smaller --pca_dim or more images")
-    ids = {split: image_ids(paths[split], splits[split]) for split in names}
-    all_ids = np.concatenate(list(ids.values()))
+    if boxes is not None:  # a detections file names images by COCO id
+        ids = {split: image_ids(paths[split], splits[split]) for split in names}
+        all_ids = np.concatenate(list(ids.values()))
     for split in names:
         fc7[split], bad, grid[split] = _extract_sharded(
             paths[split], spec, dist, batch_size=batch_size, device=device, num_workers=num_workers,
