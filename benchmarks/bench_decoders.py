@@ -261,11 +261,11 @@ class TorchUpDown(nn.Module):
                                    for k, v in ours.params.items()})
 
     def loss(self, regions, captions):
-        """regions (N, R, D) of a grid, or boxes (N, K, D + 5) when the model reads boxes."""
+        """regions (N, R, D) tensor of a grid, or Regions of tensors (boxes: features (N, K, D),
+        geometry (N, K, 5), mask (N, K)) when the model reads boxes."""
         p = self.p
-        if "W_geo" in p:  # boxes: the geometry's projection, the zero-area rows masked
-            D = p["W_geo"].shape[1]
-            v, mask = regions[..., :D] + regions[..., D:] @ p["W_geo"], regions[..., -1] > 0
+        if "W_geo" in p:  # boxes: the geometry's projection, the padded rows masked
+            v, mask = regions.features + regions.geometry @ p["W_geo"], regions.mask
         else:
             v, mask = regions + p["P"], None
         h2, _ = torch_updown(p["W_embed"][captions[:, :-1]], v, p, mask)

@@ -89,13 +89,16 @@ def probe_boxes():
 
     def boxes(split):
         X, y = [], {k: [] for k in ("color", "shape", "size")}
-        for i, regions in enumerate(data[f"{split}_features"]):
+        regions = data[f"{split}_features"]
+        for i in range(len(regions)):
             scene = make_scene(split, i)
-            for box in regions[regions[:, -1] > 0].astype(np.float32):
-                x0, y0, x1, y1 = box[-5:-1] * SIZE  # the geometry is in fractions of the image
+            own = regions.mask[i]
+            for feature, place in zip(regions.features[i][own].astype(np.float32),
+                                      regions.geometry[i][own].astype(np.float32)):
+                x0, y0, x1, y1 = place[:4] * SIZE  # the geometry is in fractions of the image
                 nearest = min(scene["objects"], key=lambda o: (o["center"][0] - (x0 + x1) / 2) ** 2
                               + (o["center"][1] - (y0 + y1) / 2) ** 2)
-                X.append(box[:-5])
+                X.append(feature)
                 for k in y:
                     y[k].append(nearest[k])
         return np.array(X), y

@@ -33,9 +33,9 @@ from core.data.vocab import decode_captions  # noqa: E402
 from core.datasets import make_sample_dataset as sample  # noqa: E402
 from core.model.decoding import greedy_search  # noqa: E402
 from core.data.features import (  # noqa: E402
-    GRID_TRANSFORM_FILE, TRANSFORM_FILE, extract_fc7, load_transform, project, project_grid,
-    region_boxes)
-from core.data.boxes import box_mask, compute_box_inputs, geometry_boxes  # noqa: E402
+    GRID_TRANSFORM_FILE, TRANSFORM_FILE, extract_fc7, load_transform, project, project_grid)
+from core.data.boxes import compute_box_regions  # noqa: E402
+from core.data.regions import Regions  # noqa: E402
 from core.data.feature_kinds import FEATURE_KINDS  # noqa: E402
 from core.model.registry import checkpoint_features  # noqa: E402
 
@@ -57,7 +57,7 @@ def render_variant(scene, i, variant):
 
 def variant_features(scenes, variant, data_dir, batch_size):
     """Render the scenes as `variant` and extract every kind of features -> ({"fc7": (N, 512),
-    "grid": (N, 49, G), "boxes": (N, K, D + 5)}, the rendered scenes' object centres as moved)."""
+    "grid": Regions (N, 49, G), "boxes": Regions (N, K, D)}, the rendered scenes' object centres as moved)."""
     fc7_transform, info = load_transform(Path(data_dir) / TRANSFORM_FILE)
     grid_transform, grid_info = load_transform(Path(data_dir) / GRID_TRANSFORM_FILE)
     box_transform, box_info = FEATURE_KINDS["boxes"].transform(data_dir)
@@ -68,10 +68,10 @@ def variant_features(scenes, variant, data_dir, batch_size):
             render_variant(scene, i, variant).save(paths[-1])
         fc7, bad, grid = extract_fc7(paths, info["vgg16"], batch_size=batch_size,
                                      grid_size=grid_info["grid_size"], desc=variant)
-        boxes, bad_boxes = compute_box_inputs(paths, box_transform, box_info)
+        boxes, bad_boxes = compute_box_regions(paths, box_transform, box_info)
     assert not bad and not bad_boxes, (bad, bad_boxes)
-    return {"fc7": project(fc7, fc7_transform), "grid": project_grid(grid, grid_transform),
-            "boxes": boxes}
+    return {"fc7": project(fc7, fc7_transform),
+            "grid": Regions(project_grid(grid, grid_transform)), "boxes": boxes}
 
 
 def drawn_scenes(scenes, variant):
@@ -143,17 +143,14 @@ def main(argv=None):
 
 def attention_looks(scenes, captions, alphas, regions, kind):
     """(hit, chance) of every object word of the captions (make_sample_dataset.
-    attention_on_objects): alphas (N, L, R); regions the features the decoder read (N, R, ...)."""
+    attention_on_objects): alphas (N, L, R); regions the Regions the decoder read; kind the name
+    of their kind of features."""
     looks = []
     for k, (scene, caption, alpha) in enumerate(zip(scenes, captions, alphas)):
-        if kind == "boxes":
-            own = box_mask(regions[k])
-            boxes = geometry_boxes(regions[k][own], sample.SIZE, sample.SIZE)
-            looks += sample.attention_on_objects(scene, caption.split(), alpha[:, own], boxes,
-                                                 iou=0.5)
-        else:
-            boxes = region_boxes(int(round(np.sqrt(alpha.shape[1]))), sample.SIZE, sample.SIZE)
-            looks += sample.attention_on_objects(scene, caption.split(), alpha, boxes)
+        boxes, own, heat_map = FEATURE_KINDS[kind].drawn_regions(regions[k], sample.SIZE,
+                                                                 sample.SIZE)
+        looks += sample.attention_on_objects(scene, caption.split(), alpha[:, own], boxes,
+                                             iou=None if heat_map else 0.5)
     return looks
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.data.regions import Regions
 from core.model.registry import BACKENDS, MODEL_TYPES, build_model, tiny_sizes
 
 
@@ -57,9 +58,9 @@ DECODER_IDS = [f"{name}-{kind}" for name, kind in DECODERS]
 
 
 def box_rows(features, counts=None):
-    """(N, R, D) region features -> boxes as core.data.boxes.box_inputs makes them: (N, R, D + 5),
-    region k of image n a box of fixed geometry, the rows past counts[n] padding (all zero);
-    counts (N,) int, default 1 + n % R (every image but every R-th is padded)."""
+    """(N, R, D) region features -> Regions of boxes as the box files load: region k of image n a
+    box of fixed geometry, the rows past counts[n] padding (zero, and outside the mask); counts
+    (N,) int, default 1 + n % R (every image but every R-th is padded)."""
     features = np.asarray(features)
     N, R, _ = features.shape
     counts = 1 + np.arange(N) % R if counts is None else np.asarray(counts)
@@ -67,20 +68,26 @@ def box_rows(features, counts=None):
     x0, y0 = 0.6 * k / R, 0.1 + 0.05 * k
     corners = np.concatenate([x0, y0, x0 + 0.3, y0 + 0.5], axis=1)  # (R, 4) fractions
     geometry = np.concatenate([corners, (0.3 * 0.5) * np.ones((R, 1))], axis=1)  # (R, 5)
-    out = np.concatenate([features, np.broadcast_to(geometry, (N, R, 5)).astype(features.dtype)],
-                         axis=2)
-    out[np.arange(R)[None, :] >= counts[:, None]] = 0
-    return out
+    mask = np.arange(R)[None, :] < counts[:, None]
+    return Regions(np.where(mask[..., None], features, 0).astype(features.dtype),
+                   np.where(mask[..., None], geometry, 0).astype(features.dtype), mask)
+
+
+def grid_rows(features):
+    """(N, R, D) grid features -> Regions, as the grid files load."""
+    return Regions(np.asarray(features))
 
 
 def tiny_data(kind, rng, images=3, regions=4, dim=6, length=7, words=9):
-    """Tiny training data of a kind of features ("fc7" (Ni, D), "grid" (Ni, R, D), "boxes"
-    (Ni, R, D + 5) with padding): images, random captions of `length` over `words` words (<START>
+    """Tiny training data of a kind of features ("fc7" (Ni, D), "grid" Regions (Ni, R, D), "boxes"
+    Regions (Ni, R, D) with geometry and padding): images, random captions of `length` over `words` words (<START>
     first, <END> last); idx_to_word is left to the caller."""
     shape = (images, dim) if kind == "fc7" else (images, regions, dim)
     features = rng.standard_normal(shape).astype(np.float32)
     if kind == "boxes":
         features = box_rows(features)
+    elif kind == "grid":
+        features = grid_rows(features)
     captions = rng.integers(4, words, size=(images, length))
     captions[:, 0], captions[:, -1] = 1, 2
     return {"train_features": features, "train_captions": captions, "features_kind": kind}

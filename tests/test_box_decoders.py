@@ -1,5 +1,5 @@
 """Decoders over object regions (boxes): each image has its own number of boxes, padded to the
-batch's most with all-zero rows, and a box's geometry is projected into its feature. Padding must
+batch's most, the padding outside the mask (core/data/regions.py), and a box's geometry is projected into its feature. Padding must
 change nothing, the masked gradients must be exact (centered differences, torch autograd), and a
 model of one kind of features refuses the other in one line."""
 import numpy as np
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from benchmarks.bench_decoders import TorchUpDown
 from core.layers.transformer_layers import MultiHeadAttention
+from core.data.regions import Regions
 from core.model.attention_lstm import AttentionLSTM
 from core.model.checkpoint import check_against_data
 from core.model.registry import MODEL_TYPES
@@ -26,7 +27,7 @@ def _loss_and_grads(model, features, captions):
     if isinstance(model, torch.nn.Module):
         model.eval()
         model.zero_grad()
-        loss = model.loss(torch.from_numpy(features), torch.from_numpy(captions).long())
+        loss = model.loss(model.inputs(features), torch.from_numpy(captions).long())
         loss.backward()
         return float(loss.detach()), {k: p.grad.numpy().copy() for k, p in model.named_parameters()
                              if p.grad is not None}
@@ -36,19 +37,24 @@ def _loss_and_grads(model, features, captions):
 
 @pytest.mark.parametrize("name", BOX_DECODERS)
 def test_padding_an_images_boxes_or_reordering_them_changes_nothing(name):
-    """Breaks caught: a padded box attended to (the mask dropped, or -inf not applied), padding in
-    the mean region or in the attention penalty's count, a box's place read from its position in
-    the array instead of its geometry."""
+    """Padding is the mask, never a value: three more boxes per image of random features and
+    geometry outside the mask change nothing. Breaks caught: a padded box attended to (the mask
+    dropped, or -inf not applied), padding in the mean region or in the attention penalty's count,
+    a box's place read from its position in the array instead of its geometry."""
     rng = np.random.default_rng(0)
     data = dict(tiny_data("boxes", rng, images=4), idx_to_word=WORDS)
     model = tiny_model(name, data, seed=1, alpha_c=0.5)
     features, captions = data["train_features"], data["train_captions"]
     loss, grads = _loss_and_grads(model, features, captions)
-    padded = np.concatenate([features, np.zeros((4, 3, features.shape[2]), np.float32)], axis=1)
-    counts = (features[..., -1] > 0).sum(axis=1)
-    shuffled = features.copy()
-    for n, k in enumerate(counts):  # each image's own boxes in another order
-        shuffled[n, :k] = features[n, rng.permutation(k)]
+    noise = rng.standard_normal((4, 3, features.shape[2])).astype(np.float32)
+    padded = Regions(np.concatenate([features.features, noise], axis=1),
+                     np.concatenate([features.geometry, rng.random((4, 3, 5), np.float32)], axis=1),
+                     np.concatenate([features.mask, np.zeros((4, 3), bool)], axis=1))
+    shuffled = Regions(features.features.copy(), features.geometry.copy(), features.mask)
+    for n, k in enumerate(features.mask.sum(axis=1)):  # each image's own boxes in another order
+        order = rng.permutation(k)
+        shuffled.features[n, :k] = features.features[n, order]
+        shuffled.geometry[n, :k] = features.geometry[n, order]
     for other in (padded, shuffled):
         other_loss, other_grads = _loss_and_grads(model, other, captions)
         assert other_loss == pytest.approx(loss, rel=1e-5)
@@ -90,7 +96,8 @@ def test_updown_over_boxes_matches_torch_autograd():
     captions = _captions(rng, 3, 6)
     loss, grads = model.loss(features, captions)
     oracle = TorchUpDown(model)
-    expected = oracle.loss(torch.from_numpy(features), torch.from_numpy(captions).long())
+    expected = oracle.loss(features.map(torch.from_numpy, torch.from_numpy),
+                           torch.from_numpy(captions).long())
     expected.backward()
     assert loss == pytest.approx(float(expected.detach()), rel=1e-10)
     for name, param in oracle.p.items():
@@ -124,19 +131,19 @@ def test_the_box_decoders_read_left_then_right_from_the_boxes_geometry():
         features[np.arange(n)[:, None], [0, 1], colours] = 1.0  # one-hot colour in dims 0-1
         left, right = features[:, 0].copy(), features[:, 1].copy()
         geometry = {0: [0.05, 0.3, 0.35, 0.7], 1: [0.6, 0.3, 0.9, 0.7]}
-        rows = np.zeros((n, 2, 4 + 5))
+        rows, places = np.zeros((n, 2, 4)), np.zeros((n, 2, 5))
         swap = rng.random(n) < 0.5  # the left box listed second half of the time
         for i in range(n):
             order = (1, 0) if swap[i] else (0, 1)
             for slot, which in enumerate(order):
                 box = geometry[which]
-                rows[i, slot, :4] = (left if which == 0 else right)[i]
-                rows[i, slot, 4:8] = box
-                rows[i, slot, 8] = (box[2] - box[0]) * (box[3] - box[1])
+                rows[i, slot] = (left if which == 0 else right)[i]
+                places[i, slot, :4] = box
+                places[i, slot, 4] = (box[2] - box[0]) * (box[3] - box[1])
         words = np.array([VOCAB["red"], VOCAB["blue"]])
         captions = np.stack([np.full(n, VOCAB["<START>"]), words[colours[:, 0]],
                              words[colours[:, 1]], np.full(n, VOCAB["<END>"])], axis=1)
-        return rows.astype(np.float32), captions
+        return Regions(rows.astype(np.float32), places.astype(np.float32)), captions
 
     features, captions = task(np.random.default_rng(4), 96)
     model = UpDown(VOCAB, input_dim=4, wordvec_dim=8, hidden_dim=16, attention_dim=8, seed=0,

@@ -3,6 +3,7 @@ features, the boxes layout, importing the precomputed bottom-up tsv files, and e
 one line."""
 import base64
 import json
+import re
 import shutil
 
 import h5py
@@ -16,6 +17,7 @@ from core.data.bottom_up import import_bottom_up
 from core.data.coco_utils import load_coco_data
 from core.data.feature_kinds import FEATURE_KINDS
 from core.data.features import load_transform, parse_weights
+from core.data.regions import box_regions, check_boxes, geometry_boxes
 from core.datasets import make_sample_dataset as sample
 from core.util.errors import UserError
 from tests.helpers import checkpoint_name, one_line_error
@@ -69,15 +71,21 @@ def test_boxes_are_clipped_to_the_image_and_an_image_of_none_gets_itself():
 
 
 def test_geometry_and_the_decoders_inputs():
+    """Break caught: padding read from a value (a tiny real box, here 1e-4 of a pixel on a side,
+    would read as padding by its float16 area) instead of the counts."""
     features = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
-    boxes = np.array([[[0, 0, 50, 20], [10, 5, 30, 25], [0, 0, 0, 0]],
+    boxes = np.array([[[0, 0, 50, 20], [10, 5, 10.0001, 5.0001], [0, 0, 0, 0]],
                       [[25, 10, 100, 40], [1, 1, 2, 2], [3, 3, 4, 4]]], np.float32)
-    inputs = B.box_inputs(features, boxes, np.array([2, 1]), np.array([[100, 50], [100, 40]]))
-    np.testing.assert_allclose(inputs[0, 0, 2:], [0, 0, 0.5, 0.4, 0.2], rtol=1e-3)
-    np.testing.assert_allclose(inputs[1, 0, 2:], [0.25, 0.25, 1, 1, 0.5625], rtol=1e-3)
-    assert not inputs[0, 2].any() and not inputs[1, 1:].any()  # past the counts: all zero
-    np.testing.assert_array_equal(B.box_mask(inputs), [[True, True, False], [True, False, False]])
-    np.testing.assert_allclose(B.geometry_boxes(inputs[0, :2], 100, 50), boxes[0, :2], atol=0.05)
+    regions = box_regions(features, boxes, np.array([2, 1]), np.array([[100, 50], [100, 40]]))
+    np.testing.assert_allclose(regions.geometry[0, 0], [0, 0, 0.5, 0.4, 0.2], rtol=1e-3)
+    np.testing.assert_allclose(regions.geometry[1, 0], [0.25, 0.25, 1, 1, 0.5625], rtol=1e-3)
+    np.testing.assert_array_equal(regions.features[0, :2], features[0, :2])
+    assert regions.geometry[0, 1, 4] == 0  # the small box's area underflows float16...
+    np.testing.assert_array_equal(regions.mask, [[True, True, False], [True, False, False]])
+    for array in (regions.features, regions.geometry):  # ...past the counts: all zero
+        assert not array[0, 2].any() and not array[1, 1:].any()
+    np.testing.assert_allclose(geometry_boxes(regions.geometry[0, :1], 100, 50), boxes[0, :1],
+                               atol=0.05)
 
 
 def _detections(tmp_path, entries):
@@ -159,7 +167,12 @@ def _rows(rng, ids, counts):
              rng.standard_normal((k, 2048))) for i, k in zip(ids, counts)]
 
 
-def test_the_bottom_up_tsv_import_matches_images_by_id_and_pads(tmp_path):
+def test_the_bottom_up_tsv_import_matches_images_by_id_and_pads(tmp_path, monkeypatch):
+    """Without PCA (0) the features are written as they are: no identity projection of every box
+    (2048 x 2048 multiply-adds each, ~1.8e13 at COCO size). Break caught: projecting anyway."""
+    import core.data.features
+
+    monkeypatch.setattr(core.data.features, "project", lambda *a: pytest.fail("projected"))
     rng = np.random.default_rng(0)
     rows = _rows(rng, [42, 7, 99, 5], [3, 1, 2, 36])  # 99: not an image of the dataset
     tsv = _tsv(tmp_path / "trainval.tsv", rows)
@@ -237,10 +250,12 @@ def test_a_build_imports_the_bottom_up_features_and_trains_on_them(tmp_path, cap
          "--out_dir", str(out), "--weights", "random", "--pca_dim", "2", "--min_word_count", "1",
          "--bottom_up_tsv", str(tsv), "--box_pca_dim", "0", "--quiet"])
     data = load_coco_data(out, features="boxes")
-    assert data["train_features"].shape == (6, 36, 2048 + 5)
-    np.testing.assert_array_equal(B.box_mask(data["val_features"]).sum(axis=1), [3, 2])
+    assert data["train_features"].shape == (6, 36, 2048)
+    assert data["train_features"].geometry.shape == (6, 36, 5)
+    np.testing.assert_array_equal(data["val_features"].mask.sum(axis=1), [3, 2])
     _, info = load_transform(out / FEATURE_KINDS["boxes"].transform_file)
     assert info["boxes"]["source"] == "bottom-up tsv"
+    assert info["pca_dim"] == 2048  # the dimension the files hold, as other builds record it
     checkpoint = tmp_path / "updown.npz"
     training.main(["--model", "updown", "--features", "boxes", "--data_dir", str(out), "--epochs",
                    "1", "--hidden_dim", "8", "--wordvec_dim", "8", "--attention_dim", "4",
@@ -273,8 +288,8 @@ def _box_file(tmp_path, **changes):
 ])
 def test_a_damaged_boxes_file_is_one_line(tmp_path, changes, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        B.check_boxes(_box_file(tmp_path, **changes), "train2014_vgg16_boxes_pca.h5")
-    B.check_boxes(_box_file(tmp_path, boxes=np.tile(np.float32([1, 1, 5, 5]), (2, 3, 1))), "ok")
+        check_boxes(_box_file(tmp_path, **changes), "train2014_vgg16_boxes_pca.h5")
+    check_boxes(_box_file(tmp_path, boxes=np.tile(np.float32([1, 1, 5, 5]), (2, 3, 1))), "ok")
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -330,9 +345,12 @@ def test_a_build_with_plain_boxes_writes_the_boxes_layout(plain_built):
     _, info = load_transform(out / kind.transform_file)
     assert info["boxes"]["source"] == "plain" and info["side"] == 64
     data = load_coco_data(out, features="boxes")
-    assert data["train_features"].shape == (12, 2, 6 + 5) and data["features_kind"] == "boxes"
+    regions = data["train_features"]
+    assert regions.shape == (12, 2, 6) and regions.geometry.shape == (12, 2, 5)
+    assert data["features_kind"] == "boxes"
     single = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
-    assert not data["train_features"][single, 1].any()
+    assert not regions.mask[single, 1].any() and regions.mask[:, 0].all()
+    assert not regions.features[single, 1].any() and not regions.geometry[single, 1].any()
 
 
 @pytest.mark.slow
@@ -364,7 +382,7 @@ def test_box_decoders_train_caption_new_images_and_draw_their_boxes(plain_built,
     assert "RoIAlign 3 x 3 regions" in capsys.readouterr().out
     assert (tmp_path / f"{checkpoint.stem}_images_attention.png").stat().st_size > 5000
     proposed = B.plain_background_boxes(np.asarray(Image.open(image).convert("RGB")))
-    assert not drawn[0]["grid"]
+    assert not drawn[0]["heat_map"]
     np.testing.assert_allclose(drawn[0]["boxes"], proposed, atol=0.1)
     assert drawn[0]["alpha"].shape[1] == len(proposed)  # a weight for each of the image's boxes
 
@@ -446,3 +464,32 @@ def test_region_files_larger_than_memory_are_read_per_minibatch_to_the_same_run(
     broken["train_features"][[1, 2]]
     with pytest.raises(UserError, match="feature row 7 holds NaN"):
         broken["train_features"][[1, 7]]
+
+
+def test_a_folder_without_boxes_names_the_flags_that_build_them(fake_coco, tmp_path):
+    """Break caught: the hint naming a flag that does not exist (it said --import_tsv)."""
+    import features_extraction
+
+    folder = tmp_path / "no_boxes"
+    shutil.copytree(fake_coco, folder)
+    for path in folder.glob("*_boxes_*"):
+        path.unlink()
+    with pytest.raises(UserError) as raised:
+        load_coco_data(folder, features="boxes")
+    flags = re.findall(r"--\w+", str(raised.value))
+    assert "--bottom_up_tsv" in flags and "--boxes" in flags
+    known = {a.option_strings[0] for a in features_extraction.build_parser()._actions
+             if a.option_strings}
+    assert set(flags) <= known, set(flags) - known
+
+
+def test_a_region_file_read_per_minibatch_closes_its_file_and_takes_slices(fake_coco):
+    """Breaks caught: the HDF5 file kept open for the run (it was never closed), slicing
+    (regions[a:b]) failing, rows read per minibatch differing from the file loaded whole."""
+    whole = load_coco_data(fake_coco, features="boxes", lazy=False)["train_features"]
+    lazy = load_coco_data(fake_coco, features="boxes", lazy=True)["train_features"]
+    assert type(lazy).__name__ == "RegionFile"
+    for rows in (slice(2, 7), np.array([5, 1, 5]), 3):
+        for got, expected in zip(lazy[rows].arrays(), whole[rows].arrays()):
+            np.testing.assert_array_equal(got, expected)
+    assert not h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)  # nothing left open

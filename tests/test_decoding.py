@@ -60,7 +60,7 @@ def _four_regions(features):
 
 
 def _four_boxes(features):
-    """(N, 6) -> (N, 4, 6 + 5): the four regions as boxes, a row's boxes past 1 + (the place of its
+    """(N, 6) -> Regions (N, 4, 6) with geometry: the four regions as boxes, a row's boxes past 1 + (the place of its
     largest feature) % 4 padding (a count that the row's content decides, as an image's does)."""
     features = np.asarray(features)
     return box_rows(_four_regions(features).numpy(), 1 + np.argmax(features, axis=1) % 4)
@@ -74,8 +74,9 @@ def _from_registry(name, features=None, vocab=VOCAB, seed=0):
     features = features or kind.features
     regions = features != "fc7"
     idx_to_word = [w for w, _ in sorted(vocab.items(), key=lambda item: item[1])]
-    shape = (1, 6) if not regions else (1, 4, 11) if features == "boxes" else (1, 4, 6)
-    data = {"train_features": np.zeros(shape, np.float32), "idx_to_word": idx_to_word,
+    shape = (1, 6) if not regions else (1, 4, 6)
+    train = box_rows(np.zeros(shape, np.float32)) if features == "boxes" else np.zeros(shape, np.float32)
+    data = {"train_features": train, "idx_to_word": idx_to_word,
             "train_captions": np.zeros((1, 7), np.int32), "features_kind": features}
     torch.manual_seed(seed)
     model = tiny_model(name, data, seed=seed, wordvec_dim=16, hidden_dim=10, dim_feedforward=32, num_layers=2,
@@ -91,7 +92,7 @@ def _from_registry(name, features=None, vocab=VOCAB, seed=0):
     if not regions:
         return model
     if features == "boxes":
-        to_regions = (lambda f: torch.from_numpy(_four_boxes(f))) if kind.uses_torch else _four_boxes
+        to_regions = _four_boxes
     else:
         to_regions = _four_regions if kind.uses_torch else lambda f: _four_regions(f).numpy()
     return RegionView(model, to_regions)
@@ -235,7 +236,7 @@ def test_transformer_cache_gives_exactly_the_uncached_tokens(seed):
     features = np.random.default_rng(seed).standard_normal((16, 6)).astype(np.float32)
     cached = model.sample(features, max_length=30)
     np.testing.assert_array_equal(cached, model.sample_uncached(features, max_length=30))
-    for kind, to_regions in (("grid", _four_regions), ("boxes", lambda f: torch.from_numpy(_four_boxes(f)))):
+    for kind, to_regions in (("grid", _four_regions), ("boxes", _four_boxes)):
         regions = MODELS[f"region_transformer-{kind}"](seed=seed)
         cached_regions = regions.sample(features, max_length=30)
         np.testing.assert_array_equal(cached_regions, regions.model.sample_uncached(to_regions(features), max_length=30))

@@ -39,9 +39,9 @@ def test_the_grid_is_pool5_projected_by_a_pca_of_train_regions(built):
     assert info["dataset_id"] == data["dataset_id"] == load_coco_data(out)["dataset_id"]
     _, _, grid = extract_fc7([src / "images" / "val" / "000001.png"], info["vgg16"], grid_size=7, progress=False)
     np.testing.assert_allclose(project_grid(grid, transform)[0].astype(np.float32),
-                               data["val_features"][1].astype(np.float32), rtol=1e-2, atol=1e-2)
+                               data["val_features"].features[1].astype(np.float32), rtol=1e-2, atol=1e-2)
     # centred by the train regions' mean: the train regions' projections average to zero
-    assert np.abs(data["train_features"].astype(np.float32).mean(axis=(0, 1))).max() < 1e-2
+    assert np.abs(data["train_features"].features.astype(np.float32).mean(axis=(0, 1))).max() < 1e-2
 
 
 def test_a_folder_without_region_features_says_how_to_build_them(fake_coco, tmp_path):

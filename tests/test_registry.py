@@ -26,7 +26,7 @@ def test_every_decoder_keeps_float32(name, kind):
     model = tiny_model(name, data)
     features, captions = data["train_features"], data["train_captions"]
     if MODEL_TYPES[name].uses_torch:
-        loss = model.loss(torch.from_numpy(features), torch.from_numpy(captions).long())
+        loss = model.loss(model.inputs(features), torch.from_numpy(captions).long())
         loss.backward()
         assert loss.dtype == torch.float32
         assert {p.grad.dtype for p in model.parameters() if p.grad is not None} == {torch.float32}

@@ -192,6 +192,11 @@ def test_the_script_fine_tunes_a_checkpoint_and_records_it(fake_coco, tmp_path, 
     # named after the checkpoint it starts from, next to it (break caught: ./gru_checkpoint_scst.npz
     # whatever --init_from was, so a second fine-tuning from another checkpoint replaced the first)
     assert (args.checkpoint, args.lr, args.eval_every) == (str(tmp_path / "gru_xe_scst.npz"), 5e-5, 1)
+    # a size given with --init_from must be the checkpoint's (break caught: silently replaced)
+    assert settle(["--model", "gru", "--scst", "--init_from", str(xe), "--hidden_dim", "12"]).config.hidden_dim == 12
+    one_line_error(capsys, lambda: training.main(["--model", "gru", "--scst", "--init_from", str(xe),
+                                                  "--hidden_dim", "64", "--data_dir", str(fake_coco)]),
+                   f"--hidden_dim 64 contradicts {xe}, whose model has hidden_dim 12")
     tuned = tmp_path / "tuned.npz"
     training.main(["--model", "gru", "--scst", "--init_from", str(xe), "--data_dir", str(fake_coco), "--epochs", "2",
                    "--batch_size", "25", "--max_iters", "2", "--scst_samples", "3", "--baseline", "mean", "--out_dir", str(tmp_path),

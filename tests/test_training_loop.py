@@ -398,10 +398,25 @@ def test_early_stopping_after_patience_epochs_without_a_better_score(eval_every,
     assert solver.stopped_early.startswith("2 ") and "(epoch 4)" in solver.stopped_early
 
 
+def test_a_run_stopped_early_records_the_epochs_it_trained(fake_coco, tmp_path, monkeypatch):
+    """Break caught: the final checkpoint saying --epochs (10) after --patience stopped it at 2."""
+    import training
+    from core.model.checkpoint import load_checkpoint
+    from core.training.best import BestCheckpoint
+
+    monkeypatch.setattr(BestCheckpoint, "patience_rule",
+                        lambda self, patience: lambda solver: "test" if solver.epoch == 2 else None)
+    training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--hidden_dim", "8", "--wordvec_dim", "8",
+                   "--epochs", "10", "--max_iters", "1", "--patience", "1", "--quiet", "--checkpoint",
+                   str(tmp_path / "r.npz"), "--out_dir", str(tmp_path)])
+    _, config = load_checkpoint(tmp_path / "r.npz")
+    assert config["extra"]["epoch"] == 2
+
+
 def test_scheduled_sampling_feeds_the_models_own_words_at_the_scheduled_rate():
     """Breaks caught: scheduled sampling ignored (the inputs always the ground truth), <START> or
-    <NULL> positions replaced, the probability not rising from 0 in the first epoch to P in the
-    last, draws depending on the batch instead of the caption row."""
+    <NULL> positions replaced, the probability not rising by P / ramp an epoch to P, draws
+    depending on the batch instead of the caption row."""
     from core.model.rnn_model import CaptioningRNN
     from core.training.steps import CrossEntropy
 
@@ -410,8 +425,8 @@ def test_scheduled_sampling_feeds_the_models_own_words_at_the_scheduled_rate():
     model.params["b_vocab"][:] = [-50, -50, -50, 50, -50]  # every sampled word is "cat"
     captions = np.array([[1, 4, 4, 4, 2, 0], [1, 4, 2, 0, 0, 0]])
     features = np.zeros((2, 3), np.float32)
-    rule = CrossEntropy(scheduled_sampling=0.5, seed=3)
-    assert [rule.sampling_probability(e, 5) for e in range(5)] == [0.0, 0.125, 0.25, 0.375, 0.5]
+    rule = CrossEntropy(scheduled_sampling=0.5, seed=3, ramp=4)
+    assert [rule.sampling_probability(e) for e in range(6)] == [0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
     always = rule.mixed_inputs(model, features, captions, np.array([7, 8]), 1.0, epoch=0)
     np.testing.assert_array_equal(always, [[1, 3, 3, 3, 3], [1, 3, 3, 0, 0]])  # targets <NULL> stay
     np.testing.assert_array_equal(rule.mixed_inputs(model, features, captions, np.array([7, 8]), 0.0, 0),
@@ -426,8 +441,33 @@ def test_scheduled_sampling_feeds_the_models_own_words_at_the_scheduled_rate():
             "val_captions": captions, "val_image_idxs": np.array([0, 1]), "val_features": np.zeros((2, 3))}
     from core.training.solver_numpy import NumpySolver
 
-    NumpySolver(model, data, num_epochs=2, batch_size=2, val_samples=2, verbose=False,
-                step=CrossEntropy(scheduled_sampling=1.0)).train()
+    NumpySolver(model, data, num_epochs=1, batch_size=2, val_samples=2, verbose=False,
+                step=CrossEntropy(scheduled_sampling=1.0, ramp=1)).train()
     train_steps = seen[0::2]  # each epoch: one training step, then the validation loss (plain)
-    assert seen[1::2] == [None, None] and train_steps[0] is None  # epoch 1: probability 0
-    assert (train_steps[1][:, 1] == 3).all()  # epoch 2: probability 1, every input the model's
+    assert seen[1::2] == [None]  # the validation loss is plain
+    assert (train_steps[0][:, 1] == 3).all()  # one epoch of ramp 1: every input the model's
+
+
+def test_the_scheduled_sampling_schedule_survives_a_resume_with_more_epochs(fake_coco, tmp_path):
+    """The probability depends on the epoch alone. Breaks caught: a schedule over --epochs (it
+    sampled nothing with --epochs 1, and raising --epochs on resume changed the rate mid-run)."""
+    import training
+    from core.training import steps
+
+    seen = []
+    original = steps.CrossEntropy.mixed_inputs
+
+    def spy(self, model, features, captions, rows, probability, epoch):
+        seen.append((epoch, probability))
+        return original(self, model, features, captions, rows, probability, epoch)
+
+    flags = ["--data_dir", str(fake_coco), "--hidden_dim", "8", "--wordvec_dim", "8", "--max_iters",
+             "1", "--quiet", "--checkpoint", str(tmp_path / "s.npz"), "--out_dir", str(tmp_path)]
+    steps.CrossEntropy.mixed_inputs = spy
+    try:
+        training.main(["--model", "lstm", *flags, "--epochs", "1", "--scheduled_sampling", "0.4",
+                       "--scheduled_sampling_ramp", "2"])
+        training.main(["--resume", str(tmp_path / "s_last.npz"), "--epochs", "3", "--quiet"])
+    finally:
+        steps.CrossEntropy.mixed_inputs = original
+    assert seen == [(0, 0.2), (1, 0.4), (2, 0.4)]

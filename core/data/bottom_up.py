@@ -131,6 +131,7 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=pr
     transform = _fit(sample, pca_dim)
     from core.data.features import project
 
+    reduce = (lambda f: project(f, transform)) if pca_dim else (lambda f: f)  # 0: as they are
     files, D = {}, transform["components"].shape[0]
     try:
         for split in ids:
@@ -149,7 +150,7 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=pr
                 continue
             _, _, _, boxes, features = parse_row(path, n, row)
             split, r = where[image_id]
-            files[split]["features"][r, :len(boxes)] = project(features, transform)
+            files[split]["features"][r, :len(boxes)] = reduce(features)
             files[split]["boxes"][r, :len(boxes)] = boxes
     finally:
         for f in files.values():

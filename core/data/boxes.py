@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.data.image_utils import to_rgb8
+from core.data.regions import box_regions
 from core.util.errors import UserError
 
 BOX_THRESHOLD, MIN_BOXES, MAX_BOXES = 0.2, 10, 100  # Anderson et al.'s adaptive count
@@ -45,7 +46,6 @@ NMS_IOU = 0.3  # class-agnostic suppression, as Anderson's feature extraction
 PLAIN_TOLERANCE = 40  # a pixel differs from the background by more than this in some channel
 PLAIN_MIN_AREA = 0.002  # parts smaller than this share of the image are noise
 BOX_SIDE = 448  # default --box_side: the longer side of the image the map is computed on
-GEOMETRY = 5  # x0 / W, y0 / H, x1 / W, y1 / H, area / (W H): the place a box adds to its feature
 
 
 def select_boxes(scores, threshold=BOX_THRESHOLD, min_boxes=MIN_BOXES, max_boxes=MAX_BOXES):
@@ -214,41 +214,6 @@ def clip_boxes(boxes, height, width):
     return boxes if len(boxes) else np.array([[0, 0, width, height]], dtype=np.float32)
 
 
-def geometry(boxes, sizes):
-    """boxes (..., K, 4) in pixels, sizes (..., 2) each image's (width, height) -> (..., K, 5)
-    float32: (x0 / W, y0 / H, x1 / W, y1 / H, box area / image area), what a decoder adds to a
-    box's feature to know where it is."""
-    W = np.asarray(sizes, dtype=np.float32)[..., None, 0:1]
-    H = np.asarray(sizes, dtype=np.float32)[..., None, 1:2]
-    b = np.asarray(boxes, dtype=np.float32)
-    x0, x1, y0, y1 = b[..., 0:1] / W, b[..., 2:3] / W, b[..., 1:2] / H, b[..., 3:4] / H
-    return np.concatenate([x0, y0, x1, y1, (x1 - x0) * (y1 - y0)], axis=-1)
-
-
-def geometry_boxes(inputs, width, height):
-    """Rows (K, D + 5) of box_inputs -> their boxes (K, 4) in the pixels of an image of that width
-    and height (the inverse of geometry)."""
-    g = np.asarray(inputs[:, -GEOMETRY:-1], dtype=np.float32)  # (K, 4), fractions of the image
-    return g * np.array([width, height, width, height], dtype=np.float32)
-
-
-def box_inputs(features, boxes, counts, sizes):
-    """What a box decoder reads: features (Ni, K, D), boxes (Ni, K, 4), counts (Ni,), sizes (Ni, 2)
-    -> (Ni, K, D + 5) float16: each box's feature and then its geometry; the rows past an image's
-    count are all zero (a zero area marks padding: see `box_mask`)."""
-    out = np.zeros(features.shape[:2] + (features.shape[2] + GEOMETRY,), dtype=np.float16)
-    real = np.arange(features.shape[1]) < np.asarray(counts)[:, None]  # (Ni, K)
-    out[..., :-GEOMETRY] = np.where(real[..., None], features, 0)
-    out[..., -GEOMETRY:] = np.where(real[..., None], geometry(boxes, sizes), 0)
-    return out
-
-
-def box_mask(inputs):
-    """inputs (N, K, D + 5) of box_inputs -> (N, K) bool: which boxes are an image's own (a positive
-    area; padding has none)."""
-    return inputs[..., -1] > 0
-
-
 class _SquareImages:
     """A map-style dataset of image paths -> (tensor (3, side, side): the image scaled to a longer
     side of `side` pixels, normalised, padded with zeros at its right and bottom, its scale, its
@@ -324,40 +289,8 @@ def pad_boxes(features, boxes):
     return out_f, out_b, counts
 
 
-def check_boxes(arrays, path):
-    """UserError naming the file and the first bad image when a split's box arrays (features
-    (Ni, K, D), boxes (Ni, K, 4), counts (Ni,), image_sizes (Ni, 2)) do not fit together: shapes,
-    a count outside 1..K, an image size that is not positive, or one of an image's own boxes not
-    finite or of no area."""
-    features, boxes, counts, sizes = (arrays[k] for k in ("features", "boxes", "counts",
-                                                          "image_sizes"))
-    if features.ndim != 3 or boxes.shape != features.shape[:2] + (4,) \
-            or counts.shape != features.shape[:1] or sizes.shape != (len(features), 2):
-        raise UserError(f"{path}: features {features.shape}, boxes {boxes.shape}, counts "
-                        f"{counts.shape} and image_sizes {sizes.shape} do not fit (Ni, K, D), "
-                        "(Ni, K, 4), (Ni,), (Ni, 2): rebuild the file")
-    if not np.issubdtype(counts.dtype, np.integer):
-        raise UserError(f"{path}: counts must hold integers, not {counts.dtype}")
-    problems = (("a count outside 1..K", (counts < 1) | (counts > features.shape[1])),
-                ("an image size that is not positive", ~(np.asarray(sizes) > 0).all(axis=1)))
-    for what, bad in problems:
-        if bad.any():
-            raise UserError(f"{path}: image row {int(np.argmax(bad))} has {what} "
-                            f"({int(bad.sum())} rows do): rebuild the file")
-    real = np.arange(features.shape[1]) < counts.clip(0, features.shape[1])[:, None]  # (Ni, K)
-    with np.errstate(invalid="ignore"):
-        good = (np.isfinite(boxes).all(axis=2) & (boxes[..., 2] > boxes[..., 0])
-                & (boxes[..., 3] > boxes[..., 1]))
-    bad = (real & ~good).any(axis=1)
-    if bad.any():
-        row = int(np.argmax(bad))
-        box = int(np.argmax(real[row] & ~good[row]))
-        raise UserError(f"{path}: image row {row}, box {box} is {boxes[row, box].tolist()}: an "
-                        "image's boxes need finite corners x0 < x1, y0 < y1; rebuild the file")
-
-
-def compute_box_inputs(paths, transform, info, device="cpu", progress=False):
-    """Image files -> what a box decoder reads of them (Ni, K, D + 5) (box_inputs; an unreadable
+def compute_box_regions(paths, transform, info, device="cpu", progress=False):
+    """Image files -> what a box decoder reads of them, Regions (core/data/regions.py; an unreadable
     file gets one zero box over the image), and {index: why} for files that could not be read; the
     boxes come from the source the dataset's info names, UserError when it cannot find boxes in new
     images (a detections file, imported features)."""
@@ -377,4 +310,4 @@ def compute_box_inputs(paths, transform, info, device="cpu", progress=False):
     features = [np.zeros((1, transform["components"].shape[0]), np.float32) if k in bad
                 else project(f, transform) for k, f in enumerate(found)]
     padded, padded_boxes, counts = pad_boxes(features, boxes)
-    return box_inputs(padded, padded_boxes, counts, sizes), bad
+    return box_regions(padded, padded_boxes, counts, sizes), bad

@@ -408,7 +408,8 @@ def _import_tsv(files, ids, pca_dim, progress, log, folder, info):
     transform = import_bottom_up(files, ids, folder, pca_dim, lambda s: kind.path(folder, s),
                                  progress, log)
     save_transform(Path(folder) / kind.transform_file, transform, dict(
-        info, pca_dim=pca_dim, boxes={"source": "bottom-up tsv", "path": ", ".join(files)},
+        info, pca_dim=int(transform["components"].shape[0]),
+        boxes={"source": "bottom-up tsv", "path": ", ".join(files)},
         layer="Faster R-CNN ResNet-101 (Visual Genome) pool5, peteanderson80/bottom-up-attention"))
 
 

@@ -14,7 +14,6 @@ the captions file, test2014_* files) is optional: the CS231n download has none, 
 dataset and datasets built with a test split (features_extraction.py --split_file) have one. Val
 chooses the best checkpoint; test is scored only by `inference.py --eval`.
 """
-import hashlib
 import os
 import json
 from pathlib import Path
@@ -23,9 +22,11 @@ import h5py
 import numpy as np
 
 from core.data.vocab import (  # noqa: F401  (the CS231n names, importable here)
-    SPECIAL_TOKENS, build_vocab, decode_captions, dropped_characters, encode_captions,
-    index_vocabulary, tokenize)
-from core.data.feature_kinds import FEATURE_KINDS, GRID_HINT, feature_kind  # noqa: F401 (GRID_HINT)
+    SPECIAL_TOKENS, build_vocab, dataset_id, decode_captions, dropped_characters, encode_captions,
+    index_vocabulary, load_vocab, require_file, tokenize)
+from core.data.feature_kinds import (  # noqa: F401 (GRID_HINT)
+    FC7, FEATURE_KINDS, GRID_HINT, feature_kind)
+from core.data.regions import Regions  # noqa: F401  (what region features load as)
 from core.util.errors import UserError
 
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
@@ -45,34 +46,6 @@ def default_data_dir(log=print):
         f"`{FETCH_HINT}`): using the bundled sample dataset "
         f"{SAMPLE_DIR.relative_to(DATASETS_DIR.parent.parent)}")
     return SAMPLE_DIR
-
-
-def load_vocab(base_dir):
-    """-> idx_to_word (list), word_to_idx (dict) of a data directory."""
-    path = _require(Path(base_dir) / "coco2014_vocab.json", "check --data_dir")
-    try:
-        vocab = json.loads(path.read_text())
-        idx_to_word, word_to_idx = list(vocab["idx_to_word"]), dict(vocab["word_to_idx"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a vocabulary file ({type(e).__name__}: {e})") from None
-    wrong = [w for i, w in enumerate(idx_to_word) if word_to_idx.get(w) != i]
-    if wrong or len(word_to_idx) != len(idx_to_word):
-        example = f'"{wrong[0]}" is {idx_to_word.index(wrong[0])} in idx_to_word but ' \
-                  f'{word_to_idx.get(wrong[0])} ' \
-                  "in word_to_idx" if wrong else f"{len(idx_to_word)} vs {len(word_to_idx)} entries"
-        raise UserError(f"{path}: idx_to_word and word_to_idx disagree ({example})")
-    missing = [t for t in ("<NULL>", "<START>", "<END>") if t not in word_to_idx]
-    if missing:
-        raise UserError(f"{path}: the vocabulary has no {', '.join(missing)} token, which captions "
-                        f"need")
-    return idx_to_word, word_to_idx
-
-
-def _require(path, hint):
-    """path if it is a file, else UserError naming it with the hint."""
-    if not path.is_file():
-        raise UserError(f"missing data file {path}: {hint}")
-    return path
 
 
 def _read_h5(path, names, rows=None):
@@ -103,15 +76,15 @@ def _read_h5(path, names, rows=None):
 
 
 
-def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0, features="fc7",
+def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0, features=FC7,
                    lazy=None):
     """Load a captioning dataset into memory.
 
     base_dir: data directory; max_train: keep a random subset of that many training
     captions, drawn without replacement with `seed`; pca_features: 512-d PCA features
-    instead of the 4096-d fc7; features "grid": the region features (Ni, R, G) float16 instead
-    (the attention decoders'; UserError saying how to build them when the folder has none), "boxes"
-    the object regions (Ni, K, D + 5) (core/data/boxes.py: box_inputs). lazy: region features are
+    instead of the 4096-d fc7; features: the kind of features (core/data/feature_kinds.py), "grid"
+    or "boxes" Regions (Ni, R, D) float16 of the attention decoders instead (core/data/regions.py;
+    UserError saying how to build them when the folder has none). lazy: region features are
     read per minibatch from disk (a RegionFile) instead of loaded whole; None: when the splits'
     region files together are larger than LAZY_SHARE of this machine's memory (COCO's 36 boxes of
     2048-d are 18 GB).
@@ -126,13 +99,13 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     if not base_dir.is_dir():
         raise UserError(f"data directory {base_dir} not found: {hint}")
     data, files = {}, {}  # files: each split's features file, for messages
-    captions_path = _require(base_dir / "coco2014_captions.h5", hint)
+    captions_path = require_file(base_dir / "coco2014_captions.h5", hint)
     splits = SPLITS + tuple(s for s in OPTIONAL_SPLITS
                             if _has_dataset(captions_path, f"{s}_captions"))
     data.update(_read_h5(captions_path,
                          [f"{s}_{k}" for s in splits for k in ("captions", "image_idxs")]))
     kind = feature_kind(features)
-    paths = {split: _require(kind.path(base_dir, split, pca_features),
+    paths = {split: require_file(kind.path(base_dir, split, pca_features),
                              f"{base_dir} has no {kind.label}: {kind.missing}" if kind.missing
                              else hint) for split in splits}
     per_minibatch = kind.regions and _too_large(paths.values(), lazy)
@@ -144,13 +117,14 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
             data[f"{split}_features"] = _check_features(
                 kind.assemble(_read_h5(path, list(kind.datasets)), path), path, kind)
         files[split] = path.name
-        urls_path = _require(base_dir / f"{split}2014_urls.txt", hint)
+        urls_path = require_file(base_dir / f"{split}2014_urls.txt", hint)
         data[f"{split}_urls"] = np.array(urls_path.read_text(encoding="utf-8").splitlines())
 
-    _require(base_dir / "coco2014_vocab.json", hint)
+    require_file(base_dir / "coco2014_vocab.json", hint)
     data["idx_to_word"], data["word_to_idx"] = load_vocab(base_dir)
-    if features != "fc7" or not pca_features:  # the id is always that of the fc7 PCA features
-        first = _read_h5(_require(FEATURE_KINDS["fc7"].path(base_dir, "train"), hint), ["features"],
+    if features != FC7 or not pca_features:  # the id is always that of the fc7 PCA features
+        first = _read_h5(require_file(FEATURE_KINDS[FC7].path(base_dir, "train"), hint),
+                         ["features"],
                          rows=256)["features"]
     else:
         first = data["train_features"]
@@ -185,46 +159,47 @@ def _too_large(paths, lazy):
 
 
 class RegionFile:
-    """A split's region features read from disk per minibatch, for files larger than memory:
-    indexing it as an array, features[rows] with rows int or (B,) ints, reads those images only
-    (the small arrays, a box file's boxes, counts and sizes, are read and checked once) and gives
-    what load_coco_data would have held: (B, R, D) or (B, K, D + 5); UserError naming the file and
-    row for NaN/inf in what it reads."""
+    """A split's regions read from disk per minibatch, for files larger than memory: indexing it
+    as load_coco_data's Regions, regions[rows] with rows an int, (B,) ints or a slice, reads those
+    images only (the small arrays, a box file's boxes, counts and sizes, are read and checked once)
+    and gives what load_coco_data would have held; UserError naming the file and row for NaN/inf
+    in what it reads. The file is open only while it reads."""
 
     def __init__(self, path, kind):
         self.path, self.kind = Path(path), kind
-        self.file = h5py.File(path, "r")
         small = [n for n in kind.datasets if n != "features"]
         self.small = _read_h5(path, small) if small else {}
         first = _read_h5(path, ["features"], rows=1)["features"]  # checks it is an array
         if first.ndim != 3 or not np.issubdtype(first.dtype, np.floating):
             raise UserError(f"{path}: features must be a 3-D float array (images, regions, "
                             f"dimensions), got {first.ndim}-D {first.dtype}")
-        self.stored = self.file["features"]
-        self.dtype = np.dtype(np.float16 if kind.boxes else first.dtype)
-        self.shape = self.stored.shape[:2] + (self.stored.shape[2] + (5 if kind.boxes else 0),)
-        self.ndim = 3
-        if kind.boxes:  # the shapes and boxes checked once, with the first rows' features
-            from core.data.boxes import check_boxes
-
-            check_boxes(dict(self.small, features=self.stored), path)  # reads only its shape
+        with h5py.File(path, "r") as f:
+            self.shape = f["features"].shape
+            # the shapes and boxes checked once (the features only for their shape)
+            kind.check_arrays(dict(self.small, features=f["features"]), path)
+        self.ndim, self.dtype = 3, first.dtype
 
     def __len__(self):
         return self.shape[0]
 
     def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
         rows = np.asarray(rows)
         flat = rows.reshape(-1)
         unique, inverse = np.unique(flat, return_inverse=True)
-        arrays = {"features": self.stored[unique] if len(unique) else
-                  np.zeros((0,) + self.stored.shape[1:], self.stored.dtype)}
+        with h5py.File(self.path, "r") as f:
+            stored = f["features"]
+            arrays = {"features": stored[unique] if len(unique) else
+                      np.zeros((0,) + stored.shape[1:], stored.dtype)}
         arrays.update({k: v[unique] for k, v in self.small.items()})
-        out = self.kind.assemble(arrays, self.path) if self.kind.boxes else arrays["features"]
-        bad = ~np.isfinite(out).reshape(len(out), -1).all(axis=1)
+        out = self.kind.assemble(arrays, self.path)
+        floats = [a.reshape(len(unique), -1) for a in out.arrays()[:2] if a is not None]
+        bad = ~np.concatenate([np.isfinite(a) for a in floats], axis=1).all(axis=1)
         if bad.any():
             raise UserError(f"{self.path}: feature row {int(unique[np.argmax(bad)])} holds NaN or "
                             "inf values; rebuild the features")
-        return out[inverse].reshape(rows.shape + out.shape[1:])
+        return out[inverse.reshape(rows.shape)]
 
 
 def count_training_captions(base_dir):
@@ -251,19 +226,11 @@ def dataset_encoder(base_dir):
     """The image encoder a data directory's features come from, as its transform's info names it
     ("vgg16" for the CS231n download, which ships no transform, and for older builds)."""
     try:
-        with np.load(Path(base_dir) / FEATURE_KINDS["fc7"].transform_file, allow_pickle=False) as f:
+        with np.load(Path(base_dir) / FEATURE_KINDS[FC7].transform_file, allow_pickle=False) as f:
             info = json.loads(str(f["info"]))
     except (OSError, KeyError, ValueError):
         return "vgg16"
     return str(info.get("encoder", "vgg16")) if isinstance(info, dict) else "vgg16"
-
-
-def dataset_id(train_pca_features, idx_to_word):
-    """Short fingerprint of a dataset: its vocabulary and the first rows of its training
-    features."""
-    h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())
-    h.update(np.ascontiguousarray(np.asarray(train_pca_features[:256], dtype=np.float32)).tobytes())
-    return h.hexdigest()[:16]
 
 
 def keep_captions(data, max_train, seed, base_dir):
@@ -287,7 +254,7 @@ def subset_rows(num_captions, size, seed):
 def describe_features(data, split="train"):
     """"512-d features", "49 regions of 64-d features" or "up to 36 boxes of 128-d features": a
     loaded dataset's features of a split, for what a run prints."""
-    return feature_kind(data.get("features_kind", "fc7")).describe(data[f"{split}_features"])
+    return feature_kind(data.get("features_kind", FC7)).describe(data[f"{split}_features"])
 
 
 def data_splits(data):
@@ -306,16 +273,17 @@ def _has_dataset(path, name):
 
 
 def _check_features(features, path, kind):
-    """features (Ni, D) or, region features, (Ni, R, G) float -> the same; UserError for another
-    shape or dtype, or NaN/inf values."""
-    grid = kind.regions
-    if features.ndim != (3 if grid else 2) or not np.issubdtype(features.dtype, np.floating):
-        raise UserError(f"{path}: features must be a {3 if grid else 2}-D float array (images, "
-                        f"{'regions, ' if grid else ''}dimensions), got shape {features.shape} of "
-                        f"{features.dtype}")
-    bad = ~np.isfinite(features).reshape(len(features), -1).all(axis=1)
+    """features (Ni, D) or Regions (Ni, R, D) -> the same; UserError for another shape or dtype, or
+    NaN/inf values."""
+    regions = kind.regions
+    array = features.features if regions else features
+    if array.ndim != (3 if regions else 2) or not np.issubdtype(array.dtype, np.floating):
+        raise UserError(f"{path}: features must be a {3 if regions else 2}-D float array (images, "
+                        f"{'regions, ' if regions else ''}dimensions), got shape {array.shape} of "
+                        f"{array.dtype}")
+    bad = ~np.isfinite(array).reshape(len(array), -1).all(axis=1)
     if bad.any():
-        raise UserError(f"{path}: {int(bad.sum())} of {len(features)} feature rows hold NaN or inf "
+        raise UserError(f"{path}: {int(bad.sum())} of {len(array)} feature rows hold NaN or inf "
                         f"values (first: row {int(np.argmax(bad))}); rebuild the features")
     return features
 
@@ -324,7 +292,7 @@ def _check_consistent(data, base_dir, files):
     """UserError when the loaded arrays do not fit together (shapes, index ranges, URL counts),
     naming the files; files: each split's features file name."""
     V = len(data["idx_to_word"])
-    per_image = 2 if feature_kind(data["features_kind"]).boxes else 1  # any number of boxes
+    per_image = 2 if feature_kind(data["features_kind"]).counted else 1  # any number of boxes
     for split in data_splits(data)[1:]:
         if data["train_features"].shape[per_image:] != data[f"{split}_features"].shape[per_image:]:
             raise UserError(f"{base_dir}: the train split has {describe_features(data)} but the "

@@ -24,10 +24,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.data.coco_utils import dataset_id, load_vocab
+from core.data.vocab import dataset_id, load_vocab
 from core.util.errors import UserError
 from core.util.fileio import atomic_write
 from core.data.image_utils import to_rgb8
+from core.data.regions import region_boxes  # noqa: F401  (also importable here)
 
 FC7_DIM = 4096
 TRANSFORM_FILE = "vgg16_fc7_pca_transform.npz"
@@ -276,18 +277,6 @@ def fit_pca(train_fc7, dim, chunk_rows=None, progress=True):
             pca.partial_fit(np.asarray(train_fc7[s:e], dtype=np.float32))
     return {"mean": pca.mean_.astype(np.float32), "components": pca.components_.astype(np.float32),
             "bias": np.zeros(dim, dtype=np.float32)}
-
-
-def region_boxes(grid_size, height, width):
-    """Where the regions of an image lie in it: the grid covers the centre crop that `preprocess`
-    takes (shorter side scaled to 256, 224 x 224 cut from the middle) -> (R, 4) float boxes
-    (x0, y0, x1, y1) in the image's pixels, row-major like the regions."""
-    side = min(height, width) * 224 / 256  # the crop, in the image's pixels
-    x0, y0 = (width - side) / 2, (height - side) / 2
-    cell = side / grid_size
-    rows, cols = np.divmod(np.arange(grid_size ** 2), grid_size)
-    return np.stack([x0 + cols * cell, y0 + rows * cell, x0 + (cols + 1) * cell, y0
-                     + (rows + 1) * cell], axis=1)
 
 
 def fit_grid_pca(train_grid, dim, seed=0):

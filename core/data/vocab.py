@@ -1,14 +1,20 @@
-"""Vocabulary and caption text, without the data files: tokenizing, building a vocabulary,
-encoding captions as word indices and decoding them back (the models import this, not the h5py
-reader of core/data/coco_utils.py).
+"""Vocabulary and caption text, without the feature files: tokenizing, building a vocabulary,
+encoding captions as word indices and decoding them back, reading a data folder's vocabulary file
+and a dataset's fingerprint (the models import this, not the h5py reader of
+core/data/coco_utils.py).
 
 Shape letters: N captions, T (or L) time steps.
 """
+import hashlib
+import json
 import re
 import unicodedata
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+
+from core.util.errors import UserError
 
 
 def decode_captions(captions, idx_to_word):
@@ -84,3 +90,39 @@ def encode_captions(tokenized, word_to_idx, max_length=17):
         ids.append(word_to_idx["<END>"])
         out[row, :len(ids)] = ids
     return out
+
+
+def load_vocab(base_dir):
+    """-> idx_to_word (list), word_to_idx (dict) of a data directory."""
+    path = require_file(Path(base_dir) / "coco2014_vocab.json", "check --data_dir")
+    try:
+        vocab = json.loads(path.read_text())
+        idx_to_word, word_to_idx = list(vocab["idx_to_word"]), dict(vocab["word_to_idx"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a vocabulary file ({type(e).__name__}: {e})") from None
+    wrong = [w for i, w in enumerate(idx_to_word) if word_to_idx.get(w) != i]
+    if wrong or len(word_to_idx) != len(idx_to_word):
+        example = f'"{wrong[0]}" is {idx_to_word.index(wrong[0])} in idx_to_word but ' \
+                  f'{word_to_idx.get(wrong[0])} ' \
+                  "in word_to_idx" if wrong else f"{len(idx_to_word)} vs {len(word_to_idx)} entries"
+        raise UserError(f"{path}: idx_to_word and word_to_idx disagree ({example})")
+    missing = [t for t in ("<NULL>", "<START>", "<END>") if t not in word_to_idx]
+    if missing:
+        raise UserError(f"{path}: the vocabulary has no {', '.join(missing)} token, which captions "
+                        f"need")
+    return idx_to_word, word_to_idx
+
+
+def require_file(path, hint):
+    """path if it is a file, else UserError naming it with the hint."""
+    if not path.is_file():
+        raise UserError(f"missing data file {path}: {hint}")
+    return path
+
+
+def dataset_id(train_pca_features, idx_to_word):
+    """Short fingerprint of a dataset: its vocabulary and the first rows of its training
+    features."""
+    h = hashlib.sha256(json.dumps(list(idx_to_word)).encode())
+    h.update(np.ascontiguousarray(np.asarray(train_pca_features[:256], dtype=np.float32)).tobytes())
+    return h.hexdigest()[:16]

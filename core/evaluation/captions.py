@@ -15,8 +15,7 @@ import numpy as np
 from core.data.coco_utils import (
     SAMPLE_DIR, data_splits, default_data_dir, load_coco_data, load_vocab, split_names, subset_rows)
 from core.data.image_utils import try_load_image
-from core.data.boxes import box_mask, geometry_boxes
-from core.data.features import describe_weights, region_boxes
+from core.data.features import describe_weights
 from core.data.vocab import decode_captions
 from core.evaluation.metrics import (
     caption_split, format_scores, raw_references, references_by_image, score_captions)
@@ -420,20 +419,15 @@ def attention_rows(panels, images, config):
     boxes (from their geometry, so in the pixels of the image as drawn; an image that cannot be
     fetched: the sample scenes' 128 x 128)."""
     rows = []
-    boxes = checkpoint_features(config) == "boxes"
+    kind = FEATURE_KINDS[checkpoint_features(config)]
     for panel, image in zip(panels, images):
         words = panel["predicted"].split() + ["<END>"]
         height, width = image.shape[:2] if image is not None else (128, 128)
         label = (f"{panel['label']}: " if panel["label"] else "") + panel["predicted"]
-        alpha = panel["alpha"][:len(words)]
-        if boxes:
-            own = box_mask(panel["regions"])
-            where = geometry_boxes(panel["regions"][own], width, height)
-            alpha = alpha[:, own]
-        else:
-            where = region_boxes(int(round(np.sqrt(config["num_regions"]))), height, width)
-        rows.append({"image": image, "label": label, "words": words, "alpha": alpha,
-                     "boxes": where, "grid": not boxes})
+        where, own, heat_map = kind.drawn_regions(panel["regions"], width, height)
+        rows.append({"image": image, "label": label, "words": words,
+                     "alpha": panel["alpha"][:len(words)][:, own], "boxes": where,
+                     "heat_map": heat_map})
     return rows
 
 

@@ -163,8 +163,8 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
     under the image overlaid with its attention map, upsampled over the regions' part of the image.
 
     rows: list of dicts with "image" (uint8 (H, W, 3) or None), "label" (str), "words" (list of L
-    str), "alpha" (L, R), "boxes" (R, 4) pixel boxes of the regions, "grid" (bool): R = g * g
-    cells of a grid (core.data.features.region_boxes), drawn as a heat map, or else an image's
+    str), "alpha" (L, R), "boxes" (R, 4) pixel boxes of the regions, "heat_map" (bool): R = g * g
+    cells of a grid (core.data.regions.region_boxes), drawn as a heat map, or else an image's
     object boxes, each drawn as Anderson et al.'s figures do, brighter and bolder the more it is
     attended to (the image darkened where no box looks); saved as PNG; a caption longer than
     per_row - 1 words continues on a further row of panels.
@@ -190,7 +190,7 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
                                    r["alpha"][start:]):
             if r["image"] is not None:
                 ax.imshow(r["image"])
-            if r.get("grid", True):
+            if r.get("heat_map", True):
                 g = int(round(np.sqrt(alpha.size)))
                 (x0, y0), (x1, y1) = r["boxes"][0, :2], r["boxes"][-1, 2:]
                 ax.imshow(alpha.reshape(g, g), extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.6,

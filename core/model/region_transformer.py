@@ -3,11 +3,12 @@
 Shape letters: N batch, T caption length, R = g * g regions of a g x g grid, K boxes, D region
 feature, E model width, V vocabulary.
 
-Its memory is the regions, each projected to E and given its place, so that what a word attends to
-says where it is: grid regions (N, R, D) (core/data/features.py) a learned 2-D position embedding,
-row[r] + column[c] for the region in row r and column c; object regions (N, K, D + 5)
-(core/data/boxes.py: each box's feature, then its geometry g) a projection of the geometry,
-g W_geo (W_geo (5, E)), and a key padding mask: an image's padded boxes are never attended to.
+Its memory is the regions (Regions, core/data/regions.py), each projected to E and given its place,
+so that what a word attends to says where it is; the place is the kind of features' (its row's
+`place`, core/data/feature_kinds.py), one class each here: a grid's cells ("cells") a learned 2-D
+position embedding, row[r] + column[c] for the region in row r and column c; boxes ("geometry") a
+projection of each box's geometry g, g W_geo (W_geo (5, E)). The mask of an image's own regions is
+the key padding mask: its padded regions are never attended to.
 With R memory tokens the cross-attention is real: every query and key projection trains, and
 decoding projects the memory's keys and values once per caption (the key/value cache of the base
 class).
@@ -17,44 +18,105 @@ import math
 import torch
 import torch.nn as nn
 
-from core.data.boxes import GEOMETRY
-from core.model.attention_lstm import check_region_kind
+from core.data.feature_kinds import GRID
+from core.data.regions import GEOMETRY, as_regions
+from core.model.region_decoder import region_kind
+from core.model.registry import checkpoint_features
 from core.model.transformer import CaptioningTransformer
+
+
+class CellPlace:
+    """The place of a grid's g x g cells: row[r] + column[c], row and column (g, E) on the model
+    (row_embedding, column_embedding)."""
+
+    def __init__(self, num_regions):
+        self.num_regions, self.side = num_regions, math.isqrt(num_regions)
+        if self.side * self.side != num_regions:
+            raise ValueError(f"num_regions must be a square grid's (49, 196), got {num_regions}")
+
+    def sizes(self):
+        return {"num_regions": self.num_regions}
+
+    @staticmethod
+    def config_sizes(config):
+        return {"num_regions": config["num_regions"]}
+
+    @staticmethod
+    def count(config):
+        return 2 * math.isqrt(config["num_regions"]) * config["wordvec_dim"]
+
+    def build(self, model, E):
+        model.row_embedding = nn.Parameter(torch.randn(self.side, E) * 0.02)  # (g, E)
+        model.column_embedding = nn.Parameter(torch.randn(self.side, E) * 0.02)  # (g, E)
+
+    def forward(self, model, regions):
+        """Regions (N, R, D) -> the place of each region (R, E)."""
+        if tuple(regions.features.shape[1:]) != (self.num_regions, model.input_dim):
+            raise ValueError(f"region features of shape {tuple(regions.features.shape[1:])} per "
+                             f"image do not fit this model's ({self.num_regions}, "
+                             f"{model.input_dim}) (regions, dimensions)")
+        return (model.row_embedding[:, None, :]
+                + model.column_embedding[None, :, :]).reshape(self.num_regions, -1)
+
+
+class GeometryPlace:
+    """The place of boxes: a projection of each box's geometry, geometry_projection (5) -> (E)."""
+
+    def __init__(self, num_regions=None):
+        del num_regions  # any number of boxes
+
+    @staticmethod
+    def sizes():
+        return {}
+
+    @staticmethod
+    def config_sizes(config):
+        return {}
+
+    @staticmethod
+    def count(config):
+        return GEOMETRY * config["wordvec_dim"]
+
+    @staticmethod
+    def build(model, E):
+        model.geometry_projection = nn.Linear(GEOMETRY, E, bias=False)  # (5) -> (E)
+
+    @staticmethod
+    def forward(model, regions):
+        """Regions (N, K, D) with geometry (N, K, 5) -> the place of each box (N, K, E)."""
+        if regions.geometry is None or tuple(regions.features.shape[2:]) != (model.input_dim,):
+            raise ValueError(f"region features of shape {tuple(regions.features.shape[1:])} per "
+                             f"image {'without' if regions.geometry is None else 'with'} geometry "
+                             f"do not fit this model's (boxes, {model.input_dim}) with their "
+                             "geometry")
+        return model.geometry_projection(regions.geometry)
+
+
+PLACES = {"cells": CellPlace, "geometry": GeometryPlace}
 
 
 class RegionTransformer(CaptioningTransformer):
     """word_to_idx, input_dim D (a region's features), wordvec_dim E, ... as CaptioningTransformer;
-    num_regions R: a square number (7 x 7 = 49 for pool5; boxes: any number); features "grid" or
-    "boxes"."""
+    num_regions R: a grid's cells, a square number (7 x 7 = 49 for pool5; boxes: any number);
+    features: the kind of region features it reads (core/data/feature_kinds.py)."""
 
     model_type = "region_transformer"
+    one_memory_token = False  # R memory tokens: the cross-attention's q and k matter
 
-    def __init__(self, word_to_idx, input_dim, wordvec_dim, num_regions=49, features="grid",
+    def __init__(self, word_to_idx, input_dim, wordvec_dim, num_regions=49, features=GRID,
                  **kwargs):
-        self.features = check_region_kind(features)
-        side = math.isqrt(num_regions)
-        if features == "grid" and side * side != num_regions:
-            raise ValueError(f"num_regions must be a square grid's (49, 196), got {num_regions}")
-        self.num_regions = num_regions if features == "grid" else 0
+        self.features = region_kind(features).name
+        self.place = PLACES[region_kind(features).place](num_regions)
         super().__init__(word_to_idx, input_dim, wordvec_dim, **kwargs)
 
     def _build(self, word_to_idx, input_dim, wordvec_dim, *args):
         super()._build(word_to_idx, input_dim, wordvec_dim, *args)
-        if self.features == "boxes":
-            self.geometry_projection = nn.Linear(GEOMETRY, wordvec_dim, bias=False)  # (5) -> (E)
-        else:
-            side = math.isqrt(self.num_regions)
-            self.row_embedding = nn.Parameter(torch.randn(side, wordvec_dim) * 0.02)  # (g, E)
-            self.column_embedding = nn.Parameter(torch.randn(side, wordvec_dim) * 0.02)  # (g, E)
-        # R memory tokens: the cross-attention's q and k matter
-        for layer in self.transformer.layers:
-            layer.multihead_attn.query.requires_grad_(True)
-            layer.multihead_attn.key.requires_grad_(True)
+        self.place.build(self, wordvec_dim)
 
     def config(self):
         """Plain dict that rebuilds this model with `from_config` (weights not included)."""
-        regions = {"num_regions": self.num_regions} if self.features == "grid" else {}
-        return dict(super().config(), model=self.model_type, features=self.features, **regions)
+        return dict(super().config(), model=self.model_type, features=self.features,
+                    **self.place.sizes())
 
     @classmethod
     def from_config(cls, config, seed=None):
@@ -62,9 +124,9 @@ class RegionTransformer(CaptioningTransformer):
         word_to_idx = {w: i for i, w in enumerate(config["idx_to_word"]) if w is not None}
         keys = ("input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length",
                 "dim_feedforward", "dropout")
-        regions = ({"num_regions": config["num_regions"]}
-                   if config.get("features", "grid") == "grid" else {})
-        return cls(word_to_idx, seed=seed, features=config.get("features", "grid"), **regions,
+        features = checkpoint_features(config)
+        sizes = PLACES[region_kind(features).place].config_sizes(config)
+        return cls(word_to_idx, seed=seed, features=features, **sizes,
                    **{k: config[k] for k in keys})
 
     @staticmethod
@@ -73,32 +135,22 @@ class RegionTransformer(CaptioningTransformer):
         it."""
         E, L = config["wordvec_dim"], config["num_layers"]
         cross_query_key = L * 2 * (E * E + E)
-        place = (GEOMETRY * E if config.get("features", "grid") == "boxes"
-                 else 2 * math.isqrt(config["num_regions"]) * E)
+        place = PLACES[region_kind(checkpoint_features(config)).place].count(config)
         return CaptioningTransformer.count_parameters(config) + cross_query_key + place
 
-    def memory(self, features):
-        """features (N, R, D) grid regions or (N, K, D + 5) boxes -> the projected regions with
-        their place (N, R, E) (zero rows for padded boxes, which memory_mask hides)."""
-        if self.features == "boxes":
-            if features.ndim != 3 or features.shape[2] != self.input_dim + GEOMETRY:
-                raise ValueError(f"box features of shape {tuple(features.shape[1:])} per image do "
-                                 f"not fit this model's (boxes, {self.input_dim} + {GEOMETRY}) "
-                                 "(features, then geometry)")
-            features = features.float()
-            return (self.visual_projection(features[..., :self.input_dim])
-                    + self.geometry_projection(features[..., self.input_dim:]))  # (N, K, E)
-        if features.shape[1:] != (self.num_regions, self.input_dim):
-            raise ValueError(f"region features of shape {tuple(features.shape[1:])} per image do "
-                             f"not fit this model's ({self.num_regions}, {self.input_dim}) "
-                             f"(regions, dimensions)")
-        place = (self.row_embedding[:, None, :]
-                 + self.column_embedding[None, :, :]).reshape(self.num_regions, -1)
-        return self.visual_projection(features.float()) + place  # (N, R, E)
+    def inputs(self, features):
+        """Regions (or a grid's (N, R, D) array) of arrays or tensors -> Regions of tensors on the
+        model's device: float32 features and geometry, a bool mask."""
+        return as_regions(features).map(
+            lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device),
+            lambda m: torch.as_tensor(m, dtype=torch.bool, device=self.device))
 
-    def memory_mask(self, features):
-        """boxes (N, K, D + 5) -> (N, 1, 1, K) bool, False for an image's padded boxes (a zero
-        area); None for grid regions (all are attended to)."""
-        if self.features != "boxes":
-            return None
-        return (features[..., -1] > 0)[:, None, None, :]
+    def memory(self, features):
+        """Regions (N, R, D) of tensors -> the projected regions with their place (N, R, E)."""
+        return self.visual_projection(features.features) + self.place.forward(self, features)
+
+    @staticmethod
+    def memory_mask(features):
+        """Regions -> (N, 1, 1, R) bool, False for an image's padded regions; None without a
+        mask (all are attended to)."""
+        return None if features.mask is None else features.mask[:, None, None, :]

@@ -9,7 +9,7 @@ A recurrent cell of CaptioningRNN is a row of `core.model.rnn_model.CELLS` plus 
 import importlib
 from dataclasses import dataclass
 
-from core.data.feature_kinds import FEATURE_KINDS
+from core.data.feature_kinds import FC7, FEATURE_KINDS, GRID, REGION_KINDS
 from core.util.errors import UserError
 from core.util.memory import check_fits
 
@@ -68,8 +68,8 @@ class ModelType:
     --device); default_lr: its learning rate unless --lr is
     given; checkpoint: its default file name; size_flags: the names of SIZE_FLAGS that size it;
     features: the key of the kind of features it reads in core.data.feature_kinds.FEATURE_KINDS
-    ("fc7": (N, D), "grid": (N, R, D), "boxes": (N, K, D + 5)), unless training.py's --features
-    names one of `alternatives`, the other kinds it can read (a checkpoint records its kind).
+    ((N, D) vectors, or Regions for a region decoder), unless training.py's --features names
+    another: a region decoder reads every kind of regions (a checkpoint records its kind).
     """
 
     model: str
@@ -77,8 +77,7 @@ class ModelType:
     default_lr: float
     checkpoint: str
     size_flags: tuple
-    features: str = "fc7"
-    alternatives: tuple = ()
+    features: str = FC7
 
     @property
     def model_class(self):
@@ -106,10 +105,11 @@ class ModelType:
     @property
     def feature_kinds(self):
         """Every kind of features it can read, its default first."""
-        return (self.features, *self.alternatives)
+        if not self.feature_kind.regions:
+            return (self.features,)
+        return (self.features, *(k for k in REGION_KINDS if k != self.features))
 
 
-REGIONS = ("boxes",)  # what a grid decoder can read instead: the same regions, masked, with boxes
 RNN_MODEL = "core.model.rnn_model:CaptioningRNN"  # one class, one row per cell type
 RECURRENT_SIZES = ("wordvec_dim", "hidden_dim")
 TRANSFORMER_SIZES = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")
@@ -122,14 +122,12 @@ MODEL_TYPES = {
                              "transformer_model.pt", TRANSFORMER_SIZES),
     "attention_lstm": ModelType("core.model.attention_lstm:AttentionLSTM", "numpy", 5e-3,
                                 "attention_lstm_checkpoint.npz",
-                                RECURRENT_SIZES + ("attention_dim", "alpha_c"), features="grid",
-                                alternatives=REGIONS),
+                                RECURRENT_SIZES + ("attention_dim", "alpha_c"), features=GRID),
     "updown": ModelType("core.model.updown:UpDown", "numpy", 5e-3, "updown_checkpoint.npz",
-                        RECURRENT_SIZES + ("attention_dim",), features="grid",
-                        alternatives=REGIONS),
+                        RECURRENT_SIZES + ("attention_dim",), features=GRID),
     "region_transformer": ModelType("core.model.region_transformer:RegionTransformer", "torch",
                                     1e-3, "region_transformer_model.pt", TRANSFORMER_SIZES,
-                                    features="grid", alternatives=REGIONS),
+                                    features=GRID),
 }
 
 

@@ -7,6 +7,7 @@ The image feature is projected to one memory token that every decoder layer
 cross-attends to; the caption attends to itself through a causal mask.
 """
 import contextlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,11 +19,28 @@ from core.model.decoding import decode, require_start_end
 from core.layers.transformer_layers import PositionalEncoding, TransformerDecoder
 
 
+class TransformerState(NamedTuple):
+    """A transformer's decoding state: t the next position; layers: each decoder layer's
+    key/value cache (core/layers/transformer_layers.py); attention (N, S) the last step's
+    cross-attention of the last layer, averaged over heads (None before the first step)."""
+
+    t: int
+    layers: list
+    attention: object = None
+
+
 class CaptioningTransformer(nn.Module):
     """word_to_idx: dict word -> index (V entries); input_dim D; wordvec_dim E (even,
     divisible by num_heads); max_length: the longest sequence the position code covers;
     seed: initialise from this seed (None: from the global torch RNG).
+
+    one_memory_token: its memory is one token per image, so the cross-attention weights are
+    softmax over one key, always 1, and the query and key projections of the cross-attention never
+    reach the output: they are kept (the original repository's files hold them) but not trained. A
+    decoder over several memory tokens (core/model/region_transformer.py) declares False.
     """
+
+    one_memory_token = True
 
     def __init__(self, word_to_idx, input_dim, wordvec_dim, num_heads=4, num_layers=2,
                  max_length=50, dim_feedforward=2048, dropout=0.1, seed=None):
@@ -53,12 +71,9 @@ class CaptioningTransformer(nn.Module):
                                               dropout)
         self.output = nn.Linear(wordvec_dim, V)
         self.apply(self._init_weights)
-        # one memory token: the cross-attention weights are softmax over one key, always 1, so its
-        # query and key projections never reach the output; they are kept (the original repository's
-        # files hold them) but not trained
         for layer in self.transformer.layers:
-            layer.multihead_attn.query.requires_grad_(False)
-            layer.multihead_attn.key.requires_grad_(False)
+            layer.multihead_attn.query.requires_grad_(not self.one_memory_token)
+            layer.multihead_attn.key.requires_grad_(not self.one_memory_token)
 
     @staticmethod
     def _init_weights(module):
@@ -131,6 +146,10 @@ class CaptioningTransformer(nn.Module):
         """The device the parameters live on."""
         return self.output.weight.device
 
+    def inputs(self, features):
+        """Image features (N, D) as an array or tensor -> a float32 tensor on the model's device."""
+        return torch.as_tensor(features, dtype=torch.float32, device=self.device)
+
     def memory(self, features):
         """What the decoder cross-attends to: features (N, D) -> one token (N, 1, E)."""
         return self.visual_projection(features)[:, None, :]
@@ -143,6 +162,7 @@ class CaptioningTransformer(nn.Module):
         """features (N, D) float (a subclass's memory may read other shapes), captions (N, T) long
         -> scores (N, T, V)."""
         T = captions.shape[1]
+        features = self.inputs(features)
         memory = self.memory(features)  # (N, S, E)
         x = self.positional_encoding(self.embedding(captions))  # (N, T, E)
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # (T, T)
@@ -187,11 +207,11 @@ class CaptioningTransformer(nn.Module):
     def init_state(self, features):
         """Decoding state before the first word: features (N, D) -> key/value caches and position
         0."""
-        features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
+        features = self.inputs(features)
         memory = self.memory(features)  # (N, S, E): its keys and values projected once per caption
         mask = self.memory_mask(features)
-        return {"t": 0, "layers": [layer.init_cache(memory, self.max_length, mask)
-                                   for layer in self.transformer.layers]}
+        return TransformerState(0, [layer.init_cache(memory, self.max_length, mask)
+                                    for layer in self.transformer.layers])
 
     def step(self, words, state, normalized=True):
         """One decoding step with the key/value cache (eval mode, no grad).
@@ -199,26 +219,25 @@ class CaptioningTransformer(nn.Module):
         words (N,) int -> log-probabilities (N, V) float32 numpy (with normalized False the raw
         scores, whose argmax is the same), new state.
         """
-        t = state["t"]
+        t = state.t
         if t >= self.max_length:
             raise ValueError(f"cannot decode past max_length={self.max_length} positions")
         words = torch.as_tensor(np.asarray(words), dtype=torch.long, device=self.device)
         x = self.positional_encoding(self.embedding(words)[:, None, :], offset=t)  # (N, 1, E)
         weights = []
-        for k, (layer, cache) in enumerate(zip(self.transformer.layers, state["layers"])):
+        for k, (layer, cache) in enumerate(zip(self.transformer.layers, state.layers)):
             x = layer.step(x, cache, t, weights_out=weights if k == self.num_layers - 1 else None)
         scores = self.output(x[:, 0]).float()  # (N, V)
-        state["t"] = t + 1
         # (N, S): the last layer's, mean over heads
-        state["attention"] = weights[0][:, :, 0].mean(dim=1)
+        state = TransformerState(t + 1, state.layers, weights[0][:, :, 0].mean(dim=1))
         return (F.log_softmax(scores, dim=-1) if normalized else scores).cpu().numpy(), state
 
     def select_state(self, state, rows):
         """Keep/replicate batch rows of a decoding state: rows (M,) int -> state for M rows."""
         index = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.device)
-        t = state["t"]
+        t = state.t
         layers = []
-        for cache in state["layers"]:
+        for cache in state.layers:
             new = {k: cache[k].index_select(0, index) for k in ("mem_k", "mem_v", "mem_mask")
                    if k in cache}
             # only the t filled positions of the self-attention cache are copied
@@ -227,15 +246,13 @@ class CaptioningTransformer(nn.Module):
                 buffer[:, :, :t] = cache[k][index, :, :t]
                 new[k] = buffer
             layers.append(new)
-        selected = {"t": t, "layers": layers}
-        if "attention" in state:
-            selected["attention"] = state["attention"].index_select(0, index)
-        return selected
+        return TransformerState(t, layers, None if state.attention is None
+                                else state.attention.index_select(0, index))
 
     @staticmethod
     def attention(state):
         """The last step's cross-attention of the last layer, averaged over heads: (N, S) numpy."""
-        return state["attention"].float().cpu().numpy()
+        return state.attention.float().cpu().numpy()
 
     def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
         """Decode captions with the key/value cache (greedy with beam_size 1, else beam search).
@@ -261,8 +278,8 @@ class CaptioningTransformer(nn.Module):
         require_start_end(self)
         was_training = self.training
         self.eval()
-        features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
-        N = features.shape[0]
+        features = self.inputs(features)
+        N = len(features)
         tokens = torch.full((N, 1), self.start_idx, dtype=torch.long, device=self.device)
         done = torch.zeros(N, dtype=torch.bool, device=self.device)
         captions = torch.full((N, max_length), self.null_idx, dtype=torch.long, device=self.device)

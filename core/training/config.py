@@ -63,7 +63,7 @@ FLAGS = (
     Flag("features", str, None, "the kind of features the decoder reads: a region decoder's grid "
          "(VGG16's 7 x 7 cells, features_extraction.py --grid) or boxes (object regions, "
          "features_extraction.py --boxes: bottom-up attention); unset: " + ", ".join(
-             f"{m} {t.features}" for m, t in MODEL_TYPES.items() if t.alternatives)
+             f"{m} {t.features}" for m, t in MODEL_TYPES.items() if len(t.feature_kinds) > 1)
          + ", the others fc7 (an --init_from checkpoint's own)",
          choices=tuple(FEATURE_KINDS)),
     Flag("recipe", str, None, "named defaults (given flags win): " + "; ".join(
@@ -95,8 +95,11 @@ FLAGS = (
          "as torch's label_smoothing (cross-entropy steps only; the val loss stays plain)",
          "fraction"),
     Flag("scheduled_sampling", float, 0.0, "the recurrent decoders' scheduled sampling: the "
-         "probability that an input word is the model's own sampled word rises from 0 in the first "
-         "epoch to this in the last (0: off)", "fraction"),
+         "probability that an input word is the model's own sampled word rises by this / "
+         "--scheduled_sampling_ramp each epoch to this, whatever --epochs (0: off)", "fraction"),
+    Flag("scheduled_sampling_ramp", int, 5, "the epochs over which --scheduled_sampling's "
+         "probability rises to its value (its epoch e, from 1: value * min(1, e / ramp))",
+         "positive"),
     Flag("warmup", int, 0, "the torch decoders' learning rate rises linearly over this many first "
          "steps (0: off)", "nonnegative"),
     Flag("patience", int, 0, "stop early when this many epochs (scored epochs with --eval_every) "
@@ -160,7 +163,8 @@ GROUPS = {  # --help lists the flags in these groups, in this order; every flag 
     "model sizes": tuple(SIZE_FLAGS),
     "data": ("data_dir", "features", "num_samples"),
     "optimisation": ("epochs", "batch_size", "lr", "lr_decay", "update_rule", "grad_clip",
-                     "weight_decay", "label_smoothing", "scheduled_sampling", "warmup",
+                     "weight_decay", "label_smoothing", "scheduled_sampling",
+                     "scheduled_sampling_ramp", "warmup",
                      "divergence_factor", "max_iters"),
     "validation and the best checkpoint": ("val_samples", "eval_every", "eval_images", "patience"),
     "self-critical training (--scst)": ("scst", "init_from", "scst_samples", "baseline",
@@ -287,7 +291,13 @@ def _new_run(values, explicit, lines):
         # its sizes become the run's: first, it must be a model of the type asked for
         check_checkpoint(checkpoint, values["init_from"], values["model"],
                          checkpoint["idx_to_word"])
-        values.update({name: checkpoint[name] for name in MODEL_TYPES[values["model"]].size_flags})
+        sizes = {name: checkpoint[name] for name in MODEL_TYPES[values["model"]].size_flags}
+        for name in explicit:
+            if name in sizes and values[name] != sizes[name]:
+                raise UserError(f"--{name} {values[name]} contradicts {values['init_from']}, "
+                                f"whose model has {name} {sizes[name]}: leave it out to fine-tune "
+                                f"it (the sizes are the checkpoint's)")
+        values.update(sizes)
         if values["features"] is None:
             values["features"] = checkpoint_features(checkpoint)
         start = Start(values["init_from"], model, checkpoint)

@@ -150,16 +150,17 @@ def train(settled, ctx):
                 f"with: python training.py --resume {last_path}", flush=True)
             return 130
         if ctx.is_main:
-            save_final_files(config, solver.model, history, best, extra, time.perf_counter()
-                             - start, data, per_step)
+            save_final_files(config, solver, history, best, extra, time.perf_counter() - start,
+                             data, per_step)
     return 0
 
 
-def save_final_files(config, model, history, best, extra, seconds, data, per_step):
-    """The final checkpoint, the loss (and reward) plots and the history, with a summary."""
+def save_final_files(config, solver, history, best, extra, seconds, data, per_step):
+    """The final checkpoint (recording the epochs it trained: fewer than --epochs when --patience
+    stopped it), the loss (and reward) plots and the history, with a summary."""
     checkpoint = Path(config.checkpoint)
-    save_checkpoint(model, checkpoint,
-                    dict(extra, epoch=config.epochs, val_loss=history["val_loss"][-1]))
+    save_checkpoint(solver.model, checkpoint,
+                    dict(extra, epoch=solver.epoch, val_loss=history["val_loss"][-1]))
     history.update(best.metrics)
     out_dir = Path(config.out_dir)
     stem = checkpoint.stem  # every output is named after its run's checkpoint

@@ -34,8 +34,9 @@ class TorchSolver(SolverBase):
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def _tensors(self, features, captions):
-        """features (B, D) float32, captions (B, L) int arrays -> tensors on the solver's device."""
-        return (torch.as_tensor(features, dtype=torch.float32).to(self.device, non_blocking=True),
+        """features (B, D) float32 or Regions, captions (B, L) int arrays -> what the model reads
+        (tensors on the solver's device) and a tensor."""
+        return (self.model.inputs(features),
                 torch.as_tensor(captions, dtype=torch.long).to(self.device, non_blocking=True))
 
     def _loss(self, net, features, captions, caption_weights=None, smoothing=0.0):

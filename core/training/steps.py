@@ -33,9 +33,10 @@ class StepResult:
 class CrossEntropy:
     """Teacher forcing: an epoch is one pass over the training captions. label_smoothing e: the
     targets are (1 - e) one-hot + e / V (0: plain cross-entropy). scheduled_sampling P
-    (Bengio et al. 2015; the recurrent decoders): in epoch e of E each input word after <START> is,
-    with probability P * e / (E - 1) (0 in the first epoch, P in the last), replaced by a word
-    sampled from the model's distribution at the step before; two passes, as in parallel
+    (Bengio et al. 2015; the recurrent decoders): in epoch e (from 1) each input word after <START>
+    is, with probability P * min(1, e / ramp), replaced by a word sampled from the model's
+    distribution at the step before (a schedule of the epoch alone, as self-critical.pytorch's: a
+    single epoch samples, and a run resumed with more epochs keeps it); two passes, as in parallel
     scheduled sampling: the teacher-forced pass gives the distributions, the second trains on the
     mixed inputs (targets unchanged). seed: with the epoch and the caption row it seeds each
     caption's draws, so they do not depend on the batch or the process."""
@@ -45,13 +46,14 @@ class CrossEntropy:
     unit = "captions"
     positive_loss = True  # so a loss far above the first one means divergence
 
-    def __init__(self, label_smoothing=0.0, scheduled_sampling=0.0, seed=0):
+    def __init__(self, label_smoothing=0.0, scheduled_sampling=0.0, seed=0, ramp=5):
         self.label_smoothing, self.scheduled_sampling, self.seed = (label_smoothing,
                                                                     scheduled_sampling, seed)
+        self.ramp = ramp
 
-    def sampling_probability(self, epoch, num_epochs):
+    def sampling_probability(self, epoch):
         """The probability that an input word is the model's own in epoch `epoch` (0-based)."""
-        return self.scheduled_sampling * epoch / max(num_epochs - 1, 1)
+        return self.scheduled_sampling * min(1.0, (epoch + 1) / self.ramp)
 
     def mixed_inputs(self, model, features, captions, rows, probability, epoch):
         """Scheduled sampling's inputs: captions (B, T + 1), rows (B,) their caption rows -> (B, T)
@@ -77,7 +79,7 @@ class CrossEntropy:
         """The teacher-forced loss and gradients of the caption rows (B,) -> StepResult."""
         features, captions = solver.batch("train", rows)
         options = {"smoothing": self.label_smoothing} if self.label_smoothing else {}
-        probability = self.sampling_probability(solver.epoch, solver.num_epochs)
+        probability = self.sampling_probability(solver.epoch)
         if probability:
             options["inputs"] = self.mixed_inputs(solver.model, features, captions, rows,
                                                   probability, solver.epoch)
@@ -149,8 +151,9 @@ class SelfCritical:
             baseline = ((per_image.sum(axis=1, keepdims=True) - per_image) / (K - 1)).reshape(-1)
         # (n K, L + 1)
         captions = np.concatenate([np.full((len(sampled), 1), model.start_idx), sampled], axis=1)
-        loss, gradients = solver.gradients(np.repeat(features, K, axis=0), captions, rewards
-                                           - baseline, weight, dropout=False)
+        repeated = features[np.repeat(np.arange(len(features)), K)]  # each image's row K times
+        loss, gradients = solver.gradients(repeated, captions, rewards - baseline, weight,
+                                           dropout=False)
         return StepResult(loss, gradients,
                           {"reward": float(rewards.mean()), "baseline": float(baseline.mean())})
 
@@ -160,7 +163,8 @@ def from_flags(args, model, data):
     references' CIDEr-D; max_length: the captions' length, or less for a model with a position
     limit."""
     if not args.scst:
-        return CrossEntropy(args.label_smoothing, args.scheduled_sampling, seed=args.seed)
+        return CrossEntropy(args.label_smoothing, args.scheduled_sampling, seed=args.seed,
+                            ramp=args.scheduled_sampling_ramp)
     T = data["train_captions"].shape[1] - 1  # words after <START>, <END> included
     refs = references_by_image(data["train_captions"], data["train_image_idxs"],
                                data["idx_to_word"])
