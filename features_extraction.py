@@ -17,131 +17,105 @@ scored by `inference.py --eval`, never used to choose a checkpoint; without one,
 """
 from pathlib import Path
 
-import torch
-
-from core.util import distributed
-from core.util.cli import ArgumentParser, interrupts, resolve_device, user_errors
+from core.data.boxes import BOX_SIDE, BOX_THRESHOLD, MAX_BOXES, MIN_BOXES
+from core.data.encoders import ENCODERS, GRID_SIZES
+from core.util.cli import Flag, check_flags, exit_after, flag_parser, interrupts, user_errors
 from core.util.fileio import check_writable
-from core.data.boxes import BOX_SIDE, BOX_THRESHOLD, MAX_BOXES, MIN_BOXES, BoxSource
-from core.data.bottom_up import tsv_source
-from core.data.builder import build_dataset
-from core.data.features import ENCODERS, GRID_SIZES, parse_weights
-from core.data.karpathy import read_split_file
+
+SPLITS = ("train", "val", "test")
+IMAGES_HELP = {"train": " (with --split_file: the train2014 images, and those of files without a "
+                        "filepath)",
+               "val": " (with --split_file: the val2014 images)", "test": ""}
+FLAGS = (
+    *(Flag(f"{s}_annotations", str, None, f"COCO-format captions JSON of the {s} split"
+           + (" (optional: scored by inference.py --eval only)" if s == "test" else ""))
+      for s in SPLITS),
+    *(Flag(f"{s}_images", str, None, f"folder holding the {s} images{IMAGES_HELP[s]}")
+      for s in SPLITS),
+    Flag("split_file", str, None, "Karpathy split file (dataset_coco.json): its train+restval, val "
+         "and test images and raw captions make the splits, instead of the *_annotations files"),
+    Flag("out_dir", str, None, "dataset folder to write", required=True),
+    Flag("weights", str, "imagenet", "the encoder's weights: imagenet (torchvision's, downloaded "
+         "when online), random (seeded random init, for offline use), or PATH to a state_dict "
+         "file"),
+    Flag("seed", int, 0, "seed of --weights random"),
+    Flag("encoder", str, "vgg16", "image encoder: vgg16 (fc7, 4096-d, and its 512-channel grid: "
+         "the CS231n layout) or resnet101 (the 2048-d mean of its last block and that block's "
+         "2048-channel grid, as self-critical.pytorch's prepro_feats.py); the dataset's info names "
+         "it", choices=tuple(ENCODERS)),
+    Flag("batch_size", int, 32, "images per forward pass", "positive"),
+    Flag("device", str, None, "cpu or cuda (default: cuda when available)"),
+    Flag("num_workers", int, 0, "DataLoader worker processes for image decoding", "nonnegative"),
+    Flag("min_word_count", int, 5, "words seen fewer times in the train captions become <UNK>",
+         "positive"),
+    Flag("max_length", int, 17, "caption length with <START> and <END> (at least 3); longer are "
+         "cut"),
+    Flag("pca_dim", int, 512, "PCA dimensions of the *_pca.h5 features (0: no PCA, the encoder's "
+         "own vectors)", "nonnegative"),
+    Flag("grid", bool, False, "also write region features for the attention decoders: "
+         "<split>2014_vgg16_grid_pca.h5, (images, regions, --grid_pca_dim) float16"),
+    Flag("grid_size", int, 7, "--grid regions per side: 7 (pool5, 49 regions) or 14 (conv5_3, "
+         "196)", choices=GRID_SIZES),
+    Flag("grid_pca_dim", int, 64, "--grid: PCA dimensions of a region's channels (fitted on train "
+         "regions); at 64, COCO's 82,783 train images take 0.5 GB and its 40,504 val images "
+         "0.25 GB", "positive"),
+    Flag("boxes", str, None, "also write object regions for the attention decoders (bottom-up "
+         "attention): <split>2014_vgg16_boxes_pca.h5 with each box's feature, the box and a count "
+         "per image. SOURCE: detector (torchvision's Faster R-CNN, class-agnostic, the adaptive "
+         "count below; COCO-trained weights when --weights imagenet, else random), a COCO "
+         "detection-results JSON of any detector ([{image_id, bbox: [x, y, w, h], score}]), or "
+         "plain (the parts that differ from a plain background: rendered scenes only, such as the "
+         "sample dataset's; photographs need a detector)", metavar="SOURCE"),
+    Flag("bottom_up_tsv", str, None, "also write object regions, imported from the precomputed "
+         "bottom-up features (peteanderson80/bottom-up-attention's trainval tsv files: 36 or "
+         "10-100 boxes of 2048-d per COCO image), matched to the images by COCO id; with "
+         "--box_pca_dim 0 the 2048-d features are kept as they are", metavar="FILE", nargs="+"),
+    Flag("box_threshold", float, BOX_THRESHOLD, "--boxes: keep the boxes scoring at least this "
+         "(a score in [0, 1]) ..."),
+    Flag("min_boxes", int, MIN_BOXES, "... but at least this many (the best scoring) ...",
+         "positive"),
+    Flag("max_boxes", int, MAX_BOXES, "... and at most this many (Anderson et al.'s 0.2, 10 and "
+         "100; --min_boxes 36 --max_boxes 36 is their fixed 36)", "positive"),
+    Flag("box_pca_dim", int, 128, "PCA dimensions of a box's features (VGG16 4608, ResNet-101 "
+         "2048; fitted on train boxes; 0: none, for --bottom_up_tsv)", "nonnegative"),
+    Flag("box_side", int, BOX_SIDE, "--boxes: the image is scaled to this longer side (and padded "
+         "to a square, nothing cut) for the feature map the boxes are pooled from", "positive"),
+    Flag("skip_bad_images", bool, False, "drop (and report) missing or unreadable images and "
+         "captions of unknown images instead of stopping"),
+    Flag("quiet", bool, False, "no progress bars"),
+)
+FLAG = {f.name: f for f in FLAGS}
+GROUPS = {
+    "the splits": (*(f"{s}_{k}" for s in SPLITS for k in ("annotations", "images")),
+                   "split_file", "out_dir"),
+    "captions": ("min_word_count", "max_length"),
+    "the image encoder": ("encoder", "weights", "seed", "pca_dim", "batch_size", "device",
+                          "num_workers"),
+    "grid regions": ("grid", "grid_size", "grid_pca_dim"),
+    "object regions": ("boxes", "bottom_up_tsv", "box_threshold", "min_boxes", "max_boxes",
+                       "box_pca_dim", "box_side"),
+    "the run": ("skip_bad_images", "quiet"),
+}
+
+
+def build_parser():
+    """The argument parser of the flag table."""
+    return flag_parser("features_extraction.py", "Build a captioning dataset (CS231n COCO layout) "
+                       "from images and captions.", GROUPS, FLAG)
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(prog="features_extraction.py",
-                       description="Build a captioning dataset (CS231n COCO layout) from images "
-                                   "and captions.")
-    for split in ("train", "val", "test"):
-        p.add_argument(f"--{split}_annotations", default=None,
-                       help=f"COCO-format captions JSON of the {split} split"
-                       + (" (optional: scored by inference.py --eval only)" if split == "test"
-                          else ""))
-        p.add_argument(f"--{split}_images", default=None, help=f"folder holding the {split} images"
-                       + (" (with --split_file: the train2014 images, and those of files without a "
-                          "filepath)"
-                          if split == "train" else " (with --split_file: the val2014 images)"
-                          if split == "val"
-                          else ""))
-    p.add_argument("--split_file", default=None,
-                   help="Karpathy split file (dataset_coco.json): its train+restval, val and test "
-                        "images and raw captions make the splits, instead of the *_annotations "
-                        "files")
-    p.add_argument("--out_dir", required=True, help="dataset folder to write")
-    p.add_argument("--weights", default="imagenet",
-                   help="VGG16 weights: imagenet (torchvision's, downloaded when online), random "
-                        "(seeded random init, for offline use), or PATH to a state_dict file")
-    p.add_argument("--seed", type=int, default=0, help="seed of --weights random")
-    p.add_argument("--encoder", default="vgg16", choices=tuple(ENCODERS),
-                   help="image encoder: vgg16 (fc7, 4096-d, and its 512-channel grid: the CS231n "
-                        "layout) or resnet101 (the 2048-d mean of its last block and that block's "
-                        "2048-channel grid, as self-critical.pytorch's prepro_feats.py); the "
-                        "dataset's info names it")
-    p.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--num_workers", type=int, default=0,
-                   help="DataLoader worker processes for image decoding")
-    p.add_argument("--min_word_count", type=int, default=5,
-                   help="words seen fewer times in the train captions become <UNK>")
-    p.add_argument("--max_length", type=int, default=17,
-                   help="caption length with <START> and <END>; longer are cut")
-    p.add_argument("--pca_dim", type=int, default=512,
-                   help="PCA dimensions of the *_pca.h5 features (0: no PCA, the encoder's own "
-                        "vectors)")
-    p.add_argument("--grid", action="store_true",
-                   help="also write region features for the attention decoders: "
-                        "<split>2014_vgg16_grid_pca.h5, (images, regions, --grid_pca_dim) float16")
-    p.add_argument("--grid_size", type=int, default=7, choices=GRID_SIZES,
-                   help="--grid regions per side: 7 (pool5, 49 regions) or 14 (conv5_3, 196)")
-    p.add_argument("--grid_pca_dim", type=int, default=64,
-                   help="--grid: PCA dimensions of a region's 512 channels (fitted on train "
-                        "regions); at 64, COCO's 82,783 train images take 0.5 GB and its 40,504 "
-                        "val images 0.25 GB")
-    p.add_argument("--boxes", default=None, metavar="SOURCE",
-                   help="also write object regions for the attention decoders (bottom-up "
-                        "attention): <split>2014_vgg16_boxes_pca.h5 with each box's feature, the "
-                        "box and a count per image. SOURCE: detector (torchvision's Faster R-CNN, "
-                        "class-agnostic, the adaptive count below; COCO-trained weights when "
-                        "--weights imagenet, else random), a COCO detection-results JSON of any "
-                        "detector ([{image_id, bbox: [x, y, w, h], score}]), or plain (the parts "
-                        "that differ from a plain background: rendered scenes only, such as the "
-                        "sample dataset's; photographs need a detector)")
-    p.add_argument("--bottom_up_tsv", nargs="+", default=None, metavar="FILE",
-                   help="also write object regions, imported from the precomputed bottom-up "
-                        "features (peteanderson80/bottom-up-attention's trainval tsv files: 36 or "
-                        "10-100 boxes of 2048-d per COCO image), matched to the images by COCO id; "
-                        "with --box_pca_dim 0 the 2048-d features are kept as they are")
-    p.add_argument("--box_threshold", type=float, default=BOX_THRESHOLD,
-                   help="--boxes: keep the boxes scoring at least this ...")
-    p.add_argument("--min_boxes", type=int, default=MIN_BOXES,
-                   help="... but at least this many (the best scoring) ...")
-    p.add_argument("--max_boxes", type=int, default=MAX_BOXES,
-                   help="... and at most this many (Anderson et al.'s 0.2, 10 and 100; "
-                        "--min_boxes 36 --max_boxes 36 is their fixed 36)")
-    p.add_argument("--box_pca_dim", type=int, default=128,
-                   help="--boxes: PCA dimensions of a box's features (VGG16 4608, ResNet-101 2048; "
-                        "fitted on train boxes)")
-    p.add_argument("--box_side", type=int, default=BOX_SIDE,
-                   help="--boxes: the image is scaled to this longer side (and padded to a square, "
-                        "nothing cut) for the feature map the boxes are pooled from")
-    p.add_argument("--skip_bad_images", action="store_true",
-                   help="drop (and report) missing or unreadable images and captions of unknown "
-                        "images instead of stopping")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    """The flags, each checked and then together (one line and exit 2 for a bad one), before any
+    work."""
+    p = build_parser()
     args = p.parse_args(argv)
-    if args.split_file:
-        given = [f"--{s}_annotations" for s in ("train", "val", "test")
-                 if getattr(args, f"{s}_annotations")]
-        if given or args.test_images:
-            p.error(f"--split_file gives the splits and their captions: drop "
-                    f"{', '.join(given or ['--test_images'])}")
-        if not args.train_images:
-            p.error("--split_file needs --train_images (and --val_images for COCO's val2014 "
-                    "images)")
-    else:
-        for split in ("train", "val", "test"):
-            ann, images = getattr(args, f"{split}_annotations"), getattr(args, f"{split}_images")
-            if (split != "test" or ann or images) and not (ann and images):
-                p.error(f"--{split}_annotations and --{split}_images are needed together (or "
-                        f"--split_file)")
-    sizes = (args.batch_size, args.min_word_count, args.grid_pca_dim, args.box_side,
-             args.min_boxes, args.max_boxes)
-    if (min(sizes) <= 0 or args.box_pca_dim < 0 or args.pca_dim < 0 or args.max_length < 3
-            or args.num_workers < 0):
-        p.error("--batch_size, --grid_pca_dim, --box_side, --min_boxes, --max_boxes and "
-                "--min_word_count must be positive, --pca_dim and --box_pca_dim positive or 0 (no "
-                "PCA), --max_length at least 3")
+    check_flags(p, FLAG, vars(args))
+    _check_splits(p, args)
+    if args.max_length < 3:
+        p.error(f"--max_length must be at least 3 (<START>, a word, <END>), got {args.max_length}")
     if args.min_boxes > args.max_boxes or not 0 <= args.box_threshold <= 1:
         p.error(f"--min_boxes {args.min_boxes} must be at most --max_boxes {args.max_boxes}, and "
                 f"--box_threshold a score in [0, 1] (got {args.box_threshold})")
-    given = {s: Path(getattr(args, f"{s}_annotations")) for s in ("train", "val", "test")
-             if getattr(args, f"{s}_annotations")}
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        if a in given and b in given and given[a].is_file() and given[b].is_file() \
-                and given[a].read_bytes() == given[b].read_bytes():
-            p.error(f"--{a}_annotations and --{b}_annotations are the same file ({given[b]}): each "
-                    "split needs its own images and captions")
     if args.boxes and args.bottom_up_tsv:
         p.error("--boxes and --bottom_up_tsv both give the object regions: choose one")
     if args.box_pca_dim == 0 and args.boxes:
@@ -157,15 +131,43 @@ def parse_args(argv=None):
     return args
 
 
+def _check_splits(p, args):
+    """One line (exit 2) when the split flags do not make a dataset: --split_file with
+    *_annotations, a split's captions without its images, two splits of the same file."""
+    if args.split_file:
+        given = [f"--{s}_annotations" for s in SPLITS if getattr(args, f"{s}_annotations")]
+        if given or args.test_images:
+            p.error(f"--split_file gives the splits and their captions: drop "
+                    f"{', '.join(given or ['--test_images'])}")
+        if not args.train_images:
+            p.error("--split_file needs --train_images (and --val_images for COCO's val2014 "
+                    "images)")
+        return
+    for split in SPLITS:
+        ann, images = getattr(args, f"{split}_annotations"), getattr(args, f"{split}_images")
+        if (split != "test" or ann or images) and not (ann and images):
+            p.error(f"--{split}_annotations and --{split}_images are needed together (or "
+                    f"--split_file)")
+    given = {s: Path(getattr(args, f"{s}_annotations")) for s in SPLITS
+             if getattr(args, f"{s}_annotations")}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if a in given and b in given and given[a].is_file() and given[b].is_file() \
+                and given[a].read_bytes() == given[b].read_bytes():
+            p.error(f"--{a}_annotations and --{b}_annotations are the same file ({given[b]}): each "
+                    "split needs its own images and captions")
+
+
 def splits(args, log):
     """The splits to build, as build_dataset takes them; says when there is no test split."""
+    from core.data.karpathy import read_split_file
+
     if args.split_file:
         found = read_split_file(args.split_file,
                                 {"train2014": args.train_images, "val2014": args.val_images},
                                 args.train_images)
     else:
         found = {s: (getattr(args, f"{s}_annotations"), getattr(args, f"{s}_images"))
-                 for s in ("train", "val", "test") if getattr(args, f"{s}_annotations")}
+                 for s in SPLITS if getattr(args, f"{s}_annotations")}
     if "test" not in found:
         log("no test split (--split_file or --test_annotations): val will both choose the best "
             "checkpoint and be the split scored, like the CS231n download's val2014 used whole")
@@ -177,6 +179,15 @@ def main(argv=None):
     with interrupts("features_extraction.py",
                     f"{args.out_dir} is as it was"), user_errors("features_extraction.py"):
         check_writable(folders=[("--out_dir", args.out_dir)])  # before hours of VGG16
+        import torch  # the flags are read without it (--help, a bad flag: at once)
+
+        from core.data.bottom_up import tsv_source
+        from core.data.boxes import BoxSource
+        from core.data.builder import build_dataset
+        from core.data.encoders import parse_weights
+        from core.util import distributed
+        from core.util.cli import resolve_device
+
         device = resolve_device(args.device)
         ctx = distributed.init(torch.device(device).type)
         device = ctx.local_device(device)
@@ -202,4 +213,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    distributed.exit_after(main)
+    exit_after(main)

@@ -26,78 +26,67 @@ present, ROUGE-L, CIDEr-D): the dataset's own captions, or with --references the
 COCO annotation file; the scores and every predicted caption go to
 <out_dir>/<stem>_<split>_<decoding>_eval.json.
 """
-import math
-
 from core.model.registry import MODEL_TYPES
 from core.util.cli import (
-    ArgumentParser, exit_after, interrupts, limit_threads, resolve_device, user_errors)
+    Flag, check_flags, exit_after, flag_parser, interrupts, limit_threads, resolve_device,
+    user_errors)
 
 # decoders over image regions
 ATTENDING = tuple(m for m, t in MODEL_TYPES.items() if t.feature_kind.regions)
+FLAGS = (
+    Flag("model", str, None, "decoder type the checkpoint must hold", choices=tuple(MODEL_TYPES),
+         required=True),
+    Flag("checkpoint", str, None, "checkpoint to load (default: "
+         + ", ".join(t.checkpoint for t in MODEL_TYPES.values()) + ")"),
+    Flag("data_dir", str, None, "dataset directory in the CS231n COCO layout (default: "
+         "core/datasets/coco_captioning when downloaded, else the bundled "
+         "core/datasets/sample_captioning)"),
+    Flag("image", str, None, "caption these image files instead of dataset images",
+         metavar="PATH", nargs="+"),
+    Flag("image_folder", str, None, "caption every image of this folder (in batches, with a "
+         "progress bar): all captions to <stem>_<folder>_<decoding>_captions.json and the COCO "
+         "results file, the first --num_images in the figure", metavar="DIR"),
+    Flag("split", str, None, "split to caption images of (default: both train and val, panels in "
+         "one figure, each titled with its split and whether the model was trained on it; --eval: "
+         "test when the dataset has one, else val)", choices=("train", "val", "test")),
+    Flag("num_images", int, 4, "how many distinct images to caption per split", "positive"),
+    Flag("num_samples", int, None, "draw the train images from the subset that `training.py "
+         "--num_samples N` trained on (default: the checkpoint's own training subset when it "
+         "records one)", "positive"),
+    Flag("num_heads", int, 2, "attention heads of an original-repository transformer_model.pt, "
+         "which does not record them (the original trained with 2); ignored for this project's "
+         "checkpoints", "positive"),
+    Flag("max_length", int, 30, "longest caption to generate, in words", "positive"),
+    Flag("beam_size", int, 1, "beam width; 1 is greedy decoding", "positive"),
+    Flag("length_penalty", float, 0.0, "beam search ranks captions by log-probability / length ** "
+         "this (0: no normalisation)"),
+    Flag("attention", bool, False, f"draw where each word looked (decoders over image regions: "
+         f"{', '.join(ATTENDING)}), greedy decoding"),
+    Flag("eval", bool, False, "caption every image of --split and report COCO caption metrics"),
+    Flag("references", str, None, "--eval: score against the raw captions of this COCO annotation "
+         "file (captions_val2014.json), as papers do, instead of the dataset's encoded ones (cut "
+         "to 17 tokens, rare words <UNK>)", metavar="ANNOTATIONS_JSON"),
+    Flag("seed", int, 231, "seed for choosing the images"),
+    Flag("out_dir", str, "outputs", "directory for the caption figure"),
+    Flag("threads", int, None, "CPU threads of numpy's BLAS and torch (unset: one per core; fewer "
+         "on a machine busy with other jobs, see training.py --help)", "positive"),
+    Flag("device", str, None, "where a torch decoder runs and new images' features are computed: "
+         "cpu or cuda (default: cuda when available)"),
+)
+FLAG = {f.name: f for f in FLAGS}
+GROUPS = {None: tuple(FLAG)}
+
+
+def build_parser():
+    """The argument parser of the flag table."""
+    return flag_parser("inference.py", "Caption images with a trained decoder.", GROUPS, FLAG)
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(prog="inference.py", description="Caption images with a trained decoder.")
-    p.add_argument("--model", required=True, choices=tuple(MODEL_TYPES),
-                   help="decoder type the checkpoint must hold")
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint to load (default: "
-                   + ", ".join(t.checkpoint for t in MODEL_TYPES.values()) + ")")
-    p.add_argument("--data_dir", default=None,
-                   help="dataset directory in the CS231n COCO layout (default: "
-                        "core/datasets/coco_captioning when downloaded, else the bundled "
-                        "core/datasets/sample_captioning)")
-    p.add_argument("--image", nargs="+", default=None, metavar="PATH",
-                   help="caption these image files instead of dataset images")
-    p.add_argument("--image_folder", default=None, metavar="DIR",
-                   help="caption every image of this folder (in batches, with a progress bar): "
-                        "all captions to <stem>_<folder>_<decoding>_captions.json and the COCO "
-                        "results file, the first --num_images in the figure")
-    p.add_argument("--split", default=None, choices=("train", "val", "test"),
-                   help="split to caption images of (default: both train and val, panels in one "
-                        "figure, each titled with its split and whether the model was trained on "
-                        "it; --eval: test when the dataset has one, else val)")
-    p.add_argument("--num_images", type=int, default=4,
-                   help="how many distinct images to caption per split")
-    p.add_argument("--num_samples", type=int, default=None,
-                   help="draw the train images from the subset that `training.py --num_samples N` "
-                        "trained on (default: the checkpoint's own training subset when it records "
-                        "one)")
-    p.add_argument("--num_heads", type=int, default=2,
-                   help="attention heads of an original-repository transformer_model.pt, which "
-                        "does not record them (the original trained with 2); ignored for this "
-                        "project's checkpoints")
-    p.add_argument("--max_length", type=int, default=30,
-                   help="longest caption to generate, in words")
-    p.add_argument("--beam_size", type=int, default=1, help="beam width; 1 is greedy decoding")
-    p.add_argument("--length_penalty", type=float, default=0.0,
-                   help="beam search ranks captions by log-probability / length ** this (0: no "
-                        "normalisation)")
-    p.add_argument("--attention", action="store_true",
-                   help=f"draw where each word looked (decoders over image regions: "
-                        f"{', '.join(ATTENDING)}), greedy decoding")
-    p.add_argument("--eval", action="store_true",
-                   help="caption every image of --split and report COCO caption metrics")
-    p.add_argument("--references", default=None, metavar="ANNOTATIONS_JSON",
-                   help="--eval: score against the raw captions of this COCO annotation file "
-                        "(captions_val2014.json), as papers do, instead of the dataset's encoded "
-                        "ones (cut to 17 tokens, rare words <UNK>)")
-    p.add_argument("--seed", type=int, default=231, help="seed for choosing the images")
-    p.add_argument("--out_dir", default="outputs", help="directory for the caption figure")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of numpy's BLAS and torch (unset: one per core; fewer on a "
-                        "machine busy with other jobs, see training.py --help)")
-    p.add_argument("--device", default=None,
-                   help="transformer device: cpu or cuda (default: cuda when available)")
+    """The flags, each checked and then together (one line and exit 2 for a bad one)."""
+    p = build_parser()
     args = p.parse_args(argv)
-    if min(args.num_images, args.max_length, args.beam_size, args.num_heads) <= 0:
-        p.error("--num_images, --max_length, --beam_size and --num_heads must be positive")
-    if args.threads is not None and args.threads <= 0:
-        p.error("--threads must be positive")
-    if not math.isfinite(args.length_penalty):
-        p.error(f"--length_penalty must be finite, got {args.length_penalty}")
-    if args.num_samples is not None and args.num_samples <= 0:
-        p.error("--num_samples must be positive")
+    check_flags(p, FLAG, vars(args))
     if args.image and args.image_folder:
         p.error("--image and --image_folder: pass one of them")
     if args.eval and (args.image or args.image_folder):

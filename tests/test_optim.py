@@ -125,3 +125,53 @@ def test_the_torch_warmup_rises_linearly_then_decays_and_resumes(fake_coco):
                           batch_size=10, lr_decay=0.5, val_samples=10, verbose=False)
     resumed.load_training_state(solver.training_state())
     assert resumed.learning_rate == pytest.approx(2.5e-3)
+
+
+def test_the_numpy_warmup_rises_linearly_then_decays_and_resumes(fake_coco):
+    """The numpy solver's warm-up, as the torch one's: the rate each update uses, the schedule's
+    rate it keeps (and saves). Breaks caught: warm-up ignored, the warmed rate kept in the optimizer
+    state (then it never rises again), restarting from 0 after a resume."""
+    from core.data.coco_utils import load_coco_data
+    from core.training.solver_numpy import NumpySolver
+    from tests.helpers import tiny_model
+
+    data = load_coco_data(fake_coco, max_train=40)
+    seen = []
+
+    def watched(solver):
+        rule = solver.update_rule
+
+        def update(w, dw, config):
+            seen.append(config["learning_rate"])
+            return rule(w, dw, config)
+        solver.update_rule = update
+        return solver
+
+    solver = watched(NumpySolver(tiny_model("lstm", data), data, learning_rate=1e-2, warmup=4, num_epochs=2,
+                                 batch_size=10, lr_decay=0.5, val_samples=10, verbose=False))
+    solver.train()
+    per_step = seen[::len(solver.model.params)]  # every weight of a step uses the same rate
+    np.testing.assert_allclose(per_step, [2.5e-3, 5e-3, 7.5e-3, 1e-2, 5e-3, 5e-3, 5e-3, 5e-3])
+    assert solver.history["learning_rate"] == [1e-2, 5e-3]
+    resumed = NumpySolver(tiny_model("lstm", data), data, learning_rate=1e-2, warmup=4, num_epochs=3,
+                          batch_size=10, lr_decay=0.5, val_samples=10, verbose=False)
+    resumed.load_training_state(solver.training_state())
+    assert resumed.learning_rate == pytest.approx(2.5e-3)
+
+
+def test_a_flag_a_decoder_cannot_use_is_refused_by_its_row(capsys, fake_coco):
+    """The row's capabilities decide (--scheduled_sampling needs a loss that takes the input words),
+    and self-critical training refuses the cross-entropy options it would ignore. Breaks caught:
+    the check tied to the backend instead of the row, --scst recording and ignoring them."""
+    import training
+    from core.model.registry import MODEL_TYPES
+    from tests.helpers import one_line_error
+
+    able = ", ".join(m for m, t in MODEL_TYPES.items() if "scheduled_sampling" in t.capabilities)
+    one_line_error(capsys, lambda: training.main(["--model", "transformer", "--scheduled_sampling", "0.2",
+                                                  "--data_dir", str(fake_coco)]),
+                   f"--scheduled_sampling is for the decoders that can use it ({able}), not transformer")
+    for flag in ("--label_smoothing", "--scheduled_sampling"):
+        one_line_error(capsys, lambda: training.main(["--model", "lstm", "--scst", "--init_from", "x.npz", flag,
+                                                      "0.1", "--data_dir", str(fake_coco)]),
+                       f"{flag} is a cross-entropy option: self-critical training (--scst) would ignore it")

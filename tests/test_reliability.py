@@ -551,7 +551,7 @@ def _interrupt(*args, **kwargs):
     ("training", "core.training.run:load_coco_data", ["--model", "rnn", "--checkpoint", "{tmp}/r.npz", "--out_dir", "{tmp}"],
      "checkpoints of finished epochs) are kept"),
     ("inference", "core.evaluation.captions:load_checkpoint", ["--model", "rnn", "--eval", "--out_dir", "{tmp}"], "files written before"),
-    ("features_extraction", "build_dataset", ["--train_annotations", "a", "--train_images", "b", "--val_annotations",
+    ("features_extraction", "core.data.builder:build_dataset", ["--train_annotations", "a", "--train_images", "b", "--val_annotations",
                                               "c", "--val_images", "d", "--out_dir", "{tmp}/ds"], "ds is as it was"),
 ])
 def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(script, patched, argv, kept, fake_coco, tmp_path,
@@ -840,13 +840,14 @@ def test_every_output_location_is_checked_before_the_work(fake_coco, tmp_path, c
     a file (hours at COCO size), and --grid_pca_dim 513 failed only after extraction;
     inference.py --eval captioned and scored a split, then lost the JSON to an --out_dir that is a
     file; --tensorboard at a file was a FileExistsError traceback after the data loaded."""
+    import core.data.builder
     import core.data.coco_utils
     import core.evaluation.captions
     import features_extraction
 
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")
-    monkeypatch.setattr(features_extraction, "build_dataset", lambda *a, **k: pytest.fail("extracted"))
+    monkeypatch.setattr(core.data.builder, "build_dataset", lambda *a, **k: pytest.fail("extracted"))
     flags = ["--train_annotations", "a", "--train_images", "b", "--val_annotations", "c", "--val_images", "d"]
     one_line_error(capsys, lambda: features_extraction.main([*flags, "--out_dir", str(blocker)]),
                    f"--out_dir {blocker} is a file, not a folder")

@@ -287,7 +287,7 @@ def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["training.py", "inference.py"])
+@pytest.mark.parametrize("script", ["training.py", "inference.py", "features_extraction.py"])
 def test_help_and_flag_errors_import_no_torch(script):
     """Break caught: --help took 2-3 s idle (about 20 s on a loaded machine) because torch was
     imported before the flags were read."""

@@ -124,14 +124,14 @@ class Detector:
         from torchvision.models.detection import (
             FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn)
 
-        from core.data.features import _torchvision_network
+        from core.data.features import torchvision_network
 
         def build(weights):
             return fasterrcnn_resnet50_fpn(weights=weights, weights_backbone=None,
                                            box_score_thresh=0.0, box_detections_per_img=300)
 
         self.device = device
-        self.model = _torchvision_network(build, FasterRCNN_ResNet50_FPN_Weights.COCO_V1, spec,
+        self.model = torchvision_network(build, FasterRCNN_ResNet50_FPN_Weights.COCO_V1, spec,
                                           "Faster R-CNN").to(device).eval()
 
     def __call__(self, image):
@@ -256,10 +256,10 @@ def extract_box_features(paths, boxes, spec, side=BOX_SIDE, batch_size=16, devic
     from torch.utils.data import DataLoader
     from torchvision.ops import roi_align
 
-    from core.data.features import encoder_of
+    from core.data.encoders import encoder_of
 
     encoder = encoder_of(spec)
-    network = encoder.network(spec).to(device)
+    network = encoder.build(spec).to(device)
     bins, stride = encoder.box_bins, encoder.box_stride
     out = [None] * len(paths)
     loader = DataLoader(_SquareImages(paths, side), batch_size=batch_size, shuffle=False)

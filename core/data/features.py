@@ -11,10 +11,8 @@ with the VGG16 weights spec and a dataset id; `vgg16_grid_pca_transform.npz` ali
 channels of a region, its info recording the grid size), so new images can be projected exactly
 as the training images were.
 """
-import hashlib
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -28,53 +26,19 @@ from core.data.vocab import dataset_id, load_vocab
 from core.util.errors import UserError
 from core.util.fileio import atomic_write
 from core.data.image_utils import to_rgb8
+from core.data.encoders import (  # noqa: F401  (also importable here)
+    ENCODERS, FC7_DIM, GRID_CHANNELS, GRID_SIZES, describe_weights, encoder_of, parse_weights)
 from core.data.regions import region_boxes  # noqa: F401  (also importable here)
 
-FC7_DIM = 4096
 TRANSFORM_FILE = "vgg16_fc7_pca_transform.npz"
 GRID_TRANSFORM_FILE = "vgg16_grid_pca_transform.npz"
-GRID_CHANNELS = 512
-GRID_SIZES = (7, 14)  # pool5 or conv5_3 (after ReLU)
 # the grid PCA is fitted on at most this many train regions, drawn at random
 GRID_PCA_FIT_REGIONS = 200_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def parse_weights(value, seed=0, encoder="vgg16"):
-    """--weights value -> spec dict: {"weights": "imagenet"}, {"weights": "random", "seed": S}
-    or {"weights": "file", "path": ..., "sha256": ...}, with "encoder" (a key of ENCODERS) when it
-    is not the default VGG16 (the CS231n layout's)."""
-    if value == "imagenet":
-        spec = {"weights": "imagenet"}
-    elif value == "random":
-        spec = {"weights": "random", "seed": int(seed)}
-    else:
-        path = Path(value)
-        if not path.is_file():
-            raise UserError(f'--weights "{value}" is neither imagenet, random, nor an existing '
-                            f'state_dict file')
-        spec = {"weights": "file", "path": str(path),
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return spec if encoder == "vgg16" else dict(spec, encoder=encoder)
-
-
-def encoder_of(spec):
-    """The ENCODERS row of a weights spec (VGG16 when it names none)."""
-    return ENCODERS[spec.get("encoder", "vgg16")]
-
-
-def describe_weights(spec):
-    """One line for logs and READMEs."""
-    name = encoder_of(spec).label
-    if spec["weights"] == "random":
-        return f"{name} with RANDOM weights (seed {spec['seed']}), not ImageNet-trained"
-    if spec["weights"] == "file":
-        return f"{name} weights from {spec['path']}"
-    return f"{name} with torchvision's ImageNet weights"
-
-
-def _torchvision_network(build, imagenet_weights, spec, name):
+def torchvision_network(build, imagenet_weights, spec, name):
     """A torchvision classifier with the weights a spec names: seeded random ones (without
     touching the caller's RNG), torchvision's ImageNet ones, or a state_dict file."""
     if spec["weights"] == "random":
@@ -109,7 +73,7 @@ class VGG16FC7(torch.nn.Module):
         super().__init__()
         from torchvision.models import VGG16_Weights, vgg16
 
-        vgg = _torchvision_network(vgg16, VGG16_Weights.IMAGENET1K_V1, spec, "VGG16")
+        vgg = torchvision_network(vgg16, VGG16_Weights.IMAGENET1K_V1, spec, "VGG16")
         self.features, self.avgpool = vgg.features, vgg.avgpool
         self.fc = vgg.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU
         self.eval()
@@ -142,7 +106,7 @@ class ResNet101Features(torch.nn.Module):
         # random weights start every residual branch at zero (torchvision's zero_init_residual):
         # with the eval-mode batch norm of a network never trained, 33 random blocks would grow
         # the activations past float16's range, in which the regions are stored
-        net = _torchvision_network(lambda weights: resnet101(weights=weights,
+        net = torchvision_network(lambda weights: resnet101(weights=weights,
                                                              zero_init_residual=True),
                                    ResNet101_Weights.IMAGENET1K_V1, spec, "ResNet-101")
         self.body = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1,
@@ -163,31 +127,6 @@ class ResNet101Features(torch.nn.Module):
         """images (N, 3, S, S) -> layer4 (N, 2048, S / 32, S / 32): the map boxes are pooled
         from."""
         return self.body(images)
-
-
-@dataclass(frozen=True)
-class Encoder:
-    """An image encoder: label (for messages); pooled_dim F, the vector per image; grid_channels C
-    of a region; network: spec -> torch module (forward(images, grid_size), box_map(images));
-    crop(grid_size): the side of the centre crop it reads (the ImageNet resize-then-crop, at
-    256:224); box_bins, box_stride: the RoIAlign bins a side of a box and the stride of box_map
-    (core/data/boxes.py)."""
-
-    name: str
-    label: str
-    pooled_dim: int
-    grid_channels: int
-    network: object
-    crop: object
-    box_bins: int
-    box_stride: int
-
-
-ENCODERS = {
-    "vgg16": Encoder("vgg16", "VGG16", FC7_DIM, GRID_CHANNELS, VGG16FC7, lambda grid: 224, 3, 16),
-    "resnet101": Encoder("resnet101", "ResNet-101", 2048, 2048, ResNet101Features,
-                         lambda grid: 448 if grid == 14 else 224, 1, 32),
-}
 
 
 def preprocess(crop=224):
@@ -230,7 +169,7 @@ def extract_fc7(paths, spec, batch_size=32, device="cpu", num_workers=0, progres
     float16 keeps COCO's VGG16 train grid at 4 GB).
     """
     encoder = encoder_of(spec)
-    model = encoder.network(spec).to(device)
+    model = encoder.build(spec).to(device)
     loader = DataLoader(_ImageFiles(paths, encoder.crop(grid_size)), batch_size=batch_size,
                         num_workers=num_workers, shuffle=False)
     out = np.zeros((len(paths), encoder.pooled_dim), dtype=np.float32)

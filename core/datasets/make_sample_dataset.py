@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from core.util.cli import user_errors
 from core.data.boxes import BoxSource
 from core.data.builder import build_dataset
-from core.data.features import parse_weights
+from core.data.encoders import parse_weights
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_captioning"
 SIZE = 128

@@ -15,7 +15,7 @@ import numpy as np
 from core.data.coco_utils import (
     SAMPLE_DIR, data_splits, default_data_dir, load_coco_data, load_vocab, split_names, subset_rows)
 from core.data.image_utils import try_load_image
-from core.data.features import describe_weights
+from core.data.encoders import describe_weights
 from core.data.vocab import decode_captions
 from core.evaluation.metrics import (
     caption_split, format_scores, raw_references, references_by_image, score_captions)

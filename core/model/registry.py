@@ -69,7 +69,10 @@ class ModelType:
     given; checkpoint: its default file name; size_flags: the names of SIZE_FLAGS that size it;
     features: the key of the kind of features it reads in core.data.feature_kinds.FEATURE_KINDS
     ((N, D) vectors, or Regions for a region decoder), unless training.py's --features names
-    another: a region decoder reads every kind of regions (a checkpoint records its kind).
+    another: a region decoder reads every kind of regions (a checkpoint records its kind);
+    capabilities: the training options only some decoders can use, that it can (training.py
+    refuses the flag of one its row lacks): "scheduled_sampling" (its loss takes the input words,
+    `inputs`, that scheduled sampling mixes).
     """
 
     model: str
@@ -78,6 +81,7 @@ class ModelType:
     checkpoint: str
     size_flags: tuple
     features: str = FC7
+    capabilities: tuple = ()
 
     @property
     def model_class(self):
@@ -112,19 +116,25 @@ class ModelType:
 
 RNN_MODEL = "core.model.rnn_model:CaptioningRNN"  # one class, one row per cell type
 RECURRENT_SIZES = ("wordvec_dim", "hidden_dim")
+MIXED_INPUTS = ("scheduled_sampling",)  # the numpy decoders' losses take the words fed in
 TRANSFORMER_SIZES = ("wordvec_dim", "num_heads", "num_layers", "dim_feedforward", "dropout")
 
 MODEL_TYPES = {
-    "rnn": ModelType(RNN_MODEL, "numpy", 5e-3, "rnn_checkpoint.npz", RECURRENT_SIZES),
-    "lstm": ModelType(RNN_MODEL, "numpy", 5e-3, "lstm_checkpoint.npz", RECURRENT_SIZES),
-    "gru": ModelType(RNN_MODEL, "numpy", 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES),
+    "rnn": ModelType(RNN_MODEL, "numpy", 5e-3, "rnn_checkpoint.npz", RECURRENT_SIZES,
+                     capabilities=MIXED_INPUTS),
+    "lstm": ModelType(RNN_MODEL, "numpy", 5e-3, "lstm_checkpoint.npz", RECURRENT_SIZES,
+                      capabilities=MIXED_INPUTS),
+    "gru": ModelType(RNN_MODEL, "numpy", 5e-3, "gru_checkpoint.npz", RECURRENT_SIZES,
+                     capabilities=MIXED_INPUTS),
     "transformer": ModelType("core.model.transformer:CaptioningTransformer", "torch", 1e-3,
                              "transformer_model.pt", TRANSFORMER_SIZES),
     "attention_lstm": ModelType("core.model.attention_lstm:AttentionLSTM", "numpy", 5e-3,
                                 "attention_lstm_checkpoint.npz",
-                                RECURRENT_SIZES + ("attention_dim", "alpha_c"), features=GRID),
+                                RECURRENT_SIZES + ("attention_dim", "alpha_c"), features=GRID,
+                                capabilities=MIXED_INPUTS),
     "updown": ModelType("core.model.updown:UpDown", "numpy", 5e-3, "updown_checkpoint.npz",
-                        RECURRENT_SIZES + ("attention_dim",), features=GRID),
+                        RECURRENT_SIZES + ("attention_dim",), features=GRID,
+                        capabilities=MIXED_INPUTS),
     "region_transformer": ModelType("core.model.region_transformer:RegionTransformer", "torch",
                                     1e-3, "region_transformer_model.pt", TRANSFORMER_SIZES,
                                     features=GRID),

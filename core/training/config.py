@@ -12,7 +12,6 @@ a resumed run's saved flags (and its data folder), the sizes of an --init_from c
 default learning rate and checkpoint of the model type, the device, and the per-process batch of
 a run resumed on another number of processes. Nothing changes the RunConfig afterwards.
 """
-import argparse
 import dataclasses
 import math
 import os
@@ -21,24 +20,8 @@ from pathlib import Path
 from core.data.coco_utils import count_training_captions, default_data_dir, load_vocab
 from core.data.feature_kinds import FEATURE_KINDS
 from core.model.registry import BACKENDS, MODEL_TYPES, SIZE_FLAGS, checkpoint_features
-from core.util.cli import ArgumentParser, resolve_device
+from core.util.cli import Flag, flag_error, flag_parser, resolve_device
 from core.util.errors import UserError
-
-
-@dataclasses.dataclass(frozen=True)
-class Flag:
-    """One training.py flag. check: "positive", "fraction" ([0, 1)), "nonnegative" or None (a float
-    must be finite whatever its check); fixed: a resumed run must keep the value it was trained
-    with."""
-
-    name: str
-    type: object
-    default: object
-    help: str
-    check: str = None
-    fixed: bool = True
-    choices: tuple = None
-    metavar: str = None
 
 
 SMALL_DATA = 1000  # the small-data recipe is chosen for --num_samples up to this
@@ -100,8 +83,8 @@ FLAGS = (
     Flag("scheduled_sampling_ramp", int, 5, "the epochs over which --scheduled_sampling's "
          "probability rises to its value (its epoch e, from 1: value * min(1, e / ramp))",
          "positive"),
-    Flag("warmup", int, 0, "the torch decoders' learning rate rises linearly over this many first "
-         "steps (0: off)", "nonnegative"),
+    Flag("warmup", int, 0, "the learning rate rises linearly over this many first steps (0: off)",
+         "nonnegative"),
     Flag("patience", int, 0, "stop early when this many epochs (scored epochs with --eval_every) "
          "pass without a better validation score (CIDEr with --eval_every, else the val loss); "
          "0: off", "nonnegative", fixed=False),
@@ -158,6 +141,8 @@ FLAGS = (
     Flag("temperature", float, 1.0, "sampling temperature of --scst", "nonnegative"),
 )
 FLAG = {f.name: f for f in FLAGS}
+CAPABILITY_FLAGS = ("scheduled_sampling",)  # given only to a decoder whose row lists them
+CROSS_ENTROPY_FLAGS = ("label_smoothing", "scheduled_sampling")  # what --scst's steps do not use
 GROUPS = {  # --help lists the flags in these groups, in this order; every flag is in one
     "what to train": ("model", "resume", "recipe", "seed"),
     "model sizes": tuple(SIZE_FLAGS),
@@ -175,46 +160,11 @@ GROUPS = {  # --help lists the flags in these groups, in this order; every flag 
 }
 
 
-CHECKS = {"positive": (lambda v: v > 0, "positive"),
-          "nonnegative": (lambda v: v >= 0, "nonnegative"),
-          "fraction": (lambda v: 0 <= v < 1, "in [0, 1)")}
-
-
-def flag_error(name, value):
-    """What is wrong with `value` for flag `name`, or None: its check, its choices, and for a float
-    NaN or inf (whatever its check)."""
-    flag = FLAG[name]
-    if value is None:
-        return None
-    ok, words = CHECKS.get(flag.check, (lambda v: True, None))
-    if flag.type is float and not (math.isfinite(value) and ok(value)):
-        signed = flag.check in ("positive", "nonnegative")
-        words = f"{words} and finite" if signed else words or "finite"
-        return f"--{name} must be {words}, got {value}"
-    if not ok(value):
-        return f"--{name} must be {words}, got {value}"
-    if flag.choices is not None and value not in flag.choices:
-        return f"--{name} must be one of {', '.join(map(str, flag.choices))}, got {value!r}"
-    return None
-
-
 def build_parser():
     """The argument parser; its namespace holds only the flags given (defaults are merged in
     `settle`)."""
-    p = ArgumentParser(prog="training.py",
-                       description="Train a captioning decoder on precomputed image features.",
-                       argument_default=argparse.SUPPRESS)
-    for title, names in GROUPS.items():
-        group = p.add_argument_group(title)
-        for f in (FLAG[name] for name in names):
-            text = f.help + ("" if f.default is None or f.default is False
-                             else f" (default: {f.default})")
-            if f.type is bool:
-                group.add_argument(f"--{f.name}", action="store_true", help=text)
-            else:
-                group.add_argument(f"--{f.name}", type=f.type, choices=f.choices,
-                                   metavar=f.metavar, help=text)
-    return p
+    return flag_parser("training.py", "Train a captioning decoder on precomputed image features.",
+                       GROUPS, FLAG, given_only=True)
 
 
 RunConfig = dataclasses.make_dataclass(
@@ -380,7 +330,7 @@ def _check_saved(values, path):
                 isinstance(values[f.name], bool) or not isinstance(values[f.name], (int, float))):
             problem = f"--{f.name} must be a number, got {values[f.name]!r}"
         else:
-            problem = flag_error(f.name, values[f.name])
+            problem = flag_error(f, values[f.name])
         if problem:
             raise UserError(f"{path} holds a damaged training state (its {problem}): not resumed; "
                             f"use an intact *_last file or start a new run")
@@ -397,19 +347,23 @@ def settle(argv=None, world_size=None):
     explicit = set(given)
     values = {**{f.name: f.default for f in FLAGS}, **given}
     for name in given:
-        problem = flag_error(name, values[name])
+        problem = flag_error(FLAG[name], values[name])
         if problem:
             parser.error(problem)
     if values["model"] is None and values["resume"] is None:
         parser.error("--model is required (or --resume PATH)")
     if values["resume"] is None and values["scst"] != (values["init_from"] is not None):
         parser.error("--scst needs --init_from CHECKPOINT (and --init_from is for --scst)")
-    if values["scheduled_sampling"] and values["model"] and MODEL_TYPES[values["model"]].uses_torch:
-        parser.error(f"--scheduled_sampling is for the recurrent decoders ("
-                     f"{', '.join(m for m, t in MODEL_TYPES.items() if not t.uses_torch)})")
-    if values["warmup"] and values["model"] and not MODEL_TYPES[values["model"]].uses_torch:
-        parser.error(f"--warmup is for the torch decoders ("
-                     f"{', '.join(m for m, t in MODEL_TYPES.items() if t.uses_torch)})")
+    for name in CAPABILITY_FLAGS:  # a training option some decoders' rows do not list
+        if values[name] and values["model"] and name not in MODEL_TYPES[values["model"]].capabilities:
+            parser.error(f"--{name} is for the decoders that can use it ("
+                         f"{', '.join(m for m, t in MODEL_TYPES.items() if name in t.capabilities)})"
+                         f", not {values['model']}")
+    if values["scst"]:
+        for name in CROSS_ENTROPY_FLAGS:
+            if values[name]:
+                parser.error(f"--{name} is a cross-entropy option: self-critical training (--scst) "
+                             "would ignore it")
     if values["scst"] and values["baseline"] == "mean" and values["scst_samples"] < 2:
         parser.error("--baseline mean needs --scst_samples of at least 2 (the mean of an image's "
                      "other samples)")

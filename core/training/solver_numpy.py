@@ -10,18 +10,19 @@ class NumpySolver(SolverBase):
     """update_rule: a name in core.training.optim.UPDATE_RULES; optim_config: its hyperparameters
     (e.g. {"learning_rate": 5e-3}, the CS231n interface), copied once per parameter;
     learning_rate: sets optim_config's (default: the update rule's own, 1e-3 for adam, 1e-2 for
-    the others); grad_clip, weight_decay: core.training.optim.clip_and_decay's. Other keyword
+    the others); grad_clip, weight_decay: core.training.optim.clip_and_decay's; warmup W: step k
+    of the run (from 1) takes min(1, k / W) of the rate, as the torch solver's. Other keyword
     arguments go to SolverBase (num_epochs, batch_size, lr_decay, val_samples, seed, verbose,
     on_epoch_end, ...).
     """
 
     # what training.py passes from its flags besides learning_rate
-    OPTIONS = ("update_rule", "grad_clip", "weight_decay")
+    OPTIONS = ("update_rule", "grad_clip", "weight_decay", "warmup")
 
     def __init__(self, model, data, update_rule="adam", optim_config=None, learning_rate=None,
-                 grad_clip=None, weight_decay=0.0, **kwargs):
+                 grad_clip=None, weight_decay=0.0, warmup=0, **kwargs):
         super().__init__(model, data, **kwargs)
-        self.grad_clip, self.weight_decay = grad_clip, weight_decay
+        self.grad_clip, self.weight_decay, self.warmup = grad_clip, weight_decay, warmup
         if update_rule not in optim.UPDATE_RULES:
             raise ValueError(f'unknown update rule "{update_rule}"; choose from '
                              f'{sorted(optim.UPDATE_RULES)}')
@@ -42,9 +43,15 @@ class NumpySolver(SolverBase):
     def apply(self, gradients):
         gradients = optim.clip_and_decay(gradients, self.model.params, self.grad_clip,
                                          self.weight_decay)
+        # step k of the run (this one included) at k / warmup of the rate; the schedule's rate is
+        # what the configs keep
+        factor = min(1.0, (len(self.history["loss"]) + 1) / self.warmup) if self.warmup else 1.0
         for name, w in self.model.params.items():
             config = self.optim_configs[name]
-            w, self.optim_configs[name] = self.update_rule(w, gradients[name], config)
+            rate = config["learning_rate"]
+            w, config = self.update_rule(w, gradients[name], dict(config,
+                                                                  learning_rate=rate * factor))
+            self.optim_configs[name] = dict(config, learning_rate=rate)
             self.model.params[name] = w
 
     def _average(self, grads, weight):

@@ -1,6 +1,9 @@
-"""What training.py and inference.py share: flag conventions, defaults and error reporting."""
+"""What the scripts share: one way to declare and check their flags (a table of Flag rows), flag
+conventions, defaults and error reporting."""
 import argparse
 import contextlib
+import dataclasses
+import math
 import os
 import sys
 import traceback
@@ -32,6 +35,77 @@ class ArgumentParser(argparse.ArgumentParser):
         if is_main_process():  # under torchrun every rank parses the same flags: say it once
             sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One flag of a script's table. type: int, float, str or bool (a switch); check: "positive",
+    "fraction" ([0, 1)), "nonnegative" or None (a float must be finite whatever its check); fixed:
+    (training.py) a resumed run must keep the value it was trained with; nargs: "+" for a list;
+    required: the script needs it."""
+
+    name: str
+    type: object
+    default: object
+    help: str
+    check: str = None
+    fixed: bool = True
+    choices: tuple = None
+    metavar: str = None
+    nargs: str = None
+    required: bool = False
+
+
+CHECKS = {"positive": (lambda v: v > 0, "positive"),
+          "nonnegative": (lambda v: v >= 0, "nonnegative"),
+          "fraction": (lambda v: 0 <= v < 1, "in [0, 1)")}
+
+
+def flag_error(flag, value):
+    """What is wrong with `value` for a Flag, or None: its check, its choices, and for a float NaN
+    or inf (whatever its check)."""
+    if value is None:
+        return None
+    ok, words = CHECKS.get(flag.check, (lambda v: True, None))
+    if flag.type is float and not (math.isfinite(value) and ok(value)):
+        signed = flag.check in ("positive", "nonnegative")
+        words = f"{words} and finite" if signed else words or "finite"
+        return f"--{flag.name} must be {words}, got {value}"
+    if not ok(value):
+        return f"--{flag.name} must be {words}, got {value}"
+    if flag.choices is not None and value not in flag.choices:
+        return f"--{flag.name} must be one of {', '.join(map(str, flag.choices))}, got {value!r}"
+    return None
+
+
+def flag_parser(prog, description, groups, flags, given_only=False):
+    """The argument parser of a flag table: groups {title: flag names} lists every flag once, in
+    --help's order (a title None: no heading); flags {name: Flag}. given_only: the namespace holds
+    only the flags given (the script merges the defaults itself)."""
+    p = ArgumentParser(prog=prog, description=description,
+                       **({"argument_default": argparse.SUPPRESS} if given_only else {}))
+    for title, names in groups.items():
+        group = p if title is None else p.add_argument_group(title)
+        for f in (flags[name] for name in names):
+            text = f.help + ("" if f.default is None or f.default is False
+                             else f" (default: {f.default})")
+            options = {} if given_only else {"default": f.default}
+            if f.type is bool:
+                group.add_argument(f"--{f.name}", action="store_true", help=text, **options)
+            else:
+                group.add_argument(f"--{f.name}", type=f.type, choices=f.choices,
+                                   metavar=f.metavar, nargs=f.nargs, required=f.required,
+                                   help=text, **options)
+    return p
+
+
+def check_flags(parser, flags, values):
+    """parser.error (one line, exit 2) for the first value of values {name: value} that its Flag's
+    check refuses."""
+    for name, value in values.items():
+        problem = flag_error(flags[name], value) if name in flags else None
+        if problem:
+            parser.error(problem)
 
 
 def is_main_process():
