@@ -21,7 +21,7 @@ compute the weight gradients as single products after the backward loop.
 import numpy as np
 
 from core.layers.rnn_layers import sigmoid
-from lstm_utils import _gates_backward, lstm_cell, lstm_step_from_projection
+from lstm_utils import lstm_gates_backward, lstm_cell, lstm_step_from_projection
 
 WEIGHTS = ("Wx", "Wz", "Wh", "b", "W_att_a", "b_att", "W_att_h", "w_att", "w_beta", "b_beta")
 
@@ -51,10 +51,10 @@ def attention_backward(dcontext, dalpha, cache):
     -> da (N, R, D), da_proj (N, R, A), dh_proj (N, A), dw_att (A,)."""
     a, _, alpha, _ = cache
     da = alpha[:, :, None] * dcontext[:, None, :]  # (N, R, D) through the weighted sum
-    return (da, *_attention_scores_backward(dcontext, dalpha, cache))
+    return (da, *attention_scores_backward(dcontext, dalpha, cache))
 
 
-def _attention_scores_backward(dcontext, dalpha, cache):
+def attention_scores_backward(dcontext, dalpha, cache):
     """The part of attention_backward that goes through alpha (everything but the weighted sum's
     gradient of a) -> da_proj (N, R, A), dh_proj (N, A), dw_att (A,)."""
     a, u, alpha, w_att = cache
@@ -93,7 +93,7 @@ def att_lstm_step_backward(dnext_h, dnext_c, dalpha, cache):
     (x, a, prev_h, prev_c, Wx, Wz, Wh, W_att_a, W_att_h, w_beta, att_cache, context, beta, z, gates,
      tanh_c) = cache
     H = prev_h.shape[1]
-    dg, dc = _gates_backward(dnext_h, dnext_c, gates, tanh_c, prev_c, H)  # (N, 4H), (N, H)
+    dg, dc = lstm_gates_backward(dnext_h, dnext_c, gates, tanh_c, prev_c, H)  # (N, 4H), (N, H)
     dz = dg @ Wz.T  # (N, D)
     dbeta_pre = (dz * context).sum(axis=1) * beta * (1 - beta)  # (N,)
     da, da_proj, dh_proj, dw_att = attention_backward(dz * beta[:, None], dalpha, att_cache)
@@ -186,12 +186,12 @@ def att_lstm_backward(dh, dalpha, cache):
     for t in range(T - 1, -1, -1):
         context, beta, z, gates, tanh_c, att_cache = steps[t]
         prev_c = cs[t - 1] if t > 0 else c0
-        dg, dc = _gates_backward(dh_t[t] + dprev_h, dprev_c, gates, tanh_c, prev_c, H)
+        dg, dc = lstm_gates_backward(dh_t[t] + dprev_h, dprev_c, gates, tanh_c, prev_c, H)
         dh_all[t, :, :4 * H] = dg
         dz = dg @ Wz.T  # (N, D)
         dh_all[t, :, -1] = (dz * context).sum(axis=1) * beta * (1 - beta)
         np.multiply(dz, beta[:, None], out=dcontexts[t])
-        dpre, dh_all[t, :, 4 * H:-1], dw = _attention_scores_backward(
+        dpre, dh_all[t, :, 4 * H:-1], dw = attention_scores_backward(
             dcontexts[t], None if dalpha is None else dalpha[:, t], att_cache)
         da_proj += dpre
         dw_att += dw

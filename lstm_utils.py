@@ -24,7 +24,7 @@ def _gates(a, H):
     return a
 
 
-def _gates_backward(dh, dc_in, gates, tanh_c, prev_c, H):
+def lstm_gates_backward(dh, dc_in, gates, tanh_c, prev_c, H):
     """Gradient of the gate pre-activations for one step.
 
     dh (N, H), dc_in (N, H) gradient reaching c_t from the future, gates (N, 4H),
@@ -90,7 +90,7 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     """
     x, prev_h, prev_c, Wx, Wh, gates, tanh_c = cache
     H = prev_h.shape[1]
-    da, dc = _gates_backward(dnext_h, dnext_c, gates, tanh_c, prev_c, H)
+    da, dc = lstm_gates_backward(dnext_h, dnext_c, gates, tanh_c, prev_c, H)
     dprev_c = dc * gates[:, H:2 * H]
     return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
@@ -132,7 +132,7 @@ def lstm_backward(dh, cache):
     for t in range(T - 1, -1, -1):
         dh_total = dh_t[t] + dprev_h
         prev_c = cs[t - 1] if t > 0 else zeros
-        das[t], dc = _gates_backward(dh_total, dprev_c, gates[t], tanh_cs[t], prev_c, H)
+        das[t], dc = lstm_gates_backward(dh_total, dprev_c, gates[t], tanh_cs[t], prev_c, H)
         dprev_c = dc * gates[t, :, H:2 * H]
         dprev_h = das[t] @ Wh.T
     da2 = das.reshape(T * N, 4 * H)

@@ -24,8 +24,8 @@ as single products after the backward loop.
 """
 import numpy as np
 
-from attention_lstm_utils import _attention_scores_backward, attention_forward
-from lstm_utils import _gates_backward, lstm_cell
+from attention_lstm_utils import attention_scores_backward, attention_forward
+from lstm_utils import lstm_gates_backward, lstm_cell
 
 WEIGHTS = ("W1x", "W1v", "W1h2", "W1h", "b1", "W_va", "W_ha", "w_a", "W2v", "W2h1", "W2h", "b2")
 
@@ -108,16 +108,16 @@ def updown_backward(dh2, cache):
         prev_c1 = c1s[t - 1] if t > 0 else zeros
         prev_c2 = c2s[t - 1] if t > 0 else zeros
         # the language LSTM (6), from its state's gradient: the loss's and the next step's
-        dg2s[t], dc2 = _gates_backward(dh2_t[t] + dh2_next, dc2_next, gates2, tanh_c2, prev_c2, H)
+        dg2s[t], dc2 = lstm_gates_backward(dh2_t[t] + dh2_next, dc2_next, gates2, tanh_c2, prev_c2, H)
         dc2_next = dc2 * gates2[:, H:2 * H]
         np.matmul(dg2s[t], W2v.T, out=dcontexts[t])
         # the attention (4), (5): through alpha to h1_t (the weighted sum's dv comes after the loop)
-        dpre, dh_projs[t], dw = _attention_scores_backward(dcontexts[t], None, att_cache)
+        dpre, dh_projs[t], dw = attention_scores_backward(dcontexts[t], None, att_cache)
         dv_proj += dpre
         dw_a += dw
         # the attention LSTM (3): h1_t feeds LSTM2, the attention and the next step of LSTM1
         dh1 = dg2s[t] @ W2h1.T + dh_projs[t] @ W_ha.T + dh1_next
-        dg1s[t], dc1 = _gates_backward(dh1, dc1_next, gates1, tanh_c1, prev_c1, H)
+        dg1s[t], dc1 = lstm_gates_backward(dh1, dc1_next, gates1, tanh_c1, prev_c1, H)
         dc1_next = dc1 * gates1[:, H:2 * H]
         dh1_next = dg1s[t] @ W1h.T
         dh2_next = dg2s[t] @ W2h.T + dg1s[t] @ W1h2.T  # h2_{t-1} fed both LSTMs

@@ -16,7 +16,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.util import distributed  # noqa: E402
-from core.model.checkpoint import load_training_state, save_training_state  # noqa: E402
+from core.model.checkpoint import save_training_state  # noqa: E402
+from core.training.state import load_training_state  # noqa: E402
 from core.data.coco_utils import load_coco_data  # noqa: E402
 from tests.test_distributed import resume_solver  # noqa: E402
 from tests.helpers import weights  # noqa: E402

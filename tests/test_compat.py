@@ -268,3 +268,22 @@ def test_long_captions_are_wrapped_and_cut_to_fit_their_panel():
     lines = title.splitlines()
     assert lines[0] == "train, trained on" and len(lines) == 1 + 3 + 3
     assert max(len(line) for line in lines) <= 40 and lines[3].endswith("...") and lines[6].endswith("...")
+
+
+def test_the_original_repositorys_image_and_optim_import_paths(tmp_path, capsys):
+    """Its inference.py imports core.image_utils.image_from_url and its solver core.optim (the
+    CS231n paths). Breaks caught: either module missing, image_from_url not reading a file URL or
+    raising where CS231n's returns None."""
+    from PIL import Image
+
+    import core.image_utils
+    import core.optim
+    from core.training import optim
+
+    assert core.optim.adam is optim.adam and core.optim.sgd_momentum is optim.sgd_momentum
+    pixels = np.zeros((5, 7, 3), np.uint8)
+    pixels[1, 2] = (200, 10, 30)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(core.image_utils.image_from_url((tmp_path / "a.png").as_uri()), pixels)
+    assert core.image_utils.image_from_url((tmp_path / "missing.png").as_uri()) is None
+    assert "cannot read an image from" in capsys.readouterr().out

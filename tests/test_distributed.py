@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.model.checkpoint import load_checkpoint, load_training_state, save_training_state
+from core.model.checkpoint import load_checkpoint, save_training_state
+from core.training.state import load_training_state
 from core.evaluation.cider import CiderD
 from core.data.coco_utils import load_coco_data
 from core.datasets.make_fake_coco import write_fake_coco

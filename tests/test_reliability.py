@@ -18,7 +18,8 @@ import torch
 import inference
 import core.training.run as run_module
 import training
-from core.model.checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from core.model.checkpoint import load_checkpoint, save_checkpoint
+from core.training.state import load_training_state
 from core.util.cli import out_of_memory_errors
 from core.data.coco_utils import load_coco_data
 from core.util.errors import UserError

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.model.checkpoint import load_training_state, save_training_state
+from core.model.checkpoint import save_training_state
+from core.training.state import load_training_state
 from core.data.coco_utils import load_coco_data
 from core.model.registry import MODEL_TYPES
 from core.training.solver_base import TrainingDiverged

@@ -9,7 +9,8 @@ import torch
 import training
 from core.training.config import settle
 from core.captioning_solver import CaptioningSolver
-from core.model.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+from core.model.checkpoint import load_checkpoint, save_checkpoint, save_training_state
+from core.training.state import load_training_state
 from core.evaluation.cider import CiderD
 from core.data.coco_utils import decode_captions, load_coco_data
 from core.model.decoding import greedy_search, sample_search, sequence_logprob

@@ -24,7 +24,7 @@ from core.model import compat
 from core.model.compat import ORIGINAL_RNN_ARRAYS
 from core.util.errors import UserError
 from core.util.fileio import atomic_write
-from core.model.registry import BACKENDS, MODEL_TYPES, integer_sizes, model_type
+from core.model.registry import MODEL_TYPES, integer_sizes, model_type
 
 
 def _digest(obj, h=None):
@@ -180,7 +180,7 @@ def _read_pt(path, vocabulary, num_heads):
 MISSING_HINT = "train one with `python training.py --model ...` or pass --checkpoint"
 
 
-def _read(path, device, vocabulary=None, num_heads=2, missing_hint=MISSING_HINT):
+def read_checkpoint(path, device, vocabulary=None, num_heads=2, missing_hint=MISSING_HINT):
     """-> model, config, training state (or None) of a checkpoint file; UserError when
     unreadable."""
     path = Path(path)
@@ -222,31 +222,8 @@ def load_checkpoint(path, device="cpu", vocabulary=None, num_heads=2, missing_hi
     Raises UserError when the file is missing, is not a checkpoint, is corrupt or holds
     non-finite weights; missing_hint: what the not-found message suggests.
     """
-    model, config, _ = _read(path, device, vocabulary, num_heads, missing_hint)
+    model, config, _ = read_checkpoint(path, device, vocabulary, num_heads, missing_hint)
     return model, config
-
-
-def load_training_state(path, device="cpu"):
-    """A resumable checkpoint -> (model, config dict, core.training.state.TrainingState), the state
-    parsed and checked once here; UserError naming what is wrong when it is damaged or crafted."""
-    from core.training.state import TrainingState  # the training layer, only when resuming
-
-    model, config, raw = _read(path, device,
-                               missing_hint="pass the *_last file that a training run wrote "
-                                                          "next to its checkpoint to --resume")
-    if raw is None:
-        raise UserError(f"{path} holds weights but no training state, so training cannot resume "
-                        f"from it: pass the *_last file that training.py writes after every epoch")
-    extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
-    saved = extra.get("args") if isinstance(extra.get("args"), dict) else {}
-    try:
-        state = TrainingState.parse(raw, model, MODEL_TYPES[config["model"]].solver_class,
-                                    tracker=extra.get("tracker", {"metrics": {}}),
-                                    batch_size=saved.get("batch_size"))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path} holds a damaged training state ({e}): not resumed; use an intact "
-                        f"*_last file or start a new run") from None
-    return model, config, state
 
 
 def check_checkpoint(config, path, model_type, idx_to_word):

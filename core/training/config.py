@@ -271,7 +271,7 @@ def _resumed_run(values, explicit, lines, world_size):
     device, output) -> (values, recipe line, Start). UserError for a given flag that contradicts the
     run, a damaged file, or a run that has already trained its epochs and written its final files
     (one stopped after its last step resumes into writing them)."""
-    from core.model.checkpoint import load_training_state  # torch, only for a file to load
+    from core.training.state import load_training_state  # torch, only for a file to load
 
     path = values["resume"]
     model, checkpoint, state = load_training_state(path)

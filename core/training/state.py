@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.model.checkpoint import read_checkpoint
+from core.model.registry import MODEL_TYPES
+from core.util.errors import UserError
+
 LOOP_KEYS = ("epoch", "iteration", "epoch_seconds", "rng", "history")
 PER_EPOCH = ("train_loss", "val_loss", "learning_rate", "train_seconds")
 
@@ -93,3 +97,24 @@ class TrainingState:
         return cls(epoch, iteration, position, world_size, float(seconds), loop["rng"],
                    {k: list(v) for k, v in history.items()}, num_epochs, num_items,
                    raw["optimizer"], tracker)
+
+
+def load_training_state(path, device="cpu"):
+    """A resumable checkpoint -> (model, config dict, core.training.state.TrainingState), the state
+    parsed and checked once here; UserError naming what is wrong when it is damaged or crafted."""
+    model, config, raw = read_checkpoint(path, device,
+                               missing_hint="pass the *_last file that a training run wrote "
+                                                          "next to its checkpoint to --resume")
+    if raw is None:
+        raise UserError(f"{path} holds weights but no training state, so training cannot resume "
+                        f"from it: pass the *_last file that training.py writes after every epoch")
+    extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
+    saved = extra.get("args") if isinstance(extra.get("args"), dict) else {}
+    try:
+        state = TrainingState.parse(raw, model, MODEL_TYPES[config["model"]].solver_class,
+                                    tracker=extra.get("tracker", {"metrics": {}}),
+                                    batch_size=saved.get("batch_size"))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} holds a damaged training state ({e}): not resumed; use an intact "
+                        f"*_last file or start a new run") from None
+    return model, config, state
