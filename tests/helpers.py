@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.data.feature_kinds import FEATURE_KINDS
 from core.data.regions import Regions
 from core.model.registry import BACKENDS, MODEL_TYPES, build_model, tiny_sizes
 
@@ -82,11 +83,12 @@ def tiny_data(kind, rng, images=3, regions=4, dim=6, length=7, words=9):
     """Tiny training data of a kind of features ("fc7" (Ni, D), "grid" Regions (Ni, R, D), "boxes"
     Regions (Ni, R, D) with geometry and padding): images, random captions of `length` over `words` words (<START>
     first, <END> last); idx_to_word is left to the caller."""
-    shape = (images, dim) if kind == "fc7" else (images, regions, dim)
+    row = FEATURE_KINDS[kind]
+    shape = (images, regions, dim) if row.regions else (images, dim)
     features = rng.standard_normal(shape).astype(np.float32)
-    if kind == "boxes":
+    if row.counted:
         features = box_rows(features)
-    elif kind == "grid":
+    elif row.regions:
         features = grid_rows(features)
     captions = rng.integers(4, words, size=(images, length))
     captions[:, 0], captions[:, -1] = 1, 2

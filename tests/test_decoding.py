@@ -9,6 +9,7 @@ from core.model.decoding import beam_search, decode, greedy_search, sequence_log
 from core.model.rnn_model import CaptioningRNN
 from core.model.transformer import CaptioningTransformer
 from core.model.registry import MODEL_TYPES
+from core.data.feature_kinds import FEATURE_KINDS
 from tests.helpers import DECODER_IDS, DECODERS, box_rows, tiny_model
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "runs", "on", "mat"]
@@ -72,10 +73,11 @@ def _from_registry(name, features=None, vocab=VOCAB, seed=0):
     decoding choices matter."""
     kind = MODEL_TYPES[name]
     features = features or kind.features
-    regions = features != "fc7"
+    regions = FEATURE_KINDS[features].regions
     idx_to_word = [w for w, _ in sorted(vocab.items(), key=lambda item: item[1])]
     shape = (1, 6) if not regions else (1, 4, 6)
-    train = box_rows(np.zeros(shape, np.float32)) if features == "boxes" else np.zeros(shape, np.float32)
+    counted = FEATURE_KINDS[features].counted  # boxes: any number per image, masked
+    train = box_rows(np.zeros(shape, np.float32)) if counted else np.zeros(shape, np.float32)
     data = {"train_features": train, "idx_to_word": idx_to_word,
             "train_captions": np.zeros((1, 7), np.int32), "features_kind": features}
     torch.manual_seed(seed)
@@ -91,7 +93,7 @@ def _from_registry(name, features=None, vocab=VOCAB, seed=0):
             model.params[k] *= 3
     if not regions:
         return model
-    if features == "boxes":
+    if counted:
         to_regions = _four_boxes
     else:
         to_regions = _four_regions if kind.uses_torch else lambda f: _four_regions(f).numpy()

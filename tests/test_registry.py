@@ -64,3 +64,32 @@ def test_every_decoder_round_trips_its_checkpoint_without_pickle(name, kind, tmp
         np.testing.assert_array_equal(after[k], before[k], err_msg=k)
     np.testing.assert_array_equal(loaded.sample(data["train_features"], max_length=6),
                                   model.sample(data["train_features"], max_length=6))
+
+
+@pytest.mark.parametrize("name,kind", DECODERS, ids=DECODER_IDS)
+def test_every_decoder_meets_the_step_protocol_with_a_named_state(name, kind):
+    """core/model/decoding.py's Decoder (AttendingDecoder over regions), a NamedTuple state that
+    select_state keeps, and the attention read by name. Breaks caught: a positional tuple state, a
+    select_state that drops or reorders the shared fields, a region decoder without attention."""
+    from core.data.feature_kinds import FEATURE_KINDS
+    from core.model.decoding import AttendingDecoder, Decoder
+
+    rng = np.random.default_rng(0)
+    data = _data(kind, rng)
+    model = tiny_model(name, data)
+    assert isinstance(model, Decoder)
+    attends = FEATURE_KINDS[kind].regions
+    assert isinstance(model, AttendingDecoder) or not attends
+    with model.decoding():
+        state = model.init_state(data["train_features"])
+        assert hasattr(state, "_fields") and hasattr(state, "_replace")  # a NamedTuple
+        _, state = model.step(np.full(3, model.start_idx), state)
+        picked = model.select_state(state, np.array([2, 0, 0, 1]))
+        assert type(picked) is type(state) and picked._fields == state._fields
+        logprobs, _ = model.step(np.array([4, 5, 5, 6]), picked)
+        alone, _ = model.step(np.array([4]), model.select_state(state, np.array([2])))
+    np.testing.assert_allclose(logprobs[0], alone[0], rtol=1e-5, atol=1e-6)
+    if attends:
+        alpha = model.attention(picked)
+        assert alpha.shape == (4, data["train_features"].shape[1])
+        np.testing.assert_allclose(alpha.sum(axis=1), 1, rtol=1e-5)

@@ -551,7 +551,7 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize("script, patched, argv, kept", [
     ("training", "core.training.run:load_coco_data", ["--model", "rnn", "--checkpoint", "{tmp}/r.npz", "--out_dir", "{tmp}"],
      "checkpoints of finished epochs) are kept"),
-    ("inference", "core.evaluation.captions:load_checkpoint", ["--model", "rnn", "--eval", "--out_dir", "{tmp}"], "files written before"),
+    ("inference", "core.model.checkpoint:load_checkpoint", ["--model", "rnn", "--eval", "--out_dir", "{tmp}"], "files written before"),
     ("features_extraction", "core.data.builder:build_dataset", ["--train_annotations", "a", "--train_images", "b", "--val_annotations",
                                               "c", "--val_images", "d", "--out_dir", "{tmp}/ds"], "ds is as it was"),
 ])

@@ -25,10 +25,10 @@ from core.data.coco_utils import (
 from core.data.feature_kinds import FEATURE_KINDS
 from core.util.distributed import Context, unshard
 from core.util.errors import UserError
-from core.data.bottom_up import import_bottom_up
-from core.data.boxes import BOX_SIDE, extract_box_features, pad_boxes
+from core.data.box_files import boxes_sharded, image_ids, import_tsv, project_boxes, write_box_files
+from core.data.boxes import BOX_SIDE
 from core.data.features import (
-    GRID_PCA_FIT_REGIONS, GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of,
+    GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of,
     extract_fc7, fit_grid_pca, fit_pca, project, project_grid, save_transform)
 from core.util.fileio import describe_os_error
 
@@ -135,23 +135,9 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     names = [s for s in SPLITS + OPTIONAL_SPLITS if s in splits]
     out_dir = Path(out_dir)
     log(f"image features: {describe_weights(spec)}")
-    paths, raw_captions, image_idxs, fc7, grid, regions = {}, {}, {}, {}, {}, {}
-    for split in names:
-        source, image_dir, *content = splits[split]
-        paths[split], raw_captions[split], image_idxs[split] = read_annotations(
-            source, image_dir, skip_bad_images, log, content=content[0] if content else None)
-        if len(paths[split]) == 0:
-            raise UserError(f"the {split} split has no images with captions")
-    if len(build_vocab([tokenize(c) for c in raw_captions["train"]],
-                       min_word_count)) == len(SPECIAL_TOKENS):
-        raise UserError(f"no word of the train captions occurs {min_word_count} times "
-                        f"(--min_word_count), so every "
-                        "caption would be <UNK>: use a smaller --min_word_count")
-    F = encoder_of(spec).pooled_dim
-    if pca_dim > min(len(paths["train"]), F):
-        raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at "
-                        f"most {F}); the train split has {len(paths['train'])}: use a "
-                        f"smaller --pca_dim or more images")
+    paths, raw_captions, image_idxs = _read_splits(splits, names, skip_bad_images, min_word_count,
+                                                   pca_dim, spec, log)
+    fc7, grid, regions = {}, {}, {}
     if boxes is not None:  # a detections file names images by COCO id
         ids = {split: image_ids(paths[split], splits[split]) for split in names}
         all_ids = np.concatenate(list(ids.values()))
@@ -161,21 +147,11 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
             progress=progress, desc=f"{split} fc7" + (" + grid" if grid_size else ""),
             grid_size=grid_size)
         if boxes is not None:
-            regions[split] = _boxes_sharded(paths[split], ids[split], all_ids, boxes, spec, dist,
-                                            box_side, batch_size, device, progress, split)
-        if not dist.is_main:
-            continue
-        if bad:
-            first = min(bad)
-            if not skip_bad_images:
-                raise UserError(f"cannot read image {paths[split][first]} ({bad[first]})"
-                                + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
-            log(f"skipping {len(bad)} unreadable {split} images, e.g. {paths[split][first]} "
-                f"({bad[first]})")
-            keep = np.setdiff1d(np.arange(len(paths[split])), sorted(bad))
-            new_index = np.full(len(paths[split]), -1)
-            new_index[keep] = np.arange(len(keep))
-            rows = new_index[image_idxs[split]] >= 0
+            regions[split] = boxes_sharded(paths[split], ids[split], all_ids, boxes, spec, dist,
+                                           box_side, batch_size, device, progress, split)
+        if dist.is_main and bad:
+            keep, new_index = _readable(bad, split, paths[split], skip_bad_images, log)
+            rows = new_index[image_idxs[split]] >= 0  # the captions of the images kept
             paths[split], fc7[split] = paths[split][keep], fc7[split][keep]
             if grid_size:
                 grid[split] = grid[split][keep]
@@ -184,36 +160,19 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
                                   for part in regions[split]]
             raw_captions[split] = [c for c, r in zip(raw_captions[split], rows) if r]
             image_idxs[split] = new_index[image_idxs[split][rows]].astype(np.int32)
-
     if not dist.is_main:
         return None
-    tokens = {split: [tokenize(c) for c in raw_captions[split]] for split in names}
-    for split in names:
-        dropped = sum(dropped_characters(c, t) for c, t in zip(raw_captions[split], tokens[split]))
-        if dropped:
-            log(f"{split}: {dropped} punctuation/symbol characters dropped from the captions by "
-                f"the tokenizer")
+    tokens = _tokens(raw_captions, log)
     idx_to_word = build_vocab(tokens["train"], min_word_count)
     word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
-    chunk = 20000 if fc7["train"].nbytes > PCA_CHUNK_BYTES else None
-    if pca_dim:
-        transform = fit_pca(fc7["train"], pca_dim, chunk_rows=chunk, progress=progress)
-    else:  # no PCA: the encoder's own vectors
-        transform = {"mean": np.zeros(F, np.float32), "components": np.eye(F, dtype=np.float32),
-                     "bias": np.zeros(F, np.float32)}
-    pca = {split: project(fc7[split], transform) for split in names}
-    grids = None
-    if grid_size:
-        grid_transform = fit_grid_pca(grid["train"], grid_pca_dim)
-        grids = (grid_transform,
-                 {split: project_grid(grid[split], grid_transform) for split in names}, grid_size)
-        del grid
+    transform, pca, grids = _fit_projections(fc7, grid if grid_size else None, grid_size,
+                                             grid_pca_dim, pca_dim, spec, progress)
+    del grid
     if boxes is not None:
-        regions = _project_boxes(regions, box_pca_dim) + (dict(boxes.info(), side=box_side),)
+        regions = project_boxes(regions, box_pca_dim) + (dict(boxes.info(), side=box_side),)
     elif bottom_up_tsv:  # written into the build's folder, row by row
         ids = {split: image_ids(paths[split], splits[split]) for split in names}  # images kept
-        regions = functools.partial(_import_tsv, bottom_up_tsv, ids, box_pca_dim, progress, log)
-
+        regions = functools.partial(import_tsv, bottom_up_tsv, ids, box_pca_dim, progress, log)
     try:
         removed = _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7,
                                  pca, transform, spec, max_length, pca_dim, grids,
@@ -231,6 +190,74 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     return counts
 
 
+def _read_splits(splits, names, skip_bad_images, min_word_count, pca_dim, spec, log):
+    """Each split's annotations -> ({split: image paths}, {split: captions}, {split: image_idxs});
+    UserError, before any image is read, for a split without images, captions that leave no word
+    for the vocabulary, or a PCA larger than the train split or the encoder's vector."""
+    paths, raw_captions, image_idxs = {}, {}, {}
+    for split in names:
+        source, image_dir, *content = splits[split]
+        paths[split], raw_captions[split], image_idxs[split] = read_annotations(
+            source, image_dir, skip_bad_images, log, content=content[0] if content else None)
+        if len(paths[split]) == 0:
+            raise UserError(f"the {split} split has no images with captions")
+    if len(build_vocab([tokenize(c) for c in raw_captions["train"]],
+                       min_word_count)) == len(SPECIAL_TOKENS):
+        raise UserError(f"no word of the train captions occurs {min_word_count} times "
+                        f"(--min_word_count), so every "
+                        "caption would be <UNK>: use a smaller --min_word_count")
+    F = encoder_of(spec).pooled_dim
+    if pca_dim > min(len(paths["train"]), F):
+        raise UserError(f"--pca_dim {pca_dim} needs at least {pca_dim} training images (and at "
+                        f"most {F}); the train split has {len(paths['train'])}: use a "
+                        f"smaller --pca_dim or more images")
+    return paths, raw_captions, image_idxs
+
+
+def _readable(bad, split, paths, skip_bad_images, log):
+    """{index: why} of a split's unreadable images -> (the image rows kept, each old image row's
+    new one or -1); UserError unless skip_bad_images."""
+    first = min(bad)
+    if not skip_bad_images:
+        raise UserError(f"cannot read image {paths[first]} ({bad[first]})"
+                        + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+    log(f"skipping {len(bad)} unreadable {split} images, e.g. {paths[first]} ({bad[first]})")
+    keep = np.setdiff1d(np.arange(len(paths)), sorted(bad))
+    new_index = np.full(len(paths), -1)
+    new_index[keep] = np.arange(len(keep))
+    return keep, new_index
+
+
+def _tokens(raw_captions, log):
+    """Each split's captions -> their tokens, saying how many characters the tokenizer dropped."""
+    tokens = {split: [tokenize(c) for c in captions] for split, captions in raw_captions.items()}
+    for split, captions in raw_captions.items():
+        dropped = sum(dropped_characters(c, t) for c, t in zip(captions, tokens[split]))
+        if dropped:
+            log(f"{split}: {dropped} punctuation/symbol characters dropped from the captions by "
+                f"the tokenizer")
+    return tokens
+
+
+def _fit_projections(fc7, grid, grid_size, grid_pca_dim, pca_dim, spec, progress):
+    """The PCA of the train vectors (the identity with pca_dim 0: the encoder's own vectors) and,
+    with a grid, of the train regions' channels -> (transform, {split: projected (Ni, pca_dim)},
+    (grid transform, {split: projected regions}, grid_size) or None)."""
+    F = encoder_of(spec).pooled_dim
+    chunk = 20000 if fc7["train"].nbytes > PCA_CHUNK_BYTES else None
+    if pca_dim:
+        transform = fit_pca(fc7["train"], pca_dim, chunk_rows=chunk, progress=progress)
+    else:
+        transform = {"mean": np.zeros(F, np.float32), "components": np.eye(F, dtype=np.float32),
+                     "bias": np.zeros(F, np.float32)}
+    pca = {split: project(vectors, transform) for split, vectors in fc7.items()}
+    if not grid_size:
+        return transform, pca, None
+    grid_transform = fit_grid_pca(grid["train"], grid_pca_dim)
+    return transform, pca, (grid_transform, {split: project_grid(regions, grid_transform)
+                                             for split, regions in grid.items()}, grid_size)
+
+
 def _extract_sharded(paths, spec, dist, grid_size=None, **kwargs):
     """extract_fc7 over this rank's share of the paths; on rank 0 -> fc7 (N, 4096) of all paths in
     order, {index: error} of all unreadable ones and the regions (N, R, 512) float16 (None without
@@ -243,52 +270,6 @@ def _extract_sharded(paths, spec, dist, grid_size=None, **kwargs):
     bad = {r + K * i: e for r, (_, b, _) in enumerate(parts) for i, e in b.items()}
     regions = unshard([g for _, _, g in parts], len(paths)) if grid_size else None
     return unshard([f for f, _, _ in parts], len(paths)), bad, regions
-
-
-def image_ids(paths, split):
-    """The COCO image ids of a split's image paths (sorted by id, as read_annotations orders them)
-    -> (Ni,) int: those of the annotation file's images (what a detections file names)."""
-    source, image_dir, *content = split
-    ann = content[0] if content else json.loads(Path(source).read_text(encoding="utf-8"))
-    by_path = {str(Path(image_dir) / str(im["file_name"])): int(im["id"]) for im in ann["images"]}
-    return np.array([by_path[str(p)] for p in paths], dtype=np.int64)
-
-
-def _boxes_sharded(paths, ids, all_ids, source, spec, dist, side, batch_size, device, progress,
-                   split):
-    """This rank's share of the boxes and their features; on rank 0 -> (a list of Ni features
-    (k, F) float16, a list of Ni boxes (k, 4), sizes (Ni, 2)) in the paths' order, elsewhere
-    None."""
-    mine, my_ids = dist.shard(paths), dist.shard(ids)
-    found, sizes, _ = source.boxes(mine, my_ids, spec, device, progress, all_ids)
-    features = extract_box_features(mine, found, spec, side=side, batch_size=batch_size,
-                                    device=device, progress=progress, desc=f"{split} boxes")
-    parts = dist.gather((features, found, sizes))
-    if not dist.is_main:
-        return None
-    K = len(parts)  # image i was rank i % K's (i // K)-th
-    return ([parts[i % K][0][i // K] for i in range(len(paths))],
-            [parts[i % K][1][i // K] for i in range(len(paths))],
-            unshard([p[2] for p in parts], len(paths)))
-
-
-def _project_boxes(regions, dim, seed=0):
-    """Each split's (features list, boxes list, sizes) -> (PCA transform fitted on at most
-    GRID_PCA_FIT_REGIONS train boxes, {split: (features (Ni, K, D) float16, boxes (Ni, K, 4),
-    counts (Ni,), sizes (Ni, 2))})."""
-    train = np.concatenate(regions["train"][0])  # (all boxes, F)
-    if dim > min(len(train), train.shape[1]):
-        raise UserError(f"--box_pca_dim {dim} needs at least {dim} train boxes and at most "
-                        f"{train.shape[1]} (a box's features); the train split has {len(train)}")
-    if len(train) > GRID_PCA_FIT_REGIONS:
-        train = train[np.sort(np.random.default_rng(seed).choice(len(train), GRID_PCA_FIT_REGIONS,
-                                                                 False))]
-    transform = fit_pca(train.astype(np.float32), dim, progress=False)
-    out = {}
-    for split, (features, found, sizes) in regions.items():
-        padded, padded_boxes, counts = pad_boxes([project(f, transform) for f in features], found)
-        out[split] = (padded, padded_boxes, counts, sizes)
-    return transform, out
 
 
 def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7, pca,
@@ -378,39 +359,6 @@ def layout_files():
             names.update(kind.path("", split, pca).name for pca in (True, False))
     names.update(f"{split}2014_urls.txt" for split in SPLITS + OPTIONAL_SPLITS)
     return names
-
-
-def write_box_files(folder, transform, splits, box_info, info):
-    """Write each split's <split>2014_vgg16_boxes_pca.h5 (features (Ni, K, D) float16, boxes
-    (Ni, K, 4) float32 in image pixels, counts (Ni,) int32, image_sizes (Ni, 2) float32 width and
-    height) and the box PCA transform into folder; splits: {split: (features, boxes, counts,
-    sizes)}; box_info: where the boxes came from (BoxSource.info, with the side); info: the
-    dataset's transform info."""
-    kind = FEATURE_KINDS["boxes"]
-    for split, (features, boxes, counts, sizes) in splits.items():
-        with h5py.File(kind.path(folder, split), "w") as f:
-            f.create_dataset("features", data=features,
-                             chunks=(min(len(features), 8),) + features.shape[1:])
-            f.create_dataset("boxes", data=boxes.astype(np.float32))
-            f.create_dataset("counts", data=counts.astype(np.int32))
-            f.create_dataset("image_sizes", data=np.asarray(sizes, dtype=np.float32))
-    encoder = info.get("encoder", "vgg16")
-    layer = "conv5_3 after ReLU, RoIAlign 3 x 3" if encoder == "vgg16" else "layer4, RoIAlign 1 x 1"
-    save_transform(Path(folder) / kind.transform_file, transform, dict(
-        info, pca_dim=int(transform["components"].shape[0]), boxes=box_info,
-        side=box_info.get("side"), layer=box_info.get("layer", layer)))
-
-
-def _import_tsv(files, ids, pca_dim, progress, log, folder, info):
-    """Write the boxes files of the bottom-up tsv files into folder (core/data/bottom_up.py) and
-    their transform, whose info says where they came from."""
-    kind = FEATURE_KINDS["boxes"]
-    transform = import_bottom_up(files, ids, folder, pca_dim, lambda s: kind.path(folder, s),
-                                 progress, log)
-    save_transform(Path(folder) / kind.transform_file, transform, dict(
-        info, pca_dim=int(transform["components"].shape[0]),
-        boxes={"source": "bottom-up tsv", "path": ", ".join(files)},
-        layer="Faster R-CNN ResNet-101 (Visual Genome) pool5, peteanderson80/bottom-up-attention"))
 
 
 def _replace_all(new_dir, out_dir):

@@ -95,19 +95,24 @@ def write_fake_coco(out_dir, train_images=60, val_images=20, captions_per_image=
                 _write_boxes(out_dir / f"{split}2014_vgg16_boxes_pca.h5", classes, boxes,
                              np.random.default_rng([seed, 2, len(classes)]))
 
-            if image_dir is not None:
-                split_dir = Path(image_dir) / split
-                split_dir.mkdir(parents=True, exist_ok=True)
-                urls = []
-                for i, c in enumerate(classes):
-                    pixels = np.full((32, 32, 3), (40 * c) % 256, dtype=np.uint8)
-                    path = split_dir / f"{i:06d}.png"
-                    Image.fromarray(pixels).save(path)
-                    urls.append(str(path.resolve()))
-            else:
-                urls = [f"missing-images/{split}/{i:06d}.jpg" for i in range(num_images)]
-            (out_dir / f"{split}2014_urls.txt").write_text("\n".join(urls) + "\n")
+            _write_urls(out_dir, split, classes, image_dir)
     return out_dir
+
+
+def _write_urls(out_dir, split, classes, image_dir):
+    """<split>2014_urls.txt: with image_dir, a 32 x 32 PNG per image (grey by its class) written
+    there and its path; else paths that do not exist."""
+    if image_dir is None:
+        urls = [f"missing-images/{split}/{i:06d}.jpg" for i in range(len(classes))]
+    else:
+        split_dir = Path(image_dir) / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        urls = []
+        for i, c in enumerate(classes):
+            path = split_dir / f"{i:06d}.png"
+            Image.fromarray(np.full((32, 32, 3), (40 * c) % 256, dtype=np.uint8)).save(path)
+            urls.append(str(path.resolve()))
+    (out_dir / f"{split}2014_urls.txt").write_text("\n".join(urls) + "\n")
 
 
 def _write_grid(path, classes, grid, centroids, rng, block=4096):

@@ -1,10 +1,9 @@
-"""What inference.py does, behind its flags: the settled configuration of a run (the checkpoint,
-its data folder and split decided once), captioning dataset images or image files, scoring a whole
-split (`--eval`), and the caption and attention figures.
+"""What inference.py does once its flags are settled (core/evaluation/settings.py): captioning
+dataset images or image files, scoring a whole split (`--eval`), and the caption and attention
+figures.
 
 Shape letters: N images, L words, R regions.
 """
-import dataclasses
 import json
 import re
 import time
@@ -12,130 +11,24 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.coco_utils import (
-    SAMPLE_DIR, data_splits, default_data_dir, load_coco_data, load_vocab, split_names, subset_rows)
+from core.data.coco_utils import SAMPLE_DIR, load_coco_data, load_vocab, subset_rows
 from core.data.image_utils import try_load_image
 from core.data.encoders import describe_weights
 from core.data.vocab import decode_captions
 from core.evaluation.metrics import (
     caption_split, format_scores, raw_references, references_by_image, score_captions)
 from core.evaluation.plots import panel_title, save_attention_figure, save_caption_grid
-from core.model.checkpoint import check_against_data, check_checkpoint, load_checkpoint
+from core.model.checkpoint import check_against_data, check_checkpoint
 from core.model.decoding import beam_search, greedy_search
 from core.data.feature_kinds import FEATURE_KINDS
-from core.model.registry import MODEL_TYPES, checkpoint_features
-from core.util.cli import resolve_device
+from core.model.registry import checkpoint_features
+from core.evaluation.settings import (  # noqa: F401  (inference.py's settling, importable here)
+    Settings, check_split, decoding_name, figure_suffix, folder_images, settle)
 from core.util.errors import UserError
-from core.util.fileio import atomic_write_text, check_owner, check_writable
+from core.util.fileio import atomic_write_text, check_owner
 
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """inference.py's settled flags (frozen): every flag, with the checkpoint, the data folder, the
-    split (--eval: test when the dataset has one, else val) and the devices decided."""
-
-    model: str
-    checkpoint: str
-    data_dir: str
-    image: tuple
-    image_folder: str
-    split: str
-    num_images: int
-    num_samples: int
-    num_heads: int
-    max_length: int
-    beam_size: int
-    length_penalty: float
-    attention: bool
-    eval: bool
-    references: str
-    seed: int
-    out_dir: str
-    threads: int
-    device: str
-    feature_device: str
-
-
-def settle(args, ctx, say):
-    """The parsed flags -> (Settings, model, its checkpoint config), the checkpoint loaded once; the
-    data folder is --data_dir, else the one the checkpoint records (when it exists), else the
-    downloaded COCO data or the sample dataset, each said."""
-    values = dict(vars(args))
-    values["checkpoint"] = args.checkpoint or MODEL_TYPES[args.model].checkpoint
-    # VGG16 of --image runs there
-    values["feature_device"] = ctx.local_device(resolve_device(args.device))
-    values["device"] = values["feature_device"] if MODEL_TYPES[args.model].uses_torch else "cpu"
-    fallback = {}
-
-    def data_dir():
-        if "dir" not in fallback:
-            fallback["dir"] = args.data_dir or str(default_data_dir(log=say))
-        return fallback["dir"]
-
-    model, config = load_checkpoint(values["checkpoint"], device=values["device"],
-                                    num_heads=args.num_heads,
-                                    vocabulary=lambda: load_vocab(data_dir())[0])
-    recorded = config.get("extra", {}).get("data_path")
-    if args.data_dir is None and "dir" not in fallback and recorded and Path(recorded).is_dir():
-        values["data_dir"] = recorded
-        say(f"data: {recorded}, the folder {values['checkpoint']} was trained on (--data_dir "
-            f"chooses another)")
-    else:
-        values["data_dir"] = data_dir()
-    if config.get("format") == "original":
-        shown = ("wordvec_dim", "hidden_dim", "num_heads", "num_layers", "dim_feedforward",
-                 "max_length")
-        sizes = ", ".join(f"{k} {config[k]}" for k in shown if k in config)
-        say(f"read {values['checkpoint']} in the original repository's format (weights only): a "
-            f"{config['model']} with {sizes}, the vocabulary of {values['data_dir']}")
-    if config["model"] != args.model:
-        check_checkpoint(config, values["checkpoint"], args.model, config["idx_to_word"])
-    if args.max_length > config.get("max_length", args.max_length):  # models with a position limit
-        raise UserError(f"--max_length {args.max_length} is longer than checkpoint "
-                        f"{values['checkpoint']} allows ({config['max_length']} words)")
-    splits = split_names(values["data_dir"])
-    if args.split and splits and args.split not in splits:
-        raise UserError(f"{values['data_dir']} has no {args.split} split (it has "
-                        f"{', '.join(splits)})")
-    if args.eval and args.split is None:
-        values["split"] = "test" if "test" in splits else "val"
-        if values["split"] == "val":
-            say(f"{values['data_dir']} has no test split: scoring val, the split that chose the "
-                f"best checkpoint "
-                "(build a test split with features_extraction.py --split_file dataset_coco.json, "
-                "Karpathy's)")
-    values["image"] = tuple(args.image) if args.image else None
-    if args.image_folder:
-        values["image"] = folder_images(args.image_folder)
-    check_writable(folders=[("--out_dir", values["out_dir"])])  # before any image is captioned
-    return Settings(**values), model, config
-
-
-def check_split(settings, data):
-    """UserError when the split asked for is not in the loaded dataset (a test split is
-    optional)."""
-    if settings.split and settings.split not in data_splits(data):
-        raise UserError(f"{settings.data_dir} has no {settings.split} split (it has "
-                        f"{', '.join(data_splits(data))})")
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def folder_images(folder):
-    """--image_folder DIR -> its image files (by suffix, any case), sorted; UserError when it is not
-    a folder or holds none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--image_folder {folder} is not a folder")
-    files = sorted(str(p) for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"--image_folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return tuple(files)
 
 
 def load_checked_data(settings, config):
@@ -158,14 +51,6 @@ def resolve_location(url, data_dir):
     return str(Path(data_dir) / url)
 
 
-def decoding_name(settings):
-    """"greedy", "beam3" or "beam3_lp0.7": the decoding, for file names and titles."""
-    if settings.beam_size == 1:
-        return "greedy"
-    return f"beam{settings.beam_size}" + (f"_lp{settings.length_penalty:g}"
-                                          if settings.length_penalty else "")
-
-
 def sample(model, features, settings):
     """features (N, ...) -> word indices (N, max_length) with the decoding flags, and with
     --attention the attention (N, max_length, R) of each word (None without)."""
@@ -177,15 +62,6 @@ def sample(model, features, settings):
         return greedy_search(model, features, settings.max_length, attention=True)
     return model.sample(features, max_length=settings.max_length, beam_size=settings.beam_size,
                         length_penalty=settings.length_penalty), None
-
-
-def figure_suffix(settings):
-    """The end of the figure's name: "greedy_captions.png", "beam3_captions.png",
-    "attention.png" (greedy) or "beam3_attention.png"."""
-    if settings.attention:
-        beam = "" if settings.beam_size == 1 else f"{decoding_name(settings)}_"
-        return f"{beam}attention.png"
-    return f"{decoding_name(settings)}_captions.png"
 
 
 def evaluate(settings, model, config, ctx):

@@ -1,17 +1,45 @@
 """Greedy, sampled and beam-search decoding, shared by all decoders.
 
-Shape letters: N images, K beam size, V vocabulary, L max_length.
+Shape letters: N images, K beam size, V vocabulary, L max_length, R regions.
 
-A decoder exposes a step interface:
-    state = model.init_state(features)          # features (N, D)
-    logprobs, state = model.step(words, state)  # words (B,) int -> log-probabilities (B, V) numpy
-    scores, state = model.step(words, state, normalized=False)  # raw scores, same argmax (greedy)
-    state = model.select_state(state, rows)     # keep/replicate batch rows (B',) of the state
-inside `with model.decoding():` (eval mode and no autograd for a torch model), and the token
-indices model.start_idx, model.end_idx, model.null_idx. The numpy models carry
-(h, c); the transformer carries a key/value cache, so each step costs one position.
+A decoder meets the `Decoder` protocol below (an attending one `AttendingDecoder`): a named state
+(a NamedTuple: the RNNs' RNNState (h, c), the region decoders' AttentionState and UpDownState, the
+transformer's TransformerState with its key/value cache, so each step costs one position), stepped
+inside `with model.decoding():` (eval mode and no autograd for a torch model).
 """
+from typing import ContextManager, Protocol, runtime_checkable
+
 import numpy as np
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """The step interface every decoder meets (core/model/registry.py's rows are tested on it)."""
+
+    start_idx: int
+    end_idx: int
+    null_idx: int
+
+    def decoding(self) -> ContextManager:
+        """The context decoding runs in."""
+
+    def init_state(self, features):
+        """features (N, D) or Regions (N, R, D) -> the state before the first word."""
+
+    def step(self, words, state, normalized=True):
+        """words (B,) int, state -> log-probabilities (B, V) numpy (with normalized False the raw
+        scores, whose argmax is the same: all greedy decoding needs), the next state."""
+
+    def select_state(self, state, rows):
+        """rows (B',) int -> the state of those rows (kept, reordered or replicated)."""
+
+
+@runtime_checkable
+class AttendingDecoder(Decoder, Protocol):
+    """A decoder over R regions, which also says where it looked."""
+
+    def attention(self, state):
+        """-> (B, R) numpy: the attention the last step's word was chosen with."""
 
 
 def require_start_end(model):

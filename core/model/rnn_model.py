@@ -9,7 +9,7 @@ it shifted left (w1 w2 ... <END>), with <NULL> padding masked out of the loss.
 """
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,15 @@ from rnn_utils import (
     word_embedding_backward,
     word_embedding_forward,
 )
+
+
+class RNNState(NamedTuple):
+    """The decoding state of CaptioningRNN: h (N, H), c (N, H) (zeros for the cells without one),
+    and every row's word_inputs (V, G), each word's input projection."""
+
+    h: object
+    c: object
+    word_inputs: object
 
 
 @dataclass(frozen=True)
@@ -224,8 +233,7 @@ class CaptioningRNN(NumpyDecoder):
         return loss, grads
 
     def init_state(self, features):
-        """features (N, D) -> decoder state before the first word: (h (N, H), c (N, H),
-        word_inputs).
+        """features (N, D) -> RNNState before the first word: h (N, H), c (N, H), word_inputs.
 
         word_inputs (V, G) = W_embed Wx + b is every word's input projection (G = H for the
         RNN, 4H for the LSTM, 3H for the GRU), computed once per decoding: a step then looks its
@@ -234,7 +242,7 @@ class CaptioningRNN(NumpyDecoder):
         """
         p = self.params
         h0 = features.astype(self.dtype, copy=False) @ p["W_proj"] + p["b_proj"]
-        return h0, np.zeros_like(h0), p["W_embed"] @ p["Wx"] + p["b"]
+        return RNNState(h0, np.zeros_like(h0), p["W_embed"] @ p["Wx"] + p["b"])
 
     def step(self, words, state, normalized=True):
         """Advance the decoder by one word.
@@ -243,13 +251,11 @@ class CaptioningRNN(NumpyDecoder):
         False the raw scores, whose argmax is the same: all greedy decoding needs), new state.
         """
         p = self.params
-        h, c, word_inputs = state
         # word_inputs[words]: (N, G) input projections
-        h, c = self.cell.step(word_inputs[words], h, c, p)
-        return self._scores(h, p, normalized), (h, c, word_inputs)
+        h, c = self.cell.step(state.word_inputs[words], state.h, state.c, p)
+        return self._scores(h, p, normalized), state._replace(h=h, c=c)
 
     def select_state(self, state, rows):
         """Reorder/replicate the batch rows of a decoder state: rows (M,) int -> state for M
         rows."""
-        h, c, word_inputs = state
-        return h[rows], c[rows], word_inputs
+        return state._replace(h=state.h[rows], c=state.c[rows])

@@ -39,6 +39,13 @@ class BestCheckpoint:
                                        data["idx_to_word"])
             self.refs = {int(i): refs[int(i)] for i in self.images}
 
+    @classmethod
+    def from_config(cls, path, save, extra, data, config):
+        """The tracker of a settled run: config, a RunConfig read whole (--eval_every,
+        --eval_images, --epochs, --seed, --quiet)."""
+        return cls(path, save, extra, data, config.eval_every, config.eval_images,
+                   final_epoch=config.epochs, seed=config.seed, verbose=not config.quiet)
+
     def score_start(self, model):
         """Score the model a run starts from (the checkpoint self-critical training fine-tunes): the
         first point of the val CIDEr curve, `metrics["start"]`; it chooses nothing."""

@@ -6,7 +6,6 @@ the script so that `training.py --help` and its flag errors import none of it (t
 """
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -85,25 +84,16 @@ def set_up(settled, ctx, stack):
     if config.scst:
         extra["scst"] = {"init_from": str(config.init_from), "baseline": config.baseline,
                          "samples": config.scst_samples, "temperature": config.temperature}
-    best = BestCheckpoint(best_path, save_checkpoint, extra, data, config.eval_every,
-                          config.eval_images,
-                          final_epoch=config.epochs, seed=config.seed, verbose=not config.quiet)
+    best = BestCheckpoint.from_config(best_path, save_checkpoint, extra, data, config)
+
     def save_state(solver):
         save_training_state(solver, last_path,
                             dict(extra, epoch=solver.epoch, iteration=solver.iteration,
-                                                    tracker=best.state()))
+                                 tracker=best.state()))
 
     # the solver of the model type, with the step strategy (cross-entropy or self-critical)
-    kind = MODEL_TYPES[config.model]
-    options = {k: getattr(config, k) for k in kind.solver_class.OPTIONS}  # the solver's own flags
-    if "device" in options:
-        options["device"] = ctx.local_device(config.device)
-    solver = kind.solver_class(
-        model, data, learning_rate=config.lr, **options, step=from_flags(config, model, data),
-        num_epochs=config.epochs, batch_size=config.batch_size, lr_decay=config.lr_decay,
-        val_samples=config.val_samples, seed=config.seed, max_iters=config.max_iters,
-        verbose=not config.quiet and ctx.is_main, save_state=save_state,
-        divergence_factor=config.divergence_factor, dist=ctx,
+    solver = MODEL_TYPES[config.model].solver_class.from_config(
+        model, data, config, ctx, step=from_flags(config, model, data), save_state=save_state,
         stop_early=best.patience_rule(config.patience) if config.patience else None,
         on_epoch_end=epoch_callbacks(best, config.tensorboard, say) if ctx.is_main else None)
     if start is not None and start.state is not None:

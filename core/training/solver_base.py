@@ -68,6 +68,25 @@ class SolverBase:
         self.stop_requested = None  # why the run stopped early (a signal's name), else None
         self.stop_early, self.stopped_early = stop_early, None  # early stopping: the rule, why
 
+    # the RunConfig fields (training.py's flags) that the loop reads, by keyword
+    LOOP_FLAGS = {"num_epochs": "epochs", "batch_size": "batch_size", "lr_decay": "lr_decay",
+                  "val_samples": "val_samples", "seed": "seed", "max_iters": "max_iters",
+                  "divergence_factor": "divergence_factor"}
+    OPTIONS = ()  # a solver's own flags, of the same names
+
+    @classmethod
+    def from_config(cls, model, data, config, ctx, **hooks):
+        """The solver of a settled run: config, a RunConfig (core/training/flags.py) read whole
+        (the learning rate, the loop's flags, the solver's own OPTIONS; --device on this
+        process's device); ctx the run's core.util.distributed.Context; hooks: step, save_state,
+        stop_early, on_epoch_end."""
+        options = {k: getattr(config, k) for k in cls.OPTIONS}
+        if "device" in options:
+            options["device"] = ctx.local_device(config.device)
+        loop = {k: getattr(config, flag) for k, flag in cls.LOOP_FLAGS.items()}
+        return cls(model, data, learning_rate=config.lr, **options, **loop,
+                   verbose=not config.quiet and ctx.is_main, dist=ctx, **hooks)
+
     def batch(self, split, rows):
         """rows (B,) caption indices -> features (B, D) or (B, R, D) float32, captions (B, L)
         int."""

@@ -1,0 +1,96 @@
+"""Object-region files of a dataset build (core/data/builder.py): each rank's boxes and their
+features, the box PCA, and the `boxes` kind's files, from a box source or the bottom-up tsv import.
+
+Shape letters: Ni images, K boxes (the most of an image), F a box's feature, D after PCA.
+"""
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from core.data.bottom_up import import_bottom_up
+from core.data.boxes import extract_box_features, pad_boxes
+from core.data.feature_kinds import BOXES, FEATURE_KINDS
+from core.data.features import GRID_PCA_FIT_REGIONS, fit_pca, project, save_transform
+from core.util.distributed import unshard
+from core.util.errors import UserError
+
+
+def image_ids(paths, split):
+    """The COCO image ids of a split's image paths (sorted by id, as read_annotations orders them)
+    -> (Ni,) int: those of the annotation file's images (what a detections file names)."""
+    source, image_dir, *content = split
+    ann = content[0] if content else json.loads(Path(source).read_text(encoding="utf-8"))
+    by_path = {str(Path(image_dir) / str(im["file_name"])): int(im["id"]) for im in ann["images"]}
+    return np.array([by_path[str(p)] for p in paths], dtype=np.int64)
+
+
+def boxes_sharded(paths, ids, all_ids, source, spec, dist, side, batch_size, device, progress,
+                   split):
+    """This rank's share of the boxes and their features; on rank 0 -> (a list of Ni features
+    (k, F) float16, a list of Ni boxes (k, 4), sizes (Ni, 2)) in the paths' order, elsewhere
+    None."""
+    mine, my_ids = dist.shard(paths), dist.shard(ids)
+    found, sizes, _ = source.boxes(mine, my_ids, spec, device, progress, all_ids)
+    features = extract_box_features(mine, found, spec, side=side, batch_size=batch_size,
+                                    device=device, progress=progress, desc=f"{split} boxes")
+    parts = dist.gather((features, found, sizes))
+    if not dist.is_main:
+        return None
+    K = len(parts)  # image i was rank i % K's (i // K)-th
+    return ([parts[i % K][0][i // K] for i in range(len(paths))],
+            [parts[i % K][1][i // K] for i in range(len(paths))],
+            unshard([p[2] for p in parts], len(paths)))
+
+
+def project_boxes(regions, dim, seed=0):
+    """Each split's (features list, boxes list, sizes) -> (PCA transform fitted on at most
+    GRID_PCA_FIT_REGIONS train boxes, {split: (features (Ni, K, D) float16, boxes (Ni, K, 4),
+    counts (Ni,), sizes (Ni, 2))})."""
+    train = np.concatenate(regions["train"][0])  # (all boxes, F)
+    if dim > min(len(train), train.shape[1]):
+        raise UserError(f"--box_pca_dim {dim} needs at least {dim} train boxes and at most "
+                        f"{train.shape[1]} (a box's features); the train split has {len(train)}")
+    if len(train) > GRID_PCA_FIT_REGIONS:
+        train = train[np.sort(np.random.default_rng(seed).choice(len(train), GRID_PCA_FIT_REGIONS,
+                                                                 False))]
+    transform = fit_pca(train.astype(np.float32), dim, progress=False)
+    out = {}
+    for split, (features, found, sizes) in regions.items():
+        padded, padded_boxes, counts = pad_boxes([project(f, transform) for f in features], found)
+        out[split] = (padded, padded_boxes, counts, sizes)
+    return transform, out
+
+
+def write_box_files(folder, transform, splits, box_info, info):
+    """Write each split's <split>2014_vgg16_boxes_pca.h5 (features (Ni, K, D) float16, boxes
+    (Ni, K, 4) float32 in image pixels, counts (Ni,) int32, image_sizes (Ni, 2) float32 width and
+    height) and the box PCA transform into folder; splits: {split: (features, boxes, counts,
+    sizes)}; box_info: where the boxes came from (BoxSource.info, with the side); info: the
+    dataset's transform info."""
+    kind = FEATURE_KINDS[BOXES]
+    for split, (features, boxes, counts, sizes) in splits.items():
+        with h5py.File(kind.path(folder, split), "w") as f:
+            f.create_dataset("features", data=features,
+                             chunks=(min(len(features), 8),) + features.shape[1:])
+            f.create_dataset("boxes", data=boxes.astype(np.float32))
+            f.create_dataset("counts", data=counts.astype(np.int32))
+            f.create_dataset("image_sizes", data=np.asarray(sizes, dtype=np.float32))
+    encoder = info.get("encoder", "vgg16")
+    layer = "conv5_3 after ReLU, RoIAlign 3 x 3" if encoder == "vgg16" else "layer4, RoIAlign 1 x 1"
+    save_transform(Path(folder) / kind.transform_file, transform, dict(
+        info, pca_dim=int(transform["components"].shape[0]), boxes=box_info,
+        side=box_info.get("side"), layer=box_info.get("layer", layer)))
+
+
+def import_tsv(files, ids, pca_dim, progress, log, folder, info):
+    """Write the boxes files of the bottom-up tsv files into folder (core/data/bottom_up.py) and
+    their transform, whose info says where they came from."""
+    kind = FEATURE_KINDS[BOXES]
+    transform = import_bottom_up(files, ids, folder, pca_dim, lambda s: kind.path(folder, s),
+                                 progress, log)
+    save_transform(Path(folder) / kind.transform_file, transform, dict(
+        info, pca_dim=int(transform["components"].shape[0]),
+        boxes={"source": "bottom-up tsv", "path": ", ".join(files)},
+        layer="Faster R-CNN ResNet-101 (Visual Genome) pool5, peteanderson80/bottom-up-attention"))
