@@ -192,6 +192,10 @@ def main(argv=None):
         ctx = distributed.init(torch.device(device).type)
         device = ctx.local_device(device)
         log = print if ctx.is_main else lambda *a: None
+        if args.boxes == "detector" and args.weights == "random":
+            log("note: --boxes detector with --weights random: the detector's weights are random "
+                "too, so its boxes mean nothing (tens of them per image): for offline tests only; "
+                "--weights imagenet (online) gives torchvision's COCO-trained detector")
         try:
             spec = parse_weights(args.weights, args.seed, args.encoder)
             build_dataset(splits(args, log), args.out_dir, spec, batch_size=args.batch_size,

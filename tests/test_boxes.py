@@ -112,12 +112,68 @@ def test_a_detections_file_in_cocos_results_format(tmp_path):
     ({"image_id": 7, "bbox": [1, 2, 3], "score": 0.5}, "entry 0 is not {image_id, bbox"),
     ({"image_id": 7, "bbox": [1, 2, 0, 4], "score": 0.5}, "entry 0 (image 7) has the box"),
     ({"image_id": 7, "bbox": [1, 2, 3, 4]}, "entry 0 is not {image_id"),
-    ({"image_id": 7, "bbox": [1, 2, 3, 4], "score": "nan"}, "entry 0 (image 7)"),
+    ({"image_id": 7, "bbox": [1, 2, 3, 4], "score": "nan"}, "entry 0 (image 7) has the score nan: scores must"),
+    ({"image_id": 7.0, "bbox": [1, 2, 3, 4], "score": 0.5}, None),  # a whole number as a float: fine
+    ({"image_id": 7.7, "bbox": [1, 2, 3, 4], "score": 0.5}, "image_id 7.7 is not a whole number"),
+    ({"image_id": "7", "bbox": [1, 2, 3, 4], "score": 0.5}, "image_id '7' is not a whole number"),
 ])
 def test_a_bad_detection_is_one_line_naming_it(tmp_path, entry, message):
+    """Breaks caught (besides the first round's): an image_id of 7.7 read as 7, a NaN score
+    reported as a box without width."""
+    if message is None:
+        assert set(B.read_detections(_detections(tmp_path, [entry]), [7])) == {7}
+        return
     with pytest.raises(UserError, match=message.replace("{", r"\{").replace("(", r"\(")
                        .replace(")", r"\)")):
         B.read_detections(_detections(tmp_path, [entry]), [7])
+
+
+@pytest.mark.parametrize("boxes,fragment", [
+    ([[200, 10, 300, 40]], "wholly outside the 128 x 64 image"),  # past the right edge
+    ([[10, 5, 10 + 1e6, 40]], "past the edges of the 128 x 64 image"),  # x1 = 1e6
+    ([[-20, 5, 50, 40]], "past the edges of"),
+])
+def test_boxes_outside_their_image_are_one_line_naming_them(boxes, fragment):
+    """Breaks caught: a box wholly outside its image clipped into a whole-image box, an xyxy box
+    given as xywh (or x1 = 1e6) clipped without a word."""
+    with pytest.raises(UserError, match=fragment):
+        B.check_inside(np.array(boxes, np.float32), 128, 64, "d.json, image 3")
+    B.check_inside(np.array([[0, 0, 128, 64], [-2, -1, 130, 66]], np.float32), 128, 64, "ok")
+
+
+def test_a_box_file_with_a_box_outside_its_image_is_one_line(tmp_path):
+    """Break caught: a box file whose box reaches 1e6 in a 128-pixel image trained (and at 1e7
+    overflowed float16 with the features blamed)."""
+    arrays = _box_file(tmp_path, image_sizes=np.float32([[128, 64], [128, 64]]))
+    check_boxes(arrays, "ok")
+    arrays["boxes"][1, 0] = [10, 10, 1e6, 20]
+    with pytest.raises(UserError, match=r"image row 1, box 0 is .* outside its 128 x 64 image"):
+        check_boxes(arrays, "train2014_vgg16_boxes_pca.h5")
+
+
+def test_an_annotation_file_naming_one_image_file_twice_is_one_line(tmp_path):
+    """Break caught: two ids of one file name passed on, then refused with a false claim ("in the
+    train and the train splits")."""
+    from core.data.builder import read_annotations
+
+    (tmp_path / "a.png").write_bytes(b"")
+    ann = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "a.png"}],
+           "annotations": [{"id": 1, "image_id": 1, "caption": "a cat"}]}
+    (tmp_path / "c.json").write_text(json.dumps(ann))
+    with pytest.raises(UserError, match="the file a.png is listed as two images .ids 1 and 2."):
+        read_annotations(tmp_path / "c.json", tmp_path)
+
+
+def test_detections_of_a_dataset_whose_splits_share_image_ids_are_refused(tmp_path):
+    """Break caught: where train and val number their images each from 0 (the sample's annotation
+    files), val images given the train images' boxes."""
+    from core.data.box_files import check_unique_ids
+
+    check_unique_ids({"train": np.array([1, 2]), "val": np.array([3])})
+    with pytest.raises(UserError, match="image id 2 names images of the train and the val split"):
+        check_unique_ids({"train": np.array([1, 2]), "val": np.array([2])})
+    with pytest.raises(UserError, match="image id 2 names two images of the train split"):
+        check_unique_ids({"train": np.array([1, 2, 2]), "val": np.array([3])})
 
 
 def test_a_boxs_feature_depends_on_its_image_and_box_only(tmp_path):
@@ -143,6 +199,21 @@ def test_a_boxs_feature_depends_on_its_image_and_box_only(tmp_path):
     np.testing.assert_allclose(together[1].astype(np.float32), alone[0].astype(np.float32),
                                rtol=0.02, atol=0.02 * scale)
     assert not np.allclose(together[0][1], together[0][0])
+    # the same scene at twice the size (a photo whose longer side is not --box_side): its box, in
+    # its own pixels, pools the same place of the scaled map (break caught: the box not scaled to
+    # the resized image, which pooled another area of every COCO photo and failed no test)
+    Image.fromarray(a).resize((640, 640), Image.NEAREST).save(tmp_path / "big.png")
+    big = B.extract_box_features([tmp_path / "big.png"], [box_a * 2], spec, side=320,
+                                 progress=False)
+    unscaled = B.extract_box_features([tmp_path / "big.png"], [box_a], spec, side=320,
+                                      progress=False)
+
+    def distance(f):  # relative to the feature at scale 1
+        return float(np.linalg.norm(f[0].astype(np.float32) - alone[0].astype(np.float32))
+                     / np.linalg.norm(alone[0].astype(np.float32)))
+
+    # resampling aside, the same place (0.030 here); the box unscaled pools another (0.22)
+    assert distance(big) < 0.06 and distance(unscaled) > 0.15
 
 
 def _tsv(path, rows):
@@ -388,20 +459,41 @@ def test_box_decoders_train_caption_new_images_and_draw_their_boxes(plain_built,
 
 
 @pytest.mark.slow
-def test_a_build_from_a_detections_file_keeps_the_adaptive_count(tmp_path):
-    splits = _scenes(tmp_path, (("train", 4), ("val", 2)))
-    # the sample's splits number their images from 0 alike: val's images 0-1 are train's ids 0-1
+def test_a_build_from_a_detections_file_keeps_the_adaptive_count(tmp_path, capsys):
+    shared = _scenes(tmp_path / "shared", (("train", 4), ("val", 2)))
+    splits = {"train": (sample.write_split(tmp_path, "train", 4), tmp_path / "images" / "train"),
+              "val": (sample.write_split(tmp_path, "val", 2, start=100),
+                      tmp_path / "images" / "val")}
     entries = [{"image_id": i, "bbox": [k, k, 20, 20], "score": s}
-               for i in range(4) for k, s in enumerate((0.9, 0.5, 0.1, 0.05))]
+               for i in (0, 1, 2, 3, 100, 101) for k, s in enumerate((0.9, 0.5, 0.1, 0.05))]
     entries += [{"image_id": 1, "bbox": [2, 2, 30, 30], "score": 0.3}]
     detections = _detections(tmp_path, entries)
     out = tmp_path / "data"
+
+    def build(splits):
+        return features_extraction.main(
+            ["--train_annotations", str(splits["train"][0]), "--train_images",
+             str(splits["train"][1]), "--val_annotations", str(splits["val"][0]), "--val_images",
+             str(splits["val"][1]), "--out_dir", str(out), "--weights", "random", "--pca_dim", "2",
+             "--min_word_count", "1", "--boxes", str(detections), "--box_threshold", "0.4",
+             "--min_boxes", "3", "--max_boxes", "10", "--box_pca_dim", "4", "--box_side", "64",
+             "--quiet"])
+
+    # the sample's splits number their images from 0 alike: val's images 0-1 would get train's
+    one_line_error(capsys, lambda: build(shared), "image id 0 names images of the train and the val")
+    build(splits)
+    # --skip_bad_images drops a missing image whose detections the file still lists (break
+    # caught: refused as "not one of the dataset's images"); a detection of no image is refused
+    (splits["val"][1] / "000101.png").unlink()
+    build_skipping = ["--skip_bad_images", "--out_dir", str(tmp_path / "skipped")]
     features_extraction.main(
         ["--train_annotations", str(splits["train"][0]), "--train_images", str(splits["train"][1]),
          "--val_annotations", str(splits["val"][0]), "--val_images", str(splits["val"][1]),
-         "--out_dir", str(out), "--weights", "random", "--pca_dim", "2", "--min_word_count", "1",
-         "--boxes", str(detections), "--box_threshold", "0.4", "--min_boxes", "3",
-         "--max_boxes", "10", "--box_pca_dim", "4", "--box_side", "64", "--quiet"])
+         "--weights", "random", "--pca_dim", "2", "--min_word_count", "1", "--boxes",
+         str(detections), "--min_boxes", "3", "--box_pca_dim", "4", "--box_side", "64", "--quiet",
+         *build_skipping])
+    with h5py.File(FEATURE_KINDS["boxes"].path(tmp_path / "skipped", "val")) as f:
+        assert f["counts"].shape == (1,)
     kind = FEATURE_KINDS["boxes"]
     with h5py.File(kind.path(out, "train")) as f:
         np.testing.assert_array_equal(f["counts"][()], [3, 3, 3, 3])  # 2 above 0.4, at least 3
@@ -426,6 +518,27 @@ def test_the_detector_proposes_class_agnostic_boxes_within_the_count(tmp_path):
     assert 1 <= len(found) <= 5 and found.shape[1] == 4
     assert (found[:, :2] >= 0).all() and (found[:, 2:] <= sample.SIZE).all()
     assert (found[:, 2] > found[:, 0]).all() and (found[:, 3] > found[:, 1]).all()
+    # a 400 x 3 image: too thin for the detector's scaling; the whole image is its box (break
+    # caught: "Input and output sizes should be greater than 0" after the whole fc7 pass)
+    Image.fromarray(np.full((3, 400, 3), 90, np.uint8)).save(tmp_path / "thin.png")
+    (thin,), _, bad = source.boxes([tmp_path / "thin.png"], [0], parse_weights("random", 0))
+    assert not bad and thin.tolist() == [[0, 0, 400, 3]]
+
+
+def test_a_random_detector_is_said(tmp_path, capsys, monkeypatch):
+    """Break caught: --boxes detector --weights random kept 56-83 meaningless boxes an image
+    without a word that the detector itself is random."""
+    import core.data.builder
+
+    monkeypatch.setattr(core.data.builder, "build_dataset", lambda *a, **k: None)
+    ann = tmp_path / "a.json"
+    ann.write_text("{}")
+    flags = ["--train_annotations", str(ann), "--train_images", str(tmp_path), "--val_annotations",
+             str(tmp_path / "b.json"), "--val_images", str(tmp_path), "--out_dir", str(tmp_path / "o")]
+    features_extraction.main(flags + ["--boxes", "detector", "--weights", "random"])
+    assert "the detector's weights are random too, so its boxes mean nothing" in capsys.readouterr().out
+    features_extraction.main(flags + ["--boxes", "plain", "--weights", "random"])
+    assert "detector" not in capsys.readouterr().out
 
 
 def test_region_files_larger_than_memory_are_read_per_minibatch_to_the_same_run(tmp_path,
@@ -493,3 +606,21 @@ def test_a_region_file_read_per_minibatch_closes_its_file_and_takes_slices(fake_
         for got, expected in zip(lazy[rows].arrays(), whole[rows].arrays()):
             np.testing.assert_array_equal(got, expected)
     assert not h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)  # nothing left open
+
+
+def test_a_region_file_cut_short_or_changed_during_the_run_is_one_line(fake_coco, tmp_path):
+    """HDF5 reads the missing bytes of a file cut short as zeros. Breaks caught: a cut-short box
+    file trained on all-zero features (loaded whole or per minibatch), a file copied over while a
+    run reads it per minibatch read without a word."""
+    folder = tmp_path / "data"
+    shutil.copytree(fake_coco, folder)
+    path = FEATURE_KINDS["boxes"].path(folder, "train")
+    regions = load_coco_data(folder, features="boxes", lazy=True)["train_features"]
+    regions[np.arange(3)]
+    with open(path, "r+b") as f:  # copied over in place: another size
+        f.truncate(path.stat().st_size - 100)
+    with pytest.raises(UserError, match="changed while the run was reading it"):
+        regions[np.arange(3)]
+    for lazy in (True, False):
+        with pytest.raises(UserError, match="is cut short"):
+            load_coco_data(folder, features="boxes", lazy=lazy)

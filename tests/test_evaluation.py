@@ -88,10 +88,14 @@ def test_the_coco_results_file_is_keyed_by_coco_image_id(tmp_path, capsys):
     from core.evaluation.captions import coco_ids, write_coco_results
 
     urls = np.array(["val2014/COCO_val2014_000000391895.jpg", "images/val/000000522418.jpg",
-                     "http://farm4.staticflickr.com/3153/2970773875_164f0c0b83_z.jpg"])
-    assert coco_ids(urls, [0, 1]) == {0: 391895, 1: 522418}
-    assert coco_ids(urls, [0, 2]) is None  # a Flickr URL carries no COCO id
-    assert coco_ids(urls, [2], known={2: 42}) == {2: 42}  # what --references matched
+                     "http://farm4.staticflickr.com/3153/2970773875_164f0c0b83_z.jpg",
+                     "photos/000000391895.png"])
+    assert coco_ids(urls, [0, 1]) == ({0: 391895, 1: 522418}, None)
+    assert coco_ids(urls, [0, 2])[0] is None  # a Flickr URL carries no COCO id
+    assert coco_ids(urls, [2], known={2: 42}) == ({2: 42}, None)  # what --references matched
+    # two names of one id (break caught: said to give no ids at all)
+    assert coco_ids(urls, [0, 3]) == (None, "two images' names give the COCO id 391895 "
+                                            "(val2014/COCO_val2014_000000391895.jpg, photos/000000391895.png)")
     path = tmp_path / "r_val_greedy_results.json"
     write_coco_results(path, {1: "a dog", 0: "a cat"}, urls)
     assert json.loads(path.read_text()) == [{"image_id": 391895, "caption": "a cat"},

@@ -615,6 +615,7 @@ def test_a_folder_of_images_is_captioned_whole_with_its_results_files(tmp_path, 
     from core.data.coco_utils import load_vocab
     from core.model.checkpoint import save_checkpoint
     from core.model.rnn_model import CaptioningRNN
+    from tests.helpers import one_line_error
 
     _, word_to_idx = load_vocab(SAMPLE_DIR)
     checkpoint = tmp_path / "m.npz"
@@ -638,12 +639,33 @@ def test_a_folder_of_images_is_captioned_whole_with_its_results_files(tmp_path, 
     out = capsys.readouterr().out
     assert calls == [(3, True)]  # the three images once, with a progress bar
     assert "skipped 1 unreadable file(s) of the folder" in out and "broken.jpg" in out
-    captions = json.loads((tmp_path / "m_photos_greedy_captions.json").read_text())
+    written = json.loads((tmp_path / "m_photos_greedy_captions.json").read_text())
+    captions = written["captions"]
     assert [c["file_name"] for c in captions] == ["000000391895.png", "000000522418.PNG"]
+    assert written["checkpoint_path"] == str(checkpoint.resolve())
     results = json.loads((tmp_path / "m_photos_greedy_results.json").read_text())
     assert [r["image_id"] for r in results] == [391895, 522418]
     assert [r["caption"] for r in results] == [c["caption"] for c in captions]
     assert out.count("predicted:") == 1  # --num_images of them in the figure and printed
+    # a same-named checkpoint elsewhere, on a folder of the same name: the first run's captions
+    # are kept (break caught: replaced, one run after the other), before any image is read
+    other = tmp_path / "other" / "m.npz"
+    other.parent.mkdir()
+    shutil.copy(checkpoint, other)
+    calls.clear()
+    one_line_error(capsys, lambda: inference.main(
+        ["--model", "rnn", "--checkpoint", str(other), "--data_dir", str(SAMPLE_DIR), "--image_folder",
+         str(folder), "--device", "cpu", "--out_dir", str(tmp_path)]),
+        f"m_photos_greedy_captions.json belongs to the run of {checkpoint.resolve()}")
+    assert calls == [] and json.loads((tmp_path / "m_photos_greedy_captions.json").read_text()) == written
+    # a folder none of whose files can be read (break caught: empty captions, then a ValueError)
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "broken.jpg").write_text("not a JPEG")
+    one_line_error(capsys, lambda: inference.main(
+        ["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(SAMPLE_DIR), "--image_folder",
+         str(unreadable), "--device", "cpu", "--out_dir", str(tmp_path)]),
+        "none of the 1 image file(s) could be read, e.g.")
 
 
 @pytest.mark.slow

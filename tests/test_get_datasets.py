@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "core" / "datasets" / "get_datasets.sh"
 
 
-def run(url, dest, cwd):
+def run(url, dest, cwd, path=None):
     env = dict(os.environ, COCO_CAPTIONING_URL=url, COCO_CAPTIONING_DIR=str(dest))
+    if path is not None:  # stand-in commands first
+        env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"
     return subprocess.run(["bash", str(SCRIPT)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -79,7 +81,8 @@ def test_a_download_into_a_folder_with_other_files_keeps_them(fake_coco, tmp_pat
     assert (dest / "notes.txt").read_text() == "my notes"
     for f in fake_coco.iterdir():  # every file of the archive, the older copy replaced
         assert (dest / f.name).read_bytes() == f.read_bytes(), f.name
-    assert "the 3 entries already there were kept" in result.stdout
+    # break caught: "the 3 entries already there were kept" where the older copy was replaced
+    assert "1 of them replacing same-named files; the 2 other entries already there were kept" in result.stdout
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".coco_download")] == []
 
 
@@ -89,3 +92,40 @@ def test_a_destination_that_is_a_file_is_refused(tmp_path):
     result = run("http://127.0.0.1:9/never-fetched.zip", dest, cwd=tmp_path)
     assert result.returncode != 0 and "is not a folder" in result.stderr
     assert dest.read_text() == "not a folder"
+
+
+def _archive(fake_coco, tmp_path):
+    archive = tmp_path / "coco_captioning.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in fake_coco.iterdir():
+            z.write(f, f"coco_captioning/{f.name}")
+    return archive
+
+
+def test_a_folder_named_like_one_of_the_archives_files_is_refused(fake_coco, tmp_path):
+    """Break caught: the archive's train2014_urls.txt moved inside the user's folder of that name,
+    and success reported."""
+    dest = tmp_path / "mine"
+    (dest / "train2014_urls.txt").mkdir(parents=True)
+    (dest / "train2014_urls.txt" / "mine.txt").write_text("my file")
+    result = run(_archive(fake_coco, tmp_path).as_uri(), dest, cwd=tmp_path)
+    assert result.returncode != 0 and "train2014_urls.txt is not a file, but the archive has a file" in result.stderr
+    assert sorted(p.name for p in dest.rglob("*")) == ["mine.txt", "train2014_urls.txt"]  # nothing changed
+
+
+@pytest.mark.parametrize("command, code, message", [
+    ("curl", 23, "could not write the download into"),
+    ("unzip", 50, "could not unpack the archive into"),
+])
+def test_a_full_disk_is_said_as_such(fake_coco, tmp_path, command, code, message):
+    """A stand-in curl or unzip that fails as a full disk makes them fail. Break caught: a full
+    disk reported as "no network access, or the server is down" and "not a readable zip
+    archive"."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / command).write_text(f"#!/bin/sh\nexit {code}\n")
+    (bin_dir / command).chmod(0o755)
+    dest = tmp_path / "datasets" / "coco_captioning"
+    result = run(_archive(fake_coco, tmp_path).as_uri(), dest, cwd=tmp_path, path=bin_dir)
+    assert result.returncode != 0 and message in result.stderr and "is the disk full?" in result.stderr
+    assert not dest.exists()

@@ -1,6 +1,7 @@
 """Faults and bad inputs: each is a one-line error (exit 2) or a clean stop, and good files survive."""
 import argparse
 import dataclasses
+import contextlib
 import json
 import os
 import resource
@@ -124,6 +125,7 @@ def test_a_second_ctrl_c_exits_at_once_keeping_the_good_files(fake_coco, tmp_pat
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_divergence_is_an_error_and_writes_nothing(fake_coco, tmp_path, capsys):
     """A huge learning rate through the script: the one-line error, and no file of the diverged run
     (the loop's divergence rules are tested in-process in test_resume.py)."""
@@ -131,6 +133,9 @@ def test_divergence_is_an_error_and_writes_nothing(fake_coco, tmp_path, capsys):
                    "more than 10 times the first batch loss", "lower --lr", "no checkpoint was written")
     assert not (tmp_path / "r.npz").exists() and not (tmp_path / "r_best.npz").exists()
     assert not (tmp_path / "out").exists()
+    # a huge weight decay: the advice names it (break caught: "lower --lr" alone)
+    one_line_error(capsys, lambda: train(tmp_path, fake_coco, "--model", "rnn", "--weight_decay", "1e308"),
+                   "lower --lr, or check --weight_decay 1e+308")
 
 
 @pytest.mark.parametrize("flag, value", [("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"),
@@ -941,6 +946,43 @@ def test_two_runs_whose_checkpoints_share_a_name_refuse_to_share_outputs(fake_co
                    "r_val_greedy_eval.json belongs to the run of", "a/r.npz")
 
 
+def test_two_evaluations_at_once_into_one_file_keep_the_first(fake_coco, tmp_path, capsys, monkeypatch):
+    """Breaks caught: two --eval runs at once from same-named checkpoints both exit 0 and one eval
+    file survives (ownership was checked at start only, nothing locked): a second evaluation of
+    the file is refused while the first holds it, and an evaluation whose file another
+    checkpoint's run wrote while it captioned keeps that file."""
+    import core.evaluation.captions
+    from core.util.fileio import RunLock
+
+    out = tmp_path / "out"
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        train(tmp_path / run, fake_coco, "--model", "rnn", "--epochs", "1")
+    a, b = tmp_path / "a" / "r.npz", tmp_path / "b" / "r.npz"
+    target = out / "r_val_greedy_eval.json"
+    out.mkdir()
+    with RunLock(target, who="evaluation"):  # the first evaluation, still running
+        one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(b), "--eval",
+                                                       "--out_dir", str(out)]),
+                       "another evaluation is writing", "r_val_greedy_eval.json")
+    assert not target.exists()
+    caption_split = core.evaluation.captions.caption_split
+
+    def meanwhile(*args, **kwargs):  # the other run finishes first, while this one captions
+        monkeypatch.setattr(core.evaluation.captions, "caption_split", caption_split)
+        inference.main(["--model", "rnn", "--checkpoint", str(a), "--eval", "--out_dir", str(out)])
+        return caption_split(*args, **kwargs)
+
+    monkeypatch.setattr(core.evaluation.captions, "caption_split", meanwhile)
+    monkeypatch.setattr(core.evaluation.captions, "RunLock", lambda *a, **k: contextlib.nullcontext())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        inference.main(["--model", "rnn", "--checkpoint", str(b), "--eval", "--out_dir", str(out)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert stop.value.code == 2 and "r_val_greedy_eval.json belongs to the run of" in last and "a/r.npz" in last
+    assert json.loads(target.read_text())["checkpoint_path"] == str(a.resolve())
+
+
 def test_a_grid_transform_with_a_pickle_payload_is_refused_unrun(tmp_path):
     """Kept from round two: a crafted grid transform whose array is a pickled object is refused in
     one line, and the payload never runs."""
@@ -969,3 +1011,21 @@ class Payload:
 def test_inference_float_flags_must_be_finite(capsys):
     one_line_error(capsys, lambda: inference.parse_args(["--model", "lstm", "--length_penalty", "nan"]),
                    "--length_penalty must be finite, got nan")
+
+
+def test_a_new_run_moves_a_finished_runs_files_aside(fake_coco, tmp_path, capsys):
+    """Break caught: a quick new run (--epochs 1 --max_iters 2) after the main job silently replaced
+    its lstm_checkpoint.npz, _best, _last, loss plot and history. The default names and commands
+    stay; the earlier run's files move to previous_runs/, said in one line."""
+    train(tmp_path, fake_coco, "--model", "rnn", "--epochs", "2")
+    names = ["r.npz", "r_best.npz", "r_last.npz", "out/r_history.json", "out/r_loss.png"]
+    before = {name: (tmp_path / name).read_bytes() for name in names}
+    capsys.readouterr()
+    train(tmp_path, fake_coco, "--model", "rnn", "--epochs", "1", "--max_iters", "2")
+    out = capsys.readouterr().out
+    (kept,) = (tmp_path / "previous_runs").iterdir()
+    assert f"an earlier run's files of r.npz were moved to {kept}" in out
+    assert {name: (kept / name.split("/")[-1]).read_bytes() for name in names} == before
+    assert all((tmp_path / name).is_file() for name in names)  # the new run's
+    assert load_checkpoint(kept / "r.npz")[1]["extra"]["epoch"] == 2
+    assert load_checkpoint(tmp_path / "r.npz")[1]["extra"]["epoch"] == 1

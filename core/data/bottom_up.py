@@ -16,6 +16,7 @@ Shape letters: Ni images of a split, K most boxes of an image, F = 2048, D after
 """
 import base64
 import csv
+import gzip
 import sys
 from pathlib import Path
 
@@ -31,19 +32,24 @@ PCA_FIT_BOXES = 200_000  # the PCA is fitted on at most this many train boxes, d
 
 
 def read_rows(paths):
-    """Every row of the tsv files -> yields (file, line number, dict of FIELDS as str)."""
+    """Every row of the tsv files (gzip-compressed ones read as such) -> yields (file, line number,
+    dict of FIELDS as str)."""
     csv.field_size_limit(sys.maxsize)
     for path in paths:
         try:
-            with open(path, newline="", encoding="ascii") as f:
+            with open(path, "rb") as raw:
+                compressed = raw.read(2) == b"\x1f\x8b"  # gzip's magic bytes
+            opener = gzip.open if compressed else open
+            with opener(path, "rt", newline="", encoding="ascii") as f:
                 for n, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
                     if len(row) != len(FIELDS):
                         raise UserError(f"{path}, line {n}: {len(row)} fields, not the "
                                         f"{len(FIELDS)} of a bottom-up tsv row "
                                         f"({', '.join(FIELDS)})")
                     yield path, n, dict(zip(FIELDS, row))
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read the bottom-up features {path} ({e})") from None
+        except (OSError, UnicodeDecodeError, EOFError) as e:
+            what = "compressed (gzip) " if compressed else ""
+            raise UserError(f"cannot read the {what}bottom-up features {path} ({e})") from None
 
 
 def parse_row(path, n, row):
@@ -96,9 +102,10 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=pr
     for split, split_ids in ids.items():
         for r, i in enumerate(split_ids):
             if int(i) in where:
-                raise UserError(f"image id {int(i)} is in the {where[int(i)][0]} and the {split} "
-                                "splits: the bottom-up rows are matched to images by COCO id, "
-                                "which must be unique")
+                both = (f"names two images of the {split} split" if where[int(i)][0] == split
+                        else f"is in the {where[int(i)][0]} and the {split} splits")
+                raise UserError(f"image id {int(i)} {both}: the bottom-up rows are matched to "
+                                "images by COCO id, which must be unique")
             where[int(i)] = (split, r)
     counts = {split: np.zeros(len(split_ids), np.int32) for split, split_ids in ids.items()}
     sizes = {split: np.zeros((len(split_ids), 2), np.float32) for split, split_ids in ids.items()}
@@ -166,8 +173,12 @@ def _fit(sample, dim):
                 "bias": np.zeros(FEATURE_DIM, np.float32)}
     from core.data.features import fit_pca
 
-    return fit_pca(np.concatenate(sample) if sample else np.zeros((0, FEATURE_DIM)), dim,
-                   progress=False)
+    boxes = np.concatenate(sample) if sample else np.zeros((0, FEATURE_DIM))
+    if dim > len(boxes):
+        raise UserError(f"--box_pca_dim {dim} needs at least {dim} train boxes; the bottom-up rows "
+                        f"of the train split give {len(boxes)} (for the PCA): use a smaller "
+                        "--box_pca_dim, or 0 for the 2048-d features as they are")
+    return fit_pca(boxes, dim, progress=False)
 
 
 def tsv_source(paths):

@@ -17,13 +17,40 @@ from core.util.distributed import unshard
 from core.util.errors import UserError
 
 
+def _annotations(split):
+    """A split's (annotation file, image folder[, parsed content]) -> the parsed annotations."""
+    source, _, *content = split
+    return content[0] if content else json.loads(Path(source).read_text(encoding="utf-8"))
+
+
+def annotation_ids(split):
+    """Every image id a split's annotations list (the images a build dropped included) -> (n,)
+    int."""
+    return np.array([int(im["id"]) for im in _annotations(split)["images"]], dtype=np.int64)
+
+
 def image_ids(paths, split):
     """The COCO image ids of a split's image paths (sorted by id, as read_annotations orders them)
     -> (Ni,) int: those of the annotation file's images (what a detections file names)."""
-    source, image_dir, *content = split
-    ann = content[0] if content else json.loads(Path(source).read_text(encoding="utf-8"))
+    _, image_dir, *_ = split
+    ann = _annotations(split)
     by_path = {str(Path(image_dir) / str(im["file_name"])): int(im["id"]) for im in ann["images"]}
     return np.array([by_path[str(p)] for p in paths], dtype=np.int64)
+
+
+def check_unique_ids(ids):
+    """UserError when a COCO image id names images of two splits (or two images of one): a
+    detections file names images by id, and would give one image's boxes to both."""
+    seen = {}
+    for split, split_ids in ids.items():
+        for i in split_ids:
+            if int(i) in seen:
+                both = (f"two images of the {split} split" if seen[int(i)] == split
+                        else f"images of the {seen[int(i)]} and the {split} split")
+                raise UserError(f"image id {int(i)} names {both}: a detections file matches boxes "
+                                "to images by COCO id, which must name one image of the dataset "
+                                "(per-split ids need one detections file per split's own ids)")
+            seen[int(i)] = split
 
 
 def boxes_sharded(paths, ids, all_ids, source, spec, dist, side, batch_size, device, progress,

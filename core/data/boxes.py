@@ -97,7 +97,8 @@ def read_detections(path, image_ids, all_ids=None):
     found = {}
     for n, entry in enumerate(entries):
         try:
-            image_id, (x, y, w, h), score = int(entry["image_id"]), entry["bbox"], entry["score"]
+            image_id, (x, y, w, h), score = _image_id(entry["image_id"]), entry["bbox"], \
+                entry["score"]
             box = np.array([x, y, x + w, y + h], dtype=np.float32)
             score = float(score)
         except (KeyError, TypeError, ValueError) as e:
@@ -106,19 +107,54 @@ def read_detections(path, image_ids, all_ids=None):
         if image_id not in known:
             raise UserError(f"{path}: entry {n} is for image id {image_id}, which is not one of "
                             "the dataset's images")
-        if not (np.isfinite(box).all() and np.isfinite(score) and w > 0 and h > 0):
-            raise UserError(f"{path}: entry {n} (image {image_id}) has the box {entry['bbox']} "
-                            f"with score {entry['score']}: boxes need a positive width and height")
+        if not np.isfinite(score):
+            raise UserError(f"{path}: entry {n} (image {image_id}) has the score "
+                            f"{entry['score']}: scores must be finite numbers")
+        if not (np.isfinite(box).all() and w > 0 and h > 0):
+            raise UserError(f"{path}: entry {n} (image {image_id}) has the box {entry['bbox']}: "
+                            "boxes need finite corners and a positive width and height")
         if image_id in wanted:
             found.setdefault(image_id, []).append((box, score))
     return {i: (np.stack([b for b, _ in d]), np.array([s for _, s in d], dtype=np.float32))
             for i, d in found.items()}
 
 
+def _image_id(value):
+    """A detections entry's image_id -> int; ValueError for one that is not a whole number (1.7,
+    "x", true)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"image_id {value!r} is not a whole number")
+    return int(value)
+
+
+def check_inside(boxes, width, height, where):
+    """UserError naming `where` when a box (n, 4) x0, y0, x1, y1 lies wholly outside a width x
+    height image or reaches more than 5% of its size past an edge (a box of another convention,
+    x0, y0, x1, y1 given as x, y, w, h, or of another image size)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    slack = 0.05 * np.array([width, height, width, height])
+    outside = ((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | (boxes[:, 0] >= width)
+               | (boxes[:, 1] >= height))
+    beyond = ((boxes[:, :2] < -slack[:2]).any(axis=1) | (boxes[:, 2:] > np.array(
+        [width, height]) + slack[2:]).any(axis=1))
+    bad = outside | beyond
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise UserError(f"{where}: box {boxes[k].round(1).tolist()} (x0, y0, x1, y1) lies "
+                        f"{'wholly outside' if outside[k] else 'past the edges of'} the "
+                        f"{int(width)} x {int(height)} image: check the boxes' convention "
+                        "(a detections file's bbox is [x, y, width, height] in pixels)")
+
+
+DETECTOR_MIN_SIDE = 32  # an image thinner than this gets no detections (then itself as its box)
+
+
 class Detector:
     """torchvision's Faster R-CNN (ResNet-50 FPN) as a class-agnostic box proposer: image (H, W, 3)
     uint8 -> boxes (n, 4) float32, scores (n,) float32, all classes together after non-maximum
-    suppression at NMS_IOU (its own suppression is per class)."""
+    suppression at NMS_IOU (its own suppression is per class); none for an image thinner than
+    DETECTOR_MIN_SIDE pixels (torchvision scales its shorter side to 800 but its longer to at most
+    1333, which leaves a 4000 x 3 image no pixel)."""
 
     def __init__(self, spec, device="cpu"):
         from torchvision.models.detection import (
@@ -138,6 +174,8 @@ class Detector:
         import torch
         from torchvision.ops import nms
 
+        if min(image.shape[:2]) < DETECTOR_MIN_SIDE:  # too thin to scale: the whole image
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
         tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255  # a writable copy
         with torch.inference_mode():
             out = self.model([tensor.to(self.device)])[0]
@@ -199,6 +237,9 @@ class BoxSource:
             else:
                 boxes, scores = (detector(image) if detector else
                                  detections.get(int(image_id), (np.zeros((0, 4)), np.zeros(0))))
+                if detections is not None:
+                    check_inside(boxes, image.shape[1], image.shape[0],
+                                 f"{self.path}, image {int(image_id)} ({path})")
                 boxes = boxes[select_boxes(scores, self.threshold, self.min_boxes, self.max_boxes)]
             out.append(clip_boxes(boxes, *image.shape[:2]))
         return out, sizes, bad

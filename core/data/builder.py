@@ -25,7 +25,9 @@ from core.data.coco_utils import (
 from core.data.feature_kinds import FEATURE_KINDS
 from core.util.distributed import Context, unshard
 from core.util.errors import UserError
-from core.data.box_files import boxes_sharded, image_ids, import_tsv, project_boxes, write_box_files
+from core.data.box_files import (
+    annotation_ids, boxes_sharded, check_unique_ids, image_ids, import_tsv, project_boxes,
+    write_box_files)
 from core.data.boxes import BOX_SIDE
 from core.data.features import (
     GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of,
@@ -68,6 +70,11 @@ def read_annotations(path, image_dir, skip_bad=False, log=print, content=None):
                         f"names, so their captions cannot be attached (ids "
                         f"{', '.join(map(str, sorted(conflicts)[:10]))}; id {first}: "
                         f"{', '.join(sorted(conflicts[first]))})")
+    named = {}
+    for i, name in images.items():
+        if named.setdefault(name, i) != i:
+            raise UserError(f"{path}: the file {name} is listed as two images (ids {named[name]} "
+                            f"and {i}): each image needs one id")
     empty = sum(not tokenize(c) for _, c in pairs)
     if empty:
         log(f"{path}: dropped {empty} empty caption(s) (no letters or digits)")
@@ -140,7 +147,10 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     fc7, grid, regions = {}, {}, {}
     if boxes is not None:  # a detections file names images by COCO id
         ids = {split: image_ids(paths[split], splits[split]) for split in names}
-        all_ids = np.concatenate(list(ids.values()))
+        # every image the annotations list, those --skip_bad_images dropped included
+        all_ids = np.concatenate([annotation_ids(splits[split]) for split in names])
+        if boxes.kind == "file":
+            check_unique_ids(ids)
     for split in names:
         fc7[split], bad, grid[split] = _extract_sharded(
             paths[split], spec, dist, batch_size=batch_size, device=device, num_workers=num_workers,

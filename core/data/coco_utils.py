@@ -69,8 +69,12 @@ def _read_h5(path, names, rows=None):
                                     f"{size / 2**30:,.0f} GiB, more than this machine's "
                                     f"{memory / 2**30:,.0f} GiB: a damaged file, or data too large "
                                     "to load whole")
+                check_stored(f[n], path)
             return {n: f[n][()] if rows is None else f[n][:rows] for n in names}
     except OSError as e:
+        if "truncated file" in str(e):
+            raise UserError(f"{path} is cut short, an unfinished copy or download ({e}): copy or "
+                            "rebuild it again") from None
         raise UserError(f"cannot read {path} as HDF5 ({e})") from None
 
 
@@ -177,12 +181,18 @@ class RegionFile:
             self.shape = f["features"].shape
             # the shapes and boxes checked once (the features only for their shape)
             kind.check_arrays(dict(self.small, features=f["features"]), path)
+            check_stored(f["features"], path)
         self.ndim, self.dtype = 3, first.dtype
+        self.stamp = _stamp(path)
 
     def __len__(self):
         return self.shape[0]
 
     def __getitem__(self, rows):
+        if _stamp(self.path) != self.stamp:  # HDF5 reads a changed file's missing bytes as zeros
+            raise UserError(f"{self.path} changed while the run was reading it (its size or time "
+                            "differs from when it was opened): rebuild or restore the file and "
+                            "resume the run")
         if isinstance(rows, slice):
             rows = np.arange(len(self))[rows]
         rows = np.asarray(rows)
@@ -200,6 +210,28 @@ class RegionFile:
             raise UserError(f"{self.path}: feature row {int(unique[np.argmax(bad)])} holds NaN or "
                             "inf values; rebuild the features")
         return out[inverse.reshape(rows.shape)]
+
+
+def _stamp(path):
+    """(size, modification time) of a file."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def check_stored(dataset, path):
+    """UserError when an h5 dataset's stored bytes reach past the end of its file (a file cut
+    short, whose missing rows HDF5 would read as zeros)."""
+    size = os.path.getsize(path)
+    store = dataset.id
+    if dataset.chunks is None:
+        end = store.get_offset() + store.get_storage_size() if store.get_offset() else 0
+    else:
+        end = max((info.byte_offset + info.size for info in
+                   map(store.get_chunk_info, range(store.get_num_chunks()))), default=0)
+    if end > size:
+        raise UserError(f"{path} is cut short: its {dataset.name[1:]} need {end:,} bytes, the "
+                        f"file has {size:,} (an unfinished copy or download?): copy or rebuild it "
+                        "again")
 
 
 def count_training_captions(base_dir):

@@ -155,3 +155,12 @@ def check_boxes(arrays, path):
         box = int(np.argmax(real[row] & ~good[row]))
         raise UserError(f"{path}: image row {row}, box {box} is {boxes[row, box].tolist()}: an "
                         "image's boxes need finite corners x0 < x1, y0 < y1; rebuild the file")
+    size = np.concatenate([sizes, sizes], axis=1)[:, None, :].astype(np.float64)  # (Ni, 1, 4)
+    with np.errstate(invalid="ignore"):
+        away = ((boxes < -0.05 * size) | (boxes > 1.05 * size)).any(axis=2) & real  # (Ni, K)
+    if away.any():
+        row = int(np.argmax(away.any(axis=1)))
+        box = int(np.argmax(away[row]))
+        raise UserError(f"{path}: image row {row}, box {box} is {boxes[row, box].tolist()}, "
+                        f"outside its {sizes[row, 0]:g} x {sizes[row, 1]:g} image: boxes are "
+                        "x0, y0, x1, y1 in the image's pixels; rebuild the file")

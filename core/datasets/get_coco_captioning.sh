@@ -40,9 +40,16 @@ if command -v curl >/dev/null 2>&1; then
 else
   fetch=(wget -q --tries=2 --timeout=20 -O "$work/coco_captioning.zip" "$url")
 fi
-if ! "${fetch[@]}"; then
-  echo "error: could not download $url (no network access, or the server is down)." >&2
-  echo "Nothing was written to $dest. Try again when online." >&2
+status=0
+"${fetch[@]}" || status=$?
+if [ "$status" -ne 0 ]; then
+  # curl 23 and wget 3: the file could not be written (a full disk); anything else: the network
+  if { [ "${fetch[0]}" = curl ] && [ "$status" -eq 23 ]; } || { [ "${fetch[0]}" = wget ] && [ "$status" -eq 3 ]; }; then
+    echo "error: could not write the download into $parent (is the disk full? about 1 GB is needed)." >&2
+  else
+    echo "error: could not download $url (no network access, or the server is down)." >&2
+  fi
+  echo "Nothing was written to $dest." >&2
   exit 1
 fi
 
@@ -52,8 +59,14 @@ if command -v unzip >/dev/null 2>&1; then
 else
   unzip_ok() { python3 -m zipfile -e "$1" "$2"; }
 fi
-if ! unzip_ok "$work/coco_captioning.zip" "$work/unpacked"; then
-  echo "error: $url is not a readable zip archive; nothing was written to $dest." >&2
+status=0
+unzip_ok "$work/coco_captioning.zip" "$work/unpacked" || status=$?
+if [ "$status" -ne 0 ]; then
+  if [ "$status" -eq 50 ]; then  # unzip's "the disk is (or was) full"
+    echo "error: could not unpack the archive into $parent (is the disk full?); nothing was written to $dest." >&2
+  else
+    echo "error: $url is not a readable zip archive; nothing was written to $dest." >&2
+  fi
   exit 1
 fi
 
@@ -65,19 +78,30 @@ if [ ! -f "$src/coco2014_captions.h5" ]; then
   exit 1
 fi
 mkdir -p "$dest"
-kept=$(find "$dest" -mindepth 1 -maxdepth 1 | wc -l | tr -d ' ')
+# every file of the archive must land on a file (or nothing) of the destination: a folder of the
+# user's where the archive has a file is refused before anything moves
+replaced=0
+while IFS= read -r -d '' f; do
+  rel="${f#"$src"/}"
+  if [ -e "$dest/$rel" ] && [ ! -f "$dest/$rel" ]; then
+    echo "error: $dest/$rel is not a file, but the archive has a file of that name; nothing was changed in $dest." >&2
+    exit 1
+  fi
+  [ -f "$dest/$rel" ] && replaced=$((replaced + 1))
+done < <(find "$src" -type f -print0)
+kept=$(( $(find "$dest" -mindepth 1 -maxdepth 1 | wc -l | tr -d ' ') - replaced ))
 added=0
 while IFS= read -r -d '' f; do
   rel="${f#"$src"/}"
   [ "$rel" = "coco2014_captions.h5" ] && continue
   mkdir -p "$dest/$(dirname "$rel")"
-  mv -f "$f" "$dest/$rel"
+  mv -fT "$f" "$dest/$rel"
   added=$((added + 1))
 done < <(find "$src" -type f -print0)
-mv -f "$src/coco2014_captions.h5" "$dest/coco2014_captions.h5"
+mv -fT "$src/coco2014_captions.h5" "$dest/coco2014_captions.h5"
 added=$((added + 1))
-if [ "$kept" -gt 0 ]; then
-  echo "COCO captioning data ready in $dest ($added files added; the $kept entries already there were kept)"
+if [ "$kept" -gt 0 ] || [ "$replaced" -gt 0 ]; then
+  echo "COCO captioning data ready in $dest ($added files of the archive, $replaced of them replacing same-named files; the $kept other entries already there were kept)"
 else
   echo "COCO captioning data ready in $dest"
 fi

@@ -4,6 +4,7 @@ figures.
 
 Shape letters: N images, L words, R regions.
 """
+import contextlib
 import json
 import re
 import time
@@ -25,7 +26,7 @@ from core.model.registry import checkpoint_features
 from core.evaluation.settings import (  # noqa: F401  (inference.py's settling, importable here)
     Settings, check_split, decoding_name, figure_suffix, folder_images, settle)
 from core.util.errors import UserError
-from core.util.fileio import atomic_write_text, check_owner
+from core.util.fileio import RunLock, atomic_write_text, check_owner
 
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -65,8 +66,10 @@ def sample(model, features, settings):
 
 
 def evaluate(settings, model, config, ctx):
-    """Caption every image of the split once, score it, print the table and write the JSON. Under
-    torchrun each process captions every K-th image and rank 0 gathers, scores and writes."""
+    """Caption every image of the split once, score it, print the table and write the JSON (rank
+    0 holding a lock on it, so that two evaluations into one file refuse rather than one replacing
+    the other's). Under torchrun each process captions every K-th image and rank 0 gathers, scores
+    and writes."""
     data = load_checked_data(settings, config)
     check_split(settings, data)
     # the scores' file, named after the checkpoint, split, decoding and references; refused up
@@ -75,6 +78,15 @@ def evaluate(settings, model, config, ctx):
     path = (Path(settings.out_dir) / f"{Path(settings.checkpoint).stem}_{settings.split}_"
             f"{decoding_name(settings)}{against}_eval.json")
     check_owner(path, settings.checkpoint, "--checkpoint")
+    with contextlib.ExitStack() as stack:
+        if ctx.is_main:
+            stack.enter_context(RunLock(path, (path,), who="evaluation",
+                                        hint="wait for it, or pass another --out_dir"))
+        _evaluate(settings, model, data, ctx, path)
+
+
+def _evaluate(settings, model, data, ctx, path):
+    """evaluate's captioning, scoring and files, its output path locked."""
     images = np.unique(data[f"{settings.split}_image_idxs"])
     if settings.references:
         own = references_by_image(data[f"{settings.split}_captions"],
@@ -109,6 +121,7 @@ def evaluate(settings, model, config, ctx):
           f"{references}")
     print(format_scores(scores))
     urls = data[f"{settings.split}_urls"]
+    check_owner(path, settings.checkpoint, "--checkpoint")  # again: a run may have ended since
     atomic_write_text(path, json.dumps({
         "model": settings.model, "checkpoint": str(settings.checkpoint),
         "checkpoint_path": str(Path(settings.checkpoint).resolve()),
@@ -123,30 +136,34 @@ def evaluate(settings, model, config, ctx):
 
 
 def coco_ids(urls, images, known=None):
-    """The COCO image ids of dataset images -> {image index: id}, or None when some image has none.
+    """The COCO image ids of dataset images -> ({image index: id}, None), or (None, why) when some
+    image has none or two share one.
 
     known: ids an annotation file gave (--references); otherwise the trailing digits of the file
     name (COCO_val2014_000000391895.jpg, 000000391895.jpg, the sample dataset's 000007.png);
     CS231n's Flickr URLs carry none."""
     if known is not None:
-        return {int(i): int(known[int(i)]) for i in images}
-    ids = {}
+        return {int(i): int(known[int(i)]) for i in images}, None
+    ids, first = {}, {}
     for i in images:
         digits = re.search(r"(\d+)\.[A-Za-z]+$", str(urls[i]).rstrip("/").rsplit("/", 1)[-1])
         if digits is None:  # CS231n's Flickr names end in _z.jpg: no id
-            return None
+            return None, (f"these images' names give no COCO image ids (e.g. {urls[i]}); "
+                          "--references captions_val2014.json supplies them")
         ids[int(i)] = int(digits.group(1))
-    return ids if len(set(ids.values())) == len(ids) else None
+        if first.setdefault(ids[int(i)], int(i)) != int(i):
+            return None, (f"two images' names give the COCO id {ids[int(i)]} "
+                          f"({urls[first[ids[int(i)]]]}, {urls[i]})")
+    return ids, None
 
 
 def write_coco_results(path, predictions, urls, known_ids=None):
     """The captions in the COCO results format, [{"image_id", "caption"}] by image id, which the
     COCO evaluation server and other toolkits read; a line saying why when the images have no
-    ids."""
-    ids = coco_ids(urls, sorted(predictions), known_ids)
+    ids (or two share one)."""
+    ids, why = coco_ids(urls, sorted(predictions), known_ids)
     if ids is None:
-        print(f"no COCO results file: these images' names give no COCO image ids (e.g. "
-              f"{urls[min(predictions)]}); --references captions_val2014.json supplies them")
+        print(f"no COCO results file: {why}")
         return
     results = [{"image_id": ids[i], "caption": caption} for i, caption in predictions.items()]
     atomic_write_text(path, json.dumps(sorted(results, key=lambda r: r["image_id"]), indent=1))
@@ -245,8 +262,14 @@ def caption_files(settings, model, config):
     if info.get("note"):
         print(f"note: {info['note']}")
     paths = list(settings.image)
+    if settings.image_folder:  # before any image is read: another checkpoint's captions are kept
+        check_owner(folder_captions_path(settings), settings.checkpoint, "--checkpoint")
     features, bad = kind.compute(paths, transform, info, device=settings.feature_device,
                                  progress=bool(settings.image_folder))
+    if len(bad) == len(paths):
+        first = min(bad)
+        raise UserError(f"none of the {len(paths)} image file(s) could be read, e.g. "
+                        f"{paths[first]} ({bad[first]})")
     if bad and not settings.image_folder:
         first = min(bad)
         raise UserError(f"cannot read image {paths[first]} ({bad[first]})")
@@ -276,14 +299,25 @@ def caption_files(settings, model, config):
     return panels, f"{stem}_{name}_{figure_suffix(settings)}", note
 
 
-def write_folder_captions(settings, paths, captions):
-    """--image_folder: every caption to <stem>_<folder>_<decoding>_captions.json ([{file_name,
-    caption}]) and, when the file names give COCO ids, the COCO results file beside it."""
+def folder_captions_path(settings):
+    """--image_folder's captions file: <out_dir>/<stem>_<folder>_<decoding>_captions.json."""
     folder = Path(settings.image_folder).resolve().name
-    path = (Path(settings.out_dir) / f"{Path(settings.checkpoint).stem}_{folder}_"
+    return (Path(settings.out_dir) / f"{Path(settings.checkpoint).stem}_{folder}_"
             f"{decoding_name(settings)}_captions.json")
-    atomic_write_text(path, json.dumps([{"file_name": Path(p).name, "caption": c}
-                                        for p, c in zip(paths, captions)], indent=1))
+
+
+def write_folder_captions(settings, paths, captions):
+    """--image_folder: every caption to folder_captions_path ({checkpoint, checkpoint_path, folder,
+    decoding, captions: [{file_name, caption}]}, refused when another checkpoint's run wrote it)
+    and, when the file names give COCO ids, the COCO results file beside it."""
+    path = folder_captions_path(settings)
+    check_owner(path, settings.checkpoint, "--checkpoint")  # again: a run may have ended since
+    atomic_write_text(path, json.dumps({
+        "checkpoint": str(settings.checkpoint),
+        "checkpoint_path": str(Path(settings.checkpoint).resolve()),
+        "folder": str(Path(settings.image_folder).resolve()), "decoding": decoding_name(settings),
+        "captions": [{"file_name": Path(p).name, "caption": c}
+                     for p, c in zip(paths, captions)]}, indent=1))
     print(f"saved {len(captions)} captions {path}")
     write_coco_results(path.with_name(path.name.replace("_captions.json", "_results.json")),
                        dict(enumerate(captions)), np.array(paths))

@@ -6,6 +6,7 @@ the script so that `training.py --help` and its flag errors import none of it (t
 """
 import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +62,11 @@ def set_up(settled, ctx, stack):
                 "--checkpoint", same_run=first_written.get("checkpoint"))
     if ctx.is_main:
         stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
+        if not config.resume:  # a new run: an older one's files are kept, moved aside
+            kept = set_aside(checkpoint, config.out_dir)
+            if kept:
+                say(f"an earlier run's files of {checkpoint.name} were moved to {kept} (a new run "
+                    f"starts; --resume {last_path} continues one)", flush=True)
 
     # the data, the model checked against it, then the training subset
     begin = time.perf_counter()
@@ -131,7 +137,7 @@ def train(settled, ctx):
             kept = (f"the last good state {last_path} (epoch {solver.epoch}) is kept"
                     if solver.epoch
                     else "no checkpoint was written")
-            raise UserError(f"{e}: lower --lr (see --divergence_factor in --help); "
+            raise UserError(f"{e}: {step_advice(config)} (see --divergence_factor in --help); "
                             f"{kept}") from None
         if solver.stopped_early:
             say(f"stopped early after epoch {solver.epoch}: {solver.stopped_early}", flush=True)
@@ -143,6 +149,36 @@ def train(settled, ctx):
             save_final_files(config, solver, history, best, extra, time.perf_counter() - start,
                              data, per_step)
     return 0
+
+
+def step_advice(config):
+    """What to change after a run diverged: the learning rate, and the other flags given that
+    enlarge its steps."""
+    given = [f"--{name} {getattr(config, name):g}" for name in ("weight_decay", "grad_clip")
+             if name in config.explicit and getattr(config, name)]
+    return "lower --lr" + (f", or check {' and '.join(given)}" if given else "")
+
+
+def set_aside(checkpoint, out_dir):
+    """Move an earlier run's files of this checkpoint name (the checkpoint, its _best and _last,
+    and its history and plots in out_dir) into <checkpoint's folder>/previous_runs/<stem>_<time>/
+    -> that folder, or None when there were none."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    stem = checkpoint.stem
+    files = [p for p in (checkpoint, best_checkpoint_path(checkpoint),
+                         last_checkpoint_path(checkpoint), out_dir / f"{stem}_history.json",
+                         out_dir / f"{stem}_loss.png", out_dir / f"{stem}_reward.png")
+             if p.is_file()]
+    if not files:
+        return None
+    base = checkpoint.parent / "previous_runs" / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, k = base, 1
+    while folder.exists():
+        folder, k = base.with_name(f"{base.name}_{k}"), k + 1
+    folder.mkdir(parents=True)
+    for path in files:
+        shutil.move(path, folder / path.name)
+    return folder
 
 
 def save_final_files(config, solver, history, best, extra, seconds, data, per_step):

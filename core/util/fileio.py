@@ -97,18 +97,20 @@ def save_figure(fig, path, dpi=100):
 
 
 class RunLock:
-    """An exclusive lock on a checkpoint path, held while a training run lives.
+    """An exclusive lock on a checkpoint path (or another output), held while a run writes it.
 
-    The lock is `flock` on .NAME.lock next to the checkpoint, removed when the run ends; the
-    kernel releases it when the process ends in any way (even SIGKILL), so a leftover file is
-    never a stale lock. Acquiring it also removes the temporary files a killed run may have
-    left next to `paths`.
+    The lock is `flock` on .NAME.lock next to the file, removed when the run ends; the kernel
+    releases it when the process ends in any way (even SIGKILL), so a leftover file is never a
+    stale lock. Acquiring it also removes the temporary files a killed run may have left next to
+    `paths`. who, hint: the run that holds it and what to do, in the message of a second one.
     """
 
-    def __init__(self, checkpoint, paths=()):
+    def __init__(self, checkpoint, paths=(), who="training run",
+                 hint="wait for it or pass another --checkpoint"):
         self.checkpoint = Path(checkpoint)
         self.path = self.checkpoint.with_name(f".{self.checkpoint.name}.lock")
         self.paths = [Path(p) for p in paths]
+        self.who, self.hint = who, hint
         self._file = None
 
     def __enter__(self):
@@ -125,10 +127,10 @@ class RunLock:
                 f.seek(0)
                 holder = f.read().strip()
                 f.close()
-                raise UserError(f"another training run is writing {self.checkpoint} (it holds the "
+                raise UserError(f"another {self.who} is writing {self.checkpoint} (it holds the "
                                 f"lock {self.path}"
                                 + (f", pid {holder}" if holder else "")
-                                + "): wait for it or pass another --checkpoint")
+                                + f"): {self.hint}")
             try:
                 same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
             except FileNotFoundError:
