@@ -624,3 +624,36 @@ def test_a_region_file_cut_short_or_changed_during_the_run_is_one_line(fake_coco
     for lazy in (True, False):
         with pytest.raises(UserError, match="is cut short"):
             load_coco_data(folder, features="boxes", lazy=lazy)
+
+
+@pytest.mark.parametrize("source, extra, fragment", [
+    ("detections", ["--box_pca_dim", "40"], "--box_pca_dim 40 needs at least 40 train boxes"),
+    ("bad detections", [], "entry 1 is not {image_id, bbox"),
+    ("detections", ["--box_pca_dim", "5000"], "--box_pca_dim 5000 is larger than a box's 4608"),
+    ("tsv", ["--box_pca_dim", "3000"], "--box_pca_dim 3000 is larger than a box's 2048"),
+    ("bad tsv", [], "5 fields, not the 6"),
+])
+def test_every_box_input_is_checked_before_the_first_image(tmp_path, monkeypatch, capsys, source, extra,
+                                                           fragment):
+    """Break caught: a detections file, a bottom-up tsv and --box_pca_dim against the boxes there
+    will be checked only after the fc7 pass over every split (hours at COCO size)."""
+    import core.data.features
+
+    monkeypatch.setattr(core.data.features, "extract_fc7", lambda *a, **k: pytest.fail("extracted"))
+    splits = {"train": (sample.write_split(tmp_path, "train", 3), tmp_path / "images" / "train"),
+              "val": (sample.write_split(tmp_path, "val", 1, start=100), tmp_path / "images" / "val")}
+    entries = [{"image_id": i, "bbox": [1, 1, 20, 20], "score": 0.9} for i in (0, 1, 2, 100)]
+    if source == "bad detections":
+        entries[1] = {"image_id": 1, "bbox": [1, 1, 20]}
+    if "tsv" in source:
+        rows = _rows(np.random.default_rng(0), [0, 1, 2, 100], [2, 2, 2, 2])
+        if source == "bad tsv":
+            rows[0] = [str(f) for f in (0, 128, 128, 2, "x")]
+        flags = ["--bottom_up_tsv", str(_tsv(tmp_path / "b.tsv", rows))]
+    else:
+        flags = ["--boxes", str(_detections(tmp_path, entries)), "--min_boxes", "1"]
+    one_line_error(capsys, lambda: features_extraction.main(
+        ["--train_annotations", str(splits["train"][0]), "--train_images", str(splits["train"][1]),
+         "--val_annotations", str(splits["val"][0]), "--val_images", str(splits["val"][1]),
+         "--out_dir", str(tmp_path / "out"), "--weights", "random", "--pca_dim", "2",
+         "--min_word_count", "1", "--quiet", *flags, *extra]), fragment)

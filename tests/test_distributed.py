@@ -222,3 +222,16 @@ def test_errors_are_printed_once_whichever_rank_meets_them(fake_coco, tmp_path):
     errors = _script_errors(locked.stderr)
     assert len(errors) == 1 and errors[0].startswith("training.py: error: on rank 0 of 2: another training run")
     assert "epoch 1/1" not in locked.stdout and "training.py\", line" not in locked.stderr
+
+
+def test_an_error_only_rank_1_meets_mid_training_is_said_once(tmp_path):
+    """Break caught: rank 1's UserError mid-training (a NaN row only its share of the batch reads)
+    never printed, rank 0 left in a collective: ~74 lines of gloo "Connection reset by peer" and
+    torchrun's ChildFailedError, no cause."""
+    small = write_fake_coco(tmp_path / "small", train_images=12, val_images=4, seed=1)
+    result = torchrun(ROOT / "tests" / "rank_error_worker.py", small, cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if "rank_error_worker.py: error" in line]
+    assert result.returncode != 0 and lines == [
+        "rank_error_worker.py: error: on rank 1 of 2: train2014_vgg16_boxes_pca.h5: feature row 7 holds "
+        "NaN or inf values"], result.stderr[-2000:]
+    assert 'rank_error_worker.py", line' not in result.stderr  # no traceback of the workers' own

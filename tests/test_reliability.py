@@ -470,9 +470,11 @@ def test_a_failing_write_during_training_is_one_line_and_keeps_the_good_files(fa
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     line, = result.stderr.strip().splitlines()
     assert "cannot write r_last.npz: File too large" in line
-    after = {p.name: p.read_bytes() for p in tmp_path.glob("r*.npz")}
-    assert after["r_last.npz"] == before["r_last.npz"] and after["r.npz"] == before["r.npz"]
+    # the earlier run's files, moved aside before the new run's first write (test_a_new_run_moves_...)
+    (kept,) = (tmp_path / "previous_runs").iterdir()
+    assert {p.name: p.read_bytes() for p in kept.glob("r*.npz")} == before
     load_checkpoint(tmp_path / "r_best.npz")  # the new run's best epoch was small enough to be written whole
+    assert not (tmp_path / "r_last.npz").exists()  # its own _last could not be written: none, not a part
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -1016,11 +1018,17 @@ def test_inference_float_flags_must_be_finite(capsys):
 def test_a_new_run_moves_a_finished_runs_files_aside(fake_coco, tmp_path, capsys):
     """Break caught: a quick new run (--epochs 1 --max_iters 2) after the main job silently replaced
     its lstm_checkpoint.npz, _best, _last, loss plot and history. The default names and commands
-    stay; the earlier run's files move to previous_runs/, said in one line."""
+    stay; the earlier run's files move to previous_runs/ before the new run's first write, said in
+    one line; a new run that fails before writing (here a flag error found with the data) moves
+    nothing."""
     train(tmp_path, fake_coco, "--model", "rnn", "--epochs", "2")
     names = ["r.npz", "r_best.npz", "r_last.npz", "out/r_history.json", "out/r_loss.png"]
     before = {name: (tmp_path / name).read_bytes() for name in names}
     capsys.readouterr()
+    one_line_error(capsys, lambda: train(tmp_path, fake_coco, "--model", "rnn", "--num_samples", "100000"),
+                   "--num_samples 100000 is out of range")
+    assert {name: (tmp_path / name).read_bytes() for name in names} == before
+    assert not (tmp_path / "previous_runs").exists()
     train(tmp_path, fake_coco, "--model", "rnn", "--epochs", "1", "--max_iters", "2")
     out = capsys.readouterr().out
     (kept,) = (tmp_path / "previous_runs").iterdir()

@@ -38,6 +38,40 @@ def image_ids(paths, split):
     return np.array([by_path[str(p)] for p in paths], dtype=np.int64)
 
 
+def check_box_inputs(boxes, bottom_up_tsv, ids, all_ids, box_pca_dim, spec, log=print):
+    """Before the first image is read: the object regions' inputs and dimensions a build will need.
+    boxes: a BoxSource or None; bottom_up_tsv: its files or None; ids: {split: image ids of the
+    images kept}; all_ids: every image id of the annotations. UserError for a detections file
+    that is not one (every entry checked), a tsv file whose first row is not a bottom-up row, or
+    a --box_pca_dim larger than a box's features or than the train boxes there will be (known
+    up front for a detections file)."""
+    from core.data.boxes import read_detections, select_boxes
+    from core.data.encoders import encoder_of
+    from core.data.bottom_up import FEATURE_DIM, parse_row, read_rows
+
+    if bottom_up_tsv:
+        for path in bottom_up_tsv:
+            for source, n, row in read_rows([path]):
+                parse_row(source, n, row)  # the first row: the format, before any image
+                break
+        features = FEATURE_DIM
+    else:
+        encoder = encoder_of(spec)
+        features = encoder.grid_channels * encoder.box_bins ** 2
+    if box_pca_dim > features:
+        raise UserError(f"--box_pca_dim {box_pca_dim} is larger than a box's {features} features")
+    if boxes is None or boxes.kind != "file":
+        return
+    found = read_detections(boxes.path, all_ids, all_ids)  # every entry, checked
+    train = sum(len(select_boxes(found[int(i)][1], boxes.threshold, boxes.min_boxes,
+                                 boxes.max_boxes)) if int(i) in found else 1
+                for i in ids["train"])
+    if box_pca_dim > train:
+        raise UserError(f"--box_pca_dim {box_pca_dim} needs at least {box_pca_dim} train boxes; "
+                        f"{boxes.path} gives the train split's images {train}: use a smaller "
+                        "--box_pca_dim")
+
+
 def check_unique_ids(ids):
     """UserError when a COCO image id names images of two splits (or two images of one): a
     detections file names images by id, and would give one image's boxes to both."""

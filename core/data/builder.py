@@ -26,8 +26,8 @@ from core.data.feature_kinds import FEATURE_KINDS
 from core.util.distributed import Context, unshard
 from core.util.errors import UserError
 from core.data.box_files import (
-    annotation_ids, boxes_sharded, check_unique_ids, image_ids, import_tsv, project_boxes,
-    write_box_files)
+    annotation_ids, boxes_sharded, check_box_inputs, check_unique_ids, image_ids, import_tsv,
+    project_boxes, write_box_files)
 from core.data.boxes import BOX_SIDE
 from core.data.features import (
     GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of,
@@ -151,6 +151,11 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         all_ids = np.concatenate([annotation_ids(splits[split]) for split in names])
         if boxes.kind == "file":
             check_unique_ids(ids)
+    if boxes is not None or bottom_up_tsv:  # every input and dimension, before the first image
+        kept = {split: image_ids(paths[split], splits[split]) for split in names}
+        check_box_inputs(boxes, bottom_up_tsv, kept,
+                         np.concatenate([annotation_ids(splits[split]) for split in names]),
+                         box_pca_dim, spec)
     for split in names:
         fc7[split], bad, grid[split] = _extract_sharded(
             paths[split], spec, dist, batch_size=batch_size, device=device, num_workers=num_workers,

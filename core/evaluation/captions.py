@@ -266,7 +266,7 @@ def caption_files(settings, model, config):
         check_owner(folder_captions_path(settings), settings.checkpoint, "--checkpoint")
     features, bad = kind.compute(paths, transform, info, device=settings.feature_device,
                                  progress=bool(settings.image_folder))
-    if len(bad) == len(paths):
+    if settings.image_folder and len(bad) == len(paths):
         first = min(bad)
         raise UserError(f"none of the {len(paths)} image file(s) could be read, e.g. "
                         f"{paths[first]} ({bad[first]})")

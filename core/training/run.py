@@ -62,11 +62,9 @@ def set_up(settled, ctx, stack):
                 "--checkpoint", same_run=first_written.get("checkpoint"))
     if ctx.is_main:
         stack.enter_context(RunLock(checkpoint, (checkpoint, best_path, last_path)))
-        if not config.resume:  # a new run: an older one's files are kept, moved aside
-            kept = set_aside(checkpoint, config.out_dir)
-            if kept:
-                say(f"an earlier run's files of {checkpoint.name} were moved to {kept} (a new run "
-                    f"starts; --resume {last_path} continues one)", flush=True)
+    # a new run keeps an earlier run's files of this name: moved aside before its first write
+    before_writing = (lambda: None) if config.resume else EarlierRun(checkpoint, config.out_dir,
+                                                                    last_path, say)
 
     # the data, the model checked against it, then the training subset
     begin = time.perf_counter()
@@ -90,9 +88,14 @@ def set_up(settled, ctx, stack):
     if config.scst:
         extra["scst"] = {"init_from": str(config.init_from), "baseline": config.baseline,
                          "samples": config.scst_samples, "temperature": config.temperature}
-    best = BestCheckpoint.from_config(best_path, save_checkpoint, extra, data, config)
+    def save_best(*args):
+        before_writing()
+        save_checkpoint(*args)
+
+    best = BestCheckpoint.from_config(best_path, save_best, extra, data, config)
 
     def save_state(solver):
+        before_writing()
         save_training_state(solver, last_path,
                             dict(extra, epoch=solver.epoch, iteration=solver.iteration,
                                  tracker=best.state()))
@@ -159,26 +162,38 @@ def step_advice(config):
     return "lower --lr" + (f", or check {' and '.join(given)}" if given else "")
 
 
-def set_aside(checkpoint, out_dir):
-    """Move an earlier run's files of this checkpoint name (the checkpoint, its _best and _last,
-    and its history and plots in out_dir) into <checkpoint's folder>/previous_runs/<stem>_<time>/
-    -> that folder, or None when there were none."""
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    stem = checkpoint.stem
-    files = [p for p in (checkpoint, best_checkpoint_path(checkpoint),
-                         last_checkpoint_path(checkpoint), out_dir / f"{stem}_history.json",
-                         out_dir / f"{stem}_loss.png", out_dir / f"{stem}_reward.png")
-             if p.is_file()]
-    if not files:
-        return None
-    base = checkpoint.parent / "previous_runs" / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}"
-    folder, k = base, 1
-    while folder.exists():
-        folder, k = base.with_name(f"{base.name}_{k}"), k + 1
-    folder.mkdir(parents=True)
-    for path in files:
-        shutil.move(path, folder / path.name)
-    return folder
+class EarlierRun:
+    """Called before a new run's first write: moves an earlier run's files of the checkpoint's name
+    (the checkpoint, its _best and _last, and its history and plots in out_dir) into <checkpoint's
+    folder>/previous_runs/<stem>_<time>/ and says so, once (a run that fails before writing
+    anything leaves them in place)."""
+
+    def __init__(self, checkpoint, out_dir, last_path, say):
+        self.checkpoint, self.out_dir, self.last_path = Path(checkpoint), Path(out_dir), last_path
+        self.say, self.done = say, False
+
+    def __call__(self):
+        if self.done:
+            return
+        self.done = True
+        stem = self.checkpoint.stem
+        files = [p for p in (self.checkpoint, best_checkpoint_path(self.checkpoint),
+                             self.last_path, self.out_dir / f"{stem}_history.json",
+                             self.out_dir / f"{stem}_loss.png", self.out_dir / f"{stem}_reward.png")
+                 if p.is_file()]
+        if not files:
+            return
+        base = (self.checkpoint.parent / "previous_runs"
+                / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}")
+        folder, k = base, 1
+        while folder.exists():
+            folder, k = base.with_name(f"{base.name}_{k}"), k + 1
+        folder.mkdir(parents=True)
+        for path in files:
+            shutil.move(path, folder / path.name)
+        self.say(f"an earlier run's files of {self.checkpoint.name} were moved to {folder} (a new "
+                 f"run writes its own; --resume {self.last_path} would have continued it)",
+                 flush=True)
 
 
 def save_final_files(config, solver, history, best, extra, seconds, data, per_step):

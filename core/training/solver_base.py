@@ -88,11 +88,16 @@ class SolverBase:
                    verbose=not config.quiet and ctx.is_main, dist=ctx, **hooks)
 
     def batch(self, split, rows):
-        """rows (B,) caption indices -> features (B, D) or (B, R, D) float32, captions (B, L)
-        int."""
+        """rows (B,) caption indices -> features (B, D) or Regions, captions (B, L) int."""
         captions = self.data[f"{split}_captions"][rows]
-        features = self.data[f"{split}_features"][self.data[f"{split}_image_idxs"][rows]]
-        return features, captions
+        return self.features(split, self.data[f"{split}_image_idxs"][rows]), captions
+
+    def features(self, split, images):
+        """images (B,) image rows of a split -> their features (B, D) or Regions. Every rank reads
+        its own rows, in step; a UserError that one rank meets (a damaged row of a region file
+        read per minibatch that only its share holds) stops every rank with it, said once, instead
+        of the others waiting in the step's collective."""
+        return self.dist.agreed(lambda: self.data[f"{split}_features"][images])
 
     def gradients(self, features, captions, caption_weights=None, weight=1.0, dropout=True):
         """The loss of this rank's minibatch and its gradients, averaged over the ranks -> (loss

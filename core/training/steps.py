@@ -137,7 +137,7 @@ class SelfCritical:
         """
         model, K = solver.model, self.num_samples
         images = self.images[items]
-        features = solver.data["train_features"][images]
+        features = solver.features("train", images)
         sampled = sample_search(model, features, self.max_length, K, self.temperature,
                                 draws=self.draws(images, solver.epoch))  # (n K, L)
         rewards = self.cider.scores(decode_captions(sampled, model.idx_to_word),
