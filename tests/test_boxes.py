@@ -632,6 +632,8 @@ def test_a_region_file_cut_short_or_changed_during_the_run_is_one_line(fake_coco
     ("detections", ["--box_pca_dim", "5000"], "--box_pca_dim 5000 is larger than a box's 4608"),
     ("tsv", ["--box_pca_dim", "3000"], "--box_pca_dim 3000 is larger than a box's 2048"),
     ("bad tsv", [], "5 fields, not the 6"),
+    ("short tsv", [], "no bottom-up row for image 2 of the train split"),
+    ("tsv", ["--box_pca_dim", "9"], "--box_pca_dim 9 needs at least 9 train boxes"),
 ])
 def test_every_box_input_is_checked_before_the_first_image(tmp_path, monkeypatch, capsys, source, extra,
                                                            fragment):
@@ -649,6 +651,8 @@ def test_every_box_input_is_checked_before_the_first_image(tmp_path, monkeypatch
         rows = _rows(np.random.default_rng(0), [0, 1, 2, 100], [2, 2, 2, 2])
         if source == "bad tsv":
             rows[0] = [str(f) for f in (0, 128, 128, 2, "x")]
+        if source == "short tsv":
+            del rows[2]
         flags = ["--bottom_up_tsv", str(_tsv(tmp_path / "b.tsv", rows))]
     else:
         flags = ["--boxes", str(_detections(tmp_path, entries)), "--min_boxes", "1"]
@@ -657,3 +661,51 @@ def test_every_box_input_is_checked_before_the_first_image(tmp_path, monkeypatch
          "--val_annotations", str(splits["val"][0]), "--val_images", str(splits["val"][1]),
          "--out_dir", str(tmp_path / "out"), "--weights", "random", "--pca_dim", "2",
          "--min_word_count", "1", "--quiet", *flags, *extra]), fragment)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Can't write data (file write failed: errno = 28, error "
+                                                "message = 'No space left on device')"),
+                                   OSError(28, "No space left on device")])
+def test_a_full_disk_during_the_tsv_import_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch, error):
+    """h5py's writes made to fail as on a full disk. Break caught: 44 HDF5 RuntimeError tracebacks,
+    then a segfault, and a .build_* folder left behind."""
+    import h5py._hl.dataset
+
+    splits = {"train": (sample.write_split(tmp_path, "train", 3), tmp_path / "images" / "train"),
+              "val": (sample.write_split(tmp_path, "val", 1, start=100), tmp_path / "images" / "val")}
+    tsv = _tsv(tmp_path / "b.tsv", _rows(np.random.default_rng(0), [0, 1, 2, 100], [2, 2, 2, 2]))
+
+    def full(self, *args):
+        raise error
+
+    monkeypatch.setattr(h5py._hl.dataset.Dataset, "__setitem__", full)
+    out = tmp_path / "out"
+    one_line_error(capsys, lambda: features_extraction.main(
+        ["--train_annotations", str(splits["train"][0]), "--train_images", str(splits["train"][1]),
+         "--val_annotations", str(splits["val"][0]), "--val_images", str(splits["val"][1]),
+         "--out_dir", str(out), "--weights", "random", "--pca_dim", "2", "--min_word_count", "1", "--quiet",
+         "--bottom_up_tsv", str(tsv), "--box_pca_dim", "0"]),
+                   "No space left on device" if isinstance(error, OSError) else "is the disk full?")
+    assert list(out.iterdir()) == []  # no .build_* folder, no file of the layout
+
+
+def test_the_tsv_import_reuses_the_scan_made_before_the_first_image(tmp_path, monkeypatch):
+    """The build scans the tsv files before its first image (every row checked, the PCA fitted);
+    the import then writes in one more pass, or scans again when the build dropped images since.
+    Break caught: a third pass over files of many GB."""
+    from core.data import bottom_up
+
+    tsv = _tsv(tmp_path / "b.tsv", _rows(np.random.default_rng(0), [5, 7, 9], [2, 3, 1]))
+    ids = {"train": np.array([5, 7]), "val": np.array([9])}
+    kind = FEATURE_KINDS["boxes"]
+    passes = []
+    read_rows = bottom_up.read_rows
+    monkeypatch.setattr(bottom_up, "read_rows", lambda paths: (passes.append(1), read_rows(paths))[1])
+    scan = bottom_up.scan_bottom_up([tsv], ids, 2, progress=False)
+    import_bottom_up([tsv], ids, tmp_path, 2, lambda s: kind.path(tmp_path, s), progress=False, scan=scan)
+    assert len(passes) == 2
+    fewer = {"train": np.array([7]), "val": np.array([9])}  # an image dropped since the scan
+    import_bottom_up([tsv], fewer, tmp_path, 0, lambda s: kind.path(tmp_path, s), progress=False, scan=scan)
+    assert len(passes) == 4
+    with h5py.File(kind.path(tmp_path, "train")) as f:
+        assert f["counts"][()].tolist() == [3]

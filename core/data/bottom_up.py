@@ -18,6 +18,7 @@ import base64
 import csv
 import gzip
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -88,16 +89,26 @@ def _image_id(path, n, row):
             from None
 
 
-def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=print):
-    """Write the boxes files of every split from the tsv files.
+@dataclass
+class Scan:
+    """What the first pass over the tsv files found: ids {split: (Ni,) image ids}, where {id:
+    (split, row)}, counts {split: (Ni,) boxes}, sizes {split: (Ni, 2)}, and the PCA transform of
+    the train boxes (the identity without PCA)."""
 
-    paths: the tsv files; ids: {split: (Ni,) COCO image ids of the split's feature rows};
-    folder: where to write; pca_dim: PCA dimensions (0: the 2048-d features as they are);
-    file_of: split -> the h5 path in folder -> the transform dict (identity without PCA).
+    ids: dict
+    where: dict
+    counts: dict
+    sizes: dict
+    transform: dict
+
+
+def scan_bottom_up(paths, ids, pca_dim, progress=True, log=print):
+    """The first pass over the tsv files -> Scan: every row checked, each image's box count and
+    size, a sample of the train boxes for the PCA, fitted (pca_dim 0: none, the identity).
     UserError for a bad row (naming it), an image of the dataset that no row gives, or an image
-    given twice; rows of images the dataset does not have (the files cover all of train2014 and
-    val2014, a dataset may hold fewer) are skipped and counted in one line.
-    """
+    given twice, or a PCA larger than the train boxes; rows of images the dataset does not have
+    (the files cover all of train2014 and val2014, a dataset may hold fewer) are skipped and
+    counted in one line."""
     where = {}
     for split, split_ids in ids.items():
         for r, i in enumerate(split_ids):
@@ -112,7 +123,7 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=pr
     sample, seen, others = [], {}, []
     # every stride-th box of a train image (36 a image assumed) is kept for the PCA
     stride = max(1, -(-len(ids.get("train", ())) * 36 // PCA_FIT_BOXES))
-    for path, n, row in tqdm(read_rows(paths), desc="bottom-up rows (1/2)", unit="row",
+    for path, n, row in tqdm(read_rows(paths), desc="bottom-up rows (1 of 2)", unit="row",
                              disable=not progress):
         image_id = _image_id(path, n, row)
         if image_id not in where:
@@ -135,7 +146,22 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=pr
         raise UserError(f"no bottom-up row for image {missing[0]} of the {where[missing[0]][0]} "
                         f"split" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                         + f" in {', '.join(map(str, paths))}")
-    transform = _fit(sample, pca_dim)
+    return Scan(ids, where, counts, sizes, _fit(sample, pca_dim))
+
+
+def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=print, scan=None):
+    """Write the boxes files of every split from the tsv files -> the transform dict.
+
+    paths: the tsv files; ids: {split: (Ni,) COCO image ids of the split's feature rows};
+    folder: where to write; pca_dim: PCA dimensions (0: the 2048-d features as they are);
+    file_of: split -> the h5 path in folder; scan: a scan_bottom_up of these files made before
+    (reused when it is of the same ids, else the files are scanned again). UserErrors as
+    scan_bottom_up's, and for a write that fails.
+    """
+    same = scan is not None and set(scan.ids) == set(ids) and all(
+        np.array_equal(scan.ids[s], ids[s]) for s in ids)
+    scan = scan if same else scan_bottom_up(paths, ids, pca_dim, progress, log)
+    where, counts, transform = scan.where, scan.counts, scan.transform
     from core.data.features import project
 
     reduce = (lambda f: project(f, transform)) if pca_dim else (lambda f: f)  # 0: as they are
@@ -149,8 +175,8 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=pr
                              chunks=(min(len(ids[split]), 8), K, D), fillvalue=0)
             f.create_dataset("boxes", (len(ids[split]), K, 4), dtype=np.float32, fillvalue=0)
             f.create_dataset("counts", data=counts[split])
-            f.create_dataset("image_sizes", data=sizes[split])
-        for path, n, row in tqdm(read_rows(paths), desc="bottom-up rows (2/2)", unit="row",
+            f.create_dataset("image_sizes", data=scan.sizes[split])
+        for path, n, row in tqdm(read_rows(paths), desc="bottom-up rows (2 of 2)", unit="row",
                                  disable=not progress):
             image_id = _image_id(path, n, row)
             if image_id not in where:
@@ -159,9 +185,16 @@ def import_bottom_up(paths, ids, folder, pca_dim, file_of, progress=True, log=pr
             split, r = where[image_id]
             files[split]["features"][r, :len(boxes)] = reduce(features)
             files[split]["boxes"][r, :len(boxes)] = boxes
+    except RuntimeError as e:  # h5py's failed writes (a full disk) come as RuntimeError too
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot write the object regions into {folder} ({first}): is the disk "
+                        "full?") from None
     finally:
         for f in files.values():
-            f.close()
+            try:
+                f.close()
+            except (OSError, RuntimeError):
+                pass  # a file that could not be written whole is removed with the build
     return transform
 
 

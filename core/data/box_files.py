@@ -38,30 +38,27 @@ def image_ids(paths, split):
     return np.array([by_path[str(p)] for p in paths], dtype=np.int64)
 
 
-def check_box_inputs(boxes, bottom_up_tsv, ids, all_ids, box_pca_dim, spec, log=print):
+def check_box_inputs(boxes, bottom_up_tsv, ids, all_ids, box_pca_dim, spec, progress=True,
+                     log=print):
     """Before the first image is read: the object regions' inputs and dimensions a build will need.
     boxes: a BoxSource or None; bottom_up_tsv: its files or None; ids: {split: image ids of the
-    images kept}; all_ids: every image id of the annotations. UserError for a detections file
-    that is not one (every entry checked), a tsv file whose first row is not a bottom-up row, or
-    a --box_pca_dim larger than a box's features or than the train boxes there will be (known
-    up front for a detections file)."""
+    images kept}; all_ids: every image id of the annotations -> the tsv files' scan
+    (core/data/bottom_up.py: every row checked, the counts, the box PCA fitted; the import reuses
+    it), or None. UserError for a detections file that is not one (every entry checked), a bad
+    tsv row, an image no row gives, or a --box_pca_dim larger than a box's features or than the
+    train boxes there will be."""
     from core.data.boxes import read_detections, select_boxes
     from core.data.encoders import encoder_of
-    from core.data.bottom_up import FEATURE_DIM, parse_row, read_rows
+    from core.data.bottom_up import FEATURE_DIM, scan_bottom_up
 
-    if bottom_up_tsv:
-        for path in bottom_up_tsv:
-            for source, n, row in read_rows([path]):
-                parse_row(source, n, row)  # the first row: the format, before any image
-                break
-        features = FEATURE_DIM
-    else:
-        encoder = encoder_of(spec)
-        features = encoder.grid_channels * encoder.box_bins ** 2
+    encoder = encoder_of(spec)
+    features = FEATURE_DIM if bottom_up_tsv else encoder.grid_channels * encoder.box_bins ** 2
     if box_pca_dim > features:
         raise UserError(f"--box_pca_dim {box_pca_dim} is larger than a box's {features} features")
+    if bottom_up_tsv:
+        return scan_bottom_up(bottom_up_tsv, ids, box_pca_dim, progress, log)
     if boxes is None or boxes.kind != "file":
-        return
+        return None
     found = read_detections(boxes.path, all_ids, all_ids)  # every entry, checked
     train = sum(len(select_boxes(found[int(i)][1], boxes.threshold, boxes.min_boxes,
                                  boxes.max_boxes)) if int(i) in found else 1
@@ -70,6 +67,7 @@ def check_box_inputs(boxes, bottom_up_tsv, ids, all_ids, box_pca_dim, spec, log=
         raise UserError(f"--box_pca_dim {box_pca_dim} needs at least {box_pca_dim} train boxes; "
                         f"{boxes.path} gives the train split's images {train}: use a smaller "
                         "--box_pca_dim")
+    return None
 
 
 def check_unique_ids(ids):
@@ -145,12 +143,13 @@ def write_box_files(folder, transform, splits, box_info, info):
         side=box_info.get("side"), layer=box_info.get("layer", layer)))
 
 
-def import_tsv(files, ids, pca_dim, progress, log, folder, info):
-    """Write the boxes files of the bottom-up tsv files into folder (core/data/bottom_up.py) and
-    their transform, whose info says where they came from."""
+def import_tsv(files, ids, pca_dim, progress, log, scan, folder, info):
+    """Write the boxes files of the bottom-up tsv files into folder (core/data/bottom_up.py; scan:
+    their first pass, made before the build's first image, reused) and their transform, whose
+    info says where they came from."""
     kind = FEATURE_KINDS[BOXES]
     transform = import_bottom_up(files, ids, folder, pca_dim, lambda s: kind.path(folder, s),
-                                 progress, log)
+                                 progress, log, scan=scan)
     save_transform(Path(folder) / kind.transform_file, transform, dict(
         info, pca_dim=int(transform["components"].shape[0]),
         boxes={"source": "bottom-up tsv", "path": ", ".join(files)},

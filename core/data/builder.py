@@ -33,101 +33,22 @@ from core.data.features import (
     GRID_TRANSFORM_FILE, TRANSFORM_FILE, describe_weights, encoder_of,
     extract_fc7, fit_grid_pca, fit_pca, project, project_grid, save_transform)
 from core.util.fileio import describe_os_error
+from core.data.annotations import read_annotations, url_of
 
 PCA_CHUNK_BYTES = 2 << 30  # fit IncrementalPCA in chunks when train fc7 is larger than this
 
 
-def read_annotations(path, image_dir, skip_bad=False, log=print, content=None):
-    """-> image paths (Ni,), captions (Nc,) str, caption image indices (Nc,) int; images sorted by
-    id, only images with at least one caption. Unknown image ids and missing files are errors
-    (or, with skip_bad, dropped and reported). content: the file's parsed JSON when it was read
-    already (a split file's share, see core/data/karpathy.py); path then only names it in
-    messages."""
-    path, image_dir = Path(path), Path(image_dir)
-    try:
-        ann = json.loads(path.read_text(encoding="utf-8")) if content is None else content
-        images, conflicts = {}, {}
-        for im in ann["images"]:
-            i, name = int(im["id"]), str(im["file_name"])
-            if images.setdefault(i, name) != name:
-                conflicts.setdefault(i, {images[i]}).add(name)
-        annotations = ann["annotations"]
-        bad = [a for a in annotations if not isinstance(a.get("caption"), str)]
-        if bad:
-            first = bad[0]
-            raise UserError(f"{path}: {len(bad)} caption(s) are not strings (annotation id "
-                            f"{first.get('id')}, image {first.get('image_id')}: "
-                            f"{json.dumps(first.get('caption'))}): fix or remove them")
-        pairs = [(int(a["image_id"]), a["caption"]) for a in annotations]
-    except OSError as e:
-        raise UserError(f"cannot read annotation file {path} ({e})") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a COCO-format captions file ({type(e).__name__}: "
-                        f"{e})") from None
-    if conflicts:
-        first = min(conflicts)
-        raise UserError(f"{path}: {len(conflicts)} image id(s) are listed with different file "
-                        f"names, so their captions cannot be attached (ids "
-                        f"{', '.join(map(str, sorted(conflicts)[:10]))}; id {first}: "
-                        f"{', '.join(sorted(conflicts[first]))})")
-    named = {}
-    for i, name in images.items():
-        if named.setdefault(name, i) != i:
-            raise UserError(f"{path}: the file {name} is listed as two images (ids {named[name]} "
-                            f"and {i}): each image needs one id")
-    empty = sum(not tokenize(c) for _, c in pairs)
-    if empty:
-        log(f"{path}: dropped {empty} empty caption(s) (no letters or digits)")
-        pairs = [(i, c) for i, c in pairs if tokenize(c)]
-    if not pairs:
-        raise UserError(f"{path}: no captions"
-                        + (f" left after dropping {empty} empty ones" if empty else ""))
-    unknown = sorted({i for i, _ in pairs if i not in images})
-    if unknown:
-        if not skip_bad:
-            raise UserError(f"{path}: caption for unknown image id {unknown[0]}"
-                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-        unknown_set = set(unknown)
-        log(f"skipping {sum(i in unknown_set for i, _ in pairs)} captions of {len(unknown)} "
-            f"unknown image ids")
-        pairs = [(i, c) for i, c in pairs if i in images]
-    missing = sorted(i for i in images if not (image_dir / images[i]).is_file())
-    if missing:
-        if not skip_bad:
-            raise UserError(f"missing image {image_dir / images[missing[0]]} (id {missing[0]})"
-                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-        log(f"skipping {len(missing)} missing images, e.g. {image_dir / images[missing[0]]}")
-        for i in missing:
-            del images[i]
-        pairs = [(i, c) for i, c in pairs if i in images]
-    with_captions = sorted({i for i, _ in pairs})
-    row = {image_id: r for r, image_id in enumerate(with_captions)}
-    paths = np.array([str(image_dir / images[i]) for i in with_captions])
-    return paths, [c for _, c in pairs], np.array([row[i] for i, _ in pairs], dtype=np.int32)
-
-
-def _url(path, out_dir):
-    """Image path as written to *_urls.txt: relative to the dataset folder when inside it, else
-    absolute."""
-    path, out_dir = Path(path).resolve(), Path(out_dir).resolve()
-    try:
-        return path.relative_to(out_dir).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_workers=0,
-                  min_word_count=5,
-                  max_length=17, pca_dim=512, grid_size=None, grid_pca_dim=64, boxes=None,
-                  box_pca_dim=128, box_side=BOX_SIDE, bottom_up_tsv=None, skip_bad_images=False,
-                  progress=True, log=print, dist=None):
+                  min_word_count=5, max_length=17, pca_dim=512, grid_size=None, grid_pca_dim=64,
+                  boxes=None, box_pca_dim=128, box_side=BOX_SIDE, bottom_up_tsv=None,
+                  skip_bad_images=False, progress=True, log=print, dist=None):
     """splits: {"train": (annotation_file, image_dir), "val": (...), optionally "test": (...)}; an
     entry may also be (name, image_dir, parsed annotations) -> dict of counts (None on ranks > 0).
 
     spec: the encoder's weights spec from core.data.features.parse_weights (VGG16 unless it names
     another). pca_dim 0: no PCA (the *_pca.h5 files hold the encoder's vectors, an identity
-    transform beside them). dist: a
-    core.util.distributed.Context; with K processes each runs VGG16 on every K-th image and rank 0
+    transform beside them). dist: a core.util.distributed.Context; with K processes each runs
+    VGG16 on every K-th image and rank 0
     gathers the fc7 rows in the original order, fits the PCA and writes the dataset. grid_size (7 or
     14): also write the region features, each region's 512 channels reduced to grid_pca_dim by a PCA
     fitted on train regions. boxes (a core.data.boxes.BoxSource): also write the object regions,
@@ -145,17 +66,10 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     paths, raw_captions, image_idxs = _read_splits(splits, names, skip_bad_images, min_word_count,
                                                    pca_dim, spec, log)
     fc7, grid, regions = {}, {}, {}
-    if boxes is not None:  # a detections file names images by COCO id
-        ids = {split: image_ids(paths[split], splits[split]) for split in names}
-        # every image the annotations list, those --skip_bad_images dropped included
-        all_ids = np.concatenate([annotation_ids(splits[split]) for split in names])
-        if boxes.kind == "file":
-            check_unique_ids(ids)
+    ids, all_ids, scan = None, None, None
     if boxes is not None or bottom_up_tsv:  # every input and dimension, before the first image
-        kept = {split: image_ids(paths[split], splits[split]) for split in names}
-        check_box_inputs(boxes, bottom_up_tsv, kept,
-                         np.concatenate([annotation_ids(splits[split]) for split in names]),
-                         box_pca_dim, spec)
+        ids, all_ids, scan = _check_box_inputs(splits, names, paths, boxes, bottom_up_tsv,
+                                               box_pca_dim, spec, dist, progress, log)
     for split in names:
         fc7[split], bad, grid[split] = _extract_sharded(
             paths[split], spec, dist, batch_size=batch_size, device=device, num_workers=num_workers,
@@ -187,7 +101,8 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
         regions = project_boxes(regions, box_pca_dim) + (dict(boxes.info(), side=box_side),)
     elif bottom_up_tsv:  # written into the build's folder, row by row
         ids = {split: image_ids(paths[split], splits[split]) for split in names}  # images kept
-        regions = functools.partial(import_tsv, bottom_up_tsv, ids, box_pca_dim, progress, log)
+        regions = functools.partial(import_tsv, bottom_up_tsv, ids, box_pca_dim, progress, log,
+                                    scan)
     try:
         removed = _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths, fc7,
                                  pca, transform, spec, max_length, pca_dim, grids,
@@ -203,6 +118,20 @@ def build_dataset(splits, out_dir, spec, *, batch_size=32, device="cpu", num_wor
     if removed:
         log(f"removed the older build's {', '.join(removed)} (this build does not write them)")
     return counts
+
+
+def _check_box_inputs(splits, names, paths, boxes, bottom_up_tsv, box_pca_dim, spec, dist,
+                      progress, log):
+    """-> each split's image ids ({split: (Ni,)}, what a detections file names), every id of the
+    annotations (the images --skip_bad_images dropped included) and the tsv files' scan (or None),
+    each input checked by rank 0 (core/data/box_files.py: check_box_inputs), every rank agreeing."""
+    ids = {split: image_ids(paths[split], splits[split]) for split in names}
+    all_ids = np.concatenate([annotation_ids(splits[split]) for split in names])
+    if boxes is not None and boxes.kind == "file":
+        check_unique_ids(ids)
+    scan = dist.agreed(lambda: check_box_inputs(boxes, bottom_up_tsv, ids, all_ids, box_pca_dim,
+                                                spec, progress, log) if dist.is_main else None)
+    return ids, all_ids, scan
 
 
 def _read_splits(splits, names, skip_bad_images, min_word_count, pca_dim, spec, log):
@@ -306,7 +235,7 @@ def _write_dataset(out_dir, tokens, word_to_idx, idx_to_word, image_idxs, paths,
                                 (f"{split}2014_vgg16_fc7_pca.h5", pca[split])):
                 with h5py.File(tmp / name, "w") as f:
                     f.create_dataset("features", data=array)
-            urls = "".join(_url(p, out_dir) + "\n" for p in paths[split])
+            urls = "".join(url_of(p, out_dir) + "\n" for p in paths[split])
             (tmp / f"{split}2014_urls.txt").write_text(urls,
                                                     encoding="utf-8")
         (tmp / "coco2014_vocab.json").write_text(json.dumps({"idx_to_word": idx_to_word,
