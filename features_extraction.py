@@ -15,6 +15,7 @@ features, image lists and the fc7 -> PCA transform (for captioning new images la
 A test split (--test_annotations and --test_images, or the test images of --split_file) is
 scored by `inference.py --eval`, never used to choose a checkpoint; without one, val does both.
 """
+import contextlib
 from pathlib import Path
 
 from core.data.boxes import BOX_SIDE, BOX_THRESHOLD, MAX_BOXES, MIN_BOXES
@@ -176,8 +177,8 @@ def splits(args, log):
 
 def main(argv=None):
     args = parse_args(argv)
-    with interrupts("features_extraction.py",
-                    f"{args.out_dir} is as it was"), user_errors("features_extraction.py"):
+    with interrupts("features_extraction.py", f"{args.out_dir} is as it was"), \
+            user_errors("features_extraction.py"), contextlib.ExitStack() as stack:
         check_writable(folders=[("--out_dir", args.out_dir)])  # before hours of VGG16
         import torch  # the flags are read without it (--help, a bad flag: at once)
 
@@ -187,6 +188,7 @@ def main(argv=None):
         from core.data.encoders import parse_weights
         from core.util import distributed
         from core.util.cli import resolve_device
+        from core.util.fileio import RunLock
 
         device = resolve_device(args.device)
         ctx = distributed.init(torch.device(device).type)
@@ -198,6 +200,11 @@ def main(argv=None):
                 "--weights imagenet (online) gives torchvision's COCO-trained detector")
         try:
             spec = parse_weights(args.weights, args.seed, args.encoder)
+            # one build per folder: a second is refused (rank 0 holds it; every rank agrees)
+            lock = RunLock(Path(args.out_dir) / "coco2014_captions.h5", who="dataset build",
+                           hint="wait for it, or pass another --out_dir")
+            ctx.agreed(lambda: lock.__enter__() if ctx.is_main else None)
+            stack.callback(lambda: lock.__exit__(None, None, None) if ctx.is_main else None)
             build_dataset(splits(args, log), args.out_dir, spec, batch_size=args.batch_size,
                           device=device, num_workers=args.num_workers,
                           min_word_count=args.min_word_count,

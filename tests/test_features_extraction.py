@@ -568,7 +568,7 @@ def test_own_images_with_a_sample_dataset_model_say_what_it_knows(tmp_path, caps
     checkpoint = tmp_path / "m.npz"
     save_checkpoint(CaptioningRNN(word_to_idx, input_dim=512, wordvec_dim=4, hidden_dim=4, seed=0), checkpoint)
     monkeypatch.setattr(core.data.features, "extract_fc7", lambda paths, *a, **k: (np.zeros((len(paths), 4096), np.float32), {}))
-    monkeypatch.setattr(core.evaluation.captions, "save_caption_grid", lambda images, titles, path, suptitle: shown.append(suptitle))
+    monkeypatch.setattr(core.evaluation.captions, "save_caption_grid", lambda images, titles, path, suptitle, **k: shown.append(suptitle))
     shown = []
     photo = SAMPLE_DIR / "images" / "val" / "000000.png"
     inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(SAMPLE_DIR), "--image",
@@ -633,7 +633,7 @@ def test_a_folder_of_images_is_captioned_whole_with_its_results_files(tmp_path, 
         return np.zeros((len(paths), 4096), np.float32), bad
 
     monkeypatch.setattr(core.data.features, "extract_fc7", fake_fc7)
-    monkeypatch.setattr(core.evaluation.captions, "save_caption_grid", lambda images, titles, path, suptitle: None)
+    monkeypatch.setattr(core.evaluation.captions, "save_caption_grid", lambda images, titles, path, suptitle, **k: None)
     inference.main(["--model", "rnn", "--checkpoint", str(checkpoint), "--data_dir", str(SAMPLE_DIR),
                     "--image_folder", str(folder), "--num_images", "1", "--device", "cpu", "--out_dir", str(tmp_path)])
     out = capsys.readouterr().out

@@ -1037,3 +1037,47 @@ def test_a_new_run_moves_a_finished_runs_files_aside(fake_coco, tmp_path, capsys
     assert all((tmp_path / name).is_file() for name in names)  # the new run's
     assert load_checkpoint(kept / "r.npz")[1]["extra"]["epoch"] == 2
     assert load_checkpoint(tmp_path / "r.npz")[1]["extra"]["epoch"] == 1
+
+
+def test_two_builds_into_one_folder_at_once_refuse_the_second(tmp_path, capsys, monkeypatch):
+    """Break caught: two features_extraction.py runs into one --out_dir both ran, each replacing the
+    other's files at its end."""
+    import core.data.builder
+    import features_extraction
+    from core.util.fileio import RunLock
+
+    monkeypatch.setattr(core.data.builder, "build_dataset", lambda *a, **k: pytest.fail("built"))
+    out = tmp_path / "ds"
+    out.mkdir()
+    flags = ["--train_annotations", "a", "--train_images", "b", "--val_annotations", "c", "--val_images", "d",
+             "--out_dir", str(out)]
+    with RunLock(out / "coco2014_captions.h5", who="dataset build"):  # the first build, running
+        one_line_error(capsys, lambda: features_extraction.main(flags),
+                       f"another dataset build is writing {out / 'coco2014_captions.h5'}",
+                       "wait for it, or pass another --out_dir")
+    monkeypatch.setattr(core.data.builder, "build_dataset", lambda *a, **k: None)
+    assert features_extraction.main(flags) == 0 and list(out.iterdir()) == []  # the lock released, removed
+
+
+def test_a_figure_of_a_same_named_checkpoint_is_kept(fake_coco, tmp_path, capsys):
+    """The caption figure records its checkpoint in its PNG text. Break caught: a same-named
+    checkpoint of another run replaced the first run's figure (figures recorded no owner)."""
+    from PIL import Image
+
+    out = tmp_path / "out"
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        train(tmp_path / run, fake_coco, "--model", "rnn", "--epochs", "1")
+    a, b = tmp_path / "a" / "r.npz", tmp_path / "b" / "r.npz"
+    flags = ["--model", "rnn", "--split", "val", "--num_images", "1", "--out_dir", str(out)]
+    inference.main(["--checkpoint", str(a), *flags])
+    figure = out / "r_val_greedy_captions.png"
+    first = figure.read_bytes()
+    with Image.open(figure) as image:
+        assert image.text["checkpoint_path"] == str(a.resolve())
+    inference.main(["--checkpoint", str(a), *flags])  # its own run again: replaced
+    again = figure.read_bytes()
+    capsys.readouterr()
+    one_line_error(capsys, lambda: inference.main(["--checkpoint", str(b), *flags]),
+                   "r_val_greedy_captions.png belongs to the run of", "a/r.npz")
+    assert figure.read_bytes() == again and len(first) > 1000

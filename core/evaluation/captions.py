@@ -236,8 +236,7 @@ def caption_dataset_images(settings, model, config):
                            "label": split + (f", {status}" if status else ""),
                            "alpha": None if alphas is None else alphas[k],
                            "regions": data[f"{split}_features"][i]})
-    name = f"{Path(settings.checkpoint).stem}_{'_'.join(splits)}_{figure_suffix(settings)}"
-    return panels, name, None
+    return panels, figure_name(settings), None
 
 
 def caption_files(settings, model, config):
@@ -281,7 +280,6 @@ def caption_files(settings, model, config):
         paths, features = [paths[k] for k in keep], features[keep]
     words, alphas = sample(model, features, settings)
     captions = decode_captions(words, idx_to_word)
-    stem = Path(settings.checkpoint).stem
     if settings.image_folder:
         write_folder_captions(settings, paths, captions)
     panels = [{"location": path, "truth": None, "predicted": pred, "label": "",
@@ -295,8 +293,7 @@ def caption_files(settings, model, config):
                 "of 6 colours and 4 kinds on a plain grey background): captions of other images "
                 "are not meaningful")
         print(f"note: {note}")
-    name = Path(settings.image_folder).resolve().name if settings.image_folder else "images"
-    return panels, f"{stem}_{name}_{figure_suffix(settings)}", note
+    return panels, figure_name(settings), note
 
 
 def folder_captions_path(settings):
@@ -351,10 +348,25 @@ def shown_path(path):
     return str(path)
 
 
+def figure_name(settings):
+    """<stem>_<splits>_<suffix> of dataset images (train_val without --split), or
+    <stem>_<folder or "images">_<suffix> of image files."""
+    stem = Path(settings.checkpoint).stem
+    if settings.image:
+        what = Path(settings.image_folder).resolve().name if settings.image_folder else "images"
+    else:
+        what = settings.split or "train_val"
+    return f"{stem}_{what}_{figure_suffix(settings)}"
+
+
 def caption_figure(settings, model, config):
-    """Caption dataset images (or --image files), print each, and save them as one figure."""
+    """Caption dataset images (or --image files), print each, and save them as one figure (which
+    records its checkpoint: another checkpoint's figure of that name is refused before any
+    image is captioned)."""
+    check_owner(Path(settings.out_dir) / figure_name(settings), settings.checkpoint,
+                "--checkpoint")
     caption = caption_files if settings.image else caption_dataset_images
-    panels, figure_name, note = caption(settings, model, config)
+    panels, name, note = caption(settings, model, config)
     images, titles = [], []
     for k, panel in enumerate(panels):
         print(f"[{k + 1}] " + (f"{panel['label']}: " if panel["label"] else "") + panel["location"]
@@ -362,7 +374,7 @@ def caption_figure(settings, model, config):
               + f"\n    predicted: {panel['predicted']}")
         images.append(try_load_image(panel["location"]))
         titles.append(panel_title(panel, settings.model))
-    path = Path(settings.out_dir) / figure_name
+    path = Path(settings.out_dir) / name
     trained_on = config.get("extra", {}).get("data_path")
     trained_on = trained_on and shown_path(trained_on)
     origin = (" (the original repository's file)" if config.get("format") == "original"
@@ -371,9 +383,10 @@ def caption_figure(settings, model, config):
                 f"{decoding_name(settings).replace('beam', 'beam ')} decoding")
     if settings.attention:
         save_attention_figure(attention_rows(panels, images, config), path, suptitle
-                              + (f". {note}" if note else ""))
+                              + (f". {note}" if note else ""), owner=settings.checkpoint)
     else:
-        save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""))
+        save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""),
+                          owner=settings.checkpoint)
     missing = sum(image is None for image in images)
     print(f"saved figure {path}"
           + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))

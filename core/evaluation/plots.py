@@ -102,9 +102,10 @@ def title_fonts(texts, log=print):
     return ["DejaVu Sans"], True
 
 
-def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
+def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print, owner=None):
     """images: list of uint8 (H, W, 3) arrays or None (a captions-only panel); titles: list of str
-    -> PNG. Titles use a font that has their characters when one is installed (title_fonts)."""
+    -> PNG (owner: the checkpoint, recorded in it). Titles use a font that has their characters
+    when one is installed (title_fonts)."""
     families, missing = title_fonts([*titles, suptitle], log)
     rows = -(-len(titles) // cols)
     cols = min(cols, len(titles))
@@ -130,7 +131,7 @@ def save_caption_grid(images, titles, path, suptitle="", cols=4, log=print):
         if missing:  # said once above, instead of matplotlib's warning per glyph
             warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
-        save_figure(fig, path)
+        save_figure(fig, path, owner=owner)
 
 
 def draw_attended_boxes(ax, boxes, alpha, image):
@@ -157,7 +158,7 @@ def draw_attended_boxes(ax, boxes, alpha, image):
     ax.set_ylim(height, 0)
 
 
-def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
+def save_attention_figure(rows, path, suptitle="", per_row=8, log=print, owner=None):
     """Where each word looked, as in "Show, Attend and Tell"'s figures: for each image one row of
     panels, the image with its caption, then one panel per generated word (and <END>), the word
     under the image overlaid with its attention map, upsampled over the regions' part of the image.
@@ -166,7 +167,8 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
     str), "alpha" (L, R), "boxes" (R, 4) pixel boxes of the regions, "heat_map" (bool): R = g * g
     cells of a grid (core.data.regions.region_boxes), drawn as a heat map, or else an image's
     object boxes, each drawn as Anderson et al.'s figures do, brighter and bolder the more it is
-    attended to (the image darkened where no box looks); saved as PNG; a caption longer than
+    attended to (the image darkened where no box looks); saved as PNG (owner: the checkpoint,
+    recorded in it); a caption longer than
     per_row - 1 words continues on a further row of panels.
     """
     families, _ = title_fonts([r["label"] for r in rows] + [w for r in rows for w in r["words"]]
@@ -205,4 +207,4 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print):
     if suptitle:
         fig.suptitle(textwrap.fill(suptitle, 22 * per_row), fontsize=9, fontfamily=families)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
-    save_figure(fig, path)
+    save_figure(fig, path, owner=owner)

@@ -72,13 +72,19 @@ def check_writable(files=(), folders=()):
 
 def check_owner(path, checkpoint, flag, same_run=None):
     """Before any work: UserError when `path`, a JSON output this project writes (a history, an
-    evaluation), records that it belongs to the run of another checkpoint (`checkpoint_path`), so
+    evaluation) or a figure (its PNG text), records that it belongs to the run of another checkpoint (`checkpoint_path`), so
     that two runs whose checkpoints share a name keep each other's files. Files that record none
     (older ones) or cannot be read are left to be replaced. same_run: where the checkpoint of the
     run being resumed was first written (a copied run folder's files name that one)."""
     try:
-        other = json.loads(Path(path).read_text()).get("checkpoint_path")
-    except (OSError, ValueError, AttributeError):
+        if Path(path).suffix == ".png":  # a figure: its text records it
+            from PIL import Image
+
+            with Image.open(path) as image:
+                other = image.text.get("checkpoint_path")
+        else:
+            other = json.loads(Path(path).read_text()).get("checkpoint_path")
+    except (OSError, ValueError, AttributeError, SyntaxError):
         return
     mine = str(Path(checkpoint).resolve())
     if other and other not in (mine, same_run):
@@ -91,9 +97,11 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def save_figure(fig, path, dpi=100):
-    """Write a matplotlib Figure to `path` as PNG with `atomic_write`."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+def save_figure(fig, path, dpi=100, owner=None):
+    """Write a matplotlib Figure to `path` as PNG with `atomic_write`; owner: the checkpoint the
+    figure is of, recorded in the PNG's text (its "checkpoint_path", as check_owner reads it)."""
+    metadata = {"checkpoint_path": str(Path(owner).resolve())} if owner else None
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata=metadata))
 
 
 class RunLock:
