@@ -24,8 +24,8 @@ from core.model.registry import checkpoint_features
 from core.model.rnn_model import NumpyDecoder
 
 
-class CellPlace:
-    """The place of a grid's cells: a learned embedding P (R, D) of each of its R cells."""
+class CellSizes:
+    """What a grid's cells add to a model's sizes, whatever its backend: num_regions R."""
 
     def __init__(self, num_regions):
         self.num_regions = int(num_regions)
@@ -38,6 +38,25 @@ class CellPlace:
     def config_sizes(config):
         """The sizes of a config that build this place."""
         return {"num_regions": config["num_regions"]}
+
+
+class GeometrySizes:
+    """What boxes add to a model's sizes, whatever its backend: nothing (any number of boxes)."""
+
+    def __init__(self, num_regions=None):
+        del num_regions
+
+    @staticmethod
+    def sizes():
+        return {}
+
+    @staticmethod
+    def config_sizes(config):
+        return {}
+
+
+class CellPlace(CellSizes):
+    """The place of a grid's cells: a learned embedding P (R, D) of each of its R cells."""
 
     @staticmethod
     def count(config):
@@ -63,19 +82,8 @@ class CellPlace:
         return {"P": da.sum(axis=0)}
 
 
-class GeometryPlace:
+class GeometryPlace(GeometrySizes):
     """The place of boxes: a projection W_geo (5, D) of each box's geometry."""
-
-    def __init__(self, num_regions=None):
-        del num_regions  # any number of boxes
-
-    @staticmethod
-    def sizes():
-        return {}
-
-    @staticmethod
-    def config_sizes(config):
-        return {}
 
     @staticmethod
     def count(config):

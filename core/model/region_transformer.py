@@ -20,26 +20,20 @@ import torch.nn as nn
 
 from core.data.feature_kinds import GRID
 from core.data.regions import GEOMETRY, as_regions
-from core.model.region_decoder import region_kind
+from core.model.region_decoder import CellSizes, GeometrySizes, region_kind
 from core.model.registry import checkpoint_features
 from core.model.transformer import CaptioningTransformer
 
 
-class CellPlace:
+class CellPlace(CellSizes):
     """The place of a grid's g x g cells: row[r] + column[c], row and column (g, E) on the model
     (row_embedding, column_embedding)."""
 
     def __init__(self, num_regions):
-        self.num_regions, self.side = num_regions, math.isqrt(num_regions)
+        super().__init__(num_regions)
+        self.side = math.isqrt(num_regions)
         if self.side * self.side != num_regions:
             raise ValueError(f"num_regions must be a square grid's (49, 196), got {num_regions}")
-
-    def sizes(self):
-        return {"num_regions": self.num_regions}
-
-    @staticmethod
-    def config_sizes(config):
-        return {"num_regions": config["num_regions"]}
 
     @staticmethod
     def count(config):
@@ -59,19 +53,8 @@ class CellPlace:
                 + model.column_embedding[None, :, :]).reshape(self.num_regions, -1)
 
 
-class GeometryPlace:
+class GeometryPlace(GeometrySizes):
     """The place of boxes: a projection of each box's geometry, geometry_projection (5) -> (E)."""
-
-    def __init__(self, num_regions=None):
-        del num_regions  # any number of boxes
-
-    @staticmethod
-    def sizes():
-        return {}
-
-    @staticmethod
-    def config_sizes(config):
-        return {}
 
     @staticmethod
     def count(config):
