@@ -20,7 +20,8 @@ from pathlib import Path
 
 from core.data.boxes import BOX_SIDE, BOX_THRESHOLD, MAX_BOXES, MIN_BOXES
 from core.data.encoders import ENCODERS, GRID_SIZES
-from core.util.cli import Flag, check_flags, exit_after, flag_parser, interrupts, user_errors
+from core.util.cli import (
+    THREADS_HELP, Flag, check_flags, exit_after, flag_parser, interrupts, user_errors)
 from core.util.fileio import check_writable
 
 SPLITS = ("train", "val", "test")
@@ -81,6 +82,7 @@ FLAGS = (
          "2048; fitted on train boxes; 0: none, for --bottom_up_tsv)", "nonnegative"),
     Flag("box_side", int, BOX_SIDE, "--boxes: the image is scaled to this longer side (and padded "
          "to a square, nothing cut) for the feature map the boxes are pooled from", "positive"),
+    Flag("threads", int, None, THREADS_HELP, "positive"),
     Flag("skip_bad_images", bool, False, "drop (and report) missing or unreadable images and "
          "captions of unknown images instead of stopping"),
     Flag("quiet", bool, False, "no progress bars"),
@@ -91,7 +93,7 @@ GROUPS = {
                    "split_file", "out_dir"),
     "captions": ("min_word_count", "max_length"),
     "the image encoder": ("encoder", "weights", "seed", "pca_dim", "batch_size", "device",
-                          "num_workers"),
+                          "num_workers", "threads"),
     "grid regions": ("grid", "grid_size", "grid_pca_dim"),
     "object regions": ("boxes", "bottom_up_tsv", "box_threshold", "min_boxes", "max_boxes",
                        "box_pca_dim", "box_side"),
@@ -187,13 +189,14 @@ def main(argv=None):
         from core.data.builder import build_dataset
         from core.data.encoders import parse_weights
         from core.util import distributed
-        from core.util.cli import resolve_device
+        from core.util.cli import choose_threads, limit_threads, resolve_device
         from core.util.fileio import RunLock
 
         device = resolve_device(args.device)
         ctx = distributed.init(torch.device(device).type)
         device = ctx.local_device(device)
         log = print if ctx.is_main else lambda *a: None
+        limit_threads(choose_threads(args.threads, log))
         if args.boxes == "detector" and args.weights == "random":
             log("note: --boxes detector with --weights random: the detector's weights are random "
                 "too, so its boxes mean nothing (tens of them per image): for offline tests only; "

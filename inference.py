@@ -28,7 +28,9 @@ COCO annotation file; the scores and every predicted caption go to
 """
 from core.evaluation.settings import parse_args
 from core.model.registry import MODEL_TYPES
-from core.util.cli import exit_after, interrupts, limit_threads, resolve_device, user_errors
+from core.util.cli import (
+    choose_threads, exit_after, interrupts, is_main_process, limit_threads, resolve_device,
+    user_errors)
 
 def main(argv=None):
     args = parse_args(argv)
@@ -40,7 +42,8 @@ def main(argv=None):
         from core.evaluation.captions import caption_figure, evaluate, settle
         from core.util import distributed
 
-        limit_threads(args.threads)
+        limit_threads(choose_threads(args.threads,
+                                     print if is_main_process() else (lambda *a, **k: None)))
         # one process, or one per GPU under torchrun (--eval shares the decoding; the rest is rank
         # 0's)
         uses_torch = MODEL_TYPES[args.model].uses_torch

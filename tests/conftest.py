@@ -21,3 +21,14 @@ def no_java_in_the_fast_subset(request, monkeypatch):
         import core.evaluation.metrics
 
         monkeypatch.setattr(core.evaluation.metrics, "java_available", lambda: False)
+
+
+@pytest.fixture(autouse=True)
+def all_cores_in_the_fast_subset(request, monkeypatch):
+    """The fast subset does not measure the idle cores (0.1 s of /proc/stat a script run) but uses
+    them all, as the scripts did before they chose; tests/test_cli_threads.py measures, and the
+    slow subset's script runs measure as a user's do."""
+    if request.node.get_closest_marker("slow") is None and "test_cli_threads" not in request.node.nodeid:
+        import core.util.cli
+
+        monkeypatch.setattr(core.util.cli, "idle_cores", lambda seconds=0.1: None)

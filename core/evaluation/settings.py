@@ -7,7 +7,7 @@ from pathlib import Path
 
 from core.data.coco_utils import data_splits, default_data_dir, load_vocab, split_names
 from core.model.registry import MODEL_TYPES
-from core.util.cli import Flag, check_flags, flag_parser, resolve_device
+from core.util.cli import THREADS_HELP, Flag, check_flags, flag_parser, resolve_device
 from core.util.errors import UserError
 from core.util.fileio import check_writable
 
@@ -48,8 +48,7 @@ FLAGS = (
          "to 17 tokens, rare words <UNK>)", metavar="ANNOTATIONS_JSON"),
     Flag("seed", int, 231, "seed for choosing the images"),
     Flag("out_dir", str, "outputs", "directory for the caption figure"),
-    Flag("threads", int, None, "CPU threads of numpy's BLAS and torch (unset: one per core; fewer "
-         "on a machine busy with other jobs, see training.py --help)", "positive"),
+    Flag("threads", int, None, THREADS_HELP, "positive"),
     Flag("device", str, None, "where a torch decoder runs and new images' features are computed: "
          "cpu or cuda (default: cuda when available)"),
 )

@@ -7,7 +7,7 @@ import dataclasses
 
 from core.data.feature_kinds import FEATURE_KINDS
 from core.model.registry import MODEL_TYPES, SIZE_FLAGS
-from core.util.cli import Flag, flag_parser
+from core.util.cli import THREADS_HELP, Flag, flag_parser
 
 SMALL_DATA = 1000  # the small-data recipe is chosen for --num_samples up to this
 RECIPES = {
@@ -101,10 +101,7 @@ FLAGS = (
     Flag("device", str, None,
          "device of the torch models: cpu or cuda (unset: cuda when available)", fixed=False),
     Flag("amp", bool, False, "bfloat16 mixed precision for the torch models on CUDA", fixed=False),
-    Flag("threads", int, None, "CPU threads of numpy's BLAS and torch (unset: the libraries' "
-         "default, one per core or OMP_NUM_THREADS; torchrun sets 1 per process). On a machine "
-         "busy with other jobs pass fewer: on 2 cores with 2 other busy processes the LSTM trained "
-         "1.7x faster with 1 than with 2, alone 1.6x slower", "positive", fixed=False),
+    Flag("threads", int, None, THREADS_HELP, "positive", fixed=False),
     Flag("max_iters", int, None,
          "stop each epoch after this many steps (dry runs and timing; unset: whole epochs)",
          "positive"),

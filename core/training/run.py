@@ -24,7 +24,8 @@ from core.training.solver_base import TrainingDiverged
 from core.training.steps import from_flags
 from core.training.tensorboard_log import epoch_callbacks
 from core.util import distributed
-from core.util.cli import best_checkpoint_path, last_checkpoint_path, limit_threads
+from core.util.cli import (
+    best_checkpoint_path, choose_threads, is_main_process, last_checkpoint_path, limit_threads)
 from core.util.errors import UserError
 from core.util.fileio import RunLock, atomic_write_text, check_owner, check_writable
 from core.util.memory import keep_freed_memory
@@ -230,7 +231,8 @@ def save_final_files(config, solver, history, best, extra, seconds, data, per_st
 def run(settled):
     """Train as the settled configuration says -> the process exit code (0, or 130 after a clean
     stop). One process, or one of torchrun's: the same code."""
-    limit_threads(settled.config.threads)
+    limit_threads(choose_threads(settled.config.threads,
+                                 print if is_main_process() else (lambda *a, **k: None)))
     # numpy steps reuse their large temporaries instead of page-faulting them in
     keep_freed_memory()
     torch.manual_seed(settled.config.seed)

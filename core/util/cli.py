@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -153,6 +154,69 @@ def resolve_device(name):
     except RuntimeError:
         raise UserError(f'unknown --device "{name}": use cpu or cuda') from None
     return name
+
+
+THREADS_HELP = ("CPU threads of numpy's BLAS and torch (unset: OMP_NUM_THREADS when set, which "
+                "torchrun sets to 1 per process, else the cores idle when the script starts, at "
+                "least 1; said in one line)")
+
+
+def _proc_stat():
+    """The text of /proc/stat (OSError where there is none)."""
+    return Path("/proc/stat").read_text()
+
+
+def _cpu_times(cpus):
+    """(busy, total) jiffies of the given CPUs from /proc/stat; None where it cannot be read."""
+    try:
+        lines = _proc_stat().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [int(v) for v in fields[:8]]
+            idle = values[3] + values[4]  # idle and iowait
+            busy, total = busy + sum(values) - idle, total + sum(values)
+    return busy, total
+
+
+def idle_cores(seconds=0.1):
+    """How many of this process's CPUs other processes leave idle, measured over `seconds` of
+    /proc/stat -> float (0 .. the CPUs), or None where it cannot be read."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(
+        os.cpu_count() or 1))
+    first = _cpu_times(cpus)
+    if first is None:
+        return None
+    time.sleep(seconds)
+    second = _cpu_times(cpus)
+    if second is None or second[1] <= first[1]:
+        return None
+    busy = (second[0] - first[0]) / (second[1] - first[1])  # the busy share of these CPUs
+    return len(cpus) * (1 - busy)
+
+
+def choose_threads(threads, log=print):
+    """--threads N -> N; unset -> OMP_NUM_THREADS when set (torchrun sets 1 per process), else the
+    CPUs idle when the script starts (at least 1; shared among torchrun's processes on this
+    machine), said in one line -> the number of threads."""
+    if threads is not None:
+        return threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]):
+        return int(os.environ["OMP_NUM_THREADS"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    idle = idle_cores()
+    free = cpus if idle is None else int(idle + 0.5)
+    chosen = max(1, min(cpus, free) // processes)
+    measured = (f"{free} of {cpus} cores idle at the start" if idle is not None
+                else f"{cpus} cores, their load unknown")
+    log(f"threads: {chosen}" + (f" per process of {processes}" if processes > 1 else "")
+        + f" ({measured}; --threads N chooses)")
+    return chosen
 
 
 def limit_threads(threads):
