@@ -282,3 +282,85 @@ def test_beam_search_returns_the_attention_its_chosen_caption_was_written_with(n
     np.testing.assert_array_equal(beam_words, greedy_words)
     ended = np.cumsum(greedy_words == model.end_idx, axis=1) - (greedy_words == model.end_idx) == 0
     np.testing.assert_allclose(beam_maps[ended], greedy_maps[ended], rtol=1e-5, atol=1e-6)
+
+
+def _exhaustive(model, L, allowed):
+    """The best caption of at most L tokens under `allowed` (a predicate of its words up to and with
+    <END>), by summed log-probability, and its score: every sequence tried."""
+    V = model.table.shape[0]
+    best, best_score = None, -np.inf
+    for length in range(1, L + 1):
+        for words in itertools.product(range(1, V), repeat=length):  # never <NULL>
+            if model.end_idx in words[:-1] or (length < L and words[-1] != model.end_idx):
+                continue  # <END> only last; a caption shorter than L ends with it
+            if not allowed(words):
+                continue
+            score, last = 0.0, model.start_idx
+            for w in words:
+                score, last = score + model.table[last, w], w
+            if score > best_score:
+                best, best_score = list(words) + [model.null_idx] * (L - length), score
+    return best, best_score
+
+
+def _repeats_a_trigram(words):
+    trigrams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return len(set(trigrams)) < len(trigrams)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blocked_trigrams_and_bad_endings_give_the_constrained_optimum(seed):
+    """A beam wide enough to keep every prefix finds, under --block_trigrams (no trigram twice) and
+    --remove_bad_endings (no <END> right after a bad word), the best caption that meets them, found
+    by trying every one. Breaks caught: a trigram's words compared at the wrong offsets, the block
+    or the bad ending not applied, or applied to finished beams."""
+    model = MarkovChain(seed, V=5, end_bias=-1.0)
+    model.table[3, 3] = model.table[3, 4] = model.table[4, 3] = 0.0  # loops are likely
+    L, wide = 7, 4 ** 6
+    for options, allowed in (({"block_trigrams": True}, lambda w: not _repeats_a_trigram(w)),
+                             ({"bad_endings": (3,)}, lambda w: not (len(w) > 1 and w[-1] == 2 and w[-2] == 3))):
+        expected, score = _exhaustive(model, L, allowed)
+        captions, scores = beam_search(model, np.zeros((1, 1)), max_length=L, beam_size=wide, **options)
+        assert scores[0] == pytest.approx(score) and captions[0].tolist() == expected, options
+    plain = beam_search(model, np.zeros((1, 1)), max_length=L, beam_size=wide)[0][0].tolist()
+    assert _repeats_a_trigram([w for w in plain if w]) or seed  # the loops the block removes
+
+
+def test_greedy_decoding_takes_the_options_too():
+    """decode with beam 1 and --block_trigrams is a beam of one under the block (break caught: the
+    options dropped for greedy decoding, which then loops)."""
+    model = MarkovChain(0, V=5, end_bias=-30.0)
+    model.table[1] = -30.0
+    model.table[1, 3] = 0.0  # <START> -> 3 -> 4 -> 3 -> 4 ... unless blocked
+    model.table[3] = -30.0
+    model.table[3, 4] = 0.0
+    model.table[3, 2] = -5.0
+    model.table[4] = -30.0
+    model.table[4, 3] = 0.0
+    model.table[4, 2] = -6.0
+    assert decode(model, np.zeros((1, 1)), max_length=8).tolist() == [[3, 4, 3, 4, 3, 4, 3, 4]]
+    # (3, 4, 3) once: after 3 4 3 4 the next 3 would repeat it, and <END> is the best left
+    assert decode(model, np.zeros((1, 1)), max_length=8, block_trigrams=True).tolist() == [[3, 4, 3, 4, 2, 0, 0, 0]]
+
+
+def test_diverse_beam_search_groups_choose_other_words():
+    """Hand-worked: two groups of one beam over identical continuations; the second group's best
+    word is the first group's unless diversity_lambda outweighs the difference. Break caught: the
+    penalty not applied, applied to the first group, or counted per group instead of per word."""
+    from core.model.decoding import _choose
+
+    rank = np.log(np.array([[[0.1, 0.6, 0.3], [0.1, 0.6, 0.3]]]))  # (1 image, 2 beams, 3 words)
+    beam, word = _choose(rank, 1, 0.0)
+    assert word.tolist() == [[1, 1]] and beam.tolist() == [[0, 1]]
+    beam, word = _choose(rank, 1, 1.0)  # log 0.6 - 1 < log 0.3: the second group turns to word 2
+    assert word.tolist() == [[1, 2]] and beam.tolist() == [[0, 1]]
+    beam, word = _choose(rank, 1, 0.5)  # log 0.6 - 0.5 > log 0.3: still word 1
+    assert word.tolist() == [[1, 1]]
+    rank3 = np.log(np.array([[[0.5, 0.3, 0.2]] * 3]))
+    assert _choose(rank3, 1, 10.0)[1].tolist() == [[0, 1, 2]]  # each later group avoids both earlier
+    model = MarkovChain(2, V=6)
+    greedy = decode(model, np.zeros((1, 1)), max_length=6)
+    same = beam_search(model, np.zeros((1, 1)), max_length=6, beam_size=3, group_size=3, diversity_lambda=0.0)[0]
+    assert same.tolist() == greedy.tolist()  # three greedy groups, alike without the penalty
+    with pytest.raises(ValueError, match="must be a multiple of group_size"):
+        beam_search(model, np.zeros((1, 1)), beam_size=3, group_size=2)

@@ -114,3 +114,33 @@ def test_figures_name_folders_relative_to_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # wherever the figure is drawn from
     assert shown_path(SAMPLE_DIR) == "core/datasets/sample_captioning"
     assert shown_path(tmp_path / "mine") == "mine"
+
+
+def test_the_beam_options_reach_the_evaluation_and_name_its_files(fake_coco, tmp_path, capsys, monkeypatch):
+    """--block_trigrams, --remove_bad_endings, --group_size and --diversity_lambda go to the decoding
+    of --eval and name its files (break caught: the options dropped, or their scores written over
+    the plain beam's file)."""
+    import json
+
+    import core.evaluation.metrics
+    import inference
+    import training
+    from tests.helpers import one_line_error
+
+    training.main(["--model", "rnn", "--data_dir", str(fake_coco), "--hidden_dim", "8", "--wordvec_dim", "8",
+                   "--epochs", "1", "--max_iters", "1", "--quiet", "--checkpoint", str(tmp_path / "r.npz"),
+                   "--out_dir", str(tmp_path)])
+    seen = []
+    decode = core.evaluation.metrics.decode
+    monkeypatch.setattr(core.evaluation.metrics, "decode", lambda *a, **k: (seen.append(k), decode(*a, **k))[1])
+    inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "r.npz"), "--eval", "--out_dir", str(tmp_path),
+                    "--beam_size", "4", "--block_trigrams", "--remove_bad_endings", "--group_size", "2",
+                    "--diversity_lambda", "0.3"])
+    written = json.loads((tmp_path / "r_val_beam4_tri_end_g2d0.3_eval.json").read_text())
+    assert written["decoding"] == "beam4_tri_end_g2d0.3"
+    assert seen[0]["block_trigrams"] is True and seen[0]["group_size"] == 2
+    assert seen[0]["diversity_lambda"] == 0.3 and len(seen[0]["bad_endings"]) == 0  # no such word in w0..w35
+    capsys.readouterr()
+    one_line_error(capsys, lambda: inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "r.npz"),
+                                                   "--beam_size", "3", "--group_size", "2"]),
+                   "--beam_size 3 must be a multiple of --group_size 2")

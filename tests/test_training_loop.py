@@ -471,3 +471,19 @@ def test_the_scheduled_sampling_schedule_survives_a_resume_with_more_epochs(fake
     finally:
         steps.CrossEntropy.mixed_inputs = original
     assert seen == [(0, 0.2), (1, 0.4), (2, 0.4)]
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch, capsys):
+    """Break caught: hundreds of progress-bar chunks in the notebook's output (and in logs), where
+    stderr is no terminal; the per-epoch lines stay."""
+    import io
+    import sys
+
+    data = dict(_data(), idx_to_word=["<NULL>", "<START>", "<END>"] + [f"w{i}" for i in range(30)])
+    for terminal in (False, True):
+        stream = io.StringIO()
+        stream.isatty = lambda terminal=terminal: terminal
+        monkeypatch.setattr(sys, "stderr", stream)
+        FakeSolver(data, num_epochs=1, batch_size=10, verbose=True).train()
+        assert ("epoch 1/1" in stream.getvalue()) == terminal  # the bar's description
+    assert "train loss" in capsys.readouterr().out  # the epoch's line, either way

@@ -24,7 +24,7 @@ from core.model.decoding import beam_search, greedy_search
 from core.data.feature_kinds import FEATURE_KINDS
 from core.model.registry import checkpoint_features
 from core.evaluation.settings import (  # noqa: F401  (inference.py's settling, importable here)
-    Settings, check_split, decoding_name, figure_suffix, folder_images, settle)
+    Settings, beam_options, check_split, decoding_name, figure_suffix, folder_images, settle)
 from core.util.errors import UserError
 from core.util.fileio import RunLock, atomic_write_text, check_owner
 
@@ -55,14 +55,15 @@ def resolve_location(url, data_dir):
 def sample(model, features, settings):
     """features (N, ...) -> word indices (N, max_length) with the decoding flags, and with
     --attention the attention (N, max_length, R) of each word (None without)."""
-    if settings.attention and settings.beam_size > 1:  # the attention of the chosen beam
+    options = beam_options(settings, model.idx_to_word)
+    if settings.attention and (settings.beam_size > 1 or options):  # the chosen beam's attention
         captions, _, alphas = beam_search(model, features, settings.max_length, settings.beam_size,
-                                          settings.length_penalty, attention=True)
+                                          settings.length_penalty, attention=True, **options)
         return captions, alphas
     if settings.attention:
         return greedy_search(model, features, settings.max_length, attention=True)
     return model.sample(features, max_length=settings.max_length, beam_size=settings.beam_size,
-                        length_penalty=settings.length_penalty), None
+                        length_penalty=settings.length_penalty, **options), None
 
 
 def evaluate(settings, model, config, ctx):
@@ -106,6 +107,7 @@ def _evaluate(settings, model, data, ctx, path):
                       "words <UNK>)")
     start = time.perf_counter()
     mine = caption_split(model, data, settings.split, max_length=settings.max_length,
+                         **beam_options(settings, data["idx_to_word"]),
                          beam_size=settings.beam_size,
                          length_penalty=settings.length_penalty, progress=ctx.is_main,
                          images=ctx.shard(images))
@@ -115,7 +117,7 @@ def _evaluate(settings, model, data, ctx, path):
     predictions = {i: caption for part in parts for i, caption in part.items()}
     seconds = time.perf_counter() - start
     scores = score_captions(predictions, refs)
-    decoding = "greedy" if settings.beam_size == 1 else f"beam {settings.beam_size}"
+    decoding = decoding_name(settings).replace("beam", "beam ", 1)
     print(f"scored: checkpoint {settings.checkpoint}, {settings.data_dir} split {settings.split} "
           f"({len(predictions)} images), {decoding} decoding ({seconds:.1f}s), against "
           f"{references}")
@@ -127,6 +129,7 @@ def _evaluate(settings, model, data, ctx, path):
         "checkpoint_path": str(Path(settings.checkpoint).resolve()),
         "data_dir": str(settings.data_dir), "split": settings.split,
         "beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
+        "decoding": decoding_name(settings),
         "references": references, "scores": scores, "decode_seconds": seconds,
         "predictions": [{"image": i, "url": str(urls[i]), "caption": c, "references": refs[i]}
                         for i, c in sorted(predictions.items())]}, indent=1))

@@ -152,7 +152,7 @@ def format_scores(scores):
 
 
 def caption_split(model, data, split, max_length=30, batch_size=500, beam_size=1,
-                  length_penalty=0.0, progress=True, images=None):
+                  length_penalty=0.0, progress=True, images=None, **options):
     """Caption every image of a split that has references (or the given `images`), once.
 
     -> {image index: predicted caption string}.
@@ -163,7 +163,7 @@ def caption_split(model, data, split, max_length=30, batch_size=500, beam_size=1
                   disable=not progress):
         batch = images[s:s + batch_size]
         words = decode(model, data[f"{split}_features"][batch], max_length=max_length,
-                       beam_size=beam_size, length_penalty=length_penalty)
+                       beam_size=beam_size, length_penalty=length_penalty, **options)
         for i, text in zip(batch, decode_captions(words, data["idx_to_word"])):
             predictions[int(i)] = text
     return predictions

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from core.data.coco_utils import data_splits, default_data_dir, load_vocab, split_names
+from core.model.decoding import BAD_ENDINGS
 from core.model.registry import MODEL_TYPES
 from core.util.cli import THREADS_HELP, Flag, check_flags, flag_parser, resolve_device
 from core.util.errors import UserError
@@ -40,6 +41,15 @@ FLAGS = (
     Flag("beam_size", int, 1, "beam width; 1 is greedy decoding", "positive"),
     Flag("length_penalty", float, 0.0, "beam search ranks captions by log-probability / length ** "
          "this (0: no normalisation)"),
+    Flag("block_trigrams", bool, False, "beam search (and greedy) never repeats a trigram of its "
+         "caption (self-critical.pytorch's --block_trigrams)"),
+    Flag("remove_bad_endings", bool, False, "a caption may not end on " + ", ".join(
+        f'"{w}"' for w in BAD_ENDINGS) + " (self-critical.pytorch's --remove_bad_endings)"),
+    Flag("group_size", int, 1, "diverse beam search: the beams in this many groups, each lowering "
+         "the words earlier groups chose at a step by --diversity_lambda (--beam_size a multiple "
+         "of it; 1: plain beam search)", "positive"),
+    Flag("diversity_lambda", float, 0.5, "diverse beam search's penalty per earlier group's "
+         "choice of a word", "nonnegative"),
     Flag("attention", bool, False, f"draw where each word looked (decoders over image regions: "
          f"{', '.join(ATTENDING)}), greedy decoding"),
     Flag("eval", bool, False, "caption every image of --split and report COCO caption metrics"),
@@ -76,6 +86,9 @@ def parse_args(argv=None):
     if args.attention and args.model not in ATTENDING:
         p.error(f"--attention needs a decoder that attends over image regions "
                 f"({', '.join(ATTENDING)}); {args.model} reads one feature vector per image")
+    if args.beam_size % args.group_size:
+        p.error(f"--beam_size {args.beam_size} must be a multiple of --group_size "
+                f"{args.group_size} (the beams of each group)")
     if args.references and not args.eval:
         p.error("--references is the reference captions of --eval; add --eval")
     return args
@@ -171,11 +184,31 @@ def folder_images(folder):
 
 
 def decoding_name(settings):
-    """"greedy", "beam3" or "beam3_lp0.7": the decoding, for file names and titles."""
-    if settings.beam_size == 1:
-        return "greedy"
-    return f"beam{settings.beam_size}" + (f"_lp{settings.length_penalty:g}"
-                                          if settings.length_penalty else "")
+    """"greedy", "beam3", "beam3_lp0.7", with "_tri" (--block_trigrams), "_end"
+    (--remove_bad_endings), "_g3d0.5" (--group_size 3 --diversity_lambda 0.5): the decoding, for
+    file names and titles."""
+    name = "greedy" if settings.beam_size == 1 else f"beam{settings.beam_size}"
+    if settings.beam_size > 1 and settings.length_penalty:
+        name += f"_lp{settings.length_penalty:g}"
+    if settings.block_trigrams:
+        name += "_tri"
+    if settings.remove_bad_endings:
+        name += "_end"
+    if settings.group_size > 1:
+        name += f"_g{settings.group_size}d{settings.diversity_lambda:g}"
+    return name
+
+
+def beam_options(settings, idx_to_word):
+    """The settings' options of core.model.decoding.beam_search ({} for plain decoding)."""
+    options = {}
+    if settings.block_trigrams:
+        options["block_trigrams"] = True
+    if settings.remove_bad_endings:
+        options["bad_endings"] = tuple(i for i, w in enumerate(idx_to_word) if w in BAD_ENDINGS)
+    if settings.group_size > 1:
+        options.update(group_size=settings.group_size, diversity_lambda=settings.diversity_lambda)
+    return options
 
 
 def figure_suffix(settings):

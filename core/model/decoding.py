@@ -51,15 +51,18 @@ def require_start_end(model):
                                         if i is None))
 
 
-def decode(model, features, max_length=30, beam_size=1, length_penalty=0.0):
+def decode(model, features, max_length=30, beam_size=1, length_penalty=0.0, **options):
     """features (N, D) -> captions (N, L) int64: the words after <START>, with <END> where
-    produced and <NULL> after it. beam_size 1 is greedy decoding."""
+    produced and <NULL> after it. beam_size 1 is greedy decoding (but for beam_search's options:
+    block_trigrams, bad_endings, group_size, diversity_lambda, which beam_search applies)."""
     require_start_end(model)
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
-    if beam_size == 1:
+    plain = (not options.get("block_trigrams") and not len(options.get("bad_endings", ()))
+             and options.get("group_size", 1) == 1)
+    if beam_size == 1 and plain:
         return greedy_search(model, features, max_length)
-    return beam_search(model, features, max_length, beam_size, length_penalty)[0]
+    return beam_search(model, features, max_length, beam_size, length_penalty, **options)[0]
 
 
 def greedy_search(model, features, max_length=30, attention=False):
@@ -136,24 +139,39 @@ def draw_words(logprobs, uniform, temperature=1.0):
     return np.minimum((cumulative < target[:, None]).sum(axis=1), logprobs.shape[1] - 1)
 
 
+BAD_ENDINGS = ("a", "an", "the", "of", "in", "on", "at", "to", "for", "with", "this", "that", "his",
+               "her")  # self-critical.pytorch's --remove_bad_endings: a caption may not end on them
+
+
 def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0,
-                attention=False):
-    """Batched beam search over all images at once.
+                attention=False, block_trigrams=False, bad_endings=(), group_size=1,
+                diversity_lambda=0.0):
+    """Batched beam search over all images at once, with self-critical.pytorch's options.
 
     Keeps the beam_size best partial captions per image by summed log-probability; a beam
     that emits <END> is finished and carried along unchanged. Beams are ranked by
     score / length ** length_penalty (0: plain sum of log-probabilities).
+    block_trigrams: a word that would repeat a trigram of its beam's caption is never chosen;
+    bad_endings: word indices after which <END> is never chosen (a caption cannot end on "a");
+    group_size G (diverse beam search, Vijayakumar et al. 2016): the beams are G groups of
+    beam_size / G, each group chosen in turn at every step with its candidates' ranks lowered by
+    diversity_lambda times the times an earlier group chose the same word at that step (the
+    scores kept are the plain log-probabilities).
     features (N, D) -> captions (N, L) int64, scores (N,) the summed log-probability of
     each returned caption; with attention (a decoder over R regions) also the attention
     (N, L, R) each word of the returned caption was chosen with (its beam's, step by step).
     """
     N, K = len(features), beam_size
+    if group_size < 1 or K % group_size:
+        raise ValueError(f"beam_size {K} must be a multiple of group_size {group_size}")
+    B = K // group_size  # beams of a group
     seqs = np.full((N, K, max_length), model.null_idx, dtype=np.int64)
-    scores = np.zeros((N, K))
-    scores[:, 1:] = -np.inf  # all beams start identical: expand only the first
+    scores = np.full((N, K), -np.inf)
+    scores[:, ::B] = 0.0  # all beams start identical: expand only each group's first
     lengths = np.zeros((N, K), dtype=np.int64)
     done = np.zeros((N, K), dtype=bool)
     words = np.full(N * K, model.start_idx, dtype=np.int64)
+    bad_endings = np.asarray(bad_endings, dtype=np.int64)
     maps = None
     with model.decoding():
         state = model.select_state(model.init_state(features), np.repeat(np.arange(N), K))
@@ -164,15 +182,16 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0,
                 if maps is None:
                     maps = np.zeros((N, K, max_length, alpha.shape[2]), dtype=np.float32)
             logprobs = logprobs.reshape(N, K, -1).astype(np.float64)
-            V = logprobs.shape[2]
+            if t and len(bad_endings):  # no <END> right after a bad ending
+                logprobs[np.isin(seqs[:, :, t - 1], bad_endings) & ~done, model.end_idx] = -np.inf
+            if block_trigrams:
+                _block_trigrams(logprobs, seqs, t)
             logprobs[done] = -np.inf  # a finished beam extends only with <NULL>, at no cost
             logprobs[done, model.null_idx] = 0.0
             total = scores[:, :, None] + logprobs  # (N, K, V)
             new_len = (lengths + ~done)[:, :, None]  # (N, K, 1)
             rank = total / new_len ** length_penalty if length_penalty else total
-            flat = rank.reshape(N, K * V)
-            top = np.argsort(-flat, axis=1, kind="stable")[:, :K]  # (N, K) best candidates
-            beam, word = top // V, top % V
+            beam, word = _choose(rank, B, diversity_lambda)  # (N, K) each
             rows = np.arange(N)[:, None]
             seqs = seqs[rows, beam]
             seqs[:, :, t] = word
@@ -193,6 +212,32 @@ def beam_search(model, features, max_length=30, beam_size=3, length_penalty=0.0,
     if attention:
         return captions, scores[np.arange(N), best], maps[np.arange(N), best]
     return captions, scores[np.arange(N), best]
+
+
+def _block_trigrams(logprobs, seqs, t):
+    """logprobs (N, K, V) of step t, in place: -inf for each word that, after a beam's words t-2
+    and t-1 (seqs (N, K, L)), would make a trigram its caption already holds."""
+    for i in range(t - 2):  # the trigram at i, i+1, i+2 ends where t's would start again
+        same = (seqs[:, :, i] == seqs[:, :, t - 2]) & (seqs[:, :, i + 1] == seqs[:, :, t - 1])
+        n, k = np.nonzero(same)
+        logprobs[n, k, seqs[n, k, i + 2]] = -np.inf
+
+
+def _choose(rank, B, diversity_lambda):
+    """rank (N, K, V) of every beam's continuations -> (beam (N, K), word (N, K)): the B best of
+    each group of B beams, groups in turn, a group's ranks lowered by diversity_lambda per earlier
+    group's choice of the same word (Hamming diversity)."""
+    N, K, V = rank.shape
+    chosen = np.zeros((N, V))  # times each word was chosen at this step by earlier groups
+    beams, words = [], []
+    for start in range(0, K, B):
+        group = rank[:, start:start + B] - diversity_lambda * chosen[:, None, :]  # (N, B, V)
+        top = np.argsort(-group.reshape(N, B * V), axis=1, kind="stable")[:, :B]  # (N, B)
+        beam, word = start + top // V, top % V
+        np.add.at(chosen, (np.arange(N)[:, None], word), 1)
+        beams.append(beam)
+        words.append(word)
+    return np.concatenate(beams, axis=1), np.concatenate(words, axis=1)
 
 
 def _pad_after_end(captions, end, null):

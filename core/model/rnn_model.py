@@ -129,14 +129,14 @@ class NumpyDecoder:
         dh[rows] = dh_rows
         return loss, dh.reshape(N, T, H)
 
-    def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
+    def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0, **options):
         """Decode captions (greedy with beam_size 1, else beam search; see core/model/decoding.py).
 
         features (N, ...) as the model's loss takes them -> captions (N, max_length) int64: each row
         is the words after <START>, ending with <END> where the model produced it and <NULL> after
         that.
         """
-        return decode(self, features, max_length, beam_size, length_penalty)
+        return decode(self, features, max_length, beam_size, length_penalty, **options)
 
 
 class CaptioningRNN(NumpyDecoder):

@@ -254,14 +254,14 @@ class CaptioningTransformer(nn.Module):
         """The last step's cross-attention of the last layer, averaged over heads: (N, S) numpy."""
         return state.attention.float().cpu().numpy()
 
-    def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0):
+    def sample(self, features, max_length=30, beam_size=1, length_penalty=0.0, **options):
         """Decode captions with the key/value cache (greedy with beam_size 1, else beam search).
 
         features (N, D) array or tensor -> captions (N, max_length) int64 numpy array:
         the words after <START>, with <END> where produced and <NULL> after it.
         """
         self._check_length(max_length)
-        return decode(self, features, max_length, beam_size, length_penalty)
+        return decode(self, features, max_length, beam_size, length_penalty, **options)
 
     def _check_length(self, max_length):
         """The decoder reads <START> and at most max_length - 1 words to produce max_length

@@ -10,6 +10,7 @@ averaged gradients and how they change the weights, how a batch is scored withou
 (`_eval_loss`), the learning rate and its decay, and its optimizer state.
 """
 import math
+import sys
 import time
 
 import numpy as np
@@ -236,7 +237,9 @@ class SolverBase:
             iters = min(iters, self.max_iters)
         bar = tqdm(total=iters, initial=self.iteration,
                    desc=f"epoch {self.epoch + 1}/{self.num_epochs}",
-                   leave=False, disable=not self.verbose, mininterval=1.0)
+                   leave=False, mininterval=1.0,
+                   # a bar only on a terminal: in a notebook or a log each redraw is a new chunk
+                   disable=not self.verbose or not sys.stderr.isatty())
         try:
             while self.iteration < iters and self.position < len(order):
                 items, weight = self._shard(order[self.position:self.position + step_size])
