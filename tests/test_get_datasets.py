@@ -129,3 +129,43 @@ def test_a_full_disk_is_said_as_such(fake_coco, tmp_path, command, code, message
     result = run(_archive(fake_coco, tmp_path).as_uri(), dest, cwd=tmp_path, path=bin_dir)
     assert result.returncode != 0 and message in result.stderr and "is the disk full?" in result.stderr
     assert not dest.exists()
+
+
+IMAGENET_SCRIPT = ROOT / "core" / "datasets" / "get_imagenet_val.sh"
+
+
+def _imagenet(url, dest, cwd, path=None):
+    env = dict(os.environ, IMAGENET_VAL_URL=url, IMAGENET_VAL_FILE=str(dest))
+    if path is not None:
+        env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"
+    return subprocess.run(["bash", str(IMAGENET_SCRIPT)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_imagenet_val_file_downloads_whole_or_not_at_all(tmp_path):
+    """core/datasets/get_imagenet_val.sh against a file made in its format (file:// URL), no network,
+    a file that is not one, and a full disk (a stand-in curl). Breaks caught: a part left at the
+    destination, a bad file accepted, a full disk reported as the network."""
+    import numpy as np
+
+    good = tmp_path / "src.npz"
+    np.savez(good, X=np.zeros((2, 4, 4, 3), np.uint8), y=np.array([0, 1]),
+             label_map=np.array({0: "tench", 1: "goldfish"}, dtype=object))
+    dest = tmp_path / "datasets" / "imagenet_val_25.npz"
+    result = _imagenet(good.as_uri(), dest, tmp_path)
+    assert result.returncode == 0 and dest.read_bytes() == good.read_bytes(), result.stderr
+    assert "nothing to do" in _imagenet("http://127.0.0.1:9/x.npz", dest, tmp_path).stdout
+    dest.unlink()
+    offline = _imagenet("http://127.0.0.1:9/x.npz", dest, tmp_path)
+    assert offline.returncode != 0 and "could not download" in offline.stderr
+    bogus = tmp_path / "bogus.npz"
+    bogus.write_bytes(b"not an npz")
+    result = _imagenet(bogus.as_uri(), dest, tmp_path)
+    assert result.returncode != 0 and "is not CS231n's imagenet_val_25.npz" in result.stderr
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text("#!/bin/sh\nexit 23\n")
+    (bin_dir / "curl").chmod(0o755)
+    full = _imagenet(good.as_uri(), dest, tmp_path, path=bin_dir)
+    assert full.returncode != 0 and "is the disk full?" in full.stderr
+    assert sorted(p.name for p in dest.parent.iterdir()) == []  # no part, no file

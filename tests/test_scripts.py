@@ -275,7 +275,7 @@ def test_shown_truth_is_the_reference_the_prediction_equals(fake_coco, monkeypat
     monkeypatch.setattr(captioning, "sample", second_reference_but_empty_last)
     args = inference.parse_args(["--model", "lstm", "--data_dir", str(fake_coco), "--num_images", "3", "--split", "val"])
     settings = captioning.Settings(**{**vars(args), "checkpoint": "lstm_checkpoint.npz", "device": "cpu",
-                                      "feature_device": "cpu"})
+                                      "feature_device": "cpu", "image_labels": {}})
     panels, _, note = captioning.caption_dataset_images(settings, None, {})
     assert note is None  # the sample-dataset note is for --image only
     truth, predicted = [p["truth"] for p in panels], [p["predicted"] for p in panels]

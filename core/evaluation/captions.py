@@ -285,7 +285,8 @@ def caption_files(settings, model, config):
     captions = decode_captions(words, idx_to_word)
     if settings.image_folder:
         write_folder_captions(settings, paths, captions)
-    panels = [{"location": path, "truth": None, "predicted": pred, "label": "",
+    panels = [{"location": path, "truth": None, "predicted": pred,
+               "label": settings.image_labels.get(path, ""),
                "alpha": None if alphas is None else alphas[k], "regions": features[k]}
               for k, (path, pred) in enumerate(zip(paths, captions))]
     if settings.image_folder:
@@ -356,7 +357,8 @@ def figure_name(settings):
     <stem>_<folder or "images">_<suffix> of image files."""
     stem = Path(settings.checkpoint).stem
     if settings.image:
-        what = Path(settings.image_folder).resolve().name if settings.image_folder else "images"
+        what = (Path(settings.image_folder).resolve().name if settings.image_folder
+                else "imagenet_val" if settings.imagenet_val else "images")
     else:
         what = settings.split or "train_val"
     return f"{stem}_{what}_{figure_suffix(settings)}"

@@ -27,6 +27,8 @@ FLAGS = (
     Flag("image_folder", str, None, "caption every image of this folder (in batches, with a "
          "progress bar): all captions to <stem>_<folder>_<decoding>_captions.json and the COCO "
          "results file, the first --num_images in the figure", metavar="DIR"),
+    Flag("imagenet_val", bool, False, "caption CS231n's 25 ImageNet validation images "
+         "(core/datasets/get_imagenet_val.sh fetches them), their class names beside the captions"),
     Flag("split", str, None, "split to caption images of (default: both train and val, panels in "
          "one figure, each titled with its split and whether the model was trained on it; --eval: "
          "test when the dataset has one, else val)", choices=("train", "val", "test")),
@@ -76,11 +78,11 @@ def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
     check_flags(p, FLAG, vars(args))
-    if args.image and args.image_folder:
-        p.error("--image and --image_folder: pass one of them")
-    if args.eval and (args.image or args.image_folder):
-        p.error("--eval scores a dataset split; it cannot be combined with --image or "
-                "--image_folder")
+    if sum(map(bool, (args.image, args.image_folder, args.imagenet_val))) > 1:
+        p.error("--image, --image_folder and --imagenet_val: pass one of them")
+    if args.eval and (args.image or args.image_folder or args.imagenet_val):
+        p.error("--eval scores a dataset split; it cannot be combined with --image, "
+                "--image_folder or --imagenet_val")
     if args.attention and args.eval:
         p.error("--attention draws the captions of chosen images: drop --eval")
     if args.attention and args.model not in ATTENDING:
@@ -95,11 +97,13 @@ def parse_args(argv=None):
 
 
 Settings = dataclasses.make_dataclass(
-    "Settings", [(f.name, object) for f in FLAGS] + [("feature_device", str)], frozen=True)
+    "Settings", [(f.name, object) for f in FLAGS] + [("feature_device", str),
+                                                      ("image_labels", object)], frozen=True)
 Settings.__doc__ = ("inference.py's settled flags (frozen): one attribute per row of FLAGS, with the "
                     "checkpoint, the data folder, the split (--eval: test when the dataset has "
-                    "one, else val) and the devices decided, and feature_device, where new images' "
-                    "features are computed.")
+                    "one, else val) and the devices decided, feature_device, where new images' "
+                    "features are computed, and image_labels {image file: what to show beside "
+                    "its caption} (--imagenet_val's class names).")
 
 
 def settle(args, ctx, say):
@@ -153,10 +157,32 @@ def settle(args, ctx, say):
                 "(build a test split with features_extraction.py --split_file dataset_coco.json, "
                 "Karpathy's)")
     values["image"] = tuple(args.image) if args.image else None
+    values["image_labels"] = {}
     if args.image_folder:
         values["image"] = folder_images(args.image_folder)
+    if args.imagenet_val:
+        values["image"], values["image_labels"] = imagenet_images(values["out_dir"])
     check_writable(folders=[("--out_dir", values["out_dir"])])  # before any image is captioned
     return Settings(**values), model, config
+
+
+def imagenet_images(out_dir):
+    """CS231n's ImageNet validation images written as PNGs into <out_dir>/imagenet_val/ -> their
+    paths and {path: "ImageNet: class names"}."""
+    from PIL import Image
+
+    from core.data import imagenet
+
+    X, y, names = imagenet.load_imagenet_val(path=imagenet.IMAGENET_FILE)
+    folder = Path(out_dir) / "imagenet_val"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, labels = [], {}
+    for k, (image, label) in enumerate(zip(X, y)):
+        path = str(folder / f"{k:02d}.png")
+        Image.fromarray(image).save(path)
+        paths.append(path)
+        labels[path] = f"ImageNet: {names.get(int(label), label)}"
+    return tuple(paths), labels
 
 
 def check_split(settings, data):
