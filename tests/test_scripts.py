@@ -298,3 +298,4 @@ def test_help_and_flag_errors_import_no_torch(script):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.stdout.strip().endswith("no torch"), result.stdout[-300:] + result.stderr[-300:]
     assert "usage:" in result.stdout
+

@@ -487,3 +487,20 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch, capsys):
         FakeSolver(data, num_epochs=1, batch_size=10, verbose=True).train()
         assert ("epoch 1/1" in stream.getvalue()) == terminal  # the bar's description
     assert "train loss" in capsys.readouterr().out  # the epoch's line, either way
+
+
+def test_every_flag_of_the_three_scripts_is_in_the_docs():
+    """Each flag table's rows appear in README.md or docs/ (break caught: --update_rule, --quiet,
+    --temperature and --max_length documented only in --help)."""
+    from pathlib import Path
+
+    import features_extraction
+    from core.evaluation.settings import FLAGS as INFERENCE
+    from core.training.flags import FLAGS as TRAINING
+
+    root = Path(__file__).resolve().parents[1]
+    docs = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    for script, flags in (("training.py", TRAINING), ("inference.py", INFERENCE),
+                          ("features_extraction.py", features_extraction.FLAGS)):
+        missing = [f"--{f.name}" for f in flags if f"--{f.name}" not in docs]
+        assert not missing, f"{script}: {missing}"
