@@ -709,3 +709,36 @@ def test_the_tsv_import_reuses_the_scan_made_before_the_first_image(tmp_path, mo
     assert len(passes) == 4
     with h5py.File(kind.path(tmp_path, "train")) as f:
         assert f["counts"][()].tolist() == [3]
+
+
+def test_a_detections_file_is_parsed_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    """A build checks the file before its first image and reads its boxes later: one parse. Breaks
+    caught: a second parse of a file of many MB, a changed file's old entries kept."""
+    parses = []
+    loads = json.loads
+    monkeypatch.setattr(B.json, "loads", lambda text: (parses.append(1), loads(text))[1])
+    path = _detections(tmp_path, [{"image_id": 7, "bbox": [1, 2, 10, 20], "score": 0.9}])
+    assert set(B.read_detections(path, [7, 9], all_ids=[7, 9])) == {7}
+    assert set(B.read_detections(path, [9], all_ids=[7, 9])) == set()  # another rank's share
+    assert len(parses) == 1
+    path.write_text(json.dumps([{"image_id": 9, "bbox": [1, 2, 10, 20], "score": 0.9},
+                                {"image_id": 9, "bbox": [3, 2, 10, 20], "score": 0.5}]))
+    assert len(B.read_detections(path, [9], all_ids=[7, 9])[9][0]) == 2 and len(parses) == 2
+
+
+def test_a_gzipped_tsv_is_read_as_the_plain_one(tmp_path):
+    """Break caught: a gzip-compressed bottom-up tsv refused as "'ascii' codec can't decode byte
+    0x8b"."""
+    import gzip
+
+    plain = _tsv(tmp_path / "b.tsv", _rows(np.random.default_rng(0), [5, 7], [2, 3]))
+    packed = tmp_path / "b.tsv.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    kind = FEATURE_KINDS["boxes"]
+    for source, folder in ((plain, tmp_path / "p"), (packed, tmp_path / "z")):
+        folder.mkdir()
+        import_bottom_up([source], {"train": np.array([5]), "val": np.array([7])}, folder, 0,
+                         lambda s, folder=folder: kind.path(folder, s), progress=False)
+    for split in ("train", "val"):
+        with h5py.File(kind.path(tmp_path / "p", split)) as a, h5py.File(kind.path(tmp_path / "z", split)) as b:
+            np.testing.assert_array_equal(a["features"][()], b["features"][()])

@@ -5,20 +5,13 @@ import pytest
 
 from core.data import imagenet
 from core.util.errors import UserError
+from tests.test_reliability import Payload  # pickles a call to open(path, "w")
 
 
 def _file(path, n=3):
     np.savez(path, X=(np.arange(n * 16 * 16 * 3) % 255).astype(np.uint8).reshape(n, 16, 16, 3),
              y=np.arange(n) + 5, label_map=np.array({k + 5: f"class {k}" for k in range(n)}, dtype=object))
     return path
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_the_loader_reads_cs231ns_file_and_its_class_names(tmp_path):

@@ -29,6 +29,7 @@ triangle and a diamond (a linear probe of the sample scenes' box shapes, 600 ima
 63% from 1 x 1 bins, 87% from 2 x 2, 95% from 3 x 3 and from 4 x 4); ResNet-101 1 x 1 of 2048,
 Anderson's mean-pooled vector.
 """
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +84,26 @@ def read_detections(path, image_ids, all_ids=None):
     """A COCO detection-results file -> {image_id: (boxes (n, 4) float32 x0, y0, x1, y1, scores
     (n,) float32)} for the given image ids (entries of the dataset's other images, all_ids, are
     skipped: one file may cover every split); UserError naming the entry for a malformed one, an
-    image id that is none of the dataset's, or a box of no area."""
-    path, wanted = Path(path), set(int(i) for i in image_ids)
-    known = wanted if all_ids is None else wanted | set(int(i) for i in all_ids)
+    image id that is none of the dataset's, or a box of no area. The file is parsed once a process
+    (a build checks it before its first image, then reads its boxes)."""
+    wanted = set(int(i) for i in image_ids)
+    known = frozenset(wanted if all_ids is None else wanted | set(int(i) for i in all_ids))
+    path = Path(path)
+    try:
+        stamp = (path.stat().st_size, path.stat().st_mtime_ns)
+    except OSError as e:
+        raise UserError(f"cannot read the detections file {path} ({type(e).__name__}: {e})") \
+            from None
+    found = _parse_detections(str(path), stamp, known)
+    return {i: d for i, d in found.items() if i in wanted}
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_detections(path, stamp, known):
+    """read_detections' parse of the file at path (stamp: its size and time, so a changed file is
+    read again) -> {image_id: (boxes, scores)} of the known ids."""
+    del stamp
+    path = Path(path)
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -113,8 +131,7 @@ def read_detections(path, image_ids, all_ids=None):
         if not (np.isfinite(box).all() and w > 0 and h > 0):
             raise UserError(f"{path}: entry {n} (image {image_id}) has the box {entry['bbox']}: "
                             "boxes need finite corners and a positive width and height")
-        if image_id in wanted:
-            found.setdefault(image_id, []).append((box, score))
+        found.setdefault(image_id, []).append((box, score))
     return {i: (np.stack([b for b, _ in d]), np.array([s for _, s in d], dtype=np.float32))
             for i, d in found.items()}
 

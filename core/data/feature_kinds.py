@@ -13,7 +13,8 @@ Shape letters: Ni images, D feature size, R regions per image, K boxes (the most
            (place "geometry": a model projects the geometry); core/data/regions.py
 
 A region decoder reads every kind whose row has a place, and builds the weights that place needs
-(core/model/places.py); a new kind of regions is a row here and the machinery that makes its files.
+(PLACES of core/model/region_decoder.py and core/model/region_transformer.py); a new kind of
+regions is a row here and the machinery that makes its files.
 """
 from dataclasses import dataclass
 from pathlib import Path

@@ -9,6 +9,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/fetch.sh"
 url="${COCO_CAPTIONING_URL:-http://cs231n.stanford.edu/coco_captioning.zip}"
 dest="${COCO_CAPTIONING_DIR:-$here/coco_captioning}"
 parent="$(dirname "$dest")"
@@ -34,21 +35,8 @@ done
 work="$(mktemp -d "$parent/.coco_download.$$.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
-echo "Downloading $url ..."
-if command -v curl >/dev/null 2>&1; then
-  fetch=(curl -fL --progress-bar --retry 2 --connect-timeout 20 -o "$work/coco_captioning.zip" "$url")
-else
-  fetch=(wget -q --tries=2 --timeout=20 -O "$work/coco_captioning.zip" "$url")
-fi
-status=0
-"${fetch[@]}" || status=$?
-if [ "$status" -ne 0 ]; then
-  # curl 23 and wget 3: the file could not be written (a full disk); anything else: the network
-  if { [ "${fetch[0]}" = curl ] && [ "$status" -eq 23 ]; } || { [ "${fetch[0]}" = wget ] && [ "$status" -eq 3 ]; }; then
-    echo "error: could not write the download into $parent (is the disk full? about 1 GB is needed)." >&2
-  else
-    echo "error: could not download $url (no network access, or the server is down)." >&2
-  fi
+echo "Downloading $url (about 1 GB) ..."
+if ! fetch "$url" "$work/coco_captioning.zip" --progress-bar; then
   echo "Nothing was written to $dest." >&2
   exit 1
 fi

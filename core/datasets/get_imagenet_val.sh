@@ -8,6 +8,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/fetch.sh"
 url="${IMAGENET_VAL_URL:-http://cs231n.stanford.edu/imagenet_val_25.npz}"
 dest="${IMAGENET_VAL_FILE:-$here/imagenet_val_25.npz}"
 parent="$(dirname "$dest")"
@@ -25,19 +26,8 @@ part="$(mktemp "$parent/.imagenet_val.$$.XXXXXX")"
 trap 'rm -f "$part"' EXIT
 
 echo "Downloading $url ..."
-if command -v curl >/dev/null 2>&1; then
-  fetch=(curl -fsSL --retry 2 --connect-timeout 20 -o "$part" "$url")
-else
-  fetch=(wget -q --tries=2 --timeout=20 -O "$part" "$url")
-fi
-status=0
-"${fetch[@]}" || status=$?
-if [ "$status" -ne 0 ]; then
-  if { [ "${fetch[0]}" = curl ] && [ "$status" -eq 23 ]; } || { [ "${fetch[0]}" = wget ] && [ "$status" -eq 3 ]; }; then
-    echo "error: could not write the download into $parent (is the disk full?); nothing was written to $dest." >&2
-  else
-    echo "error: could not download $url (no network access, or the server is down); nothing was written to $dest." >&2
-  fi
+if ! fetch "$url" "$part" -sS; then
+  echo "Nothing was written to $dest." >&2
   exit 1
 fi
 if ! python3 -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); sys.exit(not {'X.npy', 'y.npy', 'label_map.npy'} <= set(names))" "$part" 2>/dev/null; then
