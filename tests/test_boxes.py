@@ -456,6 +456,10 @@ def test_box_decoders_train_caption_new_images_and_draw_their_boxes(plain_built,
     assert not drawn[0]["heat_map"]
     np.testing.assert_allclose(drawn[0]["boxes"], proposed, atol=0.1)
     assert drawn[0]["alpha"].shape[1] == len(proposed)  # a weight for each of the image's boxes
+    page = (tmp_path / f"{checkpoint.stem}_images_attention.html").read_text()  # the same on the page
+    shown = json.loads(re.search(r'id="attention">(.*?)</script>', page).group(1))["0"]
+    np.testing.assert_allclose(shown["alpha"], drawn[0]["alpha"], atol=1e-4)
+    np.testing.assert_allclose(np.array(shown["boxes"]) * 128, drawn[0]["boxes"], atol=1e-3)
 
 
 @pytest.mark.slow

@@ -730,8 +730,10 @@ def test_two_runs_and_two_evaluations_in_one_out_dir_keep_their_own_files(fake_c
         inference.main(["--model", "rnn", "--checkpoint", str(tmp_path / "first.npz"), "--data_dir", str(fake_coco),
                         "--eval", "--beam_size", beam, "--out_dir", str(out)])
     assert sorted(p.name for p in out.iterdir()) == [
-        "first_history.json", "first_loss.png", "first_val_beam2_eval.json", "first_val_beam2_results.json",
-        "first_val_greedy_eval.json", "first_val_greedy_results.json", "second_history.json", "second_loss.png"]
+        "first_history.json", "first_loss.png", "first_val_beam2_eval.html", "first_val_beam2_eval.json",
+        "first_val_beam2_eval_files", "first_val_beam2_results.json", "first_val_greedy_eval.html",
+        "first_val_greedy_eval.json", "first_val_greedy_eval_files", "first_val_greedy_results.json",
+        "second_history.json", "second_loss.png"]
     said = capsys.readouterr().out
     assert f"saved plot {out / 'first_loss.png'} and history {out / 'first_history.json'}" in said
     assert f"saved scores and captions {out / 'first_val_beam2_eval.json'}" in said
@@ -1081,3 +1083,15 @@ def test_a_figure_of_a_same_named_checkpoint_is_kept(fake_coco, tmp_path, capsys
     one_line_error(capsys, lambda: inference.main(["--checkpoint", str(b), *flags]),
                    "r_val_greedy_captions.png belongs to the run of", "a/r.npz")
     assert figure.read_bytes() == again and len(first) > 1000
+    page = out / "r_val_greedy_captions.html"  # its results page: the same, even without the figure
+    kept = page.read_text()
+    figure.unlink()
+    one_line_error(capsys, lambda: inference.main(["--checkpoint", str(b), *flags]),
+                   "r_val_greedy_captions.html belongs to the run of", "a/r.npz")
+    assert page.read_text() == kept and not figure.exists()
+    eval_page = out / "r_val_greedy_eval.html"
+    eval_page.write_text(kept)  # a page of a's where b's --eval would write its own
+    one_line_error(capsys, lambda: inference.main(["--checkpoint", str(b), *flags[:2], "--eval",
+                                                   "--out_dir", str(out)]),
+                   "r_val_greedy_eval.html belongs to the run of", "a/r.npz")
+    assert not (out / "r_val_greedy_eval.json").exists()

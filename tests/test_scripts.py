@@ -1,6 +1,7 @@
 """training.py and inference.py end to end, as a user runs them, in a temporary directory."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import training
 from core.model.checkpoint import load_checkpoint
 from core.data.coco_utils import decode_captions, load_coco_data
 from core.evaluation.metrics import references_by_image
+from tests import browser
 from tests.helpers import one_line_error
 
 pytestmark = pytest.mark.slow  # subprocesses, torchrun or VGG16 throughout
@@ -71,6 +73,11 @@ def test_train_then_infer(trained, fake_coco, model, checkpoint):
     figure = trained / "outputs" / f"{Path(checkpoint).stem}_train_val_greedy_captions.png"
     assert figure.stat().st_size > 1000
     assert "could not be fetched" not in result.stdout  # the fixture's URLs are real PNG files
+    page = figure.with_suffix(".html").read_text()  # the results page beside it: the same captions
+    printed = [line.split("predicted: ", 1)[1] for line in result.stdout.splitlines() if "predicted:" in line]
+    shown = re.findall(r'<p class="caption">(.*?)</p>', page)
+    assert [re.sub(r"<[^>]+>", "", c) for c in shown] == printed
+    assert page.count('<img src="') == 8 and page.count("data-cider=") == 8
 
     result = run("inference.py", "--model", model, "--checkpoint", best, "--data_dir", fake_coco, "--split", "train",
                  "--num_images", 2, "--device", "cpu", cwd=trained)
@@ -187,6 +194,9 @@ def test_eval_scores_every_image_once_and_writes_json(trained, fake_coco, tmp_pa
     references = references_by_image(*(load_coco_data(fake_coco)[k] for k in ("val_captions", "val_image_idxs",
                                                                                "idx_to_word")))
     assert all(p["references"] == references[p["image"]] for p in report["predictions"])
+    page = (tmp_path / "lstm_checkpoint_val_beam2_eval.html").read_text()  # each image's CIDEr-D
+    cider = [float(c) for c in re.findall(r'data-cider="([0-9.]+)"', page)]
+    assert len(cider) == 20 and np.mean(cider) == pytest.approx(report["scores"]["CIDEr"], abs=1e-5)
 
 
 def test_eval_every_keeps_the_best_checkpoint_by_cider(fake_coco, tmp_path):
@@ -233,6 +243,12 @@ def test_eval_end_to_end_on_the_bundled_sample_dataset(tmp_path, capsys, monkeyp
     assert f"{SAMPLE_DIR} split test (500 images), greedy decoding" in capsys.readouterr().out  # test by default
     report = json.loads((tmp_path / "outputs" / "rnn_checkpoint_test_greedy_eval.json").read_text())
     assert len(report["predictions"]) == 500 and all(len(p["references"]) == 5 for p in report["predictions"])
+    # its results page in a real browser: every image loaded, every caption there, in order
+    dom = browser.dom(tmp_path / "outputs" / "rnn_checkpoint_test_greedy_eval.html")
+    assert 'data-images="500"' in dom and 'data-loaded="500"' in dom
+    shown = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r'<p class="caption">(.*?)</p>', dom)]
+    assert shown == [p["caption"] for p in report["predictions"]]
+    assert dom.count("equals a reference") == sum(p["caption"] in p["references"] for p in report["predictions"])
 
 
 def test_gpu_benchmark_script_dry_run_on_cpu(tmp_path):

@@ -6,7 +6,6 @@ Shape letters: N images, L words, R regions.
 """
 import contextlib
 import json
-import re
 import time
 from pathlib import Path
 
@@ -16,8 +15,10 @@ from core.data.coco_utils import SAMPLE_DIR, load_coco_data, load_vocab, subset_
 from core.data.image_utils import try_load_image
 from core.data.encoders import describe_weights
 from core.data.vocab import decode_captions
-from core.evaluation.metrics import (
-    caption_split, format_scores, raw_references, references_by_image, score_captions)
+from core.evaluation.metrics import (  # noqa: F401  (coco_ids: importable here as before)
+    caption_split, coco_ids, format_scores, raw_references, references_by_image, score_captions,
+    write_coco_results)
+from core.evaluation.page import image_scores, page_entries, page_paths, write_results_page
 from core.evaluation.plots import panel_title, save_attention_figure, save_caption_grid
 from core.model.checkpoint import check_against_data, check_checkpoint
 from core.model.decoding import beam_search, greedy_search
@@ -78,7 +79,8 @@ def evaluate(settings, model, config, ctx):
     against = f"_{Path(settings.references).stem}" if settings.references else ""
     path = (Path(settings.out_dir) / f"{Path(settings.checkpoint).stem}_{settings.split}_"
             f"{decoding_name(settings)}{against}_eval.json")
-    check_owner(path, settings.checkpoint, "--checkpoint")
+    for owned in (path, page_paths(path)[0]):
+        check_owner(owned, settings.checkpoint, "--checkpoint")
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(RunLock(path, (path,), who="evaluation",
@@ -136,41 +138,20 @@ def _evaluate(settings, model, data, ctx, path):
     print(f"saved scores and captions {path}")
     write_coco_results(path.with_name(path.name.replace("_eval.json", "_results.json")),
                        predictions, urls, ids)
-
-
-def coco_ids(urls, images, known=None):
-    """The COCO image ids of dataset images -> ({image index: id}, None), or (None, why) when some
-    image has none or two share one.
-
-    known: ids an annotation file gave (--references); otherwise the trailing digits of the file
-    name (COCO_val2014_000000391895.jpg, 000000391895.jpg, the sample dataset's 000007.png);
-    CS231n's Flickr URLs carry none."""
-    if known is not None:
-        return {int(i): int(known[int(i)]) for i in images}, None
-    ids, first = {}, {}
-    for i in images:
-        digits = re.search(r"(\d+)\.[A-Za-z]+$", str(urls[i]).rstrip("/").rsplit("/", 1)[-1])
-        if digits is None:  # CS231n's Flickr names end in _z.jpg: no id
-            return None, (f"these images' names give no COCO image ids (e.g. {urls[i]}); "
-                          "--references captions_val2014.json supplies them")
-        ids[int(i)] = int(digits.group(1))
-        if first.setdefault(ids[int(i)], int(i)) != int(i):
-            return None, (f"two images' names give the COCO id {ids[int(i)]} "
-                          f"({urls[first[ids[int(i)]]]}, {urls[i]})")
-    return ids, None
-
-
-def write_coco_results(path, predictions, urls, known_ids=None):
-    """The captions in the COCO results format, [{"image_id", "caption"}] by image id, which the
-    COCO evaluation server and other toolkits read; a line saying why when the images have no
-    ids (or two share one)."""
-    ids, why = coco_ids(urls, sorted(predictions), known_ids)
-    if ids is None:
-        print(f"no COCO results file: {why}")
-        return
-    results = [{"image_id": ids[i], "caption": caption} for i, caption in predictions.items()]
-    atomic_write_text(path, json.dumps(sorted(results, key=lambda r: r["image_id"]), indent=1))
-    print(f"saved COCO results {path}")
+    images = sorted(predictions)
+    cider, exact = image_scores([predictions[i] for i in images], images, refs,
+                                exact=is_sample(settings) and not settings.references)
+    write_results_page(path, [
+        {"location": resolve_location(urls[i], settings.data_dir), "name": str(urls[i]),
+         "caption": predictions[i],
+         "label": f"{settings.split} image {i}", "references": refs[i], "cider": float(cider[k]),
+         "exact": None if exact is None else bool(exact[k])} for k, i in enumerate(images)],
+        f"{settings.model}: {settings.split} split, {decoding} decoding",
+        page_about(settings, f"checkpoint {settings.checkpoint}",
+                   f"{len(images)} images, against {references}"), settings.checkpoint,
+        scores="the split's scores: " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items()
+                                                   if v is not None)
+        + " (the per-image CIDEr-D below average to its CIDEr)")
 
 
 def trained_images(settings, config, data):
@@ -219,11 +200,11 @@ def caption_dataset_images(settings, model, config):
         chosen = candidates[rng.choice(len(candidates),
                                        size=min(settings.num_images, len(candidates)),
                                        replace=False)]
-        rows = np.flatnonzero(np.isin(image_idxs, chosen))
-        refs = references_by_image(data[f"{split}_captions"][rows], image_idxs[rows],
-                                   data["idx_to_word"])
+        # every reference of the split: the document frequencies of each image's CIDEr-D
+        refs = references_by_image(data[f"{split}_captions"], image_idxs, data["idx_to_word"])
         words, alphas = sample(model, data[f"{split}_features"][chosen], settings)
         predicted = decode_captions(words, data["idx_to_word"])
+        cider, exact = image_scores(predicted, chosen, refs, exact=is_sample(settings))
         for k, (i, pred) in enumerate(zip(chosen, predicted)):
             if split != "train":
                 status = "not trained on"
@@ -233,18 +214,22 @@ def caption_dataset_images(settings, model, config):
             equal = pred in refs[int(i)]
             panels.append({"location": resolve_location(data[f"{split}_urls"][i],
                                                         settings.data_dir),
+                           "name": str(data[f"{split}_urls"][i]),
                            "truth": pred if equal else refs[int(i)][0], "predicted": pred,
                            "truth_label": ("GT (the reference it equals)" if equal
                                            else f"GT (first of {len(refs[int(i)])} references)"),
                            "label": split + (f", {status}" if status else ""),
                            "alpha": None if alphas is None else alphas[k],
-                           "regions": data[f"{split}_features"][i]})
+                           "regions": data[f"{split}_features"][i],
+                           "references": refs[int(i)], "cider": float(cider[k]),
+                           "exact": None if exact is None else bool(exact[k])})
     return panels, figure_name(settings), None
 
 
 def caption_files(settings, model, config):
     """Caption the --image files through the dataset's VGG16 weights and the PCA transform of the
-    kind of features the decoder reads -> panels, the figure's name, a note or None."""
+    kind of features the decoder reads -> panels (every file of --image_folder), the figure's
+    name, a note or None."""
     for path in settings.image:
         if Path(path).is_dir():
             raise UserError(f"--image {path} is a directory: pass image files (e.g. "
@@ -289,10 +274,8 @@ def caption_files(settings, model, config):
                "label": settings.image_labels.get(path, ""),
                "alpha": None if alphas is None else alphas[k], "regions": features[k]}
               for k, (path, pred) in enumerate(zip(paths, captions))]
-    if settings.image_folder:
-        panels = panels[:settings.num_images]
     note = None
-    if Path(settings.data_dir).resolve() == SAMPLE_DIR.resolve():
+    if is_sample(settings):
         note = ("this model knows only the sample dataset's rendered scenes (one or two shapes "
                 "of 6 colours and 4 kinds on a plain grey background): captions of other images "
                 "are not meaningful")
@@ -368,12 +351,15 @@ def caption_figure(settings, model, config):
     """Caption dataset images (or --image files), print each, and save them as one figure (which
     records its checkpoint: another checkpoint's figure of that name is refused before any
     image is captioned)."""
-    check_owner(Path(settings.out_dir) / figure_name(settings), settings.checkpoint,
-                "--checkpoint")
+    for path in (Path(settings.out_dir) / figure_name(settings),
+                 page_paths(Path(settings.out_dir) / figure_name(settings))[0]):
+        check_owner(path, settings.checkpoint, "--checkpoint")
     caption = caption_files if settings.image else caption_dataset_images
     panels, name, note = caption(settings, model, config)
+    # a folder's captions: all on the page, the first --num_images in the figure
+    shown = panels[:settings.num_images] if settings.image_folder else panels
     images, titles = [], []
-    for k, panel in enumerate(panels):
+    for k, panel in enumerate(shown):
         print(f"[{k + 1}] " + (f"{panel['label']}: " if panel["label"] else "") + panel["location"]
               + (f"\n    truth:     {panel['truth']}" if panel["truth"] is not None else "")
               + f"\n    predicted: {panel['predicted']}")
@@ -387,7 +373,7 @@ def caption_figure(settings, model, config):
     suptitle = (f"{settings.model}: {settings.checkpoint}{origin}, "
                 f"{decoding_name(settings).replace('beam', 'beam ')} decoding")
     if settings.attention:
-        save_attention_figure(attention_rows(panels, images, config), path, suptitle
+        save_attention_figure(attention_rows(shown, images, config), path, suptitle
                               + (f". {note}" if note else ""), owner=settings.checkpoint)
     else:
         save_caption_grid(images, titles, path, suptitle + (f"\n{note}" if note else ""),
@@ -395,3 +381,20 @@ def caption_figure(settings, model, config):
     missing = sum(image is None for image in images)
     print(f"saved figure {path}"
           + (f" ({missing} image(s) could not be fetched; captions only)" if missing else ""))
+    what = (f"the --image files ({len(panels)})" if settings.image
+            else f"{len(panels)} images of {settings.split or 'train and val'}")
+    write_results_page(path, page_entries(panels, images,
+                                          FEATURE_KINDS[checkpoint_features(config)]),
+                       f"{settings.model}: {what}", page_about(settings, suptitle, note),
+                       settings.checkpoint)
+
+
+def is_sample(settings):
+    """Whether the data folder is the bundled sample dataset, whose references are its grammar's
+    (a caption equal to none of them is wrong)."""
+    return Path(settings.data_dir).resolve() == SAMPLE_DIR.resolve()
+
+
+def page_about(settings, *lines):
+    """The results page's header lines: the data folder, then `lines` (None skipped)."""
+    return [f"data: {shown_path(settings.data_dir)}", *(line for line in lines if line)]

@@ -6,6 +6,7 @@ reference captions: the dataset's own (as encoded: cut to its caption length, ra
 <UNK>) or, as papers score, the raw captions of a COCO annotation file (`raw_references`).
 """
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from core.data.vocab import decode_captions, tokenize
 from core.model.decoding import decode
 from core.util.errors import UserError
+from core.util.fileio import atomic_write_text
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -167,3 +169,38 @@ def caption_split(model, data, split, max_length=30, batch_size=500, beam_size=1
         for i, text in zip(batch, decode_captions(words, data["idx_to_word"])):
             predictions[int(i)] = text
     return predictions
+
+
+def coco_ids(urls, images, known=None):
+    """The COCO image ids of dataset images -> ({image index: id}, None), or (None, why) when some
+    image has none or two share one.
+
+    known: ids an annotation file gave (--references); otherwise the trailing digits of the file
+    name (COCO_val2014_000000391895.jpg, 000000391895.jpg, the sample dataset's 000007.png);
+    CS231n's Flickr URLs carry none."""
+    if known is not None:
+        return {int(i): int(known[int(i)]) for i in images}, None
+    ids, first = {}, {}
+    for i in images:
+        digits = re.search(r"(\d+)\.[A-Za-z]+$", str(urls[i]).rstrip("/").rsplit("/", 1)[-1])
+        if digits is None:  # CS231n's Flickr names end in _z.jpg: no id
+            return None, (f"these images' names give no COCO image ids (e.g. {urls[i]}); "
+                          "--references captions_val2014.json supplies them")
+        ids[int(i)] = int(digits.group(1))
+        if first.setdefault(ids[int(i)], int(i)) != int(i):
+            return None, (f"two images' names give the COCO id {ids[int(i)]} "
+                          f"({urls[first[ids[int(i)]]]}, {urls[i]})")
+    return ids, None
+
+
+def write_coco_results(path, predictions, urls, known_ids=None):
+    """The captions in the COCO results format, [{"image_id", "caption"}] by image id, which the
+    COCO evaluation server and other toolkits read; a line saying why when the images have no
+    ids (or two share one)."""
+    ids, why = coco_ids(urls, sorted(predictions), known_ids)
+    if ids is None:
+        print(f"no COCO results file: {why}")
+        return
+    results = [{"image_id": ids[i], "caption": caption} for i, caption in predictions.items()]
+    atomic_write_text(path, json.dumps(sorted(results, key=lambda r: r["image_id"]), indent=1))
+    print(f"saved COCO results {path}")

@@ -153,12 +153,13 @@ def draw_attended_boxes(ax, boxes, alpha, image):
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=0.5 + 2 * share,
                                edgecolor="yellow" if k == int(np.argmax(alpha)) else "white",
                                alpha=0.3 + 0.7 * share, zorder=3))
-    ax.text(2, 2, f"{float(alpha.max()):.2f}", color="yellow", fontsize=6, va="top", zorder=4)
+    ax.text(2, 2, f"{float(alpha.max()):.2f}", color="yellow", fontsize=8, va="top", zorder=4)
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
 
 
-def save_attention_figure(rows, path, suptitle="", per_row=8, log=print, owner=None):
+def save_attention_figure(rows, path, suptitle="", per_row=8, max_lines=2, log=print,
+                          owner=None):
     """Where each word looked, as in "Show, Attend and Tell"'s figures: for each image one row of
     panels, the image with its caption, then one panel per generated word (and <END>), the word
     under the image overlaid with its attention map, upsampled over the regions' part of the image.
@@ -168,16 +169,19 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print, owner=N
     cells of a grid (core.data.regions.region_boxes), drawn as a heat map, or else an image's
     object boxes, each drawn as Anderson et al.'s figures do, brighter and bolder the more it is
     attended to (the image darkened where no box looks); saved as PNG (owner: the checkpoint,
-    recorded in it); a caption longer than
-    per_row - 1 words continues on a further row of panels.
+    recorded in it). A caption longer than per_row - 1 words continues on a further row of
+    panels, at most max_lines rows an image: the words beyond are counted in the last panel (the
+    results page shows every word's), so that the figure's size and text stay the same for any
+    number of words.
     """
     families, _ = title_fonts([r["label"] for r in rows] + [w for r in rows for w in r["words"]]
                               + [suptitle], log)
-    lines = []  # (row, slice of its words) per line of panels
+    room = max_lines * (per_row - 1)  # word panels an image has
+    lines = []  # (row, index of its first word on the line) per line of panels
     for r in rows:
-        for start in range(0, max(len(r["words"]), 1), per_row - 1):
+        for start in range(0, min(max(len(r["words"]), 1), room), per_row - 1):
             lines.append((r, start))
-    fig = Figure(figsize=(1.9 * per_row, 2.3 * len(lines) + 0.6))
+    fig = Figure(figsize=(1.9 * per_row, 2.4 * len(lines) + 0.7))
     axes = fig.subplots(len(lines), per_row, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -185,26 +189,37 @@ def save_attention_figure(rows, path, suptitle="", per_row=8, log=print, owner=N
         if start == 0:
             if r["image"] is not None:
                 line[0].imshow(r["image"])
-            line[0].set_title("\n".join(textwrap.wrap(r["label"], 24, max_lines=4,
-                                                      placeholder=" ...")), fontsize=7,
+            line[0].set_title("\n".join(textwrap.wrap(r["label"], 22, max_lines=5,
+                                                      placeholder=" ...")), fontsize=9,
                               loc="left", fontfamily=families)
-        for ax, word, alpha in zip(line[1:], r["words"][start:start + per_row - 1],
-                                   r["alpha"][start:]):
-            if r["image"] is not None:
-                ax.imshow(r["image"])
-            if r.get("heat_map", True):
-                g = int(round(np.sqrt(alpha.size)))
-                (x0, y0), (x1, y1) = r["boxes"][0, :2], r["boxes"][-1, 2:]
-                ax.imshow(alpha.reshape(g, g), extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.6,
-                          interpolation="bilinear", vmin=0, vmax=max(float(alpha.max()), 1e-6))
-            else:
-                draw_attended_boxes(ax, r["boxes"], alpha, r["image"])
-            if r["image"] is not None:
-                ax.set_xlim(0, r["image"].shape[1])
-                ax.set_ylim(r["image"].shape[0], 0)
-            ax.text(0.5, -0.04, word, transform=ax.transAxes, ha="center", va="top", fontsize=9,
+        shown = r["words"][start:start + per_row - 1]
+        more = len(r["words"]) - room
+        if more > 0 and start + per_row - 1 >= room:  # the last panel counts the rest
+            shown = shown[:-1]
+            line[-1].text(0.5, 0.5, f"+ {more + 1} more words\n(every word's attention:\n"
+                          "the results page)", transform=line[-1].transAxes, ha="center",
+                          va="center", fontsize=10)
+        for ax, word, alpha in zip(line[1:], shown, r["alpha"][start:]):
+            _draw_attention(ax, r, alpha)
+            ax.text(0.5, -0.04, word, transform=ax.transAxes, ha="center", va="top", fontsize=12,
                     fontfamily=families)
     if suptitle:
-        fig.suptitle(textwrap.fill(suptitle, 22 * per_row), fontsize=9, fontfamily=families)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+        fig.suptitle(textwrap.fill(suptitle, 16 * per_row), fontsize=11, fontfamily=families)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     save_figure(fig, path, owner=owner)
+
+
+def _draw_attention(ax, row, alpha):
+    """One word's panel: its image with the attention alpha (R,) over the row's regions."""
+    if row["image"] is not None:
+        ax.imshow(row["image"])
+    if row.get("heat_map", True):
+        g = int(round(np.sqrt(alpha.size)))
+        (x0, y0), (x1, y1) = row["boxes"][0, :2], row["boxes"][-1, 2:]
+        ax.imshow(alpha.reshape(g, g), extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.6,
+                  interpolation="bilinear", vmin=0, vmax=max(float(alpha.max()), 1e-6))
+    else:
+        draw_attended_boxes(ax, row["boxes"], alpha, row["image"])
+    if row["image"] is not None:
+        ax.set_xlim(0, row["image"].shape[1])
+        ax.set_ylim(row["image"].shape[0], 0)

@@ -7,8 +7,10 @@ cause; the temporary file is removed and the previous target, if any, is untouch
 `RunLock` keeps two training runs from writing the same checkpoint.
 """
 import fcntl
+import html
 import json
 import os
+import re
 from pathlib import Path
 
 from core.util.errors import UserError
@@ -72,7 +74,7 @@ def check_writable(files=(), folders=()):
 
 def check_owner(path, checkpoint, flag, same_run=None):
     """Before any work: UserError when `path`, a JSON output this project writes (a history, an
-    evaluation) or a figure (its PNG text), records that it belongs to the run of another checkpoint (`checkpoint_path`), so
+    evaluation), a figure (its PNG text) or a results page (its meta element), records that it belongs to the run of another checkpoint (`checkpoint_path`), so
     that two runs whose checkpoints share a name keep each other's files. Files that record none
     (older ones) or cannot be read are left to be replaced. same_run: where the checkpoint of the
     run being resumed was first written (a copied run folder's files name that one)."""
@@ -82,6 +84,10 @@ def check_owner(path, checkpoint, flag, same_run=None):
 
             with Image.open(path) as image:
                 other = image.text.get("checkpoint_path")
+        elif Path(path).suffix == ".html":  # a results page: its <meta name="checkpoint_path">
+            found = re.search(r'<meta name="checkpoint_path" content="([^"]*)">',
+                              Path(path).read_text(encoding="utf-8", errors="replace"))
+            other = found and html.unescape(found.group(1))
         else:
             other = json.loads(Path(path).read_text()).get("checkpoint_path")
     except (OSError, ValueError, AttributeError, SyntaxError):
