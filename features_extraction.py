@@ -18,7 +18,8 @@ scored by `inference.py --eval`, never used to choose a checkpoint; without one,
 import contextlib
 from pathlib import Path
 
-from core.data.boxes import BOX_SIDE, BOX_THRESHOLD, MAX_BOXES, MIN_BOXES
+from core.data.boxes import (
+    BOX_SIDE, BOX_THRESHOLD, DETECTION_THRESHOLD, LEARNED_MAX_BOXES, MAX_BOXES, MIN_BOXES)
 from core.data.encoders import ENCODERS, GRID_SIZES
 from core.util.cli import (
     THREADS_HELP, Flag, check_flags, exit_after, flag_parser, interrupts, user_errors)
@@ -72,12 +73,18 @@ FLAGS = (
          "bottom-up features (peteanderson80/bottom-up-attention's trainval tsv files: 36 or "
          "10-100 boxes of 2048-d per COCO image), matched to the images by COCO id; with "
          "--box_pca_dim 0 the 2048-d features are kept as they are", metavar="FILE", nargs="+"),
-    Flag("box_threshold", float, BOX_THRESHOLD, "--boxes: keep the boxes scoring at least this "
-         "(a score in [0, 1]) ..."),
-    Flag("min_boxes", int, MIN_BOXES, "... but at least this many (the best scoring) ...",
-         "positive"),
-    Flag("max_boxes", int, MAX_BOXES, "... and at most this many (Anderson et al.'s 0.2, 10 and "
-         "100; --min_boxes 36 --max_boxes 36 is their fixed 36)", "positive"),
+    Flag("detector", str, None, "--boxes detector: a bottom-up detector trained here (`python -m "
+         "core.datasets.train_detector` writes core/datasets/sample_captioning/"
+         "bottom_up_detector.npz): its boxes and each box's feature from its box head, instead of "
+         "torchvision's Faster R-CNN and the encoder's map; copied into the dataset, where "
+         "inference.py --image finds it", metavar="FILE"),
+    Flag("box_threshold", float, None, "--boxes: keep the boxes scoring at least this "
+         f"(a score in [0, 1]; default {BOX_THRESHOLD}, {DETECTION_THRESHOLD} with --detector) ..."),
+    Flag("min_boxes", int, None, f"... but at least this many (the best scoring; default "
+         f"{MIN_BOXES}, 1 with --detector) ...", "positive"),
+    Flag("max_boxes", int, None, "... and at most this many (Anderson et al.'s 0.2, 10 and "
+         f"100; --min_boxes 36 --max_boxes 36 is their fixed 36; {LEARNED_MAX_BOXES} with "
+         "--detector)", "positive"),
     Flag("box_pca_dim", int, 128, "PCA dimensions of a box's features (VGG16 4608, ResNet-101 "
          "2048; fitted on train boxes; 0: none, for --bottom_up_tsv)", "nonnegative"),
     Flag("box_side", int, BOX_SIDE, "--boxes: the image is scaled to this longer side (and padded "
@@ -95,7 +102,8 @@ GROUPS = {
     "the image encoder": ("encoder", "weights", "seed", "pca_dim", "batch_size", "device",
                           "num_workers", "threads"),
     "grid regions": ("grid", "grid_size", "grid_pca_dim"),
-    "object regions": ("boxes", "bottom_up_tsv", "box_threshold", "min_boxes", "max_boxes",
+    "object regions": ("boxes", "detector", "bottom_up_tsv", "box_threshold", "min_boxes",
+                       "max_boxes",
                        "box_pca_dim", "box_side"),
     "the run": ("skip_bad_images", "quiet"),
 }
@@ -116,6 +124,13 @@ def parse_args(argv=None):
     _check_splits(p, args)
     if args.max_length < 3:
         p.error(f"--max_length must be at least 3 (<START>, a word, <END>), got {args.max_length}")
+    if args.detector and args.boxes != "detector":
+        p.error("--detector FILE is the detector of --boxes detector: add it")
+    learned = (DETECTION_THRESHOLD, 1, LEARNED_MAX_BOXES) if args.detector else (
+        BOX_THRESHOLD, MIN_BOXES, MAX_BOXES)
+    for name, default in zip(("box_threshold", "min_boxes", "max_boxes"), learned):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.min_boxes > args.max_boxes or not 0 <= args.box_threshold <= 1:
         p.error(f"--min_boxes {args.min_boxes} must be at most --max_boxes {args.max_boxes}, and "
                 f"--box_threshold a score in [0, 1] (got {args.box_threshold})")
@@ -123,7 +138,8 @@ def parse_args(argv=None):
         p.error("--boxes and --bottom_up_tsv both give the object regions: choose one")
     if args.box_pca_dim == 0 and args.boxes:
         p.error("--box_pca_dim 0 (no PCA) is for --bottom_up_tsv; --boxes needs a PCA")
-    if args.boxes == "detector" and args.weights not in ("imagenet", "random"):
+    if args.boxes == "detector" and not args.detector and args.weights not in ("imagenet",
+                                                                               "random"):
         p.error("--boxes detector takes torchvision's COCO-trained Faster R-CNN (with --weights "
                 "imagenet) or a seeded random one (--weights random); --weights PATH names the "
                 "encoder's weights only: give the detector's boxes as a detections file instead")
@@ -197,7 +213,7 @@ def main(argv=None):
         device = ctx.local_device(device)
         log = print if ctx.is_main else lambda *a: None
         limit_threads(choose_threads(args.threads, log))
-        if args.boxes == "detector" and args.weights == "random":
+        if args.boxes == "detector" and not args.detector and args.weights == "random":
             log("note: --boxes detector with --weights random: the detector's weights are random "
                 "too, so its boxes mean nothing (tens of them per image): for offline tests only; "
                 "--weights imagenet (online) gives torchvision's COCO-trained detector")
@@ -215,8 +231,8 @@ def main(argv=None):
                           grid_size=args.grid_size if args.grid else None,
                           grid_pca_dim=args.grid_pca_dim,
                           boxes=None if args.boxes is None else BoxSource.parse(
-                              args.boxes, threshold=args.box_threshold, min_boxes=args.min_boxes,
-                              max_boxes=args.max_boxes),
+                              args.boxes, args.detector, threshold=args.box_threshold,
+                              min_boxes=args.min_boxes, max_boxes=args.max_boxes),
                           box_pca_dim=args.box_pca_dim, box_side=args.box_side,
                           bottom_up_tsv=args.bottom_up_tsv and tsv_source(args.bottom_up_tsv),
                           skip_bad_images=args.skip_bad_images,

@@ -52,6 +52,8 @@ def render_variant(scene, i, variant):
     if variant == "backgrounds":
         colours = list(sample.HELD_OUT_BACKGROUNDS.values())
         return sample.render(scene, colours[i % len(colours)])
+    if variant == "gradient":
+        return sample.render(scene, sample.gradient_background())
     return sample.render(scene)
 
 

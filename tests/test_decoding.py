@@ -364,3 +364,17 @@ def test_diverse_beam_search_groups_choose_other_words():
     assert same.tolist() == greedy.tolist()  # three greedy groups, alike without the penalty
     with pytest.raises(ValueError, match="must be a multiple of group_size"):
         beam_search(model, np.zeros((1, 1)), beam_size=3, group_size=2)
+
+
+def test_the_loop_figures_of_benchmarks_beam_loops():
+    """Breaks caught: a trigram counted once as a repeat; a caption of max_length words not
+    counted as unended; the bad ending read from the first word."""
+    from benchmarks.beam_loops import measure, repeats_trigram
+
+    assert not repeats_trigram("a large diamond diamond large diamond".split())
+    assert repeats_trigram("a large diamond a large diamond".split())
+    captions = ["a red square", "a b c a b c", " ".join(["x"] * 5), "a square of the"]
+    references = [{"a red square"}, {"a"}, {"x"}, {"a square"}]
+    row = measure(captions, references, max_length=5)
+    assert row == {"exact": 0.25, "loops": 0.5, "unended": 0.5, "bad_ending": 0.25,
+                   "length": 4.5, "common": "a red square (1)"}

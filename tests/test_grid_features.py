@@ -82,6 +82,20 @@ def test_attention_decoders_train_caption_own_images_and_draw_their_attention(bu
     assert (tmp_path / f"{checkpoint.stem}_val_attention.png").stat().st_size > 5000
 
 
+def test_a_gradient_background_runs_from_dark_to_light_under_the_objects():
+    """Break caught: the scene's own flat colour drawn instead of the picture given."""
+    backdrop = sample.gradient_background()
+    assert backdrop.shape == (sample.SIZE, sample.SIZE, 3) and (backdrop[:, :, 0] == backdrop[:, :, 2]).all()
+    assert (np.diff(backdrop[0, :, 0].astype(int)) >= 0).all() and backdrop[0, 0, 0] == 40
+    assert backdrop[0, -1, 0] == 220 and (backdrop == backdrop[:1]).all()
+    scene = sample.make_scene("test", 3)
+    drawn = np.asarray(sample.render(scene, backdrop))
+    flat = np.asarray(sample.render(scene))
+    objects = (flat != np.array(scene["background"], np.uint8)).any(axis=2)
+    assert objects.any() and (drawn[objects] == flat[objects]).all()
+    assert (drawn[~objects] == backdrop[~objects]).all()
+
+
 def test_shifted_scenes_move_every_object_and_keep_it_inside():
     for i in range(200):
         scene = sample.make_scene("val", i)

@@ -3,18 +3,27 @@ features, the box PCA, and the `boxes` kind's files, from a box source or the bo
 
 Shape letters: Ni images, K boxes (the most of an image), F a box's feature, D after PCA.
 """
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from core.data.bottom_up import import_bottom_up
-from core.data.boxes import extract_box_features, pad_boxes
+from core.data.boxes import pad_boxes
 from core.data.feature_kinds import BOXES, FEATURE_KINDS
 from core.data.features import GRID_PCA_FIT_REGIONS, fit_pca, project, save_transform
 from core.util.distributed import unshard
 from core.util.errors import UserError
+
+LEARNED_DETECTOR_FILE = "bottom_up_detector.npz"  # a learned source's weights, in the dataset
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _annotations(split):
@@ -92,8 +101,8 @@ def boxes_sharded(paths, ids, all_ids, source, spec, dist, side, batch_size, dev
     None."""
     mine, my_ids = dist.shard(paths), dist.shard(ids)
     found, sizes, _ = source.boxes(mine, my_ids, spec, device, progress, all_ids)
-    features = extract_box_features(mine, found, spec, side=side, batch_size=batch_size,
-                                    device=device, progress=progress, desc=f"{split} boxes")
+    features = source.features(mine, found, spec, side=side, batch_size=batch_size,
+                               device=device, progress=progress, desc=f"{split} boxes")
     parts = dist.gather((features, found, sizes))
     if not dist.is_main:
         return None
@@ -138,6 +147,11 @@ def write_box_files(folder, transform, splits, box_info, info):
             f.create_dataset("image_sizes", data=np.asarray(sizes, dtype=np.float32))
     encoder = info.get("encoder", "vgg16")
     layer = "conv5_3 after ReLU, RoIAlign 3 x 3" if encoder == "vgg16" else "layer4, RoIAlign 1 x 1"
+    if box_info.get("source") == "learned":  # the detector travels with the dataset (--image)
+        shutil.copyfile(box_info["path"], Path(folder) / LEARNED_DETECTOR_FILE)
+        box_info = dict(box_info, path=LEARNED_DETECTOR_FILE,
+                        sha256=file_sha256(Path(folder) / LEARNED_DETECTOR_FILE))
+        layer = "the bottom-up detector's box head (RoIAlign 7 x 7, two fully connected layers)"
     save_transform(Path(folder) / kind.transform_file, transform, dict(
         info, pca_dim=int(transform["components"].shape[0]), boxes=box_info,
         side=box_info.get("side"), layer=box_info.get("layer", layer)))

@@ -43,6 +43,8 @@ from core.data.regions import box_regions
 from core.util.errors import UserError
 
 BOX_THRESHOLD, MIN_BOXES, MAX_BOXES = 0.2, 10, 100  # Anderson et al.'s adaptive count
+# a bottom-up detector trained here (core/data/bottom_up_detector.py) keeps fewer, surer boxes
+DETECTION_THRESHOLD, LEARNED_MAX_BOXES = 0.5, 10
 NMS_IOU = 0.3  # class-agnostic suppression, as Anderson's feature extraction
 PLAIN_TOLERANCE = 40  # a pixel differs from the background by more than this in some channel
 PLAIN_MIN_AREA = 0.002  # parts smaller than this share of the image are noise
@@ -163,43 +165,6 @@ def check_inside(boxes, width, height, where):
                         "(a detections file's bbox is [x, y, width, height] in pixels)")
 
 
-DETECTOR_MIN_SIDE = 32  # an image thinner than this gets no detections (then itself as its box)
-
-
-class Detector:
-    """torchvision's Faster R-CNN (ResNet-50 FPN) as a class-agnostic box proposer: image (H, W, 3)
-    uint8 -> boxes (n, 4) float32, scores (n,) float32, all classes together after non-maximum
-    suppression at NMS_IOU (its own suppression is per class); none for an image thinner than
-    DETECTOR_MIN_SIDE pixels (torchvision scales its shorter side to 800 but its longer to at most
-    1333, which leaves a 4000 x 3 image no pixel)."""
-
-    def __init__(self, spec, device="cpu"):
-        from torchvision.models.detection import (
-            FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn)
-
-        from core.data.features import torchvision_network
-
-        def build(weights):
-            return fasterrcnn_resnet50_fpn(weights=weights, weights_backbone=None,
-                                           box_score_thresh=0.0, box_detections_per_img=300)
-
-        self.device = device
-        self.model = torchvision_network(build, FasterRCNN_ResNet50_FPN_Weights.COCO_V1, spec,
-                                          "Faster R-CNN").to(device).eval()
-
-    def __call__(self, image):
-        import torch
-        from torchvision.ops import nms
-
-        if min(image.shape[:2]) < DETECTOR_MIN_SIDE:  # too thin to scale: the whole image
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255  # a writable copy
-        with torch.inference_mode():
-            out = self.model([tensor.to(self.device)])[0]
-        keep = nms(out["boxes"], out["scores"], NMS_IOU)
-        return out["boxes"][keep].cpu().numpy(), out["scores"][keep].cpu().numpy()
-
-
 @dataclass(frozen=True)
 class BoxSource:
     """Where an image's boxes come from: kind "plain", "detector" or "file" (path: the detections
@@ -212,8 +177,14 @@ class BoxSource:
     max_boxes: int = MAX_BOXES
 
     @classmethod
-    def parse(cls, value, **count):
-        """--boxes value -> BoxSource ("plain", "detector", or a detections file that exists)."""
+    def parse(cls, value, detector=None, **count):
+        """--boxes value -> BoxSource ("plain", "detector", or a detections file that exists);
+        "detector" with `detector`, a trained bottom-up detector's weights file: "learned"."""
+        if value == "detector" and detector:
+            if not Path(detector).is_file():
+                raise UserError(f"--detector {detector}: no such file (train one with `python -m "
+                                "core.datasets.train_detector`)")
+            return cls("learned", str(detector), **count)
         if value in ("plain", "detector"):
             return cls(value, **count)
         if not Path(value).is_file():
@@ -237,7 +208,8 @@ class BoxSource:
         entries for the other splits' images are skipped, those of no image refused)."""
         detections = (read_detections(self.path, image_ids, all_ids) if self.kind == "file"
                       else None)
-        detector = Detector(spec, device) if self.kind == "detector" else None
+        detector = (_coco_detector(spec, device) if self.kind == "detector" else
+                    _learned(self.path, device) if self.kind == "learned" else None)
         out, bad, sizes = [], {}, np.ones((len(paths), 2), dtype=np.float32)
         for n, (path, image_id) in enumerate(tqdm(list(zip(paths, image_ids)), desc="boxes",
                                                   unit="image", disable=not progress)):
@@ -260,6 +232,34 @@ class BoxSource:
                 boxes = boxes[select_boxes(scores, self.threshold, self.min_boxes, self.max_boxes)]
             out.append(clip_boxes(boxes, *image.shape[:2]))
         return out, sizes, bad
+
+
+    def features(self, paths, boxes, spec, side=BOX_SIDE, batch_size=16, device="cpu",
+                 progress=False, desc="box features"):
+        """The feature of every box (a list of Ni (k, F) float16): a trained detector's own
+        box-head representation ("learned"), else the encoder's map pooled over the box
+        (extract_box_features)."""
+        if self.kind == "learned":
+            from core.data.bottom_up_detector import learned_box_features
+
+            return learned_box_features(self.path, paths, boxes, device=device,
+                                        progress=progress, desc=desc)
+        return extract_box_features(paths, boxes, spec, side=side, batch_size=batch_size,
+                                    device=device, progress=progress, desc=desc)
+
+
+def _learned(path, device):
+    """A trained bottom-up detector as a box finder (core/data/bottom_up_detector.py)."""
+    from core.data.bottom_up_detector import LearnedBoxes
+
+    return LearnedBoxes(path, device)
+
+
+def _coco_detector(spec, device):
+    """torchvision's COCO-trained Faster R-CNN as a box finder (core/data/coco_detector.py)."""
+    from core.data.coco_detector import Detector
+
+    return Detector(spec, device)
 
 
 def clip_boxes(boxes, height, width):
@@ -354,18 +354,26 @@ def compute_box_regions(paths, transform, info, device="cpu", progress=False):
     images (a detections file, imported features)."""
     from core.data.features import project
 
-    source = info.get("boxes", {})
-    if source.get("source") not in ("plain", "detector"):
+    source = dict(info.get("boxes", {}))
+    if source.get("source") == "learned":  # the detector the dataset was built with, inside it
+        source["path"] = str(Path(info["data_dir"]) / source["path"])
+        from core.data.bottom_up_detector import check_detector_file
+
+        check_detector_file(source)
+    if source.get("source") not in ("plain", "detector", "learned"):
         raise UserError(f"this dataset's boxes came from {source.get('source', 'elsewhere')} "
                         f"({source.get('path', 'no detector of this repository')}), which has none "
                         "for new images: build the dataset with --boxes detector (or plain) to "
                         "caption new images")
     count = {k: source[k] for k in ("threshold", "min_boxes", "max_boxes") if k in source}
-    boxes, sizes, bad = BoxSource(source["source"], **count).boxes(
-        paths, [0] * len(paths), info["vgg16"], device, progress)
-    found = extract_box_features(paths, boxes, info["vgg16"], side=info.get("side", BOX_SIDE),
-                                 device=device, progress=False)
+    boxes_source = BoxSource(source["source"], source.get("path"), **count)
+    boxes, sizes, bad = boxes_source.boxes(paths, [0] * len(paths), info["vgg16"], device,
+                                           progress)
+    readable = [p for k, p in enumerate(paths) if k not in bad]
+    found = iter(boxes_source.features(readable, [b for k, b in enumerate(boxes) if k not in bad],
+                                       info["vgg16"], side=info.get("side", BOX_SIDE),
+                                       device=device))
     features = [np.zeros((1, transform["components"].shape[0]), np.float32) if k in bad
-                else project(f, transform) for k, f in enumerate(found)]
+                else project(next(found), transform) for k in range(len(paths))]
     padded, padded_boxes, counts = pad_boxes(features, boxes)
     return box_regions(padded, padded_boxes, counts, sizes), bad

@@ -137,7 +137,8 @@ class FeatureKind:
         if not path.is_file():
             raise UserError(f"{data_dir} has no {self.transform_file} for the {self.label} of new "
                             f"images: {self.missing}")
-        return load_transform(path)
+        transform, info = load_transform(path)
+        return transform, dict(info, data_dir=str(data_dir))  # where its other files lie
 
     def compute(self, paths, transform, info, device="cpu", progress=False):
         """Image files -> their features (N, D) or Regions through the dataset's VGG16 weights and

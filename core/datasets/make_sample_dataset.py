@@ -133,13 +133,18 @@ def moved(scene, rng):
 
 
 def render(scene, background=None):
-    """scene -> PIL RGB image (SIZE x SIZE) on the background colour (RGB; default the scene's own,
-    or BACKGROUND for a scene that names none)."""
-    background = background or scene.get("background", BACKGROUND)
-    image = Image.new("RGB", (SIZE, SIZE), tuple(background))
+    """scene -> PIL RGB image (SIZE x SIZE) on the background: a colour (RGB; default the scene's
+    own, or BACKGROUND for a scene that names none) or a picture, uint8 (SIZE, SIZE, 3) (e.g.
+    gradient_background())."""
+    background = background if background is not None else scene.get("background", BACKGROUND)
+    if isinstance(background, np.ndarray):
+        image = Image.fromarray(background.astype(np.uint8), "RGB")
+    else:
+        image = Image.new("RGB", (SIZE, SIZE), tuple(background))
     draw = ImageDraw.Draw(image)
     for o in scene["objects"]:
-        (x, y), r, fill = o["center"], RADII[o["size"]], COLORS[o["color"]]
+        (x, y), r = o["center"], RADII[o["size"]]
+        fill = tuple(o.get("rgb", COLORS[o["color"]]))  # a drawn shade of its colour, if given
         if o["shape"] == "circle":
             draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
         elif o["shape"] == "square":
@@ -150,6 +155,13 @@ def render(scene, background=None):
         else:
             draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill)
     return image
+
+
+def gradient_background(dark=40, light=220):
+    """A grey that runs smoothly from dark on the left to light on the right -> uint8 (SIZE,
+    SIZE, 3)."""
+    row = np.linspace(dark, light, SIZE).round().astype(np.uint8)
+    return np.repeat(np.tile(row, (SIZE, 1))[:, :, None], 3, axis=2)
 
 
 def captions(scene):
