@@ -653,10 +653,15 @@ def test_a_folder_of_images_is_captioned_whole_with_its_results_files(tmp_path, 
     other.parent.mkdir()
     shutil.copy(checkpoint, other)
     calls.clear()
-    one_line_error(capsys, lambda: inference.main(
-        ["--model", "rnn", "--checkpoint", str(other), "--data_dir", str(SAMPLE_DIR), "--image_folder",
-         str(folder), "--device", "cpu", "--out_dir", str(tmp_path)]),
-        f"m_photos_greedy_captions.json belongs to the run of {checkpoint.resolve()}")
+    flags = ["--model", "rnn", "--checkpoint", str(other), "--data_dir", str(SAMPLE_DIR), "--image_folder",
+             str(folder), "--device", "cpu", "--out_dir", str(tmp_path)]
+    page = tmp_path / "m_photos_greedy_captions.html"  # its results page: every image of the folder
+    assert page.read_text().count('<article class="result"') == len(captions)
+    one_line_error(capsys, lambda: inference.main(flags),
+                   f"m_photos_greedy_captions.html belongs to the run of {checkpoint.resolve()}")
+    page.unlink()  # the captions file is kept by its own record too
+    one_line_error(capsys, lambda: inference.main(flags),
+                   f"m_photos_greedy_captions.json belongs to the run of {checkpoint.resolve()}")
     assert calls == [] and json.loads((tmp_path / "m_photos_greedy_captions.json").read_text()) == written
     # a folder none of whose files can be read (break caught: empty captions, then a ValueError)
     unreadable = tmp_path / "unreadable"

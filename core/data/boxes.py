@@ -12,6 +12,9 @@ Where the boxes come from (`features_extraction.py --boxes`, recorded in the tra
               the sample scenes; photographs need a detector
     detector  torchvision's Faster R-CNN (ResNet-50 FPN, COCO-trained weights; `--weights random`
               offline): class-agnostic boxes after non-maximum suppression, an adaptive count
+    learned   a bottom-up detector trained here (core/data/bottom_up_detector.py, `--boxes
+              detector --detector FILE`): its boxes, and each box's feature from its own box head
+              instead of the encoder's map (BoxSource.features)
     FILE      a detection-results file of any detector, COCO's format:
               [{"image_id": int, "bbox": [x, y, w, h], "score": float}, ...]
 
@@ -167,8 +170,9 @@ def check_inside(boxes, width, height, where):
 
 @dataclass(frozen=True)
 class BoxSource:
-    """Where an image's boxes come from: kind "plain", "detector" or "file" (path: the detections
-    file), and the adaptive count's threshold, min_boxes and max_boxes (not used by "plain")."""
+    """Where an image's boxes come from: kind "plain", "detector", "learned" (path: its weights)
+    or "file" (path: the detections file), and the adaptive count's threshold, min_boxes and
+    max_boxes (not used by "plain")."""
 
     kind: str
     path: str = None
