@@ -201,7 +201,7 @@ def main(argv=None):
         import torch  # the flags are read without it (--help, a bad flag: at once)
 
         from core.data.bottom_up import tsv_source
-        from core.data.boxes import BoxSource
+        from core.data.box_sources import BoxSource
         from core.data.builder import build_dataset
         from core.data.encoders import parse_weights
         from core.util import distributed

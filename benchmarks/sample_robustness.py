@@ -45,7 +45,7 @@ from core.datasets import make_sample_dataset as sample  # noqa: E402
 from core.model.decoding import greedy_search  # noqa: E402
 from core.data.features import (  # noqa: E402
     GRID_TRANSFORM_FILE, TRANSFORM_FILE, extract_fc7, load_transform, project, project_grid)
-from core.data.boxes import compute_box_regions  # noqa: E402
+from core.data.box_sources import compute_box_regions  # noqa: E402
 from core.data.regions import Regions  # noqa: E402
 from core.data.feature_kinds import FEATURE_KINDS  # noqa: E402
 from core.model.registry import checkpoint_features  # noqa: E402

@@ -181,6 +181,12 @@ def test_a_dataset_built_with_the_detector_captions_new_images_with_it(tmp_path,
                    "1", "--batch_size", "20", "--checkpoint", str(checkpoint), "--out_dir",
                    str(tmp_path), "--wordvec_dim", "8", "--hidden_dim", "8", "--attention_dim",
                    "4", "--recipe", "default", "--quiet"])
+    from core.data.feature_kinds import FEATURE_KINDS
+    from core.model.checkpoint import load_checkpoint
+
+    recorded = load_checkpoint(checkpoint)[1]["extra"]  # its regions, to refuse others
+    assert recorded["regions_id"] == FEATURE_KINDS["boxes"].regions_identity(out)["regions_id"]
+    assert recorded["regions_source"] == "learned"
     seen = []
     real = captioning.sample
     captioning.sample = lambda model, features, settings: (seen.append(features),

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from benchmarks.bench_decoders import TorchUpDown
 from core.layers.transformer_layers import MultiHeadAttention
+from core.data.feature_kinds import FEATURE_KINDS
 from core.data.regions import Regions
 from core.model.attention_lstm import AttentionLSTM
 from core.model.checkpoint import check_against_data
@@ -168,6 +169,36 @@ def test_a_model_of_one_kind_of_features_refuses_the_other(tmp_path):
     box_model = tiny_model("updown", dict(tiny_data("boxes", rng), idx_to_word=WORDS))
     with pytest.raises(ValueError, match="do not fit this model's"):
         box_model.loss(data["train_features"], data["train_captions"])
+
+
+def test_a_model_refuses_other_regions_of_the_same_size(fake_coco):
+    """A box checkpoint records a digest of its regions' PCA; a dataset rebuilt with other boxes
+    (same sizes, same vocabulary) is refused, and so is a checkpoint that records none on a
+    dataset whose boxes a trained detector gave (it predates the record: the plain proposer's).
+    Breaks caught: no record written; the digest not compared; the older checkpoint let through."""
+    transform = {"components": np.eye(3, 4, dtype=np.float32)}
+    identity = FEATURE_KINDS["boxes"].regions_identity(transform=transform,
+                                                       info={"boxes": {"source": "learned"}})
+    assert identity["regions_source"] == "learned" and len(identity["regions_id"]) == 16
+    other = {"components": np.eye(3, 4, dtype=np.float32) * 2}
+    assert FEATURE_KINDS["boxes"].regions_identity(transform=other)["regions_id"] != identity[
+        "regions_id"]
+    assert FEATURE_KINDS["fc7"].regions_identity(fake_coco) == {}
+    rng = np.random.default_rng(0)
+    config = tiny_model("updown", dict(tiny_data("boxes", rng), idx_to_word=WORDS)).config()
+    mine = {"regions_id": "a" * 16, "regions_source": "learned"}
+
+    def check(extra, regions):
+        return check_against_data(dict(config, extra=extra), "m.npz", "updown", WORDS, None,
+                                  "data", 6, regions=regions)
+
+    check({"regions_id": "a" * 16}, mine)
+    check({}, dict(mine, regions_source="plain"))  # older, on the proposer's boxes: as before
+    with pytest.raises(UserError, match="trained on other region features than data's"):
+        check({"regions_id": "b" * 16}, mine)
+    with pytest.raises(UserError, match="predates data's regions, which come from the bottom-up "
+                                        "detector trained here"):
+        check({}, mine)
 
 
 def test_the_features_flag_is_checked_against_the_model_type(capsys, fake_coco):

@@ -13,6 +13,7 @@ from PIL import Image
 
 import features_extraction
 from core.data import boxes as B
+from core.data.box_sources import BoxSource
 from core.data.bottom_up import import_bottom_up
 from core.data.coco_utils import load_coco_data
 from core.data.feature_kinds import FEATURE_KINDS
@@ -516,7 +517,7 @@ def test_the_detector_proposes_class_agnostic_boxes_within_the_count(tmp_path):
     when it proposes fewer, and the whole image when none)."""
     path = tmp_path / "scene.png"
     sample.render(sample.make_scene("train", 0)).save(path)
-    source = B.BoxSource("detector", threshold=0.2, min_boxes=2, max_boxes=5)
+    source = BoxSource("detector", threshold=0.2, min_boxes=2, max_boxes=5)
     (found,), sizes, bad = source.boxes([path], [0], parse_weights("random", 0))
     assert not bad and sizes.tolist() == [[sample.SIZE, sample.SIZE]]
     assert 1 <= len(found) <= 5 and found.shape[1] == 4

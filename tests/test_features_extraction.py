@@ -196,6 +196,28 @@ def test_cs231n_data_gets_its_transform_recovered_once(tmp_path, capsys):
     assert "fitting" not in capsys.readouterr().out  # saved: fitted only once
 
 
+def test_the_sample_datasets_object_regions_are_its_detectors():
+    """The bundled boxes came from the bundled detector: run on test images, it finds the same
+    boxes and, through the dataset's PCA, the same features (float16 files). Breaks caught: a
+    dataset rebuilt with the plain proposer or another detector without its weights; the
+    detector's copy not recorded."""
+    from core.data.box_sources import compute_box_regions
+    from core.data.feature_kinds import FEATURE_KINDS
+
+    transform, info = FEATURE_KINDS["boxes"].transform(SAMPLE_DIR)
+    assert info["boxes"]["source"] == "learned" and info["boxes"]["path"] == "bottom_up_detector.npz"
+    paths = [SAMPLE_DIR / "images" / "test" / f"{i:06d}.png" for i in range(4)]
+    regions, bad = compute_box_regions(paths, transform, info)
+    committed = load_coco_data(SAMPLE_DIR, features="boxes")["test_features"][np.arange(4)]
+    assert not bad
+    np.testing.assert_array_equal(regions.mask, committed.mask)
+    np.testing.assert_allclose(regions.geometry[regions.mask], committed.geometry[committed.mask],
+                               atol=1e-6)
+    scale = np.abs(committed.features[committed.mask]).max()
+    np.testing.assert_allclose(regions.features[regions.mask], committed.features[committed.mask],
+                               atol=2e-3 * scale)
+
+
 @pytest.mark.slow
 def test_rebuilding_a_slice_of_the_sample_dataset_reproduces_it(tmp_path):
     for split in ("train", "val"):
@@ -230,10 +252,12 @@ def test_sample_dataset_content():
     files = [p for p in SAMPLE_DIR.rglob("*") if p.is_file() and not p.name.endswith("_fc7.h5")]
     grid = sum(p.stat().st_size for p in files if "_grid_" in p.name)
     boxes = sum(p.stat().st_size for p in files if "_boxes_" in p.name)
-    assert sum(p.stat().st_size for p in files) - grid - boxes <= 16 * 2 ** 20
+    detector = (SAMPLE_DIR / "bottom_up_detector.npz").stat().st_size
+    assert sum(p.stat().st_size for p in files) - grid - boxes - detector <= 16 * 2 ** 20
     assert grid <= 20 * 2 ** 20  # the attention decoders' region features: 3,000 images x 49 x 64 float16
-    assert boxes <= 4 * 2 ** 20  # up to 2 boxes of 128 float16 each, and their PCA (128 x 4608)
-    assert sum(p.stat().st_size for p in files) <= 40 * 2 ** 20  # the whole committed dataset
+    assert boxes <= 2 * 2 ** 20  # up to 2 boxes of 128 float16 each, and their PCA (128 x 256)
+    assert detector <= 4 * 2 ** 20  # the bottom-up detector that found them: 2.0 M float16 weights
+    assert sum(p.stat().st_size for p in files) <= 50 * 10 ** 6  # the whole committed dataset
     regions = load_coco_data(SAMPLE_DIR, features="grid")
     assert regions["train_features"].shape == (2000, 49, 64) and regions["train_features"].dtype == np.float16
     assert regions["dataset_id"] == data["dataset_id"]  # the same dataset, whichever features are read

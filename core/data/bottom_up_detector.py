@@ -33,10 +33,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from core.data.box_files import file_sha256
 from core.data.boxes import DETECTION_THRESHOLD, LEARNED_MAX_BOXES
 from core.util.errors import UserError
-from core.util.fileio import atomic_write
+from core.util.fileio import atomic_write, file_sha256
 
 REPRESENTATION = 256
 FORMAT = "bottom-up-detector/1"
@@ -236,7 +235,7 @@ def to_tensor(image):
 
 
 class LearnedBoxes:
-    """A trained detector as a source of boxes (core.data.boxes.BoxSource "learned"): image
+    """A trained detector as a source of boxes (core.data.box_sources.BoxSource "learned"): image
     (H, W, 3) uint8 -> boxes (n, 4) float32 pixels, scores (n,) float32, every detection after
     class-agnostic suppression, best first (the source's adaptive count then keeps some)."""
 

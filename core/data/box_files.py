@@ -3,7 +3,6 @@ features, the box PCA, and the `boxes` kind's files, from a box source or the bo
 
 Shape letters: Ni images, K boxes (the most of an image), F a box's feature, D after PCA.
 """
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,13 +16,9 @@ from core.data.feature_kinds import BOXES, FEATURE_KINDS
 from core.data.features import GRID_PCA_FIT_REGIONS, fit_pca, project, save_transform
 from core.util.distributed import unshard
 from core.util.errors import UserError
+from core.util.fileio import file_sha256
 
 LEARNED_DETECTOR_FILE = "bottom_up_detector.npz"  # a learned source's weights, in the dataset
-
-
-def file_sha256(path):
-    """The SHA-256 of a file's bytes, hex."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _annotations(split):

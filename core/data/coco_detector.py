@@ -1,5 +1,5 @@
 """torchvision's COCO-trained Faster R-CNN as a class-agnostic source of boxes
-(core/data/boxes.py: BoxSource "detector"). Imports torch: import it where it is used."""
+(core/data/box_sources.py: BoxSource "detector"). Imports torch: import it where it is used."""
 import numpy as np
 import torch
 from torchvision.ops import nms

@@ -135,6 +135,7 @@ def load_coco_data(base_dir=COCO_DIR, max_train=None, pca_features=True, seed=0,
     data["dataset_id"] = dataset_id(first, data["idx_to_word"])
     data["encoder"] = dataset_encoder(base_dir)
     data["features_kind"] = kind.name
+    data["regions"] = kind.regions_identity(base_dir)  # checkpoints record and check it
     _check_consistent(data, base_dir, files)
 
     return data if max_train is None else keep_captions(data, max_train, seed, base_dir)

@@ -126,6 +126,26 @@ class FeatureKind:
         side = int(round(np.sqrt(len(regions.features))))
         return region_boxes(side, height, width), regions.own(), True
 
+    def regions_identity(self, data_dir=None, transform=None, info=None):
+        """What a checkpoint over this kind's regions records of them, to refuse other regions
+        of the same size (a dataset rebuilt with other boxes) -> {"regions_id": a digest of the
+        regions' PCA, "regions_source": where the boxes came from}, or {} for fc7 and a folder
+        without the transform. From data_dir's transform file, or a loaded transform and info."""
+        import hashlib
+
+        if not self.regions:
+            return {}
+        if transform is None:
+            path = Path(data_dir) / self.transform_file
+            if not path.is_file():
+                return {}
+            from core.data.features import load_transform
+
+            transform, info = load_transform(path)
+        digest = hashlib.sha256(np.ascontiguousarray(transform["components"]).tobytes())
+        return {"regions_id": digest.hexdigest()[:16],
+                "regions_source": (info or {}).get("boxes", {}).get("source")}
+
     def transform(self, data_dir):
         """The data folder's transform of new images' features -> (transform, info); UserError
         saying how to get it when it is missing or damaged."""
@@ -144,7 +164,7 @@ class FeatureKind:
         """Image files -> their features (N, D) or Regions through the dataset's VGG16 weights and
         PCA transform (the rows of unreadable files project zeros), and {index: why} for files
         that could not be read."""
-        from core.data.boxes import compute_box_regions
+        from core.data.box_sources import compute_box_regions
         from core.data.features import extract_fc7, project, project_grid
 
         if self.counted:

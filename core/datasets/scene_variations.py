@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy.ndimage import gaussian_filter
 
-from core.datasets import make_sample_dataset as sample
+from core.datasets import scenes as sample
 
 BACKGROUND_KINDS = ("flat", "gradient", "noise", "texture")
 OBJECT_SHADE = 14  # the most an object's drawn colour moves from its colour, per channel

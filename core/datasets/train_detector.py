@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.datasets import make_sample_dataset as sample
+from core.data.coco_utils import SAMPLE_DIR
+from core.datasets import scenes as sample
 from core.datasets import scene_variations as variations
 from core.util.cli import choose_threads, limit_threads, user_errors
 
-DEFAULT_OUT = sample.SAMPLE_DIR / "bottom_up_detector.npz"
+DEFAULT_OUT = SAMPLE_DIR / "bottom_up_detector.npz"
 
 
 def detector_config():

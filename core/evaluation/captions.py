@@ -41,7 +41,8 @@ def load_checked_data(settings, config):
     check_against_data(config, settings.checkpoint, settings.model, data["idx_to_word"],
                        data["dataset_id"], settings.data_dir,
                        kind.feature_size(data["train_features"]),
-                       sizes=kind.model_sizes(data["train_features"]), encoder=data["encoder"])
+                       sizes=kind.model_sizes(data["train_features"]), encoder=data["encoder"],
+                       regions=data["regions"])
     return data
 
 
@@ -243,7 +244,8 @@ def caption_files(settings, model, config):
     check_against_data(config, settings.checkpoint, settings.model, idx_to_word,
                        info.get("dataset_id"), settings.data_dir, transform["components"].shape[0],
                        what="the transform of", sizes=kind.transform_sizes(info),
-                       encoder=info.get("encoder", "vgg16"))
+                       encoder=info.get("encoder", "vgg16"),
+                       regions=kind.regions_identity(transform=transform, info=info))
     regions = f", {info['layer']} regions" if kind.regions else ""
     print(f"image features: {describe_weights(info['vgg16'])}{regions}")
     if info.get("note"):
@@ -390,11 +392,9 @@ def caption_figure(settings, model, config):
 
 
 def is_sample(settings):
-    """Whether the data folder is the bundled sample dataset, whose references are its grammar's
-    (a caption equal to none of them is wrong)."""
+    """Whether the data folder is the bundled sample dataset (a caption equal to none is wrong)."""
     return Path(settings.data_dir).resolve() == SAMPLE_DIR.resolve()
 
 
-def page_about(settings, *lines):
-    """The results page's header lines: the data folder, then `lines` (None skipped)."""
+def page_about(settings, *lines):  # the results page's header lines (None skipped)
     return [f"data: {shown_path(settings.data_dir)}", *(line for line in lines if line)]

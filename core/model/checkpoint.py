@@ -239,14 +239,16 @@ def check_checkpoint(config, path, model_type, idx_to_word):
 
 
 def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, feature_size,
-                       what="", sizes=None, encoder=None):
+                       what="", sizes=None, encoder=None, regions=None):
     """Raise UserError when a loaded checkpoint does not fit the data it is used with: another model
     type, vocabulary, dataset (naming the folder it was trained on), the sizes its kind of
     features adds (`sizes`, e.g. {"num_regions": 196}), image encoder (`encoder`, e.g.
-    "resnet101"; None: not checked) or feature size. what: words before data_dir in the messages
+    "resnet101"; None: not checked), regions (`regions`, FeatureKind.regions_identity: other
+    regions of the same size) or feature size. what: words before data_dir in the messages
     ("the transform of")."""
     check_checkpoint(config, path, model_type, idx_to_word)
     extra = config.get("extra", {})
+    _check_regions(extra, path, data_dir, regions or {})
     trained_encoder = extra.get("encoder", "vgg16")
     if encoder is not None and trained_encoder != encoder:
         raise UserError(f"checkpoint {path} was trained on {trained_encoder} features, "
@@ -271,3 +273,22 @@ def check_against_data(config, path, model_type, idx_to_word, ident, data_dir, f
         makes = f"{what + ' ' if what else ''}{data_dir} {'makes' if what else 'has'}"
         raise UserError(f"checkpoint {path} expects {config['input_dim']}-d features, {makes} "
                         f"{feature_size}-d")
+
+
+def _check_regions(extra, path, data_dir, regions):
+    """UserError when the checkpoint's regions are not data_dir's: another digest recorded, or
+    none recorded (a checkpoint older than the record) where the boxes come from a detector
+    trained here (the sample dataset's older boxes came from the plain-background proposer)."""
+    if not regions.get("regions_id"):
+        return
+    trained = extra.get("regions_id")
+    if trained and trained != regions["regions_id"]:
+        raise UserError(f"checkpoint {path} was trained on other region features than "
+                        f"{data_dir}'s (a dataset built or rebuilt with other boxes or features): "
+                        f"use the --data_dir it was trained on, {extra.get('data_path', '')}, or "
+                        "train it again here")
+    if not trained and regions.get("regions_source") == "learned":
+        raise UserError(f"checkpoint {path} predates {data_dir}'s regions, which come from the "
+                        "bottom-up detector trained here (it was trained on the plain-background "
+                        "proposer's boxes): train it again here, or rebuild the data with "
+                        "`python -m core.datasets.make_sample_dataset --boxes plain`")

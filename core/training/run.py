@@ -40,7 +40,8 @@ def starting_model(config, start, data):
                        data["dataset_id"], config.data_dir,
                        FEATURE_KINDS[data["features_kind"]].feature_size(data["train_features"]),
                        sizes=FEATURE_KINDS[data["features_kind"]].model_sizes(
-                           data["train_features"]), encoder=data["encoder"])
+                           data["train_features"]), encoder=data["encoder"],
+                       regions=data["regions"])
     return start.model
 
 
@@ -82,7 +83,7 @@ def set_up(settled, ctx, stack):
 
     # what every checkpoint of the run records: the data, the settled flags, where it writes
     extra = {"data_path": str(Path(config.data_dir).resolve()), "dataset_id": data["dataset_id"],
-             "encoder": data["encoder"],
+             "encoder": data["encoder"], **data["regions"],
              "args": saved_flags(config),
              "paths": {"checkpoint": str(checkpoint.resolve()),
                        "out_dir": str(Path(config.out_dir).resolve())}}

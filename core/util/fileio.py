@@ -7,6 +7,7 @@ cause; the temporary file is removed and the previous target, if any, is untouch
 `RunLock` keeps two training runs from writing the same checkpoint.
 """
 import fcntl
+import hashlib
 import html
 import json
 import os
@@ -96,6 +97,11 @@ def check_owner(path, checkpoint, flag, same_run=None):
     if other and other not in (mine, same_run):
         raise UserError(f"{path} belongs to the run of {other}, not {mine}: pass another "
                         f"--out_dir, or a {flag} of another name")
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def atomic_write_text(path, text):
