@@ -100,7 +100,8 @@ def main(argv=None):
                 from core.datasets import train_detector
 
                 train_detector.main(["--out", detector, "--seed", str(args.seed),
-                                     "--train_images", str(args.train_images)])
+                                     "--train_images", str(args.train_images), "--test_images",
+                                     str(args.test_images or args.val_images)])
             boxes = BoxSource.parse("detector", detector, threshold=DETECTION_THRESHOLD,
                                     min_boxes=1, max_boxes=LEARNED_MAX_BOXES)
         build_dataset({split: (ann[split], out_dir / "images" / split) for split in counts},
