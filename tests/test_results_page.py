@@ -89,7 +89,7 @@ def write(tmp_path, items=None, owner="m.npz"):
 
 def test_every_text_from_data_is_escaped_and_the_page_names_its_checkpoint(tmp_path):
     """Breaks caught: a caption, reference, name, label, title or about line written unescaped;
-    the page not recording its checkpoint."""
+    a javascript: URL made a link; the page not recording its checkpoint."""
     page = write(tmp_path)
     assert page == tmp_path / "m_val_greedy_eval.html"
     text = page.read_text()
@@ -102,6 +102,10 @@ def test_every_text_from_data_is_escaped_and_the_page_names_its_checkpoint(tmp_p
     assert json.loads(data.group(1)) == {"3": {"alpha": entries()[3]["alpha"].tolist(),
                                                "boxes": entries()[3]["boxes"].tolist(),
                                                "heat_map": False}}
+    script_link = [{"location": "javascript://%0Aalert(1)", "caption": "a", "image": None}]
+    linked = write(tmp_path, script_link, owner="m.npz").read_text()
+    assert "<a href" not in linked and "(image not available: javascript://%0Aalert(1))" in linked
+    page = write(tmp_path)
     with pytest.raises(UserError, match="belongs to the run of"):
         check_owner(page, tmp_path / "other.npz", "--checkpoint")
     check_owner(page, tmp_path / "m.npz", "--checkpoint")

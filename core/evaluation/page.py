@@ -176,7 +176,6 @@ def thumbnail(entry, folder, k):
              else None if "://" in location else try_load_image(location))
     if image is None:
         return None
-
     picture = Image.fromarray(np.asarray(image, dtype=np.uint8))
     picture.thumbnail((THUMBNAIL, THUMBNAIL))
     png = str(location).lower().endswith(".png")
@@ -193,7 +192,7 @@ def _card(k, entry, image_file, files_name):
     if image_file:
         picture = (f'<img src="{e(files_name)}/{e(image_file)}" alt="{e(location)}" '
                    f'width="128">')
-    elif "://" in location:
+    elif location.lower().startswith(("http://", "https://")):  # a link of no other scheme
         picture = f'<p class="missing">image at <a href="{e(location)}">{e(location)}</a></p>'
     else:
         picture = f'<p class="missing">(image not available: {e(location)})</p>'
