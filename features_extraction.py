@@ -78,8 +78,8 @@ FLAGS = (
          "bottom_up_detector.npz): its boxes and each box's feature from its box head, instead of "
          "torchvision's Faster R-CNN and the encoder's map; copied into the dataset, where "
          "inference.py --image finds it", metavar="FILE"),
-    Flag("box_threshold", float, None, "--boxes: keep the boxes scoring at least this "
-         f"(a score in [0, 1]; default {BOX_THRESHOLD}, {DETECTION_THRESHOLD} with --detector) ..."),
+    Flag("box_threshold", float, None, "--boxes: keep the boxes scoring at least this (a score "
+         f"in [0, 1]; default {BOX_THRESHOLD}, {DETECTION_THRESHOLD} with --detector) ..."),
     Flag("min_boxes", int, None, f"... but at least this many (the best scoring; default "
          f"{MIN_BOXES}, 1 with --detector) ...", "positive"),
     Flag("max_boxes", int, None, "... and at most this many (Anderson et al.'s 0.2, 10 and "

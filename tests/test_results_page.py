@@ -111,7 +111,7 @@ def test_every_text_from_data_is_escaped_and_the_page_names_its_checkpoint(tmp_p
     check_owner(page, tmp_path / "m.npz", "--checkpoint")
 
 
-def test_a_page_and_its_images_are_replaced_whole(tmp_path):
+def test_a_page_and_its_images_are_replaced_whole(tmp_path, monkeypatch):
     """Breaks caught: the old images left beside the new page; thumbnails at full size; a
     URL fetched; a PNG source saved as JPEG."""
     write(tmp_path)
@@ -126,6 +126,10 @@ def test_a_page_and_its_images_are_replaced_whole(tmp_path):
     Image.fromarray(scene((1, 2, 3))).save(local)  # an entry without "image": read from its file
     write(tmp_path, [{"location": str(local), "caption": "a"}])
     assert np.array_equal(np.asarray(Image.open(files / "00000.png")), scene((1, 2, 3)))
+    fetched = []
+    monkeypatch.setattr(P, "try_load_image", lambda location: fetched.append(location))
+    write(tmp_path, [{"location": "https://example.invalid/a.jpg", "caption": "a"}])
+    assert fetched == [] and list(files.iterdir()) == []  # a URL is a link, never fetched
 
 
 def test_per_image_cider_averages_to_the_splits_cider_and_exact_means_equal():

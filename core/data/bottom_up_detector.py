@@ -253,9 +253,9 @@ class LearnedBoxes:
 def learned_box_features(path, images, boxes, batch_size=32, device="cpu", progress=False,
                          desc="box features"):
     """The trained detector's box-head representation of given boxes: images (Ni,) image files
-    (one that cannot be read: a black image), boxes a list of Ni (k, 4) in their pixels -> a list of Ni (k, E) float16. A box's
-    feature depends on its image and itself only (RoIAlign of the backbone's map, then the box
-    head, box by box)."""
+    (one that cannot be read: a black image), boxes a list of Ni (k, 4) in their pixels -> a
+    list of Ni (k, E) float16. A box's feature depends on its image and itself only (RoIAlign of
+    the backbone's map, then the box head, box by box)."""
     from PIL import Image
     from tqdm import tqdm
 

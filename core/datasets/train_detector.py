@@ -15,6 +15,8 @@ colour and size accuracy of the kept box that finds each object. The weights (a 
 record how they were trained and these scores.
 """
 import argparse
+import contextlib
+import io
 import time
 from pathlib import Path
 
@@ -113,9 +115,6 @@ def score(model, scenes, images, batch_size=32):
 def average_precision(scenes, found, scale=1.0):
     """AP at IoU 0.5 of detections (detect's dicts) against the scenes' objects, averaged over the
     classes, by pycocotools' COCOeval."""
-    import contextlib
-    import io
-
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

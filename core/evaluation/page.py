@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from core.data.image_utils import try_load_image
@@ -169,8 +170,6 @@ def thumbnail(entry, folder, k):
     name, or None without one. The image is the entry's "image" (uint8 (H, W, 3) or None) when it
     has one, else read from its location when that is a local file (never fetched from a URL).
     PNG for PNG sources, else JPEG."""
-    from PIL import Image
-
     location = str(entry["location"])
     image = (entry["image"] if "image" in entry
              else None if "://" in location else try_load_image(location))

@@ -285,8 +285,9 @@ def _check_regions(extra, path, data_dir, regions):
     if trained and trained != regions["regions_id"]:
         raise UserError(f"checkpoint {path} was trained on other region features than "
                         f"{data_dir}'s (a dataset built or rebuilt with other boxes or features): "
-                        f"use the --data_dir it was trained on, {extra.get('data_path', '')}, or "
-                        "train it again here")
+                        f"use the --data_dir it was trained on"
+                        + (f", {extra['data_path']}," if extra.get("data_path") else "")
+                        + " or train it again here")
     if not trained and regions.get("regions_source") == "learned":
         raise UserError(f"checkpoint {path} predates {data_dir}'s regions, which come from the "
                         "bottom-up detector trained here (it was trained on the plain-background "

@@ -75,8 +75,9 @@ def check_writable(files=(), folders=()):
 
 def check_owner(path, checkpoint, flag, same_run=None):
     """Before any work: UserError when `path`, a JSON output this project writes (a history, an
-    evaluation), a figure (its PNG text) or a results page (its meta element), records that it belongs to the run of another checkpoint (`checkpoint_path`), so
-    that two runs whose checkpoints share a name keep each other's files. Files that record none
+    evaluation), a figure (its PNG text) or a results page (its meta element), records that it
+    belongs to the run of another checkpoint (`checkpoint_path`), so that two runs whose
+    checkpoints share a name keep each other's files. Files that record none
     (older ones) or cannot be read are left to be replaced. same_run: where the checkpoint of the
     run being resumed was first written (a copied run folder's files name that one)."""
     try:
