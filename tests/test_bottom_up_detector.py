@@ -17,7 +17,7 @@ from tests.helpers import checkpoint_name
 
 def tiny(seed=0):
     torch.manual_seed(seed)
-    return D.build_detector(D.DetectorConfig(
+    return D.BottomUpDetector(D.DetectorConfig(
         classes=tuple(sample.SHAPES), attributes={"color": list(sample.COLORS),
                                                   "size": list(sample.RADII)},
         channels=(8, 8, 16, 16)))

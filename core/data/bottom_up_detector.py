@@ -31,7 +31,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, nms
 
 from core.data.boxes import DETECTION_THRESHOLD, LEARNED_MAX_BOXES
 from core.util.errors import UserError
@@ -168,20 +168,12 @@ def keep(found, threshold=None, min_boxes=1, max_boxes=None, nms_iou=0.3):
     of a dataset: all classes together after non-maximum suppression at nms_iou, those scoring at
     least `threshold` (DETECTION_THRESHOLD), at least min_boxes and at most max_boxes
     (LEARNED_MAX_BOXES) of the best."""
-    from torchvision.ops import nms
-
     threshold = DETECTION_THRESHOLD if threshold is None else threshold
     max_boxes = LEARNED_MAX_BOXES if max_boxes is None else max_boxes
     order = nms(found["boxes"], found["scores"], nms_iou)  # by score, highest first
     count = int((found["scores"][order] >= threshold).sum())
     order = order[:min(max(count, min_boxes), max_boxes)]
     return {k: v[order].detach().cpu().numpy() for k, v in found.items()}
-
-
-def build_detector(config):
-    """DetectorConfig -> a BottomUpDetector with fresh weights (seed torch before for repeatable
-    ones)."""
-    return BottomUpDetector(config)
 
 
 def save_detector(model, path, extra=None):
@@ -198,8 +190,6 @@ def save_detector(model, path, extra=None):
 def load_detector(path, device="cpu"):
     """A .npz written by save_detector -> (the detector in eval mode on `device`, its extra
     facts); UserError for a missing or foreign file. Reads arrays only (allow_pickle=False)."""
-    import torch
-
     try:
         with np.load(path, allow_pickle=False) as f:
             config = DetectorConfig.from_json(str(f["config"]), path)
@@ -209,7 +199,7 @@ def load_detector(path, device="cpu"):
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read the detector weights {path} ({type(e).__name__}: {e})") \
             from None
-    model = build_detector(config)
+    model = BottomUpDetector(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

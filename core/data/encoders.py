@@ -4,12 +4,12 @@ read it) and the weights a build names.
     vgg16      VGG16: fc7 (4096-d, after ReLU) per image, pool5 or conv5_3 (512 channels) cells
     resnet101  ResNet-101: the mean of its last block (2048-d), the block's cells (2048 channels)
 """
-import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.util.errors import UserError
+from core.util.fileio import file_sha256
 
 FC7_DIM = 4096
 GRID_CHANNELS = 512
@@ -62,7 +62,7 @@ def parse_weights(value, seed=0, encoder="vgg16"):
             raise UserError(f'--weights "{value}" is neither imagenet, random, nor an existing '
                             f'state_dict file')
         spec = {"weights": "file", "path": str(path),
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                "sha256": file_sha256(path)}
     return spec if encoder == "vgg16" else dict(spec, encoder=encoder)
 
 

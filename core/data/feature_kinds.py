@@ -16,6 +16,7 @@ A region decoder reads every kind whose row has a place, and builds the weights 
 (PLACES of core/model/region_decoder.py and core/model/region_transformer.py); a new kind of
 regions is a row here and the machinery that makes its files.
 """
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +132,6 @@ class FeatureKind:
         of the same size (a dataset rebuilt with other boxes) -> {"regions_id": a digest of the
         regions' PCA, "regions_source": where the boxes came from}, or {} for fc7 and a folder
         without the transform. From data_dir's transform file, or a loaded transform and info."""
-        import hashlib
-
         if not self.regions:
             return {}
         if transform is None:

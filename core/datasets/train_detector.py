@@ -169,11 +169,11 @@ def main(argv=None):
     with user_errors("train_detector"):
         import torch
 
-        from core.data.bottom_up_detector import build_detector, load_detector, save_detector
+        from core.data.bottom_up_detector import BottomUpDetector, load_detector, save_detector
 
         limit_threads(choose_threads(args.threads, print))
         torch.manual_seed(args.seed)
-        model = build_detector(detector_config())
+        model = BottomUpDetector(detector_config())  # fresh weights, seeded above
         scenes = [sample.make_scene("train", i) for i in range(args.train_images)]
         start = time.perf_counter()
         losses = train(model, scenes, args.epochs, args.batch_size, args.lr, args.seed)

@@ -297,8 +297,6 @@ def image_size(image, location):
     if image is not None:
         return image.shape[1], image.shape[0]
     if "://" not in str(location):
-        from PIL import Image
-
         try:
             with Image.open(location) as picture:
                 return picture.size
