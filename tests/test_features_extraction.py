@@ -198,9 +198,9 @@ def test_cs231n_data_gets_its_transform_recovered_once(tmp_path, capsys):
 
 def test_the_sample_datasets_object_regions_are_its_detectors():
     """The bundled boxes came from the bundled detector: run on test images, it finds the same
-    boxes and, through the dataset's PCA, the same features (float16 files). Breaks caught: a
-    dataset rebuilt with the plain proposer or another detector without its weights; the
-    detector's copy not recorded."""
+    boxes and, through the dataset's PCA, the same features (float16 files). Breaks caught: the
+    detector's features taken of other boxes than it found (seen: shifted by 4 pixels); a dataset
+    rebuilt with the plain proposer, or with another detector than the one beside it."""
     from core.data.box_sources import compute_box_regions
     from core.data.feature_kinds import FEATURE_KINDS
 
@@ -523,6 +523,7 @@ def test_the_sample_dataset_builder_writes_a_loadable_dataset(tmp_path):
 
     _, extra = load_detector(tmp_path / "bottom_up_detector.npz")  # trained here, on the 6 scenes
     assert extra["train_images"] == 6 and set(extra["scores"]) == {"test", "test varied"}
+    assert extra["epochs"] == 6 and len(extra["losses"]) == 6  # trained as train_detector does
     info = FEATURE_KINDS["boxes"].transform(tmp_path)[1]["boxes"]
     assert (info["source"], info["path"], info["threshold"]) == ("learned", "bottom_up_detector.npz", 0.5)
     assert len(data["train_urls"]) == 6 and (tmp_path / TRANSFORM_FILE).is_file()
